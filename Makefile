@@ -1,0 +1,37 @@
+# The two commands a newcomer needs:
+#   make demo   installs what is missing, builds, and runs the 2-rank demo fine-tune
+#   make test   installs what is missing, builds, and runs every test (ctest)
+# Both return quickly when nothing has changed.
+
+FTRAIN_HOME ?= $(HOME)/.cache/ftrain
+VENV        ?= $(FTRAIN_HOME)/venv
+PYTHON      := $(VENV)/bin/python
+BUILD       ?= build
+JOBS        ?= $(shell nproc)
+CTEST_ARGS  ?=
+
+.PHONY: all setup configure build test demo clean
+
+all: build
+
+setup:
+	@FTRAIN_HOME=$(FTRAIN_HOME) scripts/setup.sh
+
+$(BUILD)/CMakeCache.txt: scripts/requirements.txt | setup
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DFTRAIN_PYTHON=$(PYTHON)
+
+configure: setup $(BUILD)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(CTEST_ARGS)
+
+demo: build
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) scripts/demo.sh
+
+clean:
+	rm -rf $(BUILD)
