@@ -1,0 +1,67 @@
+#include "launch/adamw.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <numbers>
+
+namespace ftrain::launch {
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamWOptions options)
+    : options_(options) {
+  for (auto& [name, param] : named_params) {
+    auto state_options = param.options().dtype(torch::kFloat32);
+    slots_.push_back(Slot{name, param, torch::zeros_like(param, state_options),
+                          torch::zeros_like(param, state_options), param.dim() >= 2});
+  }
+}
+
+void AdamW::step(double lr) {
+  torch::NoGradGuard no_grad;
+  ++step_count_;
+  const double bias_correction1 = 1 - std::pow(options_.beta1, step_count_);
+  const double bias_correction2 = 1 - std::pow(options_.beta2, step_count_);
+  const double step_size = lr / bias_correction1;
+  const double sqrt_bc2 = std::sqrt(bias_correction2);
+  for (auto& slot : slots_) {
+    const at::Tensor& grad = slot.param.grad();
+    if (!grad.defined()) continue;
+    at::Tensor g = grad.to(torch::kFloat32);
+    if (slot.decay && options_.weight_decay != 0) slot.param.mul_(1 - lr * options_.weight_decay);
+    slot.exp_avg.lerp_(g, 1 - options_.beta1);
+    slot.exp_avg_sq.mul_(options_.beta2).addcmul_(g, g, 1 - options_.beta2);
+    at::Tensor denom = (slot.exp_avg_sq.sqrt() / sqrt_bc2).add_(options_.eps);
+    if (slot.param.scalar_type() == torch::kFloat32) {
+      slot.param.addcdiv_(slot.exp_avg, denom, -step_size);
+    } else {
+      slot.param.copy_(slot.param.to(torch::kFloat32).addcdiv_(slot.exp_avg, denom, -step_size));
+    }
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& slot : slots_) {
+    at::Tensor& grad = slot.param.mutable_grad();
+    if (grad.defined()) grad.zero_();
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> AdamW::named_state() {
+  std::vector<std::pair<std::string, at::Tensor>> state;
+  for (auto& slot : slots_) state.emplace_back("exp_avg/" + slot.name, slot.exp_avg);
+  for (auto& slot : slots_) state.emplace_back("exp_avg_sq/" + slot.name, slot.exp_avg_sq);
+  return state;
+}
+
+double learning_rate(const LrScheduleOptions& s, int64_t step) {
+  if (s.warmup_steps > 0 && step <= s.warmup_steps)
+    return s.lr * static_cast<double>(step) / static_cast<double>(s.warmup_steps);
+  if (s.decay == "constant") return s.lr;
+  const int64_t decay_steps = std::max<int64_t>(1, s.total_steps - s.warmup_steps);
+  const double progress =
+      std::clamp(static_cast<double>(step - s.warmup_steps) / static_cast<double>(decay_steps), 0.0, 1.0);
+  const double shape = s.decay == "linear" ? 1 - progress : 0.5 * (1 + std::cos(std::numbers::pi * progress));
+  return s.min_lr + shape * (s.lr - s.min_lr);
+}
+
+}  // namespace ftrain::launch

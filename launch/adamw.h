@@ -1,0 +1,63 @@
+// AdamW with decoupled weight decay, fp32 state, and named state tensors so the
+// checkpoint registry can store them. Sharding of its state over data-parallel ranks
+// is applied from dist/, not here.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ftrain::launch {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  // Parameters with two or more dimensions (matrices, embeddings) get weight decay;
+  // biases and norm gains do not, as is usual for transformers.
+  AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamWOptions options);
+
+  // One update with learning rate `lr`; parameters without a gradient are skipped.
+  void step(double lr);
+  void zero_grad();
+
+  int64_t step_count() const { return step_count_; }
+  void set_step_count(int64_t steps) { step_count_ = steps; }
+
+  // State for checkpoints: ("exp_avg/<param>", tensor), ("exp_avg_sq/<param>", tensor).
+  std::vector<std::pair<std::string, at::Tensor>> named_state();
+
+ private:
+  struct Slot {
+    std::string name;
+    at::Tensor param;
+    at::Tensor exp_avg;
+    at::Tensor exp_avg_sq;
+    bool decay;
+  };
+  std::vector<Slot> slots_;
+  AdamWOptions options_;
+  int64_t step_count_ = 0;
+};
+
+struct LrScheduleOptions {
+  double lr = 3e-4;
+  double min_lr = 3e-5;
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 1;
+  std::string decay = "cosine";  // cosine | linear | constant
+};
+
+// Learning rate for optimizer step `step` (1-based): linear warmup from 0 to lr over
+// warmup_steps, then decay to min_lr at total_steps.
+double learning_rate(const LrScheduleOptions& schedule, int64_t step);
+
+}  // namespace ftrain::launch

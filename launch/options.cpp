@@ -1,0 +1,260 @@
+#include "launch/options.h"
+
+#include <boost/program_options.hpp>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+
+namespace po = boost::program_options;
+
+namespace ftrain::launch {
+namespace {
+
+[[noreturn]] void fail(const std::string& key, const std::string& what) {
+  throw std::runtime_error("option '" + key + "': " + what);
+}
+
+template <typename T>
+std::string to_text(const T& value) {
+  std::ostringstream out;
+  if constexpr (std::is_same_v<T, bool>) {
+    out << (value ? "true" : "false");
+  } else {
+    out << value;
+  }
+  return out.str();
+}
+
+// One section of options: registers `section.key` with Boost and remembers how to
+// print the resolved value, so the INI written to the run directory lists everything.
+class Section {
+ public:
+  Section(std::string name, std::string caption) : name_(std::move(name)), options_(caption) {}
+
+  template <typename T>
+  Section& add(const std::string& key, T* field, const std::string& meaning) {
+    options_.add_options()((name_ + "." + key).c_str(),
+                           po::value<T>(field)->default_value(*field, to_text(*field)),
+                           meaning.c_str());
+    printers_.emplace_back(key, [field] { return to_text(*field); });
+    return *this;
+  }
+
+  const po::options_description& options() const { return options_; }
+
+  void print_ini(std::ostream& out) const {
+    out << "[" << name_ << "]\n";
+    for (const auto& [key, print] : printers_) out << key << " = " << print() << "\n";
+  }
+
+ private:
+  std::string name_;
+  po::options_description options_;
+  std::vector<std::pair<std::string, std::function<std::string()>>> printers_;
+};
+
+std::vector<Section> describe(Config& c) {
+  std::vector<Section> sections;
+  sections.emplace_back("run", "[run] where the run lives and how it starts");
+  sections.back()
+      .add("dir", &c.run.dir, "run directory: resolved config, metrics.jsonl, checkpoints (required)")
+      .add("seed", &c.run.seed, "seed for model init and dropout")
+      .add("resume", &c.run.resume, "none | auto (newest checkpoint in run.dir) | a checkpoint directory")
+      .add("exit_after_steps", &c.run.exit_after_steps,
+           "save and exit after this many steps in this process (0 = run to train.steps)")
+      .add("threads", &c.run.threads, "intra-op CPU threads per rank (0 = cores / ranks on the node)");
+
+  sections.emplace_back("model", "[model] the starting weights");
+  sections.back()
+      .add("path", &c.model.path, "Hugging Face model directory: config.json and model.safetensors (required)")
+      .add("init", &c.model.init, "pretrained (load the safetensors) | random (fresh init from config.json)")
+      .add("dropout", &c.model.dropout, "override every dropout probability (< 0 keeps config.json's)");
+
+  sections.emplace_back("data", "[data] tokenized HDF5 dataset written by ftrain-prep");
+  sections.back()
+      .add("path", &c.data.path, "HDF5 dataset file (required)")
+      .add("split", &c.data.split, "split to train on")
+      .add("micro_batch_size", &c.data.micro_batch_size, "sequences per rank per micro-step")
+      .add("seed", &c.data.seed, "seed of the sample order")
+      .add("shuffle", &c.data.shuffle, "shuffle the sample order each epoch")
+      .add("prefetch", &c.data.prefetch, "micro-batches read ahead by a background thread");
+
+  sections.emplace_back("train", "[train] the training loop");
+  sections.back()
+      .add("steps", &c.train.steps, "optimizer steps in total")
+      .add("global_batch_size", &c.train.global_batch_size,
+           "sequences per optimizer step over all data-parallel ranks; "
+           "gradient accumulation = global_batch_size / (micro_batch_size * dp)")
+      .add("grad_clip", &c.train.grad_clip, "clip the global gradient norm to this (0 = off)")
+      .add("log_every", &c.train.log_every, "steps between progress lines on rank 0")
+      .add("eval_every", &c.train.eval_every, "steps between validation runs (0 = only at the end)")
+      .add("eval_samples", &c.train.eval_samples, "validation sequences per evaluation (0 = whole split)")
+      .add("eval_split", &c.train.eval_split, "split used for validation");
+
+  sections.emplace_back("optim", "[optim] AdamW and its learning-rate schedule");
+  sections.back()
+      .add("lr", &c.optim.lr, "peak learning rate")
+      .add("min_lr", &c.optim.min_lr, "learning rate at the end of the decay")
+      .add("warmup_steps", &c.optim.warmup_steps, "linear warmup steps from 0 to lr")
+      .add("decay", &c.optim.decay, "cosine | linear | constant, from lr to min_lr after warmup")
+      .add("weight_decay", &c.optim.weight_decay, "decoupled weight decay on matrices and embeddings")
+      .add("beta1", &c.optim.beta1, "AdamW beta1")
+      .add("beta2", &c.optim.beta2, "AdamW beta2")
+      .add("eps", &c.optim.eps, "AdamW epsilon");
+
+  sections.emplace_back("checkpoint", "[checkpoint] saving and keeping checkpoints");
+  sections.back()
+      .add("every", &c.checkpoint.every, "steps between checkpoints (0 = only at the end)")
+      .add("keep", &c.checkpoint.keep, "newest checkpoints kept on disk")
+      .add("at_end", &c.checkpoint.at_end, "save a checkpoint after the last step")
+      .add("export_hf", &c.checkpoint.export_hf,
+           "write the final model as a Hugging Face directory to <run.dir>/final");
+
+  sections.emplace_back("dist", "[dist] ranks, groups and devices");
+  sections.back()
+      .add("tp", &c.dist.tp, "tensor-parallel size; data-parallel size = world size / tp")
+      .add("device", &c.dist.device, "cpu | cuda (one GPU per rank, by local rank)")
+      .add("bucket_mb", &c.dist.bucket_mb, "gradient all-reduce bucket size in MiB");
+  return sections;
+}
+
+void require_positive(const std::string& key, double value) {
+  if (!(value > 0)) fail(key, "must be > 0, got " + to_text(value));
+}
+
+void require_non_negative(const std::string& key, double value) {
+  if (value < 0) fail(key, "must be >= 0, got " + to_text(value));
+}
+
+}  // namespace
+
+void RunOptions::validate() const {
+  if (dir.empty()) fail("run.dir", "is required (the directory for config, metrics and checkpoints)");
+  if (resume.empty()) fail("run.resume", "must be none, auto or a checkpoint directory");
+  require_non_negative("run.exit_after_steps", static_cast<double>(exit_after_steps));
+  require_non_negative("run.threads", threads);
+}
+
+void ModelOptions::validate() const {
+  if (path.empty()) fail("model.path", "is required (a Hugging Face model directory)");
+  if (init != "pretrained" && init != "random")
+    fail("model.init", "must be 'pretrained' or 'random', got '" + init + "'");
+  if (dropout >= 1) fail("model.dropout", "must be < 1, got " + to_text(dropout));
+}
+
+void TrainOptions::validate() const {
+  require_positive("train.steps", static_cast<double>(steps));
+  require_positive("train.global_batch_size", static_cast<double>(global_batch_size));
+  require_non_negative("train.grad_clip", grad_clip);
+  require_positive("train.log_every", static_cast<double>(log_every));
+  require_non_negative("train.eval_every", static_cast<double>(eval_every));
+  require_non_negative("train.eval_samples", static_cast<double>(eval_samples));
+}
+
+void OptimOptions::validate() const {
+  require_positive("optim.lr", lr);
+  require_non_negative("optim.min_lr", min_lr);
+  if (min_lr > lr) fail("optim.min_lr", "must not exceed optim.lr (" + to_text(lr) + ")");
+  require_non_negative("optim.warmup_steps", static_cast<double>(warmup_steps));
+  if (decay != "cosine" && decay != "linear" && decay != "constant")
+    fail("optim.decay", "must be cosine, linear or constant, got '" + decay + "'");
+  require_non_negative("optim.weight_decay", weight_decay);
+  if (beta1 < 0 || beta1 >= 1) fail("optim.beta1", "must be in [0, 1)");
+  if (beta2 < 0 || beta2 >= 1) fail("optim.beta2", "must be in [0, 1)");
+  require_positive("optim.eps", eps);
+}
+
+void CheckpointOptions::validate() const {
+  require_non_negative("checkpoint.every", static_cast<double>(every));
+  require_positive("checkpoint.keep", static_cast<double>(keep));
+}
+
+void Config::validate() const {
+  run.validate();
+  model.validate();
+  data.validate();
+  train.validate();
+  optim.validate();
+  checkpoint.validate();
+  dist.validate();
+  if (optim.warmup_steps > train.steps)
+    fail("optim.warmup_steps", "(" + to_text(optim.warmup_steps) + ") exceeds train.steps (" +
+                                   to_text(train.steps) + ")");
+  if (train.global_batch_size % data.micro_batch_size != 0)
+    fail("train.global_batch_size", "(" + to_text(train.global_batch_size) +
+                                        ") must be a multiple of data.micro_batch_size (" +
+                                        to_text(data.micro_batch_size) + ")");
+}
+
+void validate_for_layout(const Config& config, int dp_size) {
+  const int64_t per_step = config.data.micro_batch_size * dp_size;
+  if (config.train.global_batch_size % per_step != 0)
+    fail("train.global_batch_size",
+         "(" + to_text(config.train.global_batch_size) +
+             ") must be a multiple of data.micro_batch_size x data-parallel size (" +
+             to_text(config.data.micro_batch_size) + " x " + to_text(dp_size) + ")");
+}
+
+bool parse_config(int argc, const char* const* argv, Config& config, std::string& help_out) {
+  std::vector<Section> sections = describe(config);
+
+  po::options_description general("General");
+  general.add_options()("help,h", "list every option with its default and meaning")(
+      "config", po::value<std::string>(&config.config_file),
+      "INI file; [section] key = value is the same as --section.key=value, and the command line wins");
+
+  po::options_description all("ftrain options");
+  all.add(general);
+  for (const auto& section : sections) all.add(section.options());
+
+  po::variables_map values;
+  try {
+    // The command line is stored first so its values take precedence over the file's.
+    po::store(po::command_line_parser(argc, argv).options(all).run(), values);
+  } catch (const po::error& e) {
+    throw std::runtime_error(std::string("command line: ") + e.what());
+  }
+
+  if (values.count("help")) {
+    std::ostringstream out;
+    out << "usage: mpirun -np N ftrain --config FILE.ini [--section.key=value ...]\n\n"
+        << all;
+    help_out = out.str();
+    return false;
+  }
+
+  if (values.count("config")) {
+    const std::string path = values["config"].as<std::string>();
+    if (!std::filesystem::is_regular_file(path))
+      throw std::runtime_error(path + ": config file not found (--config)");
+    std::ifstream file(path);
+    if (!file) throw std::runtime_error(path + ": cannot open config file");
+    try {
+      po::store(po::parse_config_file(file, all, /*allow_unregistered=*/false), values);
+    } catch (const po::error& e) {
+      throw std::runtime_error(path + ": " + e.what());
+    }
+  }
+
+  try {
+    po::notify(values);
+  } catch (const po::error& e) {
+    throw std::runtime_error(e.what());
+  }
+
+  config.validate();
+
+  std::ostringstream ini;
+  ini << "# resolved ftrain configuration\n";
+  for (const auto& section : sections) {
+    section.print_ini(ini);
+    ini << "\n";
+  }
+  config.resolved_ini = ini.str();
+  return true;
+}
+
+}  // namespace ftrain::launch

@@ -1,0 +1,90 @@
+// The options of one ftrain run: one struct per component, each with defaults and a
+// validate() that names the offending key. options.cpp is the only place that maps
+// Boost.Program_options (INI sections and --section.key=value flags) onto them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/streaming_loader.h"
+#include "dist/comm.h"
+
+namespace ftrain::launch {
+
+// [run]: where the run lives and how it starts.
+struct RunOptions {
+  std::string dir;              // run directory: config, metrics, checkpoints
+  uint64_t seed = 1234;         // model init, dropout and data order
+  std::string resume = "none";  // none | auto | <checkpoint directory>
+  int64_t exit_after_steps = 0; // stop (with a checkpoint) after this many steps in this process; 0 = never
+  int threads = 0;              // intra-op threads per rank; 0 = cores / ranks on the node
+  void validate() const;
+};
+
+// [model]: the starting point.
+struct ModelOptions {
+  std::string path;              // Hugging Face model directory (config.json [+ safetensors])
+  std::string init = "pretrained";  // pretrained: load weights | random: fresh init from config.json
+  double dropout = -1;           // override every dropout probability; < 0 keeps config.json's
+  void validate() const;
+};
+
+// [train]: the loop.
+struct TrainOptions {
+  int64_t steps = 100;              // optimizer steps in total
+  int64_t global_batch_size = 8;    // sequences per optimizer step, summed over data-parallel ranks
+  double grad_clip = 1.0;           // max global gradient norm; 0 = off
+  int64_t log_every = 1;            // progress line period (metrics.jsonl gets every step)
+  int64_t eval_every = 0;           // validation period in steps; 0 = only at the end
+  int64_t eval_samples = 64;        // validation sequences per evaluation (0 = whole split)
+  std::string eval_split = "validation";
+  void validate() const;
+};
+
+// [optim]: AdamW with linear warmup then a decay to min_lr.
+struct OptimOptions {
+  double lr = 3e-4;
+  double min_lr = 3e-5;
+  int64_t warmup_steps = 0;
+  std::string decay = "cosine";  // cosine | linear | constant
+  double weight_decay = 0.1;     // applied to matrices and embeddings, not to biases or norms
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  void validate() const;
+};
+
+// [checkpoint]
+struct CheckpointOptions {
+  int64_t every = 0;   // steps between checkpoints; 0 = only at the end
+  int64_t keep = 3;    // newest checkpoints kept
+  bool at_end = true;  // save after the last step
+  bool export_hf = true;  // write the final model as a Hugging Face directory in <run.dir>/final
+  void validate() const;
+};
+
+struct Config {
+  RunOptions run;
+  ModelOptions model;
+  data::LoaderOptions data;
+  TrainOptions train;
+  OptimOptions optim;
+  CheckpointOptions checkpoint;
+  dist::CommOptions dist;
+
+  std::string config_file;   // the INI file it came from, if any
+  std::string resolved_ini;  // every option with its final value, as INI text
+
+  void validate() const;
+};
+
+// Parses argv (and the --config INI file). Returns false when --help was asked for
+// (help text already printed to `help_out`). Throws std::runtime_error naming the key
+// or file for any unknown key, malformed value or inconsistent combination.
+bool parse_config(int argc, const char* const* argv, Config& config, std::string& help_out);
+
+// Layout-dependent checks that need the world size (global batch divisibility).
+void validate_for_layout(const Config& config, int dp_size);
+
+}  // namespace ftrain::launch

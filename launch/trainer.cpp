@@ -1,0 +1,432 @@
+#include "launch/trainer.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "data/streaming_loader.h"
+#include "dist/grad_reducer.h"
+#include "launch/adamw.h"
+#include "launch/checkpoint.h"
+#include "model/gpt2.h"
+#include "model/hf_checkpoint.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace ftrain::launch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string format_duration(double seconds) {
+  const auto total = static_cast<long long>(std::max(0.0, seconds));
+  char text[32];
+  std::snprintf(text, sizeof(text), "%lld:%02lld:%02lld", total / 3600, (total / 60) % 60, total % 60);
+  return text;
+}
+
+model::Gpt2 build_model(const ModelOptions& options, uint64_t seed) {
+  const fs::path dir = options.path;
+  if (!fs::is_directory(dir))
+    throw std::runtime_error(options.path + ": model directory not found (model.path)");
+  auto adjust = [&](model::Gpt2Config& config) {
+    if (options.dropout >= 0) {
+      config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = options.dropout;
+    }
+  };
+  if (options.init == "random") {
+    model::Gpt2Config config = model::Gpt2Config::from_json_file(dir / "config.json");
+    adjust(config);
+    return model::init_gpt2(config, seed);
+  }
+  return model::load_gpt2(dir, adjust);
+}
+
+// Token tensors of one micro-batch on the model's device.
+struct DeviceBatch {
+  torch::Tensor input_ids;  // (B, T) int64
+  torch::Tensor targets;    // (B, T-1) int64: input_ids shifted left
+  torch::Tensor target_mask;  // (B, T-1) float: 1 where the position counts in the loss
+  int64_t target_count = 0;
+};
+
+DeviceBatch to_device(const data::Batch& batch, const torch::Device& device) {
+  DeviceBatch out;
+  auto ids = torch::from_blob(const_cast<int32_t*>(batch.input_ids.data()), {batch.batch_size, batch.seq_len},
+                              torch::kInt32)
+                 .to(torch::kInt64);
+  out.input_ids = ids.to(device);
+  out.targets = out.input_ids.slice(1, 1);
+  if (batch.loss_mask.empty()) {
+    out.target_mask = torch::ones({batch.batch_size, batch.seq_len - 1}, torch::kFloat32);
+  } else {
+    // loss_mask marks positions whose token is a prediction target; the first token of
+    // a row is never predicted.
+    auto mask = torch::from_blob(const_cast<uint8_t*>(batch.loss_mask.data()), {batch.batch_size, batch.seq_len},
+                                 torch::kUInt8);
+    out.target_mask = mask.slice(1, 1).to(torch::kFloat32);
+  }
+  out.target_count = static_cast<int64_t>(out.target_mask.sum().item<double>());
+  out.target_mask = out.target_mask.to(device);
+  return out;
+}
+
+// Sum over target positions of next-token cross-entropy. (B, T, V) logits predict
+// tokens 1..T-1 from positions 0..T-2.
+torch::Tensor next_token_loss_sum(const torch::Tensor& logits, const DeviceBatch& batch) {
+  auto predictions = logits.slice(1, 0, logits.size(1) - 1);  // (B, T-1, V)
+  auto per_token = torch::nn::functional::cross_entropy(
+      predictions.reshape({-1, predictions.size(-1)}).to(torch::kFloat32), batch.targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  return (per_token * batch.target_mask.reshape({-1})).sum();
+}
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const fs::path& path) : out_(path, std::ios::app) {
+    if (!out_) throw std::runtime_error(path.string() + ": cannot open for writing");
+  }
+  void write(const json& record) {
+    out_ << record.dump() << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+class Trainer {
+ public:
+  Trainer(const Config& config, dist::Communicator& comm) : config_(config), comm_(comm) {}
+
+  int run() {
+    prepare_run_dir();
+    torch::manual_seed(config_.run.seed);
+    model_ = build_model(config_.model, config_.run.seed);
+    model_->to(comm_.device());
+    for (auto& item : model_->named_parameters()) named_params_.emplace_back(item.key(), item.value());
+    broadcast_parameters();
+
+    optimizer_ = std::make_unique<AdamW>(
+        named_params_, AdamWOptions{config_.optim.beta1, config_.optim.beta2, config_.optim.eps,
+                                    config_.optim.weight_decay});
+    std::vector<torch::Tensor> params;
+    for (auto& [name, p] : named_params_) params.push_back(p);
+    if (dp_size() > 1)
+      reducer_ = std::make_unique<dist::GradientReducer>(
+          params, comm_.dp(), static_cast<size_t>(config_.dist.bucket_mb * 1024 * 1024));
+
+    data::LoaderOptions loader_options = config_.data;
+    loader_options.grad_accum_steps = grad_accum_steps();
+    loader_ = std::make_unique<data::StreamingLoader>(loader_options, comm_.layout().dp_rank(comm_.rank()), dp_size());
+    check_vocabulary();
+
+    store_ = std::make_unique<CheckpointStore>(fs::path(config_.run.dir) / "checkpoints", config_.checkpoint.keep);
+    resume();
+    // Dropout masks differ per rank but are reproducible from the seed.
+    if (!resumed_rng_) torch::manual_seed(config_.run.seed + 1000003ULL * (comm_.rank() + 1) + step_);
+
+    if (rank0()) {
+      metrics_ = std::make_unique<MetricsLog>(fs::path(config_.run.dir) / "metrics.jsonl");
+      print_banner();
+    }
+    return train();
+  }
+
+ private:
+  bool rank0() const { return comm_.rank() == 0; }
+  int dp_size() const { return comm_.layout().dp_size; }
+  int64_t grad_accum_steps() const {
+    return config_.train.global_batch_size / (config_.data.micro_batch_size * dp_size());
+  }
+
+  void prepare_run_dir() {
+    const fs::path dir = config_.run.dir;
+    const fs::path checkpoints = dir / "checkpoints";
+    if (config_.run.resume == "none" && !CheckpointStore(checkpoints, 1).committed().empty())
+      throw std::runtime_error(config_.run.dir +
+                               ": run directory already holds checkpoints; pass --run.resume=auto to continue "
+                               "it or choose a new --run.dir (run.resume)");
+    if (rank0()) {
+      fs::create_directories(dir);
+      std::ofstream(dir / "config.ini") << config_.resolved_ini;
+    }
+    comm_.world().barrier();
+  }
+
+  void broadcast_parameters() {
+    if (comm_.world_size() == 1) return;
+    torch::NoGradGuard no_grad;
+    for (auto& [name, p] : named_params_) {
+      at::Tensor data = p.detach();
+      comm_.world().broadcast(data, 0);
+    }
+  }
+
+  void check_vocabulary() {
+    // A token id at or beyond the embedding table would index out of range deep in the
+    // forward pass; report it here with both files named.
+    auto wte = model_->named_parameters()["transformer.wte.weight"];
+    const int64_t model_vocab = wte.size(0);
+    const int64_t data_vocab = loader_->vocab_size();
+    if (data_vocab > model_vocab)
+      throw std::runtime_error(config_.data.path + ": dataset vocab_size " + std::to_string(data_vocab) +
+                               " exceeds the model's " + std::to_string(model_vocab) + " (" + config_.model.path +
+                               "/config.json); the data was tokenized for another model");
+  }
+
+  void resume() {
+    fs::path checkpoint;
+    if (config_.run.resume == "none") return;
+    if (config_.run.resume == "auto") {
+      auto latest = store_->latest_valid();
+      if (!latest) {
+        if (rank0()) std::cout << "ftrain: no checkpoint in " << store_->directory().string() << "; starting fresh\n";
+        return;
+      }
+      checkpoint = *latest;
+    } else {
+      checkpoint = config_.run.resume;
+      std::string problem;
+      if (!verify_checkpoint(checkpoint, &problem)) throw std::runtime_error(problem + " (run.resume)");
+    }
+    NamedTensors into;
+    for (auto& [name, p] : named_params_) into.emplace_back("model/" + name, p);
+    for (auto& [name, t] : optimizer_->named_state()) into.emplace_back("optim/" + name, t);
+    json meta = load_checkpoint(checkpoint, into);
+    step_ = meta.at("step").get<int64_t>();
+    tokens_seen_ = meta.value("tokens_seen", int64_t{0});
+    optimizer_->set_step_count(meta.at("optimizer_steps").get<int64_t>());
+    loader_->restore(data::LoaderState{meta.at("data").at("global_position").get<int64_t>()});
+    const json& layout = meta.at("layout");
+    if (layout.at("world_size").get<int>() == comm_.world_size()) {
+      at::Tensor states = read_checkpoint_tensor(checkpoint, "rng/cpu");
+      torch::NoGradGuard no_grad;
+      at::Tensor mine = states[comm_.rank()].clone();
+      at::detail::getDefaultCPUGenerator().set_state(mine);
+      resumed_rng_ = true;
+    }
+    if (rank0())
+      std::cout << "ftrain: resumed from " << checkpoint.string() << " at step " << step_ << "\n";
+  }
+
+  void save_checkpoint() {
+    // Every data-parallel replica holds the same model and optimizer state, so rank 0
+    // writes them; the RNG states of all ranks are gathered so each resumes its own.
+    at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+    at::Tensor all_rng = torch::empty({comm_.world_size(), rng.numel()}, rng.options());
+    if (comm_.world_size() > 1) {
+      comm_.world().all_gather(all_rng, rng);
+    } else {
+      all_rng[0].copy_(rng);
+    }
+    if (rank0()) {
+      NamedTensors tensors;
+      for (auto& [name, p] : named_params_) tensors.emplace_back("model/" + name, p);
+      for (auto& [name, t] : optimizer_->named_state()) tensors.emplace_back("optim/" + name, t);
+      tensors.emplace_back("rng/cpu", all_rng);
+      json meta = {
+          {"tokens_seen", tokens_seen_},
+          {"optimizer_steps", optimizer_->step_count()},
+          {"data", {{"global_position", loader_->state().global_position}, {"path", config_.data.path}}},
+          {"layout", {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()}}},
+          {"config", config_.resolved_ini},
+      };
+      auto dir = store_->save(step_, tensors, meta);
+      std::cout << "ftrain: saved checkpoint " << dir.string() << "\n";
+    }
+    comm_.world().barrier();
+  }
+
+  // Mean loss over `samples` validation sequences, each evaluated once across ranks.
+  std::optional<double> evaluate() {
+    std::vector<data::Batch> batches;
+    try {
+      batches = data::read_eval_batches(config_.data.path, config_.train.eval_split, config_.data.micro_batch_size,
+                                        config_.train.eval_samples, comm_.layout().dp_rank(comm_.rank()),
+                                        dp_size());
+    } catch (const std::exception& e) {
+      if (!eval_warned_ && rank0()) std::cout << "ftrain: no validation: " << e.what() << "\n";
+      eval_warned_ = true;
+      return std::nullopt;
+    }
+    torch::NoGradGuard no_grad;
+    model_->eval();
+    double loss_sum = 0;
+    int64_t count = 0;
+    for (const auto& batch : batches) {
+      DeviceBatch device_batch = to_device(batch, comm_.device());
+      loss_sum += next_token_loss_sum(model_->forward(device_batch.input_ids), device_batch).item<double>();
+      count += device_batch.target_count;
+    }
+    model_->train();
+    loss_sum = comm_.dp().all_reduce(loss_sum, dist::ReduceOp::Sum);
+    count = comm_.dp().all_reduce(count, dist::ReduceOp::Sum);
+    if (count == 0) return std::nullopt;
+    return loss_sum / static_cast<double>(count);
+  }
+
+  void report_validation() {
+    auto val_loss = evaluate();
+    if (!val_loss || !rank0()) return;
+    std::printf("step %6lld | validation loss %.4f | perplexity %.2f\n", static_cast<long long>(step_), *val_loss,
+                std::exp(*val_loss));
+    std::fflush(stdout);
+    metrics_->write({{"step", step_}, {"val_loss", *val_loss}, {"val_perplexity", std::exp(*val_loss)}});
+  }
+
+  double clip_gradients() {
+    torch::NoGradGuard no_grad;
+    // After the data-parallel reduction every rank holds the same gradients, so the
+    // local norm is the global one.
+    torch::Tensor squares = torch::zeros({}, torch::kFloat64);
+    for (auto& [name, p] : named_params_)
+      if (p.grad().defined()) squares += p.grad().to(torch::kFloat64).pow(2).sum().cpu();
+    const double norm = std::sqrt(squares.item<double>());
+    if (config_.train.grad_clip > 0 && norm > config_.train.grad_clip) {
+      const double scale = config_.train.grad_clip / (norm + 1e-6);
+      for (auto& [name, p] : named_params_)
+        if (p.grad().defined()) p.mutable_grad().mul_(scale);
+    }
+    return norm;
+  }
+
+  int train() {
+    const LrScheduleOptions schedule{config_.optim.lr, config_.optim.min_lr, config_.optim.warmup_steps,
+                                     config_.train.steps, config_.optim.decay};
+    model_->train();
+    const int64_t accum = grad_accum_steps();
+    const int64_t start_step = step_;
+    const auto run_start = Clock::now();
+    double smoothed_step_seconds = 0;
+    int exit_code = 0;
+
+    while (step_ < config_.train.steps) {
+      const auto step_start = Clock::now();
+      std::vector<DeviceBatch> micro_batches;
+      int64_t local_targets = 0;
+      for (int64_t m = 0; m < accum; ++m) {
+        micro_batches.push_back(to_device(loader_->next(), comm_.device()));
+        local_targets += micro_batches.back().target_count;
+      }
+      // The loss is normalised by the number of target tokens in the whole global batch,
+      // so summing gradients over micro-steps and ranks gives the gradient of the global
+      // mean, however the batch is split.
+      const int64_t global_targets = comm_.dp().all_reduce(local_targets, dist::ReduceOp::Sum);
+      if (global_targets == 0) throw std::runtime_error(config_.data.path + ": a global batch has no target tokens");
+      double local_loss_sum = 0;
+      for (auto& batch : micro_batches) {
+        torch::Tensor loss_sum = next_token_loss_sum(model_->forward(batch.input_ids), batch);
+        (loss_sum / static_cast<double>(global_targets)).backward();
+        local_loss_sum += loss_sum.item<double>();
+      }
+      if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
+      const double loss = comm_.dp().all_reduce(local_loss_sum, dist::ReduceOp::Sum) / global_targets;
+      if (!std::isfinite(loss))
+        throw std::runtime_error("loss is " + std::to_string(loss) + " at step " + std::to_string(step_ + 1) +
+                                 " (lower optim.lr or check the data)");
+      const double grad_norm = clip_gradients();
+      ++step_;
+      const double lr = learning_rate(schedule, step_);
+      optimizer_->step(lr);
+      optimizer_->zero_grad();
+
+      const int64_t step_tokens = config_.train.global_batch_size * loader_->seq_len();
+      tokens_seen_ += step_tokens;
+      const double step_seconds = seconds_since(step_start);
+      smoothed_step_seconds =
+          step_ == start_step + 1 ? step_seconds : 0.9 * smoothed_step_seconds + 0.1 * step_seconds;
+      const double tokens_per_s = step_tokens / step_seconds;
+      if (rank0()) {
+        metrics_->write({{"step", step_},
+                         {"loss", loss},
+                         {"lr", lr},
+                         {"grad_norm", grad_norm},
+                         {"tokens_per_s", tokens_per_s},
+                         {"tokens_seen", tokens_seen_},
+                         {"step_time_s", step_seconds},
+                         {"elapsed_s", seconds_since(run_start)}});
+        if (step_ % config_.train.log_every == 0 || step_ == config_.train.steps) {
+          std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s\n",
+                      static_cast<long long>(step_), static_cast<long long>(config_.train.steps), loss, lr,
+                      grad_norm, tokens_per_s,
+                      format_duration(smoothed_step_seconds * (config_.train.steps - step_)).c_str());
+          std::fflush(stdout);
+        }
+      }
+
+      if (config_.train.eval_every > 0 && step_ % config_.train.eval_every == 0 && step_ < config_.train.steps)
+        report_validation();
+      const bool last = step_ == config_.train.steps;
+      const bool leaving = config_.run.exit_after_steps > 0 && step_ - start_step >= config_.run.exit_after_steps;
+      if ((config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0) ||
+          (last && config_.checkpoint.at_end) || (leaving && !last))
+        save_checkpoint();
+      if (leaving && !last) {
+        if (rank0()) std::cout << "ftrain: stopping after " << config_.run.exit_after_steps << " steps (run.exit_after_steps)\n";
+        return exit_code;
+      }
+    }
+    report_validation();
+    if (config_.checkpoint.export_hf && rank0()) {
+      const fs::path final_dir = fs::path(config_.run.dir) / "final";
+      model::save_gpt2(model_, final_dir, /*overwrite=*/true);
+      std::cout << "ftrain: final model written to " << final_dir.string() << " (Hugging Face format)\n";
+    }
+    comm_.world().barrier();
+    return exit_code;
+  }
+
+  void print_banner() {
+    int64_t parameters = 0;
+    for (auto& [name, p] : named_params_) parameters += p.numel();
+    std::cout << config_.resolved_ini;
+    std::cout << "ftrain: " << comm_.world_size() << " rank(s), tp " << comm_.layout().tp_size << " x dp "
+              << dp_size() << ", device " << comm_.device() << ", " << parameters << " parameters, "
+              << (config_.model.init == "random" ? "randomly initialised weights from "
+                                                 : "pretrained weights from ")
+              << config_.model.path << "\n"
+              << "ftrain: global batch " << config_.train.global_batch_size << " sequences of "
+              << loader_->seq_len() << " tokens = " << config_.data.micro_batch_size << " per rank x "
+              << grad_accum_steps() << " accumulation x " << dp_size() << " data-parallel ranks\n";
+    std::cout.flush();
+  }
+
+  const Config& config_;
+  dist::Communicator& comm_;
+  model::Gpt2 model_{nullptr};
+  std::vector<std::pair<std::string, torch::Tensor>> named_params_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<dist::GradientReducer> reducer_;
+  std::unique_ptr<data::StreamingLoader> loader_;
+  std::unique_ptr<CheckpointStore> store_;
+  std::unique_ptr<MetricsLog> metrics_;
+  int64_t step_ = 0;
+  int64_t tokens_seen_ = 0;
+  bool resumed_rng_ = false;
+  bool eval_warned_ = false;
+};
+
+}  // namespace
+
+int run_training(const Config& config, dist::Communicator& comm) {
+  const int threads = config.run.threads > 0
+                          ? config.run.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / comm.local_size());
+  torch::set_num_threads(threads);
+  return Trainer(config, comm).run();
+}
+
+}  // namespace ftrain::launch

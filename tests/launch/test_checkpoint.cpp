@@ -1,0 +1,114 @@
+#define BOOST_TEST_MODULE launch_checkpoint
+#include <boost/test/unit_test.hpp>
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "launch/checkpoint.h"
+
+namespace fs = std::filesystem;
+using namespace ftrain::launch;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("ftrain_test_checkpoint_" + name);
+  fs::remove_all(dir);
+  return dir;
+}
+
+NamedTensors sample_state(float scale) {
+  return {{"model/w", torch::arange(12, torch::kFloat32).reshape({3, 4}) * scale},
+          {"model/b", torch::full({4}, scale)},
+          {"optim/exp_avg/w", torch::ones({3, 4}) * scale * 2},
+          {"rng/cpu", torch::arange(10, torch::kUInt8).reshape({2, 5})},
+          {"half", torch::full({2}, scale, torch::kBFloat16)}};
+}
+
+void flip_one_byte(const fs::path& file, std::streamoff from_end) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(0, std::ios::end);
+  const std::streamoff size = f.tellg();
+  // Flip a byte in the tensor data, which HDF5 places after the metadata; scan
+  // backwards for a non-zero byte so the flip changes a value.
+  for (std::streamoff pos = size - from_end; pos > 0; --pos) {
+    f.seekg(pos);
+    char c = 0;
+    f.read(&c, 1);
+    if (c != 0) {
+      c = static_cast<char>(c ^ 0x10);
+      f.seekp(pos);
+      f.write(&c, 1);
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(round_trip_with_metadata) {
+  CheckpointStore store(fresh_dir("roundtrip"), 3);
+  auto saved = store.save(7, sample_state(1.5f), {{"tokens_seen", 123}});
+  BOOST_TEST(fs::exists(saved / "COMMITTED"));
+  BOOST_TEST(!fs::exists(saved.string() + ".tmp"));
+
+  NamedTensors into = sample_state(0.0f);
+  auto meta = load_checkpoint(saved, into);
+  BOOST_TEST(meta.at("step").get<int>() == 7);
+  BOOST_TEST(meta.at("tokens_seen").get<int>() == 123);
+  const NamedTensors expected = sample_state(1.5f);
+  for (size_t i = 0; i < into.size(); ++i) BOOST_TEST(torch::equal(into[i].second, expected[i].second), into[i].first);
+  std::string latest;
+  std::ifstream(store.directory() / "latest") >> latest;
+  BOOST_TEST(latest == "step_00000007");
+}
+
+BOOST_AUTO_TEST_CASE(keeps_the_newest_k_and_ignores_uncommitted) {
+  CheckpointStore store(fresh_dir("keep"), 2);
+  for (int step : {10, 20, 30}) store.save(step, sample_state(step), {});
+  auto committed = store.committed();
+  BOOST_REQUIRE(committed.size() == 2u);
+  BOOST_TEST(committed[0].filename() == "step_00000020");
+  BOOST_TEST(committed[1].filename() == "step_00000030");
+
+  // A checkpoint whose marker was never written (the writer died) does not exist.
+  fs::remove(committed[1] / "COMMITTED");
+  BOOST_TEST(store.latest_valid()->filename() == "step_00000020");
+  // Nor does a half-written temporary directory.
+  fs::create_directories(store.directory() / "step_00000040.tmp");
+  BOOST_TEST(store.latest_valid()->filename() == "step_00000020");
+}
+
+BOOST_AUTO_TEST_CASE(corrupt_checkpoint_is_detected_and_skipped) {
+  CheckpointStore store(fresh_dir("corrupt"), 3);
+  store.save(1, sample_state(1), {});
+  auto newest = store.save(2, sample_state(2), {});
+  flip_one_byte(newest / "state.h5", 1);
+  std::string problem;
+  BOOST_TEST(!verify_checkpoint(newest, &problem));
+  BOOST_TEST(problem.find("state.h5") != std::string::npos, problem);
+  BOOST_TEST(store.latest_valid()->filename() == "step_00000001");
+
+  // A truncated file is refused with its name.
+  auto older = store.committed().front();
+  fs::resize_file(older / "state.h5", fs::file_size(older / "state.h5") / 2);
+  BOOST_TEST(!verify_checkpoint(older, &problem));
+  BOOST_TEST(problem.find("state.h5") != std::string::npos, problem);
+  BOOST_TEST(!store.latest_valid().has_value());
+}
+
+BOOST_AUTO_TEST_CASE(shape_mismatch_names_the_tensor) {
+  CheckpointStore store(fresh_dir("shape"), 1);
+  auto dir = store.save(1, sample_state(1), {});
+  NamedTensors wrong = {{"model/w", torch::zeros({4, 3})}};
+  try {
+    load_checkpoint(dir, wrong);
+    BOOST_FAIL("a (3, 4) tensor loaded into (4, 3)");
+  } catch (const std::exception& e) {
+    BOOST_TEST(std::string(e.what()).find("model/w") != std::string::npos, e.what());
+  }
+  NamedTensors missing = {{"model/absent", torch::zeros({1})}};
+  BOOST_CHECK_THROW(load_checkpoint(dir, missing), std::runtime_error);
+}

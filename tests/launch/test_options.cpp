@@ -1,0 +1,130 @@
+#define BOOST_TEST_MODULE launch_options
+#include <boost/test/unit_test.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "launch/options.h"
+
+namespace fs = std::filesystem;
+using ftrain::launch::Config;
+
+namespace {
+
+struct Args {
+  std::vector<std::string> words;
+  std::vector<const char*> argv() const {
+    std::vector<const char*> out{"ftrain"};
+    for (const auto& w : words) out.push_back(w.c_str());
+    return out;
+  }
+};
+
+bool parse(const std::vector<std::string>& words, Config& config, std::string* help = nullptr) {
+  Args args{words};
+  auto argv = args.argv();
+  std::string help_text;
+  bool ok = ftrain::launch::parse_config(static_cast<int>(argv.size()), argv.data(), config, help_text);
+  if (help) *help = help_text;
+  return ok;
+}
+
+fs::path write_ini(const std::string& name, const std::string& text) {
+  fs::path path = fs::temp_directory_path() / ("ftrain_test_options_" + name + ".ini");
+  std::ofstream(path) << text;
+  return path;
+}
+
+const std::string kMinimal = "[run]\ndir = /tmp/run\n[model]\npath = /tmp/model\n[data]\npath = /tmp/d.h5\n";
+
+// The error message of parsing `words`, or "" if it parsed.
+std::string error_of(const std::vector<std::string>& words) {
+  Config config;
+  try {
+    parse(words, config);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(ini_sections_are_option_prefixes_and_command_line_wins) {
+  auto ini = write_ini("prefix", kMinimal + "[optim]\nlr = 1e-3\nwarmup_steps = 5\n[train]\nsteps = 50\n");
+  Config config;
+  BOOST_REQUIRE(parse({"--config", ini.string(), "--optim.lr=2e-4", "--dist.tp", "1"}, config));
+  BOOST_TEST(config.optim.lr == 2e-4);
+  BOOST_TEST(config.optim.warmup_steps == 5);
+  BOOST_TEST(config.train.steps == 50);
+  BOOST_TEST(config.run.dir == "/tmp/run");
+  BOOST_TEST(config.data.micro_batch_size == 8);  // default kept
+  BOOST_TEST(config.resolved_ini.find("[optim]\nlr = 0.0002\n") != std::string::npos);
+  BOOST_TEST(config.resolved_ini.find("warmup_steps = 5") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(unknown_key_is_an_error_naming_the_key_and_file) {
+  auto ini = write_ini("unknown", kMinimal + "[optim]\nlrr = 1e-3\n");
+  const std::string error = error_of({"--config", ini.string()});
+  BOOST_TEST(error.find("optim.lrr") != std::string::npos, error);
+  BOOST_TEST(error.find(ini.string()) != std::string::npos, error);
+  const std::string cli_error = error_of({"--config", write_ini("ok", kMinimal).string(), "--train.stepz=3"});
+  BOOST_TEST(cli_error.find("train.stepz") != std::string::npos, cli_error);
+}
+
+BOOST_AUTO_TEST_CASE(malformed_value_names_the_key) {
+  auto ini = write_ini("malformed", kMinimal + "[optim]\nlr = fast\n");
+  const std::string error = error_of({"--config", ini.string()});
+  BOOST_TEST(error.find("optim.lr") != std::string::npos, error);
+  const std::string bool_error = error_of({"--config", write_ini("ok2", kMinimal).string(), "--data.shuffle=maybe"});
+  BOOST_TEST(bool_error.find("data.shuffle") != std::string::npos, bool_error);
+}
+
+BOOST_AUTO_TEST_CASE(missing_config_file_and_required_keys) {
+  const std::string missing = error_of({"--config", "/nonexistent/x.ini"});
+  BOOST_TEST(missing.find("/nonexistent/x.ini") != std::string::npos, missing);
+  const std::string no_dir = error_of({"--model.path=/m", "--data.path=/d.h5"});
+  BOOST_TEST(no_dir.find("run.dir") != std::string::npos, no_dir);
+  const std::string no_model = error_of({"--run.dir=/r", "--data.path=/d.h5"});
+  BOOST_TEST(no_model.find("model.path") != std::string::npos, no_model);
+}
+
+BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
+  const std::string base = write_ini("base", kMinimal).string();
+  auto check = [&](const std::vector<std::string>& extra, const std::string& key) {
+    std::vector<std::string> words{"--config", base};
+    words.insert(words.end(), extra.begin(), extra.end());
+    const std::string error = error_of(words);
+    BOOST_TEST(error.find(key) != std::string::npos, "expected '" << key << "' in: " << error);
+  };
+  check({"--optim.min_lr=1", "--optim.lr=1e-3"}, "optim.min_lr");
+  check({"--optim.warmup_steps=500", "--train.steps=100"}, "optim.warmup_steps");
+  check({"--train.global_batch_size=12", "--data.micro_batch_size=8"}, "train.global_batch_size");
+  check({"--model.init=magic"}, "model.init");
+  check({"--optim.decay=step"}, "optim.decay");
+  check({"--dist.tp=0"}, "dist.tp");
+  check({"--dist.device=tpu"}, "dist.device");
+  check({"--train.steps=0"}, "train.steps");
+
+  Config config;
+  BOOST_REQUIRE(parse({"--config", base, "--train.global_batch_size=16", "--data.micro_batch_size=4"}, config));
+  BOOST_CHECK_NO_THROW(ftrain::launch::validate_for_layout(config, 4));
+  try {
+    ftrain::launch::validate_for_layout(config, 3);
+    BOOST_FAIL("16 sequences cannot be split over 3 ranks of 4");
+  } catch (const std::exception& e) {
+    BOOST_TEST(std::string(e.what()).find("train.global_batch_size") != std::string::npos);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(help_lists_every_section_with_defaults) {
+  Config config;
+  std::string help;
+  BOOST_TEST(!parse({"--help"}, config, &help));
+  for (const char* expected : {"[run]", "[model]", "[data]", "[train]", "[optim]", "[checkpoint]", "[dist]",
+                               "--optim.lr", "(=0.0003)", "--data.micro_batch_size", "per rank",
+                               "--train.global_batch_size", "--dist.tp"})
+    BOOST_TEST(help.find(expected) != std::string::npos, "help lacks " << expected);
+}
