@@ -204,7 +204,9 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
   po::options_description general("General");
   general.add_options()("help,h", "list every option with its default and meaning")(
       "config", po::value<std::string>(&config.config_file),
-      "INI file; [section] key = value is the same as --section.key=value, and the command line wins");
+      "INI file; [section] key = value is the same as --section.key=value, and the command line wins")(
+      "resume", po::value<std::string>()->implicit_value("auto"),
+      "shorthand for --run.resume (bare --resume means auto: the newest valid checkpoint)");
 
   po::options_description all("ftrain options");
   all.add(general);
@@ -237,6 +239,14 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
     } catch (const po::error& e) {
       throw std::runtime_error(path + ": " + e.what());
     }
+  }
+
+  if (values.count("resume")) {
+    // --resume is an alias; giving both with different values is ambiguous.
+    const std::string resume = values["resume"].as<std::string>();
+    if (!values["run.resume"].defaulted() && values["run.resume"].as<std::string>() != resume)
+      fail("resume", "conflicts with run.resume = " + values["run.resume"].as<std::string>());
+    values.at("run.resume").value() = resume;
   }
 
   try {

@@ -128,3 +128,18 @@ BOOST_AUTO_TEST_CASE(help_lists_every_section_with_defaults) {
                                "--train.global_batch_size", "--dist.tp"})
     BOOST_TEST(help.find(expected) != std::string::npos, "help lacks " << expected);
 }
+
+BOOST_AUTO_TEST_CASE(resume_shorthand) {
+  const std::string base = write_ini("resume", kMinimal).string();
+  Config bare;
+  BOOST_REQUIRE(parse({"--config", base, "--resume"}, bare));
+  BOOST_TEST(bare.run.resume == "auto");
+  Config path;
+  BOOST_REQUIRE(parse({"--config", base, "--resume=/ckpt/step_00000010"}, path));
+  BOOST_TEST(path.run.resume == "/ckpt/step_00000010");
+  Config fresh;
+  BOOST_REQUIRE(parse({"--config", base}, fresh));
+  BOOST_TEST(fresh.run.resume == "none");
+  const std::string error = error_of({"--config", base, "--resume", "--run.resume=none"});
+  BOOST_TEST(error.find("resume") != std::string::npos, error);
+}
