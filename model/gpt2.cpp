@@ -1,0 +1,319 @@
+#include "model/gpt2.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+namespace ftrain::model {
+
+// ---------------------------------------------------------------------------------
+// Configuration
+
+namespace {
+
+const std::set<std::string> kTanhGelus = {"gelu_new", "gelu_pytorch_tanh"};
+const std::set<std::string> kExactGelus = {"gelu"};
+
+[[noreturn]] void config_error(const std::string& source, const std::string& key, const std::string& what) {
+  throw std::runtime_error(source + ": key '" + key + "' " + what);
+}
+
+// Reads config.json values with Hugging Face's defaults where a key is optional.
+class ConfigReader {
+ public:
+  ConfigReader(const nlohmann::json& json, const std::string& source) : json_(json), source_(source) {}
+
+  const nlohmann::json* find(const std::string& key) {
+    used_.insert(key);
+    auto it = json_.find(key);
+    return it == json_.end() ? nullptr : &*it;
+  }
+
+  const nlohmann::json& require(const std::string& key) {
+    const nlohmann::json* value = find(key);
+    if (!value) config_error(source_, key, "is missing");
+    return *value;
+  }
+
+  int64_t integer(const std::string& key, const nlohmann::json& value) {
+    if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      config_error(source_, key, "is too large: " + value.dump());
+    if (!value.is_number_integer()) config_error(source_, key, "must be an integer, got " + value.dump());
+    return value.get<int64_t>();
+  }
+
+  void read(const std::string& key, int64_t& out, bool required) {
+    const nlohmann::json* value = required ? &require(key) : find(key);
+    if (value) out = integer(key, *value);
+  }
+  void read(const std::string& key, double& out) {
+    if (const nlohmann::json* value = find(key)) {
+      if (!value->is_number()) config_error(source_, key, "must be a number, got " + value->dump());
+      out = value->get<double>();
+    }
+  }
+  void read(const std::string& key, bool& out) {
+    if (const nlohmann::json* value = find(key)) {
+      if (!value->is_boolean()) config_error(source_, key, "must be true or false, got " + value->dump());
+      out = value->get<bool>();
+    }
+  }
+  void read(const std::string& key, std::string& out) {
+    if (const nlohmann::json* value = find(key)) {
+      if (!value->is_string()) config_error(source_, key, "must be a string, got " + value->dump());
+      out = value->get<std::string>();
+    }
+  }
+  void read(const std::string& key, std::optional<int64_t>& out) {
+    if (const nlohmann::json* value = find(key)) {
+      if (value->is_null()) out.reset();
+      else out = integer(key, *value);
+    }
+  }
+
+  // Keys not read above.
+  nlohmann::json unused() const {
+    nlohmann::json rest = nlohmann::json::object();
+    for (const auto& [key, value] : json_.items())
+      if (!used_.count(key)) rest[key] = value;
+    return rest;
+  }
+
+ private:
+  const nlohmann::json& json_;
+  const std::string& source_;
+  std::set<std::string> used_;
+};
+
+}  // namespace
+
+void Gpt2Config::validate() const {
+  auto check = [](bool ok, const std::string& key, const std::string& what) {
+    if (!ok) throw std::runtime_error("key '" + key + "' " + what);
+  };
+  check(vocab_size > 0, "vocab_size", "must be positive, got " + std::to_string(vocab_size));
+  check(n_positions > 0, "n_positions", "must be positive, got " + std::to_string(n_positions));
+  check(n_embd > 0, "n_embd", "must be positive, got " + std::to_string(n_embd));
+  check(n_layer > 0, "n_layer", "must be positive, got " + std::to_string(n_layer));
+  check(n_head > 0, "n_head", "must be positive, got " + std::to_string(n_head));
+  check(n_embd % n_head == 0, "n_head",
+        "must divide n_embd: n_embd " + std::to_string(n_embd) + " is not a multiple of n_head " +
+            std::to_string(n_head));
+  check(!n_inner || *n_inner > 0, "n_inner",
+        "must be positive or null, got " + std::to_string(n_inner.value_or(0)));
+  check(kTanhGelus.count(activation_function) || kExactGelus.count(activation_function),
+        "activation_function",
+        "is '" + activation_function + "'; supported: gelu_new, gelu_pytorch_tanh, gelu");
+  for (auto [key, p] : {std::pair{"resid_pdrop", resid_pdrop}, std::pair{"embd_pdrop", embd_pdrop},
+                        std::pair{"attn_pdrop", attn_pdrop}})
+    check(p >= 0.0 && p < 1.0, key, "must be in [0, 1), got " + std::to_string(p));
+  check(layer_norm_epsilon > 0.0, "layer_norm_epsilon",
+        "must be positive, got " + std::to_string(layer_norm_epsilon));
+  check(initializer_range >= 0.0 && std::isfinite(initializer_range), "initializer_range",
+        "must be a finite non-negative number, got " + std::to_string(initializer_range));
+}
+
+Gpt2Config Gpt2Config::from_json(const nlohmann::json& json, const std::string& source) {
+  if (!json.is_object()) throw std::runtime_error(source + ": expected a JSON object");
+  ConfigReader reader(json, source);
+  const nlohmann::json& model_type = reader.require("model_type");
+  if (model_type != "gpt2")
+    config_error(source, "model_type", "is " + model_type.dump() + "; this loader reads \"gpt2\" models only");
+
+  Gpt2Config config;
+  reader.read("vocab_size", config.vocab_size, true);
+  reader.read("n_positions", config.n_positions, true);
+  reader.read("n_embd", config.n_embd, true);
+  reader.read("n_layer", config.n_layer, true);
+  reader.read("n_head", config.n_head, true);
+  reader.read("n_inner", config.n_inner);
+  reader.read("activation_function", config.activation_function);
+  reader.read("resid_pdrop", config.resid_pdrop);
+  reader.read("embd_pdrop", config.embd_pdrop);
+  reader.read("attn_pdrop", config.attn_pdrop);
+  reader.read("layer_norm_epsilon", config.layer_norm_epsilon);
+  reader.read("initializer_range", config.initializer_range);
+  reader.read("tie_word_embeddings", config.tie_word_embeddings);
+  reader.read("scale_attn_weights", config.scale_attn_weights);
+  reader.read("scale_attn_by_inverse_layer_idx", config.scale_attn_by_inverse_layer_idx);
+  reader.read("reorder_and_upcast_attn", config.reorder_and_upcast_attn);
+  bool cross_attention = false;
+  reader.read("add_cross_attention", cross_attention);
+  if (cross_attention) config_error(source, "add_cross_attention", "is true; encoder-decoder GPT-2 is not supported");
+  reader.find("architectures");  // rewritten by to_json()
+  config.extra = reader.unused();
+
+  try {
+    config.validate();
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(source + ": " + e.what());
+  }
+  return config;
+}
+
+Gpt2Config Gpt2Config::from_json_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) {
+    if (!std::filesystem::exists(path)) throw std::runtime_error(path.string() + ": file not found");
+    throw std::runtime_error(path.string() + ": cannot be opened for reading");
+  }
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(path.string() + ": not valid JSON: " + e.what());
+  }
+  return from_json(json, path.string());
+}
+
+nlohmann::json Gpt2Config::to_json() const {
+  nlohmann::json json = extra;
+  json["model_type"] = "gpt2";
+  json["architectures"] = {"GPT2LMHeadModel"};
+  json["vocab_size"] = vocab_size;
+  json["n_positions"] = n_positions;
+  json["n_embd"] = n_embd;
+  json["n_layer"] = n_layer;
+  json["n_head"] = n_head;
+  json["n_inner"] = n_inner ? nlohmann::json(*n_inner) : nlohmann::json(nullptr);
+  json["activation_function"] = activation_function;
+  json["resid_pdrop"] = resid_pdrop;
+  json["embd_pdrop"] = embd_pdrop;
+  json["attn_pdrop"] = attn_pdrop;
+  json["layer_norm_epsilon"] = layer_norm_epsilon;
+  json["initializer_range"] = initializer_range;
+  json["tie_word_embeddings"] = tie_word_embeddings;
+  json["scale_attn_weights"] = scale_attn_weights;
+  json["scale_attn_by_inverse_layer_idx"] = scale_attn_by_inverse_layer_idx;
+  json["reorder_and_upcast_attn"] = reorder_and_upcast_attn;
+  json["add_cross_attention"] = false;
+  return json;
+}
+
+// ---------------------------------------------------------------------------------
+// Attention
+
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const Gpt2Config& config, int64_t layer_index)
+    : head_dim_(config.head_dim()),
+      scale_(1.0),
+      attn_pdrop_(config.attn_pdrop),
+      resid_pdrop_(config.resid_pdrop),
+      upcast_(config.reorder_and_upcast_attn) {
+  const int64_t C = config.n_embd;
+  c_attn = register_module("c_attn", torch::nn::Linear(C, 3 * C));
+  c_proj = register_module("c_proj", torch::nn::Linear(C, C));
+  if (config.scale_attn_weights) scale_ /= std::sqrt(static_cast<double>(head_dim_));
+  if (config.scale_attn_by_inverse_layer_idx) scale_ /= static_cast<double>(layer_index + 1);
+}
+
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(1);
+  // (B, T, C) -> (B, T, 3 * nh * hs) -> 3 x (B, T, nh * hs)
+  auto qkv = c_attn(x).chunk(3, /*dim=*/-1);
+  const int64_t n_heads = qkv[0].size(-1) / head_dim_;
+  // 3 x (B, T, nh * hs) -> 3 x (B, nh, T, hs)
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, head_dim_}).transpose(1, 2); };
+  torch::Tensor q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
+  const auto dtype = q.scalar_type();
+  if (upcast_ && dtype != torch::kFloat) {
+    q = q.to(torch::kFloat), k = k.to(torch::kFloat), v = v.to(torch::kFloat);
+  }
+  // (B, nh, T, hs): each position attends to itself and earlier positions only.
+  torch::Tensor y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{},
+                                                     is_training() ? attn_pdrop_ : 0.0,
+                                                     /*is_causal=*/true, scale_);
+  // (B, nh, T, hs) -> (B, T, nh * hs)
+  y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
+  return torch::dropout(c_proj(y), resid_pdrop_, is_training());
+}
+
+// ---------------------------------------------------------------------------------
+// MLP
+
+MlpImpl::MlpImpl(const Gpt2Config& config)
+    : tanh_gelu_(kTanhGelus.count(config.activation_function) > 0), resid_pdrop_(config.resid_pdrop) {
+  c_fc = register_module("c_fc", torch::nn::Linear(config.n_embd, config.inner_dim()));
+  c_proj = register_module("c_proj", torch::nn::Linear(config.inner_dim(), config.n_embd));
+}
+
+torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  // (B, T, C) -> (B, T, inner) -> (B, T, C)
+  torch::Tensor hidden = torch::gelu(c_fc(x), tanh_gelu_ ? "tanh" : "none");
+  return torch::dropout(c_proj(hidden), resid_pdrop_, is_training());
+}
+
+// ---------------------------------------------------------------------------------
+// Block
+
+BlockImpl::BlockImpl(const Gpt2Config& config, int64_t layer_index) {
+  auto layer_norm = [&] {
+    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon));
+  };
+  ln_1 = register_module("ln_1", layer_norm());
+  attn = register_module("attn", CausalSelfAttention(config, layer_index));
+  ln_2 = register_module("ln_2", layer_norm());
+  mlp = register_module("mlp", Mlp(config));
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y = x + attn(ln_1(x));
+  return y + mlp(ln_2(y));
+}
+
+// ---------------------------------------------------------------------------------
+// Model
+
+Gpt2TransformerImpl::Gpt2TransformerImpl(const Gpt2Config& config)
+    : n_positions_(config.n_positions), embd_pdrop_(config.embd_pdrop) {
+  wte = register_module("wte", torch::nn::Embedding(config.vocab_size, config.n_embd));
+  wpe = register_module("wpe", torch::nn::Embedding(config.n_positions, config.n_embd));
+  h = register_module("h", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.n_layer; ++i) h->push_back(Block(config, i));
+  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd})
+                                                          .eps(config.layer_norm_epsilon)));
+}
+
+torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
+  if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong)
+    throw std::runtime_error("Gpt2: input_ids must be an int64 tensor of shape (B, T), got " +
+                             (input_ids.defined() ? std::string(c10::toString(input_ids.scalar_type())) + " " +
+                                                        c10::str(input_ids.sizes())
+                                                  : std::string("an undefined tensor")));
+  const int64_t T = input_ids.size(1);
+  if (T > n_positions_)
+    throw std::runtime_error("Gpt2: sequence length " + std::to_string(T) + " exceeds n_positions " +
+                             std::to_string(n_positions_));
+  torch::Tensor positions = torch::arange(T, input_ids.options());
+  // (B, T) -> (B, T, C) tokens + (T, C) positions
+  torch::Tensor x = torch::dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
+  for (const auto& block : *h) x = block->as<BlockImpl>()->forward(x);
+  return ln_f(x);
+}
+
+Gpt2Impl::Gpt2Impl(const Gpt2Config& config) : config_(config) {
+  try {
+    config_.validate();
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(std::string("Gpt2 config: ") + e.what());
+  }
+  transformer = register_module("transformer", Gpt2Transformer(config_));
+  if (!config_.tie_word_embeddings)
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(config_.n_embd, config_.vocab_size).bias(false)));
+}
+
+torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids) { return transformer(input_ids); }
+
+torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
+  // (B, T, C) @ (V, C)^T -> (B, T, V)
+  const torch::Tensor& head = config_.tie_word_embeddings ? transformer->wte->weight : lm_head->weight;
+  return torch::nn::functional::linear(hidden_states, head);
+}
+
+torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids) { return logits(hidden_states(input_ids)); }
+
+}  // namespace ftrain::model

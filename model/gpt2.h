@@ -1,0 +1,158 @@
+// GPT-2 (Radford et al., 2019): a decoder-only transformer with learned position
+// embeddings and pre-LayerNorm blocks.
+//
+// Submodule and parameter names mirror Hugging Face's GPT2LMHeadModel
+// (transformer.wte, transformer.h.<i>.attn.c_attn, ..., lm_head), so checkpoints and
+// logs read the same in both. Linear layers are torch::nn::Linear with weight
+// (out, in); Hugging Face stores these as Conv1D with weight (in, out), and
+// model/hf_checkpoint transposes on import and export.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace ftrain::model {
+
+// The architecture, read from and written to a Hugging Face config.json. Keys keep
+// their Hugging Face names and defaults.
+struct Gpt2Config {
+  int64_t vocab_size = 50257;
+  int64_t n_positions = 1024;  // longest sequence the position embedding covers
+  int64_t n_embd = 768;
+  int64_t n_layer = 12;
+  int64_t n_head = 12;
+  std::optional<int64_t> n_inner;  // MLP width; unset means 4 * n_embd
+  std::string activation_function = "gelu_new";  // gelu_new | gelu_pytorch_tanh | gelu
+  double resid_pdrop = 0.1;
+  double embd_pdrop = 0.1;
+  double attn_pdrop = 0.1;
+  double layer_norm_epsilon = 1e-5;
+  double initializer_range = 0.02;
+  bool tie_word_embeddings = true;  // lm_head shares transformer.wte.weight
+  bool scale_attn_weights = true;   // scores / sqrt(head_dim)
+  bool scale_attn_by_inverse_layer_idx = false;  // scores / (layer index + 1) as well
+  bool reorder_and_upcast_attn = false;          // attention in float32 under low precision
+
+  // Keys of config.json that do not describe the architecture (bos_token_id,
+  // eos_token_id, task_specific_params, ...), carried so a saved config keeps them.
+  nlohmann::json extra = nlohmann::json::object();
+
+  int64_t inner_dim() const { return n_inner.value_or(4 * n_embd); }
+  int64_t head_dim() const { return n_embd / n_head; }
+
+  // Throws std::runtime_error "key '<name>': <what is wrong>" for the first bad value.
+  void validate() const;
+
+  // Reads a config.json object. `source` (usually the file) prefixes every error,
+  // which also names the key: missing, of the wrong type, model_type other than
+  // "gpt2", or failing validate().
+  static Gpt2Config from_json(const nlohmann::json& json, const std::string& source);
+  static Gpt2Config from_json_file(const std::filesystem::path& path);
+
+  // The Hugging Face config.json object (model_type, architectures, every key above,
+  // then `extra`).
+  nlohmann::json to_json() const;
+};
+
+// Multi-head causal self-attention: one fused projection to queries, keys and values,
+// scaled dot-product attention over earlier positions, an output projection.
+// The number of heads is taken from the width of c_attn's output, so a c_attn that
+// holds only some of the heads (as a tensor-parallel shard would) computes those heads.
+class CausalSelfAttentionImpl : public torch::nn::Module {
+ public:
+  CausalSelfAttentionImpl(const Gpt2Config& config, int64_t layer_index);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+
+  torch::nn::Linear c_attn{nullptr};  // C -> 3C, [queries | keys | values]
+  torch::nn::Linear c_proj{nullptr};  // C -> C
+
+ private:
+  int64_t head_dim_;
+  double scale_;
+  double attn_pdrop_;
+  double resid_pdrop_;
+  bool upcast_;
+};
+TORCH_MODULE(CausalSelfAttention);
+
+// Position-wise feed-forward: C -> inner -> C with a GELU between.
+class MlpImpl : public torch::nn::Module {
+ public:
+  explicit MlpImpl(const Gpt2Config& config);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+
+  torch::nn::Linear c_fc{nullptr};    // C -> inner
+  torch::nn::Linear c_proj{nullptr};  // inner -> C
+
+ private:
+  bool tanh_gelu_;
+  double resid_pdrop_;
+};
+TORCH_MODULE(Mlp);
+
+// Pre-LayerNorm residual block: x + attn(ln_1(x)), then + mlp(ln_2(x)).
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const Gpt2Config& config, int64_t layer_index);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+
+  torch::nn::LayerNorm ln_1{nullptr};
+  CausalSelfAttention attn{nullptr};
+  torch::nn::LayerNorm ln_2{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(Block);
+
+// Embeddings, the stack of blocks and the final LayerNorm (Hugging Face's GPT2Model,
+// registered as `transformer`).
+class Gpt2TransformerImpl : public torch::nn::Module {
+ public:
+  explicit Gpt2TransformerImpl(const Gpt2Config& config);
+  torch::Tensor forward(const torch::Tensor& input_ids);  // (B, T) int64 -> (B, T, C)
+
+  torch::nn::Embedding wte{nullptr};  // (V, C) token embedding
+  torch::nn::Embedding wpe{nullptr};  // (n_positions, C) position embedding
+  torch::nn::ModuleList h{nullptr};   // n_layer Blocks
+  torch::nn::LayerNorm ln_f{nullptr};
+
+ private:
+  int64_t n_positions_;
+  double embd_pdrop_;
+};
+TORCH_MODULE(Gpt2Transformer);
+
+// GPT-2 with its language-modelling head. With tied embeddings the head is
+// transformer.wte.weight and no lm_head module exists, so named_parameters() lists
+// every tensor once.
+class Gpt2Impl : public torch::nn::Module {
+ public:
+  explicit Gpt2Impl(const Gpt2Config& config);  // validates config
+
+  // (B, T) int64 token ids -> (B, T, V) next-token logits.
+  torch::Tensor forward(const torch::Tensor& input_ids);
+  // (B, T) int64 token ids -> (B, T, C) hidden states after ln_f, for task heads.
+  torch::Tensor hidden_states(const torch::Tensor& input_ids);
+  // (B, T, C) hidden states -> (B, T, V) logits.
+  torch::Tensor logits(const torch::Tensor& hidden_states);
+
+  const Gpt2Config& config() const { return config_; }
+
+  Gpt2Transformer transformer{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // empty when tie_word_embeddings
+
+ private:
+  Gpt2Config config_;
+};
+TORCH_MODULE(Gpt2);
+
+}  // namespace ftrain::model

@@ -1,0 +1,199 @@
+#include "model/hf_checkpoint.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+namespace ftrain::model {
+
+namespace {
+
+const std::string kPrefix = "transformer.";
+
+// Hugging Face implements these layers as Conv1D, whose weight is (in, out).
+bool is_conv1d_weight(const std::string& name) {
+  static const std::regex pattern(R"(transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight)");
+  return std::regex_match(name, pattern);
+}
+
+// Causal-mask buffers that older Hugging Face versions save beside the weights.
+bool is_attention_mask_buffer(const std::string& name) {
+  static const std::regex pattern(R"(transformer\.h\.\d+\.attn\.(bias|masked_bias))");
+  return std::regex_match(name, pattern);
+}
+
+// "wte.weight" (GPT2Model) and "transformer.wte.weight" (GPT2LMHeadModel) both name
+// transformer.wte.weight; the head keeps its own name.
+std::string canonical_name(const std::string& stored) {
+  if (stored.rfind(kPrefix, 0) == 0 || stored.rfind("lm_head.", 0) == 0) return stored;
+  return kPrefix + stored;
+}
+
+std::vector<int64_t> hf_shape(const std::string& name, const torch::Tensor& parameter) {
+  std::vector<int64_t> shape = parameter.sizes().vec();
+  if (is_conv1d_weight(name)) std::swap(shape[0], shape[1]);
+  return shape;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  constexpr size_t kShown = 12;
+  std::ostringstream out;
+  for (size_t i = 0; i < items.size() && i < kShown; ++i) out << (i ? ", " : "") << items[i];
+  if (items.size() > kShown) out << " and " << items.size() - kShown << " more";
+  return out.str();
+}
+
+std::string architecture(const Gpt2Config& c) {
+  return "n_layer=" + std::to_string(c.n_layer) + " n_embd=" + std::to_string(c.n_embd) +
+         " n_inner=" + std::to_string(c.inner_dim()) + " vocab_size=" + std::to_string(c.vocab_size) +
+         " n_positions=" + std::to_string(c.n_positions) +
+         " tie_word_embeddings=" + (c.tie_word_embeddings ? "true" : "false");
+}
+
+}  // namespace
+
+NamedTensors to_hf_state(Gpt2& model) {
+  NamedTensors out;
+  for (const auto& item : model->named_parameters(/*recurse=*/true)) {
+    torch::Tensor value = item.value().detach();
+    out.emplace_back(item.key(), is_conv1d_weight(item.key()) ? value.t() : value);
+  }
+  return out;
+}
+
+void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source) {
+  const Gpt2Config& config = model->config();
+  std::map<std::string, torch::Tensor> parameters;
+  for (const auto& item : model->named_parameters(/*recurse=*/true)) parameters.emplace(item.key(), item.value());
+
+  std::map<std::string, std::pair<std::string, torch::Tensor>> found;  // canonical -> (stored name, value)
+  std::vector<std::string> unexpected, duplicated, misshaped, not_float;
+  torch::Tensor tied_head;
+  for (const auto& [stored, value] : tensors) {
+    const std::string name = canonical_name(stored);
+    if (is_attention_mask_buffer(name)) continue;
+    const bool tied_head_copy = name == "lm_head.weight" && config.tie_word_embeddings;
+    auto parameter = parameters.find(tied_head_copy ? kPrefix + "wte.weight" : name);
+    if (parameter == parameters.end()) {
+      unexpected.push_back("'" + stored + "'");
+      continue;
+    }
+    const std::vector<int64_t> expected = hf_shape(parameter->first, parameter->second);
+    if (value.sizes().vec() != expected) {
+      misshaped.push_back("'" + stored + "' is " + c10::str(value.sizes()) + ", expected " +
+                          c10::str(c10::IntArrayRef(expected)));
+      continue;
+    }
+    if (!at::isFloatingType(value.scalar_type())) {
+      not_float.push_back("'" + stored + "' (" + c10::toString(value.scalar_type()) + ")");
+      continue;
+    }
+    if (tied_head_copy) {  // some writers store the tied head twice; it must equal wte
+      tied_head = value;
+      continue;
+    }
+    if (!found.emplace(name, std::pair{stored, value}).second)
+      duplicated.push_back("'" + found.at(name).first + "' and '" + stored + "'");
+  }
+  std::vector<std::string> missing;
+  for (const auto& [name, parameter] : parameters)
+    if (!found.count(name)) missing.push_back("'" + name + "'");
+
+  if (!missing.empty() || !unexpected.empty() || !duplicated.empty() || !misshaped.empty() || !not_float.empty()) {
+    std::string message = source + ": tensors do not match the GPT-2 architecture of config.json (" +
+                          architecture(config) + "):";
+    if (!missing.empty()) message += " missing " + join(missing) + ";";
+    if (!unexpected.empty()) message += " unexpected " + join(unexpected) + ";";
+    if (!duplicated.empty()) message += " stored twice " + join(duplicated) + ";";
+    if (!misshaped.empty()) message += " wrong shape " + join(misshaped) + ";";
+    if (!not_float.empty()) message += " not floating point " + join(not_float) + ";";
+    message.pop_back();
+    throw std::runtime_error(message);
+  }
+
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, entry] : found) {
+    const torch::Tensor& value = entry.second;
+    parameters.at(name).copy_(is_conv1d_weight(name) ? value.t() : value);
+  }
+  if (tied_head.defined() && !torch::equal(tied_head.to(parameters.at(kPrefix + "wte.weight").dtype()),
+                                           parameters.at(kPrefix + "wte.weight")))
+    throw std::runtime_error(source + ": 'lm_head.weight' differs from 'transformer.wte.weight' but "
+                                      "config.json sets tie_word_embeddings=true; set it to false to load "
+                                      "an untied head");
+}
+
+Gpt2 load_gpt2(const std::filesystem::path& dir) {
+  if (!std::filesystem::is_directory(dir))
+    throw std::runtime_error(dir.string() + ": not a directory (expected a Hugging Face model directory)");
+  Gpt2 model(Gpt2Config::from_json_file(dir / "config.json"));
+
+  const std::filesystem::path single = dir / "model.safetensors";
+  const std::filesystem::path index = dir / "model.safetensors.index.json";
+  if (std::filesystem::exists(single)) {
+    load_hf_state(model, load_safetensors(single), single.string());
+  } else if (std::filesystem::exists(index)) {
+    load_hf_state(model, load_safetensors_index(index), index.string());
+  } else {
+    throw std::runtime_error(dir.string() + ": has neither model.safetensors nor model.safetensors.index.json "
+                                            "(pytorch_model.bin is not read; re-save the model with "
+                                            "save_pretrained(dir, safe_serialization=True))");
+  }
+  return model;
+}
+
+Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed) {
+  Gpt2 model(config);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const double residual_std = config.initializer_range / std::sqrt(2.0 * static_cast<double>(config.n_layer));
+
+  torch::NoGradGuard no_grad;
+  // Module order is fixed by the architecture, so the draws are reproducible.
+  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
+    const std::string& name = item.key();
+    torch::nn::Module& module = *item.value();
+    if (auto* linear = module.as<torch::nn::LinearImpl>()) {
+      const bool residual = name.size() >= 6 && name.compare(name.size() - 6, 6, "c_proj") == 0;
+      linear->weight.normal_(0.0, residual ? residual_std : config.initializer_range, generator);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* embedding = module.as<torch::nn::EmbeddingImpl>()) {
+      embedding->weight.normal_(0.0, config.initializer_range, generator);
+    } else if (auto* layer_norm = module.as<torch::nn::LayerNormImpl>()) {
+      layer_norm->weight.fill_(1.0);
+      layer_norm->bias.zero_();
+    }
+  }
+  return model;
+}
+
+void save_gpt2(Gpt2& model, const std::filesystem::path& dir, ExistingDirectory existing) {
+  if (std::filesystem::exists(dir)) {
+    if (!std::filesystem::is_directory(dir)) throw std::runtime_error(dir.string() + ": exists and is not a directory");
+    if (existing == ExistingDirectory::refuse && !std::filesystem::is_empty(dir))
+      throw std::runtime_error(dir.string() + ": directory exists and is not empty; refusing to overwrite "
+                                              "it (choose an empty or new directory, or ask for overwrite)");
+  } else {
+    std::filesystem::create_directories(dir);
+  }
+
+  NamedTensors state = to_hf_state(model);
+  save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
+
+  nlohmann::json config = model->config().to_json();
+  config.erase("torch_dtype");
+  const auto dtype = state.front().second.scalar_type();
+  config["dtype"] = dtype == torch::kFloat ? "float32"
+                  : dtype == torch::kBFloat16 ? "bfloat16"
+                  : dtype == torch::kHalf ? "float16"
+                  : dtype == torch::kDouble ? "float64"
+                                            : c10::toString(dtype);
+  write_file_atomically(dir / "config.json", config.dump(2) + "\n");
+}
+
+}  // namespace ftrain::model
