@@ -1,0 +1,16 @@
+# The HDF5 token-dataset format, its readers (TokenDataset, StreamingLoader, EvalReader)
+# and ftrain-prep. ftrain_data has no Torch dependency, so tools and tests that only move
+# tokens stay light.
+
+add_library(ftrain_data STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/dataset_format.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/hdf5_handle.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/token_dataset.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/sample_order.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/streaming_loader.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/row_packer.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/document_reader.cpp
+)
+target_link_libraries(ftrain_data
+  PUBLIC ftrain_flags Threads::Threads
+  PRIVATE ftrain_hdf5 nlohmann_json::nlohmann_json)

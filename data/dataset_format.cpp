@@ -1,0 +1,35 @@
+#include "data/dataset_format.h"
+
+#include <stdexcept>
+
+namespace ftrain::data {
+
+namespace {
+
+[[noreturn]] void reject(const char* attribute, const std::string& requirement, const std::string& found) {
+  throw std::runtime_error(std::string("dataset attribute '") + attribute + "' " + requirement +
+                           ", found " + found);
+}
+
+}  // namespace
+
+void DatasetInfo::validate() const {
+  if (format_version < 1 || format_version > format::kVersion) {
+    reject(format::kAttrFormatVersion,
+           "must be between 1 and " + std::to_string(format::kVersion) + " (this build's newest)",
+           std::to_string(format_version));
+  }
+  if (seq_len < 1) reject(format::kAttrSeqLen, "must be >= 1", std::to_string(seq_len));
+  if (vocab_size < 1) reject(format::kAttrVocabSize, "must be >= 1", std::to_string(vocab_size));
+  if (eos_id < -1 || eos_id >= vocab_size) {
+    reject(format::kAttrEosId, "must be -1 (none) or a token id below vocab_size " + std::to_string(vocab_size),
+           std::to_string(eos_id));
+  }
+  if (pad_id < -1 || pad_id >= vocab_size) {
+    reject(format::kAttrPadId, "must be -1 (none) or a token id below vocab_size " + std::to_string(vocab_size),
+           std::to_string(pad_id));
+  }
+  if (task.empty()) reject(format::kAttrTask, "must name the task (e.g. causal_lm)", "an empty string");
+}
+
+}  // namespace ftrain::data

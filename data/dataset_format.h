@@ -1,0 +1,74 @@
+#pragma once
+// The on-disk schema of ftrain token datasets: the names, types and version shared by
+// the writer, the reader and ftrain-prep. docs/dataset-format.md describes the same
+// schema for people and for other tools (h5py).
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ftrain::data {
+
+namespace format {
+
+// Value of the root attribute `format`; identifies the file as an ftrain token dataset.
+inline constexpr std::string_view kName = "ftrain.tokens";
+// Newest format_version this build reads and the one it writes. Adding optional datasets
+// or attributes does not change it; it changes only when a reader of the old version
+// would misread a new file.
+inline constexpr int64_t kVersion = 1;
+
+// Root attributes.
+inline constexpr char kAttrFormat[] = "format";                 // string
+inline constexpr char kAttrFormatVersion[] = "format_version";  // int64
+inline constexpr char kAttrSeqLen[] = "seq_len";                // int64, tokens per row
+inline constexpr char kAttrVocabSize[] = "vocab_size";          // int64
+inline constexpr char kAttrEosId[] = "eos_id";                  // int64, -1 if none
+inline constexpr char kAttrPadId[] = "pad_id";                  // int64, -1 if none
+inline constexpr char kAttrTokenizer[] = "tokenizer";           // string, path or description
+inline constexpr char kAttrTask[] = "task";                     // string, e.g. "causal_lm"
+
+// Split groups directly under the root.
+inline constexpr char kSplitTrain[] = "train";
+inline constexpr char kSplitValidation[] = "validation";
+inline constexpr char kSplitTest[] = "test";
+
+// Datasets inside a split group; N = number of rows.
+inline constexpr char kInputIds[] = "input_ids";            // int32 (N, seq_len), required
+inline constexpr char kLossMask[] = "loss_mask";            // uint8 (N, seq_len), 1 = target
+inline constexpr char kAttentionMask[] = "attention_mask";  // uint8 (N, seq_len), 0 = padding
+inline constexpr char kLabels[] = "labels";                 // int64 (N) or (N, seq_len)
+inline constexpr char kDocumentIndex[] = "document_index";  // int64 (num_documents)
+
+// Attributes of a split group.
+inline constexpr char kAttrNumDocuments[] = "num_documents";  // int64, required
+inline constexpr char kAttrNumTokens[] = "num_tokens";        // int64, tokens before packing
+inline constexpr char kAttrDroppedTokens[] = "dropped_tokens";  // int64, tail shorter than a row
+
+// Values of `task`.
+inline constexpr char kTaskCausalLm[] = "causal_lm";
+
+// Rows per HDF5 chunk: 64 rows of 2048 int32 tokens are 512 KiB, small enough that a
+// random row costs little extra I/O and large enough to keep the chunk index short.
+inline constexpr int64_t kDefaultRowsPerChunk = 64;
+
+// Label value that marks a position or row without a target (the Hugging Face convention).
+inline constexpr int64_t kIgnoreLabel = -100;
+
+}  // namespace format
+
+// The root attributes of a token dataset.
+struct DatasetInfo {
+  int64_t format_version = format::kVersion;
+  int64_t seq_len = 0;
+  int64_t vocab_size = 0;
+  int64_t eos_id = -1;
+  int64_t pad_id = -1;
+  std::string tokenizer;
+  std::string task = format::kTaskCausalLm;
+
+  // Throws std::runtime_error naming the attribute that is out of range.
+  void validate() const;
+};
+
+}  // namespace ftrain::data
