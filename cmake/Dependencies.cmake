@@ -20,6 +20,8 @@ ftrain_require(Torch_FOUND "LibTorch (the CMake package of the PyPI torch wheel)
 
 find_package(MPI QUIET COMPONENTS C)
 ftrain_require(MPI_C_FOUND "MPI" "apt-get install openmpi-bin libopenmpi-dev")
+# ftrain uses the C API only; Open MPI's deprecated C++ bindings would need libmpi_cxx.
+set_property(TARGET MPI::MPI_C APPEND PROPERTY INTERFACE_COMPILE_DEFINITIONS OMPI_SKIP_MPICXX=1 MPICH_SKIP_MPICXX=1)
 
 find_package(HDF5 QUIET COMPONENTS C)
 ftrain_require(HDF5_FOUND "HDF5" "apt-get install libhdf5-dev")
