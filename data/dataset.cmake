@@ -14,3 +14,10 @@ add_library(ftrain_data STATIC
 target_link_libraries(ftrain_data
   PUBLIC ftrain_flags Threads::Threads
   PRIVATE ftrain_hdf5 nlohmann_json::nlohmann_json)
+
+# ftrain-prep needs the tokenizer, which lives in its own part of data/.
+if(TARGET ftrain_tokenizer)
+  add_executable(ftrain-prep ${CMAKE_CURRENT_LIST_DIR}/prep_main.cpp)
+  target_link_libraries(ftrain-prep PRIVATE ftrain_data ftrain_tokenizer Boost::program_options Threads::Threads)
+  set_target_properties(ftrain-prep PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
+endif()

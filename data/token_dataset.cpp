@@ -645,7 +645,14 @@ void TokenDatasetWriter::finish() {
   }
   {
     hdf5::QuietErrors quiet;
-    state_->splits.clear();
+    // Objects first, so that closing the file really closes (and flushes) it; the split
+    // records stay for num_rows().
+    for (auto& writer : state_->splits) {
+      for (hdf5::Handle* handle : {&writer->input_ids, &writer->loss_mask, &writer->attention_mask, &writer->labels,
+                                   &writer->document_index, &writer->group}) {
+        handle->reset();
+      }
+    }
     if (state_->file.close() < 0) throw file_error(temporary_path(), with_hdf5_detail("closing (flushing) the file failed"));
   }
   fsync_path(temporary_path(), O_RDONLY);

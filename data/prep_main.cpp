@@ -1,0 +1,421 @@
+// ftrain-prep: turns text corpora into an ftrain token dataset (docs/dataset-format.md).
+//
+// Documents are read twice. The first pass counts and validates them, so malformed
+// input fails before any tokenizing and the split of every document can be decided up
+// front (a seeded permutation of document indices, so no document straddles splits).
+// The second pass tokenizes in parallel, in input order, and packs each split's
+// documents into rows that are appended to the file in blocks. The output appears only
+// when everything succeeded; an existing output is replaced only with --overwrite.
+
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "data/bpe_tokenizer.h"
+#include "data/document_reader.h"
+#include "data/row_packer.h"
+#include "data/sample_order.h"
+#include "data/token_dataset.h"
+
+namespace fs = std::filesystem;
+namespace po = boost::program_options;
+using namespace ftrain::data;
+
+namespace {
+
+struct PrepOptions {
+  std::vector<fs::path> inputs;
+  std::vector<fs::path> validation_inputs;
+  std::vector<fs::path> test_inputs;
+  fs::path tokenizer;
+  fs::path output;
+  int64_t seq_len = 0;
+  double validation_fraction = 0.05;
+  double test_fraction = 0.0;
+  bool validation_fraction_given = false;
+  bool test_fraction_given = false;
+  uint64_t seed = 1234;
+  bool overwrite = false;
+  DocumentReaderOptions reader;
+  std::optional<std::string> eos_token;
+  int threads = 1;
+
+  void validate() const {
+    auto fail = [](const std::string& what) { throw po::error(what); };
+    if (inputs.empty()) fail("--input is required (a .txt or .jsonl file; repeat it for several)");
+    if (tokenizer.empty()) fail("--tokenizer is required (a directory with tokenizer.json or vocab.json + merges.txt)");
+    if (output.empty()) fail("--output is required (the .h5 file to write)");
+    if (seq_len < 2) {
+      fail("--seq-len must be >= 2 (a row needs a token to predict from and one to predict), got " +
+           std::to_string(seq_len));
+    }
+    if (!(validation_fraction >= 0 && validation_fraction < 1)) fail("--validation-fraction must be in [0, 1)");
+    if (!(test_fraction >= 0 && test_fraction < 1)) fail("--test-fraction must be in [0, 1)");
+    if (!validation_inputs.empty() && validation_fraction_given) {
+      fail("give either --validation-input or --validation-fraction, not both");
+    }
+    if (!test_inputs.empty() && test_fraction_given) fail("give either --test-input or --test-fraction, not both");
+    if (drawn_validation_fraction() + drawn_test_fraction() >= 1) {
+      fail("--validation-fraction plus --test-fraction must leave documents for training");
+    }
+    if (threads < 1) fail("--threads must be >= 1");
+  }
+
+  // Fractions of the --input documents that go to each held-out split; a split given
+  // by its own files takes nothing from --input.
+  double drawn_validation_fraction() const { return validation_inputs.empty() ? validation_fraction : 0.0; }
+  double drawn_test_fraction() const { return test_inputs.empty() ? test_fraction : 0.0; }
+};
+
+constexpr int kUsageError = 2;
+
+std::optional<PrepOptions> parse_options(int argc, char** argv) {
+  PrepOptions options;
+  std::vector<std::string> inputs, validation_inputs, test_inputs;
+  std::string text_mode = "line";
+  std::string eos_token;
+  po::options_description described(
+      "ftrain-prep: tokenize text corpora into an ftrain HDF5 token dataset\n\n"
+      "Documents are tokenized, each followed by the end-of-text token, concatenated and\n"
+      "cut into rows of exactly --seq-len tokens; the tail shorter than a row is dropped.\n"
+      "Documents are assigned to splits before packing, so none straddles two splits.\n\n"
+      "Options");
+  described.add_options()
+      ("help,h", "print this help")
+      ("input,i", po::value(&inputs)->composing(),
+       "input file, repeatable: .txt (one document per line) or .jsonl (one JSON object per line)")
+      ("tokenizer,t", po::value<std::string>()->required(),
+       "tokenizer directory: tokenizer.json, or vocab.json + merges.txt")
+      ("output,o", po::value<std::string>()->required(), "output .h5 file")
+      ("seq-len", po::value(&options.seq_len)->required(), "tokens per row")
+      ("validation-fraction", po::value(&options.validation_fraction)->default_value(0.05),
+       "fraction of --input documents for the validation split (0: no validation split)")
+      ("test-fraction", po::value(&options.test_fraction)->default_value(0.0),
+       "fraction of --input documents for the test split (0: no test split)")
+      ("validation-input", po::value(&validation_inputs)->composing(),
+       "file(s) forming the validation split instead of --validation-fraction; repeatable")
+      ("test-input", po::value(&test_inputs)->composing(),
+       "file(s) forming the test split instead of --test-fraction; repeatable")
+      ("seed", po::value(&options.seed)->default_value(1234), "seed of the split assignment")
+      ("text-mode", po::value(&text_mode)->default_value("line"),
+       "for .txt inputs: 'line' (one document per line) or 'paragraph' (documents separated by blank lines)")
+      ("text-key", po::value(&options.reader.text_key)->default_value("text"),
+       "for .jsonl inputs: the string field that holds the document")
+      ("eos-token", po::value(&eos_token),
+       "token appended to every document (default: the tokenizer's end-of-text token, <|endoftext|>)")
+      ("threads", po::value(&options.threads)->default_value(
+           static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 16u))),
+       "tokenizer threads")
+      ("overwrite", po::bool_switch(&options.overwrite), "replace an existing output file");
+
+  po::variables_map values;
+  po::store(po::parse_command_line(argc, argv, described), values);
+  if (values.count("help")) {
+    std::cout << described << "\n"
+              << "Example:\n  ftrain-prep --input corpus.jsonl --tokenizer gpt2/ --output data.h5 --seq-len 1024\n";
+    return std::nullopt;
+  }
+  po::notify(values);
+  for (const auto& input : inputs) options.inputs.emplace_back(input);
+  for (const auto& input : validation_inputs) options.validation_inputs.emplace_back(input);
+  for (const auto& input : test_inputs) options.test_inputs.emplace_back(input);
+  options.tokenizer = values["tokenizer"].as<std::string>();
+  options.output = values["output"].as<std::string>();
+  options.validation_fraction_given = !values["validation-fraction"].defaulted();
+  options.test_fraction_given = !values["test-fraction"].defaulted();
+  if (text_mode == "line") {
+    options.reader.text_mode = TextMode::kLine;
+  } else if (text_mode == "paragraph") {
+    options.reader.text_mode = TextMode::kParagraph;
+  } else {
+    throw po::error("--text-mode must be 'line' or 'paragraph', got '" + text_mode + "'");
+  }
+  if (values.count("eos-token")) options.eos_token = eos_token;
+  options.validate();
+  return options;
+}
+
+// ---------------------------------------------------------------------------------------
+
+enum class Split { kTrain, kValidation, kTest };
+constexpr const char* kSplitNames[] = {format::kSplitTrain, format::kSplitValidation, format::kSplitTest};
+
+struct LengthStats {
+  int64_t documents = 0;
+  int64_t tokens = 0;  // without EOS
+  int64_t shortest = std::numeric_limits<int64_t>::max();
+  int64_t longest = 0;
+
+  void add(int64_t length) {
+    ++documents;
+    tokens += length;
+    shortest = std::min(shortest, length);
+    longest = std::max(longest, length);
+  }
+};
+
+// One split being written: its packer, buffered document indices and statistics.
+class SplitSink {
+ public:
+  SplitSink(Split split, int64_t seq_len, int32_t eos_id, TokenDatasetWriter& writer)
+      : name_(kSplitNames[static_cast<int>(split)]), packer_(seq_len, eos_id), writer_(writer) {
+    SplitFields fields;
+    fields.document_index = true;
+    writer_.create_split(name_, fields);
+  }
+
+  void add(int64_t document_index, const std::vector<int32_t>& tokens) {
+    packer_.add_document(tokens);
+    stats_.add(static_cast<int64_t>(tokens.size()));
+    document_indices_.push_back(document_index);
+    // About 8M tokens per append: large writes, bounded memory.
+    if (packer_.ready_rows() * packer_.seq_len() >= (int64_t{1} << 23)) flush();
+  }
+
+  void flush() {
+    const int64_t rows = packer_.ready_rows();
+    if (rows > 0) {
+      const std::vector<int32_t> ids = packer_.take_rows();
+      writer_.append_rows(name_, RowBlock{rows, ids, {}, {}, {}});
+      rows_ += rows;
+    }
+    writer_.append_document_index(name_, document_indices_);
+    document_indices_.clear();
+  }
+
+  void close() {
+    flush();
+    writer_.set_split_attribute(name_, format::kAttrNumDocuments, packer_.documents());
+    writer_.set_split_attribute(name_, format::kAttrNumTokens, packer_.tokens());
+    writer_.set_split_attribute(name_, format::kAttrDroppedTokens, packer_.pending_tokens());
+  }
+
+  const std::string& name() const { return name_; }
+  int64_t rows() const { return rows_; }
+  const RowPacker& packer() const { return packer_; }
+  const LengthStats& stats() const { return stats_; }
+
+ private:
+  std::string name_;
+  RowPacker packer_;
+  TokenDatasetWriter& writer_;
+  LengthStats stats_;
+  std::vector<int64_t> document_indices_;
+  int64_t rows_ = 0;
+};
+
+// Tokenizes batches of documents on several threads, returning them in input order.
+class ParallelEncoder {
+ public:
+  ParallelEncoder(const BpeTokenizer& tokenizer, int threads) : tokenizer_(tokenizer), threads_(threads) {}
+
+  std::vector<std::vector<int32_t>> encode(const std::vector<Document>& documents) const {
+    std::vector<std::vector<int32_t>> encoded(documents.size());
+    const auto workers = static_cast<std::size_t>(std::min<std::size_t>(threads_, documents.size()));
+    if (workers <= 1) {
+      for (std::size_t i = 0; i < documents.size(); ++i) encoded[i] = tokenizer_.encode(documents[i].text);
+      return encoded;
+    }
+    std::vector<std::thread> pool;
+    std::vector<std::exception_ptr> errors(workers);
+    for (std::size_t w = 0; w < workers; ++w) {
+      pool.emplace_back([&, w] {
+        try {
+          for (std::size_t i = w; i < documents.size(); i += workers) encoded[i] = tokenizer_.encode(documents[i].text);
+        } catch (...) {
+          errors[w] = std::current_exception();
+        }
+      });
+    }
+    for (auto& thread : pool) thread.join();
+    for (const auto& error : errors) {
+      if (error) std::rethrow_exception(error);
+    }
+    return encoded;
+  }
+
+ private:
+  const BpeTokenizer& tokenizer_;
+  int threads_;
+};
+
+// Calls visit(document) for every document of the files, in order.
+template <typename Visit>
+void for_each_document(const std::vector<fs::path>& files, const DocumentReaderOptions& options, Visit visit) {
+  for (const auto& file : files) {
+    DocumentReader reader(file, options);
+    Document document;
+    while (reader.next(document)) visit(file, document);
+  }
+}
+
+int64_t count_documents(const std::vector<fs::path>& files, const DocumentReaderOptions& options) {
+  int64_t count = 0;
+  for_each_document(files, options, [&](const fs::path&, const Document&) { ++count; });
+  return count;
+}
+
+// Documents drawn for a held-out split: at least one when its fraction is positive.
+int64_t drawn_count(double fraction, int64_t documents) {
+  if (fraction <= 0) return 0;
+  return std::max<int64_t>(1, std::llround(fraction * static_cast<double>(documents)));
+}
+
+std::string format_fixed(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f", value);
+  return text;
+}
+
+void print_summary(const PrepOptions& options, const DatasetInfo& info, const std::vector<const SplitSink*>& sinks) {
+  std::printf("ftrain-prep: wrote %s\n", options.output.c_str());
+  std::printf("  tokenizer %s (vocab_size %lld, eos_id %lld), seq_len %lld, seed %llu\n", info.tokenizer.c_str(),
+              static_cast<long long>(info.vocab_size), static_cast<long long>(info.eos_id),
+              static_cast<long long>(info.seq_len),
+              static_cast<unsigned long long>(options.seed));
+  std::printf("  %-10s %10s %14s %10s %8s   %s\n", "split", "documents", "tokens+eos", "rows", "dropped",
+              "tokens/document min/mean/max");
+  for (const SplitSink* sink : sinks) {
+    const LengthStats& stats = sink->stats();
+    const double mean = stats.documents ? static_cast<double>(stats.tokens) / static_cast<double>(stats.documents) : 0;
+    std::printf("  %-10s %10lld %14lld %10lld %8lld   %lld/%s/%lld\n", sink->name().c_str(),
+                static_cast<long long>(stats.documents), static_cast<long long>(sink->packer().tokens()),
+                static_cast<long long>(sink->rows()), static_cast<long long>(sink->packer().pending_tokens()),
+                static_cast<long long>(stats.documents ? stats.shortest : 0), format_fixed(mean).c_str(),
+                static_cast<long long>(stats.longest));
+  }
+  std::fflush(stdout);
+}
+
+void run(const PrepOptions& options) {
+  std::error_code error;
+  if (fs::exists(options.output, error) && !options.overwrite) {
+    throw std::runtime_error(options.output.string() + ": already exists; pass --overwrite to replace it");
+  }
+  const BpeTokenizer tokenizer = BpeTokenizer::from_directory(options.tokenizer);
+  std::optional<int32_t> eos_id =
+      options.eos_token ? tokenizer.token_to_id(*options.eos_token) : tokenizer.eos_id();
+  if (!eos_id) {
+    throw std::runtime_error(options.tokenizer.string() + ": " +
+                             (options.eos_token ? "token '" + *options.eos_token + "' is not in the vocabulary"
+                                                : std::string("the tokenizer has no end-of-text token; name one with --eos-token")));
+  }
+
+  // Pass 1: validate every file and count the documents the split assignment ranges over.
+  const int64_t input_documents = count_documents(options.inputs, options.reader);
+  const int64_t validation_documents = count_documents(options.validation_inputs, options.reader);
+  const int64_t test_documents = count_documents(options.test_inputs, options.reader);
+  if (input_documents == 0) {
+    throw std::runtime_error("no documents in --input (every line was blank or every text empty)");
+  }
+  const int64_t drawn_validation = drawn_count(options.drawn_validation_fraction(), input_documents);
+  const int64_t drawn_test = drawn_count(options.drawn_test_fraction(), input_documents);
+  if (drawn_validation + drawn_test >= input_documents) {
+    throw std::runtime_error("--input has " + std::to_string(input_documents) + " documents; " +
+                             std::to_string(drawn_validation) + " for validation and " + std::to_string(drawn_test) +
+                             " for test would leave none for training");
+  }
+  const bool with_validation = !options.validation_inputs.empty() || drawn_validation > 0;
+  const bool with_test = !options.test_inputs.empty() || drawn_test > 0;
+
+  DatasetInfo info;
+  info.seq_len = options.seq_len;
+  info.vocab_size = tokenizer.vocab_size();
+  info.eos_id = *eos_id;
+  info.pad_id = -1;  // packed rows have no padding
+  info.tokenizer = fs::absolute(options.tokenizer).lexically_normal().string();
+  info.task = format::kTaskCausalLm;
+  WriterOptions writer_options;
+  writer_options.overwrite = options.overwrite;
+  TokenDatasetWriter writer(options.output, info, writer_options);
+
+  std::map<Split, std::unique_ptr<SplitSink>> sinks;
+  sinks[Split::kTrain] = std::make_unique<SplitSink>(Split::kTrain, options.seq_len, *eos_id, writer);
+  if (with_validation) {
+    sinks[Split::kValidation] = std::make_unique<SplitSink>(Split::kValidation, options.seq_len, *eos_id, writer);
+  }
+  if (with_test) sinks[Split::kTest] = std::make_unique<SplitSink>(Split::kTest, options.seq_len, *eos_id, writer);
+
+  // Pass 2. Documents are numbered across all inputs in order: --input files, then
+  // --validation-input, then --test-input; document_index stores these numbers.
+  const SampleOrder assignment(input_documents, options.seed);
+  auto split_of_input = [&](int64_t index) {
+    const int64_t position = assignment.position_of(index, 0);
+    if (position < drawn_validation) return Split::kValidation;
+    if (position < drawn_validation + drawn_test) return Split::kTest;
+    return Split::kTrain;
+  };
+  const ParallelEncoder encoder(tokenizer, options.threads);
+  int64_t next_index = 0;
+  std::vector<Document> pending;
+  std::vector<std::optional<Split>> pending_split;
+  auto encode_pending = [&] {
+    const auto encoded = encoder.encode(pending);
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      const int64_t index = next_index++;
+      const Split split = pending_split[i] ? *pending_split[i] : split_of_input(index);
+      sinks.at(split)->add(index, encoded[i]);
+    }
+    pending.clear();
+    pending_split.clear();
+  };
+  auto encode_files = [&](const std::vector<fs::path>& files, std::optional<Split> split) {
+    for_each_document(files, options.reader, [&](const fs::path&, const Document& document) {
+      pending.push_back(document);
+      pending_split.push_back(split);
+      if (pending.size() >= 4096) encode_pending();
+    });
+    encode_pending();
+  };
+  encode_files(options.inputs, std::nullopt);
+  encode_files(options.validation_inputs, Split::kValidation);
+  encode_files(options.test_inputs, Split::kTest);
+  if (next_index != input_documents + validation_documents + test_documents) {
+    throw std::runtime_error("the inputs changed while ftrain-prep was reading them");
+  }
+
+  std::vector<const SplitSink*> written;
+  for (auto& [split, sink] : sinks) {
+    sink->close();
+    written.push_back(sink.get());
+  }
+  for (const SplitSink* sink : written) {
+    if (sink->rows() == 0) {
+      throw std::runtime_error("split '" + sink->name() + "' would have no rows: its " +
+                               std::to_string(sink->stats().documents) + " documents hold " +
+                               std::to_string(sink->packer().tokens()) + " tokens with EOS, fewer than one row of " +
+                               std::to_string(options.seq_len) + "; add text or lower --seq-len");
+    }
+  }
+  writer.finish();
+  print_summary(options, info, written);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::optional<PrepOptions> options;
+  try {
+    options = parse_options(argc, argv);
+    if (!options) return 0;  // --help
+  } catch (const po::error& error) {
+    std::cerr << "ftrain-prep: " << error.what() << "\nRun ftrain-prep --help for the options.\n";
+    return kUsageError;
+  }
+  try {
+    run(*options);
+  } catch (const std::exception& error) {
+    std::cerr << "ftrain-prep: error: " << error.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
