@@ -81,8 +81,8 @@ class TokenDatasetWriter {
 };
 
 struct ReaderOptions {
-  // HDF5 chunk cache per dataset. Random rows rarely share a chunk, so a large cache buys
-  // little; it mainly serves sequential (evaluation) reads.
+  // HDF5 chunk cache per compressed dataset, whose chunks must be decoded whole. Datasets
+  // without filters are read uncached: HDF5 then reads exactly the requested rows.
   std::size_t chunk_cache_bytes = std::size_t{8} << 20;
 };
 

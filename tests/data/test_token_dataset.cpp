@@ -67,6 +67,7 @@ struct CraftedFile {
   std::map<std::string, AttributeValue> split_attributes = {{"num_documents", int64_t{3}}};
   std::map<std::string, CraftedDataset> datasets = {{"input_ids", {H5T_STD_I32LE, {4, 8}}},
                                                     {"loss_mask", {H5T_STD_U8LE, {4, 8}}}};
+  bool compressed = false;  // gzip in chunks of 3 rows instead of contiguous storage
 };
 
 void write_attribute(hid_t object, const std::string& name, const AttributeValue& value) {
@@ -92,7 +93,7 @@ void write_attribute(hid_t object, const std::string& name, const AttributeValue
   H5Sclose(space);
 }
 
-// Contiguous (unchunked) datasets holding (row * seq_len + t) % 100.
+// Datasets holding (row * seq_len + t) % 100.
 void write_crafted(const fs::path& path, const CraftedFile& spec) {
   const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   BOOST_REQUIRE(file >= 0);
@@ -102,7 +103,15 @@ void write_crafted(const fs::path& path, const CraftedFile& spec) {
     for (const auto& [name, value] : spec.split_attributes) write_attribute(group, name, value);
     for (const auto& [name, dataset] : spec.datasets) {
       const hid_t space = H5Screate_simple(static_cast<int>(dataset.dims.size()), dataset.dims.data(), nullptr);
-      const hid_t id = H5Dcreate2(group, name.c_str(), dataset.file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      const hid_t creation = H5Pcreate(H5P_DATASET_CREATE);
+      if (spec.compressed) {
+        std::vector<hsize_t> chunk = dataset.dims;
+        chunk[0] = 3;
+        H5Pset_chunk(creation, static_cast<int>(chunk.size()), chunk.data());
+        H5Pset_deflate(creation, 6);
+      }
+      const hid_t id = H5Dcreate2(group, name.c_str(), dataset.file_type, space, H5P_DEFAULT, creation, H5P_DEFAULT);
+      H5Pclose(creation);
       const hsize_t count = std::accumulate(dataset.dims.begin(), dataset.dims.end(), hsize_t{1}, std::multiplies<>());
       std::vector<int64_t> values(count);
       for (hsize_t i = 0; i < count; ++i) values[i] = static_cast<int64_t>(i % 100);
@@ -243,18 +252,31 @@ BOOST_AUTO_TEST_CASE(round_trip_every_field_across_appends_and_chunks) {
 
 BOOST_AUTO_TEST_CASE(reads_files_written_by_other_tools) {
   // Contiguous storage, fixed-length string attributes: what a script might produce.
+  // Also gzip-compressed chunks, which are read through the chunk cache.
   ScratchDir dir;
-  const fs::path path = dir / "crafted.h5";
-  write_crafted(path, CraftedFile{});
-  TokenDataset dataset(path, "train");
-  BOOST_TEST(dataset.num_rows() == 4);
-  BOOST_TEST(dataset.info().tokenizer == "crafted");
-  const std::vector<int64_t> rows = {3, 1};
-  std::vector<int32_t> ids(16);
-  dataset.read_rows(rows, ids.data());
-  for (int64_t t = 0; t < 8; ++t) {
-    BOOST_TEST(ids[t] == (3 * 8 + t) % 100);
-    BOOST_TEST(ids[8 + t] == (1 * 8 + t) % 100);
+  for (const bool compressed : {false, true}) {
+    BOOST_TEST_CONTEXT("compressed " << compressed) {
+      const fs::path path = dir / "crafted.h5";
+      CraftedFile spec;
+      spec.compressed = compressed;
+      spec.datasets["input_ids"].dims = {10, 8};
+      spec.datasets["loss_mask"].dims = {10, 8};
+      write_crafted(path, spec);
+      TokenDataset dataset(path, "train");
+      BOOST_TEST(dataset.num_rows() == 10);
+      BOOST_TEST(dataset.info().tokenizer == "crafted");
+      const std::vector<int64_t> rows = {9, 3, 1, 2, 3};
+      std::vector<int32_t> ids(rows.size() * 8);
+      std::vector<uint8_t> mask(ids.size());
+      dataset.read_rows(rows, ids.data());
+      dataset.read_loss_mask(rows, mask.data());
+      for (std::size_t i = 0; i < rows.size(); ++i) {
+        for (int64_t t = 0; t < 8; ++t) {
+          BOOST_TEST(ids[i * 8 + t] == (rows[i] * 8 + t) % 100);
+          BOOST_TEST(mask[i * 8 + t] == (rows[i] * 8 + t) % 100);
+        }
+      }
+    }
   }
 }
 
