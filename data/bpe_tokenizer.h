@@ -37,8 +37,8 @@ class BpeTokenizer {
   static BpeTokenizer from_directory(const std::filesystem::path& dir);
 
   // Text -> ids, no special tokens added. Added tokens that appear literally in the text
-  // become their single id. Bytes that are not valid UTF-8 are kept (each becomes a piece
-  // of its own), so no input is rejected.
+  // become their single id. Bytes that are not valid UTF-8 are kept, each run of them a
+  // piece of its own, so no input is rejected.
   std::vector<int32_t> encode(std::string_view text) const;
 
   // Ids -> text, special tokens included. Ids that name no token are skipped and byte
