@@ -325,9 +325,9 @@ def test_pre_tokenize_every_code_point(trained, tmp_path):
     """Each code point in four contexts, so a letter, digit, space or symbol class that the
     two regex engines disagree on moves a piece boundary."""
     reference = Tokenizer.from_file(str(trained["json"] / "tokenizer.json")).pre_tokenizer
-    # All of the BMP, and a sample of the supplementary planes up to CJK extension H.
+    # Every code point up to the end of CJK extension H (U+323AF), and a sample beyond.
     code_points = [c for c in range(0x10000) if not 0xD800 <= c < 0xE000]
-    code_points += list(range(0x10000, 0x323B0, 7)) + list(range(0xE0000, 0xE0080)) + [0x10FFFF]
+    code_points += list(range(0x10000, 0x323B0)) + list(range(0xE0000, 0xE0080)) + [0x10FFFF]
     probe = "".join(f"a{c}1{c}.{c} {c}\n" for c in map(chr, code_points))
     chunks = [probe[i : i + 4000] for i in range(0, len(probe), 4000)]
     expected = [[chunk[start:end] for _, (start, end) in reference.pre_tokenize_str(chunk)] for chunk in chunks]
