@@ -145,7 +145,8 @@ Gpt2Config Gpt2Config::from_json(const nlohmann::json& json, const std::string& 
   bool cross_attention = false;
   reader.read("add_cross_attention", cross_attention);
   if (cross_attention) config_error(source, "add_cross_attention", "is true; encoder-decoder GPT-2 is not supported");
-  reader.find("architectures");  // rewritten by to_json()
+  // Rewritten on save: the class name, and the dtype of the file being written.
+  for (const char* key : {"architectures", "dtype", "torch_dtype"}) reader.find(key);
   config.extra = reader.unused();
 
   try {

@@ -45,6 +45,7 @@ struct Gpt2Config {
 
   // Keys of config.json that do not describe the architecture (bos_token_id,
   // eos_token_id, task_specific_params, ...), carried so a saved config keeps them.
+  // "architectures" and "dtype"/"torch_dtype" are not kept: save_gpt2 writes them.
   nlohmann::json extra = nlohmann::json::object();
 
   int64_t inner_dim() const { return n_inner.value_or(4 * n_embd); }

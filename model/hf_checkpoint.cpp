@@ -74,6 +74,7 @@ void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& 
 
   std::map<std::string, std::pair<std::string, torch::Tensor>> found;  // canonical -> (stored name, value)
   std::vector<std::string> unexpected, duplicated, misshaped, not_float;
+  std::set<std::string> present_but_unusable;  // reported once, not also as missing
   torch::Tensor tied_head;
   for (const auto& [stored, value] : tensors) {
     const std::string name = canonical_name(stored);
@@ -86,11 +87,13 @@ void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& 
     }
     const std::vector<int64_t> expected = hf_shape(parameter->first, parameter->second);
     if (value.sizes().vec() != expected) {
+      present_but_unusable.insert(name);
       misshaped.push_back("'" + stored + "' is " + c10::str(value.sizes()) + ", expected " +
                           c10::str(c10::IntArrayRef(expected)));
       continue;
     }
     if (!at::isFloatingType(value.scalar_type())) {
+      present_but_unusable.insert(name);
       not_float.push_back("'" + stored + "' (" + c10::toString(value.scalar_type()) + ")");
       continue;
     }
@@ -103,7 +106,7 @@ void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& 
   }
   std::vector<std::string> missing;
   for (const auto& [name, parameter] : parameters)
-    if (!found.count(name)) missing.push_back("'" + name + "'");
+    if (!found.count(name) && !present_but_unusable.count(name)) missing.push_back("'" + name + "'");
 
   if (!missing.empty() || !unexpected.empty() || !duplicated.empty() || !misshaped.empty() || !not_float.empty()) {
     std::string message = source + ": tensors do not match the GPT-2 architecture of config.json (" +
