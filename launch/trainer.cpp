@@ -41,17 +41,18 @@ model::Gpt2 build_model(const ModelOptions& options, uint64_t seed) {
   const fs::path dir = options.path;
   if (!fs::is_directory(dir))
     throw std::runtime_error(options.path + ": model directory not found (model.path)");
-  auto adjust = [&](model::Gpt2Config& config) {
-    if (options.dropout >= 0) {
-      config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = options.dropout;
-    }
-  };
-  if (options.init == "random") {
-    model::Gpt2Config config = model::Gpt2Config::from_json_file(dir / "config.json");
-    adjust(config);
-    return model::init_gpt2(config, seed);
-  }
-  return model::load_gpt2(dir, adjust);
+  model::Gpt2Config config = model::Gpt2Config::from_json_file(dir / "config.json");
+  if (options.dropout >= 0) config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = options.dropout;
+  if (options.init == "random") return model::init_gpt2(config, seed);
+  model::Gpt2 loaded = model::load_gpt2(dir);
+  if (options.dropout < 0) return loaded;
+  // Dropout rates are fixed when the modules are built, so an override builds the
+  // model from the adjusted config and takes the loaded weights.
+  model::Gpt2 adjusted(config);
+  torch::NoGradGuard no_grad;
+  auto source = loaded->named_parameters();
+  for (auto& item : adjusted->named_parameters()) item.value().copy_(source[item.key()]);
+  return adjusted;
 }
 
 // Token tensors of one micro-batch on the model's device.
@@ -180,7 +181,7 @@ class Trainer {
     // forward pass; report it here with both files named.
     auto wte = model_->named_parameters()["transformer.wte.weight"];
     const int64_t model_vocab = wte.size(0);
-    const int64_t data_vocab = loader_->vocab_size();
+    const int64_t data_vocab = loader_->info().vocab_size;
     if (data_vocab > model_vocab)
       throw std::runtime_error(config_.data.path + ": dataset vocab_size " + std::to_string(data_vocab) +
                                " exceeds the model's " + std::to_string(model_vocab) + " (" + config_.model.path +
@@ -215,7 +216,8 @@ class Trainer {
       at::Tensor states = read_checkpoint_tensor(checkpoint, "rng/cpu");
       torch::NoGradGuard no_grad;
       at::Tensor mine = states[comm_.rank()].clone();
-      at::detail::getDefaultCPUGenerator().set_state(mine);
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      generator.set_state(mine);
       resumed_rng_ = true;
     }
     if (rank0())
@@ -255,7 +257,8 @@ class Trainer {
     std::vector<data::Batch> batches;
     try {
       batches = data::read_eval_batches(config_.data.path, config_.train.eval_split, config_.data.micro_batch_size,
-                                        config_.train.eval_samples, comm_.layout().dp_rank(comm_.rank()),
+                                        config_.train.eval_samples > 0 ? config_.train.eval_samples : -1,
+                                        comm_.layout().dp_rank(comm_.rank()),
                                         dp_size());
     } catch (const std::exception& e) {
       if (!eval_warned_ && rank0()) std::cout << "ftrain: no validation: " << e.what() << "\n";
@@ -382,7 +385,7 @@ class Trainer {
     report_validation();
     if (config_.checkpoint.export_hf && rank0()) {
       const fs::path final_dir = fs::path(config_.run.dir) / "final";
-      model::save_gpt2(model_, final_dir, /*overwrite=*/true);
+      model::save_gpt2(model_, final_dir, model::ExistingDirectory::overwrite);
       std::cout << "ftrain: final model written to " << final_dir.string() << " (Hugging Face format)\n";
     }
     comm_.world().barrier();

@@ -27,23 +27,19 @@ NamedTensors sample_state(float scale) {
           {"half", torch::full({2}, scale, torch::kBFloat16)}};
 }
 
-void flip_one_byte(const fs::path& file, std::streamoff from_end) {
-  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(0, std::ios::end);
-  const std::streamoff size = f.tellg();
-  // Flip a byte in the tensor data, which HDF5 places after the metadata; scan
-  // backwards for a non-zero byte so the flip changes a value.
-  for (std::streamoff pos = size - from_end; pos > 0; --pos) {
-    f.seekg(pos);
-    char c = 0;
-    f.read(&c, 1);
-    if (c != 0) {
-      c = static_cast<char>(c ^ 0x10);
-      f.seekp(pos);
-      f.write(&c, 1);
-      return;
-    }
+// Flips one bit inside the stored bytes of `tensor`, found by searching the file for
+// its exact byte pattern, so the damage lands in tensor data and not in HDF5 metadata.
+void flip_bit_in_tensor_data(const fs::path& file, const at::Tensor& tensor) {
+  std::string bytes;
+  {
+    std::ifstream in(file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
   }
+  const std::string pattern(static_cast<const char*>(tensor.data_ptr()), tensor.nbytes());
+  const size_t at = bytes.find(pattern);
+  BOOST_REQUIRE(at != std::string::npos);
+  bytes[at + pattern.size() / 2] ^= 0x04;
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
 }
 
 }  // namespace
@@ -85,7 +81,7 @@ BOOST_AUTO_TEST_CASE(corrupt_checkpoint_is_detected_and_skipped) {
   CheckpointStore store(fresh_dir("corrupt"), 3);
   store.save(1, sample_state(1), {});
   auto newest = store.save(2, sample_state(2), {});
-  flip_one_byte(newest / "state.h5", 1);
+  flip_bit_in_tensor_data(newest / "state.h5", sample_state(2)[0].second.contiguous());
   std::string problem;
   BOOST_TEST(!verify_checkpoint(newest, &problem));
   BOOST_TEST(problem.find("state.h5") != std::string::npos, problem);
