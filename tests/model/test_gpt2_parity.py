@@ -78,6 +78,7 @@ VARIANTS = {
     "n_inner": dict(n_inner=80),
     "exact_gelu_layer_scaled": dict(activation_function="gelu", scale_attn_by_inverse_layer_idx=True,
                                     n_layer=3),
+    "unscaled_upcast": dict(scale_attn_weights=False, reorder_and_upcast_attn=True),
 }
 
 

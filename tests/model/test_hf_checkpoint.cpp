@@ -117,6 +117,22 @@ BOOST_AUTO_TEST_CASE(a_position_sees_only_earlier_tokens) {
   BOOST_TEST(!torch::allclose(a.index({Slice(), Slice(6)}), b.index({Slice(), Slice(6)})));
 }
 
+BOOST_AUTO_TEST_CASE(training_reaches_every_parameter_and_applies_dropout) {
+  Gpt2 model = init_gpt2(small_config(true), 9);
+  torch::Tensor ids = torch::randint(50, {2, 8}, torch::kLong);
+  model->train();
+  torch::Tensor first = model->forward(ids);
+  BOOST_TEST(!torch::allclose(first, model->forward(ids)));  // dropout draws differ
+  first.square().mean().backward();
+  for (const auto& item : model->named_parameters()) {
+    BOOST_TEST_REQUIRE(item.value().grad().defined(), item.key());
+    BOOST_TEST(item.value().grad().abs().sum().item<double>() > 0.0, item.key());
+  }
+  model->eval();
+  torch::NoGradGuard no_grad;
+  BOOST_TEST(torch::equal(model->forward(ids), model->forward(ids)));
+}
+
 BOOST_AUTO_TEST_CASE(init_is_seeded_and_shaped_like_hugging_face) {
   Gpt2Config config = small_config(false);
   config.n_embd = 64;
