@@ -79,5 +79,13 @@ endif()
 
 # Flags shared by every ftrain target.
 add_library(ftrain_flags INTERFACE)
+if(FTRAIN_WITH_CUDA)
+  # libtorch_cuda needs the wheel's libnccl.so.2. The CUDA toolkit's library directory
+  # is on LibTorch's rpath too and may hold an older NCCL, so every target resolves
+  # NCCL (at link and at run time) from the wheel first.
+  get_filename_component(_ftrain_nccl_dir "${NCCL_LIBRARY}" DIRECTORY)
+  target_link_options(ftrain_flags INTERFACE "LINKER:-rpath-link,${_ftrain_nccl_dir}")
+  target_link_libraries(ftrain_flags INTERFACE ftrain_nccl)
+endif()
 target_compile_options(ftrain_flags INTERFACE -Wall -Wextra -Wno-unused-parameter)
 target_include_directories(ftrain_flags INTERFACE ${PROJECT_SOURCE_DIR})

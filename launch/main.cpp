@@ -2,7 +2,9 @@
 //   mpirun -np N ftrain --config configs/X.ini [--section.key=value ...]
 #include <mpi.h>
 
+#include <cstdio>
 #include <exception>
+#include <string>
 #include <iostream>
 
 #include "dist/comm.h"
@@ -27,7 +29,10 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     // Any failure on any rank ends the whole job at once, so no rank waits forever in
     // a collective for one that has gone.
-    std::cerr << "ftrain: error on rank " << rank << ": " << e.what() << std::endl;
+    // One write per message, so lines from several ranks do not interleave.
+    const std::string message = "ftrain: error on rank " + std::to_string(rank) + ": " + e.what() + "\n";
+    std::fwrite(message.data(), 1, message.size(), stderr);
+    std::fflush(stderr);
     ftrain::dist::abort_job(2);
   }
 }

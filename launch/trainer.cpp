@@ -361,7 +361,7 @@ class Trainer {
                          {"tokens_seen", tokens_seen_},
                          {"step_time_s", step_seconds},
                          {"elapsed_s", seconds_since(run_start)}});
-        if (step_ % config_.train.log_every == 0 || step_ == config_.train.steps) {
+        if (step_ % config_.train.log_every == 0 || step_ == start_step + 1 || step_ == config_.train.steps) {
           std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s\n",
                       static_cast<long long>(step_), static_cast<long long>(config_.train.steps), loss, lr,
                       grad_norm, tokens_per_s,

