@@ -27,8 +27,11 @@ configure: setup $(BUILD)/CMakeCache.txt
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# Tests labelled `gpu` need a CUDA device; they run only where one is visible.
+GPU_FILTER := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-LE gpu")
+
 test: build
-	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(CTEST_ARGS)
+	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(GPU_FILTER) $(CTEST_ARGS)
 
 demo: build
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) scripts/demo.sh

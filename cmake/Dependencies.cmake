@@ -73,19 +73,19 @@ if(FTRAIN_WITH_CUDA)
   target_link_libraries(ftrain_nccl INTERFACE ${NCCL_LIBRARY} CUDA::cudart)
   target_compile_definitions(ftrain_nccl INTERFACE FTRAIN_WITH_NCCL=1)
   message(STATUS "ftrain: CUDA/NCCL paths enabled (NCCL: ${NCCL_LIBRARY})")
+  # libtorch_cuda needs the wheel's libnccl.so.2. The CUDA toolkit's library directory
+  # is on LibTorch's rpath too and may hold an older NCCL, so everything that links
+  # LibTorch resolves NCCL from the wheel first, at link and at run time.
+  get_filename_component(_ftrain_nccl_dir "${NCCL_LIBRARY}" DIRECTORY)
+  add_library(ftrain_torch_nccl INTERFACE)
+  target_link_options(ftrain_torch_nccl INTERFACE "LINKER:-rpath-link,${_ftrain_nccl_dir}")
+  target_link_libraries(ftrain_torch_nccl INTERFACE ftrain_nccl)
+  list(APPEND TORCH_LIBRARIES ftrain_torch_nccl)
 else()
   message(STATUS "ftrain: LibTorch without CUDA; CUDA/NCCL paths not built")
 endif()
 
 # Flags shared by every ftrain target.
 add_library(ftrain_flags INTERFACE)
-if(FTRAIN_WITH_CUDA)
-  # libtorch_cuda needs the wheel's libnccl.so.2. The CUDA toolkit's library directory
-  # is on LibTorch's rpath too and may hold an older NCCL, so every target resolves
-  # NCCL (at link and at run time) from the wheel first.
-  get_filename_component(_ftrain_nccl_dir "${NCCL_LIBRARY}" DIRECTORY)
-  target_link_options(ftrain_flags INTERFACE "LINKER:-rpath-link,${_ftrain_nccl_dir}")
-  target_link_libraries(ftrain_flags INTERFACE ftrain_nccl)
-endif()
 target_compile_options(ftrain_flags INTERFACE -Wall -Wextra -Wno-unused-parameter)
 target_include_directories(ftrain_flags INTERFACE ${PROJECT_SOURCE_DIR})
