@@ -13,6 +13,8 @@ namespace po = boost::program_options;
 namespace ftrain::launch {
 namespace {
 
+constexpr unsigned kHelpWidth = 110;
+
 [[noreturn]] void fail(const std::string& key, const std::string& what) {
   throw std::runtime_error("option '" + key + "': " + what);
 }
@@ -32,7 +34,8 @@ std::string to_text(const T& value) {
 // print the resolved value, so the INI written to the run directory lists everything.
 class Section {
  public:
-  Section(std::string name, std::string caption) : name_(std::move(name)), options_(caption) {}
+  Section(std::string name, std::string caption)
+      : name_(std::move(name)), options_(caption, kHelpWidth, kHelpWidth / 2) {}
 
   template <typename T>
   Section& add(const std::string& key, T* field, const std::string& meaning) {
@@ -201,14 +204,14 @@ void validate_for_layout(const Config& config, int dp_size) {
 bool parse_config(int argc, const char* const* argv, Config& config, std::string& help_out) {
   std::vector<Section> sections = describe(config);
 
-  po::options_description general("General");
+  po::options_description general("General", kHelpWidth, kHelpWidth / 2);
   general.add_options()("help,h", "list every option with its default and meaning")(
       "config", po::value<std::string>(&config.config_file),
       "INI file; [section] key = value is the same as --section.key=value, and the command line wins")(
       "resume", po::value<std::string>()->implicit_value("auto"),
       "shorthand for --run.resume (bare --resume means auto: the newest valid checkpoint)");
 
-  po::options_description all("ftrain options");
+  po::options_description all("ftrain options", kHelpWidth, kHelpWidth / 2);
   all.add(general);
   for (const auto& section : sections) all.add(section.options());
 
