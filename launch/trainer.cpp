@@ -15,8 +15,7 @@
 #include "dist/grad_reducer.h"
 #include "launch/adamw.h"
 #include "launch/checkpoint.h"
-#include "model/gpt2.h"
-#include "model/hf_checkpoint.h"
+#include "model/causal_lm.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -35,24 +34,6 @@ std::string format_duration(double seconds) {
   char text[32];
   std::snprintf(text, sizeof(text), "%lld:%02lld:%02lld", total / 3600, (total / 60) % 60, total % 60);
   return text;
-}
-
-model::Gpt2 build_model(const ModelOptions& options, uint64_t seed) {
-  const fs::path dir = options.path;
-  if (!fs::is_directory(dir))
-    throw std::runtime_error(options.path + ": model directory not found (model.path)");
-  model::Gpt2Config config = model::Gpt2Config::from_json_file(dir / "config.json");
-  if (options.dropout >= 0) config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = options.dropout;
-  if (options.init == "random") return model::init_gpt2(config, seed);
-  model::Gpt2 loaded = model::load_gpt2(dir);
-  if (options.dropout < 0) return loaded;
-  // Dropout rates are fixed when the modules are built, so an override builds the
-  // model from the adjusted config and takes the loaded weights.
-  model::Gpt2 adjusted(config);
-  torch::NoGradGuard no_grad;
-  auto source = loaded->named_parameters();
-  for (auto& item : adjusted->named_parameters()) item.value().copy_(source[item.key()]);
-  return adjusted;
 }
 
 // Token tensors of one micro-batch on the model's device.
@@ -115,9 +96,12 @@ class Trainer {
   int run() {
     prepare_run_dir();
     torch::manual_seed(config_.run.seed);
-    model_ = build_model(config_.model, config_.run.seed);
-    model_->to(comm_.device());
-    for (auto& item : model_->named_parameters()) named_params_.emplace_back(item.key(), item.value());
+    if (!fs::is_directory(config_.model.path))
+      throw std::runtime_error(config_.model.path + ": model directory not found (model.path)");
+    model_ = model::CausalLm::load(model::CausalLmOptions{config_.model.path, config_.model.init == "pretrained",
+                                                          config_.run.seed, config_.model.dropout});
+    model_.module().to(comm_.device());
+    for (auto& item : model_.module().named_parameters()) named_params_.emplace_back(item.key(), item.value());
     broadcast_parameters();
 
     optimizer_ = std::make_unique<AdamW>(
@@ -179,8 +163,7 @@ class Trainer {
   void check_vocabulary() {
     // A token id at or beyond the embedding table would index out of range deep in the
     // forward pass; report it here with both files named.
-    auto wte = model_->named_parameters()["transformer.wte.weight"];
-    const int64_t model_vocab = wte.size(0);
+    const int64_t model_vocab = model_.vocab_size();
     const int64_t data_vocab = loader_->info().vocab_size;
     if (data_vocab > model_vocab)
       throw std::runtime_error(config_.data.path + ": dataset vocab_size " + std::to_string(data_vocab) +
@@ -266,15 +249,15 @@ class Trainer {
       return std::nullopt;
     }
     torch::NoGradGuard no_grad;
-    model_->eval();
+    model_.module().eval();
     double loss_sum = 0;
     int64_t count = 0;
     for (const auto& batch : batches) {
       DeviceBatch device_batch = to_device(batch, comm_.device());
-      loss_sum += next_token_loss_sum(model_->forward(device_batch.input_ids), device_batch).item<double>();
+      loss_sum += next_token_loss_sum(model_.logits(device_batch.input_ids), device_batch).item<double>();
       count += device_batch.target_count;
     }
-    model_->train();
+    model_.module().train();
     loss_sum = comm_.dp().all_reduce(loss_sum, dist::ReduceOp::Sum);
     count = comm_.dp().all_reduce(count, dist::ReduceOp::Sum);
     if (count == 0) return std::nullopt;
@@ -309,7 +292,7 @@ class Trainer {
   int train() {
     const LrScheduleOptions schedule{config_.optim.lr, config_.optim.min_lr, config_.optim.warmup_steps,
                                      config_.train.steps, config_.optim.decay};
-    model_->train();
+    model_.module().train();
     const int64_t accum = grad_accum_steps();
     const int64_t start_step = step_;
     const auto run_start = Clock::now();
@@ -331,7 +314,7 @@ class Trainer {
       if (global_targets == 0) throw std::runtime_error(config_.data.path + ": a global batch has no target tokens");
       double local_loss_sum = 0;
       for (auto& batch : micro_batches) {
-        torch::Tensor loss_sum = next_token_loss_sum(model_->forward(batch.input_ids), batch);
+        torch::Tensor loss_sum = next_token_loss_sum(model_.logits(batch.input_ids), batch);
         (loss_sum / static_cast<double>(global_targets)).backward();
         local_loss_sum += loss_sum.item<double>();
       }
@@ -385,7 +368,7 @@ class Trainer {
     report_validation();
     if (config_.checkpoint.export_hf && rank0()) {
       const fs::path final_dir = fs::path(config_.run.dir) / "final";
-      model::save_gpt2(model_, final_dir, model::ExistingDirectory::overwrite);
+      model_.save(final_dir, model::ExistingDirectory::overwrite);
       std::cout << "ftrain: final model written to " << final_dir.string() << " (Hugging Face format)\n";
     }
     comm_.world().barrier();
@@ -398,8 +381,8 @@ class Trainer {
     std::cout << config_.resolved_ini;
     std::cout << "ftrain: " << comm_.world_size() << " rank(s), tp " << comm_.layout().tp_size << " x dp "
               << dp_size() << ", device " << comm_.device() << ", " << parameters << " parameters, "
-              << (config_.model.init == "random" ? "randomly initialised weights from "
-                                                 : "pretrained weights from ")
+              << (config_.model.init == "random" ? "RANDOMLY INITIALISED " : "pretrained ") << model_.family()
+              << " weights from "
               << config_.model.path << "\n"
               << "ftrain: global batch " << config_.train.global_batch_size << " sequences of "
               << loader_->seq_len() << " tokens = " << config_.data.micro_batch_size << " per rank x "
@@ -409,7 +392,7 @@ class Trainer {
 
   const Config& config_;
   dist::Communicator& comm_;
-  model::Gpt2 model_{nullptr};
+  model::CausalLm model_;
   std::vector<std::pair<std::string, torch::Tensor>> named_params_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;

@@ -1,0 +1,66 @@
+#include "model/causal_lm.h"
+
+#include <torch/torch.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "model/gpt2.h"
+
+namespace fs = std::filesystem;
+
+namespace ftrain::model {
+namespace {
+
+std::string read_model_type(const fs::path& config_path) {
+  std::ifstream in(config_path);
+  if (!in) throw std::runtime_error(config_path.string() + ": cannot open (a Hugging Face config.json is required)");
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(config_path.string() + ": not valid JSON: " + e.what());
+  }
+  if (!config.is_object() || !config.contains("model_type") || !config["model_type"].is_string())
+    throw std::runtime_error(config_path.string() + ": key 'model_type': missing or not a string");
+  return config["model_type"].get<std::string>();
+}
+
+
+Gpt2 build_gpt2(const CausalLmOptions& options) {
+  Gpt2Config config = Gpt2Config::from_json_file(options.path / "config.json");
+  if (options.dropout >= 0) config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = options.dropout;
+  if (!options.pretrained) return init_gpt2(config, options.seed);
+  Gpt2 loaded = load_gpt2(options.path);
+  if (options.dropout < 0) return loaded;
+  // Dropout rates are fixed when the modules are built, so an override builds the
+  // model from the adjusted config and takes the loaded weights.
+  Gpt2 adjusted(config);
+  torch::NoGradGuard no_grad;
+  auto source = loaded->named_parameters();
+  for (auto& item : adjusted->named_parameters()) item.value().copy_(source[item.key()]);
+  return adjusted;
+}
+
+}  // namespace
+
+CausalLm CausalLm::load(const CausalLmOptions& options) {
+  if (!fs::is_directory(options.path))
+    throw std::runtime_error(options.path.string() + ": model directory not found");
+  const std::string type = read_model_type(options.path / "config.json");
+  CausalLm model;
+  model.family_ = type;
+  if (type == "gpt2") {
+    Gpt2 gpt2 = build_gpt2(options);
+    model.module_ = gpt2.ptr();
+    model.vocab_size_ = gpt2->config().vocab_size;
+    model.logits_ = [gpt2](const at::Tensor& ids, const at::Tensor&) mutable { return gpt2->forward(ids); };
+    model.save_ = [gpt2](const fs::path& dir, ExistingDirectory existing) mutable { save_gpt2(gpt2, dir, existing); };
+    return model;
+  }
+  throw std::runtime_error((options.path / "config.json").string() + ": model_type '" + type +
+                           "' is not supported for causal language modelling (supported: gpt2)");
+}
+
+}  // namespace ftrain::model

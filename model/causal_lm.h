@@ -1,0 +1,54 @@
+// A decoder-only language model of any supported family, as the training loop sees
+// it: built from a Hugging Face directory, producing next-token logits, saved back in
+// the same format. The family is read from config.json's model_type.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "model/hf_checkpoint.h"
+
+namespace ftrain::model {
+
+struct CausalLmOptions {
+  std::filesystem::path path;   // Hugging Face model directory
+  bool pretrained = true;       // load the safetensors; false: fresh init from config.json
+  uint64_t seed = 1234;         // init seed when not pretrained
+  double dropout = -1;          // override every dropout probability; < 0 keeps config.json's
+};
+
+class CausalLm {
+ public:
+  // Reads config.json and builds the family it names (gpt2; further families as they
+  // are added). Throws std::runtime_error naming the file for an unsupported model_type.
+  static CausalLm load(const CausalLmOptions& options);
+
+  torch::nn::Module& module() { return *module_; }
+  std::shared_ptr<torch::nn::Module> module_ptr() { return module_; }
+  const std::string& family() const { return family_; }
+  int64_t vocab_size() const { return vocab_size_; }
+
+  // (B, T) int64 token ids -> (B, T, V) logits. attention_mask (B, T), 1 for real
+  // tokens, may be undefined for unpadded batches.
+  at::Tensor logits(const at::Tensor& input_ids, const at::Tensor& attention_mask = {}) const {
+    return logits_(input_ids, attention_mask);
+  }
+
+  // Writes config.json and model.safetensors in the family's Hugging Face layout.
+  void save(const std::filesystem::path& dir, ExistingDirectory existing) const { save_(dir, existing); }
+
+ private:
+  std::shared_ptr<torch::nn::Module> module_;
+  std::string family_;
+  int64_t vocab_size_ = 0;
+  std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> logits_;
+  std::function<void(const std::filesystem::path&, ExistingDirectory)> save_;
+};
+
+}  // namespace ftrain::model
