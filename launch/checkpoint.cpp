@@ -1,6 +1,8 @@
 #include "launch/checkpoint.h"
 
 #include <fcntl.h>
+#include <cerrno>
+#include <cstring>
 #include <hdf5.h>
 #include <unistd.h>
 
@@ -32,6 +34,11 @@ class H5Handle {
   }
   hid_t get() const { return id_; }
   bool ok() const { return id_ >= 0; }
+  hid_t release() {
+    const hid_t id = id_;
+    id_ = -1;
+    return id;
+  }
 
  private:
   hid_t id_;
@@ -68,8 +75,12 @@ void fsync_path(const fs::path& path, bool directory) {
   int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
   if (fd < 0) throw std::runtime_error(path.string() + ": cannot open to fsync");
   const int rc = ::fsync(fd);
+  const int error = errno;
   ::close(fd);
-  if (rc != 0) throw std::runtime_error(path.string() + ": fsync failed");
+  // Some filesystems cannot fsync a directory (EINVAL); the rename is still ordered
+  // after the file's own fsync, which is what matters for the commit.
+  if (rc != 0 && !(directory && (error == EINVAL || error == ENOTSUP)))
+    throw std::runtime_error(path.string() + ": fsync failed: " + std::strerror(error));
 }
 
 void write_file_durably(const fs::path& path, const std::string& text) {
@@ -201,6 +212,7 @@ fs::path CheckpointStore::save(int64_t step, const NamedTensors& tensors, const 
     write_string_attribute(file.get(), "meta", full.dump());
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
       throw std::runtime_error(state.string() + ": flush failed (disk full?)");
+    if (H5Fclose(file.release()) < 0) throw std::runtime_error(state.string() + ": close failed (disk full?)");
   }
   fsync_path(state, false);
   fsync_path(tmp_dir, true);
@@ -279,6 +291,9 @@ nlohmann::json load_checkpoint(const fs::path& checkpoint, const NamedTensors& i
   torch::NoGradGuard no_grad;
   for (const auto& [name, target] : into) {
     at::Tensor stored = read_tensor(file.get(), name, where);
+    if (stored.scalar_type() != target.scalar_type())
+      throw std::runtime_error(where + ": tensor '" + name + "' is stored as " + c10::toString(stored.scalar_type()) +
+                               ", the model expects " + c10::toString(target.scalar_type()));
     if (stored.sizes() != target.sizes())
       throw std::runtime_error(where + ": tensor '" + name + "' has shape " + c10::str(stored.sizes()) +
                                ", the model expects " + c10::str(target.sizes()));

@@ -10,6 +10,10 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <cstring>
+#include <map>
+
+#include "model/safetensors.h"
 
 #include "data/streaming_loader.h"
 #include "dist/grad_reducer.h"
@@ -59,6 +63,12 @@ DeviceBatch to_device(const data::Batch& batch, const torch::Device& device) {
     auto mask = torch::from_blob(const_cast<uint8_t*>(batch.loss_mask.data()), {batch.batch_size, batch.seq_len},
                                  torch::kUInt8);
     out.target_mask = mask.slice(1, 1).to(torch::kFloat32);
+  }
+  if (!batch.attention_mask.empty()) {
+    // Padding is never a target, whatever the loss mask says.
+    auto attention = torch::from_blob(const_cast<uint8_t*>(batch.attention_mask.data()),
+                                      {batch.batch_size, batch.seq_len}, torch::kUInt8);
+    out.target_mask = out.target_mask * attention.slice(1, 1).to(torch::kFloat32);
   }
   out.target_count = static_cast<int64_t>(out.target_mask.sum().item<double>());
   out.target_mask = out.target_mask.to(device);
@@ -118,10 +128,10 @@ class Trainer {
     loader_ = std::make_unique<data::StreamingLoader>(loader_options, comm_.layout().dp_rank(comm_.rank()), dp_size());
     check_vocabulary();
 
+    check_validation_split();
+
     store_ = std::make_unique<CheckpointStore>(fs::path(config_.run.dir) / "checkpoints", config_.checkpoint.keep);
     resume();
-    // Dropout masks differ per rank but are reproducible from the seed.
-    if (!resumed_rng_) torch::manual_seed(config_.run.seed + 1000003ULL * (comm_.rank() + 1) + step_);
 
     if (rank0()) {
       metrics_ = std::make_unique<MetricsLog>(fs::path(config_.run.dir) / "metrics.jsonl");
@@ -146,7 +156,7 @@ class Trainer {
                                "it or choose a new --run.dir (run.resume)");
     if (rank0()) {
       fs::create_directories(dir);
-      std::ofstream(dir / "config.ini") << config_.resolved_ini;
+      model::write_file_atomically(dir / "config.ini", config_.resolved_ini);
     }
     comm_.world().barrier();
   }
@@ -171,62 +181,128 @@ class Trainer {
                                "/config.json); the data was tokenized for another model");
   }
 
-  void resume() {
-    fs::path checkpoint;
-    if (config_.run.resume == "none") return;
-    if (config_.run.resume == "auto") {
-      auto latest = store_->latest_valid();
-      if (!latest) {
-        if (rank0()) std::cout << "ftrain: no checkpoint in " << store_->directory().string() << "; starting fresh\n";
-        return;
+  // Every rank must agree on the checkpoint: rank 0 chooses (and verifies) it and
+  // tells the others, which then only load it (loading checks the checksums of what
+  // it reads). Per-rank choices could differ on a shared filesystem with stale caches.
+  std::optional<fs::path> choose_checkpoint() {
+    std::string chosen;
+    if (rank0()) {
+      if (config_.run.resume == "auto") {
+        if (auto latest = store_->latest_valid()) chosen = latest->string();
+      } else {
+        std::string problem;
+        if (!verify_checkpoint(config_.run.resume, &problem))
+          throw std::runtime_error(problem + " (run.resume)");
+        chosen = config_.run.resume;
       }
-      checkpoint = *latest;
-    } else {
-      checkpoint = config_.run.resume;
-      std::string problem;
-      if (!verify_checkpoint(checkpoint, &problem)) throw std::runtime_error(problem + " (run.resume)");
+    }
+    chosen = broadcast_string(chosen);
+    if (chosen.empty()) return std::nullopt;
+    return fs::path(chosen);
+  }
+
+  std::string broadcast_string(const std::string& text) {
+    if (comm_.world_size() == 1) return text;
+    at::Tensor length = torch::tensor({static_cast<int64_t>(text.size())}, torch::kInt64);
+    comm_.world().broadcast(length, 0);
+    at::Tensor bytes = torch::zeros({length.item<int64_t>()}, torch::kUInt8);
+    if (rank0()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
+    comm_.world().broadcast(bytes, 0);
+    return std::string(static_cast<const char*>(bytes.data_ptr()), bytes.numel());
+  }
+
+  // Options whose change would silently change which sequences later steps see.
+  json data_order_meta() const {
+    return {{"global_batch_size", config_.train.global_batch_size},
+            {"seed", config_.data.seed},
+            {"shuffle", config_.data.shuffle},
+            {"split", config_.data.split},
+            {"seq_len", loader_->seq_len()},
+            {"num_samples", loader_->num_samples()}};
+  }
+
+  void check_data_order(const json& saved, const fs::path& checkpoint) const {
+    const json now = data_order_meta();
+    static const std::map<std::string, std::string> keys = {
+        {"global_batch_size", "train.global_batch_size"}, {"seed", "data.seed"}, {"shuffle", "data.shuffle"},
+        {"split", "data.split"}, {"seq_len", "data.path (seq_len)"}, {"num_samples", "data.path (rows)"}};
+    for (const auto& [field, key] : keys)
+      if (saved.contains(field) && saved.at(field) != now.at(field))
+        throw std::runtime_error(checkpoint.string() + ": was saved with " + key + " = " + saved.at(field).dump() +
+                                 ", this run has " + now.at(field).dump() +
+                                 "; the data order would not continue (" + key + ")");
+  }
+
+  void resume() {
+    if (config_.run.resume == "none") return;
+    auto checkpoint = choose_checkpoint();
+    if (!checkpoint) {
+      if (rank0()) std::cout << "ftrain: no checkpoint in " << store_->directory().string() << "; starting fresh\n";
+      return;
     }
     NamedTensors into;
     for (auto& [name, p] : named_params_) into.emplace_back("model/" + name, p);
     for (auto& [name, t] : optimizer_->named_state()) into.emplace_back("optim/" + name, t);
-    json meta = load_checkpoint(checkpoint, into);
+    json meta = load_checkpoint(*checkpoint, into);
+    check_data_order(meta.at("data"), *checkpoint);
     step_ = meta.at("step").get<int64_t>();
     tokens_seen_ = meta.value("tokens_seen", int64_t{0});
     optimizer_->set_step_count(meta.at("optimizer_steps").get<int64_t>());
     loader_->restore(data::LoaderState{meta.at("data").at("global_position").get<int64_t>()});
-    const json& layout = meta.at("layout");
-    if (layout.at("world_size").get<int>() == comm_.world_size()) {
-      at::Tensor states = read_checkpoint_tensor(checkpoint, "rng/cpu");
-      torch::NoGradGuard no_grad;
-      at::Tensor mine = states[comm_.rank()].clone();
-      at::Generator generator = at::detail::getDefaultCPUGenerator();
-      generator.set_state(mine);
-      resumed_rng_ = true;
+    if (rank0()) {
+      set_aside_later_checkpoints(*checkpoint);
+      truncate_metrics_after(step_);
+      std::cout << "ftrain: resumed from " << checkpoint->string() << " at step " << step_ << "\n";
     }
-    if (rank0())
-      std::cout << "ftrain: resumed from " << checkpoint.string() << " at step " << step_ << "\n";
+    comm_.world().barrier();
+  }
+
+  // Checkpoints newer than the one resumed from belong to an abandoned timeline (a
+  // corrupt newest one, or an explicit older choice). They are renamed, not deleted,
+  // so a later --resume does not jump back to them.
+  void set_aside_later_checkpoints(const fs::path& resumed) {
+    for (const auto& dir : store_->committed()) {
+      if (dir.filename().string() <= resumed.filename().string()) continue;
+      fs::path aside = dir;
+      aside += ".stale";
+      fs::remove_all(aside);
+      fs::rename(dir, aside);
+      std::cout << "ftrain: set aside " << dir.string() << " (newer than the checkpoint resumed from)\n";
+    }
+  }
+
+  // Steps logged after the checkpoint are run again; keep metrics.jsonl one record per step.
+  void truncate_metrics_after(int64_t step) {
+    const fs::path path = fs::path(config_.run.dir) / "metrics.jsonl";
+    if (!fs::exists(path)) return;
+    std::ifstream in(path);
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (record.is_object() && record.value("step", int64_t{0}) > step) continue;
+      kept += line + "\n";
+    }
+    model::write_file_atomically(path, kept);
   }
 
   void save_checkpoint() {
     // Every data-parallel replica holds the same model and optimizer state, so rank 0
-    // writes them; the RNG states of all ranks are gathered so each resumes its own.
-    at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
-    at::Tensor all_rng = torch::empty({comm_.world_size(), rng.numel()}, rng.options());
-    if (comm_.world_size() > 1) {
-      comm_.world().all_gather(all_rng, rng);
-    } else {
-      all_rng[0].copy_(rng);
-    }
+    // writes them. Random state needs no saving: dropout is reseeded from (seed, rank,
+    // step) at every step.
     if (rank0()) {
       NamedTensors tensors;
       for (auto& [name, p] : named_params_) tensors.emplace_back("model/" + name, p);
       for (auto& [name, t] : optimizer_->named_state()) tensors.emplace_back("optim/" + name, t);
-      tensors.emplace_back("rng/cpu", all_rng);
+      json data_meta = data_order_meta();
+      data_meta["global_position"] = loader_->state().global_position;
+      data_meta["path"] = config_.data.path;
       json meta = {
           {"tokens_seen", tokens_seen_},
           {"optimizer_steps", optimizer_->step_count()},
-          {"data", {{"global_position", loader_->state().global_position}, {"path", config_.data.path}}},
+          {"data", data_meta},
+          {"rng", {{"scheme", "reseeded every step from (run.seed, rank, step)"}, {"seed", config_.run.seed}}},
           {"layout", {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()}}},
+          {"model", {{"family", model_.family()}, {"path", config_.model.path}}},
           {"config", config_.resolved_ini},
       };
       auto dir = store_->save(step_, tensors, meta);
@@ -235,33 +311,36 @@ class Trainer {
     comm_.world().barrier();
   }
 
-  // Mean loss over `samples` validation sequences, each evaluated once across ranks.
+  // Whether the validation split exists is decided once, identically on every rank
+  // (the file is the same), so evaluation never leaves some ranks in a collective.
+  void check_validation_split() {
+    const auto splits = data::list_splits(config_.data.path);
+    has_validation_ = std::find(splits.begin(), splits.end(), config_.train.eval_split) != splits.end();
+    if (!has_validation_ && rank0())
+      std::cout << "ftrain: " << config_.data.path << " has no '" << config_.train.eval_split
+                << "' split; validation is off (train.eval_split)\n";
+  }
+
+  // Mean loss over the validation sequences, each evaluated once across ranks.
   std::optional<double> evaluate() {
-    std::vector<data::Batch> batches;
-    try {
-      batches = data::read_eval_batches(config_.data.path, config_.train.eval_split, config_.data.micro_batch_size,
-                                        config_.train.eval_samples > 0 ? config_.train.eval_samples : -1,
-                                        comm_.layout().dp_rank(comm_.rank()),
-                                        dp_size());
-    } catch (const std::exception& e) {
-      if (!eval_warned_ && rank0()) std::cout << "ftrain: no validation: " << e.what() << "\n";
-      eval_warned_ = true;
-      return std::nullopt;
-    }
+    if (!has_validation_) return std::nullopt;
+    data::EvalReader reader(config_.data.path, config_.train.eval_split, config_.data.micro_batch_size,
+                            config_.train.eval_samples > 0 ? config_.train.eval_samples : -1,
+                            comm_.layout().dp_rank(comm_.rank()), dp_size());
     torch::NoGradGuard no_grad;
     model_.module().eval();
-    double loss_sum = 0;
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
     int64_t count = 0;
-    for (const auto& batch : batches) {
-      DeviceBatch device_batch = to_device(batch, comm_.device());
-      loss_sum += next_token_loss_sum(model_.logits(device_batch.input_ids), device_batch).item<double>();
+    while (auto batch = reader.next()) {
+      DeviceBatch device_batch = to_device(*batch, comm_.device());
+      loss_sum += next_token_loss_sum(model_.logits(device_batch.input_ids), device_batch).to(torch::kFloat64);
       count += device_batch.target_count;
     }
     model_.module().train();
-    loss_sum = comm_.dp().all_reduce(loss_sum, dist::ReduceOp::Sum);
+    const double total = comm_.dp().all_reduce(loss_sum.item<double>(), dist::ReduceOp::Sum);
     count = comm_.dp().all_reduce(count, dist::ReduceOp::Sum);
     if (count == 0) return std::nullopt;
-    return loss_sum / static_cast<double>(count);
+    return total / static_cast<double>(count);
   }
 
   void report_validation() {
@@ -276,16 +355,14 @@ class Trainer {
   double clip_gradients() {
     torch::NoGradGuard no_grad;
     // After the data-parallel reduction every rank holds the same gradients, so the
-    // local norm is the global one.
-    torch::Tensor squares = torch::zeros({}, torch::kFloat64);
+    // local norm is the global one. One host synchronisation for the whole model.
+    std::vector<torch::Tensor> grads;
     for (auto& [name, p] : named_params_)
-      if (p.grad().defined()) squares += p.grad().to(torch::kFloat64).pow(2).sum().cpu();
-    const double norm = std::sqrt(squares.item<double>());
-    if (config_.train.grad_clip > 0 && norm > config_.train.grad_clip) {
-      const double scale = config_.train.grad_clip / (norm + 1e-6);
-      for (auto& [name, p] : named_params_)
-        if (p.grad().defined()) p.mutable_grad().mul_(scale);
-    }
+      if (p.grad().defined()) grads.push_back(p.mutable_grad());
+    if (grads.empty()) return 0;
+    const double norm = torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat64).norm().item<double>();
+    if (config_.train.grad_clip > 0 && norm > config_.train.grad_clip)
+      at::_foreach_mul_(grads, config_.train.grad_clip / (norm + 1e-6));
     return norm;
   }
 
@@ -312,14 +389,19 @@ class Trainer {
       // mean, however the batch is split.
       const int64_t global_targets = comm_.dp().all_reduce(local_targets, dist::ReduceOp::Sum);
       if (global_targets == 0) throw std::runtime_error(config_.data.path + ": a global batch has no target tokens");
-      double local_loss_sum = 0;
+      // Dropout masks differ per rank and step but depend on nothing else, so a resumed
+      // run draws the same masks as an uninterrupted one, on CPU and GPU alike.
+      torch::manual_seed(config_.run.seed + 1000003ULL * (comm_.rank() + 1) + 7919ULL * step_);
+      torch::Tensor local_loss_sum =
+          torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
       for (auto& batch : micro_batches) {
         torch::Tensor loss_sum = next_token_loss_sum(model_.logits(batch.input_ids), batch);
         (loss_sum / static_cast<double>(global_targets)).backward();
-        local_loss_sum += loss_sum.item<double>();
+        local_loss_sum += loss_sum.detach().to(torch::kFloat64);
       }
       if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
-      const double loss = comm_.dp().all_reduce(local_loss_sum, dist::ReduceOp::Sum) / global_targets;
+      const double loss =
+          comm_.dp().all_reduce(local_loss_sum.item<double>(), dist::ReduceOp::Sum) / global_targets;
       if (!std::isfinite(loss))
         throw std::runtime_error("loss is " + std::to_string(loss) + " at step " + std::to_string(step_ + 1) +
                                  " (lower optim.lr or check the data)");
@@ -401,8 +483,7 @@ class Trainer {
   std::unique_ptr<MetricsLog> metrics_;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
-  bool resumed_rng_ = false;
-  bool eval_warned_ = false;
+  bool has_validation_ = false;
 };
 
 }  // namespace

@@ -61,7 +61,21 @@ def workspace(tmp_path_factory):
     config = GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     model_dir = root / "model"
     GPT2LMHeadModel(config).save_pretrained(model_dir, safe_serialization=True)
-    return {"root": root, "data": data, "model": model_dir}
+    # A dataset whose rows carry loss masks with very different target counts, so a
+    # loss averaged per micro-batch instead of per global token would differ by layout.
+    masked = root / "masked.h5"
+    rng = np.random.default_rng(3)
+    with h5py.File(data, "r") as source, h5py.File(masked, "w") as f:
+        f.attrs.update({k: source.attrs[k] for k in source.attrs})
+        for split in ("train", "validation"):
+            ids = source[split]["input_ids"][...]
+            keep = rng.integers(1, ids.shape[1], size=len(ids))  # targets from a random position on
+            mask = (np.arange(ids.shape[1])[None, :] >= keep[:, None]).astype(np.uint8)
+            group = f.create_group(split)
+            group.attrs["num_documents"] = source[split].attrs["num_documents"]
+            group.create_dataset("input_ids", data=ids, chunks=(64, ids.shape[1]))
+            group.create_dataset("loss_mask", data=mask, chunks=(64, ids.shape[1]))
+    return {"root": root, "data": data, "masked": masked, "model": model_dir}
 
 
 def base_args(ws, run_dir, **overrides):
@@ -98,37 +112,105 @@ def test_four_ranks_match_one_rank_with_accumulation(workspace):
         np.testing.assert_allclose(weights_four[name], weights_one[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_resume_after_step_10_matches_uninterrupted_run(workspace):
-    # Dropout on, so the restored random-number state is part of what is checked.
+def test_masked_loss_is_normalised_per_global_token(workspace):
+    # Rows with between 1 and 31 targets: 1x4, 2x2 and 4x1 (ranks x accumulation) must
+    # agree, which holds only if every token of the global batch weighs the same.
+    runs = {}
+    for ranks in (1, 2, 4):
+        run_dir = workspace["root"] / f"masked{ranks}"
+        run_ftrain(ranks, *base_args(workspace, run_dir, **{"data.path": workspace["masked"], "train.steps": 8}))
+        runs[ranks] = losses(run_dir)
+    for ranks in (2, 4):
+        for step in range(1, 9):
+            assert runs[ranks][step] == pytest.approx(runs[1][step], rel=1e-5), f"{ranks} ranks, step {step}"
+
+
+def metric_records(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_step_7_matches_uninterrupted_run(workspace):
+    # Dropout on, so the random state after resuming is part of what is checked. The
+    # early exit at step 7 saves its own checkpoint (checkpoint.every is 10).
     extra = {"model.dropout": 0.1, "checkpoint.every": 10}
     full = workspace["root"] / "full"
     run_ftrain(2, *base_args(workspace, full, **extra))
     resumed = workspace["root"] / "resumed"
-    first = run_ftrain(2, *base_args(workspace, resumed, **extra, **{"run.exit_after_steps": 10}))
-    assert sorted(losses(resumed)) == list(range(1, 11)), first.stdout
-    second = run_ftrain(2, *base_args(workspace, resumed, **extra, **{"run.resume": "auto"}))
+    first = run_ftrain(2, *base_args(workspace, resumed, **extra, **{"run.exit_after_steps": 7}))
+    assert sorted(losses(resumed)) == list(range(1, 8)), first.stdout
+    assert (resumed / "checkpoints/step_00000007/COMMITTED").exists()
+    second = run_ftrain(2, *base_args(workspace, resumed, **extra), "--resume")
     assert "resumed from" in second.stdout
     reference = losses(full)
-    after = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
-    continued = {r["step"]: r["loss"] for r in after[10:] if "loss" in r}
-    assert sorted(continued) == list(range(11, 21))
-    for step in range(11, 21):
+    steps = [r["step"] for r in metric_records(resumed) if "loss" in r]
+    assert steps == list(range(1, 21)), "each step is logged exactly once"
+    continued = losses(resumed)
+    for step in range(1, 21):
         assert continued[step] == reference[step], f"step {step}: {continued[step]} != {reference[step]}"
 
 
+def test_resume_on_another_number_of_ranks(workspace):
+    # 2 ranks stop at step 7; 4 ranks continue. Same global batch, so the same
+    # sequences; only the summation order differs.
+    full = workspace["root"] / "full_nodrop"
+    run_ftrain(2, *base_args(workspace, full))
+    moved = workspace["root"] / "moved"
+    run_ftrain(2, *base_args(workspace, moved, **{"run.exit_after_steps": 7}))
+    run_ftrain(4, *base_args(workspace, moved, **{"run.resume": "auto"}))
+    reference, continued = losses(full), losses(moved)
+    assert sorted(continued) == list(range(1, 21))
+    for step in range(8, 21):
+        assert continued[step] == pytest.approx(reference[step], rel=1e-5), f"step {step}"
+
+
+def test_resume_refuses_a_different_global_batch(workspace):
+    run_dir = workspace["root"] / "batch_change"
+    run_ftrain(1, *base_args(workspace, run_dir, **{"run.exit_after_steps": 3}))
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    result = run_ftrain(2, *base_args(workspace, run_dir, **{"run.resume": "auto", "train.global_batch_size": 16}),
+                        check=False)
+    assert result.returncode != 0 and "train.global_batch_size" in result.stderr, result.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(workspace):
+    run_dir = workspace["root"] / "corrupt"
+    run_ftrain(1, *base_args(workspace, run_dir, **{"checkpoint.every": 3, "run.exit_after_steps": 6,
+                                                    "checkpoint.keep": 5}))
+    newest = run_dir / "checkpoints/step_00000006/state.h5"
+    blob = bytearray(newest.read_bytes())
+    with h5py.File(newest, "r") as f:
+        offset = f["model/transformer.wte.weight"].id.get_offset()
+    blob[offset + 100] ^= 0x20
+    newest.write_bytes(bytes(blob))
+    result = run_ftrain(1, *base_args(workspace, run_dir, **{"checkpoint.every": 3, "checkpoint.keep": 5}),
+                        "--resume")
+    assert "step_00000006" in result.stderr and "checksum" in result.stderr, result.stderr
+    assert "at step 3" in result.stdout
+    assert (run_dir / "checkpoints/step_00000006.stale").exists()
+    assert [r["step"] for r in metric_records(run_dir) if "loss" in r] == list(range(1, 21))
+
+
 def test_validation_loss_is_reported(workspace):
-    run_dir = workspace["root"] / "eval"
-    result = run_ftrain(2, *base_args(workspace, run_dir, **{"train.steps": 6, "train.eval_every": 3}))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in records if "val_loss" in r]
-    assert [r["step"] for r in evals] == [3, 6]
-    assert all(np.isfinite(r["val_loss"]) and r["val_perplexity"] == pytest.approx(np.exp(r["val_loss"]))
-               for r in evals)
-    assert "validation loss" in result.stdout
-    for record in records:
-        if "loss" in record:
-            assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= record.keys()
-    assert (run_dir / "config.ini").read_text().startswith("# resolved ftrain configuration")
+    # 13 sequences over 2 ranks: one rank's shard is padded with a filler row that must
+    # not count. The validation loss must equal the single-rank one.
+    values = {}
+    for ranks in (1, 2):
+        run_dir = workspace["root"] / f"eval{ranks}"
+        result = run_ftrain(ranks, *base_args(workspace, run_dir, **{"train.steps": 6, "train.eval_every": 3,
+                                                                     "train.eval_samples": 13}))
+        records = metric_records(run_dir)
+        evals = [r for r in records if "val_loss" in r]
+        assert [r["step"] for r in evals] == [3, 6]
+        assert all(np.isfinite(r["val_loss"]) and r["val_perplexity"] == pytest.approx(np.exp(r["val_loss"]))
+                   for r in evals)
+        assert "validation loss" in result.stdout
+        for record in records:
+            if "loss" in record:
+                assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= record.keys()
+        assert (run_dir / "config.ini").read_text().startswith("# resolved ftrain configuration")
+        values[ranks] = [r["val_loss"] for r in evals]
+    assert values[2] == pytest.approx(values[1], rel=1e-5)
 
 
 # --- bad input: a clear error naming the file, a non-zero exit on every rank, no hang,
