@@ -10,7 +10,7 @@ BUILD       ?= build
 JOBS        ?= $(shell nproc)
 CTEST_ARGS  ?=
 
-.PHONY: all setup configure build test demo clean
+.PHONY: all setup configure build build-programs test demo clean
 
 all: build
 
@@ -25,7 +25,11 @@ $(BUILD)/CMakeCache.txt: scripts/requirements.txt | setup
 configure: setup $(BUILD)/CMakeCache.txt
 
 build: configure
-	cmake --build $(BUILD) -j $(JOBS)
+	cmake --build $(BUILD) -j $(JOBS) -- --no-print-directory
+
+# The demo needs only the two programs, not the test binaries.
+build-programs: configure
+	cmake --build $(BUILD) -j $(JOBS) --target ftrain ftrain-prep -- --no-print-directory
 
 # Tests labelled `gpu` need a CUDA device; they run only where one is visible.
 GPU_FILTER := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-LE gpu")
@@ -33,7 +37,7 @@ GPU_FILTER := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-LE gpu")
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(GPU_FILTER) $(CTEST_ARGS)
 
-demo: build
+demo: build-programs
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) scripts/demo.sh
 
 clean:
