@@ -15,7 +15,7 @@ apt_packages=(
   openmpi-bin libopenmpi-dev
   libhdf5-dev
   libboost-program-options-dev libboost-test-dev
-  nlohmann-json3-dev libpcre2-dev
+  nlohmann-json3-dev libpcre2-dev libicu-dev
   python3 python3-venv python3-dev
 )
 
