@@ -1,0 +1,208 @@
+// BERT (Devlin et al., 2018) and the encoders that share its layout (MiniLM,
+// sentence-transformers models such as all-MiniLM-L6-v2): a bidirectional transformer
+// with learned position and token-type embeddings and post-LayerNorm blocks.
+//
+// Submodule and parameter names mirror Hugging Face's BertModel (embeddings.*,
+// encoder.layer.<i>.attention.self.query, ..., pooler.dense), so checkpoints and logs
+// read the same in both. Members keep those names except the LayerNorms, which are
+// registered as "LayerNorm" and held as `layer_norm`. The module is the encoder alone;
+// task heads (classifier, masked-LM head) belong to whoever trains it.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace ftrain::model {
+
+// The architecture, read from and written to a Hugging Face config.json
+// (model_type "bert"). Keys keep their Hugging Face names and defaults.
+struct BertConfig {
+  int64_t vocab_size = 30522;
+  int64_t hidden_size = 768;
+  int64_t num_hidden_layers = 12;
+  int64_t num_attention_heads = 12;
+  int64_t intermediate_size = 3072;
+  std::string hidden_act = "gelu";  // gelu (erf) | gelu_new | gelu_pytorch_tanh (tanh) | relu
+  double hidden_dropout_prob = 0.1;           // embeddings and each residual branch
+  double attention_probs_dropout_prob = 0.1;  // attention probabilities
+  int64_t max_position_embeddings = 512;      // longest sequence
+  int64_t type_vocab_size = 2;                // number of segment (token type) ids
+  double layer_norm_eps = 1e-12;
+  double initializer_range = 0.02;
+  // Row of word_embeddings that stays zero at initialisation and receives no gradient,
+  // as in Hugging Face; unset (JSON null) means none.
+  std::optional<int64_t> pad_token_id = 0;
+  std::string position_embedding_type = "absolute";  // the only kind supported
+
+  // Keys of config.json that do not describe the encoder (classifier_dropout, id2label,
+  // use_cache, ...), carried so a saved config keeps them. "architectures" and
+  // "dtype"/"torch_dtype" are not kept: save_bert writes them.
+  nlohmann::json extra = nlohmann::json::object();
+
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+
+  // Throws std::runtime_error "key '<name>': <what is wrong>" for the first bad value.
+  void validate() const;
+
+  // Reads a config.json object. `source` (usually the file) prefixes every error,
+  // which also names the key: missing, of the wrong type, model_type other than
+  // "bert", a decoder or cross-attention BERT, or failing validate().
+  static BertConfig from_json(const nlohmann::json& json, const std::string& source);
+  static BertConfig from_json_file(const std::filesystem::path& path);
+
+  // The Hugging Face config.json object (model_type, architectures, every key above,
+  // then `extra`).
+  nlohmann::json to_json() const;
+};
+
+// Word, position and token-type embeddings summed, then LayerNorm and dropout.
+class BertEmbeddingsImpl : public torch::nn::Module {
+ public:
+  explicit BertEmbeddingsImpl(const BertConfig& config);
+  // (B, T) int64 token ids, (B, T) int64 token types -> (B, T, C)
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& token_type_ids);
+
+  torch::nn::Embedding word_embeddings{nullptr};        // (V, C)
+  torch::nn::Embedding position_embeddings{nullptr};    // (max_position_embeddings, C)
+  torch::nn::Embedding token_type_embeddings{nullptr};  // (type_vocab_size, C)
+  torch::nn::LayerNorm layer_norm{nullptr};             // "LayerNorm"
+
+ private:
+  double dropout_;
+};
+TORCH_MODULE(BertEmbeddings);
+
+// Bidirectional multi-head self-attention without its output projection: separate
+// query, key and value projections and scaled dot-product attention over every
+// position that is not padding. The number of heads is taken from the width of
+// query's output, so projections that hold only some of the heads (as a
+// tensor-parallel shard would) compute those heads.
+class BertSelfAttentionImpl : public torch::nn::Module {
+ public:
+  explicit BertSelfAttentionImpl(const BertConfig& config);
+  // (B, T, C), additive mask (B, 1, 1, T) or undefined -> (B, T, nh * hs)
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attention_bias);
+
+  torch::nn::Linear query{nullptr};  // C -> nh * hs
+  torch::nn::Linear key{nullptr};    // C -> nh * hs
+  torch::nn::Linear value{nullptr};  // C -> nh * hs
+
+ private:
+  int64_t head_dim_;
+  double dropout_;
+};
+TORCH_MODULE(BertSelfAttention);
+
+// The paper's "Add & Norm" after a sublayer: a projection back to the model width,
+// dropout, the residual added, then LayerNorm (post-LN). Hugging Face's BertSelfOutput
+// (attention.output) and BertOutput (output) are both this.
+class BertAddNormImpl : public torch::nn::Module {
+ public:
+  BertAddNormImpl(const BertConfig& config, int64_t in_features);
+  // sublayer (B, T, in_features), residual (B, T, C) -> (B, T, C)
+  torch::Tensor forward(const torch::Tensor& sublayer, const torch::Tensor& residual);
+
+  torch::nn::Linear dense{nullptr};          // in_features -> C
+  torch::nn::LayerNorm layer_norm{nullptr};  // "LayerNorm"
+
+ private:
+  double dropout_;
+};
+TORCH_MODULE(BertAddNorm);
+
+// Self-attention and its Add & Norm.
+class BertAttentionImpl : public torch::nn::Module {
+ public:
+  explicit BertAttentionImpl(const BertConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attention_bias);  // (B, T, C) -> (B, T, C)
+
+  BertSelfAttention self{nullptr};
+  BertAddNorm output{nullptr};
+};
+TORCH_MODULE(BertAttention);
+
+// The first half of the feed-forward sublayer: C -> intermediate_size and the
+// activation. The second half is the layer's `output` Add & Norm.
+class BertIntermediateImpl : public torch::nn::Module {
+ public:
+  explicit BertIntermediateImpl(const BertConfig& config);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, intermediate)
+
+  torch::nn::Linear dense{nullptr};  // C -> intermediate
+
+ private:
+  std::string activation_;
+};
+TORCH_MODULE(BertIntermediate);
+
+// Post-LayerNorm encoder block: x = LN(x + attn(x)), then x = LN(x + ffn(x)).
+class BertLayerImpl : public torch::nn::Module {
+ public:
+  explicit BertLayerImpl(const BertConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attention_bias);  // (B, T, C) -> (B, T, C)
+
+  BertAttention attention{nullptr};
+  BertIntermediate intermediate{nullptr};
+  BertAddNorm output{nullptr};  // intermediate -> C, + x, LayerNorm
+};
+TORCH_MODULE(BertLayer);
+
+// The stack of layers; every layer sees the same padding mask.
+class BertEncoderImpl : public torch::nn::Module {
+ public:
+  explicit BertEncoderImpl(const BertConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attention_bias);  // (B, T, C) -> (B, T, C)
+
+  torch::nn::ModuleList layer{nullptr};  // num_hidden_layers BertLayers
+};
+TORCH_MODULE(BertEncoder);
+
+// tanh(dense(h[:, 0])): the first ([CLS]) token's hidden state as a sequence summary.
+class BertPoolerImpl : public torch::nn::Module {
+ public:
+  explicit BertPoolerImpl(const BertConfig& config);
+  torch::Tensor forward(const torch::Tensor& hidden_states);  // (B, T, C) -> (B, C)
+
+  torch::nn::Linear dense{nullptr};  // C -> C
+};
+TORCH_MODULE(BertPooler);
+
+struct BertOutput {
+  torch::Tensor last_hidden_state;  // (B, T, C)
+  torch::Tensor pooler_output;      // (B, C)
+};
+
+// The encoder with its pooler (Hugging Face's BertModel).
+class BertImpl : public torch::nn::Module {
+ public:
+  explicit BertImpl(const BertConfig& config);  // validates config
+
+  // input_ids (B, T) int64. attention_mask (B, T), nonzero for tokens and zero for
+  // padding, any dtype; undefined means no padding. token_type_ids (B, T) int64;
+  // undefined means all zero. Padding is never attended to; its own outputs are
+  // computed but meaningless.
+  BertOutput forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                     const torch::Tensor& token_type_ids = {});
+
+  const BertConfig& config() const { return config_; }
+
+  BertEmbeddings embeddings{nullptr};
+  BertEncoder encoder{nullptr};
+  BertPooler pooler{nullptr};
+
+ private:
+  BertConfig config_;
+};
+TORCH_MODULE(Bert);
+
+}  // namespace ftrain::model
