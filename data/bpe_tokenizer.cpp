@@ -8,14 +8,10 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cerrno>
-#include <cstring>
 #include <deque>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <shared_mutex>
-#include <sstream>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -23,9 +19,10 @@ namespace ftrain::data {
 namespace {
 
 namespace fs = std::filesystem;
-using Json = nlohmann::json;
+using namespace tokenizer_parts;
 
 constexpr std::string_view kEndOfText = "<|endoftext|>";
+
 
 // GPT-2's split: English contractions, then runs of letters, of digits or of other
 // symbols (each may take one leading space), then whitespace. The lookahead leaves the
@@ -89,149 +86,6 @@ std::string adapt_pattern(std::string_view pattern) {
     }
   }
   return adapted;
-}
-
-[[noreturn]] void fail(const fs::path& file, const std::string& problem) {
-  throw std::runtime_error(file.string() + ": " + problem);
-}
-
-// A JSON value or text quoted for an error message, invalid UTF-8 replaced.
-std::string shown(const Json& value) {
-  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-std::string shown(std::string_view text) { return shown(Json(std::string(text))); }
-std::string shown(const std::string& text) { return shown(Json(text)); }
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, std::string("cannot be opened: ") + std::strerror(errno));
-  std::ostringstream content;
-  content << in.rdbuf();
-  if (in.bad()) fail(path, "read failed");
-  return std::move(content).str();
-}
-
-Json read_json(const fs::path& path) {
-  std::string text = read_file(path);
-  try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    fail(path, std::string("is not valid JSON: ") + e.what());
-  }
-}
-
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-};
-template <class Value>
-using StringMap = std::unordered_map<std::string, Value, StringHash, std::equal_to<>>;
-
-// ---- UTF-8 ----
-
-// The well-formed sequence starting at text[pos] (Unicode's table 3-7: no overlong forms,
-// surrogates or values past U+10FFFF): its length, or, when ill-formed, the length of the
-// longest prefix of a well-formed sequence found there (at least 1), which is the unit
-// one U+FFFD replaces.
-struct Utf8Unit {
-  size_t length;
-  bool valid;
-};
-
-Utf8Unit scan_utf8(std::string_view text, size_t pos) {
-  const auto lead = static_cast<unsigned char>(text[pos]);
-  if (lead < 0x80) return {1, true};
-  size_t continuation_count = 0;
-  unsigned char low = 0x80, high = 0xBF;
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    continuation_count = 1;
-  } else if (lead == 0xE0) {
-    continuation_count = 2, low = 0xA0;
-  } else if ((lead >= 0xE1 && lead <= 0xEC) || lead == 0xEE || lead == 0xEF) {
-    continuation_count = 2;
-  } else if (lead == 0xED) {
-    continuation_count = 2, high = 0x9F;
-  } else if (lead == 0xF0) {
-    continuation_count = 3, low = 0x90;
-  } else if (lead >= 0xF1 && lead <= 0xF3) {
-    continuation_count = 3;
-  } else if (lead == 0xF4) {
-    continuation_count = 3, high = 0x8F;
-  } else {
-    return {1, false};
-  }
-  size_t end = pos + 1;
-  for (size_t i = 0; i < continuation_count; ++i, ++end) {
-    if (end >= text.size()) return {end - pos, false};
-    const auto byte = static_cast<unsigned char>(text[end]);
-    if (byte < low || byte > high) return {end - pos, false};
-    low = 0x80, high = 0xBF;
-  }
-  return {end - pos, true};
-}
-
-char32_t decode_utf8(std::string_view unit) {
-  const auto lead = static_cast<unsigned char>(unit[0]);
-  if (unit.size() == 1) return lead;
-  char32_t code = lead & (0x7F >> unit.size());
-  for (size_t i = 1; i < unit.size(); ++i) code = (code << 6) | (static_cast<unsigned char>(unit[i]) & 0x3F);
-  return code;
-}
-
-void append_utf8(std::string& out, char32_t code) {
-  if (code < 0x80) {
-    out += static_cast<char>(code);
-  } else if (code < 0x800) {
-    out += static_cast<char>(0xC0 | (code >> 6));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else if (code < 0x10000) {
-    out += static_cast<char>(0xE0 | (code >> 12));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (code >> 18));
-    out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  }
-}
-
-std::string replace_invalid_utf8(std::string_view bytes) {
-  std::string text;
-  text.reserve(bytes.size());
-  for (size_t pos = 0; pos < bytes.size();) {
-    const Utf8Unit unit = scan_utf8(bytes, pos);
-    if (unit.valid) {
-      text.append(bytes.substr(pos, unit.length));
-    } else {
-      text += "\xEF\xBF\xBD";
-    }
-    pos += unit.length;
-  }
-  return text;
-}
-
-// The code point of the character that starts at pos, or nullopt for an invalid byte.
-std::optional<char32_t> char_at(std::string_view text, size_t pos) {
-  const Utf8Unit unit = scan_utf8(text, pos);
-  if (!unit.valid) return std::nullopt;
-  return decode_utf8(text.substr(pos, unit.length));
-}
-
-// The start of the character that ends at end (> 0); an invalid byte counts as one.
-size_t previous_char_start(std::string_view text, size_t end) {
-  const auto is_continuation = [&](size_t pos) { return (static_cast<unsigned char>(text[pos]) & 0xC0) == 0x80; };
-  size_t start = end - 1;
-  while (start > 0 && end - start < 4 && is_continuation(start)) --start;
-  const Utf8Unit unit = scan_utf8(text, start);
-  return unit.valid && start + unit.length == end ? start : end - 1;
-}
-
-// Unicode's White_Space property, which added tokens' lstrip/rstrip strip.
-bool is_white_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
 }
 
 // ---- GPT-2's byte alphabet ----
@@ -331,17 +185,6 @@ class Regex {
     if (piece_start < text.size()) pieces.push_back(text.substr(piece_start));
   }
 
-  // Whether the pattern matches at the very start of text (compile with PCRE2_ANCHORED).
-  bool matches_start(std::string_view text) const {
-    MatchData match_data(pcre2_match_data_create_from_pattern(code_.get(), nullptr));
-    if (!match_data) throw std::bad_alloc();
-    const int rc = pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0,
-                               match_data.get(), nullptr);
-    if (rc == PCRE2_ERROR_NOMATCH) return false;
-    if (rc < 0) throw_match_error(rc);
-    return true;
-  }
-
  private:
   struct CodeFree {
     void operator()(pcre2_code* code) const { pcre2_code_free(code); }
@@ -359,104 +202,6 @@ class Regex {
   }
 
   std::unique_ptr<pcre2_code, CodeFree> code_;
-};
-
-// Rust's char::is_alphanumeric, which decides an added token's single_word boundaries.
-bool is_alphanumeric(char32_t c) {
-  static const Regex alphanumeric(R"([\p{Alphabetic}\p{N}])", "BpeTokenizer", "is_alphanumeric", PCRE2_ANCHORED);
-  std::string utf8;
-  append_utf8(utf8, c);
-  return alphanumeric.matches_start(utf8);
-}
-
-// ---- added tokens ----
-
-struct AddedToken {
-  std::string content;
-  int32_t id = 0;
-  bool single_word = false;  // only where no letter or digit touches it
-  bool lstrip = false;       // takes the whitespace before it
-  bool rstrip = false;       // takes the whitespace after it
-};
-
-struct Segment {
-  std::string_view text;
-  std::optional<int32_t> added_id;  // set: text is this added token
-};
-
-// Finds added tokens the way Hugging Face does: leftmost match first, the longest token
-// there, scanning on after it; a single_word candidate that touches a word is passed over.
-class AddedTokenMatcher {
- public:
-  void add(AddedToken token) {
-    auto& candidates = by_first_byte_[static_cast<unsigned char>(token.content[0])];
-    candidates.push_back(std::move(token));
-    std::stable_sort(candidates.begin(), candidates.end(),
-                     [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
-    empty_ = false;
-  }
-
-  bool empty() const { return empty_; }
-
-  void split(std::string_view text, std::vector<Segment>& segments) const {
-    size_t plain_start = 0;
-    size_t pos = 0;
-    while (pos < text.size()) {
-      const AddedToken* token = longest_at(text, pos);
-      if (!token) {
-        ++pos;
-        continue;
-      }
-      size_t start = pos;
-      size_t end = pos + token->content.size();
-      pos = end;
-      if (token->single_word && (touches_word_before(text, start) || touches_word_after(text, end))) continue;
-      if (token->lstrip) {
-        // Whitespace already taken by the previous token stays with it.
-        while (start > plain_start) {
-          const size_t before = previous_char_start(text, start);
-          const auto c = char_at(text, before);
-          if (!c || !is_white_space(*c)) break;
-          start = before;
-        }
-      }
-      if (token->rstrip) {
-        while (end < text.size()) {
-          const auto c = char_at(text, end);
-          if (!c || !is_white_space(*c)) break;
-          end += scan_utf8(text, end).length;
-        }
-        pos = end;
-      }
-      if (start > plain_start) segments.push_back({text.substr(plain_start, start - plain_start), std::nullopt});
-      segments.push_back({text.substr(start, end - start), token->id});
-      plain_start = end;
-    }
-    if (plain_start < text.size()) segments.push_back({text.substr(plain_start), std::nullopt});
-  }
-
- private:
-  const AddedToken* longest_at(std::string_view text, size_t pos) const {
-    for (const AddedToken& token : by_first_byte_[static_cast<unsigned char>(text[pos])]) {
-      if (text.substr(pos).starts_with(token.content)) return &token;
-    }
-    return nullptr;
-  }
-
-  static bool touches_word_before(std::string_view text, size_t start) {
-    if (start == 0) return false;
-    const auto c = char_at(text, previous_char_start(text, start));
-    return c && is_alphanumeric(*c);
-  }
-
-  static bool touches_word_after(std::string_view text, size_t end) {
-    if (end == text.size()) return false;
-    const auto c = char_at(text, end);
-    return c && is_alphanumeric(*c);
-  }
-
-  std::array<std::vector<AddedToken>, 256> by_first_byte_;
-  bool empty_ = true;
 };
 
 // ---- word cache ----
@@ -498,57 +243,6 @@ class WordCache {
   };
   std::array<Shard, kShardCount> shards_;
 };
-
-// ---- reading the configuration ----
-
-const Json* member(const Json& object, const char* key) {
-  const auto it = object.find(key);
-  return it == object.end() ? nullptr : &*it;
-}
-
-bool read_bool(const Json& object, const char* key, bool fallback, const fs::path& file, const std::string& where) {
-  const Json* value = member(object, key);
-  if (!value || value->is_null()) return fallback;
-  if (!value->is_boolean()) fail(file, where + "." + key + " is " + shown(*value) + ", not true or false");
-  return value->get<bool>();
-}
-
-// A string member that may be absent or null.
-std::optional<std::string> read_optional_string(const Json& object, const char* key, const fs::path& file,
-                                                const std::string& where) {
-  const Json* value = member(object, key);
-  if (!value || value->is_null()) return std::nullopt;
-  if (!value->is_string()) fail(file, where + "." + key + " is " + shown(*value) + ", not a string");
-  return value->get<std::string>();
-}
-
-std::string type_of(const Json& object, const fs::path& file, const std::string& where) {
-  if (!object.is_object()) fail(file, where + " is " + shown(object) + ", not an object");
-  const auto type = read_optional_string(object, "type", file, where);
-  if (!type) fail(file, where + " has no \"type\"");
-  return *type;
-}
-
-int32_t read_id(const Json& value, const fs::path& file, const std::string& where) {
-  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > INT32_MAX) {
-    fail(file, where + " is " + shown(value) + ", not an id (an integer from 0 to 2^31-1)");
-  }
-  return static_cast<int32_t>(value.get<int64_t>());
-}
-
-StringMap<int32_t> read_vocab(const Json& vocab, const fs::path& file, const std::string& where) {
-  if (!vocab.is_object()) fail(file, where + " is not an object of token: id");
-  StringMap<int32_t> ids;
-  std::unordered_map<int32_t, std::string> tokens;
-  for (const auto& [token, id_value] : vocab.items()) {
-    const std::string key = where.empty() ? shown(token) : where + "[" + shown(token) + "]";
-    const int32_t id = read_id(id_value, file, key);
-    const auto [other, inserted] = tokens.try_emplace(id, token);
-    if (!inserted) fail(file, key + ": id " + std::to_string(id) + " is also given to " + shown(other->second));
-    ids.emplace(token, id);
-  }
-  return ids;
-}
 
 // One merge rule as written, with where it was written for error messages.
 struct MergeEntry {
@@ -611,6 +305,164 @@ std::vector<MergeEntry> read_merges_txt(const fs::path& file) {
   return entries;
 }
 
+// ---- SentencePiece-style text ----
+
+constexpr std::string_view kMetaspace = "\xE2\x96\x81";  // "▁", U+2581
+
+// Appends text with every occurrence of from (not empty) replaced by to, left to right.
+void replace_all(std::string_view text, std::string_view from, std::string_view to, std::string& out) {
+  size_t pos = 0;
+  for (size_t found = text.find(from); found != std::string_view::npos; found = text.find(from, pos)) {
+    out.append(text.substr(pos, found - pos));
+    out.append(to);
+    pos = found + from.size();
+  }
+  out.append(text.substr(pos));
+}
+
+// One step of a normalizer: Prepend(content), which leaves empty text empty, or
+// Replace(pattern, content) of a literal string.
+struct NormalizerStep {
+  enum class Kind { prepend, replace };
+  Kind kind = Kind::prepend;
+  std::string pattern = {};
+  std::string content = {};
+};
+
+void normalize(const std::vector<NormalizerStep>& steps, std::string_view text, std::string& out) {
+  std::string current(text), next;
+  for (const NormalizerStep& step : steps) {
+    if (step.kind == NormalizerStep::Kind::prepend) {
+      if (!current.empty()) current.insert(0, step.content);
+    } else {
+      next.clear();
+      replace_all(current, step.pattern, step.content, next);
+      current.swap(next);
+    }
+  }
+  out += current;
+}
+
+// Where the Metaspace pre-tokenizer puts its "▁" in front of a piece that lacks one:
+// always, only on the piece that starts the text, or never.
+enum class PrependScheme { always, first, never };
+
+struct Metaspace {
+  std::string replacement = std::string(kMetaspace);  // one character
+  PrependScheme prepend_scheme = PrependScheme::always;
+  bool split = true;  // cut before every replacement character
+};
+
+// One step of a SentencePiece-style decoder, applied to the list of token strings.
+struct DecoderStep {
+  enum class Kind { replace, byte_fallback, fuse, strip, metaspace };
+  Kind kind = Kind::fuse;
+  std::string pattern = {};  // replace: the literal replaced
+  std::string content = {};  // replace: its replacement; strip: the character removed
+  size_t start = 0;          // strip: at most this many characters from the start
+  size_t stop = 0;           //        and this many from the end
+  Metaspace metaspace = {};
+};
+
+// The byte a "<0xXX>" token stands for, read as ByteFallback does (two hex digits, or a
+// '+' and one, as Rust's u8::from_str_radix allows).
+std::optional<unsigned char> byte_token_value(std::string_view token) {
+  if (token.size() != 6 || !token.starts_with("<0x") || !token.ends_with('>')) return std::nullopt;
+  std::string_view digits = token.substr(3, 2);
+  if (digits[0] == '+') digits.remove_prefix(1);
+  unsigned value = 0;
+  for (char digit : digits) {
+    const auto c = static_cast<unsigned char>(digit);
+    if (!std::isxdigit(c)) return std::nullopt;
+    value = value * 16 + (std::isdigit(c) ? c - '0' : std::tolower(c) - 'a' + 10);
+  }
+  return static_cast<unsigned char>(value);
+}
+
+std::string byte_token(unsigned char byte) {
+  constexpr std::string_view kHex = "0123456789ABCDEF";
+  return std::string("<0x") + kHex[byte >> 4] + kHex[byte & 0xF] + ">";
+}
+
+// The characters of a token (UTF-8 units), for steps that count characters.
+std::vector<std::string_view> characters(std::string_view text) {
+  std::vector<std::string_view> chars;
+  for (size_t pos = 0; pos < text.size();) {
+    const size_t length = scan_utf8(text, pos).length;
+    chars.push_back(text.substr(pos, length));
+    pos += length;
+  }
+  return chars;
+}
+
+void run_decoder_step(const DecoderStep& step, std::vector<std::string>& tokens) {
+  switch (step.kind) {
+    case DecoderStep::Kind::replace:
+      for (std::string& token : tokens) {
+        std::string replaced;
+        replace_all(token, step.pattern, step.content, replaced);
+        token.swap(replaced);
+      }
+      break;
+    case DecoderStep::Kind::byte_fallback: {
+      // A run of byte tokens becomes its text when the bytes are valid UTF-8, else one
+      // U+FFFD per byte.
+      std::vector<std::string> decoded;
+      std::string run;
+      size_t run_length = 0;
+      const auto flush = [&] {
+        if (run_length == 0) return;
+        if (replace_invalid_utf8(run) == run) {
+          decoded.push_back(run);
+        } else {
+          decoded.insert(decoded.end(), run_length, "\xEF\xBF\xBD");
+        }
+        run.clear();
+        run_length = 0;
+      };
+      for (std::string& token : tokens) {
+        if (const auto byte = byte_token_value(token)) {
+          run += static_cast<char>(*byte);
+          ++run_length;
+        } else {
+          flush();
+          decoded.push_back(std::move(token));
+        }
+      }
+      flush();
+      tokens.swap(decoded);
+      break;
+    }
+    case DecoderStep::Kind::fuse: {
+      std::string joined;
+      for (const std::string& token : tokens) joined += token;
+      tokens.assign(1, std::move(joined));
+      break;
+    }
+    case DecoderStep::Kind::strip:
+      for (std::string& token : tokens) {
+        const std::vector<std::string_view> chars = characters(token);
+        size_t first = 0, last = chars.size();
+        while (first < step.start && first < chars.size() && chars[first] == step.content) ++first;
+        while (chars.size() - last < step.stop && last > first && chars[last - 1] == step.content) --last;
+        std::string stripped;
+        for (size_t i = first; i < last; ++i) stripped += chars[i];
+        token.swap(stripped);
+      }
+      break;
+    case DecoderStep::Kind::metaspace:
+      // The first token loses its replacement characters (the prepended space) unless
+      // nothing was prepended; elsewhere they become spaces.
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        const bool drop = i == 0 && step.metaspace.prepend_scheme != PrependScheme::never;
+        std::string decoded;
+        replace_all(tokens[i], step.metaspace.replacement, drop ? "" : " ", decoded);
+        tokens[i].swap(decoded);
+      }
+      break;
+  }
+}
+
 }  // namespace
 
 // ---- the model ----
@@ -620,24 +472,38 @@ struct BpeTokenizer::Model {
     int32_t rank;
     int32_t merged_id;
   };
+  // What BPE starts from: the bytes of a piece as GPT-2's printable characters, or its
+  // characters (SentencePiece-style).
+  enum class Symbols { bytes, characters };
 
+  Symbols symbols = Symbols::bytes;
   StringMap<int32_t> vocab;  // the BPE model's tokens
   std::unordered_map<uint64_t, MergeRule> merges;
-  std::array<int32_t, 256> byte_ids{};  // id of each byte's character, -1 if not in vocab
+  std::array<int32_t, 256> byte_ids{};      // bytes: id of each byte's character, -1 if not in vocab
+  std::array<int32_t, 256> fallback_ids{};  // characters: id of "<0xXX>", -1 if not in vocab
+  bool byte_fallback = false;
   std::optional<int32_t> unk_id;
   bool fuse_unk = false;
   bool ignore_merges = false;  // a piece that is itself a token skips merging
 
-  StringMap<int32_t> added_ids;
-  AddedTokenMatcher raw_added;         // matched on the text as given
-  AddedTokenMatcher normalized_added;  // matched after normalization, i.e. in what is left
+  AddedVocabulary added;
 
+  // Byte-level pre-tokenization.
   std::vector<Regex> splits;  // Split pre-tokenizers, in order, before ByteLevel
   bool add_prefix_space = false;
   std::optional<Regex> byte_level_split;
 
+  // SentencePiece-style normalization, pre-tokenization and decoding.
+  std::vector<NormalizerStep> normalizer_steps;
+  AddedVocabulary::Normalizer normalizer;  // empty when there are no steps
+  std::optional<Metaspace> metaspace;
+  bool has_decoder = false;  // without one, tokens are joined with spaces
+  std::vector<DecoderStep> decoder_steps;
+
   std::vector<std::optional<std::string>> token_of_id;
-  std::vector<std::string> bytes_of_id;
+  std::vector<std::string> bytes_of_id;  // byte-level decoding
+  SpecialTokenTemplate special_template;
+  SpecialTokenIds special_ids;
 
   mutable WordCache cache;
 
@@ -645,7 +511,7 @@ struct BpeTokenizer::Model {
     return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
   }
 
-  static std::shared_ptr<Model> from_tokenizer_json(const fs::path& file);
+  static std::shared_ptr<Model> from_tokenizer_json(const fs::path& file, const Json& root);
   static std::shared_ptr<Model> from_vocab_and_merges(const fs::path& vocab_file, const fs::path& merges_file);
 
   void set_merges(const std::vector<MergeEntry>& entries, const fs::path& file);
@@ -653,14 +519,19 @@ struct BpeTokenizer::Model {
   void read_pre_tokenizer(const Json& pre_tokenizer, const fs::path& file);
   void read_byte_level(const Json& byte_level, const fs::path& file, const std::string& where);
   void read_split(const Json& split, const fs::path& file, const std::string& where);
-  void add_token(AddedToken token, bool normalized);
-  void index_ids();
+  static Metaspace read_metaspace(const Json& metaspace, const fs::path& file, const std::string& where);
+  void read_normalizer(const Json& normalizer_json, const fs::path& file, const std::string& where);
+  void read_decoder(const Json* decoder, const fs::path& file);
+  void read_decoder_step(const Json& step, const fs::path& file, const std::string& where);
+  void finish(const fs::path& dir, const Json* post_processor, const fs::path& file);
 
-  void split_added(std::string_view text, std::vector<Segment>& segments) const;
-  void pre_tokenize(std::string_view text, std::deque<std::string>& storage,
-                    std::vector<std::string_view>& pieces) const;
-  void encode_piece(std::string_view piece, std::vector<int32_t>& ids) const;
-  void merge_piece(std::string_view piece, std::vector<int32_t>& ids) const;
+  void pre_tokenize(const TextPiece& piece, std::deque<std::string>& storage,
+                    std::vector<std::string_view>& words) const;
+  void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
+  void byte_symbols(std::string_view word, std::vector<int32_t>& symbols) const;
+  void character_symbols(std::string_view word, std::vector<int32_t>& symbols) const;
+  void merge_symbols(const std::vector<int32_t>& initial, std::vector<int32_t>& ids) const;
+  std::string decode_tokens(std::vector<std::string> tokens) const;
 };
 
 // A merge's rank is its position in the list: earlier merges apply first.
@@ -688,8 +559,10 @@ void BpeTokenizer::Model::read_model(const Json& model, const fs::path& file) {
   if (const auto type = read_optional_string(model, "type", file, "model"); type && *type != "BPE") {
     fail(file, "model.type is " + shown(*type) + "; only \"BPE\" models are supported");
   }
-  if (read_bool(model, "byte_fallback", false, file, "model")) {
-    fail(file, "model.byte_fallback is true; byte fallback is not supported");
+  byte_fallback = read_bool(model, "byte_fallback", false, file, "model");
+  if (byte_fallback && symbols == Symbols::bytes) {
+    fail(file, "model.byte_fallback is true with a ByteLevel pre-tokenizer; byte fallback is supported for "
+               "SentencePiece-style BPE (a Metaspace pre-tokenizer or none)");
   }
   if (const Json* dropout = member(model, "dropout"); dropout && !dropout->is_null()) {
     if (!dropout->is_number() || dropout->get<double>() != 0.0) {
@@ -748,16 +621,54 @@ void BpeTokenizer::Model::read_split(const Json& split, const fs::path& file, co
   }
 }
 
+// Metaspace as pre-tokenizer or decoder: replacement, prepend_scheme ("always" when
+// absent) and split, or the older add_prefix_space (false meaning "never").
+Metaspace BpeTokenizer::Model::read_metaspace(const Json& json, const fs::path& file, const std::string& where) {
+  Metaspace metaspace;
+  const auto replacement = read_optional_string(json, "replacement", file, where);
+  if (!replacement || replacement->empty() || scan_utf8(*replacement, 0).length != replacement->size() ||
+      !scan_utf8(*replacement, 0).valid) {
+    fail(file, where + ".replacement is " + (replacement ? shown(*replacement) : "missing") + ", not one character");
+  }
+  metaspace.replacement = *replacement;
+  const auto scheme = read_optional_string(json, "prepend_scheme", file, where);
+  if (!scheme || *scheme == "always") {
+    metaspace.prepend_scheme = PrependScheme::always;
+  } else if (*scheme == "first") {
+    metaspace.prepend_scheme = PrependScheme::first;
+  } else if (*scheme == "never") {
+    metaspace.prepend_scheme = PrependScheme::never;
+  } else {
+    fail(file, where + ".prepend_scheme is " + shown(*scheme) + ", not \"always\", \"first\" or \"never\"");
+  }
+  if (!read_bool(json, "add_prefix_space", true, file, where)) {
+    if (metaspace.prepend_scheme != PrependScheme::never) {
+      fail(file, where + ".add_prefix_space is false but prepend_scheme is not \"never\"");
+    }
+  }
+  metaspace.split = read_bool(json, "split", true, file, where);
+  return metaspace;
+}
+
 void BpeTokenizer::Model::read_pre_tokenizer(const Json& pre_tokenizer, const fs::path& file) {
   const std::string where = "pre_tokenizer";
-  if (pre_tokenizer.is_null()) fail(file, "pre_tokenizer is null; byte-level BPE needs a ByteLevel pre-tokenizer");
+  if (pre_tokenizer.is_null()) {
+    symbols = Symbols::characters;
+    return;
+  }
   const std::string type = type_of(pre_tokenizer, file, where);
   if (type == "ByteLevel") {
     read_byte_level(pre_tokenizer, file, where);
     return;
   }
+  if (type == "Metaspace") {
+    symbols = Symbols::characters;
+    metaspace = read_metaspace(pre_tokenizer, file, where);
+    return;
+  }
   if (type != "Sequence") {
-    fail(file, where + ".type is " + shown(type) + "; only ByteLevel, alone or after Split steps, is supported");
+    fail(file, where + ".type is " + shown(type) +
+                   "; supported are ByteLevel (alone or after Split steps), Metaspace, or none (null)");
   }
   const Json* steps = member(pre_tokenizer, "pretokenizers");
   if (!steps || !steps->is_array() || steps->empty()) fail(file, where + ".pretokenizers is not a non-empty array");
@@ -776,81 +687,152 @@ void BpeTokenizer::Model::read_pre_tokenizer(const Json& pre_tokenizer, const fs
   }
 }
 
-// Ids as Hugging Face gives them: a token the model already has keeps the model's id;
-// a new one takes the next id after the vocabulary and the added tokens so far, whatever
-// id the file wrote beside it.
-void BpeTokenizer::Model::add_token(AddedToken token, bool normalized) {
-  if (token.content.empty() || added_ids.contains(token.content)) return;
-  if (const auto it = vocab.find(token.content); it != vocab.end()) {
-    token.id = it->second;
-  } else {
-    const auto model_size = static_cast<int32_t>(vocab.size());
-    int32_t largest = -1;
-    for (const auto& entry : added_ids) largest = std::max(largest, entry.second);
-    token.id = largest < 0 ? model_size : (largest >= model_size || model_size == 0 ? largest + 1 : model_size);
+void BpeTokenizer::Model::read_normalizer(const Json& json, const fs::path& file, const std::string& where) {
+  if (json.is_null()) return;
+  const std::string type = type_of(json, file, where);
+  if (symbols == Symbols::bytes) {
+    fail(file, where + " is " + shown(type) + "; a ByteLevel pre-tokenizer takes no normalizer");
   }
-  added_ids.emplace(token.content, token.id);
-  (normalized ? normalized_added : raw_added).add(std::move(token));
+  if (type == "Sequence") {
+    const Json* steps = member(json, "normalizers");
+    if (!steps || !steps->is_array()) fail(file, where + ".normalizers is not an array");
+    for (size_t i = 0; i < steps->size(); ++i) {
+      read_normalizer((*steps)[i], file, where + ".normalizers[" + std::to_string(i) + "]");
+    }
+  } else if (type == "Prepend") {
+    const auto content = read_optional_string(json, "prepend", file, where);
+    if (!content) fail(file, where + " has no \"prepend\"");
+    normalizer_steps.push_back({NormalizerStep::Kind::prepend, "", *content});
+  } else if (type == "Replace") {
+    const Json* pattern = member(json, "pattern");
+    const auto literal = pattern ? read_optional_string(*pattern, "String", file, where + ".pattern") : std::nullopt;
+    if (!literal || literal->empty()) {
+      fail(file, where + ".pattern is " + (pattern ? shown(*pattern) : "missing") +
+                     "; only a non-empty {\"String\": ...} pattern is supported");
+    }
+    const auto content = read_optional_string(json, "content", file, where);
+    if (!content) fail(file, where + " has no \"content\"");
+    normalizer_steps.push_back({NormalizerStep::Kind::replace, *literal, *content});
+  } else {
+    fail(file, where + ".type is " + shown(type) +
+                   "; SentencePiece-style BPE supports Prepend and Replace normalizers, alone or in a Sequence");
+  }
 }
 
-void BpeTokenizer::Model::index_ids() {
+void BpeTokenizer::Model::read_decoder_step(const Json& step, const fs::path& file, const std::string& where) {
+  const std::string type = type_of(step, file, where);
+  DecoderStep decoded;
+  if (type == "Sequence") {
+    const Json* steps = member(step, "decoders");
+    if (!steps || !steps->is_array()) fail(file, where + ".decoders is not an array");
+    for (size_t i = 0; i < steps->size(); ++i) {
+      read_decoder_step((*steps)[i], file, where + ".decoders[" + std::to_string(i) + "]");
+    }
+    return;
+  }
+  if (type == "Replace") {
+    const Json* pattern = member(step, "pattern");
+    const auto literal = pattern ? read_optional_string(*pattern, "String", file, where + ".pattern") : std::nullopt;
+    if (!literal || literal->empty()) {
+      fail(file, where + ".pattern is " + (pattern ? shown(*pattern) : "missing") +
+                     "; only a non-empty {\"String\": ...} pattern is supported");
+    }
+    const auto content = read_optional_string(step, "content", file, where);
+    if (!content) fail(file, where + " has no \"content\"");
+    decoded = {DecoderStep::Kind::replace, *literal, *content};
+  } else if (type == "ByteFallback") {
+    decoded.kind = DecoderStep::Kind::byte_fallback;
+  } else if (type == "Fuse") {
+    decoded.kind = DecoderStep::Kind::fuse;
+  } else if (type == "Strip") {
+    const auto content = read_optional_string(step, "content", file, where);
+    if (!content || content->empty() || scan_utf8(*content, 0).length != content->size()) {
+      fail(file, where + ".content is " + (content ? shown(*content) : "missing") + ", not one character");
+    }
+    decoded = {DecoderStep::Kind::strip, "", *content, read_count(step, "start", 0, file, where),
+               read_count(step, "stop", 0, file, where)};
+  } else if (type == "Metaspace") {
+    decoded.kind = DecoderStep::Kind::metaspace;
+    decoded.metaspace = read_metaspace(step, file, where);
+  } else if (type == "ByteLevel") {
+    fail(file, where + ".type is \"ByteLevel\", which decodes byte-level BPE; this tokenizer's pre_tokenizer "
+                       "is not ByteLevel");
+  } else {
+    fail(file, where + ".type is " + shown(type) +
+                   "; SentencePiece-style BPE supports Replace, ByteFallback, Fuse, Strip and Metaspace decoders");
+  }
+  decoder_steps.push_back(std::move(decoded));
+}
+
+void BpeTokenizer::Model::read_decoder(const Json* decoder, const fs::path& file) {
+  has_decoder = decoder && !decoder->is_null();
+  if (!has_decoder) return;  // byte-level decoding is the only sensible one without a decoder
+  if (symbols == Symbols::bytes) {
+    const std::string type = type_of(*decoder, file, "decoder");
+    if (type != "ByteLevel") fail(file, "decoder.type is " + shown(type) + "; a ByteLevel pre-tokenizer needs a ByteLevel decoder");
+    return;
+  }
+  read_decoder_step(*decoder, file, "decoder");
+}
+
+// Ids of tokens and of the bytes that decoding writes, the template and the special tokens.
+void BpeTokenizer::Model::finish(const fs::path& dir, const Json* post_processor, const fs::path& file) {
   const ByteAlphabet& alphabet = byte_alphabet();
   for (int byte = 0; byte < 256; ++byte) {
     const auto it = vocab.find(alphabet.char_of_byte[byte]);
     byte_ids[byte] = it == vocab.end() ? -1 : it->second;
+    const auto fallback = vocab.find(byte_token(static_cast<unsigned char>(byte)));
+    fallback_ids[byte] = fallback == vocab.end() ? -1 : fallback->second;
   }
-  int32_t largest = -1;
+  if (!normalizer_steps.empty()) {
+    normalizer = [steps = normalizer_steps](std::string_view text, std::string& out) { normalize(steps, text, out); };
+  }
+  added.prepare(normalizer);
+
+  int32_t largest = added.largest_id();
   for (const auto& entry : vocab) largest = std::max(largest, entry.second);
-  for (const auto& entry : added_ids) largest = std::max(largest, entry.second);
   token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
-  bytes_of_id.assign(static_cast<size_t>(largest) + 1, std::string());
-  for (const auto* ids : {&vocab, &added_ids}) {  // added tokens last: their content wins
-    for (const auto& [token, id] : *ids) {
-      token_of_id[id] = token;
-      bytes_of_id[id] = alphabet.decode(token);
+  for (const auto& [token, id] : vocab) token_of_id[id] = token;
+  for (const auto& [id, token] : added.by_id()) token_of_id[id] = token.content;  // added tokens win
+  if (symbols == Symbols::bytes) {
+    bytes_of_id.assign(token_of_id.size(), std::string());
+    for (size_t id = 0; id < token_of_id.size(); ++id) {
+      if (token_of_id[id]) bytes_of_id[id] = alphabet.decode(*token_of_id[id]);
     }
   }
+
+  special_template = read_post_processor(post_processor, file, static_cast<int32_t>(token_of_id.size()));
+  const TokenLookup lookup = [this](std::string_view token) -> std::optional<int32_t> {
+    if (const auto id = added.find(token)) return id;
+    if (const auto it = vocab.find(token); it != vocab.end()) return it->second;
+    return std::nullopt;
+  };
+  SpecialTokenIds defaults;
+  defaults.unk = unk_id;
+  if (symbols == Symbols::bytes) {
+    // GPT-2's one special token stands for all three.
+    defaults.bos = defaults.eos = lookup(kEndOfText);
+    if (!defaults.unk) defaults.unk = defaults.eos;
+  } else {
+    defaults.bos = lookup("<s>");
+    defaults.eos = lookup("</s>");
+  }
+  special_ids = read_special_token_ids(dir, lookup, defaults);
 }
 
-std::shared_ptr<BpeTokenizer::Model> BpeTokenizer::Model::from_tokenizer_json(const fs::path& file) {
-  const Json root = read_json(file);
+std::shared_ptr<BpeTokenizer::Model> BpeTokenizer::Model::from_tokenizer_json(const fs::path& file, const Json& root) {
   if (!root.is_object()) fail(file, "is not a JSON object");
   auto model = std::make_shared<Model>();
   const Json* model_json = member(root, "model");
   if (!model_json) fail(file, "has no \"model\"");
-  model->read_model(*model_json, file);
-
-  if (const Json* normalizer = member(root, "normalizer"); normalizer && !normalizer->is_null()) {
-    fail(file, "normalizer is " + shown(type_of(*normalizer, file, "normalizer")) + "; normalizers are not supported");
-  }
   const Json* pre_tokenizer = member(root, "pre_tokenizer");
   if (!pre_tokenizer) fail(file, "has no \"pre_tokenizer\"");
   model->read_pre_tokenizer(*pre_tokenizer, file);
-  // A missing decoder is accepted and decoded byte-level: Hugging Face would join the
-  // stored token forms with spaces, which is not text.
-  if (const Json* decoder = member(root, "decoder"); decoder && !decoder->is_null()) {
-    const std::string type = type_of(*decoder, file, "decoder");
-    if (type != "ByteLevel") fail(file, "decoder.type is " + shown(type) + "; only ByteLevel is supported");
-  }
-
-  if (const Json* added = member(root, "added_tokens"); added && !added->is_null()) {
-    if (!added->is_array()) fail(file, "added_tokens is not an array");
-    for (size_t i = 0; i < added->size(); ++i) {
-      const Json& entry = (*added)[i];
-      const std::string where = "added_tokens[" + std::to_string(i) + "]";
-      if (!entry.is_object()) fail(file, where + " is not an object");
-      const auto content = read_optional_string(entry, "content", file, where);
-      if (!content) fail(file, where + " has no \"content\"");
-      AddedToken token;
-      token.content = *content;
-      token.single_word = read_bool(entry, "single_word", false, file, where);
-      token.lstrip = read_bool(entry, "lstrip", false, file, where);
-      token.rstrip = read_bool(entry, "rstrip", false, file, where);
-      const bool special = read_bool(entry, "special", false, file, where);
-      model->add_token(std::move(token), read_bool(entry, "normalized", !special, file, where));
-    }
-  }
-  model->index_ids();
+  model->read_model(*model_json, file);
+  if (const Json* normalizer = member(root, "normalizer")) model->read_normalizer(*normalizer, file, "normalizer");
+  model->read_decoder(member(root, "decoder"), file);
+  if (const Json* added = member(root, "added_tokens")) model->added.read(*added, file, model->vocab);
+  model->finish(file.parent_path(), member(root, "post_processor"), file);
   return model;
 }
 
@@ -860,86 +842,90 @@ std::shared_ptr<BpeTokenizer::Model> BpeTokenizer::Model::from_vocab_and_merges(
   model->vocab = read_vocab(read_json(vocab_file), vocab_file, "");
   model->set_merges(read_merges_txt(merges_file), merges_file);
   model->byte_level_split.emplace(adapt_pattern(kGpt2SplitPattern), vocab_file, "GPT-2 split pattern");
-  if (model->vocab.contains(kEndOfText)) model->add_token(AddedToken{std::string(kEndOfText)}, false);
-  model->index_ids();
+  if (model->vocab.contains(kEndOfText)) {
+    model->added.add(AddedToken{.content = std::string(kEndOfText), .normalized = false, .special = true}, model->vocab);
+  }
+  model->finish(vocab_file.parent_path(), nullptr, vocab_file);
   return model;
 }
 
-void BpeTokenizer::Model::split_added(std::string_view text, std::vector<Segment>& segments) const {
-  if (raw_added.empty() && normalized_added.empty()) {
-    if (!text.empty()) segments.push_back({text, std::nullopt});
-    return;
-  }
-  if (normalized_added.empty()) {
-    raw_added.split(text, segments);
-    return;
-  }
-  std::vector<Segment> first_pass;
-  raw_added.split(text, first_pass);
-  for (const Segment& segment : first_pass) {
-    if (segment.added_id) {
-      segments.push_back(segment);
-    } else {
-      normalized_added.split(segment.text, segments);
+// A stretch of text between added tokens -> the words BPE merges one by one.
+void BpeTokenizer::Model::pre_tokenize(const TextPiece& piece, std::deque<std::string>& storage,
+                                       std::vector<std::string_view>& words) const {
+  if (piece.text.empty()) return;
+  if (symbols == Symbols::characters) {
+    if (!metaspace) {
+      words.push_back(piece.text);
+      return;
     }
+    std::string& text = storage.emplace_back();
+    replace_all(piece.text, " ", metaspace->replacement, text);
+    const bool prepend = metaspace->prepend_scheme == PrependScheme::always ||
+                         (metaspace->prepend_scheme == PrependScheme::first && piece.at_text_start);
+    if (prepend && !text.starts_with(metaspace->replacement)) text.insert(0, metaspace->replacement);
+    if (!metaspace->split) {
+      words.push_back(text);
+      return;
+    }
+    // Each replacement character starts a new word.
+    const std::string_view view = text;
+    size_t start = 0;
+    for (size_t found = view.find(metaspace->replacement, 1); found != std::string_view::npos;
+         found = view.find(metaspace->replacement, found + 1)) {
+      words.push_back(view.substr(start, found - start));
+      start = found;
+    }
+    words.push_back(view.substr(start));
+    return;
   }
-}
-
-void BpeTokenizer::Model::pre_tokenize(std::string_view text, std::deque<std::string>& storage,
-                                       std::vector<std::string_view>& pieces) const {
-  if (text.empty()) return;
-  std::vector<std::string_view> current{text};
+  std::vector<std::string_view> current{piece.text};
   std::vector<std::string_view> next;
   for (const Regex& split : splits) {
     next.clear();
-    for (std::string_view piece : current) split.split(piece, next);
+    for (std::string_view part : current) split.split(part, next);
     current.swap(next);
   }
-  for (std::string_view piece : current) {
-    if (add_prefix_space && !piece.starts_with(' ')) {
+  for (std::string_view part : current) {
+    if (add_prefix_space && !part.starts_with(' ')) {
       storage.push_back(" ");
-      storage.back().append(piece);
-      piece = storage.back();
+      storage.back().append(part);
+      part = storage.back();
     }
     if (byte_level_split) {
-      byte_level_split->split(piece, pieces);
+      byte_level_split->split(part, words);
     } else {
-      pieces.push_back(piece);
+      words.push_back(part);
     }
   }
 }
 
-void BpeTokenizer::Model::encode_piece(std::string_view piece, std::vector<int32_t>& ids) const {
+void BpeTokenizer::Model::encode_word(std::string_view word, std::vector<int32_t>& ids) const {
   if (ignore_merges) {
-    if (const auto it = vocab.find(byte_alphabet().encode(piece)); it != vocab.end()) {
+    const auto it = symbols == Symbols::bytes ? vocab.find(byte_alphabet().encode(word)) : vocab.find(word);
+    if (it != vocab.end()) {
       ids.push_back(it->second);
       return;
     }
   }
-  if (cache.find(piece, ids)) return;
+  if (cache.find(word, ids)) return;
+  std::vector<int32_t> initial;
+  if (symbols == Symbols::bytes) {
+    byte_symbols(word, initial);
+  } else {
+    character_symbols(word, initial);
+  }
   const size_t first = ids.size();
-  merge_piece(piece, ids);
-  cache.insert(piece, std::span<const int32_t>(ids).subspan(first));
+  merge_symbols(initial, ids);
+  cache.insert(word, std::span<const int32_t>(ids).subspan(first));
 }
 
-// Merges the piece's byte tokens pair by pair: always the adjacent pair whose merge has the
-// lowest rank, the leftmost one among equals. A heap of candidate pairs keeps this
-// O(n log n) on long pieces; candidates made stale by an earlier merge are skipped.
-void BpeTokenizer::Model::merge_piece(std::string_view piece, std::vector<int32_t>& ids) const {
-  struct Symbol {
-    int32_t id;
-    int32_t prev;
-    int32_t next;  // -1: none
-    bool merged_away;
-  };
-  std::vector<Symbol> symbols;
-  symbols.reserve(piece.size());
+// Each byte's character; a byte outside the vocabulary becomes the unknown token (one per
+// run when fused), or is dropped when there is none.
+void BpeTokenizer::Model::byte_symbols(std::string_view word, std::vector<int32_t>& symbols_out) const {
   bool previous_unknown = false;
-  for (unsigned char byte : piece) {
+  for (unsigned char byte : word) {
     int32_t id = byte_ids[byte];
     if (id < 0) {
-      // A byte outside the vocabulary becomes the unknown token (one per run when fused),
-      // or is dropped when there is none.
       const bool skip = !unk_id || (fuse_unk && previous_unknown);
       previous_unknown = true;
       if (skip) continue;
@@ -947,9 +933,55 @@ void BpeTokenizer::Model::merge_piece(std::string_view piece, std::vector<int32_
     } else {
       previous_unknown = false;
     }
-    const auto index = static_cast<int32_t>(symbols.size());
-    symbols.push_back({id, index - 1, -1, false});
-    if (index > 0) symbols[index - 1].next = index;
+    symbols_out.push_back(id);
+  }
+}
+
+// Each character's token. One outside the vocabulary becomes its bytes' "<0xXX>" tokens
+// when byte fallback is on and all of them exist, else the unknown token (one per run
+// when fused) or nothing. As in Hugging Face, a pending unknown token is written only
+// when a known character follows or the word ends, so byte tokens may come before it.
+void BpeTokenizer::Model::character_symbols(std::string_view word, std::vector<int32_t>& symbols_out) const {
+  std::optional<int32_t> pending_unknown;
+  for (size_t pos = 0; pos < word.size();) {
+    const size_t length = scan_utf8(word, pos).length;
+    const std::string_view character = word.substr(pos, length);
+    pos += length;
+    if (const auto it = vocab.find(character); it != vocab.end()) {
+      if (pending_unknown) symbols_out.push_back(*pending_unknown);
+      pending_unknown.reset();
+      symbols_out.push_back(it->second);
+      continue;
+    }
+    if (byte_fallback && std::all_of(character.begin(), character.end(), [&](char byte) {
+          return fallback_ids[static_cast<unsigned char>(byte)] >= 0;
+        })) {
+      for (char byte : character) symbols_out.push_back(fallback_ids[static_cast<unsigned char>(byte)]);
+      continue;
+    }
+    if (!unk_id) continue;
+    if (pending_unknown && !fuse_unk) symbols_out.push_back(*pending_unknown);
+    pending_unknown = unk_id;
+  }
+  if (pending_unknown) symbols_out.push_back(*pending_unknown);
+}
+
+// Merges the symbols pair by pair: always the adjacent pair whose merge has the lowest
+// rank, the leftmost one among equals. A heap of candidate pairs keeps this O(n log n) on
+// long words; candidates made stale by an earlier merge are skipped.
+void BpeTokenizer::Model::merge_symbols(const std::vector<int32_t>& initial, std::vector<int32_t>& ids) const {
+  struct Symbol {
+    int32_t id;
+    int32_t prev;
+    int32_t next;  // -1: none
+    bool merged_away;
+  };
+  std::vector<Symbol> symbols_list;
+  symbols_list.reserve(initial.size());
+  for (const int32_t id : initial) {
+    const auto index = static_cast<int32_t>(symbols_list.size());
+    symbols_list.push_back({id, index - 1, -1, false});
+    if (index > 0) symbols_list[index - 1].next = index;
   }
 
   struct Candidate {
@@ -962,34 +994,45 @@ void BpeTokenizer::Model::merge_piece(std::string_view piece, std::vector<int32_
   };
   std::vector<Candidate> heap;
   const auto consider = [&](int32_t pos) {
-    const int32_t next = symbols[pos].next;
+    const int32_t next = symbols_list[pos].next;
     if (next < 0) return;
-    const auto it = merges.find(pair_key(symbols[pos].id, symbols[next].id));
+    const auto it = merges.find(pair_key(symbols_list[pos].id, symbols_list[next].id));
     if (it == merges.end()) return;
     heap.push_back({it->second.rank, pos, it->second.merged_id});
     std::push_heap(heap.begin(), heap.end(), later);
   };
-  for (int32_t pos = 0; pos + 1 < static_cast<int32_t>(symbols.size()); ++pos) consider(pos);
+  for (int32_t pos = 0; pos + 1 < static_cast<int32_t>(symbols_list.size()); ++pos) consider(pos);
 
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), later);
     const Candidate top = heap.back();
     heap.pop_back();
-    Symbol& left = symbols[top.pos];
+    Symbol& left = symbols_list[top.pos];
     if (left.merged_away || left.next < 0) continue;
-    Symbol& right = symbols[left.next];
+    Symbol& right = symbols_list[left.next];
     const auto it = merges.find(pair_key(left.id, right.id));
     if (it == merges.end() || it->second.merged_id != top.merged_id) continue;
     left.id = top.merged_id;
     right.merged_away = true;
     left.next = right.next;
-    if (left.next >= 0) symbols[left.next].prev = top.pos;
+    if (left.next >= 0) symbols_list[left.next].prev = top.pos;
     if (left.prev >= 0) consider(left.prev);
     consider(top.pos);
   }
-  for (const Symbol& symbol : symbols) {
+  for (const Symbol& symbol : symbols_list) {
     if (!symbol.merged_away) ids.push_back(symbol.id);
   }
+}
+
+std::string BpeTokenizer::Model::decode_tokens(std::vector<std::string> tokens) const {
+  std::string text;
+  if (!has_decoder) {
+    for (size_t i = 0; i < tokens.size(); ++i) text += (i ? " " : "") + tokens[i];
+    return text;
+  }
+  for (const DecoderStep& step : decoder_steps) run_decoder_step(step, tokens);
+  for (const std::string& token : tokens) text += token;
+  return text;
 }
 
 // ---- public interface ----
@@ -1002,7 +1045,7 @@ BpeTokenizer BpeTokenizer::from_directory(const fs::path& dir) {
     fail(dir, fs::exists(dir, error) ? "is not a directory" : "does not exist (expected a tokenizer directory)");
   }
   const fs::path tokenizer_json = dir / "tokenizer.json";
-  if (fs::exists(tokenizer_json, error)) return BpeTokenizer(Model::from_tokenizer_json(tokenizer_json));
+  if (fs::exists(tokenizer_json, error)) return from_tokenizer_json(tokenizer_json, read_json(tokenizer_json));
   const fs::path vocab_json = dir / "vocab.json", merges_txt = dir / "merges.txt";
   const bool has_vocab = fs::exists(vocab_json, error), has_merges = fs::exists(merges_txt, error);
   if (has_vocab && has_merges) return BpeTokenizer(Model::from_vocab_and_merges(vocab_json, merges_txt));
@@ -1011,37 +1054,60 @@ BpeTokenizer BpeTokenizer::from_directory(const fs::path& dir) {
   fail(dir, "has neither tokenizer.json nor vocab.json and merges.txt");
 }
 
+BpeTokenizer BpeTokenizer::from_tokenizer_json(const fs::path& file, const Json& document) {
+  return BpeTokenizer(Model::from_tokenizer_json(file, document));
+}
+
+std::string_view BpeTokenizer::kind() const { return byte_level() ? "byte-level BPE" : "SentencePiece-style BPE"; }
+
+bool BpeTokenizer::byte_level() const { return model_->symbols == Model::Symbols::bytes; }
+
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 1);
-  std::vector<Segment> segments;
-  model_->split_added(text, segments);
   std::deque<std::string> storage;
-  std::vector<std::string_view> pieces;
-  for (const Segment& segment : segments) {
-    if (segment.added_id) {
-      ids.push_back(*segment.added_id);
+  std::vector<TextPiece> pieces;
+  model_->added.split(text, model_->normalizer, storage, pieces);
+  std::vector<std::string_view> words;
+  for (const TextPiece& piece : pieces) {
+    if (piece.added_id) {
+      ids.push_back(*piece.added_id);
       continue;
     }
-    pieces.clear();
-    model_->pre_tokenize(segment.text, storage, pieces);
-    for (std::string_view piece : pieces) model_->encode_piece(piece, ids);
+    words.clear();
+    model_->pre_tokenize(piece, storage, words);
+    for (std::string_view word : words) model_->encode_word(word, ids);
   }
   return ids;
 }
 
-std::string BpeTokenizer::decode(std::span<const int32_t> ids) const {
-  std::string bytes;
-  for (const int32_t id : ids) {
-    if (id >= 0 && static_cast<size_t>(id) < model_->bytes_of_id.size()) bytes += model_->bytes_of_id[id];
+std::string BpeTokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  const Model& model = *model_;
+  const auto known = [&](int32_t id) {
+    return id >= 0 && static_cast<size_t>(id) < model.token_of_id.size() && model.token_of_id[id] &&
+           !(skip_special_tokens && model.added.is_special(id));
+  };
+  if (model.symbols == Model::Symbols::bytes) {
+    std::string bytes;
+    for (const int32_t id : ids) {
+      if (known(id)) bytes += model.bytes_of_id[id];
+    }
+    return replace_invalid_utf8(bytes);
   }
-  return replace_invalid_utf8(bytes);
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (const int32_t id : ids) {
+    if (!known(id)) continue;
+    const std::string* added = model.added.decoded_form(id);
+    tokens.push_back(added ? *added : *model.token_of_id[id]);
+  }
+  return model.decode_tokens(std::move(tokens));
 }
 
 int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(model_->token_of_id.size()); }
 
 std::optional<int32_t> BpeTokenizer::token_to_id(std::string_view token) const {
-  if (const auto it = model_->added_ids.find(token); it != model_->added_ids.end()) return it->second;
+  if (const auto id = model_->added.find(token)) return id;
   if (const auto it = model_->vocab.find(token); it != model_->vocab.end()) return it->second;
   return std::nullopt;
 }
@@ -1051,13 +1117,23 @@ std::optional<std::string> BpeTokenizer::id_to_token(int32_t id) const {
   return model_->token_of_id[id];
 }
 
-std::optional<int32_t> BpeTokenizer::eos_id() const { return token_to_id(kEndOfText); }
+const SpecialTokenIds& BpeTokenizer::special_ids() const { return model_->special_ids; }
+
+const SpecialTokenTemplate& BpeTokenizer::special_template() const { return model_->special_template; }
+
+std::optional<int32_t> BpeTokenizer::eos_id() const { return model_->special_ids.eos; }
 
 std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const {
   std::deque<std::string> storage;
-  std::vector<std::string_view> pieces;
-  model_->pre_tokenize(text, storage, pieces);
-  return {pieces.begin(), pieces.end()};
+  std::vector<std::string_view> words;
+  std::string normalized;
+  TextPiece piece{text, std::nullopt, true};
+  if (model_->normalizer) {
+    model_->normalizer(text, normalized);
+    piece.text = normalized;
+  }
+  model_->pre_tokenize(piece, storage, words);
+  return {words.begin(), words.end()};
 }
 
 }  // namespace ftrain::data

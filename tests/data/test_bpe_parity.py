@@ -366,6 +366,11 @@ def test_unsupported_configurations_are_refused(trained):
     normalized.normalizer = normalizers.NFC()
     refused(trained, "normalizer", normalized, "normalizer")
 
+    # A byte-level vocabulary behind a Metaspace pre-tokenizer, still with its ByteLevel decoder.
     metaspace = Tokenizer.from_file(str(trained["json"] / "tokenizer.json"))
     metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
-    refused(trained, "metaspace", metaspace, "pre_tokenizer")
+    refused(trained, "metaspace", metaspace, "decoder.type")
+
+    whitespace = Tokenizer.from_file(str(trained["json"] / "tokenizer.json"))
+    whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
+    refused(trained, "whitespace", whitespace, "pre_tokenizer.type")

@@ -385,8 +385,12 @@ BOOST_AUTO_TEST_CASE(unsupported_configurations_are_refused) {
   check_json_error([](Json& d) { d["model"]["dropout"] = 0.1; }, {"model.dropout"});
   check_json_error([](Json& d) { d["model"]["continuing_subword_prefix"] = "##"; }, {"continuing_subword_prefix"});
   check_json_error([](Json& d) { d["normalizer"] = {{"type", "NFC"}}; }, {"normalizer", "NFC"});
-  check_json_error([](Json& d) { d["pre_tokenizer"] = {{"type", "Metaspace"}}; }, {"pre_tokenizer.type", "Metaspace"});
-  check_json_error([](Json& d) { d["pre_tokenizer"] = nullptr; }, {"pre_tokenizer"});
+  check_json_error([](Json& d) { d["pre_tokenizer"] = {{"type", "Whitespace"}}; }, {"pre_tokenizer.type", "Whitespace"});
+  check_json_error([](Json& d) { d.erase("pre_tokenizer"); }, {"\"pre_tokenizer\""});
+  // Without a ByteLevel pre-tokenizer the BPE is SentencePiece-style, which a ByteLevel decoder does not fit.
+  check_json_error([](Json& d) { d["pre_tokenizer"] = nullptr; }, {"decoder.type", "ByteLevel"});
+  check_json_error([](Json& d) { d["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}}; },
+                   {"decoder.type", "ByteLevel"});
   check_json_error([](Json& d) { d["decoder"] = {{"type", "WordPiece"}}; }, {"decoder.type"});
   check_json_error(
       [](Json& d) {

@@ -1,0 +1,270 @@
+#pragma once
+// Tokenizer: what every tokenizer in data/ offers (text to ids and back, the model's
+// special tokens and its template for one text or a pair), and load_tokenizer, which
+// reads a Hugging Face model directory and returns the tokenizer it describes.
+//
+// The second half of this header holds the parts that the tokenizers share (reading
+// their configuration files, UTF-8, added tokens); only data/*_tokenizer.cpp use it.
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace ftrain::data {
+
+// The ids of one text or of a pair of texts, and the segment (token type) of each id:
+// what BERT reads as input_ids and token_type_ids.
+struct Encoding {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> token_type_ids;  // one per id
+};
+
+struct EncodeOptions {
+  // Put the model's special tokens around the text(s), as its template says:
+  // [CLS] A [SEP] B [SEP] for BERT, <s> A for Llama 2, nothing for GPT-2.
+  bool add_special_tokens = true;
+  // At most this many ids in the result, special tokens included: the texts are cut at
+  // the end, the longer one first (Hugging Face's "longest_first" truncation).
+  std::optional<size_t> max_length = std::nullopt;
+};
+
+// The ids of the model's special tokens, each absent when the model has none. They come
+// from tokenizer_config.json (bos_token, eos_token, ...) when the directory has one, else
+// from the conventions of the model's family.
+struct SpecialTokenIds {
+  std::optional<int32_t> bos;
+  std::optional<int32_t> eos;
+  std::optional<int32_t> unk;
+  std::optional<int32_t> pad;
+  std::optional<int32_t> cls;
+  std::optional<int32_t> sep;
+  std::optional<int32_t> mask;
+};
+
+// A model's template for its special tokens (tokenizer.json's post_processor): the parts
+// that make up the ids of one text and of a pair, each with its token type.
+class SpecialTokenTemplate {
+ public:
+  struct Part {
+    enum class Kind { first_text, second_text, special };
+    Kind kind = Kind::first_text;
+    std::vector<int32_t> ids = {};  // Kind::special: the ids it stands for
+    int32_t type_id = 0;
+  };
+
+  // Adds no special token; the first text has type 0 and the second type 1.
+  SpecialTokenTemplate();
+  SpecialTokenTemplate(std::vector<Part> single, std::vector<Part> pair);
+
+  // How many ids the template adds to one text or to a pair.
+  size_t added_count(bool pair) const;
+
+  // The texts' ids placed in the template. Without special tokens the texts keep the
+  // token types the template gives them, as Hugging Face does.
+  Encoding apply(std::span<const int32_t> first, const std::vector<int32_t>* second,
+                 bool add_special_tokens) const;
+
+  const std::vector<Part>& single() const { return single_; }
+  const std::vector<Part>& pair() const { return pair_; }
+
+ private:
+  std::vector<Part> single_;
+  std::vector<Part> pair_;
+};
+
+// Cuts two id sequences at the end so that together they hold at most max_length ids:
+// the longer one alone while that suffices, else both to half of max_length (the first
+// one rounded down). With no second sequence the first is cut to max_length.
+void truncate_longest_first(std::vector<int32_t>& first, std::vector<int32_t>* second, size_t max_length);
+
+// Every tokenizer produces the same ids as Hugging Face `tokenizers` for the same files.
+// Implementations are immutable after loading: every const member may be called from
+// several threads at once.
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // "byte-level BPE", "SentencePiece-style BPE" or "WordPiece".
+  virtual std::string_view kind() const = 0;
+
+  // Text -> ids, no special tokens added. Added tokens (e.g. "[SEP]", "<s>") that appear
+  // literally in the text become their single id.
+  virtual std::vector<int32_t> encode(std::string_view text) const = 0;
+
+  // One text, or a pair, with the model's special tokens and token types.
+  // Throws std::invalid_argument when options.max_length cannot even hold the special tokens.
+  Encoding encode_with_specials(std::string_view text, const EncodeOptions& options = {}) const;
+  Encoding encode_with_specials(std::string_view text, std::string_view pair,
+                                const EncodeOptions& options = {}) const;
+
+  // Ids -> text. Ids that name no token are skipped; so are special tokens when asked.
+  virtual std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const = 0;
+  std::string decode(std::span<const int32_t> ids) const { return decode(ids, false); }
+
+  // One more than the largest id, added tokens included: the rows an embedding needs.
+  virtual int32_t vocab_size() const = 0;
+  // Looks a token up in its stored form ("Ġthe", "▁the", "##ing"); added tokens first.
+  virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;
+  // The stored form of a token; nullopt for ids that name none.
+  virtual std::optional<std::string> id_to_token(int32_t id) const = 0;
+
+  virtual const SpecialTokenIds& special_ids() const = 0;
+  virtual const SpecialTokenTemplate& special_template() const = 0;
+
+ protected:
+  Tokenizer() = default;
+  Tokenizer(const Tokenizer&) = default;
+  Tokenizer& operator=(const Tokenizer&) = default;
+
+ private:
+  Encoding encode_with_template(std::string_view text, const std::optional<std::string_view>& pair,
+                                const EncodeOptions& options) const;
+};
+
+// The tokenizer of a Hugging Face model directory:
+//   tokenizer.json            its model.type (BPE or WordPiece) and, for BPE, its
+//                             pre-tokenizer: ByteLevel (GPT-2, Llama 3) or
+//                             Metaspace / Prepend+Replace normalizer (Llama 2);
+//   vocab.txt                 BERT's WordPiece, options from tokenizer_config.json;
+//   vocab.json + merges.txt   GPT-2's byte-level BPE.
+// Throws std::runtime_error naming the file and key of anything it does not support
+// (other model types, a SentencePiece tokenizer.model without tokenizer.json, ...).
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir);
+
+// ---- parts shared by the tokenizer implementations ----
+
+namespace tokenizer_parts {
+
+using Json = nlohmann::json;
+
+// Configuration files. Every problem is a std::runtime_error "<file>: <problem>", the
+// problem naming the key ("model.vocab[\"a\"] is ..."); `where` is the key so far.
+[[noreturn]] void fail(const std::filesystem::path& file, const std::string& problem);
+std::string shown(const Json& value);  // JSON text for messages, invalid UTF-8 replaced
+std::string shown(std::string_view text);
+std::string shown(const std::string& text);
+std::string shown(const char* text);
+std::string read_file(const std::filesystem::path& path);
+Json read_json(const std::filesystem::path& path);
+const Json* member(const Json& object, const char* key);
+bool read_bool(const Json& object, const char* key, bool fallback, const std::filesystem::path& file,
+               const std::string& where);
+std::optional<std::string> read_optional_string(const Json& object, const char* key,
+                                                const std::filesystem::path& file, const std::string& where);
+uint64_t read_count(const Json& object, const char* key, uint64_t fallback, const std::filesystem::path& file,
+                    const std::string& where);
+std::string type_of(const Json& object, const std::filesystem::path& file, const std::string& where);
+int32_t read_id(const Json& value, const std::filesystem::path& file, const std::string& where);
+
+// UTF-8. A unit is one well-formed character or, where the bytes are ill-formed, the
+// longest prefix of a well-formed sequence found there (at least one byte): the stretch
+// one U+FFFD replaces.
+struct Utf8Unit {
+  size_t length;
+  bool valid;
+};
+Utf8Unit scan_utf8(std::string_view text, size_t pos);
+char32_t decode_utf8(std::string_view unit);  // unit: one valid character
+void append_utf8(std::string& out, char32_t code);
+std::string replace_invalid_utf8(std::string_view bytes);
+std::optional<char32_t> char_at(std::string_view text, size_t pos);  // nullopt: ill-formed
+size_t previous_char_start(std::string_view text, size_t end);       // end > 0
+bool is_white_space(char32_t c);    // Unicode's White_Space
+bool is_alphanumeric(char32_t c);   // Alphabetic or a number (N*), as Rust's char::is_alphanumeric
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+template <class Value>
+using StringMap = std::unordered_map<std::string, Value, StringHash, std::equal_to<>>;
+
+// The vocabulary of a model file: token -> id, every id given once.
+StringMap<int32_t> read_vocab(const Json& vocab, const std::filesystem::path& file, const std::string& where);
+
+struct AddedToken {
+  std::string content;
+  bool single_word = false;  // only where no letter or digit touches it
+  bool lstrip = false;       // takes the whitespace before it
+  bool rstrip = false;       // takes the whitespace after it
+  bool normalized = true;    // matched in normalized text, in its normalized form
+  bool special = false;      // left out by decode when skipping special tokens
+};
+
+// A stretch of text on its way to the model, or an added token found in the text.
+struct TextPiece {
+  std::string_view text;
+  std::optional<int32_t> added_id;
+  bool at_text_start = false;  // begins at the first byte of the encoded text
+};
+
+// Added tokens as Hugging Face keeps them: ids, and the two passes that find them in a
+// text (tokens with normalized=false in the text as given, the others in each stretch of
+// it after normalization, in their normalized form).
+class AddedVocabulary {
+ public:
+  // The model's normalizer: appends the normalized form of its input to out.
+  using Normalizer = std::function<void(std::string_view text, std::string& out)>;
+
+  AddedVocabulary();
+  ~AddedVocabulary();
+  AddedVocabulary(AddedVocabulary&&) noexcept;
+  AddedVocabulary& operator=(AddedVocabulary&&) noexcept;
+
+  // A token already in the model keeps the model's id; a new one takes the next id after
+  // the model and the added tokens so far. A content added twice keeps its first entry.
+  void add(AddedToken token, const StringMap<int32_t>& model_vocab);
+  // tokenizer.json's "added_tokens" array, in order (the ids written there are ignored).
+  void read(const Json& added_tokens, const std::filesystem::path& file, const StringMap<int32_t>& model_vocab);
+  // Call once after the last add: prepares matching. normalizer may be empty.
+  void prepare(const Normalizer& normalizer);
+
+  // Splits text into added tokens and normalized stretches between them; normalized text
+  // is kept in storage. With an empty normalizer the stretches point into text.
+  void split(std::string_view text, const Normalizer& normalizer, std::deque<std::string>& storage,
+             std::vector<TextPiece>& pieces) const;
+
+  std::optional<int32_t> find(std::string_view content) const;
+  // The token with this id, nullptr if none.
+  const AddedToken* token(int32_t id) const;
+  // What decoding writes for the token: its normalized form when it is matched in one.
+  const std::string* decoded_form(int32_t id) const;
+  bool is_special(int32_t id) const;
+  int32_t largest_id() const;  // -1 when empty
+  const std::map<int32_t, AddedToken>& by_id() const { return tokens_; }
+
+ private:
+  class Matcher;
+  StringMap<int32_t> ids_;
+  std::map<int32_t, AddedToken> tokens_;
+  std::unordered_map<int32_t, std::string> normalized_forms_;
+  std::unique_ptr<Matcher> raw_;
+  std::unique_ptr<Matcher> normalized_;
+};
+
+// tokenizer.json's post_processor: null, TemplateProcessing, BertProcessing,
+// RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and at most one of the others.
+// Special-token ids must be below vocab_size.
+SpecialTokenTemplate read_post_processor(const Json* post_processor, const std::filesystem::path& file,
+                                         int32_t vocab_size);
+
+// The special tokens named in <dir>/tokenizer_config.json (each key string, {"content":
+// ...} or null), over the defaults; a named token must be in the vocabulary.
+using TokenLookup = std::function<std::optional<int32_t>(std::string_view token)>;
+SpecialTokenIds read_special_token_ids(const std::filesystem::path& dir, const TokenLookup& lookup,
+                                       SpecialTokenIds defaults);
+
+}  // namespace tokenizer_parts
+
+}  // namespace ftrain::data
