@@ -7,12 +7,24 @@
 
 namespace ftrain::launch {
 
+namespace {
+
+std::vector<AdamWSlot> slots_of(std::vector<std::pair<std::string, at::Tensor>> named_params) {
+  std::vector<AdamWSlot> slots;
+  for (auto& [name, param] : named_params) slots.push_back(AdamWSlot{name, param, {}, param.dim() >= 2});
+  return slots;
+}
+
+}  // namespace
+
 AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamWOptions options)
-    : options_(options) {
-  for (auto& [name, param] : named_params) {
-    auto state_options = param.options().dtype(torch::kFloat32);
-    slots_.push_back(Slot{name, param, torch::zeros_like(param, state_options),
-                          torch::zeros_like(param, state_options), param.dim() >= 2});
+    : AdamW(slots_of(std::move(named_params)), options) {}
+
+AdamW::AdamW(std::vector<AdamWSlot> slots, AdamWOptions options) : options_(options) {
+  for (auto& slot : slots) {
+    auto state_options = slot.param.options().dtype(torch::kFloat32);
+    slots_.push_back(Slot{slot.name, slot.param, slot.grad, torch::zeros_like(slot.param, state_options),
+                          torch::zeros_like(slot.param, state_options), slot.decay});
   }
 }
 
@@ -24,7 +36,7 @@ void AdamW::step(double lr) {
   const double step_size = lr / bias_correction1;
   const double sqrt_bc2 = std::sqrt(bias_correction2);
   for (auto& slot : slots_) {
-    const at::Tensor& grad = slot.param.grad();
+    const at::Tensor& grad = slot.grad.defined() ? slot.grad : slot.param.grad();
     if (!grad.defined()) continue;
     at::Tensor g = grad.to(torch::kFloat32);
     if (slot.decay && options_.weight_decay != 0) slot.param.mul_(1 - lr * options_.weight_decay);
@@ -41,9 +53,25 @@ void AdamW::step(double lr) {
 
 void AdamW::zero_grad() {
   for (auto& slot : slots_) {
+    if (slot.grad.defined()) {
+      slot.grad.zero_();
+      continue;
+    }
     at::Tensor& grad = slot.param.mutable_grad();
     if (grad.defined()) grad.zero_();
   }
+}
+
+std::vector<at::Tensor> AdamW::exp_avgs() const {
+  std::vector<at::Tensor> out;
+  for (const auto& slot : slots_) out.push_back(slot.exp_avg);
+  return out;
+}
+
+std::vector<at::Tensor> AdamW::exp_avg_sqs() const {
+  std::vector<at::Tensor> out;
+  for (const auto& slot : slots_) out.push_back(slot.exp_avg_sq);
+  return out;
 }
 
 std::vector<std::pair<std::string, at::Tensor>> AdamW::named_state() {

@@ -19,11 +19,21 @@ struct AdamWOptions {
   double weight_decay = 0.1;
 };
 
+// One tensor the optimizer updates in place. `grad` may be given explicitly (e.g. a
+// shard of a reduced gradient buffer); undefined means param.grad() at step time.
+struct AdamWSlot {
+  std::string name;
+  at::Tensor param;
+  at::Tensor grad;
+  bool decay = true;
+};
+
 class AdamW {
  public:
   // Parameters with two or more dimensions (matrices, embeddings) get weight decay;
   // biases and norm gains do not, as is usual for transformers.
   AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamWOptions options);
+  AdamW(std::vector<AdamWSlot> slots, AdamWOptions options);
 
   // One update with learning rate `lr`; parameters without a gradient are skipped.
   void step(double lr);
@@ -34,11 +44,14 @@ class AdamW {
 
   // State for checkpoints: ("exp_avg/<param>", tensor), ("exp_avg_sq/<param>", tensor).
   std::vector<std::pair<std::string, at::Tensor>> named_state();
+  std::vector<at::Tensor> exp_avgs() const;
+  std::vector<at::Tensor> exp_avg_sqs() const;
 
  private:
   struct Slot {
     std::string name;
     at::Tensor param;
+    at::Tensor grad;
     at::Tensor exp_avg;
     at::Tensor exp_avg_sq;
     bool decay;

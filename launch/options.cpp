@@ -120,7 +120,9 @@ std::vector<Section> describe(Config& c) {
   sections.back()
       .add("tp", &c.dist.tp, "tensor-parallel size; data-parallel size = world size / tp")
       .add("device", &c.dist.device, "cpu | cuda (one GPU per rank, by local rank)")
-      .add("bucket_mb", &c.dist.bucket_mb, "gradient all-reduce bucket size in MiB");
+      .add("bucket_mb", &c.dist.bucket_mb, "gradient all-reduce bucket size in MiB")
+      .add("zero", &c.zero.stage,
+           "ZeRO stage over data-parallel ranks: 0 replicated, 1 sharded optimizer state, 2 + sharded gradients");
   return sections;
 }
 
@@ -183,6 +185,7 @@ void Config::validate() const {
   optim.validate();
   checkpoint.validate();
   dist.validate();
+  zero.validate();
   if (optim.warmup_steps > train.steps)
     fail("optim.warmup_steps", "(" + to_text(optim.warmup_steps) + ") exceeds train.steps (" +
                                    to_text(train.steps) + ")");

@@ -9,6 +9,7 @@
 
 #include "data/streaming_loader.h"
 #include "dist/comm.h"
+#include "dist/zero.h"
 
 namespace ftrain::launch {
 
@@ -72,6 +73,7 @@ struct Config {
   OptimOptions optim;
   CheckpointOptions checkpoint;
   dist::CommOptions dist;
+  dist::ZeroOptions zero;
 
   std::string config_file;   // the INI file it came from, if any
   std::string resolved_ini;  // every option with its final value, as INI text

@@ -17,6 +17,7 @@
 
 #include "data/streaming_loader.h"
 #include "dist/grad_reducer.h"
+#include "dist/zero.h"
 #include "launch/adamw.h"
 #include "launch/checkpoint.h"
 #include "model/causal_lm.h"
@@ -114,14 +115,23 @@ class Trainer {
     for (auto& item : model_.module().named_parameters()) named_params_.emplace_back(item.key(), item.value());
     broadcast_parameters();
 
-    optimizer_ = std::make_unique<AdamW>(
-        named_params_, AdamWOptions{config_.optim.beta1, config_.optim.beta2, config_.optim.eps,
-                                    config_.optim.weight_decay});
-    std::vector<torch::Tensor> params;
-    for (auto& [name, p] : named_params_) params.push_back(p);
-    if (dp_size() > 1)
-      reducer_ = std::make_unique<dist::GradientReducer>(
-          params, comm_.dp(), static_cast<size_t>(config_.dist.bucket_mb * 1024 * 1024));
+    const AdamWOptions adamw{config_.optim.beta1, config_.optim.beta2, config_.optim.eps, config_.optim.weight_decay};
+    if (config_.zero.stage > 0) {
+      // Parameters and gradients move into flat buffers; this rank's optimizer sees
+      // only the slices of its shard.
+      zero_ = std::make_unique<dist::ZeroSharding>(named_params_, comm_.dp(), config_.zero.stage);
+      std::vector<AdamWSlot> slots;
+      for (const auto& slice : zero_->local_slices())
+        slots.push_back(AdamWSlot{slice.name, slice.param, slice.grad, slice.is_matrix});
+      optimizer_ = std::make_unique<AdamW>(std::move(slots), adamw);
+    } else {
+      optimizer_ = std::make_unique<AdamW>(named_params_, adamw);
+      std::vector<torch::Tensor> params;
+      for (auto& [name, p] : named_params_) params.push_back(p);
+      if (dp_size() > 1)
+        reducer_ = std::make_unique<dist::GradientReducer>(
+            params, comm_.dp(), static_cast<size_t>(config_.dist.bucket_mb * 1024 * 1024));
+    }
 
     data::LoaderOptions loader_options = config_.data;
     loader_options.grad_accum_steps = grad_accum_steps();
@@ -240,10 +250,33 @@ class Trainer {
       if (rank0()) std::cout << "ftrain: no checkpoint in " << store_->directory().string() << "; starting fresh\n";
       return;
     }
+    // Optimizer state is stored per parameter with its global shape, whatever the
+    // sharding that wrote it, and cut into this rank's slices after reading.
     NamedTensors into;
     for (auto& [name, p] : named_params_) into.emplace_back("model/" + name, p);
-    for (auto& [name, t] : optimizer_->named_state()) into.emplace_back("optim/" + name, t);
+    std::vector<at::Tensor> full_exp_avg, full_exp_avg_sq;
+    if (zero_) {
+      for (auto& [name, p] : named_params_) {
+        full_exp_avg.push_back(torch::zeros_like(p, p.options().dtype(torch::kFloat32)));
+        full_exp_avg_sq.push_back(torch::zeros_like(p, p.options().dtype(torch::kFloat32)));
+        into.emplace_back("optim/exp_avg/" + name, full_exp_avg.back());
+        into.emplace_back("optim/exp_avg_sq/" + name, full_exp_avg_sq.back());
+      }
+    } else {
+      for (auto& [name, t] : optimizer_->named_state()) into.emplace_back("optim/" + name, t);
+    }
     json meta = load_checkpoint(*checkpoint, into);
+    if (zero_) {
+      torch::NoGradGuard no_grad;
+      auto mine = zero_->shard_state(full_exp_avg);
+      auto mine_sq = zero_->shard_state(full_exp_avg_sq);
+      auto states = optimizer_->exp_avgs();
+      auto states_sq = optimizer_->exp_avg_sqs();
+      for (size_t k = 0; k < states.size(); ++k) {
+        states[k].copy_(mine[k]);
+        states_sq[k].copy_(mine_sq[k]);
+      }
+    }
     check_data_order(meta.at("data"), *checkpoint);
     step_ = meta.at("step").get<int64_t>();
     tokens_seen_ = meta.value("tokens_seen", int64_t{0});
@@ -289,10 +322,20 @@ class Trainer {
     // Every data-parallel replica holds the same model and optimizer state, so rank 0
     // writes them. Random state needs no saving: dropout is reseeded from (seed, rank,
     // step) at every step.
+    NamedTensors optimizer_state;
+    if (zero_) {
+      // Collective: every rank contributes its slices of the sharded state.
+      for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avgs()))
+        optimizer_state.emplace_back("exp_avg/" + name, t);
+      for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avg_sqs()))
+        optimizer_state.emplace_back("exp_avg_sq/" + name, t);
+    } else {
+      optimizer_state = optimizer_->named_state();
+    }
     if (rank0()) {
       NamedTensors tensors;
       for (auto& [name, p] : named_params_) tensors.emplace_back("model/" + name, p);
-      for (auto& [name, t] : optimizer_->named_state()) tensors.emplace_back("optim/" + name, t);
+      for (auto& [name, t] : optimizer_state) tensors.emplace_back("optim/" + name, t);
       json data_meta = data_order_meta();
       data_meta["global_position"] = loader_->state().global_position;
       data_meta["path"] = config_.data.path;
@@ -301,7 +344,9 @@ class Trainer {
           {"optimizer_steps", optimizer_->step_count()},
           {"data", data_meta},
           {"rng", {{"scheme", "reseeded every step from (run.seed, rank, step)"}, {"seed", config_.run.seed}}},
-          {"layout", {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()}}},
+          {"layout",
+           {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()},
+            {"zero", config_.zero.stage}}},
           {"model", {{"family", model_.family()}, {"path", config_.model.path}}},
           {"config", config_.resolved_ini},
       };
@@ -354,6 +399,12 @@ class Trainer {
 
   double clip_gradients() {
     torch::NoGradGuard no_grad;
+    if (zero_) {
+      const double norm = std::sqrt(zero_->gradient_square_sum());
+      if (config_.train.grad_clip > 0 && norm > config_.train.grad_clip)
+        zero_->scale_gradients(config_.train.grad_clip / (norm + 1e-6));
+      return norm;
+    }
     // After the data-parallel reduction every rank holds the same gradients, so the
     // local norm is the global one. One host synchronisation for the whole model.
     std::vector<torch::Tensor> grads;
@@ -400,6 +451,7 @@ class Trainer {
         local_loss_sum += loss_sum.detach().to(torch::kFloat64);
       }
       if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
+      if (zero_) zero_->reduce_gradients();
       const double loss =
           comm_.dp().all_reduce(local_loss_sum.item<double>(), dist::ReduceOp::Sum) / global_targets;
       if (!std::isfinite(loss))
@@ -409,7 +461,12 @@ class Trainer {
       ++step_;
       const double lr = learning_rate(schedule, step_);
       optimizer_->step(lr);
-      optimizer_->zero_grad();
+      if (zero_) {
+        zero_->gather_parameters();
+        zero_->zero_grad();
+      } else {
+        optimizer_->zero_grad();
+      }
 
       const int64_t step_tokens = config_.train.global_batch_size * loader_->seq_len();
       tokens_seen_ += step_tokens;
@@ -462,7 +519,7 @@ class Trainer {
     for (auto& [name, p] : named_params_) parameters += p.numel();
     std::cout << config_.resolved_ini;
     std::cout << "ftrain: " << comm_.world_size() << " rank(s), tp " << comm_.layout().tp_size << " x dp "
-              << dp_size() << ", device " << comm_.device() << ", " << parameters << " parameters, "
+              << dp_size() << ", ZeRO stage " << config_.zero.stage << ", device " << comm_.device() << ", " << parameters << " parameters, "
               << (config_.model.init == "random" ? "RANDOMLY INITIALISED " : "pretrained ") << model_.family()
               << " weights from "
               << config_.model.path << "\n"
@@ -478,6 +535,7 @@ class Trainer {
   std::vector<std::pair<std::string, torch::Tensor>> named_params_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
+  std::unique_ptr<dist::ZeroSharding> zero_;
   std::unique_ptr<data::StreamingLoader> loader_;
   std::unique_ptr<CheckpointStore> store_;
   std::unique_ptr<MetricsLog> metrics_;

@@ -112,6 +112,37 @@ def test_four_ranks_match_one_rank_with_accumulation(workspace):
         np.testing.assert_allclose(weights_four[name], weights_one[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_stages_match_one_rank(workspace, stage):
+    reference = workspace["root"] / "zero_ref"
+    if not (reference / "metrics.jsonl").exists():
+        run_ftrain(1, *base_args(workspace, reference, **{"train.steps": 10}))
+    sharded = workspace["root"] / f"zero{stage}"
+    run_ftrain(4, *base_args(workspace, sharded, **{"train.steps": 10, "dist.zero": stage}))
+    expected, got = losses(reference), losses(sharded)
+    for step in range(1, 11):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), f"zero {stage}, step {step}"
+
+
+def test_resume_across_zero_stages(workspace):
+    # Optimizer state saved by 4 ranks with sharded state resumes on 2 ranks without
+    # sharding (and the reverse), continuing the uninterrupted run.
+    full = workspace["root"] / "zero_full"
+    run_ftrain(2, *base_args(workspace, full, **{"train.steps": 12}))
+    forward = workspace["root"] / "zero_forward"
+    run_ftrain(4, *base_args(workspace, forward, **{"train.steps": 12, "dist.zero": 2, "run.exit_after_steps": 5}))
+    run_ftrain(2, *base_args(workspace, forward, **{"train.steps": 12, "run.resume": "auto"}))
+    backward = workspace["root"] / "zero_backward"
+    run_ftrain(2, *base_args(workspace, backward, **{"train.steps": 12, "run.exit_after_steps": 5}))
+    run_ftrain(4, *base_args(workspace, backward, **{"train.steps": 12, "dist.zero": 1, "run.resume": "auto"}))
+    reference = losses(full)
+    for run_dir in (forward, backward):
+        continued = losses(run_dir)
+        assert sorted(continued) == list(range(1, 13))
+        for step in range(6, 13):
+            assert continued[step] == pytest.approx(reference[step], rel=1e-5), f"{run_dir.name}, step {step}"
+
+
 def test_masked_loss_is_normalised_per_global_token(workspace):
     # Rows with between 1 and 31 targets: 1x4, 2x2 and 4x1 (ranks x accumulation) must
     # agree, which holds only if every token of the global batch weighs the same.
