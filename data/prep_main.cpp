@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "data/bpe_tokenizer.h"
+#include "data/tokenizer.h"
 #include "data/document_reader.h"
 #include "data/row_packer.h"
 #include "data/sample_order.h"
@@ -52,7 +52,7 @@ struct PrepOptions {
   void validate() const {
     auto fail = [](const std::string& what) { throw po::error(what); };
     if (inputs.empty()) fail("--input is required (a .txt or .jsonl file; repeat it for several)");
-    if (tokenizer.empty()) fail("--tokenizer is required (a directory with tokenizer.json or vocab.json + merges.txt)");
+    if (tokenizer.empty()) fail("--tokenizer is required (a model directory with tokenizer.json, vocab.txt, or vocab.json + merges.txt)");
     if (output.empty()) fail("--output is required (the .h5 file to write)");
     if (seq_len < 2) {
       fail("--seq-len must be >= 2 (a row needs a token to predict from and one to predict), got " +
@@ -94,7 +94,7 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
       ("input,i", po::value(&inputs)->composing(),
        "input file, repeatable: .txt (one document per line) or .jsonl (one JSON object per line)")
       ("tokenizer,t", po::value<std::string>()->required(),
-       "tokenizer directory: tokenizer.json, or vocab.json + merges.txt")
+       "tokenizer directory: tokenizer.json, vocab.txt (WordPiece), or vocab.json + merges.txt")
       ("output,o", po::value<std::string>()->required(), "output .h5 file")
       ("seq-len", po::value(&options.seq_len)->required(), "tokens per row")
       ("validation-fraction", po::value(&options.validation_fraction)->default_value(0.05),
@@ -216,7 +216,7 @@ class SplitSink {
 // Tokenizes batches of documents on several threads, returning them in input order.
 class ParallelEncoder {
  public:
-  ParallelEncoder(const BpeTokenizer& tokenizer, int threads) : tokenizer_(tokenizer), threads_(threads) {}
+  ParallelEncoder(const Tokenizer& tokenizer, int threads) : tokenizer_(tokenizer), threads_(threads) {}
 
   std::vector<std::vector<int32_t>> encode(const std::vector<Document>& documents) const {
     std::vector<std::vector<int32_t>> encoded(documents.size());
@@ -244,7 +244,7 @@ class ParallelEncoder {
   }
 
  private:
-  const BpeTokenizer& tokenizer_;
+  const Tokenizer& tokenizer_;
   int threads_;
 };
 
@@ -301,9 +301,12 @@ void run(const PrepOptions& options) {
   if (fs::exists(options.output, error) && !options.overwrite) {
     throw std::runtime_error(options.output.string() + ": already exists; pass --overwrite to replace it");
   }
-  const BpeTokenizer tokenizer = BpeTokenizer::from_directory(options.tokenizer);
+  // Any tokenizer a model directory holds (byte-level BPE, SentencePiece-style BPE,
+  // WordPiece); documents are separated by the model's end-of-text token.
+  const std::unique_ptr<Tokenizer> loaded = load_tokenizer(options.tokenizer);
+  const Tokenizer& tokenizer = *loaded;
   std::optional<int32_t> eos_id =
-      options.eos_token ? tokenizer.token_to_id(*options.eos_token) : tokenizer.eos_id();
+      options.eos_token ? tokenizer.token_to_id(*options.eos_token) : tokenizer.special_ids().eos;
   if (!eos_id) {
     throw std::runtime_error(options.tokenizer.string() + ": " +
                              (options.eos_token ? "token '" + *options.eos_token + "' is not in the vocabulary"
