@@ -1,0 +1,228 @@
+// Llama (Touvron et al., 2023) and the decoders that share its design: Mistral and
+// Qwen2. Pre-RMSNorm blocks, rotary position embeddings on queries and keys,
+// grouped-query attention and a SwiGLU feed-forward. The three differ only in config
+// keys: Qwen2 puts biases on the query, key and value projections; Mistral and Qwen2
+// may restrict attention to a sliding window of recent positions.
+//
+// Submodule and parameter names mirror Hugging Face's LlamaForCausalLM (model.
+// embed_tokens, model.layers.<i>.self_attn.q_proj, ..., lm_head), which Mistral and
+// Qwen2 share, so checkpoints load without renaming and logs read the same in both.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ftrain::model {
+
+// How rotary frequencies are stretched beyond the context length a model was trained on.
+struct RopeScaling {
+  // "linear": every frequency divided by factor (position interpolation).
+  // "dynamic": NTK-aware, the base is raised once a sequence is longer than
+  //   max_position_embeddings, by an amount that grows with its length.
+  // "llama3": long wavelengths divided by factor, short ones kept, a smooth blend
+  //   between (Llama 3.1).
+  std::string rope_type = "linear";
+  double factor = 1.0;
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  // llama3: the training context length; unset means max_position_embeddings.
+  // Carried unchanged for the other types, which do not use it.
+  std::optional<int64_t> original_max_position_embeddings;
+};
+
+// The architecture, read from and written to a Hugging Face config.json of model_type
+// "llama", "mistral" or "qwen2". Keys keep their Hugging Face names; a key missing
+// from the file takes the default Hugging Face gives it for that model_type.
+struct LlamaConfig {
+  std::string model_type = "llama";  // llama | mistral | qwen2
+  int64_t vocab_size = 32000;
+  int64_t hidden_size = 4096;
+  int64_t intermediate_size = 11008;  // SwiGLU width
+  int64_t num_hidden_layers = 32;
+  int64_t num_attention_heads = 32;
+  int64_t num_key_value_heads = 32;     // < num_attention_heads: grouped-query attention
+  std::optional<int64_t> head_dim;      // per-head width; unset means hidden / heads
+  std::string hidden_act = "silu";
+  int64_t max_position_embeddings = 2048;
+  double initializer_range = 0.02;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  std::optional<RopeScaling> rope_scaling;  // unset: plain rotary embeddings
+  bool tie_word_embeddings = false;         // lm_head shares model.embed_tokens.weight
+  bool attention_bias = false;              // llama: biases on q, k, v and o projections
+  bool mlp_bias = false;                    // llama: biases on gate, up and down projections
+  double attention_dropout = 0.0;
+  std::optional<int64_t> pad_token_id;  // embedding row that receives no gradient, zero at init
+
+  // Sliding-window attention: a position sees itself and the sliding_window - 1
+  // positions before it. Mistral applies it to every layer when set. Qwen2 applies it
+  // only when use_sliding_window is true, to the layers that layer_types marks
+  // "sliding_attention" or, without layer_types, to layers >= max_window_layers.
+  std::optional<int64_t> sliding_window;
+  bool use_sliding_window = false;  // qwen2
+  int64_t max_window_layers = 28;   // qwen2
+  std::vector<std::string> layer_types;  // qwen2: empty, or one of full_attention |
+                                         // sliding_attention per layer
+
+  // Keys of config.json that do not describe the architecture (bos_token_id,
+  // eos_token_id, use_cache, ...), carried so a saved config keeps them.
+  // "architectures" and "dtype"/"torch_dtype" are not kept: save_llama writes them.
+  nlohmann::json extra = nlohmann::json::object();
+
+  int64_t head_size() const { return head_dim.value_or(hidden_size / num_attention_heads); }
+  // Qwen2 always has query/key/value biases and never an output bias.
+  bool qkv_bias() const { return model_type == "qwen2" || attention_bias; }
+  bool o_bias() const { return model_type != "qwen2" && attention_bias; }
+  // The window of layer `layer_index`, or nullopt for full causal attention.
+  std::optional<int64_t> attention_window(int64_t layer_index) const;
+
+  // Throws std::runtime_error "key '<name>': <what is wrong>" for the first bad value.
+  void validate() const;
+
+  // Reads a config.json object. `source` (usually the file) prefixes every error,
+  // which also names the key: missing, of the wrong type, a model_type other than
+  // llama/mistral/qwen2, an unknown rope type, or failing validate().
+  //
+  // Rotary settings come in two spellings: transformers 4 writes "rope_theta" and
+  // "rope_scaling" ({"type" or "rope_type", "factor", ...} or null); transformers 5
+  // writes "rope_parameters" ({"rope_type", "rope_theta", ...}). Both are read; when
+  // a file has both they must agree.
+  static LlamaConfig from_json(const nlohmann::json& json, const std::string& source);
+  static LlamaConfig from_json_file(const std::filesystem::path& path);
+
+  // The Hugging Face config.json object: model_type, architectures, every key above
+  // that model_type has, then `extra`. Rotary settings are written in both spellings
+  // so transformers 4 and 5 read the same model.
+  nlohmann::json to_json() const;
+};
+
+// Root-mean-square normalisation: x / rms(x) * weight, computed in float32.
+class LlamaRmsNormImpl : public torch::nn::Module {
+ public:
+  LlamaRmsNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);  // (..., C) -> (..., C)
+
+  torch::Tensor weight;  // (C), ones at init
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(LlamaRmsNorm);
+
+// The cos and sin of every rotary angle for a batch of positions, each
+// (B or 1, T, head_dim): the angles of the frequency pairs, repeated for both halves.
+struct RotaryAngles {
+  torch::Tensor cos;
+  torch::Tensor sin;
+};
+
+// Self-attention with rotary queries and keys and fewer key/value heads than query
+// heads (each key/value head serves num_attention_heads / num_key_value_heads
+// query heads). The numbers of heads are taken from the widths of q_proj and k_proj,
+// so projections that hold only some of the heads (as tensor-parallel shards would)
+// compute those heads.
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  LlamaAttentionImpl(const LlamaConfig& config, int64_t layer_index);
+  // x (B, T, C), angles (B or 1, T, hs), allowed: undefined for plain causal
+  // attention, else a bool (B or 1, 1, T, T) mask of the keys each query may see.
+  torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed);
+
+  torch::nn::Linear q_proj{nullptr};  // C -> nh * hs
+  torch::nn::Linear k_proj{nullptr};  // C -> nkv * hs
+  torch::nn::Linear v_proj{nullptr};  // C -> nkv * hs
+  torch::nn::Linear o_proj{nullptr};  // nh * hs -> C
+
+ private:
+  int64_t head_dim_;
+  double attention_dropout_;
+};
+TORCH_MODULE(LlamaAttention);
+
+// SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+class LlamaMlpImpl : public torch::nn::Module {
+ public:
+  explicit LlamaMlpImpl(const LlamaConfig& config);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+
+  torch::nn::Linear gate_proj{nullptr};  // C -> intermediate
+  torch::nn::Linear up_proj{nullptr};    // C -> intermediate
+  torch::nn::Linear down_proj{nullptr};  // intermediate -> C
+};
+TORCH_MODULE(LlamaMlp);
+
+// Pre-RMSNorm residual block: x + attn(norm(x)), then + mlp(norm(x)).
+class LlamaBlockImpl : public torch::nn::Module {
+ public:
+  LlamaBlockImpl(const LlamaConfig& config, int64_t layer_index);
+  // (B, T, C) -> (B, T, C); `allowed` as for LlamaAttention.
+  torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed);
+
+  LlamaRmsNorm input_layernorm{nullptr};
+  LlamaAttention self_attn{nullptr};
+  LlamaRmsNorm post_attention_layernorm{nullptr};
+  LlamaMlp mlp{nullptr};
+};
+TORCH_MODULE(LlamaBlock);
+
+// Token embedding, the stack of blocks and the final RMSNorm (Hugging Face's
+// LlamaModel, registered as `model`).
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  explicit LlamaModelImpl(const LlamaConfig& config);
+  // (B, T) int64 -> (B, T, C). attention_mask as for LlamaImpl::forward.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
+
+  torch::nn::Embedding embed_tokens{nullptr};  // (V, C)
+  torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks
+  LlamaRmsNorm norm{nullptr};
+
+ private:
+  RotaryAngles rotary_angles(const torch::Tensor& positions, torch::ScalarType dtype) const;
+
+  LlamaConfig config_;
+  torch::Tensor inv_freq_;  // (hs / 2) float32 on the CPU; moved to the input's device per call
+};
+TORCH_MODULE(LlamaModel);
+
+// The decoder with its language-modelling head. With tied embeddings the head is
+// model.embed_tokens.weight and no lm_head module exists, so named_parameters()
+// lists every tensor once.
+class LlamaImpl : public torch::nn::Module {
+ public:
+  explicit LlamaImpl(const LlamaConfig& config);  // validates config
+
+  // (B, T) int64 token ids -> (B, T, V) next-token logits.
+  //
+  // attention_mask, optional, (B, T) of 1 for tokens and 0 for padding (any integer,
+  // bool or floating type), for batches of rows padded on the left or the right.
+  // No position attends to padding, and positions count real tokens only (the first
+  // token of a row is position 0), so each row's real positions get the logits the
+  // row alone would get. Outputs at padded positions are finite but meaningless.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
+  // (B, T) int64 token ids -> (B, T, C) hidden states after the final norm.
+  torch::Tensor hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
+  // (B, T, C) hidden states -> (B, T, V) logits.
+  torch::Tensor logits(const torch::Tensor& hidden_states);
+
+  const LlamaConfig& config() const { return config_; }
+
+  LlamaModel model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // empty when tie_word_embeddings
+
+ private:
+  LlamaConfig config_;
+};
+TORCH_MODULE(Llama);
+
+}  // namespace ftrain::model

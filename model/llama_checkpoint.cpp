@@ -1,0 +1,187 @@
+#include "model/llama_checkpoint.h"
+
+#include <torch/torch.h>
+
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+namespace ftrain::model {
+
+namespace {
+
+const std::string kPrefix = "model.";
+const std::string kEmbedding = "model.embed_tokens.weight";
+
+// Rotary frequency buffers that older Hugging Face versions save beside the weights;
+// they follow from config.json.
+bool is_rotary_buffer(const std::string& name) {
+  static const std::regex pattern(R"(model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq)");
+  return std::regex_match(name, pattern);
+}
+
+// "embed_tokens.weight" (LlamaModel) and "model.embed_tokens.weight"
+// (LlamaForCausalLM) both name model.embed_tokens.weight; the head keeps its own name.
+std::string canonical_name(const std::string& stored) {
+  if (stored.rfind(kPrefix, 0) == 0 || stored.rfind("lm_head.", 0) == 0) return stored;
+  return kPrefix + stored;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  constexpr size_t kShown = 12;
+  std::ostringstream out;
+  for (size_t i = 0; i < items.size() && i < kShown; ++i) out << (i ? ", " : "") << items[i];
+  if (items.size() > kShown) out << " and " << items.size() - kShown << " more";
+  return out.str();
+}
+
+std::string architecture(const LlamaConfig& c) {
+  return "model_type=" + c.model_type + " num_hidden_layers=" + std::to_string(c.num_hidden_layers) +
+         " hidden_size=" + std::to_string(c.hidden_size) + " intermediate_size=" + std::to_string(c.intermediate_size) +
+         " num_attention_heads=" + std::to_string(c.num_attention_heads) +
+         " num_key_value_heads=" + std::to_string(c.num_key_value_heads) + " head_dim=" + std::to_string(c.head_size()) +
+         " vocab_size=" + std::to_string(c.vocab_size) +
+         " tie_word_embeddings=" + (c.tie_word_embeddings ? "true" : "false");
+}
+
+std::string dtype_name(torch::ScalarType dtype) {
+  return dtype == torch::kFloat      ? "float32"
+         : dtype == torch::kBFloat16 ? "bfloat16"
+         : dtype == torch::kHalf     ? "float16"
+         : dtype == torch::kDouble   ? "float64"
+                                     : c10::toString(dtype);
+}
+
+}  // namespace
+
+NamedTensors to_hf_state(Llama& model) {
+  NamedTensors out;
+  for (const auto& item : model->named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value().detach());
+  return out;
+}
+
+void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string& source) {
+  const LlamaConfig& config = model->config();
+  std::map<std::string, torch::Tensor> parameters;
+  for (const auto& item : model->named_parameters(/*recurse=*/true)) parameters.emplace(item.key(), item.value());
+
+  std::map<std::string, std::pair<std::string, torch::Tensor>> found;  // canonical -> (stored name, value)
+  std::vector<std::string> unexpected, duplicated, misshaped, not_float;
+  std::set<std::string> present_but_unusable;  // reported once, not also as missing
+  torch::Tensor tied_head;
+  for (const auto& [stored, value] : tensors) {
+    const std::string name = canonical_name(stored);
+    if (is_rotary_buffer(name)) continue;
+    const bool tied_head_copy = name == "lm_head.weight" && config.tie_word_embeddings;
+    auto parameter = parameters.find(tied_head_copy ? kEmbedding : name);
+    if (parameter == parameters.end()) {
+      unexpected.push_back("'" + stored + "'");
+      continue;
+    }
+    if (value.sizes() != parameter->second.sizes()) {
+      present_but_unusable.insert(name);
+      misshaped.push_back("'" + stored + "' is " + c10::str(value.sizes()) + ", expected " +
+                          c10::str(parameter->second.sizes()));
+      continue;
+    }
+    if (!at::isFloatingType(value.scalar_type())) {
+      present_but_unusable.insert(name);
+      not_float.push_back("'" + stored + "' (" + c10::toString(value.scalar_type()) + ")");
+      continue;
+    }
+    if (tied_head_copy) {  // some writers store the tied head as well; it must equal the embedding
+      tied_head = value;
+      continue;
+    }
+    if (!found.emplace(name, std::pair{stored, value}).second)
+      duplicated.push_back("'" + found.at(name).first + "' and '" + stored + "'");
+  }
+  std::vector<std::string> missing;
+  for (const auto& [name, parameter] : parameters)
+    if (!found.count(name) && !present_but_unusable.count(name)) missing.push_back("'" + name + "'");
+
+  if (!missing.empty() || !unexpected.empty() || !duplicated.empty() || !misshaped.empty() || !not_float.empty()) {
+    std::string message = source + ": tensors do not match the architecture of config.json (" + architecture(config) + "):";
+    if (!missing.empty()) message += " missing " + join(missing) + ";";
+    if (!unexpected.empty()) message += " unexpected " + join(unexpected) + ";";
+    if (!duplicated.empty()) message += " stored twice " + join(duplicated) + ";";
+    if (!misshaped.empty()) message += " wrong shape " + join(misshaped) + ";";
+    if (!not_float.empty()) message += " not floating point " + join(not_float) + ";";
+    message.pop_back();
+    throw std::runtime_error(message);
+  }
+
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, entry] : found) parameters.at(name).copy_(entry.second);
+  const torch::Tensor& embedding = parameters.at(kEmbedding);
+  if (tied_head.defined() && !torch::equal(tied_head.to(embedding.dtype()), embedding))
+    throw std::runtime_error(source + ": 'lm_head.weight' differs from '" + kEmbedding +
+                             "' but config.json sets tie_word_embeddings=true; set it to false to load an untied head");
+}
+
+Llama load_llama(const std::filesystem::path& dir) {
+  if (!std::filesystem::is_directory(dir))
+    throw std::runtime_error(dir.string() + ": not a directory (expected a Hugging Face model directory)");
+  Llama model(LlamaConfig::from_json_file(dir / "config.json"));
+
+  const std::filesystem::path single = dir / "model.safetensors";
+  const std::filesystem::path index = dir / "model.safetensors.index.json";
+  if (std::filesystem::exists(single)) {
+    load_hf_state(model, load_safetensors(single), single.string());
+  } else if (std::filesystem::exists(index)) {
+    load_hf_state(model, load_safetensors_index(index), index.string());
+  } else {
+    throw std::runtime_error(dir.string() + ": has neither model.safetensors nor model.safetensors.index.json "
+                                            "(pytorch_model.bin is not read; re-save the model with "
+                                            "save_pretrained(dir, safe_serialization=True))");
+  }
+  return model;
+}
+
+Llama init_llama(const LlamaConfig& config, uint64_t seed) {
+  Llama model(config);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+
+  torch::NoGradGuard no_grad;
+  // Module order is fixed by the architecture, so the draws are reproducible.
+  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
+    torch::nn::Module& module = *item.value();
+    if (auto* linear = module.as<torch::nn::LinearImpl>()) {
+      linear->weight.normal_(0.0, config.initializer_range, generator);
+      if (linear->bias.defined()) linear->bias.zero_();
+    } else if (auto* embedding = module.as<torch::nn::EmbeddingImpl>()) {
+      embedding->weight.normal_(0.0, config.initializer_range, generator);
+      if (config.pad_token_id) {
+        const int64_t row = *config.pad_token_id < 0 ? *config.pad_token_id + config.vocab_size : *config.pad_token_id;
+        embedding->weight[row].zero_();
+      }
+    } else if (auto* norm = module.as<LlamaRmsNormImpl>()) {
+      norm->weight.fill_(1.0);
+    }
+  }
+  return model;
+}
+
+void save_llama(Llama& model, const std::filesystem::path& dir, ExistingDirectory existing) {
+  if (std::filesystem::exists(dir)) {
+    if (!std::filesystem::is_directory(dir)) throw std::runtime_error(dir.string() + ": exists and is not a directory");
+    if (existing == ExistingDirectory::refuse && !std::filesystem::is_empty(dir))
+      throw std::runtime_error(dir.string() + ": directory exists and is not empty; refusing to overwrite "
+                                              "it (choose an empty or new directory, or ask for overwrite)");
+  } else {
+    std::filesystem::create_directories(dir);
+  }
+
+  NamedTensors state = to_hf_state(model);
+  save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
+
+  nlohmann::json config = model->config().to_json();
+  config.erase("torch_dtype");
+  config["dtype"] = dtype_name(state.front().second.scalar_type());
+  write_file_atomically(dir / "config.json", config.dump(2) + "\n");
+}
+
+}  // namespace ftrain::model
