@@ -7,6 +7,8 @@
 #include <stdexcept>
 
 #include "model/gpt2.h"
+#include "model/llama.h"
+#include "model/llama_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -43,6 +45,19 @@ Gpt2 build_gpt2(const CausalLmOptions& options) {
   return adjusted;
 }
 
+Llama build_llama(const CausalLmOptions& options) {
+  LlamaConfig config = LlamaConfig::from_json_file(options.path / "config.json");
+  if (options.dropout >= 0) config.attention_dropout = options.dropout;
+  if (!options.pretrained) return init_llama(config, options.seed);
+  Llama loaded = load_llama(options.path);
+  if (options.dropout < 0) return loaded;
+  Llama adjusted(config);
+  torch::NoGradGuard no_grad;
+  auto source = loaded->named_parameters();
+  for (auto& item : adjusted->named_parameters()) item.value().copy_(source[item.key()]);
+  return adjusted;
+}
+
 }  // namespace
 
 CausalLm CausalLm::load(const CausalLmOptions& options) {
@@ -59,8 +74,21 @@ CausalLm CausalLm::load(const CausalLmOptions& options) {
     model.save_ = [gpt2](const fs::path& dir, ExistingDirectory existing) mutable { save_gpt2(gpt2, dir, existing); };
     return model;
   }
+  if (type == "llama" || type == "mistral" || type == "qwen2") {
+    Llama llama = build_llama(options);
+    model.module_ = llama.ptr();
+    model.vocab_size_ = llama->config().vocab_size;
+    model.logits_ = [llama](const at::Tensor& ids, const at::Tensor& mask) mutable {
+      return llama->forward(ids, mask);
+    };
+    model.save_ = [llama](const fs::path& dir, ExistingDirectory existing) mutable {
+      save_llama(llama, dir, existing);
+    };
+    return model;
+  }
   throw std::runtime_error((options.path / "config.json").string() + ": model_type '" + type +
-                           "' is not supported for causal language modelling (supported: gpt2)");
+                           "' is not supported for causal language modelling (supported: gpt2, llama, "
+                           "mistral, qwen2)");
 }
 
 }  // namespace ftrain::model

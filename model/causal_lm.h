@@ -25,8 +25,8 @@ struct CausalLmOptions {
 
 class CausalLm {
  public:
-  // Reads config.json and builds the family it names (gpt2; further families as they
-  // are added). Throws std::runtime_error naming the file for an unsupported model_type.
+  // Reads config.json and builds the family it names: gpt2, or the Llama family
+  // (llama, mistral, qwen2). Throws std::runtime_error naming the file for an unsupported model_type.
   static CausalLm load(const CausalLmOptions& options);
 
   torch::nn::Module& module() { return *module_; }

@@ -143,6 +143,29 @@ def test_resume_across_zero_stages(workspace):
             assert continued[step] == pytest.approx(reference[step], rel=1e-5), f"{run_dir.name}, step {step}"
 
 
+def test_llama_with_grouped_query_attention_trains_data_parallel(workspace):
+    # The trainer is family-agnostic: a tiny Llama (GQA, untied head) saved by
+    # transformers trains on 2 ranks exactly as on 1 rank with accumulation.
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False)
+    model_dir = workspace["root"] / "llama"
+    LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
+    runs = {}
+    for ranks in (1, 2):
+        run_dir = workspace["root"] / f"llama{ranks}"
+        run_ftrain(ranks, *base_args(workspace, run_dir, **{"model.path": model_dir, "train.steps": 8,
+                                                            "checkpoint.export_hf": "true"}))
+        runs[ranks] = losses(run_dir)
+    for step in range(1, 9):
+        assert runs[2][step] == pytest.approx(runs[1][step], rel=1e-5), f"step {step}"
+    assert runs[1][8] < runs[1][1] - 0.5
+    reloaded = LlamaForCausalLM.from_pretrained(workspace["root"] / "llama2" / "final")
+    assert reloaded.config.num_key_value_heads == 2
+
+
 def test_masked_loss_is_normalised_per_global_token(workspace):
     # Rows with between 1 and 31 targets: 1x4, 2x2 and 4x1 (ranks x accumulation) must
     # agree, which holds only if every token of the global batch weighs the same.
