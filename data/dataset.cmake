@@ -17,7 +17,13 @@ target_link_libraries(ftrain_data
 
 # ftrain-prep needs the tokenizer, which lives in its own part of data/.
 if(TARGET ftrain_tokenizer)
-  add_executable(ftrain-prep ${CMAKE_CURRENT_LIST_DIR}/prep_main.cpp)
-  target_link_libraries(ftrain-prep PRIVATE ftrain_data ftrain_tokenizer Boost::program_options Threads::Threads)
+  add_executable(ftrain-prep
+    ${CMAKE_CURRENT_LIST_DIR}/prep_main.cpp
+    ${CMAKE_CURRENT_LIST_DIR}/prep_tasks.cpp
+    ${CMAKE_CURRENT_LIST_DIR}/prep_examples.cpp
+    ${CMAKE_CURRENT_LIST_DIR}/prep_records.cpp
+    ${CMAKE_CURRENT_LIST_DIR}/prep_extras.cpp)
+  target_link_libraries(ftrain-prep PRIVATE ftrain_data ftrain_tokenizer ftrain_hdf5 nlohmann_json::nlohmann_json
+    Boost::program_options Threads::Threads)
   set_target_properties(ftrain-prep PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
 endif()

@@ -22,6 +22,7 @@
 
 #include "data/tokenizer.h"
 #include "data/document_reader.h"
+#include "data/prep_tasks.h"
 #include "data/row_packer.h"
 #include "data/sample_order.h"
 #include "data/token_dataset.h"
@@ -48,6 +49,7 @@ struct PrepOptions {
   DocumentReaderOptions reader;
   std::optional<std::string> eos_token;
   int threads = 1;
+  TaskPrepOptions task;  // the fine-tuning tasks; task.task == kCausalLm packs documents
 
   void validate() const {
     auto fail = [](const std::string& what) { throw po::error(what); };
@@ -83,16 +85,46 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
   std::vector<std::string> inputs, validation_inputs, test_inputs;
   std::string text_mode = "line";
   std::string eos_token;
+  std::string task = "causal_lm";
+  std::string truncation = "right";
+  std::string labels;
+  std::string text_pair_column;
   po::options_description described(
       "ftrain-prep: tokenize text corpora into an ftrain HDF5 token dataset\n\n"
       "Documents are tokenized, each followed by the end-of-text token, concatenated and\n"
       "cut into rows of exactly --seq-len tokens; the tail shorter than a row is dropped.\n"
       "Documents are assigned to splits before packing, so none straddles two splits.\n\n"
+      "With --task other than causal_lm every example is one row padded to --seq-len\n"
+      "(docs/dataset-format.md): sequence_classification, token_classification, instruction.\n\n"
       "Options");
   described.add_options()
       ("help,h", "print this help")
       ("input,i", po::value(&inputs)->composing(),
-       "input file, repeatable: .txt (one document per line) or .jsonl (one JSON object per line)")
+       "input file, repeatable: .txt (one document per line), .jsonl (one JSON object per line), "
+       ".csv or .tsv (a header row naming the columns), .conll (token<TAB>tag lines)")
+      ("task", po::value(&task)->default_value("causal_lm"),
+       "causal_lm (packed documents), sequence_classification, token_classification or instruction")
+      ("text-column", po::value<std::string>(),
+       "column (CSV/TSV header or JSON key) holding the text; default 'text' (same as --text-key)")
+      ("validation-text-column", po::value<std::string>(),
+       "text column of the --validation-input files when it differs (default: --text-column)")
+      ("test-text-column", po::value<std::string>(),
+       "text column of the --test-input files when it differs (default: --text-column)")
+      ("text-pair-column", po::value(&text_pair_column), "sequence_classification: column of the second text of a pair")
+      ("label-column", po::value(&options.task.label_column)->default_value("label"),
+       "sequence_classification: column holding the class")
+      ("labels", po::value(&labels),
+       "comma-separated label names fixing the ids 0..K-1 (default: the sorted labels of --input)")
+      ("tokens-column", po::value(&options.task.tokens_column)->default_value("tokens"),
+       "token_classification: JSON key of the list of words")
+      ("tags-column", po::value(&options.task.tags_column)->default_value("tags"),
+       "token_classification: JSON key of the list of tags, one per word")
+      ("prompt-column", po::value(&options.task.prompt_column)->default_value("prompt"),
+       "instruction: JSON key of the prompt (not trained on)")
+      ("response-column", po::value(&options.task.response_column)->default_value("response"),
+       "instruction: JSON key of the response (trained on, followed by EOS)")
+      ("truncation", po::value(&truncation)->default_value("right"),
+       "sequence_classification: drop tokens past --seq-len at the 'right' or the 'left' end")
       ("tokenizer,t", po::value<std::string>()->required(),
        "tokenizer directory: tokenizer.json, vocab.txt (WordPiece), or vocab.json + merges.txt")
       ("output,o", po::value<std::string>()->required(), "output .h5 file")
@@ -107,7 +139,8 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
        "file(s) forming the test split instead of --test-fraction; repeatable")
       ("seed", po::value(&options.seed)->default_value(1234), "seed of the split assignment")
       ("text-mode", po::value(&text_mode)->default_value("line"),
-       "for .txt inputs: 'line' (one document per line) or 'paragraph' (documents separated by blank lines)")
+       "for .txt inputs: 'line' (one document per line), 'paragraph' (documents separated by blank lines) "
+       "or 'conll' (token<TAB>tag lines, token_classification)")
       ("text-key", po::value(&options.reader.text_key)->default_value("text"),
        "for .jsonl inputs: the string field that holds the document")
       ("eos-token", po::value(&eos_token),
@@ -136,11 +169,61 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
     options.reader.text_mode = TextMode::kLine;
   } else if (text_mode == "paragraph") {
     options.reader.text_mode = TextMode::kParagraph;
+  } else if (text_mode == "conll") {
+    options.task.text_is_conll = true;
   } else {
-    throw po::error("--text-mode must be 'line' or 'paragraph', got '" + text_mode + "'");
+    throw po::error("--text-mode must be 'line', 'paragraph' or 'conll', got '" + text_mode + "'");
   }
+  if (values.count("text-column")) options.reader.text_key = values["text-column"].as<std::string>();
   if (values.count("eos-token")) options.eos_token = eos_token;
   options.validate();
+
+  TaskPrepOptions& fine_tune = options.task;
+  const std::map<std::string, PrepTask> tasks = {{"causal_lm", PrepTask::kCausalLm},
+                                                 {"sequence_classification", PrepTask::kSequenceClassification},
+                                                 {"token_classification", PrepTask::kTokenClassification},
+                                                 {"instruction", PrepTask::kInstruction}};
+  if (!tasks.contains(task)) {
+    throw po::error("--task must be causal_lm, sequence_classification, token_classification or instruction, got '" +
+                    task + "'");
+  }
+  fine_tune.task = tasks.at(task);
+  if (truncation != "right" && truncation != "left") {
+    throw po::error("--truncation must be 'right' or 'left', got '" + truncation + "'");
+  }
+  fine_tune.truncation = truncation == "left" ? Truncation::kLeft : Truncation::kRight;
+  if (fine_tune.task == PrepTask::kCausalLm) {
+    if (options.task.text_is_conll) throw po::error("--text-mode conll is for --task token_classification");
+    return options;
+  }
+  fine_tune.inputs = options.inputs;
+  fine_tune.validation_inputs = options.validation_inputs;
+  fine_tune.test_inputs = options.test_inputs;
+  fine_tune.tokenizer = options.tokenizer;
+  fine_tune.output = options.output;
+  fine_tune.seq_len = options.seq_len;
+  fine_tune.validation_fraction = options.drawn_validation_fraction();
+  fine_tune.test_fraction = options.drawn_test_fraction();
+  fine_tune.seed = options.seed;
+  fine_tune.overwrite = options.overwrite;
+  fine_tune.eos_token = options.eos_token;
+  fine_tune.text_column = options.reader.text_key;
+  if (values.count("validation-text-column")) {
+    fine_tune.validation_text_column = values["validation-text-column"].as<std::string>();
+  }
+  if (values.count("test-text-column")) fine_tune.test_text_column = values["test-text-column"].as<std::string>();
+  if (values.count("text-pair-column")) fine_tune.text_pair_column = text_pair_column;
+  if (values.count("labels")) {
+    std::vector<std::string> names;
+    std::size_t start = 0;
+    while (true) {
+      const std::size_t comma = labels.find(',', start);
+      names.push_back(labels.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    fine_tune.labels = names;
+  }
   return options;
 }
 
@@ -415,7 +498,11 @@ int main(int argc, char** argv) {
     return kUsageError;
   }
   try {
-    run(*options);
+    if (options->task.task == PrepTask::kCausalLm) {
+      run(*options);
+    } else {
+      prepare_task_dataset(options->task);
+    }
   } catch (const std::exception& error) {
     std::cerr << "ftrain-prep: error: " << error.what() << "\n";
     return 1;

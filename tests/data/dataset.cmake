@@ -14,3 +14,6 @@ ftrain_unit_test(test_streaming_loader
 if(TARGET ftrain-prep)
   ftrain_python_test(test_prep SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_prep.py)
 endif()
+if(TARGET ftrain-prep)
+  ftrain_python_test(test_prep_tasks SCRIPT ${CMAKE_CURRENT_LIST_DIR}/test_prep_tasks.py)
+endif()

@@ -1,0 +1,340 @@
+#include "data/prep_tasks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <memory>
+#include <stdexcept>
+
+#include "data/prep_extras.h"
+#include "data/prep_records.h"
+#include "data/sample_order.h"
+#include "data/token_dataset.h"
+
+namespace fs = std::filesystem;
+
+namespace ftrain::data {
+
+namespace {
+
+enum class Split { kTrain, kValidation, kTest };
+constexpr const char* kSplitNames[] = {format::kSplitTrain, format::kSplitValidation, format::kSplitTest};
+
+const char* task_attribute(PrepTask task) {
+  switch (task) {
+    case PrepTask::kSequenceClassification: return "sequence_classification";
+    case PrepTask::kTokenClassification: return "token_classification";
+    default: return format::kTaskCausalLm;
+  }
+}
+
+bool has_labels(PrepTask task) { return task != PrepTask::kInstruction; }
+
+// Calls visit(file, record) for every record of the files, in order.
+template <typename Visit>
+void for_each_record(const std::vector<fs::path>& files, const RecordReaderOptions& options, Visit visit) {
+  for (const auto& file : files) {
+    RecordReader reader(file, options);
+    Record record;
+    while (reader.next(record)) visit(file, record);
+  }
+}
+
+// The label strings of one record: its class, or the tags of its words.
+std::vector<std::string> record_labels(const TaskPrepOptions& options, const fs::path& file, const Record& record) {
+  if (options.task == PrepTask::kSequenceClassification) {
+    return {field_text(record, file, options.label_column, "--label-column")};
+  }
+  return field_list(record, file, options.tags_column, "--tags-column");
+}
+
+std::string where(const fs::path& file, const Record& record) {
+  return file.string() + ":" + std::to_string(record.line) + ": ";
+}
+
+std::vector<int64_t> label_ids(const LabelMap& labels, const std::vector<std::string>& names, const fs::path& file,
+                               const Record& record, bool from_training) {
+  std::vector<int64_t> ids;
+  for (const auto& name : names) {
+    const auto id = labels.find(name);
+    if (!id) {
+      throw std::runtime_error(where(file, record) + "label '" + name + "' is not among the " +
+                               (from_training ? std::string("labels given with --labels")
+                                              : std::string("labels of the training inputs")) +
+                               " " + labels.to_json());
+    }
+    ids.push_back(*id);
+  }
+  return ids;
+}
+
+struct SplitStats {
+  int64_t rows = 0;
+  int64_t truncated = 0;
+  int64_t tokens = 0;  // before truncation
+  int64_t shortest = std::numeric_limits<int64_t>::max();
+  int64_t longest = 0;
+  std::map<int64_t, int64_t> per_label;  // rows (sequence) or tagged words (tokens)
+};
+
+// One split being written, in blocks of rows.
+class SplitRows {
+ public:
+  SplitRows(Split split, const TaskPrepOptions& options, TokenDatasetWriter& writer, PrepExtrasWriter& extras)
+      : name_(kSplitNames[static_cast<int>(split)]), task_(options.task), writer_(writer), extras_(extras) {
+    SplitFields fields;
+    fields.attention_mask = true;
+    fields.document_index = true;
+    fields.loss_mask = task_ == PrepTask::kInstruction;
+    fields.labels = task_ == PrepTask::kSequenceClassification ? LabelKind::kPerRow
+                    : task_ == PrepTask::kTokenClassification  ? LabelKind::kPerPosition
+                                                               : LabelKind::kNone;
+    writer_.create_split(name_, fields);
+    if (has_labels(task_)) extras_.create_token_type_ids(name_);
+  }
+
+  void add(int64_t index, const Example& example, int64_t row_label) {
+    ids_.insert(ids_.end(), example.input_ids.begin(), example.input_ids.end());
+    attention_.insert(attention_.end(), example.attention_mask.begin(), example.attention_mask.end());
+    if (task_ == PrepTask::kInstruction) loss_.insert(loss_.end(), example.loss_mask.begin(), example.loss_mask.end());
+    if (has_labels(task_)) types_.insert(types_.end(), example.token_type_ids.begin(), example.token_type_ids.end());
+    if (task_ == PrepTask::kSequenceClassification) {
+      labels_.push_back(row_label);
+      ++stats_.per_label[row_label];
+    } else if (task_ == PrepTask::kTokenClassification) {
+      labels_.insert(labels_.end(), example.position_labels.begin(), example.position_labels.end());
+      for (const int64_t label : example.position_labels) {
+        if (label != format::kIgnoreLabel) ++stats_.per_label[label];
+      }
+    }
+    indices_.push_back(index);
+    ++pending_;
+    ++stats_.rows;
+    stats_.truncated += example.truncated ? 1 : 0;
+    stats_.tokens += example.length;
+    stats_.shortest = std::min(stats_.shortest, example.length);
+    stats_.longest = std::max(stats_.longest, example.length);
+    if (pending_ >= 4096) flush();
+  }
+
+  void flush() {
+    writer_.append_rows(name_, RowBlock{pending_, ids_, loss_, attention_, labels_});
+    if (has_labels(task_)) extras_.append_token_type_ids(name_, pending_, types_);
+    writer_.append_document_index(name_, indices_);
+    ids_.clear(), attention_.clear(), loss_.clear(), types_.clear(), labels_.clear(), indices_.clear();
+    pending_ = 0;
+  }
+
+  void close() {
+    flush();
+    writer_.set_split_attribute(name_, format::kAttrNumDocuments, stats_.rows);
+    writer_.set_split_attribute(name_, format::kAttrNumTokens, stats_.tokens);
+    writer_.set_split_attribute(name_, "truncated_examples", stats_.truncated);
+  }
+
+  const std::string& name() const { return name_; }
+  const SplitStats& stats() const { return stats_; }
+
+ private:
+  std::string name_;
+  PrepTask task_;
+  TokenDatasetWriter& writer_;
+  PrepExtrasWriter& extras_;
+  SplitStats stats_;
+  int64_t pending_ = 0;
+  std::vector<int32_t> ids_;
+  std::vector<uint8_t> attention_, loss_, types_;
+  std::vector<int64_t> labels_, indices_;
+};
+
+int64_t drawn_count(double fraction, int64_t records) {
+  if (fraction <= 0) return 0;
+  return std::max<int64_t>(1, std::llround(fraction * static_cast<double>(records)));
+}
+
+std::string format_fixed(double value, const char* format = "%.1f") {
+  char text[32];
+  std::snprintf(text, sizeof(text), format, value);
+  return text;
+}
+
+void print_summary(const TaskPrepOptions& options, const DatasetInfo& info, const LabelMap& labels,
+                   const std::vector<const SplitRows*>& splits) {
+  std::printf("ftrain-prep: wrote %s (task %s)\n", options.output.c_str(), info.task.c_str());
+  std::printf("  tokenizer %s (vocab_size %lld, pad_id %lld), seq_len %lld, seed %llu\n", info.tokenizer.c_str(),
+              static_cast<long long>(info.vocab_size), static_cast<long long>(info.pad_id),
+              static_cast<long long>(info.seq_len), static_cast<unsigned long long>(options.seed));
+  std::printf("  %-10s %10s %10s   %s\n", "split", "examples", "truncated", "tokens/example min/mean/max (before truncation)");
+  for (const SplitRows* split : splits) {
+    const SplitStats& stats = split->stats();
+    const double rows = static_cast<double>(std::max<int64_t>(stats.rows, 1));
+    std::printf("  %-10s %10lld %9s%%   %lld/%s/%lld\n", split->name().c_str(), static_cast<long long>(stats.rows),
+                format_fixed(100.0 * static_cast<double>(stats.truncated) / rows, "%.2f").c_str(),
+                static_cast<long long>(stats.rows ? stats.shortest : 0),
+                format_fixed(static_cast<double>(stats.tokens) / rows).c_str(), static_cast<long long>(stats.longest));
+  }
+  if (labels.size() > 0) {
+    std::printf("  %s per label:\n", options.task == PrepTask::kSequenceClassification ? "examples" : "tagged words");
+    for (int64_t id = 0; id < labels.size(); ++id) {
+      std::printf("    %lld %-16s", static_cast<long long>(id), labels.names()[static_cast<std::size_t>(id)].c_str());
+      for (const SplitRows* split : splits) {
+        const auto found = split->stats().per_label.find(id);
+        std::printf("  %s %lld", split->name().c_str(),
+                    static_cast<long long>(found == split->stats().per_label.end() ? 0 : found->second));
+      }
+      std::printf("\n");
+    }
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+void prepare_task_dataset(const TaskPrepOptions& options) {
+  std::error_code error;
+  if (fs::exists(options.output, error) && !options.overwrite) {
+    throw std::runtime_error(options.output.string() + ": already exists; pass --overwrite to replace it");
+  }
+  const std::unique_ptr<Tokenizer> loaded = load_tokenizer(options.tokenizer);
+  const Tokenizer& tokenizer = *loaded;
+  const SpecialTokenIds& specials = tokenizer.special_ids();
+  std::optional<int32_t> eos_id = options.eos_token ? tokenizer.token_to_id(*options.eos_token) : specials.eos;
+  if (options.eos_token && !eos_id) {
+    throw std::runtime_error(options.tokenizer.string() + ": token '" + *options.eos_token + "' is not in the vocabulary");
+  }
+  if (options.task == PrepTask::kInstruction && !eos_id) {
+    throw std::runtime_error(options.tokenizer.string() + ": the tokenizer has no end-of-text token; name one with --eos-token");
+  }
+  // GPT-2-style tokenizers have no padding token; padding is masked, so EOS serves.
+  const std::optional<int32_t> pad_id = specials.pad ? specials.pad : eos_id;
+  if (!pad_id) {
+    throw std::runtime_error(options.tokenizer.string() + ": the tokenizer has neither a padding nor an end-of-text token");
+  }
+
+  RecordReaderOptions reader;
+  reader.text_is_conll = options.text_is_conll;
+  reader.tokens_key = options.tokens_column;
+  reader.tags_key = options.tags_column;
+
+  // Pass 1: read every record once, so bad input fails before anything is written, and
+  // fix the labels: the given order, else the sorted labels of the --input records.
+  int64_t input_records = 0;
+  std::vector<std::string> seen;
+  for_each_record(options.inputs, reader, [&](const fs::path& file, const Record& record) {
+    ++input_records;
+    if (has_labels(options.task)) {
+      for (auto& label : record_labels(options, file, record)) seen.push_back(std::move(label));
+    }
+  });
+  LabelMap labels;
+  if (has_labels(options.task)) labels = options.labels ? LabelMap(*options.labels) : LabelMap::sorted(seen);
+  seen.clear();
+  auto check_labels = [&](const std::vector<fs::path>& files, bool from_training) {
+    int64_t count = 0;
+    for_each_record(files, reader, [&](const fs::path& file, const Record& record) {
+      ++count;
+      if (has_labels(options.task)) (void)label_ids(labels, record_labels(options, file, record), file, record, from_training);
+    });
+    return count;
+  };
+  if (options.labels) check_labels(options.inputs, true);
+  const int64_t validation_records = check_labels(options.validation_inputs, false);
+  const int64_t test_records = check_labels(options.test_inputs, false);
+  if (input_records == 0) throw std::runtime_error("no records in --input");
+  const int64_t drawn_validation = drawn_count(options.validation_fraction, input_records);
+  const int64_t drawn_test = drawn_count(options.test_fraction, input_records);
+  if (drawn_validation + drawn_test >= input_records) {
+    throw std::runtime_error("--input has " + std::to_string(input_records) + " records; " +
+                             std::to_string(drawn_validation) + " for validation and " + std::to_string(drawn_test) +
+                             " for test would leave none for training");
+  }
+
+  DatasetInfo info;
+  info.seq_len = options.seq_len;
+  info.vocab_size = tokenizer.vocab_size();
+  info.eos_id = eos_id ? *eos_id : -1;
+  info.pad_id = *pad_id;
+  info.tokenizer = fs::absolute(options.tokenizer).lexically_normal().string();
+  info.task = task_attribute(options.task);
+  WriterOptions writer_options;
+  writer_options.overwrite = options.overwrite;
+  TokenDatasetWriter writer(options.output, info, writer_options);
+  PrepExtrasWriter extras(writer.temporary_path(), options.seq_len);
+  if (has_labels(options.task)) {
+    extras.set_root_string(kAttrLabelNames, labels.to_json());
+    extras.set_root_int(kAttrNumLabels, labels.size());
+  }
+
+  std::map<Split, std::unique_ptr<SplitRows>> splits;
+  splits[Split::kTrain] = std::make_unique<SplitRows>(Split::kTrain, options, writer, extras);
+  if (!options.validation_inputs.empty() || drawn_validation > 0) {
+    splits[Split::kValidation] = std::make_unique<SplitRows>(Split::kValidation, options, writer, extras);
+  }
+  if (!options.test_inputs.empty() || drawn_test > 0) {
+    splits[Split::kTest] = std::make_unique<SplitRows>(Split::kTest, options, writer, extras);
+  }
+
+  // Pass 2. Records are numbered across all inputs in order, as documents are for
+  // causal-LM packing; document_index stores these numbers.
+  const SampleOrder assignment(input_records, options.seed);
+  int64_t next_index = 0;
+  auto encode_files = [&](const std::vector<fs::path>& files, std::optional<Split> given) {
+    const std::string& text_column =
+        given == Split::kValidation && options.validation_text_column ? *options.validation_text_column
+        : given == Split::kTest && options.test_text_column           ? *options.test_text_column
+                                                                      : options.text_column;
+    for_each_record(files, reader, [&](const fs::path& file, const Record& record) {
+      const int64_t index = next_index++;
+      Split split = Split::kTrain;
+      if (given) {
+        split = *given;
+      } else {
+        const int64_t position = assignment.position_of(index, 0);
+        if (position < drawn_validation) split = Split::kValidation;
+        else if (position < drawn_validation + drawn_test) split = Split::kTest;
+      }
+      Example example;
+      int64_t row_label = format::kIgnoreLabel;
+      if (options.task == PrepTask::kSequenceClassification) {
+        const std::string text = field_text(record, file, text_column, "--text-column");
+        std::optional<std::string> pair;
+        if (options.text_pair_column) pair = field_text(record, file, *options.text_pair_column, "--text-pair-column");
+        example = build_classification_row(tokenizer, text, pair ? std::optional<std::string_view>(*pair) : std::nullopt,
+                                           options.seq_len, options.truncation, *pad_id);
+        row_label = label_ids(labels, record_labels(options, file, record), file, record, false).front();
+      } else if (options.task == PrepTask::kTokenClassification) {
+        const auto words = field_list(record, file, options.tokens_column, "--tokens-column");
+        const auto tags = label_ids(labels, record_labels(options, file, record), file, record, false);
+        if (words.size() != tags.size()) {
+          throw std::runtime_error(where(file, record) + std::to_string(words.size()) + " tokens but " +
+                                   std::to_string(tags.size()) + " tags");
+        }
+        example = build_token_classification_row(tokenizer, words, tags, options.seq_len, *pad_id);
+      } else {
+        example = build_instruction_row(tokenizer, field_text(record, file, options.prompt_column, "--prompt-column"),
+                                        field_text(record, file, options.response_column, "--response-column"),
+                                        options.seq_len, *eos_id, *pad_id);
+      }
+      splits.at(split)->add(index, example, row_label);
+    });
+  };
+  encode_files(options.inputs, std::nullopt);
+  encode_files(options.validation_inputs, Split::kValidation);
+  encode_files(options.test_inputs, Split::kTest);
+  if (next_index != input_records + validation_records + test_records) {
+    throw std::runtime_error("the inputs changed while ftrain-prep was reading them");
+  }
+
+  std::vector<const SplitRows*> written;
+  for (auto& [split, rows] : splits) {
+    rows->close();
+    written.push_back(rows.get());
+  }
+  extras.close();
+  writer.finish();
+  print_summary(options, info, labels, written);
+}
+
+}  // namespace ftrain::data
