@@ -21,7 +21,7 @@ BOOST_AUTO_TEST_CASE(matches_libtorch_adamw) {
   auto ref_bias = bias.detach().clone().requires_grad_();
 
   AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
-  AdamW ours({{"w", matrix}, {"b", bias}}, options);
+  AdamW ours(std::vector<std::pair<std::string, torch::Tensor>>{{"w", matrix}, {"b", bias}}, options);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<torch::Tensor>{ref_matrix},
                       std::make_unique<torch::optim::AdamWOptions>(
