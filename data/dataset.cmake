@@ -10,6 +10,7 @@ add_library(ftrain_data STATIC
   ${CMAKE_CURRENT_LIST_DIR}/streaming_loader.cpp
   ${CMAKE_CURRENT_LIST_DIR}/row_packer.cpp
   ${CMAKE_CURRENT_LIST_DIR}/document_reader.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/prep_records.cpp
 )
 target_link_libraries(ftrain_data
   PUBLIC ftrain_flags Threads::Threads
@@ -21,7 +22,6 @@ if(TARGET ftrain_tokenizer)
     ${CMAKE_CURRENT_LIST_DIR}/prep_main.cpp
     ${CMAKE_CURRENT_LIST_DIR}/prep_tasks.cpp
     ${CMAKE_CURRENT_LIST_DIR}/prep_examples.cpp
-    ${CMAKE_CURRENT_LIST_DIR}/prep_records.cpp
     ${CMAKE_CURRENT_LIST_DIR}/prep_extras.cpp)
   target_link_libraries(ftrain-prep PRIVATE ftrain_data ftrain_tokenizer ftrain_hdf5 nlohmann_json::nlohmann_json
     Boost::program_options Threads::Threads)

@@ -22,6 +22,7 @@
 
 #include "data/tokenizer.h"
 #include "data/document_reader.h"
+#include "data/prep_records.h"
 #include "data/prep_tasks.h"
 #include "data/row_packer.h"
 #include "data/sample_order.h"
@@ -331,12 +332,23 @@ class ParallelEncoder {
   int threads_;
 };
 
-// Calls visit(document) for every document of the files, in order.
+// Calls visit(document) for every document of the files, in order. CSV and TSV files
+// hold one document per row, in the column --text-column; empty cells are skipped.
 template <typename Visit>
 void for_each_document(const std::vector<fs::path>& files, const DocumentReaderOptions& options, Visit visit) {
   for (const auto& file : files) {
-    DocumentReader reader(file, options);
     Document document;
+    if (file.extension() == ".csv" || file.extension() == ".tsv") {
+      RecordReader reader(file);
+      Record record;
+      while (reader.next(record)) {
+        document.text = field_text(record, file, options.text_key, "--text-column");
+        document.line = record.line;
+        if (!document.text.empty()) visit(file, document);
+      }
+      continue;
+    }
+    DocumentReader reader(file, options);
     while (reader.next(document)) visit(file, document);
   }
 }

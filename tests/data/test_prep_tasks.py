@@ -245,3 +245,21 @@ def test_sst2_prepares(bert_dir, bert, tmp_path):
         np.testing.assert_array_equal(train["input_ids"][picked], np.array(expected["input_ids"]))
         np.testing.assert_array_equal(train["labels"][picked], [int(r[0]) for r in rows])
         assert int(np.sum(train["labels"][()])) == sum(int(line.split("\t")[0]) for line in lines)
+
+
+def test_causal_lm_packs_the_text_column_of_csv_and_tsv(tmp_path):
+    tokenizer_dir = SOURCE / "configs" / "models" / "tiny-gpt2"
+    reference = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    eos = reference.token_to_id("<|endoftext|>")
+    documents = ["hello, world", 'two\nlines with "quotes"', "a tab-separated one", "and the last"]
+    csv = tmp_path / "a.csv"
+    csv.write_text('id,body\n1,"hello, world"\n2,"two\nlines with ""quotes"""\n', encoding="utf-8")
+    tsv = tmp_path / "b.tsv"
+    tsv.write_text("body\tid\na tab-separated one\t3\n\t4\nand the last\t5\n", encoding="utf-8")
+    out = tmp_path / "lm.h5"
+    run_prep("-i", csv, "-i", tsv, "-t", tokenizer_dir, "-o", out, "--seq-len", 5, "--validation-fraction", 0,
+             "--text-column", "body")
+    stream = [t for d in documents for t in reference.encode(d, add_special_tokens=False).ids + [eos]]
+    rows = len(stream) // 5
+    _, split = read_split(out, "train")
+    np.testing.assert_array_equal(split["input_ids"], np.array(stream[: rows * 5]).reshape(rows, 5))
