@@ -1,6 +1,7 @@
 #define BOOST_TEST_MODULE launch_options
 #include <boost/test/unit_test.hpp>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -142,4 +143,18 @@ BOOST_AUTO_TEST_CASE(resume_shorthand) {
   BOOST_TEST(fresh.run.resume == "none");
   const std::string error = error_of({"--config", base, "--resume", "--run.resume=none"});
   BOOST_TEST(error.find("resume") != std::string::npos, error);
+}
+
+// Every shipped configuration parses and validates (paths are not checked here).
+BOOST_AUTO_TEST_CASE(shipped_configs_are_valid) {
+  const char* source = std::getenv("FTRAIN_SOURCE_DIR");
+  BOOST_REQUIRE_MESSAGE(source, "FTRAIN_SOURCE_DIR is set by ctest");
+  int seen = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(source) / "configs")) {
+    if (entry.path().extension() != ".ini") continue;
+    Config config;
+    BOOST_CHECK_NO_THROW(parse({"--config", entry.path().string()}, config));
+    ++seen;
+  }
+  BOOST_TEST(seen >= 4);
 }
