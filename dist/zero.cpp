@@ -54,10 +54,13 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
 }
 
 void ZeroSharding::reduce_gradients() {
+  // The optimizer reads only this rank's shard, so a reduce-scatter suffices at both
+  // stages; stage 1 leaves the sum in its part of the full buffer.
   if (stage_ == 2) {
     dp_.reduce_scatter(shard_grads_, flat_grads_, ReduceOp::Sum);
   } else {
-    dp_.all_reduce(flat_grads_, ReduceOp::Sum);
+    at::Tensor mine = flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
+    dp_.reduce_scatter(mine, flat_grads_, ReduceOp::Sum);
   }
 }
 

@@ -8,11 +8,15 @@
 // parameters inside its shard (`local_slices`), then the updated shards are
 // all-gathered so every rank again holds the full parameters.
 //
-//   stage 1: gradients all-reduced (every rank has all), optimizer state sharded
-//   stage 2: gradients reduce-scattered (each rank keeps the sum of its shard only)
+//   stage 1: optimizer state sharded; gradients reduce-scattered into this rank's part
+//            of the full gradient buffer
+//   stage 2: the reduced gradients of the shard live in a shard-sized buffer of their
+//            own (today the full buffer still receives backward's accumulation; freeing
+//            it bucket by bucket during backward is the next step)
 //
 // Per step and rank, both send 2 x psi x (N-1)/N elements (psi = parameters, N = dp):
-// an all-reduce, or a reduce-scatter plus the all-gather of the updated parameters.
+// a reduce-scatter of the gradients plus the all-gather of the updated parameters,
+// the same volume as a plain data-parallel all-reduce.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -51,8 +55,8 @@ class ZeroSharding {
   const std::vector<Slice>& local_slices() const { return slices_; }
   int stage() const { return stage_; }
 
-  // After backward: stage 1 all-reduces the gradients, stage 2 reduce-scatters them
-  // so this rank's shard holds the sum over ranks.
+  // After backward: reduce-scatters the gradients so this rank's shard holds the sum
+  // over ranks.
   void reduce_gradients();
 
   // Sum of squares of the reduced gradients over the whole model (collective).

@@ -429,6 +429,7 @@ class Trainer {
 
     while (step_ < config_.train.steps) {
       const auto step_start = Clock::now();
+      const double bytes_before_step = comm_.stats().total_bytes_sent();
       std::vector<DeviceBatch> micro_batches;
       int64_t local_targets = 0;
       for (int64_t m = 0; m < accum; ++m) {
@@ -468,6 +469,7 @@ class Trainer {
         optimizer_->zero_grad();
       }
 
+      const double step_bytes = comm_.stats().total_bytes_sent() - bytes_before_step;
       const int64_t step_tokens = config_.train.global_batch_size * loader_->seq_len();
       tokens_seen_ += step_tokens;
       const double step_seconds = seconds_since(step_start);
@@ -482,6 +484,7 @@ class Trainer {
                          {"tokens_per_s", tokens_per_s},
                          {"tokens_seen", tokens_seen_},
                          {"step_time_s", step_seconds},
+                         {"comm_bytes", step_bytes},
                          {"elapsed_s", seconds_since(run_start)}});
         if (step_ % config_.train.log_every == 0 || step_ == start_step + 1 || step_ == config_.train.steps) {
           std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s\n",

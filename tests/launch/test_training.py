@@ -124,6 +124,23 @@ def test_zero_stages_match_one_rank(workspace, stage):
         assert got[step] == pytest.approx(expected[step], rel=1e-5), f"zero {stage}, step {step}"
 
 
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_communication_volume_matches_the_formula(workspace, stage):
+    # Data parallel and ZeRO-1/2 send 2 x psi x (N-1)/N elements per rank and step
+    # (ring all-reduce, or reduce-scatter + all-gather). fp32: 4 bytes per element.
+    # ZeRO pads psi to a multiple of N; a few scalar all-reduces (token count, loss,
+    # gradient norm) add a handful of bytes.
+    from safetensors.numpy import load_file
+    psi = sum(t.size for t in load_file(workspace["model"] / "model.safetensors").values())
+    ranks = 4
+    run_dir = workspace["root"] / f"volume{stage}"
+    run_ftrain(ranks, *base_args(workspace, run_dir, **{"train.steps": 2, "dist.zero": stage}))
+    records = [r for r in metric_records(run_dir) if "comm_bytes" in r]
+    expected = 2 * psi * (ranks - 1) / ranks * 4
+    for record in records:
+        assert record["comm_bytes"] == pytest.approx(expected, rel=1e-3, abs=256), record
+
+
 def test_resume_across_zero_stages(workspace):
     # Optimizer state saved by 4 ranks with sharded state resumes on 2 ranks without
     # sharding (and the reverse), continuing the uninterrupted run.
