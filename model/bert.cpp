@@ -1,5 +1,7 @@
 #include "model/bert.h"
 
+#include "model/config_fields.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -17,74 +19,6 @@ namespace {
 
 const std::set<std::string> kActivations = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"};
 
-[[noreturn]] void config_error(const std::string& source, const std::string& key, const std::string& what) {
-  throw std::runtime_error(source + ": key '" + key + "' " + what);
-}
-
-// Reads config.json values, leaving the Hugging Face default where a key is absent,
-// and remembers which keys it has seen so the rest can be carried as `extra`.
-class BertConfigReader {
- public:
-  BertConfigReader(const nlohmann::json& json, const std::string& source) : json_(json), source_(source) {}
-
-  const nlohmann::json* find(const std::string& key) {
-    seen_.insert(key);
-    auto it = json_.find(key);
-    return it == json_.end() ? nullptr : &*it;
-  }
-
-  void integer(const std::string& key, int64_t& out, bool required) {
-    const nlohmann::json* value = find(key);
-    if (!value) {
-      if (required) config_error(source_, key, "is missing");
-      return;
-    }
-    out = as_integer(key, *value);
-  }
-  void optional_integer(const std::string& key, std::optional<int64_t>& out) {
-    if (const nlohmann::json* value = find(key)) {
-      if (value->is_null()) out.reset();
-      else out = as_integer(key, *value);
-    }
-  }
-  void number(const std::string& key, double& out) {
-    if (const nlohmann::json* value = find(key)) {
-      if (!value->is_number()) config_error(source_, key, "must be a number, got " + value->dump());
-      out = value->get<double>();
-    }
-  }
-  void string(const std::string& key, std::string& out) {
-    if (const nlohmann::json* value = find(key)) {
-      if (!value->is_string()) config_error(source_, key, "must be a string, got " + value->dump());
-      out = value->get<std::string>();
-    }
-  }
-  bool flag(const std::string& key) {
-    const nlohmann::json* value = find(key);
-    if (!value) return false;
-    if (!value->is_boolean()) config_error(source_, key, "must be true or false, got " + value->dump());
-    return value->get<bool>();
-  }
-
-  nlohmann::json unseen() const {
-    nlohmann::json rest = nlohmann::json::object();
-    for (const auto& [key, value] : json_.items())
-      if (!seen_.count(key)) rest[key] = value;
-    return rest;
-  }
-
- private:
-  int64_t as_integer(const std::string& key, const nlohmann::json& value) const {
-    if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      config_error(source_, key, "is too large: " + value.dump());
-    if (!value.is_number_integer()) config_error(source_, key, "must be an integer, got " + value.dump());
-    return value.get<int64_t>();
-  }
-
-  const nlohmann::json& json_;
-  const std::string& source_;
-  std::set<std::string> seen_;
-};
 
 }  // namespace
 
@@ -123,34 +57,39 @@ void BertConfig::validate() const {
 
 BertConfig BertConfig::from_json(const nlohmann::json& json, const std::string& source) {
   if (!json.is_object()) throw std::runtime_error(source + ": expected a JSON object");
-  BertConfigReader reader(json, source);
+  ConfigFields reader(json, source);
+  auto flag = [&](const char* key) {
+    bool value = false;
+    reader.read(key, value);
+    return value;
+  };
   const nlohmann::json* model_type = reader.find("model_type");
   if (!model_type) config_error(source, "model_type", "is missing");
   if (*model_type != "bert")
     config_error(source, "model_type", "is " + model_type->dump() + "; this loader reads \"bert\" models only");
 
   BertConfig config;
-  reader.integer("vocab_size", config.vocab_size, true);
-  reader.integer("hidden_size", config.hidden_size, true);
-  reader.integer("num_hidden_layers", config.num_hidden_layers, true);
-  reader.integer("num_attention_heads", config.num_attention_heads, true);
-  reader.integer("intermediate_size", config.intermediate_size, true);
-  reader.string("hidden_act", config.hidden_act);
-  reader.number("hidden_dropout_prob", config.hidden_dropout_prob);
-  reader.number("attention_probs_dropout_prob", config.attention_probs_dropout_prob);
-  reader.integer("max_position_embeddings", config.max_position_embeddings, false);
-  reader.integer("type_vocab_size", config.type_vocab_size, false);
-  reader.number("layer_norm_eps", config.layer_norm_eps);
-  reader.number("initializer_range", config.initializer_range);
-  reader.optional_integer("pad_token_id", config.pad_token_id);
-  reader.string("position_embedding_type", config.position_embedding_type);
-  if (reader.flag("is_decoder"))
+  reader.read("vocab_size", config.vocab_size, true);
+  reader.read("hidden_size", config.hidden_size, true);
+  reader.read("num_hidden_layers", config.num_hidden_layers, true);
+  reader.read("num_attention_heads", config.num_attention_heads, true);
+  reader.read("intermediate_size", config.intermediate_size, true);
+  reader.read("hidden_act", config.hidden_act);
+  reader.read("hidden_dropout_prob", config.hidden_dropout_prob);
+  reader.read("attention_probs_dropout_prob", config.attention_probs_dropout_prob);
+  reader.read("max_position_embeddings", config.max_position_embeddings);
+  reader.read("type_vocab_size", config.type_vocab_size);
+  reader.read("layer_norm_eps", config.layer_norm_eps);
+  reader.read("initializer_range", config.initializer_range);
+  reader.read("pad_token_id", config.pad_token_id);
+  reader.read("position_embedding_type", config.position_embedding_type);
+  if (flag("is_decoder"))
     config_error(source, "is_decoder", "is true; only the bidirectional encoder is supported");
-  if (reader.flag("add_cross_attention"))
+  if (flag("add_cross_attention"))
     config_error(source, "add_cross_attention", "is true; encoder-decoder BERT is not supported");
   // Rewritten on save: the class name, and the dtype of the file being written.
   for (const char* key : {"architectures", "dtype", "torch_dtype"}) reader.find(key);
-  config.extra = reader.unseen();
+  config.extra = reader.unused();
 
   try {
     config.validate();
@@ -161,18 +100,7 @@ BertConfig BertConfig::from_json(const nlohmann::json& json, const std::string& 
 }
 
 BertConfig BertConfig::from_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) {
-    if (!std::filesystem::exists(path)) throw std::runtime_error(path.string() + ": file not found");
-    throw std::runtime_error(path.string() + ": cannot be opened for reading");
-  }
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(path.string() + ": not valid JSON: " + e.what());
-  }
-  return from_json(json, path.string());
+  return from_json(read_config_file(path), path.string());
 }
 
 nlohmann::json BertConfig::to_json() const {

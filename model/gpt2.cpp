@@ -1,5 +1,7 @@
 #include "model/gpt2.h"
 
+#include "model/config_fields.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -19,76 +21,6 @@ namespace {
 const std::set<std::string> kTanhGelus = {"gelu_new", "gelu_pytorch_tanh"};
 const std::set<std::string> kExactGelus = {"gelu"};
 
-[[noreturn]] void config_error(const std::string& source, const std::string& key, const std::string& what) {
-  throw std::runtime_error(source + ": key '" + key + "' " + what);
-}
-
-// Reads config.json values with Hugging Face's defaults where a key is optional.
-class ConfigReader {
- public:
-  ConfigReader(const nlohmann::json& json, const std::string& source) : json_(json), source_(source) {}
-
-  const nlohmann::json* find(const std::string& key) {
-    used_.insert(key);
-    auto it = json_.find(key);
-    return it == json_.end() ? nullptr : &*it;
-  }
-
-  const nlohmann::json& require(const std::string& key) {
-    const nlohmann::json* value = find(key);
-    if (!value) config_error(source_, key, "is missing");
-    return *value;
-  }
-
-  int64_t integer(const std::string& key, const nlohmann::json& value) {
-    if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      config_error(source_, key, "is too large: " + value.dump());
-    if (!value.is_number_integer()) config_error(source_, key, "must be an integer, got " + value.dump());
-    return value.get<int64_t>();
-  }
-
-  void read(const std::string& key, int64_t& out, bool required) {
-    const nlohmann::json* value = required ? &require(key) : find(key);
-    if (value) out = integer(key, *value);
-  }
-  void read(const std::string& key, double& out) {
-    if (const nlohmann::json* value = find(key)) {
-      if (!value->is_number()) config_error(source_, key, "must be a number, got " + value->dump());
-      out = value->get<double>();
-    }
-  }
-  void read(const std::string& key, bool& out) {
-    if (const nlohmann::json* value = find(key)) {
-      if (!value->is_boolean()) config_error(source_, key, "must be true or false, got " + value->dump());
-      out = value->get<bool>();
-    }
-  }
-  void read(const std::string& key, std::string& out) {
-    if (const nlohmann::json* value = find(key)) {
-      if (!value->is_string()) config_error(source_, key, "must be a string, got " + value->dump());
-      out = value->get<std::string>();
-    }
-  }
-  void read(const std::string& key, std::optional<int64_t>& out) {
-    if (const nlohmann::json* value = find(key)) {
-      if (value->is_null()) out.reset();
-      else out = integer(key, *value);
-    }
-  }
-
-  // Keys not read above.
-  nlohmann::json unused() const {
-    nlohmann::json rest = nlohmann::json::object();
-    for (const auto& [key, value] : json_.items())
-      if (!used_.count(key)) rest[key] = value;
-    return rest;
-  }
-
- private:
-  const nlohmann::json& json_;
-  const std::string& source_;
-  std::set<std::string> used_;
-};
 
 }  // namespace
 
@@ -120,7 +52,7 @@ void Gpt2Config::validate() const {
 
 Gpt2Config Gpt2Config::from_json(const nlohmann::json& json, const std::string& source) {
   if (!json.is_object()) throw std::runtime_error(source + ": expected a JSON object");
-  ConfigReader reader(json, source);
+  ConfigFields reader(json, source);
   const nlohmann::json& model_type = reader.require("model_type");
   if (model_type != "gpt2")
     config_error(source, "model_type", "is " + model_type.dump() + "; this loader reads \"gpt2\" models only");
@@ -158,18 +90,7 @@ Gpt2Config Gpt2Config::from_json(const nlohmann::json& json, const std::string& 
 }
 
 Gpt2Config Gpt2Config::from_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) {
-    if (!std::filesystem::exists(path)) throw std::runtime_error(path.string() + ": file not found");
-    throw std::runtime_error(path.string() + ": cannot be opened for reading");
-  }
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error(path.string() + ": not valid JSON: " + e.what());
-  }
-  return from_json(json, path.string());
+  return from_json(read_config_file(path), path.string());
 }
 
 nlohmann::json Gpt2Config::to_json() const {
