@@ -1,0 +1,185 @@
+"""ftrain's evaluation metrics against scikit-learn and seqeval.
+
+Seeded random labels and predictions go through the metrics_dump tool, which counts them
+on several shards, sums the count vectors as the evaluation's all-reduce does, and
+prints the scores. Classification is compared with sklearn's accuracy, macro-F1 and
+per-label scores; token classification with seqeval's default (conlleval-style)
+entity precision, recall and F1, and its get_entities, on valid and invalid tag
+sequences.
+"""
+
+import json
+import os
+import random
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+from seqeval.metrics import f1_score as seqeval_f1
+from seqeval.metrics import precision_score as seqeval_precision
+from seqeval.metrics import recall_score as seqeval_recall
+from seqeval.metrics.sequence_labeling import get_entities
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
+METRICS_DUMP = BUILD_DIR / "tests" / "launch" / "metrics_dump"
+
+IGNORE = -100
+
+
+def dump(request):
+    result = subprocess.run([str(METRICS_DUMP)], input=json.dumps(request), capture_output=True, text=True,
+                            timeout=60)
+    return result
+
+
+def ftrain_metrics(request):
+    result = dump(request)
+    assert result.returncode == 0, f"metrics_dump failed:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def random_classification(rng, num_labels, length):
+    # Truth from a random subset of the labels, so some labels occur nowhere, some only
+    # in the predictions; predictions are right with a random probability.
+    used = rng.sample(range(num_labels), rng.randint(1, num_labels))
+    hit_rate = rng.random()
+    truth, predicted = [], []
+    for _ in range(length):
+        label = rng.choice(used)
+        truth.append(IGNORE if rng.random() < 0.1 else label)
+        predicted.append(label if rng.random() < hit_rate else rng.randrange(num_labels))
+    return truth, predicted
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_classification_matches_sklearn(seed):
+    rng = random.Random(seed)
+    num_labels = rng.randint(2, 7)
+    truth, predicted = random_classification(rng, num_labels, rng.randint(1, 300))
+    shards = rng.randint(1, 4)
+    ours = ftrain_metrics(dict(task="classification", num_labels=num_labels, shards=shards, truth=truth,
+                               predicted=predicted))
+
+    kept = [(t, p) for t, p in zip(truth, predicted) if t != IGNORE]
+    if not kept:
+        assert ours["accuracy"] == 0 and ours["macro_f1"] == 0
+        return
+    y_true = [t for t, _ in kept]
+    y_pred = [p for _, p in kept]
+    labels = list(range(num_labels))
+    assert ours["counts"] == confusion_matrix(y_true, y_pred, labels=labels).ravel().tolist()
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-12)
+    assert ours["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-12)
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    assert ours["precision"] == pytest.approx(precision.tolist(), abs=1e-12)
+    assert ours["recall"] == pytest.approx(recall.tolist(), abs=1e-12)
+    assert ours["f1"] == pytest.approx(f1.tolist(), abs=1e-12)
+
+
+SCHEMES = {
+    "iob2": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-MISC", "I-MISC"],
+    "iobes": ["O"] + [f"{p}-{t}" for t in ("PER", "ORG") for p in "BIES"],
+    "dashed_types": ["O", "B-GEO-LOC", "I-GEO-LOC", "B-GEO", "I-GEO"],
+    "untyped": ["O", "B", "I"],
+}
+
+
+def valid_sentence(rng, names, length):
+    # Entities of random types and lengths separated by O, tagged B I I ... (or with
+    # E-/S- where the scheme has them).
+    types = sorted({name[2:] for name in names if name != "O"})
+    iobes = any(name.startswith("E") for name in names)
+    tags = []
+    while len(tags) < length:
+        if rng.random() < 0.5:
+            tags.append("O")
+            continue
+        kind = rng.choice(types)
+        size = rng.randint(1, 4)
+        prefix = (lambda p: p + "-" + kind) if kind else (lambda p: p)
+        if iobes:
+            span = [prefix("S")] if size == 1 else [prefix("B")] + [prefix("I")] * (size - 2) + [prefix("E")]
+        else:
+            span = [prefix("B")] + [prefix("I")] * (size - 1)
+        tags.extend(span)
+    return [names.index(tag) for tag in tags[:length]]
+
+
+def random_corpus(rng, names):
+    """Sentences of tag ids with sub-token positions (-100 in the truth) mixed in."""
+    corruption = rng.choice([0.0, 0.05, 0.2, 0.5, 1.0])
+    sentences = []
+    for _ in range(rng.randint(1, 12)):
+        length = rng.randint(0, 25)
+        if rng.random() < 0.5:
+            words = valid_sentence(rng, names, length)
+        else:  # any tag anywhere: I- after O, E- without B-, type changes inside runs
+            words = [rng.randrange(len(names)) for _ in range(length)]
+        guesses = [rng.randrange(len(names)) if rng.random() < corruption else tag for tag in words]
+        truth, predicted = [], []
+        for tag, guess in zip(words, guesses):
+            truth.append(tag)
+            predicted.append(guess)
+            while rng.random() < 0.2:
+                truth.append(IGNORE)
+                predicted.append(rng.randrange(len(names)))
+        sentences.append(dict(truth=truth, predicted=predicted))
+    return sentences
+
+
+def seqeval_entities(tags):
+    # seqeval names the type of an untyped tag "_" and ends an entity inclusively.
+    return [[("" if kind == "_" else kind), begin, end + 1] for kind, begin, end in get_entities(tags)]
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("seed", range(30))
+def test_entities_match_seqeval(scheme, seed):
+    names = SCHEMES[scheme]
+    rng = random.Random(f"{scheme}/{seed}")
+    sentences = random_corpus(rng, names)
+    ours = ftrain_metrics(dict(task="entities", label_names=names, shards=rng.randint(1, 3), sentences=sentences))
+
+    y_true, y_pred = [], []
+    for sentence in sentences:
+        kept = [(t, p) for t, p in zip(sentence["truth"], sentence["predicted"]) if t != IGNORE]
+        y_true.append([names[t] for t, _ in kept])
+        y_pred.append([names[p] for _, p in kept])
+
+    assert ours["true_entities"] == [seqeval_entities(tags) for tags in y_true]
+    assert ours["predicted_entities"] == [seqeval_entities(tags) for tags in y_pred]
+
+    true_set = {(i, *e) for i, tags in enumerate(y_true) for e in get_entities(tags)}
+    pred_set = {(i, *e) for i, tags in enumerate(y_pred) for e in get_entities(tags)}
+    assert ours["counts"] == [len(true_set), len(pred_set), len(true_set & pred_set)]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns where a score is undefined; both give 0
+        assert ours["precision"] == pytest.approx(seqeval_precision(y_true, y_pred), abs=1e-12)
+        assert ours["recall"] == pytest.approx(seqeval_recall(y_true, y_pred), abs=1e-12)
+        assert ours["f1"] == pytest.approx(seqeval_f1(y_true, y_pred), abs=1e-12)
+
+
+def test_random_corpora_exercise_the_hard_cases():
+    # The comparison above means something only if the corpora hold partly right
+    # predictions and the sequences seqeval reads leniently.
+    scores, lenient = [], 0
+    for scheme, names in SCHEMES.items():
+        for seed in range(30):
+            sentences = random_corpus(random.Random(f"{scheme}/{seed}"), names)
+            scores.append(ftrain_metrics(dict(task="entities", label_names=names, sentences=sentences))["f1"])
+            for sentence in sentences:
+                words = [names[t] for t in sentence["truth"] if t != IGNORE]
+                lenient += sum(cur.startswith("I") and prev == "O" for prev, cur in zip(["O"] + words, words))
+    assert any(0 < f1 < 1 for f1 in scores)
+    assert any(f1 == 1 for f1 in scores)
+    assert lenient > 50
+
+
+def test_label_name_without_a_tag_prefix_is_refused():
+    result = dump(dict(task="entities", label_names=["O", "B-PER", "LOC"],
+                       sentences=[dict(truth=[1, 2], predicted=[1, 2])]))
+    assert result.returncode != 0
+    assert "'LOC'" in result.stderr and "label_names" in result.stderr
