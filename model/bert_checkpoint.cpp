@@ -163,18 +163,8 @@ Bert load_bert(const std::filesystem::path& dir, BertLoadReport* report, uint64_
     throw std::runtime_error(dir.string() + ": not a directory (expected a Hugging Face model directory)");
   Bert model(BertConfig::from_json_file(dir / "config.json"));
 
-  const std::filesystem::path single = dir / "model.safetensors";
-  const std::filesystem::path index = dir / "model.safetensors.index.json";
-  BertLoadReport found;
-  if (std::filesystem::exists(single)) {
-    found = load_hf_state(model, load_safetensors(single), single.string(), init_seed);
-  } else if (std::filesystem::exists(index)) {
-    found = load_hf_state(model, load_safetensors_index(index), index.string(), init_seed);
-  } else {
-    throw std::runtime_error(dir.string() + ": has neither model.safetensors nor model.safetensors.index.json "
-                                            "(pytorch_model.bin is not read; re-save the model with "
-                                            "save_pretrained(dir, safe_serialization=True))");
-  }
+  const ModelTensors stored = read_model_tensors(dir);
+  BertLoadReport found = load_hf_state(model, stored.tensors, stored.source, init_seed);
   if (report) *report = std::move(found);
   else
     for (const std::string& warning : found.warnings) std::cerr << "load_bert: warning: " + warning + "\n";
@@ -189,14 +179,7 @@ Bert init_bert(const BertConfig& config, uint64_t seed) {
 }
 
 void save_bert(Bert& model, const std::filesystem::path& dir, ExistingDirectory existing) {
-  if (std::filesystem::exists(dir)) {
-    if (!std::filesystem::is_directory(dir)) throw std::runtime_error(dir.string() + ": exists and is not a directory");
-    if (existing == ExistingDirectory::refuse && !std::filesystem::is_empty(dir))
-      throw std::runtime_error(dir.string() + ": directory exists and is not empty; refusing to overwrite "
-                                              "it (choose an empty or new directory, or ask for overwrite)");
-  } else {
-    std::filesystem::create_directories(dir);
-  }
+  prepare_model_directory(dir, existing);
 
   NamedTensors state = to_hf_state(model);
   save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});

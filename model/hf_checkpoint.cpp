@@ -132,22 +132,34 @@ void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& 
                                       "an untied head");
 }
 
+ModelTensors read_model_tensors(const std::filesystem::path& dir) {
+  const std::filesystem::path single = dir / "model.safetensors";
+  const std::filesystem::path index = dir / "model.safetensors.index.json";
+  if (std::filesystem::exists(single)) return {load_safetensors(single), single.string()};
+  if (std::filesystem::exists(index)) return {load_safetensors_index(index), index.string()};
+  throw std::runtime_error(dir.string() + ": has neither model.safetensors nor model.safetensors.index.json "
+                                          "(pytorch_model.bin is not read; re-save the model with "
+                                          "save_pretrained(dir, safe_serialization=True))");
+}
+
+void prepare_model_directory(const std::filesystem::path& dir, ExistingDirectory existing) {
+  if (std::filesystem::exists(dir)) {
+    if (!std::filesystem::is_directory(dir)) throw std::runtime_error(dir.string() + ": exists and is not a directory");
+    if (existing == ExistingDirectory::refuse && !std::filesystem::is_empty(dir))
+      throw std::runtime_error(dir.string() + ": directory exists and is not empty; refusing to overwrite "
+                                              "it (choose an empty or new directory, or ask for overwrite)");
+  } else {
+    std::filesystem::create_directories(dir);
+  }
+}
+
 Gpt2 load_gpt2(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir))
     throw std::runtime_error(dir.string() + ": not a directory (expected a Hugging Face model directory)");
   Gpt2 model(Gpt2Config::from_json_file(dir / "config.json"));
 
-  const std::filesystem::path single = dir / "model.safetensors";
-  const std::filesystem::path index = dir / "model.safetensors.index.json";
-  if (std::filesystem::exists(single)) {
-    load_hf_state(model, load_safetensors(single), single.string());
-  } else if (std::filesystem::exists(index)) {
-    load_hf_state(model, load_safetensors_index(index), index.string());
-  } else {
-    throw std::runtime_error(dir.string() + ": has neither model.safetensors nor model.safetensors.index.json "
-                                            "(pytorch_model.bin is not read; re-save the model with "
-                                            "save_pretrained(dir, safe_serialization=True))");
-  }
+  const ModelTensors stored = read_model_tensors(dir);
+  load_hf_state(model, stored.tensors, stored.source);
   return model;
 }
 
@@ -176,14 +188,7 @@ Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed) {
 }
 
 void save_gpt2(Gpt2& model, const std::filesystem::path& dir, ExistingDirectory existing) {
-  if (std::filesystem::exists(dir)) {
-    if (!std::filesystem::is_directory(dir)) throw std::runtime_error(dir.string() + ": exists and is not a directory");
-    if (existing == ExistingDirectory::refuse && !std::filesystem::is_empty(dir))
-      throw std::runtime_error(dir.string() + ": directory exists and is not empty; refusing to overwrite "
-                                              "it (choose an empty or new directory, or ask for overwrite)");
-  } else {
-    std::filesystem::create_directories(dir);
-  }
+  prepare_model_directory(dir, existing);
 
   NamedTensors state = to_hf_state(model);
   save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});

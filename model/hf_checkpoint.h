@@ -31,6 +31,19 @@ enum class ExistingDirectory {
   overwrite,  // replace config.json and model.safetensors in it (other files stay)
 };
 
+// The weights of a Hugging Face model directory: model.safetensors, or the shards of
+// model.safetensors.index.json when there is no single file (memory-mapped). `source`
+// names the file read, for error messages. Throws naming the directory when neither exists.
+struct ModelTensors {
+  NamedTensors tensors;
+  std::string source;
+};
+ModelTensors read_model_tensors(const std::filesystem::path& dir);
+
+// Makes `dir` ready to receive a model directory: creates it, or checks that an
+// existing one may be written to. Throws std::runtime_error naming the directory.
+void prepare_model_directory(const std::filesystem::path& dir, ExistingDirectory existing);
+
 // Writes config.json and model.safetensors in Hugging Face's layout (Conv1D weights
 // (in, out); no lm_head.weight when tied), each file replaced atomically.
 // model.safetensors takes precedence over any index file already in the directory.
