@@ -21,8 +21,7 @@ if(TARGET ftrain_tokenizer)
   add_executable(ftrain-prep
     ${CMAKE_CURRENT_LIST_DIR}/prep_main.cpp
     ${CMAKE_CURRENT_LIST_DIR}/prep_tasks.cpp
-    ${CMAKE_CURRENT_LIST_DIR}/prep_examples.cpp
-    ${CMAKE_CURRENT_LIST_DIR}/prep_extras.cpp)
+    ${CMAKE_CURRENT_LIST_DIR}/prep_examples.cpp)
   target_link_libraries(ftrain-prep PRIVATE ftrain_data ftrain_tokenizer ftrain_hdf5 nlohmann_json::nlohmann_json
     Boost::program_options Threads::Threads)
   set_target_properties(ftrain-prep PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})

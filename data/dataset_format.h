@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ftrain::data {
 
@@ -39,6 +40,11 @@ inline constexpr char kLossMask[] = "loss_mask";            // uint8 (N, seq_len
 inline constexpr char kAttentionMask[] = "attention_mask";  // uint8 (N, seq_len), 0 = padding
 inline constexpr char kLabels[] = "labels";                 // int64 (N) or (N, seq_len)
 inline constexpr char kDocumentIndex[] = "document_index";  // int64 (num_documents)
+inline constexpr char kTokenTypeIds[] = "token_type_ids";   // uint8 (N, seq_len), segment per position
+
+// Root attributes of classification datasets.
+inline constexpr char kAttrLabelNames[] = "label_names";  // string, JSON array, index = label id
+inline constexpr char kAttrNumLabels[] = "num_labels";    // int64
 
 // Attributes of a split group.
 inline constexpr char kAttrNumDocuments[] = "num_documents";  // int64, required
@@ -47,6 +53,8 @@ inline constexpr char kAttrDroppedTokens[] = "dropped_tokens";  // int64, tail s
 
 // Values of `task`.
 inline constexpr char kTaskCausalLm[] = "causal_lm";
+inline constexpr char kTaskSequenceClassification[] = "sequence_classification";
+inline constexpr char kTaskTokenClassification[] = "token_classification";
 
 // Rows per HDF5 chunk: 64 rows of 2048 int32 tokens are 512 KiB, small enough that a
 // random row costs little extra I/O and large enough to keep the chunk index short.
@@ -66,6 +74,8 @@ struct DatasetInfo {
   int64_t pad_id = -1;
   std::string tokenizer;
   std::string task = format::kTaskCausalLm;
+  // Classification datasets: label id i is label_names[i]. Empty for other tasks.
+  std::vector<std::string> label_names;
 
   // Throws std::runtime_error naming the attribute that is out of range.
   void validate() const;

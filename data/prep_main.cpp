@@ -269,7 +269,7 @@ class SplitSink {
     const int64_t rows = packer_.ready_rows();
     if (rows > 0) {
       const std::vector<int32_t> ids = packer_.take_rows();
-      writer_.append_rows(name_, RowBlock{rows, ids, {}, {}, {}});
+      writer_.append_rows(name_, RowBlock{rows, ids, {}, {}, {}, {}});
       rows_ += rows;
     }
     writer_.append_document_index(name_, document_indices_);

@@ -8,7 +8,6 @@
 #include <memory>
 #include <stdexcept>
 
-#include "data/prep_extras.h"
 #include "data/prep_records.h"
 #include "data/sample_order.h"
 #include "data/token_dataset.h"
@@ -82,8 +81,8 @@ struct SplitStats {
 // One split being written, in blocks of rows.
 class SplitRows {
  public:
-  SplitRows(Split split, const TaskPrepOptions& options, TokenDatasetWriter& writer, PrepExtrasWriter& extras)
-      : name_(kSplitNames[static_cast<int>(split)]), task_(options.task), writer_(writer), extras_(extras) {
+  SplitRows(Split split, const TaskPrepOptions& options, TokenDatasetWriter& writer)
+      : name_(kSplitNames[static_cast<int>(split)]), task_(options.task), writer_(writer) {
     SplitFields fields;
     fields.attention_mask = true;
     fields.document_index = true;
@@ -91,8 +90,8 @@ class SplitRows {
     fields.labels = task_ == PrepTask::kSequenceClassification ? LabelKind::kPerRow
                     : task_ == PrepTask::kTokenClassification  ? LabelKind::kPerPosition
                                                                : LabelKind::kNone;
+    fields.token_type_ids = has_labels(task_);
     writer_.create_split(name_, fields);
-    if (has_labels(task_)) extras_.create_token_type_ids(name_);
   }
 
   void add(int64_t index, const Example& example, int64_t row_label) {
@@ -120,8 +119,7 @@ class SplitRows {
   }
 
   void flush() {
-    writer_.append_rows(name_, RowBlock{pending_, ids_, loss_, attention_, labels_});
-    if (has_labels(task_)) extras_.append_token_type_ids(name_, pending_, types_);
+    writer_.append_rows(name_, RowBlock{pending_, ids_, loss_, attention_, labels_, types_});
     writer_.append_document_index(name_, indices_);
     ids_.clear(), attention_.clear(), loss_.clear(), types_.clear(), labels_.clear(), indices_.clear();
     pending_ = 0;
@@ -141,7 +139,6 @@ class SplitRows {
   std::string name_;
   PrepTask task_;
   TokenDatasetWriter& writer_;
-  PrepExtrasWriter& extras_;
   SplitStats stats_;
   int64_t pending_ = 0;
   std::vector<int32_t> ids_;
@@ -260,20 +257,16 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
   info.task = task_attribute(options.task);
   WriterOptions writer_options;
   writer_options.overwrite = options.overwrite;
+  if (has_labels(options.task)) info.label_names = labels.names();
   TokenDatasetWriter writer(options.output, info, writer_options);
-  PrepExtrasWriter extras(writer.temporary_path(), options.seq_len);
-  if (has_labels(options.task)) {
-    extras.set_root_string(kAttrLabelNames, labels.to_json());
-    extras.set_root_int(kAttrNumLabels, labels.size());
-  }
 
   std::map<Split, std::unique_ptr<SplitRows>> splits;
-  splits[Split::kTrain] = std::make_unique<SplitRows>(Split::kTrain, options, writer, extras);
+  splits[Split::kTrain] = std::make_unique<SplitRows>(Split::kTrain, options, writer);
   if (!options.validation_inputs.empty() || drawn_validation > 0) {
-    splits[Split::kValidation] = std::make_unique<SplitRows>(Split::kValidation, options, writer, extras);
+    splits[Split::kValidation] = std::make_unique<SplitRows>(Split::kValidation, options, writer);
   }
   if (!options.test_inputs.empty() || drawn_test > 0) {
-    splits[Split::kTest] = std::make_unique<SplitRows>(Split::kTest, options, writer, extras);
+    splits[Split::kTest] = std::make_unique<SplitRows>(Split::kTest, options, writer);
   }
 
   // Pass 2. Records are numbered across all inputs in order, as documents are for
@@ -332,7 +325,6 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
     rows->close();
     written.push_back(rows.get());
   }
-  extras.close();
   writer.finish();
   print_summary(options, info, labels, written);
 }

@@ -70,6 +70,14 @@ Batch read_batch(const TokenDataset& dataset, std::span<const int64_t> rows) {
     batch.attention_mask.resize(cells);
     dataset.read_attention_mask(rows, batch.attention_mask.data());
   }
+  if (dataset.has_token_type_ids()) {
+    batch.token_type_ids.resize(cells);
+    dataset.read_token_type_ids(rows, batch.token_type_ids.data());
+  }
+  if (dataset.labels() != LabelKind::kNone) {
+    batch.labels.resize(dataset.labels() == LabelKind::kPerRow ? rows.size() : cells);
+    dataset.read_labels(rows, batch.labels.data());
+  }
   return batch;
 }
 
@@ -237,6 +245,11 @@ std::optional<Batch> EvalReader::next() {
       if (!is_filler[i]) continue;
       batch.sample_ids[i] = -1;
       std::fill_n(batch.loss_mask.begin() + static_cast<std::ptrdiff_t>(i * seq_len), seq_len, uint8_t{0});
+      if (batch.labels.size() == rows.size()) {
+        batch.labels[i] = format::kIgnoreLabel;
+      } else if (!batch.labels.empty()) {
+        std::fill_n(batch.labels.begin() + static_cast<std::ptrdiff_t>(i * seq_len), seq_len, format::kIgnoreLabel);
+      }
     }
   }
   return batch;

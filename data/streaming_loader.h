@@ -53,6 +53,11 @@ struct Batch {
   std::vector<uint8_t> loss_mask;
   // Same shape; 0 = padding. Empty = no padding.
   std::vector<uint8_t> attention_mask;
+  // Same shape; segment of each position (BERT token types). Empty = all 0.
+  std::vector<uint8_t> token_type_ids;
+  // (batch_size) class per row, or (batch_size, seq_len) tag per position; -100 = no
+  // target. Empty = the split has no labels.
+  std::vector<int64_t> labels;
   std::vector<int64_t> sample_ids;     // dataset row of each sequence; -1 = filler row
 };
 
@@ -122,7 +127,7 @@ Batch read_batch(const TokenDataset& dataset, std::span<const int64_t> rows);
 // Uneven counts: a shard holds floor or ceil(M / dp_size) rows. So that every rank runs
 // the same number of forward passes with the same batch shapes (collectives inside the
 // model stay in lockstep), shorter shards are completed with filler rows: a copy of a
-// real row with sample_id -1 and loss_mask all 0. A batch holding fillers therefore always
+// real row with sample_id -1, loss_mask all 0 and labels -100. A batch holding fillers therefore always
 // carries a loss_mask. Sum losses and target counts over positions with loss_mask 1 and
 // over ranks; fillers add nothing to either.
 class EvalReader {

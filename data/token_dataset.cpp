@@ -12,6 +12,8 @@
 #include <stdexcept>
 #include <system_error>
 
+#include <nlohmann/json.hpp>
+
 #include "data/hdf5_handle.h"
 
 namespace ftrain::data {
@@ -235,6 +237,20 @@ DatasetInfo read_root_attributes(hid_t file, const fs::path& path) {
   info.pad_id = read_int_attribute(file, "/", format::kAttrPadId, path);
   info.tokenizer = read_string_attribute(file, "/", format::kAttrTokenizer, path);
   info.task = read_string_attribute(file, "/", format::kAttrTask, path);
+  if (H5Aexists(file, format::kAttrLabelNames) > 0) {
+    const std::string text = read_string_attribute(file, "/", format::kAttrLabelNames, path);
+    const auto names = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!names.is_array() || names.empty() ||
+        !std::all_of(names.begin(), names.end(), [](const auto& name) { return name.is_string(); }))
+      throw file_error(path, "attribute '/label_names' is not a JSON array of strings: " + text.substr(0, 200));
+    for (const auto& name : names) info.label_names.push_back(name.get<std::string>());
+    if (H5Aexists(file, format::kAttrNumLabels) > 0) {
+      const int64_t num_labels = read_int_attribute(file, "/", format::kAttrNumLabels, path);
+      if (num_labels != static_cast<int64_t>(info.label_names.size()))
+        throw file_error(path, "attribute '/num_labels' is " + std::to_string(num_labels) + " but '/label_names' has " +
+                                   std::to_string(info.label_names.size()) + " names");
+    }
+  }
   try {
     info.validate();
   } catch (const std::runtime_error& error) {
@@ -437,7 +453,7 @@ struct SplitWriter {
   std::string name;
   SplitFields fields;
   hdf5::Handle group;
-  hdf5::Handle input_ids, loss_mask, attention_mask, labels, document_index;
+  hdf5::Handle input_ids, loss_mask, attention_mask, token_type_ids, labels, document_index;
   int64_t rows = 0;
   int64_t indexed_documents = 0;
   std::optional<int64_t> num_documents;
@@ -495,6 +511,10 @@ TokenDatasetWriter::TokenDatasetWriter(fs::path output, DatasetInfo info, Writer
     write_int_attribute(root, format::kAttrPadId, info_.pad_id);
     write_string_attribute(root, format::kAttrTokenizer, info_.tokenizer);
     write_string_attribute(root, format::kAttrTask, info_.task);
+    if (!info_.label_names.empty()) {
+      write_string_attribute(root, format::kAttrLabelNames, nlohmann::json(info_.label_names).dump());
+      write_int_attribute(root, format::kAttrNumLabels, static_cast<int64_t>(info_.label_names.size()));
+    }
   } catch (const std::runtime_error& failure) {
     state_.reset();
     fs::remove(temporary_path(), error);
@@ -541,6 +561,9 @@ void TokenDatasetWriter::create_split(std::string_view split, SplitFields fields
     if (fields.attention_mask) {
       writer->attention_mask = create_extendable(group, format::kAttentionMask, H5T_STD_U8LE, 2, seq_len, chunk_rows);
     }
+    if (fields.token_type_ids) {
+      writer->token_type_ids = create_extendable(group, format::kTokenTypeIds, H5T_STD_U8LE, 2, seq_len, chunk_rows);
+    }
     if (fields.labels == LabelKind::kPerRow) {
       writer->labels = create_extendable(group, format::kLabels, H5T_STD_I64LE, 1, 1, vector_chunk);
     } else if (fields.labels == LabelKind::kPerPosition) {
@@ -573,6 +596,7 @@ void TokenDatasetWriter::append_rows(std::string_view split, const RowBlock& row
   };
   check_field(writer.fields.loss_mask, rows.loss_mask.size(), cells, format::kLossMask);
   check_field(writer.fields.attention_mask, rows.attention_mask.size(), cells, format::kAttentionMask);
+  check_field(writer.fields.token_type_ids, rows.token_type_ids.size(), cells, format::kTokenTypeIds);
   const std::size_t label_values =
       writer.fields.labels == LabelKind::kPerPosition ? cells : static_cast<std::size_t>(rows.num_rows);
   check_field(writer.fields.labels != LabelKind::kNone, rows.labels.size(), label_values, format::kLabels);
@@ -600,6 +624,10 @@ void TokenDatasetWriter::append_rows(std::string_view split, const RowBlock& row
     if (writer.fields.attention_mask) {
       append_block(writer.attention_mask.get(), 2, width, old_rows, new_rows, H5T_NATIVE_UINT8,
                    rows.attention_mask.data(), prefix + format::kAttentionMask);
+    }
+    if (writer.fields.token_type_ids) {
+      append_block(writer.token_type_ids.get(), 2, width, old_rows, new_rows, H5T_NATIVE_UINT8,
+                   rows.token_type_ids.data(), prefix + format::kTokenTypeIds);
     }
     if (writer.fields.labels == LabelKind::kPerRow) {
       append_block(writer.labels.get(), 1, 1, old_rows, new_rows, H5T_NATIVE_INT64, rows.labels.data(),
@@ -666,7 +694,7 @@ void TokenDatasetWriter::finish() {
     // Objects first, so that closing the file really closes (and flushes) it; the split
     // records stay for num_rows().
     for (auto& writer : state_->splits) {
-      for (hdf5::Handle* handle : {&writer->input_ids, &writer->loss_mask, &writer->attention_mask, &writer->labels,
+      for (hdf5::Handle* handle : {&writer->input_ids, &writer->loss_mask, &writer->attention_mask, &writer->token_type_ids, &writer->labels,
                                    &writer->document_index, &writer->group}) {
         handle->reset();
       }
@@ -691,7 +719,7 @@ struct TokenDataset::Handles {
   hdf5::Handle file;  // declared first: closed after the objects inside it
   hdf5::Handle group;
   Column input_ids;
-  std::optional<Column> loss_mask, attention_mask, labels;
+  std::optional<Column> loss_mask, attention_mask, labels, token_type_ids;
   LabelKind label_kind = LabelKind::kNone;
 };
 
@@ -754,6 +782,8 @@ TokenDataset::TokenDataset(const fs::path& path, std::string_view split, ReaderO
   check_same_shape(handles_->loss_mask);
   handles_->attention_mask = open_column(group, split_, format::kAttentionMask, kUint8, cache, path_, false);
   check_same_shape(handles_->attention_mask);
+  handles_->token_type_ids = open_column(group, split_, format::kTokenTypeIds, kUint8, cache, path_, false);
+  check_same_shape(handles_->token_type_ids);
   handles_->labels = open_column(group, split_, format::kLabels, kInt64, cache, path_, false);
   if (handles_->labels) {
     const auto& dims = handles_->labels->dims;
@@ -779,6 +809,7 @@ TokenDataset& TokenDataset::operator=(TokenDataset&&) noexcept = default;
 
 bool TokenDataset::has_loss_mask() const { return handles_->loss_mask.has_value(); }
 bool TokenDataset::has_attention_mask() const { return handles_->attention_mask.has_value(); }
+bool TokenDataset::has_token_type_ids() const { return handles_->token_type_ids.has_value(); }
 LabelKind TokenDataset::labels() const { return handles_->label_kind; }
 
 void TokenDataset::read_rows(std::span<const int64_t> rows, int32_t* out) const {
@@ -796,6 +827,12 @@ void TokenDataset::read_attention_mask(std::span<const int64_t> rows, uint8_t* o
   if (!handles_->attention_mask) throw file_error(path_, "split '/" + split_ + "' has no attention_mask");
   hdf5::QuietErrors quiet;
   read_selected_rows(*handles_->attention_mask, H5T_NATIVE_UINT8, 1, num_rows_, rows, out, path_);
+}
+
+void TokenDataset::read_token_type_ids(std::span<const int64_t> rows, uint8_t* out) const {
+  if (!handles_->token_type_ids) throw file_error(path_, "split '/" + split_ + "' has no token_type_ids");
+  hdf5::QuietErrors quiet;
+  read_selected_rows(*handles_->token_type_ids, H5T_NATIVE_UINT8, 1, num_rows_, rows, out, path_);
 }
 
 void TokenDataset::read_labels(std::span<const int64_t> rows, int64_t* out) const {

@@ -28,6 +28,7 @@ struct SplitFields {
   bool attention_mask = false;
   LabelKind labels = LabelKind::kNone;
   bool document_index = false;
+  bool token_type_ids = false;
 };
 
 // A block of consecutive rows to append to a split. Spans of optional fields must be
@@ -38,6 +39,7 @@ struct RowBlock {
   std::span<const uint8_t> loss_mask;      // (num_rows, seq_len)
   std::span<const uint8_t> attention_mask; // (num_rows, seq_len)
   std::span<const int64_t> labels;         // (num_rows) or (num_rows, seq_len)
+  std::span<const uint8_t> token_type_ids; // (num_rows, seq_len)
 };
 
 struct WriterOptions {
@@ -110,6 +112,7 @@ class TokenDataset {
   int64_t num_documents() const { return num_documents_; }
   bool has_loss_mask() const;
   bool has_attention_mask() const;
+  bool has_token_type_ids() const;
   LabelKind labels() const;
 
   // Reads rows[i] of input_ids into out[i * seq_len, (i + 1) * seq_len). Rows may come in
@@ -118,6 +121,7 @@ class TokenDataset {
   void read_rows(std::span<const int64_t> rows, int32_t* out) const;
   void read_loss_mask(std::span<const int64_t> rows, uint8_t* out) const;
   void read_attention_mask(std::span<const int64_t> rows, uint8_t* out) const;
+  void read_token_type_ids(std::span<const int64_t> rows, uint8_t* out) const;
   // One value per row (LabelKind::kPerRow) or seq_len values per row.
   void read_labels(std::span<const int64_t> rows, int64_t* out) const;
 

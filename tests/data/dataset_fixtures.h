@@ -82,7 +82,7 @@ inline void write_pattern_dataset(const std::filesystem::path& path, const Patte
         if (options.loss_mask) mask.push_back(pattern_mask(row, t));
       }
     }
-    writer.append_rows(options.split, RowBlock{count, ids, mask, {}, {}});
+    writer.append_rows(options.split, RowBlock{count, ids, mask, {}, {}, {}});
   }
   writer.set_split_attribute(options.split, format::kAttrNumDocuments, options.num_rows);
   writer.finish();

@@ -414,3 +414,48 @@ BOOST_AUTO_TEST_CASE(evaluation_fillers_get_a_loss_mask_when_the_split_has_none)
     }
   }
 }
+
+BOOST_AUTO_TEST_CASE(classification_batches_carry_labels_and_token_types) {
+  ScratchDir dir;
+  const fs::path path = dir / "labelled.h5";
+  const int64_t rows = 5, seq_len = 4;
+  {
+    DatasetInfo info;
+    info.seq_len = seq_len;
+    info.vocab_size = testing::kPatternVocab;
+    info.pad_id = 0;
+    info.tokenizer = "pattern";
+    info.task = format::kTaskSequenceClassification;
+    info.label_names = {"negative", "positive", "mixed"};
+    TokenDatasetWriter writer(path, info);
+    SplitFields fields;
+    fields.attention_mask = true;
+    fields.labels = LabelKind::kPerRow;
+    fields.token_type_ids = true;
+    writer.create_split("validation", fields);
+    std::vector<int32_t> ids;
+    std::vector<uint8_t> attention, types;
+    std::vector<int64_t> labels;
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t t = 0; t < seq_len; ++t) {
+        ids.push_back(testing::pattern_token(row, t));
+        attention.push_back(1);
+        types.push_back(static_cast<uint8_t>((row + t) % 2));
+      }
+      labels.push_back(row % 3);
+    }
+    writer.append_rows("validation", RowBlock{rows, ids, {}, attention, labels, types});
+    writer.set_split_attribute("validation", format::kAttrNumDocuments, rows);
+    writer.finish();
+  }
+  BOOST_TEST((read_dataset_info(path).label_names == std::vector<std::string>{"negative", "positive", "mixed"}));
+
+  // 5 rows over 2 ranks: rank 0 reads rows 0, 1 and a filler, rank 1 rows 2, 3, 4.
+  const std::vector<Batch> first = read_eval_batches(path.string(), "validation", 4, -1, 0, 2);
+  BOOST_REQUIRE(first.size() == 1u);
+  BOOST_TEST((first[0].labels == std::vector<int64_t>{0, 1, format::kIgnoreLabel}));  // the filler has no target
+  BOOST_REQUIRE(first[0].token_type_ids.size() == static_cast<std::size_t>(3 * seq_len));
+  for (int64_t t = 0; t < seq_len; ++t) BOOST_TEST(first[0].token_type_ids[seq_len + t] == (1 + t) % 2);
+  const std::vector<Batch> second = read_eval_batches(path.string(), "validation", 4, -1, 1, 2);
+  BOOST_TEST((second[0].labels == std::vector<int64_t>{2, 0, 1}));
+}

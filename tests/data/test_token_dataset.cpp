@@ -156,7 +156,7 @@ BOOST_AUTO_TEST_CASE(round_trip_every_field_across_appends_and_chunks) {
     options.rows_per_chunk = 8;
     TokenDatasetWriter writer(output, info, options);
     writer.create_split("train", SplitFields{true, true, LabelKind::kPerRow, true});
-    writer.create_split("validation", SplitFields{false, false, LabelKind::kPerPosition, false});
+    writer.create_split("validation", SplitFields{false, false, LabelKind::kPerPosition, false, true});
     int64_t first = 0;
     for (const int64_t count : blocks) {
       std::vector<int32_t> ids;
@@ -170,7 +170,7 @@ BOOST_AUTO_TEST_CASE(round_trip_every_field_across_appends_and_chunks) {
         }
         labels.push_back(row % 5 - 1);
       }
-      writer.append_rows("train", RowBlock{count, ids, loss, attention, labels});
+      writer.append_rows("train", RowBlock{count, ids, loss, attention, labels, {}});
       first += count;
     }
     std::vector<int64_t> documents(7);
@@ -181,7 +181,9 @@ BOOST_AUTO_TEST_CASE(round_trip_every_field_across_appends_and_chunks) {
 
     std::vector<int32_t> ids(2 * seq_len, 3);
     std::vector<int64_t> token_labels(2 * seq_len, format::kIgnoreLabel);
-    writer.append_rows("validation", RowBlock{2, ids, {}, {}, token_labels});
+    std::vector<uint8_t> types(2 * seq_len);
+    for (std::size_t i = 0; i < types.size(); ++i) types[i] = static_cast<uint8_t>(i % 3 == 0);
+    writer.append_rows("validation", RowBlock{2, ids, {}, {}, token_labels, types});
     writer.set_split_attribute("validation", format::kAttrNumDocuments, 1);
     BOOST_TEST(writer.num_rows("train") == total);
     BOOST_TEST(fs::exists(writer.temporary_path()));
@@ -248,6 +250,14 @@ BOOST_AUTO_TEST_CASE(round_trip_every_field_across_appends_and_chunks) {
   const std::vector<int64_t> both = {1, 0};
   validation.read_labels(both, token_labels.data());
   for (const int64_t label : token_labels) BOOST_TEST(label == format::kIgnoreLabel);
+  BOOST_TEST(!train.has_token_type_ids());
+  BOOST_REQUIRE(validation.has_token_type_ids());
+  std::vector<uint8_t> types(2 * seq_len);
+  validation.read_token_type_ids(both, types.data());  // rows swapped
+  for (int64_t i = 0; i < 2 * seq_len; ++i) {
+    const int64_t stored = (i + seq_len) % (2 * seq_len);
+    BOOST_TEST(types[i] == static_cast<uint8_t>(stored % 3 == 0));
+  }
 }
 
 BOOST_AUTO_TEST_CASE(reads_files_written_by_other_tools) {
@@ -395,7 +405,7 @@ BOOST_AUTO_TEST_CASE(existing_output_is_never_replaced_unless_asked) {
     TokenDatasetWriter writer(fresh, small_info());
     writer.create_split("train");
     std::vector<int32_t> ids(16, 1);
-    writer.append_rows("train", RowBlock{1, ids, {}, {}, {}});
+    writer.append_rows("train", RowBlock{1, ids, {}, {}, {}, {}});
     BOOST_TEST(fs::exists(writer.temporary_path()));
   }
   BOOST_TEST(!fs::exists(fresh));
@@ -418,7 +428,7 @@ BOOST_AUTO_TEST_CASE(existing_output_is_never_replaced_unless_asked) {
   TokenDatasetWriter writer(output, small_info(), replace);
   writer.create_split("train");
   std::vector<int32_t> ids(16, 7);
-  writer.append_rows("train", RowBlock{1, ids, {}, {}, {}});
+  writer.append_rows("train", RowBlock{1, ids, {}, {}, {}, {}});
   writer.set_split_attribute("train", format::kAttrNumDocuments, 1);
   writer.finish();
   BOOST_TEST(TokenDataset(output, "train").num_rows() == 1);
@@ -433,15 +443,15 @@ BOOST_AUTO_TEST_CASE(writer_rejects_bad_rows) {
   ids[20] = 1000;  // vocab_size is 1000
   std::string message;
   try {
-    writer.append_rows("train", RowBlock{2, ids, mask, {}, {}});
+    writer.append_rows("train", RowBlock{2, ids, mask, {}, {}, {}});
   } catch (const std::invalid_argument& error) {
     message = error.what();
   }
   BOOST_TEST(contains(message, "token id 1000 in row 1 is outside [0, vocab_size = 1000)"), message);
   ids[20] = 4;
-  BOOST_CHECK_THROW(writer.append_rows("train", RowBlock{2, ids, {}, {}, {}}), std::invalid_argument);
-  BOOST_CHECK_THROW(writer.append_rows("train", RowBlock{3, ids, mask, {}, {}}), std::invalid_argument);
-  BOOST_CHECK_THROW(writer.append_rows("test", RowBlock{2, ids, mask, {}, {}}), std::runtime_error);
+  BOOST_CHECK_THROW(writer.append_rows("train", RowBlock{2, ids, {}, {}, {}, {}}), std::invalid_argument);
+  BOOST_CHECK_THROW(writer.append_rows("train", RowBlock{3, ids, mask, {}, {}, {}}), std::invalid_argument);
+  BOOST_CHECK_THROW(writer.append_rows("test", RowBlock{2, ids, mask, {}, {}, {}}), std::runtime_error);
   BOOST_CHECK_THROW(writer.create_split("train"), std::runtime_error);
   BOOST_CHECK_THROW(writer.create_split("a/b"), std::runtime_error);
 }
