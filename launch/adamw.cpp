@@ -28,16 +28,26 @@ AdamW::AdamW(std::vector<AdamWSlot> slots, AdamWOptions options) : options_(opti
   }
 }
 
+void AdamW::set_frozen(std::function<bool(const std::string&)> frozen) {
+  for (auto& slot : slots_) slot.frozen = frozen && frozen(slot.name);
+}
+
+void AdamW::set_step_count(int64_t steps, const std::function<int64_t(const std::string&)>& updates) {
+  step_count_ = steps;
+  for (auto& slot : slots_) slot.updates = updates ? updates(slot.name) : steps;
+}
+
 void AdamW::step(double lr) {
   torch::NoGradGuard no_grad;
   ++step_count_;
-  const double bias_correction1 = 1 - std::pow(options_.beta1, step_count_);
-  const double bias_correction2 = 1 - std::pow(options_.beta2, step_count_);
-  const double step_size = lr / bias_correction1;
-  const double sqrt_bc2 = std::sqrt(bias_correction2);
   for (auto& slot : slots_) {
+    if (slot.frozen) continue;
     const at::Tensor& grad = slot.grad.defined() ? slot.grad : slot.param.grad();
     if (!grad.defined()) continue;
+    ++slot.updates;
+    const double bias_correction1 = 1 - std::pow(options_.beta1, slot.updates);
+    const double sqrt_bc2 = std::sqrt(1 - std::pow(options_.beta2, slot.updates));
+    const double step_size = lr / bias_correction1;
     at::Tensor g = grad.to(torch::kFloat32);
     if (slot.decay && options_.weight_decay != 0) slot.param.mul_(1 - lr * options_.weight_decay);
     slot.exp_avg.lerp_(g, 1 - options_.beta1);

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,8 +40,16 @@ class AdamW {
   void step(double lr);
   void zero_grad();
 
+  // Slots whose name `frozen` accepts are left alone by step(): no update, no weight
+  // decay, and their own count of updates (which sets their bias correction) stays, so
+  // a slot unfrozen later starts its moments as a fresh one would. Empty: none frozen.
+  void set_frozen(std::function<bool(const std::string&)> frozen);
+
+  // Number of step() calls.
   int64_t step_count() const { return step_count_; }
-  void set_step_count(int64_t steps) { step_count_ = steps; }
+  // For a resumed run: `steps` calls so far, in which each slot was updated
+  // `updates(name)` times (steps when empty).
+  void set_step_count(int64_t steps, const std::function<int64_t(const std::string&)>& updates = {});
 
   // State for checkpoints: ("exp_avg/<param>", tensor), ("exp_avg_sq/<param>", tensor).
   std::vector<std::pair<std::string, at::Tensor>> named_state();
@@ -55,6 +64,8 @@ class AdamW {
     at::Tensor exp_avg;
     at::Tensor exp_avg_sq;
     bool decay;
+    int64_t updates = 0;
+    bool frozen = false;
   };
   std::vector<Slot> slots_;
   AdamWOptions options_;

@@ -66,3 +66,60 @@ BOOST_AUTO_TEST_CASE(warmup_then_cosine_and_linear_decay) {
   s.decay = "constant";
   BOOST_TEST(learning_rate(s, 100) == 1.0, boost::test_tools::tolerance(1e-12));
 }
+
+// A frozen parameter is untouched (no decay either), and once unfrozen it follows
+// exactly the trajectory of a fresh optimizer that starts at that moment: its bias
+// correction counts its own updates, not the optimizer's steps.
+BOOST_AUTO_TEST_CASE(frozen_slots_stay_and_start_fresh_when_unfrozen) {
+  torch::manual_seed(3);
+  auto body = torch::randn({5, 3}).requires_grad_();
+  auto head = torch::randn({3}).requires_grad_();
+  const auto body_start = body.detach().clone();
+  AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
+  AdamW ours(std::vector<std::pair<std::string, torch::Tensor>>{{"body", body}, {"head", head}}, options);
+  auto input = torch::randn({4, 5});
+  auto loss_of = [&](const torch::Tensor& b, const torch::Tensor& h) { return input.matmul(b).matmul(h).pow(2).sum(); };
+
+  ours.set_frozen([](const std::string& name) { return name == "body"; });
+  for (int step = 0; step < 3; ++step) {
+    loss_of(body, head).backward();
+    ours.step(1e-2);
+    ours.zero_grad();
+  }
+  BOOST_TEST(torch::equal(body.detach(), body_start));
+  BOOST_TEST(!torch::equal(head.detach(), head.detach() * 0));
+
+  // From here on the body must move as under a new optimizer given only the body.
+  auto ref_body = body.detach().clone().requires_grad_();
+  auto ref_head = head.detach().clone();  // the head is a constant for the reference
+  AdamW reference(std::vector<std::pair<std::string, torch::Tensor>>{{"body", ref_body}}, options);
+  ours.set_frozen({});
+  ours.set_frozen([](const std::string& name) { return name == "head"; });  // now only the body trains
+  for (int step = 0; step < 4; ++step) {
+    loss_of(body, head).backward();
+    loss_of(ref_body, ref_head).backward();
+    ours.step(1e-2);
+    reference.step(1e-2);
+    ours.zero_grad();
+    reference.zero_grad();
+  }
+  BOOST_TEST(torch::allclose(body, ref_body, 1e-6, 1e-7));
+  BOOST_TEST(!torch::allclose(body, body_start, 1e-3, 1e-3));
+  BOOST_TEST(ours.step_count() == 7);
+
+  // A resumed optimizer with the same moments and per-slot update counts takes the same
+  // next step; with the optimizer's step count instead it would not.
+  auto resumed_body = body.detach().clone().requires_grad_();
+  AdamW resumed(std::vector<std::pair<std::string, torch::Tensor>>{{"body", resumed_body}}, options);
+  {
+    torch::NoGradGuard no_grad;
+    resumed.exp_avgs()[0].copy_(ours.exp_avgs()[0]);
+    resumed.exp_avg_sqs()[0].copy_(ours.exp_avg_sqs()[0]);
+  }
+  resumed.set_step_count(7, [](const std::string&) { return 4; });
+  loss_of(body, head).backward();
+  loss_of(resumed_body, head.detach()).backward();
+  ours.step(1e-2);
+  resumed.step(1e-2);
+  BOOST_TEST(torch::allclose(body, resumed_body, 1e-6, 1e-7));
+}
