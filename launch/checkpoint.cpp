@@ -230,9 +230,34 @@ fs::path CheckpointStore::save(int64_t step, const NamedTensors& tensors, const 
   fs::rename(latest_tmp, directory_ / "latest");
   fsync_path(directory_, true);
 
-  auto all = committed();
-  for (size_t i = 0; i + keep_ < all.size(); ++i) fs::remove_all(all[i]);
+  remove_beyond_keep();
   return final_dir;
+}
+
+void CheckpointStore::remove_beyond_keep() {
+  const auto all = committed();
+  const auto kept_best = best();
+  for (size_t i = 0; i + keep_ < all.size(); ++i)
+    if (!kept_best || all[i] != *kept_best) fs::remove_all(all[i]);
+}
+
+void CheckpointStore::mark_best(const fs::path& checkpoint, nlohmann::json record) {
+  record["checkpoint"] = checkpoint.filename().string();
+  const fs::path tmp = directory_ / "best.tmp";
+  write_file_durably(tmp, record.dump() + "\n");
+  fs::rename(tmp, directory_ / "best");
+  fsync_path(directory_, true);
+  remove_beyond_keep();
+}
+
+std::optional<fs::path> CheckpointStore::best() const {
+  std::ifstream in(directory_ / "best");
+  if (!in) return std::nullopt;
+  const auto record = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!record.is_object() || !record.contains("checkpoint") || !record["checkpoint"].is_string()) return std::nullopt;
+  const fs::path path = directory_ / record["checkpoint"].get<std::string>();
+  if (!fs::exists(path / kMarker)) return std::nullopt;
+  return path;
 }
 
 std::vector<fs::path> CheckpointStore::committed() const {

@@ -4,6 +4,7 @@
 //   <run.dir>/checkpoints/step_00000010/COMMITTED  written last; without it the
 //                                                  checkpoint does not exist
 //   <run.dir>/checkpoints/latest                   name of the newest committed one
+//   <run.dir>/checkpoints/best                     JSON: the best one by validation
 // A checkpoint is written into step_XXXXXXXX.tmp, fsynced, renamed, then marked.
 #pragma once
 
@@ -39,9 +40,17 @@ class CheckpointStore {
   // Committed checkpoints, oldest first.
   std::vector<std::filesystem::path> committed() const;
 
+  // Records a committed checkpoint as the best so far (atomically; `record` says by
+  // which metric and value) and keeps it from removal by `keep`.
+  void mark_best(const std::filesystem::path& checkpoint, nlohmann::json record);
+  // The checkpoint recorded as best, if it is still committed.
+  std::optional<std::filesystem::path> best() const;
+
   const std::filesystem::path& directory() const { return directory_; }
 
  private:
+  void remove_beyond_keep();  // all but the newest keep_ and the best
+
   std::filesystem::path directory_;
   int64_t keep_;
 };

@@ -1,5 +1,7 @@
 #include "launch/options.h"
 
+#include "launch/metrics.h"
+
 #include <boost/program_options.hpp>
 #include <filesystem>
 #include <fstream>
@@ -95,7 +97,19 @@ std::vector<Section> describe(Config& c) {
       .add("log_every", &c.train.log_every, "steps between progress lines on rank 0")
       .add("eval_every", &c.train.eval_every, "steps between validation runs (0 = only at the end)")
       .add("eval_samples", &c.train.eval_samples, "validation sequences per evaluation (0 = whole split)")
-      .add("eval_split", &c.train.eval_split, "split used for validation");
+      .add("eval_split", &c.train.eval_split, "split used for validation")
+      .add("eval_metric", &c.train.eval_metric,
+           "validation metric that chooses the best checkpoint and early stopping: auto (loss for causal LM, "
+           "accuracy for sequence classification, entity_f1 for token classification) | loss | perplexity | "
+           "accuracy | macro_f1 | entity_f1")
+      .add("early_stopping_patience", &c.train.early_stopping_patience,
+           "stop after this many validations in a row without improving eval_metric (0 = never)")
+      .add("test_split", &c.train.test_split,
+           "split evaluated once after training, with the best model, into <run.dir>/test_report.json "
+           "(skipped when the dataset has no such split; empty = never)")
+      .add("freeze_base_steps", &c.train.freeze_base_steps,
+           "classification: train only the new head (the pretrained body frozen) for this many steps, "
+           "then everything");
 
   sections.emplace_back("optim", "[optim] AdamW and its learning-rate schedule");
   sections.back()
@@ -114,7 +128,10 @@ std::vector<Section> describe(Config& c) {
       .add("keep", &c.checkpoint.keep, "newest checkpoints kept on disk")
       .add("at_end", &c.checkpoint.at_end, "save a checkpoint after the last step")
       .add("export_hf", &c.checkpoint.export_hf,
-           "write the final model as a Hugging Face directory to <run.dir>/final");
+           "write the final model as a Hugging Face directory to <run.dir>/final (the best one, with keep_best)")
+      .add("keep_best", &c.checkpoint.keep_best,
+           "save a checkpoint whenever validation improves train.eval_metric, keep it whatever checkpoint.keep "
+           "says, and finish (test report, export) with its weights");
 
   sections.emplace_back("dist", "[dist] ranks, groups and devices");
   sections.back()
@@ -157,6 +174,18 @@ void TrainOptions::validate() const {
   require_positive("train.log_every", static_cast<double>(log_every));
   require_non_negative("train.eval_every", static_cast<double>(eval_every));
   require_non_negative("train.eval_samples", static_cast<double>(eval_samples));
+  require_non_negative("train.early_stopping_patience", static_cast<double>(early_stopping_patience));
+  require_non_negative("train.freeze_base_steps", static_cast<double>(freeze_base_steps));
+  if (freeze_base_steps >= steps)
+    fail("train.freeze_base_steps", "must be below train.steps (" + std::to_string(steps) +
+                                        ") so that the whole model is trained at the end");
+  if (eval_metric != "auto") {
+    try {
+      (void)higher_is_better(eval_metric);
+    } catch (const std::runtime_error& error) {
+      fail("train.eval_metric", error.what());
+    }
+  }
 }
 
 void OptimOptions::validate() const {

@@ -40,6 +40,10 @@ struct TrainOptions {
   int64_t eval_every = 0;           // validation period in steps; 0 = only at the end
   int64_t eval_samples = 64;        // validation sequences per evaluation (0 = whole split)
   std::string eval_split = "validation";
+  std::string eval_metric = "auto";     // see launch/metrics.h higher_is_better; auto = by task
+  int64_t early_stopping_patience = 0;  // validations without improvement before stopping; 0 = never
+  std::string test_split = "test";      // evaluated once at the end; empty = never
+  int64_t freeze_base_steps = 0;        // classification: head-only steps before full fine-tuning
   void validate() const;
 };
 
@@ -62,6 +66,7 @@ struct CheckpointOptions {
   int64_t keep = 3;    // newest checkpoints kept
   bool at_end = true;  // save after the last step
   bool export_hf = true;  // write the final model as a Hugging Face directory in <run.dir>/final
+  bool keep_best = true;  // checkpoint each validation improvement and finish with the best weights
   void validate() const;
 };
 

@@ -13,14 +13,14 @@
 #include <cstring>
 #include <map>
 
-#include "model/safetensors.h"
-
 #include "data/streaming_loader.h"
 #include "dist/grad_reducer.h"
 #include "dist/zero.h"
 #include "launch/adamw.h"
 #include "launch/checkpoint.h"
-#include "model/causal_lm.h"
+#include "launch/metrics.h"
+#include "launch/task.h"
+#include "model/safetensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -39,51 +39,6 @@ std::string format_duration(double seconds) {
   char text[32];
   std::snprintf(text, sizeof(text), "%lld:%02lld:%02lld", total / 3600, (total / 60) % 60, total % 60);
   return text;
-}
-
-// Token tensors of one micro-batch on the model's device.
-struct DeviceBatch {
-  torch::Tensor input_ids;  // (B, T) int64
-  torch::Tensor targets;    // (B, T-1) int64: input_ids shifted left
-  torch::Tensor target_mask;  // (B, T-1) float: 1 where the position counts in the loss
-  int64_t target_count = 0;
-};
-
-DeviceBatch to_device(const data::Batch& batch, const torch::Device& device) {
-  DeviceBatch out;
-  auto ids = torch::from_blob(const_cast<int32_t*>(batch.input_ids.data()), {batch.batch_size, batch.seq_len},
-                              torch::kInt32)
-                 .to(torch::kInt64);
-  out.input_ids = ids.to(device);
-  out.targets = out.input_ids.slice(1, 1);
-  if (batch.loss_mask.empty()) {
-    out.target_mask = torch::ones({batch.batch_size, batch.seq_len - 1}, torch::kFloat32);
-  } else {
-    // loss_mask marks positions whose token is a prediction target; the first token of
-    // a row is never predicted.
-    auto mask = torch::from_blob(const_cast<uint8_t*>(batch.loss_mask.data()), {batch.batch_size, batch.seq_len},
-                                 torch::kUInt8);
-    out.target_mask = mask.slice(1, 1).to(torch::kFloat32);
-  }
-  if (!batch.attention_mask.empty()) {
-    // Padding is never a target, whatever the loss mask says.
-    auto attention = torch::from_blob(const_cast<uint8_t*>(batch.attention_mask.data()),
-                                      {batch.batch_size, batch.seq_len}, torch::kUInt8);
-    out.target_mask = out.target_mask * attention.slice(1, 1).to(torch::kFloat32);
-  }
-  out.target_count = static_cast<int64_t>(out.target_mask.sum().item<double>());
-  out.target_mask = out.target_mask.to(device);
-  return out;
-}
-
-// Sum over target positions of next-token cross-entropy. (B, T, V) logits predict
-// tokens 1..T-1 from positions 0..T-2.
-torch::Tensor next_token_loss_sum(const torch::Tensor& logits, const DeviceBatch& batch) {
-  auto predictions = logits.slice(1, 0, logits.size(1) - 1);  // (B, T-1, V)
-  auto per_token = torch::nn::functional::cross_entropy(
-      predictions.reshape({-1, predictions.size(-1)}).to(torch::kFloat32), batch.targets.reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  return (per_token * batch.target_mask.reshape({-1})).sum();
 }
 
 class MetricsLog {
@@ -109,10 +64,12 @@ class Trainer {
     torch::manual_seed(config_.run.seed);
     if (!fs::is_directory(config_.model.path))
       throw std::runtime_error(config_.model.path + ": model directory not found (model.path)");
-    model_ = model::CausalLm::load(model::CausalLmOptions{config_.model.path, config_.model.init == "pretrained",
-                                                          config_.run.seed, config_.model.dropout});
-    model_.module().to(comm_.device());
-    for (auto& item : model_.module().named_parameters()) named_params_.emplace_back(item.key(), item.value());
+    task_ = std::make_unique<Task>(config_, data::read_dataset_info(config_.data.path));
+    if (rank0())
+      for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
+    eval_metric_ = config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric;
+    task_->module().to(comm_.device());
+    for (auto& item : task_->module().named_parameters()) named_params_.emplace_back(item.key(), item.value());
     broadcast_parameters();
 
     const AdamWOptions adamw{config_.optim.beta1, config_.optim.beta2, config_.optim.eps, config_.optim.weight_decay};
@@ -183,7 +140,7 @@ class Trainer {
   void check_vocabulary() {
     // A token id at or beyond the embedding table would index out of range deep in the
     // forward pass; report it here with both files named.
-    const int64_t model_vocab = model_.vocab_size();
+    const int64_t model_vocab = task_->vocab_size();
     const int64_t data_vocab = loader_->info().vocab_size;
     if (data_vocab > model_vocab)
       throw std::runtime_error(config_.data.path + ": dataset vocab_size " + std::to_string(data_vocab) +
@@ -280,7 +237,15 @@ class Trainer {
     check_data_order(meta.at("data"), *checkpoint);
     step_ = meta.at("step").get<int64_t>();
     tokens_seen_ = meta.value("tokens_seen", int64_t{0});
-    optimizer_->set_step_count(meta.at("optimizer_steps").get<int64_t>());
+    // Body parameters were not updated during the frozen-body stage.
+    const int64_t optimizer_steps = meta.at("optimizer_steps").get<int64_t>();
+    const int64_t body_updates = optimizer_steps - std::min(optimizer_steps, config_.train.freeze_base_steps);
+    const Task* task = task_.get();
+    optimizer_->set_step_count(optimizer_steps, [&](const std::string& name) {
+      return task->is_head_parameter(name) ? optimizer_steps : body_updates;
+    });
+    if (meta.contains("validation")) restore_validation_state(meta["validation"]);
+    last_saved_step_ = step_;
     loader_->restore(data::LoaderState{meta.at("data").at("global_position").get<int64_t>()});
     if (rank0()) {
       set_aside_later_checkpoints(*checkpoint);
@@ -318,7 +283,8 @@ class Trainer {
     model::write_file_atomically(path, kept);
   }
 
-  void save_checkpoint() {
+  // Collective. Returns the checkpoint written (on every rank).
+  fs::path save_checkpoint() {
     // Every data-parallel replica holds the same model and optimizer state, so rank 0
     // writes them. Random state needs no saving: dropout is reseeded from (seed, rank,
     // step) at every step.
@@ -332,6 +298,7 @@ class Trainer {
     } else {
       optimizer_state = optimizer_->named_state();
     }
+    std::string written;
     if (rank0()) {
       NamedTensors tensors;
       for (auto& [name, p] : named_params_) tensors.emplace_back("model/" + name, p);
@@ -347,54 +314,191 @@ class Trainer {
           {"layout",
            {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()},
             {"zero", config_.zero.stage}}},
-          {"model", {{"family", model_.family()}, {"path", config_.model.path}}},
+          {"model", {{"family", task_->family()}, {"task", task_->name()}, {"path", config_.model.path}}},
+          {"validation", validation_state()},
           {"config", config_.resolved_ini},
       };
       auto dir = store_->save(step_, tensors, meta);
       std::cout << "ftrain: saved checkpoint " << dir.string() << "\n";
+      written = dir.string();
+    }
+    last_saved_step_ = step_;
+    return fs::path(broadcast_string(written));
+  }
+
+  // Whether a split exists is decided once, identically on every rank (the file is the
+  // same), so evaluation never leaves some ranks in a collective.
+  bool has_split(const std::string& split) const {
+    if (split.empty()) return false;
+    const auto splits = data::list_splits(config_.data.path);
+    return std::find(splits.begin(), splits.end(), split) != splits.end();
+  }
+
+  void check_validation_split() {
+    has_validation_ = has_split(config_.train.eval_split);
+    if (!has_validation_ && rank0())
+      std::cout << "ftrain: " << config_.data.path << " has no '" << config_.train.eval_split
+                << "' split; validation is off (train.eval_split)\n";
+    const auto names = task_->metric_names();
+    if (std::find(names.begin(), names.end(), eval_metric_) == names.end()) {
+      std::string known;
+      for (const auto& name : names) known += (known.empty() ? "" : ", ") + name;
+      throw std::runtime_error("train.eval_metric: '" + eval_metric_ + "' is not measured for " + task_->name() +
+                               " (" + config_.data.path + "); choose one of " + known);
+    }
+  }
+
+  // The task's metrics over the first max_samples rows of a split (all if < 0), each row
+  // evaluated by exactly one rank and the counts summed over ranks. Collective.
+  std::optional<json> evaluate(const std::string& split, int64_t max_samples) {
+    data::EvalReader reader(config_.data.path, split, config_.data.micro_batch_size, max_samples,
+                            comm_.layout().dp_rank(comm_.rank()), dp_size());
+    torch::NoGradGuard no_grad;
+    task_->module().eval();
+    EvalTotals totals = task_->empty_totals();
+    while (auto batch = reader.next()) task_->evaluate(task_->prepare(*batch, comm_.device()), totals);
+    task_->module().train();
+
+    // One all-reduce for every count, one for the loss.
+    std::vector<int64_t> counts = {totals.count};
+    counts.insert(counts.end(), totals.confusion.begin(), totals.confusion.end());
+    counts.insert(counts.end(), totals.entities.begin(), totals.entities.end());
+    at::Tensor packed = torch::tensor(counts, torch::kInt64);
+    comm_.dp().all_reduce(packed, dist::ReduceOp::Sum);
+    const int64_t* summed = packed.data_ptr<int64_t>();
+    totals.count = summed[0];
+    std::copy_n(summed + 1, totals.confusion.size(), totals.confusion.begin());
+    std::copy_n(summed + 1 + totals.confusion.size(), totals.entities.size(), totals.entities.begin());
+    totals.loss_sum = comm_.dp().all_reduce(totals.loss_sum, dist::ReduceOp::Sum);
+    if (totals.count == 0) return std::nullopt;
+    return task_->metrics(totals);
+  }
+
+  static std::string describe(const json& metrics) {
+    std::string line;
+    char text[64];
+    for (const char* key : {"loss", "perplexity", "accuracy", "macro_f1", "entity_precision", "entity_recall",
+                            "entity_f1"}) {
+      if (!metrics.contains(key)) continue;
+      std::snprintf(text, sizeof(text), "%s%s %.4f", line.empty() ? "" : " | ", key, metrics[key].get<double>());
+      line += text;
+    }
+    return line;
+  }
+
+  json validation_state() const {
+    json state = {{"metric", eval_metric_}, {"bad_evaluations", bad_evaluations_}};
+    if (best_value_) state["best"] = {{"value", *best_value_}, {"step", best_step_}};
+    return state;
+  }
+
+  void restore_validation_state(const json& state) {
+    if (!state.is_object() || state.value("metric", std::string()) != eval_metric_) return;
+    bad_evaluations_ = state.value("bad_evaluations", int64_t{0});
+    if (state.contains("best")) {
+      best_value_ = state["best"]["value"].get<double>();
+      best_step_ = state["best"]["step"].get<int64_t>();
+    }
+  }
+
+  // Validation: prints and logs the metrics, keeps the best checkpoint and counts
+  // evaluations without improvement. Returns whether early stopping says stop.
+  // Collective.
+  bool report_validation() {
+    if (!has_validation_) return false;
+    const auto metrics = evaluate(config_.train.eval_split, config_.train.eval_samples > 0 ? config_.train.eval_samples : -1);
+    if (!metrics) return false;
+    const double value = metrics->at(eval_metric_).get<double>();
+    const bool higher = higher_is_better(eval_metric_);
+    const bool improved = !best_value_ || (higher ? value > *best_value_ : value < *best_value_);
+    if (improved) {
+      best_value_ = value;
+      best_step_ = step_;
+      bad_evaluations_ = 0;
+    } else {
+      ++bad_evaluations_;
+    }
+    if (rank0()) {
+      std::printf("step %6lld | validation %s%s\n", static_cast<long long>(step_), describe(*metrics).c_str(),
+                  improved ? " | best" : "");
+      std::fflush(stdout);
+      json record = {{"step", step_}};
+      for (const auto& [key, entry] : metrics->items()) record["val_" + key] = entry;
+      metrics_->write(record);
+    }
+    if (improved && config_.checkpoint.keep_best) {
+      const fs::path checkpoint = last_saved_step_ == step_ ? store_->directory() / step_directory(step_) : save_checkpoint();
+      if (rank0()) store_->mark_best(checkpoint, {{"metric", eval_metric_}, {"value", value}, {"step", step_}});
+      comm_.world().barrier();
+    }
+    const int64_t patience = config_.train.early_stopping_patience;
+    return patience > 0 && bad_evaluations_ >= patience;
+  }
+
+  static std::string step_directory(int64_t step) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "step_%08lld", static_cast<long long>(step));
+    return name;
+  }
+
+  // After training: the best weights (with keep_best), the test report, the export.
+  void finish() {
+    std::optional<fs::path> best;
+    if (config_.checkpoint.keep_best && has_validation_) {
+      std::string chosen;
+      if (rank0())
+        if (auto found = store_->best()) chosen = found->string();
+      chosen = broadcast_string(chosen);
+      if (!chosen.empty()) best = fs::path(chosen);
+    }
+    if (best && best_step_ != step_) {
+      NamedTensors into;
+      for (auto& [name, p] : named_params_) into.emplace_back("model/" + name, p);
+      {
+        torch::NoGradGuard no_grad;
+        load_checkpoint(*best, into);
+      }
+      if (rank0())
+        std::cout << "ftrain: finishing with the best model by validation " << eval_metric_ << ": "
+                  << best->string() << "\n";
+    }
+    const int64_t weights_step = best ? best_step_ : step_;
+    if (has_split(config_.train.test_split)) {
+      const auto metrics = evaluate(config_.train.test_split, -1);
+      if (metrics && rank0()) {
+        std::printf("test (%s, weights of step %lld) | %s\n", config_.train.test_split.c_str(),
+                    static_cast<long long>(weights_step), describe(*metrics).c_str());
+        std::fflush(stdout);
+        json report = {{"split", config_.train.test_split}, {"step", weights_step},
+                       {"task", task_->name()}, {"metrics", *metrics}};
+        model::write_file_atomically(fs::path(config_.run.dir) / "test_report.json", report.dump(2) + "\n");
+      }
+    }
+    if (config_.checkpoint.export_hf && rank0()) {
+      const fs::path final_dir = fs::path(config_.run.dir) / "final";
+      task_->save(final_dir, model::ExistingDirectory::overwrite);
+      std::cout << "ftrain: model of step " << weights_step << " written to " << final_dir.string()
+                << " (Hugging Face format)\n";
     }
     comm_.world().barrier();
   }
 
-  // Whether the validation split exists is decided once, identically on every rank
-  // (the file is the same), so evaluation never leaves some ranks in a collective.
-  void check_validation_split() {
-    const auto splits = data::list_splits(config_.data.path);
-    has_validation_ = std::find(splits.begin(), splits.end(), config_.train.eval_split) != splits.end();
-    if (!has_validation_ && rank0())
-      std::cout << "ftrain: " << config_.data.path << " has no '" << config_.train.eval_split
-                << "' split; validation is off (train.eval_split)\n";
-  }
-
-  // Mean loss over the validation sequences, each evaluated once across ranks.
-  std::optional<double> evaluate() {
-    if (!has_validation_) return std::nullopt;
-    data::EvalReader reader(config_.data.path, config_.train.eval_split, config_.data.micro_batch_size,
-                            config_.train.eval_samples > 0 ? config_.train.eval_samples : -1,
-                            comm_.layout().dp_rank(comm_.rank()), dp_size());
-    torch::NoGradGuard no_grad;
-    model_.module().eval();
-    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
-    int64_t count = 0;
-    while (auto batch = reader.next()) {
-      DeviceBatch device_batch = to_device(*batch, comm_.device());
-      loss_sum += next_token_loss_sum(model_.logits(device_batch.input_ids), device_batch).to(torch::kFloat64);
-      count += device_batch.target_count;
+  // The frozen-body stage: before step freeze_base_steps + 1 only the head trains. The
+  // body gets no gradient (autograd stops at it) and the optimizer leaves it alone.
+  void set_body_frozen(bool frozen) {
+    if (frozen == body_frozen_) return;
+    body_frozen_ = frozen;
+    for (auto& [name, p] : named_params_)
+      if (!task_->is_head_parameter(name)) p.requires_grad_(!frozen);
+    if (frozen) {
+      const Task* task = task_.get();
+      optimizer_->set_frozen([task](const std::string& name) { return !task->is_head_parameter(name); });
+    } else {
+      optimizer_->set_frozen({});
     }
-    model_.module().train();
-    const double total = comm_.dp().all_reduce(loss_sum.item<double>(), dist::ReduceOp::Sum);
-    count = comm_.dp().all_reduce(count, dist::ReduceOp::Sum);
-    if (count == 0) return std::nullopt;
-    return total / static_cast<double>(count);
-  }
-
-  void report_validation() {
-    auto val_loss = evaluate();
-    if (!val_loss || !rank0()) return;
-    std::printf("step %6lld | validation loss %.4f | perplexity %.2f\n", static_cast<long long>(step_), *val_loss,
-                std::exp(*val_loss));
-    std::fflush(stdout);
-    metrics_->write({{"step", step_}, {"val_loss", *val_loss}, {"val_perplexity", std::exp(*val_loss)}});
+    if (rank0())
+      std::cout << "ftrain: " << (frozen ? "training the head only (train.freeze_base_steps)" : "training the whole model")
+                << " from step " << step_ + 1 << "\n";
   }
 
   double clip_gradients() {
@@ -420,7 +524,7 @@ class Trainer {
   int train() {
     const LrScheduleOptions schedule{config_.optim.lr, config_.optim.min_lr, config_.optim.warmup_steps,
                                      config_.train.steps, config_.optim.decay};
-    model_.module().train();
+    task_->module().train();
     const int64_t accum = grad_accum_steps();
     const int64_t start_step = step_;
     const auto run_start = Clock::now();
@@ -430,24 +534,25 @@ class Trainer {
     while (step_ < config_.train.steps) {
       const auto step_start = Clock::now();
       const double bytes_before_step = comm_.stats().total_bytes_sent();
-      std::vector<DeviceBatch> micro_batches;
+      set_body_frozen(step_ < config_.train.freeze_base_steps);
+      std::vector<TaskBatch> micro_batches;
       int64_t local_targets = 0;
       for (int64_t m = 0; m < accum; ++m) {
-        micro_batches.push_back(to_device(loader_->next(), comm_.device()));
+        micro_batches.push_back(task_->prepare(loader_->next(), comm_.device()));
         local_targets += micro_batches.back().target_count;
       }
-      // The loss is normalised by the number of target tokens in the whole global batch,
+      // The loss is normalised by the number of targets (tokens, or labelled rows) in the whole global batch,
       // so summing gradients over micro-steps and ranks gives the gradient of the global
       // mean, however the batch is split.
       const int64_t global_targets = comm_.dp().all_reduce(local_targets, dist::ReduceOp::Sum);
-      if (global_targets == 0) throw std::runtime_error(config_.data.path + ": a global batch has no target tokens");
+      if (global_targets == 0) throw std::runtime_error(config_.data.path + ": a global batch has no targets (tokens with loss_mask 1, or labels other than -100)");
       // Dropout masks differ per rank and step but depend on nothing else, so a resumed
       // run draws the same masks as an uninterrupted one, on CPU and GPU alike.
       torch::manual_seed(config_.run.seed + 1000003ULL * (comm_.rank() + 1) + 7919ULL * step_);
       torch::Tensor local_loss_sum =
           torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
       for (auto& batch : micro_batches) {
-        torch::Tensor loss_sum = next_token_loss_sum(model_.logits(batch.input_ids), batch);
+        torch::Tensor loss_sum = task_->loss_sum(batch);
         (loss_sum / static_cast<double>(global_targets)).backward();
         local_loss_sum += loss_sum.detach().to(torch::kFloat64);
       }
@@ -495,25 +600,29 @@ class Trainer {
         }
       }
 
+      bool stop_early = false;
       if (config_.train.eval_every > 0 && step_ % config_.train.eval_every == 0 && step_ < config_.train.steps)
-        report_validation();
+        stop_early = report_validation();
+      if (stop_early) {
+        if (rank0())
+          std::cout << "ftrain: stopping early at step " << step_ << ": validation " << eval_metric_ << " has not improved for "
+                    << bad_evaluations_ << " evaluations (train.early_stopping_patience)\n";
+        if (config_.checkpoint.at_end && last_saved_step_ != step_) save_checkpoint();
+        break;
+      }
       const bool last = step_ == config_.train.steps;
       const bool leaving = config_.run.exit_after_steps > 0 && step_ - start_step >= config_.run.exit_after_steps;
-      if ((config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0) ||
-          (last && config_.checkpoint.at_end) || (leaving && !last))
+      if (((config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0) ||
+           (last && config_.checkpoint.at_end) || (leaving && !last)) &&
+          last_saved_step_ != step_)
         save_checkpoint();
       if (leaving && !last) {
         if (rank0()) std::cout << "ftrain: stopping after " << config_.run.exit_after_steps << " steps (run.exit_after_steps)\n";
         return exit_code;
       }
     }
-    report_validation();
-    if (config_.checkpoint.export_hf && rank0()) {
-      const fs::path final_dir = fs::path(config_.run.dir) / "final";
-      model_.save(final_dir, model::ExistingDirectory::overwrite);
-      std::cout << "ftrain: final model written to " << final_dir.string() << " (Hugging Face format)\n";
-    }
-    comm_.world().barrier();
+    if (step_ == config_.train.steps) report_validation();
+    finish();
     return exit_code;
   }
 
@@ -523,9 +632,9 @@ class Trainer {
     std::cout << config_.resolved_ini;
     std::cout << "ftrain: " << comm_.world_size() << " rank(s), tp " << comm_.layout().tp_size << " x dp "
               << dp_size() << ", ZeRO stage " << config_.zero.stage << ", device " << comm_.device() << ", " << parameters << " parameters, "
-              << (config_.model.init == "random" ? "RANDOMLY INITIALISED " : "pretrained ") << model_.family()
+              << (config_.model.init == "random" ? "RANDOMLY INITIALISED " : "pretrained ") << task_->family()
               << " weights from "
-              << config_.model.path << "\n"
+              << config_.model.path << ", task " << task_->name() << "\n"
               << "ftrain: global batch " << config_.train.global_batch_size << " sequences of "
               << loader_->seq_len() << " tokens = " << config_.data.micro_batch_size << " per rank x "
               << grad_accum_steps() << " accumulation x " << dp_size() << " data-parallel ranks\n";
@@ -534,7 +643,8 @@ class Trainer {
 
   const Config& config_;
   dist::Communicator& comm_;
-  model::CausalLm model_;
+  std::unique_ptr<Task> task_;
+  std::string eval_metric_;
   std::vector<std::pair<std::string, torch::Tensor>> named_params_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
@@ -545,6 +655,11 @@ class Trainer {
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
   bool has_validation_ = false;
+  bool body_frozen_ = false;
+  int64_t last_saved_step_ = -1;
+  std::optional<double> best_value_;  // of eval_metric_
+  int64_t best_step_ = 0;
+  int64_t bad_evaluations_ = 0;       // validations in a row without improvement
 };
 
 }  // namespace

@@ -1,0 +1,237 @@
+#include "launch/task.h"
+
+#include <torch/torch.h>
+
+#include <optional>
+#include <stdexcept>
+
+#include "launch/metrics.h"
+#include "launch/options.h"
+#include "model/causal_lm.h"
+#include "model/classifier.h"
+
+namespace ftrain::launch {
+namespace {
+
+torch::Tensor host_tensor(const std::vector<uint8_t>& values, int64_t rows, int64_t columns) {
+  return torch::from_blob(const_cast<uint8_t*>(values.data()), {rows, columns}, torch::kUInt8);
+}
+
+TaskKind kind_of(const std::string& task, const std::string& dataset_path) {
+  if (task == data::format::kTaskCausalLm) return TaskKind::causal_lm;
+  if (task == data::format::kTaskSequenceClassification) return TaskKind::sequence_classification;
+  if (task == data::format::kTaskTokenClassification) return TaskKind::token_classification;
+  throw std::runtime_error(dataset_path + ": task '" + task +
+                           "' is not one ftrain trains (causal_lm, sequence_classification, token_classification)");
+}
+
+}  // namespace
+
+struct Task::Model {
+  std::optional<model::CausalLm> lm;
+  std::optional<model::Classifier> classifier;
+  std::vector<std::string> warnings;
+  bool entity_metrics = false;  // the tags are BIO-style, so entities can be scored
+  std::string name;
+};
+
+Task::Task(const Config& config, const data::DatasetInfo& dataset)
+    : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
+      model_(std::make_unique<Model>()) {
+  model_->name = dataset.task;
+  const bool pretrained = config.model.init == "pretrained";
+  if (kind_ == TaskKind::causal_lm) {
+    if (config.train.freeze_base_steps > 0)
+      throw std::runtime_error("train.freeze_base_steps: a causal language model has no new head to train alone; "
+                               "set it to 0 (" + config.data.path + " is a causal_lm dataset)");
+    model_->lm = model::CausalLm::load(
+        model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout});
+    return;
+  }
+  if (label_names_.size() < 2)
+    throw std::runtime_error(config.data.path + ": a " + dataset.task +
+                             " dataset needs the root attribute label_names with at least 2 names");
+  model::ClassifierOptions options;
+  options.path = config.model.path;
+  options.kind = kind_ == TaskKind::sequence_classification ? model::ClassifierKind::sequence
+                                                              : model::ClassifierKind::token;
+  options.label_names = label_names_;
+  options.pretrained = pretrained;
+  options.seed = config.run.seed;
+  options.dropout = config.model.dropout;
+  options.pad_token_id = dataset.pad_id;
+  model::ClassifierLoadReport report;
+  model_->classifier = model::Classifier::load(options, &report);
+  model_->warnings = report.warnings;
+  if (kind_ == TaskKind::token_classification) {
+    try {
+      check_entity_labels(label_names_);
+      model_->entity_metrics = true;
+    } catch (const std::runtime_error& error) {
+      if (config.train.eval_metric == "entity_f1")
+        throw std::runtime_error("train.eval_metric: entity_f1 needs BIO tags, but " + config.data.path +
+                                 " has other labels: " + error.what());
+    }
+  }
+  if (kind_ == TaskKind::sequence_classification && config.train.eval_metric == "entity_f1")
+    throw std::runtime_error("train.eval_metric: entity_f1 is for token classification; " + config.data.path +
+                             " is a sequence_classification dataset (use accuracy or macro_f1)");
+}
+
+Task::~Task() = default;
+Task::Task(Task&&) noexcept = default;
+Task& Task::operator=(Task&&) noexcept = default;
+
+const std::string& Task::name() const { return model_->name; }
+const std::string& Task::family() const { return model_->lm ? model_->lm->family() : model_->classifier->family(); }
+int64_t Task::vocab_size() const { return model_->lm ? model_->lm->vocab_size() : model_->classifier->vocab_size(); }
+torch::nn::Module& Task::module() { return model_->lm ? model_->lm->module() : model_->classifier->module(); }
+std::vector<std::string> Task::load_warnings() const { return model_->warnings; }
+
+bool Task::is_head_parameter(const std::string& name) const {
+  return model_->classifier && model_->classifier->is_head_parameter(name);
+}
+
+std::string Task::default_metric() const {
+  if (kind_ == TaskKind::causal_lm) return "loss";
+  if (kind_ == TaskKind::token_classification && model_->entity_metrics) return "entity_f1";
+  return "accuracy";
+}
+
+std::vector<std::string> Task::metric_names() const {
+  if (kind_ == TaskKind::causal_lm) return {"loss", "perplexity"};
+  if (model_->entity_metrics) return {"loss", "accuracy", "macro_f1", "entity_f1"};
+  return {"loss", "accuracy", "macro_f1"};
+}
+
+TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) const {
+  const int64_t rows = batch.batch_size, width = batch.seq_len;
+  TaskBatch out;
+  auto ids = torch::from_blob(const_cast<int32_t*>(batch.input_ids.data()), {rows, width}, torch::kInt32);
+  out.input_ids = ids.to(torch::kInt64).to(device);
+  if (!batch.attention_mask.empty())
+    out.attention_mask = host_tensor(batch.attention_mask, rows, width).to(torch::kInt64).to(device);
+  if (!batch.token_type_ids.empty())
+    out.token_type_ids = host_tensor(batch.token_type_ids, rows, width).to(torch::kInt64).to(device);
+
+  if (kind_ == TaskKind::causal_lm) {
+    out.targets = out.input_ids.slice(1, 1);
+    // loss_mask marks positions whose token is a prediction target; the first token of
+    // a row is never predicted, and padding never is.
+    torch::Tensor mask = batch.loss_mask.empty() ? torch::ones({rows, width - 1}, torch::kFloat32)
+                                                 : host_tensor(batch.loss_mask, rows, width).slice(1, 1).to(torch::kFloat32);
+    if (!batch.attention_mask.empty())
+      mask = mask * host_tensor(batch.attention_mask, rows, width).slice(1, 1).to(torch::kFloat32);
+    out.target_count = static_cast<int64_t>(mask.sum().item<double>());  // a host tensor: no device sync
+    out.target_mask = mask.to(device);
+    return out;
+  }
+
+  const bool per_row = kind_ == TaskKind::sequence_classification;
+  const auto expected = static_cast<std::size_t>(per_row ? rows : rows * width);
+  if (batch.labels.size() != expected)
+    throw std::runtime_error(std::string("a ") + name() + " batch needs " + (per_row ? "a label per row" : "a tag per position") +
+                             "; the dataset's labels have another shape");
+  out.host_labels = batch.labels;
+  const auto num_labels = static_cast<int64_t>(label_names_.size());
+  for (std::size_t i = 0; i < batch.labels.size(); ++i) {
+    const int64_t label = batch.labels[i];
+    if (label == data::format::kIgnoreLabel) continue;
+    if (label < 0 || label >= num_labels)
+      throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[per_row ? i : i / width]) +
+                               " has label " + std::to_string(label) + ", outside [0, " +
+                               std::to_string(num_labels) + ") of label_names");
+    ++out.target_count;
+  }
+  auto labels = torch::from_blob(const_cast<int64_t*>(batch.labels.data()),
+                                 per_row ? c10::IntArrayRef{rows} : c10::IntArrayRef{rows, width}, torch::kInt64);
+  out.targets = labels.to(device);
+  return out;
+}
+
+namespace {
+
+// Sum of cross-entropy over targets. Logits in fp32 whatever the compute dtype.
+torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(
+          data::format::kIgnoreLabel));
+}
+
+}  // namespace
+
+at::Tensor Task::loss_sum(const TaskBatch& batch) {
+  if (model_->lm) {
+    // (B, T, V) logits predict tokens 1..T-1 from positions 0..T-2.
+    torch::Tensor logits = model_->lm->logits(batch.input_ids, batch.attention_mask);
+    torch::Tensor predictions = logits.slice(1, 0, logits.size(1) - 1);  // (B, T-1, V)
+    auto per_token = torch::nn::functional::cross_entropy(
+        predictions.reshape({-1, predictions.size(-1)}).to(torch::kFloat32), batch.targets.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    return (per_token * batch.target_mask.reshape({-1})).sum();
+  }
+  // (B, L) or (B, T, L) logits against labels with -100 where there is no target.
+  return cross_entropy_sum(model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids),
+                           batch.targets);
+}
+
+EvalTotals Task::empty_totals() const {
+  EvalTotals totals;
+  if (kind_ != TaskKind::causal_lm) totals.confusion.assign(label_names_.size() * label_names_.size(), 0);
+  if (model_->entity_metrics) totals.entities.assign(3, 0);
+  return totals;
+}
+
+void Task::evaluate(const TaskBatch& batch, EvalTotals& totals) {
+  totals.count += batch.target_count;
+  if (model_->lm) {
+    totals.loss_sum += loss_sum(batch).item<double>();
+    return;
+  }
+  torch::Tensor logits = model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids);
+  totals.loss_sum += cross_entropy_sum(logits, batch.targets).item<double>();
+  const torch::Tensor predicted = logits.argmax(-1).to(torch::kCPU).contiguous();  // (B) or (B, T)
+  const std::span<const int64_t> predictions(predicted.data_ptr<int64_t>(), static_cast<std::size_t>(predicted.numel()));
+  ConfusionMatrix confusion(static_cast<int64_t>(label_names_.size()));
+  confusion.counts() = totals.confusion;
+  confusion.add(batch.host_labels, predictions);  // positions with label -100 are skipped
+  totals.confusion = confusion.counts();
+  if (model_->entity_metrics) {
+    EntityCounts entities = EntityCounts::from_vector(totals.entities);
+    const int64_t width = batch.input_ids.size(1);
+    const std::span<const int64_t> truth(batch.host_labels);
+    for (int64_t row = 0; row < batch.input_ids.size(0); ++row)
+      add_sentence(entities, truth.subspan(row * width, width), predictions.subspan(row * width, width), label_names_);
+    totals.entities = entities.as_vector();
+  }
+}
+
+nlohmann::json Task::metrics(const EvalTotals& totals) const {
+  nlohmann::json out;
+  const double loss = totals.count > 0 ? totals.loss_sum / static_cast<double>(totals.count) : 0.0;
+  out["loss"] = loss;
+  out["targets"] = totals.count;
+  if (kind_ == TaskKind::causal_lm) {
+    out["perplexity"] = perplexity(loss);
+    return out;
+  }
+  ConfusionMatrix confusion(static_cast<int64_t>(label_names_.size()));
+  confusion.counts() = totals.confusion;
+  out["accuracy"] = confusion.accuracy();
+  out["macro_f1"] = confusion.macro_f1();
+  if (!totals.entities.empty()) {
+    const EntityCounts entities = EntityCounts::from_vector(totals.entities);
+    out["entity_precision"] = entities.precision();
+    out["entity_recall"] = entities.recall();
+    out["entity_f1"] = entities.f1();
+  }
+  return out;
+}
+
+void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing) const {
+  if (model_->lm) model_->lm->save(dir, existing);
+  else model_->classifier->save(dir, existing);
+}
+
+}  // namespace ftrain::launch

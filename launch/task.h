@@ -1,0 +1,91 @@
+// What a run trains, decided by the dataset's `task` attribute: a causal language model
+// (domain adaptation, instruction tuning with masked prompts), or a classifier of
+// sequences or tokens on top of a pretrained body. A Task owns the model and knows its
+// loss, its evaluation metrics and its export.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/streaming_loader.h"
+#include "model/hf_checkpoint.h"
+
+namespace ftrain::launch {
+
+struct Config;
+
+enum class TaskKind { causal_lm, sequence_classification, token_classification };
+
+// One micro-batch on the model's device.
+struct TaskBatch {
+  at::Tensor input_ids;       // (B, T) int64
+  at::Tensor attention_mask;  // (B, T) int64, or undefined for unpadded rows
+  at::Tensor token_type_ids;  // (B, T) int64, or undefined
+  at::Tensor targets;         // causal LM: (B, T-1) next tokens; classification: (B) or (B, T) labels, -100 = none
+  at::Tensor target_mask;     // causal LM: (B, T-1) float, 1 where the position is a target
+  int64_t target_count = 0;   // targets in the batch, counted on the host
+  std::vector<int64_t> host_labels;  // classification: the labels, for the metrics
+};
+
+// Sufficient statistics of an evaluation, summed over batches and ranks.
+struct EvalTotals {
+  double loss_sum = 0;
+  int64_t count = 0;               // targets
+  std::vector<int64_t> confusion;  // classification: num_labels^2, row = truth
+  std::vector<int64_t> entities;   // token classification: true, predicted, correct
+};
+
+class Task {
+ public:
+  // Builds the model the dataset's task asks for from model.path. Throws
+  // std::runtime_error naming the dataset or key for a task the model cannot do.
+  Task(const Config& config, const data::DatasetInfo& dataset);
+  ~Task();
+  Task(Task&&) noexcept;
+  Task& operator=(Task&&) noexcept;
+
+  TaskKind kind() const { return kind_; }
+  const std::string& name() const;        // causal_lm | sequence_classification | token_classification
+  const std::string& family() const;      // model_type of the body
+  int64_t vocab_size() const;
+  torch::nn::Module& module();
+  std::vector<std::string> load_warnings() const;
+
+  // Whether a parameter belongs to the new head (what a frozen-body stage trains).
+  // Always false for a causal LM.
+  bool is_head_parameter(const std::string& name) const;
+
+  // The validation metric that picks the best model when train.eval_metric is auto,
+  // and all those metrics() reports.
+  std::string default_metric() const;
+  std::vector<std::string> metric_names() const;
+
+  TaskBatch prepare(const data::Batch& batch, const c10::Device& device) const;
+  // Sum of the loss over the batch's targets (divide by the global target count).
+  at::Tensor loss_sum(const TaskBatch& batch);
+  // Forward pass in the current mode, adding loss and metric counts to `totals`.
+  void evaluate(const TaskBatch& batch, EvalTotals& totals);
+  EvalTotals empty_totals() const;
+  // The metrics of summed totals: loss, and perplexity, accuracy, macro_f1 or
+  // entity_precision/recall/f1 as the task has them.
+  nlohmann::json metrics(const EvalTotals& totals) const;
+
+  // Writes the model as a Hugging Face directory (with label names for classifiers).
+  void save(const std::filesystem::path& dir, model::ExistingDirectory existing) const;
+
+ private:
+  struct Model;
+  TaskKind kind_;
+  std::vector<std::string> label_names_;
+  std::unique_ptr<Model> model_;
+};
+
+}  // namespace ftrain::launch
