@@ -154,6 +154,48 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   return torch::dropout(c_proj(y), resid_pdrop_, is_training());
 }
 
+namespace {
+
+// The keys of all earlier positions: with cached keys (B, nh, T_cached, hs), keys
+// (B, nh, T_new, hs) become (B, nh, T_cached + T_new, hs).
+torch::Tensor append_to(torch::Tensor& cached, const torch::Tensor& fresh) {
+  cached = cached.defined() ? torch::cat({cached, fresh}, /*dim=*/2) : fresh;
+  return cached;
+}
+
+}  // namespace
+
+torch::Tensor CausalSelfAttentionImpl::forward_cached(const torch::Tensor& x, torch::Tensor& keys,
+                                                      torch::Tensor& values) {
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t past = keys.defined() ? keys.size(2) : 0;
+  // (B, T, C) -> 3 x (B, T, nh * hs) -> 3 x (B, nh, T, hs)
+  auto qkv = c_attn(x).chunk(3, /*dim=*/-1);
+  const int64_t n_heads = qkv[0].size(-1) / head_dim_;
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, head_dim_}).transpose(1, 2); };
+  torch::Tensor q = heads(qkv[0]);
+  // (B, nh, T_cached + T, hs): every position so far
+  torch::Tensor k = append_to(keys, heads(qkv[1])), v = append_to(values, heads(qkv[2]));
+  const auto dtype = q.scalar_type();
+  if (upcast_ && dtype != torch::kFloat) {
+    q = q.to(torch::kFloat), k = k.to(torch::kFloat), v = v.to(torch::kFloat);
+  }
+  // New position i is position past + i: it reads keys 0 .. past + i. Without earlier
+  // positions that is the plain causal mask; a single new position reads them all.
+  std::optional<torch::Tensor> allowed;
+  if (past > 0 && T > 1) {
+    torch::Tensor key = torch::arange(past + T, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+    torch::Tensor query = torch::arange(past, past + T, key.options()).unsqueeze(1);  // (T, 1)
+    allowed = (key.unsqueeze(0) <= query).view({1, 1, T, past + T});  // bool (1, 1, T, T_cached + T)
+  }
+  // (B, nh, T, hs)
+  torch::Tensor y = at::scaled_dot_product_attention(q, k, v, allowed, is_training() ? attn_pdrop_ : 0.0,
+                                                     /*is_causal=*/past == 0, scale_);
+  // (B, nh, T, hs) -> (B, T, nh * hs)
+  y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
+  return torch::dropout(c_proj(y), resid_pdrop_, is_training());
+}
+
 // ---------------------------------------------------------------------------------
 // MLP
 
@@ -187,6 +229,11 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
   return y + mlp(ln_2(y));
 }
 
+torch::Tensor BlockImpl::forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values) {
+  torch::Tensor y = x + attn->forward_cached(ln_1(x), keys, values);
+  return y + mlp(ln_2(y));
+}
+
 // ---------------------------------------------------------------------------------
 // Model
 
@@ -200,12 +247,20 @@ Gpt2TransformerImpl::Gpt2TransformerImpl(const Gpt2Config& config)
                                                           .eps(config.layer_norm_epsilon)));
 }
 
-torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
+namespace {
+
+void check_input_ids(const torch::Tensor& input_ids) {
   if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong)
     throw std::runtime_error("Gpt2: input_ids must be an int64 tensor of shape (B, T), got " +
                              (input_ids.defined() ? std::string(c10::toString(input_ids.scalar_type())) + " " +
                                                         c10::str(input_ids.sizes())
                                                   : std::string("an undefined tensor")));
+}
+
+}  // namespace
+
+torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
+  check_input_ids(input_ids);
   const int64_t T = input_ids.size(1);
   if (T > n_positions_)
     throw std::runtime_error("Gpt2: sequence length " + std::to_string(T) + " exceeds n_positions " +
@@ -214,6 +269,29 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
   // (B, T) -> (B, T, C) tokens + (T, C) positions
   torch::Tensor x = torch::dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
   for (const auto& block : *h) x = block->as<BlockImpl>()->forward(x);
+  return ln_f(x);
+}
+
+torch::Tensor Gpt2TransformerImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
+  check_input_ids(input_ids);
+  const int64_t n_layer = static_cast<int64_t>(h->size());
+  if (cache.keys.empty()) cache.keys.resize(n_layer), cache.values.resize(n_layer);
+  if (static_cast<int64_t>(cache.keys.size()) != n_layer || cache.values.size() != cache.keys.size())
+    throw std::runtime_error("Gpt2: the KvCache holds " + std::to_string(cache.keys.size()) +
+                             " layers, the model has " + std::to_string(n_layer));
+  const int64_t past = cache.length(), B = input_ids.size(0), T = input_ids.size(1);
+  if (past > 0 && cache.keys.front().size(0) != B)
+    throw std::runtime_error("Gpt2: the KvCache holds " + std::to_string(cache.keys.front().size(0)) +
+                             " sequences, input_ids " + std::to_string(B));
+  if (past + T > n_positions_)
+    throw std::runtime_error("Gpt2: position " + std::to_string(past + T - 1) + " is past n_positions " +
+                             std::to_string(n_positions_) + " (" + std::to_string(past) + " cached + " +
+                             std::to_string(T) + " new tokens)");
+  torch::Tensor positions = torch::arange(past, past + T, input_ids.options());
+  // (B, T) -> (B, T, C) tokens + (T, C) positions past .. past + T - 1
+  torch::Tensor x = torch::dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
+  for (int64_t i = 0; i < n_layer; ++i)
+    x = h[i]->as<BlockImpl>()->forward_cached(x, cache.keys[i], cache.values[i]);
   return ln_f(x);
 }
 
@@ -237,5 +315,13 @@ torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
 }
 
 torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids) { return logits(hidden_states(input_ids)); }
+
+torch::Tensor Gpt2Impl::hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache) {
+  return transformer->forward_cached(input_ids, cache);
+}
+
+torch::Tensor Gpt2Impl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
+  return logits(hidden_states_cached(input_ids, cache));
+}
 
 }  // namespace ftrain::model

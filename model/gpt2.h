@@ -16,6 +16,8 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include "model/generation.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -73,6 +75,10 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
  public:
   CausalSelfAttentionImpl(const Gpt2Config& config, int64_t layer_index);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+  // x (B, T_new, C) at positions T_cached, T_cached + 1, ... -> (B, T_new, C). Attends to
+  // keys and values (B, nh, T_cached, hs) of the earlier positions (undefined when there
+  // are none) and to its own, which it appends to them.
+  torch::Tensor forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values);
 
   torch::nn::Linear c_attn{nullptr};  // C -> 3C, [queries | keys | values]
   torch::nn::Linear c_proj{nullptr};  // C -> C
@@ -106,6 +112,8 @@ class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const Gpt2Config& config, int64_t layer_index);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+  // (B, T_new, C) -> (B, T_new, C); keys and values as for CausalSelfAttention.
+  torch::Tensor forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values);
 
   torch::nn::LayerNorm ln_1{nullptr};
   CausalSelfAttention attn{nullptr};
@@ -120,6 +128,9 @@ class Gpt2TransformerImpl : public torch::nn::Module {
  public:
   explicit Gpt2TransformerImpl(const Gpt2Config& config);
   torch::Tensor forward(const torch::Tensor& input_ids);  // (B, T) int64 -> (B, T, C)
+  // (B, T_new) int64 -> (B, T_new, C) for the tokens that follow those in the cache,
+  // whose keys and values it appends to the cache.
+  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
   torch::nn::Embedding wte{nullptr};  // (V, C) token embedding
   torch::nn::Embedding wpe{nullptr};  // (n_positions, C) position embedding
@@ -145,6 +156,13 @@ class Gpt2Impl : public torch::nn::Module {
   torch::Tensor hidden_states(const torch::Tensor& input_ids);
   // (B, T, C) hidden states -> (B, T, V) logits.
   torch::Tensor logits(const torch::Tensor& hidden_states);
+
+  // Incremental decoding: (B, T_new) int64 ids of the tokens that follow those already
+  // in `cache` (empty at the start) -> (B, T_new, C) hidden states or (B, T_new, V)
+  // logits, equal to those of the same positions in one forward over the whole
+  // sequence. Appends the new positions' keys and values to the cache.
+  torch::Tensor hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache);
+  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
   const Gpt2Config& config() const { return config_; }
 

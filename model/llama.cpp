@@ -396,6 +396,31 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& config, int64_t /*laye
   o_proj = register_module("o_proj", linear(q_width, C, config.o_bias()));
 }
 
+namespace {
+
+// q (B, nh, Tq, hs), k and v (B, nkv, Tk, hs) -> (B, nh, Tq, hs); query head h reads
+// key/value head h / (nh / nkv). `allowed` as for LlamaAttention; without it, query i
+// reads keys 0 .. i when `causal`, else every key.
+torch::Tensor attend(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, const torch::Tensor& allowed,
+                     bool causal, double dropout) {
+  const int64_t n_heads = q.size(1), n_kv_heads = k.size(1);
+  if (n_heads % n_kv_heads != 0)
+    throw std::runtime_error("LlamaAttention: q_proj gives " + std::to_string(n_heads) +
+                             " heads, not a multiple of the " + std::to_string(n_kv_heads) + " of k_proj");
+  if (!allowed.defined())
+    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, dropout, causal,
+                                            /*scale=*/std::nullopt, /*enable_gqa=*/n_heads != n_kv_heads);
+  // Fused kernels that take an arbitrary mask do not take fewer key/value heads,
+  // so share them out explicitly: (B, nkv, Tk, hs) -> (B, nh, Tk, hs).
+  if (n_heads != n_kv_heads) {
+    k = k.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
+    v = v.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
+  }
+  return at::scaled_dot_product_attention(q, k, v, allowed, dropout, /*is_causal=*/false);
+}
+
+}  // namespace
+
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryAngles& angles,
                                           const torch::Tensor& allowed) {
   const int64_t B = x.size(0), T = x.size(1);
@@ -404,28 +429,30 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryAn
   torch::Tensor q = apply_rotary(heads(q_proj(x)), angles);
   torch::Tensor k = apply_rotary(heads(k_proj(x)), angles);
   torch::Tensor v = heads(v_proj(x));
-  const int64_t n_heads = q.size(1), n_kv_heads = k.size(1);
-  if (n_heads % n_kv_heads != 0)
-    throw std::runtime_error("LlamaAttention: q_proj gives " + std::to_string(n_heads) +
-                             " heads, not a multiple of the " + std::to_string(n_kv_heads) + " of k_proj");
-  const double dropout = is_training() ? attention_dropout_ : 0.0;
-
-  // (B, nh, T, hs); query head h reads key/value head h / (nh / nkv).
-  torch::Tensor y;
-  if (!allowed.defined()) {
-    y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, dropout, /*is_causal=*/true,
-                                         /*scale=*/std::nullopt, /*enable_gqa=*/n_heads != n_kv_heads);
-  } else {
-    // Fused kernels that take an arbitrary mask do not take fewer key/value heads,
-    // so share them out explicitly: (B, nkv, T, hs) -> (B, nh, T, hs).
-    if (n_heads != n_kv_heads) {
-      k = k.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
-      v = v.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
-    }
-    y = at::scaled_dot_product_attention(q, k, v, allowed, dropout, /*is_causal=*/false);
-  }
+  // (B, nh, T, hs)
+  torch::Tensor y = attend(q, k, v, allowed, /*causal=*/true, is_training() ? attention_dropout_ : 0.0);
   // (B, nh, T, hs) -> (B, T, nh * hs) -> (B, T, C)
-  return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim_}));
+  return o_proj(y.transpose(1, 2).reshape({B, T, q.size(1) * head_dim_}));
+}
+
+torch::Tensor LlamaAttentionImpl::forward_cached(const torch::Tensor& x, const RotaryAngles& angles,
+                                                 const torch::Tensor& allowed, torch::Tensor& keys,
+                                                 torch::Tensor& values) {
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t past = keys.defined() ? keys.size(2) : 0;
+  // (B, T, C) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
+  torch::Tensor q = apply_rotary(heads(q_proj(x)), angles);
+  torch::Tensor k = apply_rotary(heads(k_proj(x)), angles);
+  torch::Tensor v = heads(v_proj(x));
+  // (B, nkv, T_cached + T, hs): every position so far, keys already rotated by their own angles
+  keys = past > 0 ? torch::cat({keys, k}, /*dim=*/2) : k;
+  values = past > 0 ? torch::cat({values, v}, /*dim=*/2) : v;
+  // Without earlier positions "each sees itself and those before" is the plain causal
+  // mask; with them, a single new position sees every key.
+  torch::Tensor y = attend(q, keys, values, allowed, /*causal=*/past == 0, is_training() ? attention_dropout_ : 0.0);
+  // (B, nh, T, hs) -> (B, T, nh * hs) -> (B, T, C)
+  return o_proj(y.transpose(1, 2).reshape({B, T, q.size(1) * head_dim_}));
 }
 
 // ---------------------------------------------------------------------------------
@@ -461,6 +488,13 @@ torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x, const RotaryAngles
   return h + mlp(post_attention_layernorm(h));
 }
 
+torch::Tensor LlamaBlockImpl::forward_cached(const torch::Tensor& x, const RotaryAngles& angles,
+                                             const torch::Tensor& allowed, torch::Tensor& keys,
+                                             torch::Tensor& values) {
+  torch::Tensor h = x + self_attn->forward_cached(input_layernorm(x), angles, allowed, keys, values);
+  return h + mlp(post_attention_layernorm(h));
+}
+
 // ---------------------------------------------------------------------------------
 // Model
 
@@ -481,6 +515,25 @@ torch::Tensor attention_mask_for(int64_t T, const torch::Tensor& is_token, std::
     allowed = allowed & (is_token.view({B, 1, 1, T}) | (key == query).view({1, 1, T, T}));
   }
   return allowed;
+}
+
+void check_input_ids(const torch::Tensor& input_ids) {
+  if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong)
+    throw std::runtime_error("Llama: input_ids must be an int64 tensor of shape (B, T), got " +
+                             (input_ids.defined() ? std::string(c10::toString(input_ids.scalar_type())) + " " +
+                                                        c10::str(input_ids.sizes())
+                                                  : std::string("an undefined tensor")));
+}
+
+// bool (1, 1, T, past + T): new query i, at position past + i, may read key k when k is
+// not after it and lies within the window.
+torch::Tensor cached_attention_mask_for(int64_t past, int64_t T, std::optional<int64_t> window,
+                                        const torch::Device& device) {
+  torch::Tensor key = torch::arange(past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
+  torch::Tensor query = torch::arange(past, past + T, key.options()).unsqueeze(1);  // (T, 1)
+  torch::Tensor allowed = key <= query;                                             // (T, past + T)
+  if (window) allowed = allowed & (key > query - *window);
+  return allowed.view({1, 1, T, past + T});
 }
 
 }  // namespace
@@ -527,11 +580,7 @@ RotaryAngles LlamaModelImpl::rotary_angles(const torch::Tensor& positions, torch
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
-  if (!input_ids.defined() || input_ids.dim() != 2 || input_ids.scalar_type() != torch::kLong)
-    throw std::runtime_error("Llama: input_ids must be an int64 tensor of shape (B, T), got " +
-                             (input_ids.defined() ? std::string(c10::toString(input_ids.scalar_type())) + " " +
-                                                        c10::str(input_ids.sizes())
-                                                  : std::string("an undefined tensor")));
+  check_input_ids(input_ids);
   const int64_t T = input_ids.size(1);
   const torch::Device device = input_ids.device();
 
@@ -563,6 +612,39 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
   return norm(x);
 }
 
+torch::Tensor LlamaModelImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
+  check_input_ids(input_ids);
+  const int64_t n_layers = static_cast<int64_t>(layers->size());
+  if (cache.keys.empty()) cache.keys.resize(n_layers), cache.values.resize(n_layers);
+  if (static_cast<int64_t>(cache.keys.size()) != n_layers || cache.values.size() != cache.keys.size())
+    throw std::runtime_error("Llama: the KvCache holds " + std::to_string(cache.keys.size()) +
+                             " layers, the model has " + std::to_string(n_layers));
+  const int64_t past = cache.length(), B = input_ids.size(0), T = input_ids.size(1);
+  if (past > 0 && cache.keys.front().size(0) != B)
+    throw std::runtime_error("Llama: the KvCache holds " + std::to_string(cache.keys.front().size(0)) +
+                             " sequences, input_ids " + std::to_string(B));
+  const torch::Device device = input_ids.device();
+
+  // (1, T): positions past .. past + T - 1
+  torch::Tensor positions =
+      torch::arange(past, past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
+  torch::Tensor x = embed_tokens(input_ids);  // (B, T) -> (B, T, C)
+  const RotaryAngles angles = rotary_angles(positions, x.scalar_type());
+
+  // A mask only where "each new position sees every earlier one and itself" is not the
+  // rule: several new positions after cached ones, or a window shorter than the sequence.
+  std::map<int64_t, torch::Tensor> masks;  // window (0: none) -> mask
+  for (int64_t i = 0; i < n_layers; ++i) {
+    std::optional<int64_t> window = config_.attention_window(i);
+    if (window && *window >= past + T) window.reset();  // the window covers the whole sequence
+    const int64_t key = window.value_or(0);
+    if (!masks.count(key))
+      masks[key] = (window || (past > 0 && T > 1)) ? cached_attention_mask_for(past, T, window, device) : torch::Tensor();
+    x = layers[i]->as<LlamaBlockImpl>()->forward_cached(x, angles, masks[key], cache.keys[i], cache.values[i]);
+  }
+  return norm(x);
+}
+
 LlamaImpl::LlamaImpl(const LlamaConfig& config) : config_(config) {
   try {
     config_.validate();
@@ -587,6 +669,14 @@ torch::Tensor LlamaImpl::logits(const torch::Tensor& hidden_states) {
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
   return logits(hidden_states(input_ids, attention_mask));
+}
+
+torch::Tensor LlamaImpl::hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache) {
+  return model->forward_cached(input_ids, cache);
+}
+
+torch::Tensor LlamaImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
+  return logits(hidden_states_cached(input_ids, cache));
 }
 
 }  // namespace ftrain::model

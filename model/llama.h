@@ -16,6 +16,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include "model/generation.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -137,6 +139,13 @@ class LlamaAttentionImpl : public torch::nn::Module {
   // x (B, T, C), angles (B or 1, T, hs), allowed: undefined for plain causal
   // attention, else a bool (B or 1, 1, T, T) mask of the keys each query may see.
   torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed);
+  // x (B, T_new, C) at positions T_cached, T_cached + 1, ..., angles of those positions,
+  // allowed: undefined when each new position may see every earlier one and itself,
+  // else bool (1, 1, T_new, T_cached + T_new). Attends to keys and values
+  // (B, nkv, T_cached, hs) of the earlier positions (undefined when there are none) and
+  // to its own, which it appends to them. -> (B, T_new, C)
+  torch::Tensor forward_cached(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
+                               torch::Tensor& keys, torch::Tensor& values);
 
   torch::nn::Linear q_proj{nullptr};  // C -> nh * hs
   torch::nn::Linear k_proj{nullptr};  // C -> nkv * hs
@@ -167,6 +176,9 @@ class LlamaBlockImpl : public torch::nn::Module {
   LlamaBlockImpl(const LlamaConfig& config, int64_t layer_index);
   // (B, T, C) -> (B, T, C); `allowed` as for LlamaAttention.
   torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed);
+  // (B, T_new, C) -> (B, T_new, C); the rest as for LlamaAttention::forward_cached.
+  torch::Tensor forward_cached(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
+                               torch::Tensor& keys, torch::Tensor& values);
 
   LlamaRmsNorm input_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
@@ -182,6 +194,9 @@ class LlamaModelImpl : public torch::nn::Module {
   explicit LlamaModelImpl(const LlamaConfig& config);
   // (B, T) int64 -> (B, T, C). attention_mask as for LlamaImpl::forward.
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
+  // (B, T_new) int64 -> (B, T_new, C) for the tokens that follow those in the cache, at
+  // positions T_cached, T_cached + 1, ...; appends their keys and values to the cache.
+  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
   torch::nn::Embedding embed_tokens{nullptr};  // (V, C)
   torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks
@@ -214,6 +229,16 @@ class LlamaImpl : public torch::nn::Module {
   torch::Tensor hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
   // (B, T, C) hidden states -> (B, T, V) logits.
   torch::Tensor logits(const torch::Tensor& hidden_states);
+
+  // Incremental decoding: (B, T_new) int64 ids of the tokens that follow those already
+  // in `cache` (empty at the start), no padding -> (B, T_new, C) hidden states or
+  // (B, T_new, V) logits, equal to those of the same positions in one forward over the
+  // whole sequence. Appends the new positions' keys and values to the cache.
+  // With "dynamic" rope scaling the angles depend on the sequence length, so keys cached
+  // before a sequence outgrew max_position_embeddings keep the angles of their step
+  // (as in transformers).
+  torch::Tensor hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache);
+  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
   const LlamaConfig& config() const { return config_; }
 
