@@ -1,8 +1,9 @@
 // ftrain-generate: continues a prompt with a causal language model loaded from a Hugging
 // Face directory (a run's <run.dir>/final export, or any GPT-2, Llama, Mistral or Qwen2
-// directory with a tokenizer), greedily or by sampling (docs/generation.md).
+// directory), greedily or by sampling (docs/generation.md). The tokenizer comes from
+// the model directory or, for a final/ export, which holds none, from --tokenizer.
 //
-//   ftrain-generate --model runs/x/final --prompt "Once upon a time" --temperature 0
+//   ftrain-generate --model runs/x/final --tokenizer models/base --prompt "Once upon a time" --temperature 0
 //
 // Prints the prompt followed by the continuation on stdout, and the token counts and
 // speed on stderr.
@@ -35,6 +36,7 @@ constexpr int kUsageError = 2;
 
 struct GenerateOptions {
   fs::path model;
+  fs::path tokenizer;  // directory holding the tokenizer files; defaults to model
   std::string prompt;
   std::string device = "cpu";
   int threads = 0;          // 0: LibTorch's default
@@ -63,14 +65,17 @@ std::string read_prompt_file(const fs::path& path) {
 std::optional<GenerateOptions> parse_options(int argc, char** argv) {
   GenerateOptions options;
   ftrain::model::GenerationOptions& generation = options.generation;
-  std::string model, prompt_file;
+  std::string model, tokenizer, prompt_file;
   po::options_description described(
       "ftrain-generate: continue a prompt with a causal language model (GPT-2, Llama, Mistral, Qwen2)\n\n"
       "Options");
   described.add_options()
       ("help,h", "print this help")
       ("model", po::value(&model)->required(),
-       "Hugging Face model directory: config.json, model.safetensors and the tokenizer (e.g. <run.dir>/final)")
+       "Hugging Face model directory: config.json and model.safetensors (e.g. <run.dir>/final)")
+      ("tokenizer", po::value(&tokenizer),
+       "directory with the tokenizer (tokenizer.json, or vocab.json + merges.txt); default --model. A run's "
+       "final/ holds no tokenizer: give the model.path the run started from")
       ("prompt", po::value(&options.prompt), "the text to continue")
       ("prompt-file", po::value(&prompt_file), "a file whose whole text (less a final newline) is the prompt")
       ("max-new-tokens", po::value(&generation.max_new_tokens)->default_value(generation.max_new_tokens),
@@ -93,13 +98,17 @@ std::optional<GenerateOptions> parse_options(int argc, char** argv) {
   po::store(po::parse_command_line(argc, argv, described), values);
   if (values.count("help")) {
     std::cout << described << "\n"
-              << "Example:\n  ftrain-generate --model runs/tiny/final --prompt \"Once upon a time\" --temperature 0\n";
+              << "Example:\n  ftrain-generate --model runs/tiny/final --tokenizer configs/models/tiny-gpt2 --prompt \"Once upon a time\" "
+                 "--temperature 0\n";
     return std::nullopt;
   }
   po::notify(values);
 
   options.model = model;
   if (!fs::is_directory(options.model)) throw po::error("--model: directory '" + model + "' not found");
+  options.tokenizer = values.count("tokenizer") ? fs::path(tokenizer) : options.model;
+  if (!fs::is_directory(options.tokenizer))
+    throw po::error("--tokenizer: directory '" + options.tokenizer.string() + "' not found");
   if (values.count("prompt") == values.count("prompt-file"))
     throw po::error("give exactly one of --prompt and --prompt-file");
   if (values.count("prompt-file")) options.prompt = read_prompt_file(prompt_file);
@@ -144,7 +153,15 @@ int run(const GenerateOptions& options) {
   if (device->is_cuda() && !torch::cuda::is_available())
     throw po::error("--device " + options.device + ": CUDA is not available on this machine");
 
-  std::unique_ptr<data::Tokenizer> tokenizer = data::load_tokenizer(options.model);
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  try {
+    tokenizer = data::load_tokenizer(options.tokenizer);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string(e.what()) +
+                             (options.tokenizer == options.model
+                                  ? " (a run's final/ has no tokenizer: give --tokenizer <the directory it started from>)"
+                                  : ""));
+  }
   model::CausalLm model = model::CausalLm::load({.path = options.model});
   model.module().to(*device);
 
