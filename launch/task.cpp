@@ -145,7 +145,7 @@ TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) con
   }
   auto labels = torch::from_blob(const_cast<int64_t*>(batch.labels.data()),
                                  per_row ? c10::IntArrayRef{rows} : c10::IntArrayRef{rows, width}, torch::kInt64);
-  out.targets = labels.to(device);
+  out.targets = labels.to(device, torch::kInt64, /*non_blocking=*/false, /*copy=*/true);  // the batch is temporary
   return out;
 }
 

@@ -601,8 +601,13 @@ class Trainer {
       }
 
       bool stop_early = false;
-      if (config_.train.eval_every > 0 && step_ % config_.train.eval_every == 0 && step_ < config_.train.steps)
+      // The end of the head-only stage is always validated, to show what it reached.
+      const bool stage_end = step_ == config_.train.freeze_base_steps;
+      if (((config_.train.eval_every > 0 && step_ % config_.train.eval_every == 0) || stage_end) &&
+          step_ < config_.train.steps) {
+        if (stage_end && rank0()) std::cout << "ftrain: head-only stage done (train.freeze_base_steps)\n";
         stop_early = report_validation();
+      }
       if (stop_early) {
         if (rank0())
           std::cout << "ftrain: stopping early at step " << step_ << ": validation " << eval_metric_ << " has not improved for "
