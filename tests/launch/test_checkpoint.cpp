@@ -77,6 +77,29 @@ BOOST_AUTO_TEST_CASE(keeps_the_newest_k_and_ignores_uncommitted) {
   BOOST_TEST(store.latest_valid()->filename() == "step_00000020");
 }
 
+// The best checkpoint survives `keep`; the newest `keep` others are kept beside it.
+BOOST_AUTO_TEST_CASE(the_best_checkpoint_is_kept_beyond_keep) {
+  CheckpointStore store(fresh_dir("best"), 2);
+  BOOST_TEST(!store.best().has_value());
+  const fs::path second = store.save(20, sample_state(20), {});
+  store.mark_best(second, {{"metric", "accuracy"}, {"value", 0.9}});
+  for (int step : {30, 40, 50}) store.save(step, sample_state(step), {});
+  std::vector<std::string> names;
+  for (const auto& path : store.committed()) names.push_back(path.filename().string());
+  BOOST_TEST((names == std::vector<std::string>{"step_00000020", "step_00000040", "step_00000050"}));
+  BOOST_REQUIRE(store.best().has_value());
+  BOOST_TEST(store.best()->filename() == "step_00000020");
+
+  // A newer best releases the old one to the ordinary rule.
+  store.mark_best(store.committed().back(), {{"metric", "accuracy"}, {"value", 0.95}});
+  names.clear();
+  for (const auto& path : store.committed()) names.push_back(path.filename().string());
+  BOOST_TEST((names == std::vector<std::string>{"step_00000040", "step_00000050"}));
+  // A best record pointing at a checkpoint that is gone is no best.
+  fs::remove(store.directory() / "step_00000050" / "COMMITTED");
+  BOOST_TEST(!store.best().has_value());
+}
+
 BOOST_AUTO_TEST_CASE(corrupt_checkpoint_is_detected_and_skipped) {
   CheckpointStore store(fresh_dir("corrupt"), 3);
   store.save(1, sample_state(1), {});
