@@ -53,8 +53,8 @@ struct GenerationOptions {
 //   one), the kept ones renormalised. Equal probabilities are ranked by token id.
 at::Tensor next_token_probabilities(const at::Tensor& logits, const GenerationOptions& options);
 
-// Draws next tokens from next_token_probabilities with its own generator on the CPU, so
-// a seed gives the same draws on every device.
+// Draws next tokens from next_token_probabilities with its own seeded generator on the
+// CPU, so equal seeds and logits give equal draws whichever device computed the logits.
 class TokenSampler {
  public:
   explicit TokenSampler(const GenerationOptions& options);  // validates options
