@@ -1,6 +1,7 @@
 #include "launch/options.h"
 
 #include "launch/metrics.h"
+#include "launch/precision.h"
 
 #include <boost/program_options.hpp>
 #include <filesystem>
@@ -107,6 +108,12 @@ std::vector<Section> describe(Config& c) {
       .add("test_split", &c.train.test_split,
            "split evaluated once after training, with the best model, into <run.dir>/test_report.json "
            "(skipped when the dataset has no such split; empty = never)")
+      .add("precision", &c.train.precision,
+           "fp32 | bf16 | fp16: dtype of the forward pass's matrix products under autocast; weights, gradients and "
+           "optimizer state stay fp32")
+      .add("loss_scale", &c.train.loss_scale, "fp16: initial dynamic loss scale")
+      .add("loss_scale_window", &c.train.loss_scale_window,
+           "fp16: steps with finite gradients after which the loss scale doubles")
       .add("freeze_base_steps", &c.train.freeze_base_steps,
            "classification: train only the new head (the pretrained body frozen) for this many steps, "
            "then everything");
@@ -176,6 +183,9 @@ void TrainOptions::validate() const {
   require_non_negative("train.eval_samples", static_cast<double>(eval_samples));
   require_non_negative("train.early_stopping_patience", static_cast<double>(early_stopping_patience));
   require_non_negative("train.freeze_base_steps", static_cast<double>(freeze_base_steps));
+  (void)compute_dtype(precision);
+  require_positive("train.loss_scale", loss_scale);
+  require_positive("train.loss_scale_window", static_cast<double>(loss_scale_window));
   if (freeze_base_steps >= steps)
     fail("train.freeze_base_steps", "must be below train.steps (" + std::to_string(steps) +
                                         ") so that the whole model is trained at the end");

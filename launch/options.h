@@ -44,6 +44,9 @@ struct TrainOptions {
   int64_t early_stopping_patience = 0;  // validations without improvement before stopping; 0 = never
   std::string test_split = "test";      // evaluated once at the end; empty = never
   int64_t freeze_base_steps = 0;        // classification: head-only steps before full fine-tuning
+  std::string precision = "fp32";       // fp32 | bf16 | fp16: autocast dtype of the forward pass
+  double loss_scale = 65536;            // fp16: initial dynamic loss scale
+  int64_t loss_scale_window = 1000;     // fp16: finite steps in a row before the scale doubles
   void validate() const;
 };
 

@@ -19,6 +19,7 @@
 #include "launch/adamw.h"
 #include "launch/checkpoint.h"
 #include "launch/metrics.h"
+#include "launch/precision.h"
 #include "launch/task.h"
 #include "model/safetensors.h"
 
@@ -57,7 +58,11 @@ class MetricsLog {
 
 class Trainer {
  public:
-  Trainer(const Config& config, dist::Communicator& comm) : config_(config), comm_(comm) {}
+  Trainer(const Config& config, dist::Communicator& comm)
+      : config_(config),
+        comm_(comm),
+        autocast_dtype_(compute_dtype(config.train.precision)),
+        scaler_(config.train.precision == "fp16", config.train.loss_scale, config.train.loss_scale_window) {}
 
   int run() {
     prepare_run_dir();
@@ -245,6 +250,8 @@ class Trainer {
       return task->is_head_parameter(name) ? optimizer_steps : body_updates;
     });
     if (meta.contains("validation")) restore_validation_state(meta["validation"]);
+    if (scaler_.enabled() && meta.contains("loss_scale"))
+      scaler_.restore(meta["loss_scale"]["scale"].get<double>(), meta["loss_scale"]["good_steps"].get<int64_t>());
     last_saved_step_ = step_;
     loader_->restore(data::LoaderState{meta.at("data").at("global_position").get<int64_t>()});
     if (rank0()) {
@@ -316,6 +323,7 @@ class Trainer {
             {"zero", config_.zero.stage}}},
           {"model", {{"family", task_->family()}, {"task", task_->name()}, {"path", config_.model.path}}},
           {"validation", validation_state()},
+          {"loss_scale", {{"scale", scaler_.scale()}, {"good_steps", scaler_.good_steps()}}},
           {"config", config_.resolved_ini},
       };
       auto dir = store_->save(step_, tensors, meta);
@@ -356,7 +364,10 @@ class Trainer {
     torch::NoGradGuard no_grad;
     task_->module().eval();
     EvalTotals totals = task_->empty_totals();
-    while (auto batch = reader.next()) task_->evaluate(task_->prepare(*batch, comm_.device()), totals);
+    while (auto batch = reader.next()) {
+      AutocastScope autocast(comm_.device().type(), autocast_dtype_);
+      task_->evaluate(task_->prepare(*batch, comm_.device()), totals);
+    }
     task_->module().train();
 
     // One all-reduce for every count, one for the loss.
@@ -477,6 +488,12 @@ class Trainer {
     if (config_.checkpoint.export_hf && rank0()) {
       const fs::path final_dir = fs::path(config_.run.dir) / "final";
       task_->save(final_dir, model::ExistingDirectory::overwrite);
+      // The tokenizer travels with the weights, so final/ is a complete model directory.
+      for (const char* file : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                               "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json"}) {
+        const fs::path source = fs::path(config_.model.path) / file;
+        if (fs::exists(source)) fs::copy_file(source, final_dir / file, fs::copy_options::overwrite_existing);
+      }
       std::cout << "ftrain: model of step " << weights_step << " written to " << final_dir.string()
                 << " (Hugging Face format)\n";
     }
@@ -501,11 +518,23 @@ class Trainer {
                 << " from step " << step_ + 1 << "\n";
   }
 
+  void unscale_gradients(double factor) {
+    torch::NoGradGuard no_grad;
+    if (zero_) {
+      zero_->scale_gradients(factor);
+      return;
+    }
+    std::vector<torch::Tensor> grads;
+    for (auto& [name, p] : named_params_)
+      if (p.grad().defined()) grads.push_back(p.mutable_grad());
+    if (!grads.empty()) at::_foreach_mul_(grads, factor);
+  }
+
   double clip_gradients() {
     torch::NoGradGuard no_grad;
     if (zero_) {
       const double norm = std::sqrt(zero_->gradient_square_sum());
-      if (config_.train.grad_clip > 0 && norm > config_.train.grad_clip)
+      if (config_.train.grad_clip > 0 && std::isfinite(norm) && norm > config_.train.grad_clip)
         zero_->scale_gradients(config_.train.grad_clip / (norm + 1e-6));
       return norm;
     }
@@ -516,7 +545,7 @@ class Trainer {
       if (p.grad().defined()) grads.push_back(p.mutable_grad());
     if (grads.empty()) return 0;
     const double norm = torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat64).norm().item<double>();
-    if (config_.train.grad_clip > 0 && norm > config_.train.grad_clip)
+    if (config_.train.grad_clip > 0 && std::isfinite(norm) && norm > config_.train.grad_clip)
       at::_foreach_mul_(grads, config_.train.grad_clip / (norm + 1e-6));
     return norm;
   }
@@ -552,8 +581,12 @@ class Trainer {
       torch::Tensor local_loss_sum =
           torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
       for (auto& batch : micro_batches) {
-        torch::Tensor loss_sum = task_->loss_sum(batch);
-        (loss_sum / static_cast<double>(global_targets)).backward();
+        torch::Tensor loss_sum;
+        {
+          AutocastScope autocast(comm_.device().type(), autocast_dtype_);
+          loss_sum = task_->loss_sum(batch);  // fp32: the cross-entropy runs on fp32 logits
+        }
+        (loss_sum * (scaler_.scale() / static_cast<double>(global_targets))).backward();
         local_loss_sum += loss_sum.detach().to(torch::kFloat64);
       }
       if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
@@ -563,10 +596,14 @@ class Trainer {
       if (!std::isfinite(loss))
         throw std::runtime_error("loss is " + std::to_string(loss) + " at step " + std::to_string(step_ + 1) +
                                  " (lower optim.lr or check the data)");
+      const double loss_scale = scaler_.scale();
+      if (scaler_.enabled()) unscale_gradients(1.0 / loss_scale);
       const double grad_norm = clip_gradients();
+      // The norm is the same on every rank, so all skip or step together.
+      const bool stepped = scaler_.update(std::isfinite(grad_norm));
       ++step_;
       const double lr = learning_rate(schedule, step_);
-      optimizer_->step(lr);
+      if (stepped) optimizer_->step(lr);
       if (zero_) {
         zero_->gather_parameters();
         zero_->zero_grad();
@@ -590,12 +627,15 @@ class Trainer {
                          {"tokens_seen", tokens_seen_},
                          {"step_time_s", step_seconds},
                          {"comm_bytes", step_bytes},
+                         {"loss_scale", loss_scale},
+                         {"skipped", !stepped},
                          {"elapsed_s", seconds_since(run_start)}});
         if (step_ % config_.train.log_every == 0 || step_ == start_step + 1 || step_ == config_.train.steps) {
-          std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s\n",
+          std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s%s\n",
                       static_cast<long long>(step_), static_cast<long long>(config_.train.steps), loss, lr,
                       grad_norm, tokens_per_s,
-                      format_duration(smoothed_step_seconds * (config_.train.steps - step_)).c_str());
+                      format_duration(smoothed_step_seconds * (config_.train.steps - step_)).c_str(),
+                      stepped ? "" : " | skipped: gradients overflowed the fp16 loss scale");
           std::fflush(stdout);
         }
       }
@@ -650,6 +690,8 @@ class Trainer {
   dist::Communicator& comm_;
   std::unique_ptr<Task> task_;
   std::string eval_metric_;
+  std::optional<c10::ScalarType> autocast_dtype_;  // none: fp32
+  LossScaler scaler_;
   std::vector<std::pair<std::string, torch::Tensor>> named_params_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;

@@ -284,6 +284,42 @@ def test_validation_loss_is_reported(workspace):
     assert values[2] == pytest.approx(values[1], rel=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_follows_fp32(workspace, precision):
+    reference = workspace["root"] / "zero_ref"
+    if not (reference / "metrics.jsonl").exists():
+        run_ftrain(1, *base_args(workspace, reference, **{"train.steps": 10}))
+    run_dir = workspace["root"] / f"precision_{precision}"
+    run_ftrain(2, *base_args(workspace, run_dir, **{"train.steps": 10, "train.precision": precision}))
+    expected, records = losses(reference), metric_records(run_dir)
+    got = {r["step"]: r for r in records if "loss" in r}
+    assert sorted(got) == list(range(1, 11))
+    for step in range(1, 11):
+        # bf16 keeps 8 bits of mantissa, fp16 11: the losses follow fp32 closely, not exactly.
+        assert got[step]["loss"] == pytest.approx(expected[step], rel=2e-2), f"{precision}, step {step}"
+        assert got[step]["skipped"] is False
+        assert got[step]["loss_scale"] == (65536 if precision == "fp16" else 1)
+    assert any(got[step]["loss"] != expected[step] for step in got), "autocast changed nothing"
+
+
+def test_fp16_overflow_skips_steps_and_halves_the_scale(workspace):
+    run_dir = workspace["root"] / "fp16_overflow"
+    result = run_ftrain(2, *base_args(workspace, run_dir, **{"train.steps": 16, "train.precision": "fp16",
+                                                             "train.loss_scale": 2 ** 26, "train.log_every": 1}))
+    steps = [r for r in metric_records(run_dir) if "loss" in r]
+    skipped = [r["skipped"] for r in steps]
+    # fp16 tops out at 65504: with a loss scale of 2^26 the backward pass overflows, and
+    # each skipped step halves the scale until the gradients fit.
+    assert skipped[0] is True and False in skipped
+    first_taken = skipped.index(False)
+    assert all(skipped[:first_taken]) and not any(skipped[first_taken:])
+    for before, after in zip(steps[:first_taken], steps[1:first_taken + 1]):
+        assert after["loss_scale"] == pytest.approx(before["loss_scale"] / 2)
+    assert steps[-1]["loss_scale"] == steps[first_taken]["loss_scale"]
+    assert "skipped: gradients overflowed the fp16 loss scale" in result.stdout
+    assert np.isfinite(steps[-1]["loss"]) and steps[-1]["loss"] < steps[0]["loss"]
+
+
 # --- bad input: a clear error naming the file, a non-zero exit on every rank, no hang,
 # --- and nothing already on disk changed.
 

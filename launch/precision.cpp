@@ -1,0 +1,56 @@
+#include "launch/precision.h"
+
+#include <ATen/autocast_mode.h>
+
+#include <stdexcept>
+
+namespace ftrain::launch {
+
+std::optional<c10::ScalarType> compute_dtype(const std::string& precision) {
+  if (precision == "fp32") return std::nullopt;
+  if (precision == "bf16") return c10::ScalarType::BFloat16;
+  if (precision == "fp16") return c10::ScalarType::Half;
+  throw std::runtime_error("train.precision: must be fp32, bf16 or fp16, got '" + precision + "'");
+}
+
+AutocastScope::AutocastScope(c10::DeviceType device, std::optional<c10::ScalarType> dtype) : device_(device) {
+  if (!dtype) return;
+  active_ = true;
+  was_enabled_ = at::autocast::is_autocast_enabled(device_);
+  previous_dtype_ = at::autocast::get_autocast_dtype(device_);
+  at::autocast::set_autocast_enabled(device_, true);
+  at::autocast::set_autocast_dtype(device_, *dtype);
+  at::autocast::increment_nesting();
+}
+
+AutocastScope::~AutocastScope() {
+  if (!active_) return;
+  // Casts of the weights are cached for the scope only: the weights change every step.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(device_, was_enabled_);
+  at::autocast::set_autocast_dtype(device_, previous_dtype_);
+}
+
+LossScaler::LossScaler(bool enabled, double initial_scale, int64_t growth_interval)
+    : enabled_(enabled), scale_(initial_scale), growth_interval_(growth_interval) {}
+
+bool LossScaler::update(bool gradients_finite) {
+  if (!enabled_) return true;
+  if (!gradients_finite) {
+    scale_ /= 2;
+    good_steps_ = 0;
+    return false;
+  }
+  if (++good_steps_ >= growth_interval_) {
+    scale_ *= 2;
+    good_steps_ = 0;
+  }
+  return true;
+}
+
+void LossScaler::restore(double scale, int64_t good_steps) {
+  scale_ = scale;
+  good_steps_ = good_steps;
+}
+
+}  // namespace ftrain::launch

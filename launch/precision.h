@@ -1,0 +1,58 @@
+// Mixed precision for the training loop: the forward pass under autocast (bf16 or fp16
+// matrix products, fp32 master weights, fp32 optimizer state), and dynamic loss scaling
+// for fp16, whose narrow exponent range would flush small gradients to zero.
+#pragma once
+
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace ftrain::launch {
+
+// train.precision: fp32 | bf16 | fp16. Returns the autocast dtype, none for fp32.
+// Throws std::runtime_error naming train.precision for anything else.
+std::optional<c10::ScalarType> compute_dtype(const std::string& precision);
+
+// Autocast for one device type while alive; nothing when dtype is empty.
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, std::optional<c10::ScalarType> dtype);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool active_ = false;
+  bool was_enabled_ = false;
+  c10::ScalarType previous_dtype_ = c10::ScalarType::Undefined;
+};
+
+// Dynamic loss scaling: the loss is multiplied by scale() before backward and the
+// gradients divided by it after the reduction. A step whose gradients are not finite
+// is skipped and the scale halved; after `growth_interval` finite steps in a row it
+// doubles. Disabled, scale() is 1 and every step is taken.
+class LossScaler {
+ public:
+  LossScaler(bool enabled, double initial_scale, int64_t growth_interval);
+
+  bool enabled() const { return enabled_; }
+  double scale() const { return enabled_ ? scale_ : 1.0; }
+  // Records the outcome of a step; returns whether the optimizer may step.
+  bool update(bool gradients_finite);
+
+  // For checkpoints, so a resumed run scales as an uninterrupted one.
+  int64_t good_steps() const { return good_steps_; }
+  void restore(double scale, int64_t good_steps);
+
+ private:
+  bool enabled_;
+  double scale_;
+  int64_t growth_interval_;
+  int64_t good_steps_ = 0;
+};
+
+}  // namespace ftrain::launch
