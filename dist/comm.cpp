@@ -283,6 +283,73 @@ void Group::all_reduce(at::Tensor& t, ReduceOp op) {
   count(stats_->all_reduce, 2.0 * ring_fraction(size_) * double(numel * work.element_size()));
 }
 
+PendingAllReduce Group::start_all_reduce(at::Tensor& t, ReduceOp op) {
+  constexpr const char* kOp = "all_reduce";
+  check_tensor(t, kOp, "the tensor");
+  check_reduce(where(kOp), t, op);
+  PendingAllReduce pending;
+  if (t.is_cuda() || !t.is_contiguous() || is_half(t.scalar_type())) {
+    // The NCCL call already returns once enqueued; other CPU layouts take the blocking path.
+    all_reduce(t, op);
+    return pending;
+  }
+  const MPI_Datatype type = mpi_reduce_type(t.scalar_type());
+  const std::int64_t numel = t.numel();
+  char* data = bytes_of(t);
+  for (std::int64_t start = 0; start < numel; start += kMaxMpiCount) {
+    const int n = static_cast<int>(std::min(kMaxMpiCount, numel - start));
+    MPI_Request request;
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data + start * t.element_size(), n, type, mpi_op(op), comm_, &request),
+              kOp);
+    pending.requests_.push_back(request);
+  }
+  pending.group_ = this;
+  pending.tensor_ = t;
+  pending.op_ = op;
+  count(stats_->all_reduce, 2.0 * ring_fraction(size_) * double(numel * t.element_size()));
+  return pending;
+}
+
+PendingAllReduce::PendingAllReduce(PendingAllReduce&& other) noexcept
+    : group_(std::exchange(other.group_, nullptr)),
+      tensor_(std::move(other.tensor_)),
+      op_(other.op_),
+      requests_(std::move(other.requests_)) {}
+
+PendingAllReduce& PendingAllReduce::operator=(PendingAllReduce&& other) noexcept {
+  if (this != &other) {
+    if (group_) {
+      try {
+        wait();
+      } catch (...) {
+      }
+    }
+    group_ = std::exchange(other.group_, nullptr);
+    tensor_ = std::move(other.tensor_);
+    op_ = other.op_;
+    requests_ = std::move(other.requests_);
+  }
+  return *this;
+}
+
+PendingAllReduce::~PendingAllReduce() {
+  if (!group_) return;
+  try {
+    wait();
+  } catch (...) {
+  }
+}
+
+void PendingAllReduce::wait() {
+  if (!group_) return;
+  Group* group = std::exchange(group_, nullptr);
+  group->check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
+                   "all_reduce");
+  requests_.clear();
+  if (op_ == ReduceOp::Avg) tensor_.div_(group->size());
+  tensor_ = at::Tensor();
+}
+
 void Group::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
   constexpr const char* kOp = "reduce_scatter";
   check_tensor(out, kOp, "out");

@@ -30,6 +30,7 @@ struct CommOptions {
                                //   (cuda:(local_rank % GPUs on the node))
   double bucket_mb = 25;       // dist.bucket_mb: MiB (2^20 bytes) of gradients per data-parallel
                                //   all-reduce
+  bool overlap = true;         // dist.overlap: start each bucket's all-reduce during the backward pass
 
   // Throws std::invalid_argument naming the offending key.
   void validate() const;
@@ -68,6 +69,28 @@ namespace detail {
 class DeviceCollectives;
 }
 
+class Group;
+
+// An all-reduce in flight (Group::start_all_reduce). wait() returns once the tensor
+// holds the result; the destructor of an unwaited one waits too, so a tensor is never
+// left mid-transfer.
+class PendingAllReduce {
+ public:
+  PendingAllReduce() = default;
+  PendingAllReduce(PendingAllReduce&&) noexcept;
+  PendingAllReduce& operator=(PendingAllReduce&&) noexcept;
+  ~PendingAllReduce();
+  void wait();
+  bool done() const { return group_ == nullptr; }
+
+ private:
+  friend class Group;
+  Group* group_ = nullptr;
+  at::Tensor tensor_;
+  ReduceOp op_ = ReduceOp::Sum;
+  std::vector<MPI_Request> requests_;
+};
+
 // One set of ranks that communicate together: an MPI communicator of its own, and for
 // CUDA tensors an NCCL communicator made at the group's first CUDA collective (which,
 // like every collective, all members must call).
@@ -92,6 +115,11 @@ class Group {
   // t = op over ranks of t, in place. Any layout; non-contiguous tensors go through a
   // contiguous copy.
   void all_reduce(at::Tensor& t, ReduceOp op = ReduceOp::Sum);
+  // all_reduce that returns before the data has moved, so that computation can go on
+  // meanwhile (gradient buckets during the backward pass). `t` must be contiguous and
+  // stay untouched until wait(). CPU: MPI_Iallreduce; CUDA: enqueued on the NCCL
+  // stream, which runs beside the compute stream.
+  PendingAllReduce start_all_reduce(at::Tensor& t, ReduceOp op = ReduceOp::Sum);
   // `in` holds size() * out.numel() elements; rank r receives the reduction of chunk r
   // of the flattened `in` into `out` (which keeps its shape).
   void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op = ReduceOp::Sum);
@@ -108,6 +136,7 @@ class Group {
 
  private:
   friend class Communicator;
+  friend class PendingAllReduce;
   Group(MPI_Comm comm, std::string name, int world_rank, c10::Device device, CommStats& stats);
 
   std::string who() const;                    // "ftrain::dist: rank 3 (tp group, rank 1 of 2)"

@@ -36,8 +36,85 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> params, Group& dp,
     bytes[slot->second] += param.numel() * param.element_size();
     if (bytes[slot->second] >= bucket_bytes) open.erase(slot);
   }
-  for (Bucket& bucket : buckets_) {
+  slot_of_.resize(params_.size());
+  for (std::size_t b = 0; b < buckets_.size(); ++b) {
+    Bucket& bucket = buckets_[b];
     bucket.flat = params_[bucket.params.front()].new_empty({bucket.numel});
+    for (std::size_t k = 0; k < bucket.params.size(); ++k) slot_of_[bucket.params[k]] = {b, k};
+  }
+  // The hook sees the gradient about to be accumulated into param.grad(); what the
+  // parameter will hold is that plus the gradient of earlier micro-batches.
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!params_[i].requires_grad()) continue;
+    params_[i].register_hook([this, i](const at::Tensor& incoming) {
+      if (armed_) on_gradient(i, incoming);
+      return at::Tensor();  // leave the gradient as it is
+    });
+  }
+}
+
+void GradientReducer::arm(ReduceOp op) {
+  armed_ = true;
+  op_ = op;
+  next_to_start_ = 0;
+  started_during_backward_ = 0;
+  for (Bucket& bucket : buckets_) {
+    bucket.ready = 0;
+    bucket.filled.assign(bucket.params.size(), 0);
+  }
+}
+
+void GradientReducer::on_gradient(std::size_t param, const at::Tensor& incoming) {
+  const auto [b, k] = slot_of_[param];
+  Bucket& bucket = buckets_[b];
+  const at::Tensor& accumulated = params_[param].grad();
+  at::Tensor slot = bucket.flat.narrow(0, bucket.offsets[k], params_[param].numel()).view(params_[param].sizes());
+  if (accumulated.defined()) {
+    slot.copy_(accumulated).add_(incoming);
+  } else {
+    slot.copy_(incoming);
+  }
+  bucket.filled[k] = 1;
+  if (++bucket.ready == bucket.params.size()) start_ready_buckets();
+}
+
+void GradientReducer::start_ready_buckets() {
+  // In bucket order, so every rank issues the same collectives in the same order.
+  while (next_to_start_ < buckets_.size() && buckets_[next_to_start_].ready == buckets_[next_to_start_].params.size()) {
+    Bucket& bucket = buckets_[next_to_start_++];
+    bucket.pending = dp_.start_all_reduce(bucket.flat, op_);
+    ++started_during_backward_;
+  }
+}
+
+void GradientReducer::finish() {
+  if (!armed_) throw std::logic_error("GradientReducer::finish without arm");
+  armed_ = false;
+  for (std::size_t b = next_to_start_; b < buckets_.size(); ++b) {
+    Bucket& bucket = buckets_[b];
+    // Members whose hook did not run (no gradient in the armed pass, e.g. a frozen
+    // parameter) contribute what they hold: an earlier micro-batch's gradient, or zeros.
+    for (std::size_t k = 0; k < bucket.params.size(); ++k) {
+      if (bucket.filled[k]) continue;
+      const at::Tensor& param = params_[bucket.params[k]];
+      at::Tensor slot = bucket.flat.narrow(0, bucket.offsets[k], param.numel()).view(param.sizes());
+      if (param.grad().defined()) slot.copy_(param.grad());
+      else slot.zero_();
+    }
+    bucket.pending = dp_.start_all_reduce(bucket.flat, op_);
+  }
+  next_to_start_ = buckets_.size();
+  for (Bucket& bucket : buckets_) {
+    bucket.pending.wait();
+    for (std::size_t k = 0; k < bucket.params.size(); ++k) {
+      const at::Tensor& param = params_[bucket.params[k]];
+      at::Tensor slot = bucket.flat.narrow(0, bucket.offsets[k], param.numel()).view(param.sizes());
+      if (param.grad().defined()) {
+        param.mutable_grad().copy_(slot);
+      } else {
+        param.mutable_grad() = slot.clone();
+      }
+    }
   }
 }
 

@@ -1,6 +1,6 @@
-// Data-parallel gradient reduction in buckets: after backward, the gradients of every
-// data-parallel rank are summed or averaged with a few large all-reduces instead of one
-// per parameter.
+// Data-parallel gradient reduction in buckets: the gradients of every data-parallel
+// rank are summed or averaged with a few large all-reduces instead of one per
+// parameter, either after backward (reduce) or while it runs (arm, then finish).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -28,6 +28,18 @@ class GradientReducer {
   // rank ends with the same gradients and takes the same optimizer step.
   void reduce(ReduceOp op = ReduceOp::Avg);
 
+  // Overlapped reduction. arm() before the backward pass whose gradients complete the
+  // step (the last micro-batch); as backward produces each parameter's gradient, a hook
+  // copies its accumulated value into the bucket, and a bucket whose parameters are all
+  // there starts its all-reduce at once, in bucket order on every rank. finish() after
+  // backward starts the buckets that did not fill (parameters without a gradient count
+  // as zeros), waits for all of them and writes the results to the gradients: the same
+  // gradients as reduce(op).
+  void arm(ReduceOp op = ReduceOp::Avg);
+  void finish();
+  // Buckets whose all-reduce started during the last armed backward pass.
+  std::size_t started_during_backward() const { return started_during_backward_; }
+
   std::size_t num_buckets() const { return buckets_.size(); }
   // Indices into `params` of bucket i's members, in their order inside its buffer.
   const std::vector<std::size_t>& bucket_params(std::size_t i) const { return buckets_.at(i).params; }
@@ -39,11 +51,22 @@ class GradientReducer {
     std::vector<std::int64_t> offsets;  // element offset of each member in `flat`
     std::int64_t numel = 0;
     at::Tensor flat;                    // (numel,), the params' dtype and device
+    std::size_t ready = 0;              // members whose gradient is in `flat` (armed pass)
+    std::vector<char> filled;           // per member: its hook ran in the armed pass
+    PendingAllReduce pending;
   };
+
+  void on_gradient(std::size_t param, const at::Tensor& incoming);
+  void start_ready_buckets();
 
   std::vector<at::Tensor> params_;
   Group& dp_;
   std::vector<Bucket> buckets_;
+  std::vector<std::pair<std::size_t, std::size_t>> slot_of_;  // param -> (bucket, member)
+  bool armed_ = false;
+  ReduceOp op_ = ReduceOp::Avg;
+  std::size_t next_to_start_ = 0;
+  std::size_t started_during_backward_ = 0;
 };
 
 }  // namespace ftrain::dist

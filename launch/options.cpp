@@ -145,6 +145,8 @@ std::vector<Section> describe(Config& c) {
       .add("tp", &c.dist.tp, "tensor-parallel size (only 1 for now); data-parallel size = world size / tp")
       .add("device", &c.dist.device, "cpu | cuda (one GPU per rank, by local rank)")
       .add("bucket_mb", &c.dist.bucket_mb, "gradient all-reduce bucket size in MiB")
+      .add("overlap", &c.dist.overlap,
+           "start each gradient bucket's all-reduce as soon as backward has produced it (data parallel, ZeRO 0)")
       .add("zero", &c.zero.stage,
            "ZeRO stage over data-parallel ranks: 0 replicated, 1 sharded optimizer state, 2 + sharded gradients");
   return sections;

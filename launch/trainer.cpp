@@ -580,7 +580,11 @@ class Trainer {
       torch::manual_seed(config_.run.seed + 1000003ULL * (comm_.rank() + 1) + 7919ULL * step_);
       torch::Tensor local_loss_sum =
           torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
-      for (auto& batch : micro_batches) {
+      const bool overlap = reducer_ && config_.dist.overlap;
+      for (std::size_t m = 0; m < micro_batches.size(); ++m) {
+        const TaskBatch& batch = micro_batches[m];
+        // The last micro-batch's backward completes the gradients: reduce as they come.
+        if (overlap && m + 1 == micro_batches.size()) reducer_->arm(dist::ReduceOp::Sum);
         torch::Tensor loss_sum;
         {
           AutocastScope autocast(comm_.device().type(), autocast_dtype_);
@@ -589,7 +593,8 @@ class Trainer {
         (loss_sum * (scaler_.scale() / static_cast<double>(global_targets))).backward();
         local_loss_sum += loss_sum.detach().to(torch::kFloat64);
       }
-      if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
+      if (overlap) reducer_->finish();
+      else if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
       if (zero_) zero_->reduce_gradients();
       const double loss =
           comm_.dp().all_reduce(local_loss_sum.item<double>(), dist::ReduceOp::Sum) / global_targets;

@@ -452,6 +452,56 @@ BOOST_AUTO_TEST_CASE(gradient_reducer_averages_over_data_parallel_ranks) {
   BOOST_TEST(values(fresh[1].grad()) == p1_sum, boost::test_tools::per_element());
 }
 
+// Overlapped reduction: buckets start during the backward pass of the last micro-batch
+// and the result equals reducing after backward, with accumulation over micro-batches
+// and a parameter that gets no gradient in the armed pass.
+BOOST_AUTO_TEST_CASE(overlapped_reduction_starts_during_backward_and_matches_reduce) {
+  const int d = comm().dp().rank();
+  auto make_layers = [&] {
+    std::vector<at::Tensor> params;
+    at::manual_seed(11);  // the same starting weights on every rank
+    // First in registration order, so last in backward order: a bucket of its own.
+    params.push_back(at::randn({6}, on_device(at::kFloat)).requires_grad_(true));  // unused in the armed pass
+    for (int layer = 0; layer < 4; ++layer)
+      params.push_back(at::randn({6, 6}, on_device(at::kFloat)).requires_grad_(true));
+    return params;
+  };
+  auto forward = [&](const std::vector<at::Tensor>& params, int micro, bool use_last) {
+    at::manual_seed(100 + 10 * d + micro);  // different data per rank and micro-batch
+    at::Tensor x = at::randn({3, 6}, on_device(at::kFloat));
+    for (int layer = 1; layer <= 4; ++layer) x = at::tanh(x.matmul(params[layer]));
+    if (use_last) x = x + params[0];
+    return x.pow(2).sum();
+  };
+
+  std::vector<at::Tensor> reference = make_layers();
+  dist::GradientReducer after(reference, comm().dp(), 6 * 6 * 4);  // one matrix per bucket
+  forward(reference, 0, true).backward();
+  forward(reference, 1, false).backward();
+  after.reduce(ReduceOp::Sum);
+
+  std::vector<at::Tensor> overlapped = make_layers();
+  dist::GradientReducer during(overlapped, comm().dp(), 6 * 6 * 4);
+  BOOST_TEST_REQUIRE(during.num_buckets() == 5u);
+  forward(overlapped, 0, true).backward();  // an ordinary micro-batch: nothing reduced
+  during.arm(ReduceOp::Sum);
+  comm().stats().reset();
+  forward(overlapped, 1, false).backward();
+  // The matrices' buckets come first in backward order and all started before backward
+  // returned; the bias's bucket (no gradient in this pass) waits for finish().
+  const std::size_t started = during.started_during_backward();
+  BOOST_TEST(comm().stats().all_reduce.calls == static_cast<int64_t>(started));
+  during.finish();
+  BOOST_TEST(comm().stats().all_reduce.calls == 5);
+  BOOST_TEST(started == 4u);
+  for (std::size_t k = 0; k < reference.size(); ++k) {
+    BOOST_TEST_CONTEXT("p" << k) {
+      BOOST_TEST(at::allclose(overlapped[k].grad(), reference[k].grad(), 1e-6, 1e-6));
+    }
+  }
+  BOOST_CHECK_THROW(during.finish(), std::logic_error);
+}
+
 // N ranks, B bytes: all_reduce 2 (N-1)/N B; reduce_scatter and all_gather (N-1)/N B of
 // the full buffer; broadcast B except on the rank before the root, and (N-1) B in all.
 BOOST_AUTO_TEST_CASE(stats_follow_the_ring_formulas) {

@@ -112,6 +112,18 @@ def test_four_ranks_match_one_rank_with_accumulation(workspace):
         np.testing.assert_allclose(weights_four[name], weights_one[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_overlapped_reduction_gives_the_same_training(workspace):
+    # Buckets reduced during backward (dist.overlap, the default) or after it: the same
+    # sums in the same order, so the same losses to the last bit.
+    runs = {}
+    for overlap in ("true", "false"):
+        run_dir = workspace["root"] / f"overlap_{overlap}"
+        run_ftrain(2, *base_args(workspace, run_dir, **{"train.steps": 6, "dist.overlap": overlap,
+                                                        "dist.bucket_mb": 0.01}))
+        runs[overlap] = losses(run_dir)
+    assert runs["true"] == runs["false"]
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero_stages_match_one_rank(workspace, stage):
     reference = workspace["root"] / "zero_ref"
