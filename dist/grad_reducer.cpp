@@ -118,6 +118,12 @@ void GradientReducer::finish() {
   }
 }
 
+std::size_t GradientReducer::total_bucket_bytes() const {
+  std::size_t bytes = 0;
+  for (std::size_t i = 0; i < buckets_.size(); ++i) bytes += bucket_bytes(i);
+  return bytes;
+}
+
 std::size_t GradientReducer::bucket_bytes(std::size_t i) const {
   const Bucket& bucket = buckets_.at(i);
   return bucket.numel * bucket.flat.element_size();

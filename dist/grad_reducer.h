@@ -44,6 +44,7 @@ class GradientReducer {
   // Indices into `params` of bucket i's members, in their order inside its buffer.
   const std::vector<std::size_t>& bucket_params(std::size_t i) const { return buckets_.at(i).params; }
   std::size_t bucket_bytes(std::size_t i) const;
+  std::size_t total_bucket_bytes() const;
 
  private:
   struct Bucket {

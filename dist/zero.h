@@ -68,6 +68,13 @@ class ZeroSharding {
 
   void zero_grad();
 
+  // Bytes this rank holds for parameters and for gradients (flat buffers, and the
+  // shard's reduced gradients at stage 2).
+  std::int64_t parameter_bytes() const { return flat_params_.nbytes(); }
+  std::int64_t gradient_bytes() const {
+    return flat_grads_.nbytes() + (shard_grads_.defined() ? shard_grads_.nbytes() : 0);
+  }
+
   // Full flat tensor (every rank's shard concatenated) of per-slice state tensors
   // laid out like local_slices(), cut back into one tensor per parameter with its
   // global shape. Collective. Used to save sharded optimizer state in global form.

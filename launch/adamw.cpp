@@ -72,6 +72,12 @@ void AdamW::zero_grad() {
   }
 }
 
+int64_t AdamW::state_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& slot : slots_) bytes += slot.exp_avg.nbytes() + slot.exp_avg_sq.nbytes();
+  return bytes;
+}
+
 std::vector<at::Tensor> AdamW::exp_avgs() const {
   std::vector<at::Tensor> out;
   for (const auto& slot : slots_) out.push_back(slot.exp_avg);

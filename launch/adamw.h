@@ -55,6 +55,7 @@ class AdamW {
   std::vector<std::pair<std::string, at::Tensor>> named_state();
   std::vector<at::Tensor> exp_avgs() const;
   std::vector<at::Tensor> exp_avg_sqs() const;
+  int64_t state_bytes() const;  // the moments this optimizer holds
 
  private:
   struct Slot {

@@ -109,6 +109,7 @@ class Trainer {
       metrics_ = std::make_unique<MetricsLog>(fs::path(config_.run.dir) / "metrics.jsonl");
       print_banner();
     }
+    report_memory();
     return train();
   }
 
@@ -674,6 +675,32 @@ class Trainer {
     if (step_ == config_.train.steps) report_validation();
     finish();
     return exit_code;
+  }
+
+  // What this rank holds for training state, by kind: the figures ZeRO divides. Every
+  // rank writes its own line to metrics.jsonl through rank 0, which gathers them.
+  void report_memory() {
+    int64_t parameters = 0, gradients = 0;
+    if (zero_) {
+      parameters = zero_->parameter_bytes();
+      gradients = zero_->gradient_bytes();
+    } else {
+      for (auto& [name, p] : named_params_) parameters += p.nbytes();
+      gradients = parameters + (reducer_ ? static_cast<int64_t>(reducer_->total_bucket_bytes()) : 0);
+    }
+    const int64_t optimizer = optimizer_->state_bytes();
+    at::Tensor mine = torch::tensor({parameters, gradients, optimizer}, torch::kInt64);
+    at::Tensor all = torch::zeros({comm_.world_size() * 3}, torch::kInt64);
+    comm_.world().all_gather(all, mine);
+    if (!rank0()) return;
+    json per_rank = json::array();
+    for (int r = 0; r < comm_.world_size(); ++r)
+      per_rank.push_back({{"rank", r}, {"parameter_bytes", all[3 * r].item<int64_t>()},
+                          {"gradient_bytes", all[3 * r + 1].item<int64_t>()},
+                          {"optimizer_bytes", all[3 * r + 2].item<int64_t>()}});
+    metrics_->write({{"step", step_}, {"memory", per_rank}});
+    std::printf("ftrain: rank 0 holds %.1f MiB of parameters, %.1f MiB of gradients, %.1f MiB of optimizer state\n",
+                parameters / 1048576.0, gradients / 1048576.0, optimizer / 1048576.0);
   }
 
   void print_banner() {

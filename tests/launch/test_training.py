@@ -112,6 +112,35 @@ def test_four_ranks_match_one_rank_with_accumulation(workspace):
         np.testing.assert_allclose(weights_four[name], weights_one[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_memory_counters_follow_the_sharding(workspace):
+    memory = {}
+    for stage in (0, 1, 2):
+        run_dir = workspace["root"] / f"memory_zero{stage}"
+        run_ftrain(4, *base_args(workspace, run_dir, **{"train.steps": 2, "dist.zero": stage}))
+        [record] = [r for r in metric_records(run_dir) if "memory" in r]
+        memory[stage] = record["memory"]
+        assert [entry["rank"] for entry in memory[stage]] == [0, 1, 2, 3]
+    replicated = memory[0][0]
+    psi_bytes = replicated["parameter_bytes"]
+    # Data parallel: every rank holds parameters, their gradients plus the reduction
+    # buckets, and two fp32 AdamW moments per parameter.
+    for entry in memory[0]:
+        assert entry["parameter_bytes"] == psi_bytes
+        assert entry["gradient_bytes"] == 2 * psi_bytes
+        assert entry["optimizer_bytes"] == 2 * psi_bytes
+    for stage in (1, 2):
+        # ZeRO-1/2: the moments are split over the 4 ranks: together exactly one copy,
+        # each rank at most its padded quarter.
+        assert sum(e["optimizer_bytes"] for e in memory[stage]) == 2 * psi_bytes
+        quarter = 2 * 4 * -(-psi_bytes // 4 // 4)
+        assert all(e["optimizer_bytes"] <= quarter for e in memory[stage])
+        # Parameters stay whole on every rank (padded to a multiple of 4 elements).
+        assert all(psi_bytes <= e["parameter_bytes"] < psi_bytes + 16 for e in memory[stage])
+    # Stage 2 keeps the reduced gradients of its shard apart: a quarter more.
+    for entry, base in zip(memory[2], memory[1]):
+        assert entry["gradient_bytes"] == base["gradient_bytes"] + base["gradient_bytes"] // 4
+
+
 def test_overlapped_reduction_gives_the_same_training(workspace):
     # Buckets reduced during backward (dist.overlap, the default) or after it: the same
     # sums in the same order, so the same losses to the last bit.
