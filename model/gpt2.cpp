@@ -127,8 +127,8 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const Gpt2Config& config, int64
       resid_pdrop_(config.resid_pdrop),
       upcast_(config.reorder_and_upcast_attn) {
   const int64_t C = config.n_embd;
-  c_attn = register_module("c_attn", torch::nn::Linear(C, 3 * C));
-  c_proj = register_module("c_proj", torch::nn::Linear(C, C));
+  c_attn = register_module("c_attn", Linear(C, 3 * C));
+  c_proj = register_module("c_proj", Linear(C, C));
   if (config.scale_attn_weights) scale_ /= std::sqrt(static_cast<double>(head_dim_));
   if (config.scale_attn_by_inverse_layer_idx) scale_ /= static_cast<double>(layer_index + 1);
 }
@@ -136,7 +136,7 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const Gpt2Config& config, int64
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1);
   // (B, T, C) -> (B, T, 3 * nh * hs) -> 3 x (B, T, nh * hs)
-  auto qkv = c_attn(x).chunk(3, /*dim=*/-1);
+  auto qkv = c_attn(input_hook(x)).chunk(3, /*dim=*/-1);
   const int64_t n_heads = qkv[0].size(-1) / head_dim_;
   // 3 x (B, T, nh * hs) -> 3 x (B, nh, T, hs)
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, head_dim_}).transpose(1, 2); };
@@ -170,7 +170,7 @@ torch::Tensor CausalSelfAttentionImpl::forward_cached(const torch::Tensor& x, to
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t past = keys.defined() ? keys.size(2) : 0;
   // (B, T, C) -> 3 x (B, T, nh * hs) -> 3 x (B, nh, T, hs)
-  auto qkv = c_attn(x).chunk(3, /*dim=*/-1);
+  auto qkv = c_attn(input_hook(x)).chunk(3, /*dim=*/-1);
   const int64_t n_heads = qkv[0].size(-1) / head_dim_;
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, head_dim_}).transpose(1, 2); };
   torch::Tensor q = heads(qkv[0]);
@@ -201,13 +201,13 @@ torch::Tensor CausalSelfAttentionImpl::forward_cached(const torch::Tensor& x, to
 
 MlpImpl::MlpImpl(const Gpt2Config& config)
     : tanh_gelu_(kTanhGelus.count(config.activation_function) > 0), resid_pdrop_(config.resid_pdrop) {
-  c_fc = register_module("c_fc", torch::nn::Linear(config.n_embd, config.inner_dim()));
-  c_proj = register_module("c_proj", torch::nn::Linear(config.inner_dim(), config.n_embd));
+  c_fc = register_module("c_fc", Linear(config.n_embd, config.inner_dim()));
+  c_proj = register_module("c_proj", Linear(config.inner_dim(), config.n_embd));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   // (B, T, C) -> (B, T, inner) -> (B, T, C)
-  torch::Tensor hidden = torch::gelu(c_fc(x), tanh_gelu_ ? "tanh" : "none");
+  torch::Tensor hidden = torch::gelu(c_fc(input_hook(x)), tanh_gelu_ ? "tanh" : "none");
   return torch::dropout(c_proj(hidden), resid_pdrop_, is_training());
 }
 
@@ -239,7 +239,7 @@ torch::Tensor BlockImpl::forward_cached(const torch::Tensor& x, torch::Tensor& k
 
 Gpt2TransformerImpl::Gpt2TransformerImpl(const Gpt2Config& config)
     : n_positions_(config.n_positions), embd_pdrop_(config.embd_pdrop) {
-  wte = register_module("wte", torch::nn::Embedding(config.vocab_size, config.n_embd));
+  wte = register_module("wte", Embedding(config.vocab_size, config.n_embd));
   wpe = register_module("wpe", torch::nn::Embedding(config.n_positions, config.n_embd));
   h = register_module("h", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.n_layer; ++i) h->push_back(Block(config, i));
@@ -303,7 +303,7 @@ Gpt2Impl::Gpt2Impl(const Gpt2Config& config) : config_(config) {
   }
   transformer = register_module("transformer", Gpt2Transformer(config_));
   if (!config_.tie_word_embeddings)
-    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(config_.n_embd, config_.vocab_size).bias(false)));
+    lm_head = register_module("lm_head", Linear(torch::nn::LinearOptions(config_.n_embd, config_.vocab_size).bias(false)));
 }
 
 torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids) { return transformer(input_ids); }
@@ -311,7 +311,7 @@ torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids) { return t
 torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
   // (B, T, C) @ (V, C)^T -> (B, T, V)
   const torch::Tensor& head = config_.tie_word_embeddings ? transformer->wte->weight : lm_head->weight;
-  return torch::nn::functional::linear(hidden_states, head);
+  return torch::nn::functional::linear(head_input_hook(hidden_states), head);
 }
 
 torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids) { return logits(hidden_states(input_ids)); }

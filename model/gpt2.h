@@ -3,9 +3,11 @@
 //
 // Submodule and parameter names mirror Hugging Face's GPT2LMHeadModel
 // (transformer.wte, transformer.h.<i>.attn.c_attn, ..., lm_head), so checkpoints and
-// logs read the same in both. Linear layers are torch::nn::Linear with weight
-// (out, in); Hugging Face stores these as Conv1D with weight (in, out), and
-// model/hf_checkpoint transposes on import and export.
+// logs read the same in both. Linear layers have weight (out, in), as
+// torch::nn::Linear; Hugging Face stores these as Conv1D with weight (in, out), and
+// model/hf_checkpoint transposes on import and export. The linear layers, the token
+// embedding and the input hooks are those of model/linear.h, which dist/ can make
+// tensor-parallel.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -17,6 +19,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "model/generation.h"
+#include "model/linear.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -80,8 +83,9 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   // are none) and to its own, which it appends to them.
   torch::Tensor forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values);
 
-  torch::nn::Linear c_attn{nullptr};  // C -> 3C, [queries | keys | values]
-  torch::nn::Linear c_proj{nullptr};  // C -> C
+  InputHook input_hook;     // x on its way into c_attn
+  Linear c_attn{nullptr};   // C -> 3C, [queries | keys | values]
+  Linear c_proj{nullptr};   // C -> C
 
  private:
   int64_t head_dim_;
@@ -98,8 +102,9 @@ class MlpImpl : public torch::nn::Module {
   explicit MlpImpl(const Gpt2Config& config);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
 
-  torch::nn::Linear c_fc{nullptr};    // C -> inner
-  torch::nn::Linear c_proj{nullptr};  // inner -> C
+  InputHook input_hook;    // x on its way into c_fc
+  Linear c_fc{nullptr};    // C -> inner
+  Linear c_proj{nullptr};  // inner -> C
 
  private:
   bool tanh_gelu_;
@@ -132,7 +137,7 @@ class Gpt2TransformerImpl : public torch::nn::Module {
   // whose keys and values it appends to the cache.
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
-  torch::nn::Embedding wte{nullptr};  // (V, C) token embedding
+  Embedding wte{nullptr};             // (V, C) token embedding
   torch::nn::Embedding wpe{nullptr};  // (n_positions, C) position embedding
   torch::nn::ModuleList h{nullptr};   // n_layer Blocks
   torch::nn::LayerNorm ln_f{nullptr};
@@ -167,7 +172,8 @@ class Gpt2Impl : public torch::nn::Module {
   const Gpt2Config& config() const { return config_; }
 
   Gpt2Transformer transformer{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // empty when tie_word_embeddings
+  Linear lm_head{nullptr};    // empty when tie_word_embeddings
+  InputHook head_input_hook;  // hidden states on their way into the head
 
  private:
   Gpt2Config config_;

@@ -388,7 +388,7 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& config, int64_t /*laye
   const int64_t q_width = config.num_attention_heads * head_dim_;
   const int64_t kv_width = config.num_key_value_heads * head_dim_;
   auto linear = [](int64_t in, int64_t out, bool bias) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+    return Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
   q_proj = register_module("q_proj", linear(C, q_width, config.qkv_bias()));
   k_proj = register_module("k_proj", linear(C, kv_width, config.qkv_bias()));
@@ -426,9 +426,10 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryAn
   const int64_t B = x.size(0), T = x.size(1);
   // (B, T, C) -> (B, T, n * hs) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
-  torch::Tensor q = apply_rotary(heads(q_proj(x)), angles);
-  torch::Tensor k = apply_rotary(heads(k_proj(x)), angles);
-  torch::Tensor v = heads(v_proj(x));
+  const torch::Tensor input = input_hook(x);
+  torch::Tensor q = apply_rotary(heads(q_proj(input)), angles);
+  torch::Tensor k = apply_rotary(heads(k_proj(input)), angles);
+  torch::Tensor v = heads(v_proj(input));
   // (B, nh, T, hs)
   torch::Tensor y = attend(q, k, v, allowed, /*causal=*/true, is_training() ? attention_dropout_ : 0.0);
   // (B, nh, T, hs) -> (B, T, nh * hs) -> (B, T, C)
@@ -442,9 +443,10 @@ torch::Tensor LlamaAttentionImpl::forward_cached(const torch::Tensor& x, const R
   const int64_t past = keys.defined() ? keys.size(2) : 0;
   // (B, T, C) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
-  torch::Tensor q = apply_rotary(heads(q_proj(x)), angles);
-  torch::Tensor k = apply_rotary(heads(k_proj(x)), angles);
-  torch::Tensor v = heads(v_proj(x));
+  const torch::Tensor input = input_hook(x);
+  torch::Tensor q = apply_rotary(heads(q_proj(input)), angles);
+  torch::Tensor k = apply_rotary(heads(k_proj(input)), angles);
+  torch::Tensor v = heads(v_proj(input));
   // (B, nkv, T_cached + T, hs): every position so far, keys already rotated by their own angles
   keys = past > 0 ? torch::cat({keys, k}, /*dim=*/2) : k;
   values = past > 0 ? torch::cat({values, v}, /*dim=*/2) : v;
@@ -460,7 +462,7 @@ torch::Tensor LlamaAttentionImpl::forward_cached(const torch::Tensor& x, const R
 
 LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& config) {
   auto linear = [&](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(config.mlp_bias));
+    return Linear(torch::nn::LinearOptions(in, out).bias(config.mlp_bias));
   };
   gate_proj = register_module("gate_proj", linear(config.hidden_size, config.intermediate_size));
   up_proj = register_module("up_proj", linear(config.hidden_size, config.intermediate_size));
@@ -469,7 +471,8 @@ LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& config) {
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
   // (B, T, C) -> 2 x (B, T, intermediate) -> (B, T, C)
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  const torch::Tensor input = input_hook(x);
+  return down_proj(torch::silu(gate_proj(input)) * up_proj(input));
 }
 
 // ---------------------------------------------------------------------------------
@@ -541,7 +544,7 @@ torch::Tensor cached_attention_mask_for(int64_t past, int64_t T, std::optional<i
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config) : config_(config) {
   auto embedding_options = torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size);
   if (config.pad_token_id) embedding_options.padding_idx(*config.pad_token_id);
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(embedding_options));
+  embed_tokens = register_module("embed_tokens", Embedding(embedding_options));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(LlamaBlock(config, i));
   norm = register_module("norm", LlamaRmsNorm(config.hidden_size, config.rms_norm_eps));
@@ -654,7 +657,7 @@ LlamaImpl::LlamaImpl(const LlamaConfig& config) : config_(config) {
   model = register_module("model", LlamaModel(config_));
   if (!config_.tie_word_embeddings)
     lm_head = register_module(
-        "lm_head", torch::nn::Linear(torch::nn::LinearOptions(config_.hidden_size, config_.vocab_size).bias(false)));
+        "lm_head", Linear(torch::nn::LinearOptions(config_.hidden_size, config_.vocab_size).bias(false)));
 }
 
 torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
@@ -664,7 +667,7 @@ torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& input_ids, const tor
 torch::Tensor LlamaImpl::logits(const torch::Tensor& hidden_states) {
   // (B, T, C) @ (V, C)^T -> (B, T, V)
   const torch::Tensor& head = config_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight;
-  return torch::nn::functional::linear(hidden_states, head);
+  return torch::nn::functional::linear(head_input_hook(hidden_states), head);
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {

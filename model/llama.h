@@ -7,6 +7,8 @@
 // Submodule and parameter names mirror Hugging Face's LlamaForCausalLM (model.
 // embed_tokens, model.layers.<i>.self_attn.q_proj, ..., lm_head), which Mistral and
 // Qwen2 share, so checkpoints load without renaming and logs read the same in both.
+// The linear layers, the token embedding and the input hooks are those of
+// model/linear.h, which dist/ can make tensor-parallel.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -17,6 +19,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "model/generation.h"
+#include "model/linear.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -147,10 +150,11 @@ class LlamaAttentionImpl : public torch::nn::Module {
   torch::Tensor forward_cached(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
                                torch::Tensor& keys, torch::Tensor& values);
 
-  torch::nn::Linear q_proj{nullptr};  // C -> nh * hs
-  torch::nn::Linear k_proj{nullptr};  // C -> nkv * hs
-  torch::nn::Linear v_proj{nullptr};  // C -> nkv * hs
-  torch::nn::Linear o_proj{nullptr};  // nh * hs -> C
+  InputHook input_hook;    // x on its way into q_proj, k_proj and v_proj
+  Linear q_proj{nullptr};  // C -> nh * hs
+  Linear k_proj{nullptr};  // C -> nkv * hs
+  Linear v_proj{nullptr};  // C -> nkv * hs
+  Linear o_proj{nullptr};  // nh * hs -> C
 
  private:
   int64_t head_dim_;
@@ -164,9 +168,10 @@ class LlamaMlpImpl : public torch::nn::Module {
   explicit LlamaMlpImpl(const LlamaConfig& config);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
 
-  torch::nn::Linear gate_proj{nullptr};  // C -> intermediate
-  torch::nn::Linear up_proj{nullptr};    // C -> intermediate
-  torch::nn::Linear down_proj{nullptr};  // intermediate -> C
+  InputHook input_hook;       // x on its way into gate_proj and up_proj
+  Linear gate_proj{nullptr};  // C -> intermediate
+  Linear up_proj{nullptr};    // C -> intermediate
+  Linear down_proj{nullptr};  // intermediate -> C
 };
 TORCH_MODULE(LlamaMlp);
 
@@ -198,7 +203,7 @@ class LlamaModelImpl : public torch::nn::Module {
   // positions T_cached, T_cached + 1, ...; appends their keys and values to the cache.
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
-  torch::nn::Embedding embed_tokens{nullptr};  // (V, C)
+  Embedding embed_tokens{nullptr};             // (V, C)
   torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks
   LlamaRmsNorm norm{nullptr};
 
@@ -243,7 +248,8 @@ class LlamaImpl : public torch::nn::Module {
   const LlamaConfig& config() const { return config_; }
 
   LlamaModel model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // empty when tie_word_embeddings
+  Linear lm_head{nullptr};    // empty when tie_word_embeddings
+  InputHook head_input_hook;  // hidden states on their way into the head
 
  private:
   LlamaConfig config_;

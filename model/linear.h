@@ -1,0 +1,134 @@
+// The layers of the models that a parallel layout may change: linear layers, the
+// token embedding, and the point where an activation enters several linear layers.
+//
+// In a plain model each computes exactly what torch::nn::Linear, torch::nn::Embedding
+// and the identity compute, with the same parameter names and shapes. dist/ shards
+// their weights in place and sets how they compute from the shards (a "style"); the
+// models never communicate themselves (see dist/tensor_parallel.h).
+#pragma once
+
+#include <torch/nn/functional/embedding.h>
+#include <torch/nn/functional/linear.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace ftrain::model {
+
+// How a linear layer computes its output from its (sharded) weight and bias:
+// (..., in) -> (..., out). `name` says which layout it is, for printing.
+struct LinearStyle {
+  std::string name;
+  std::function<torch::Tensor(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias)>
+      forward;
+};
+
+// y = x W^T + b, as torch::nn::LinearImpl (whose parameters, options and
+// initialisation it keeps, so code that looks for a torch::nn::LinearImpl finds it),
+// unless a style was set.
+class LinearImpl : public torch::nn::LinearImpl {
+ public:
+  using torch::nn::LinearImpl::LinearImpl;
+
+  torch::Tensor forward(const torch::Tensor& input) {
+    if (style_.forward) return style_.forward(input, weight, bias);
+    return torch::nn::functional::linear(input, weight, bias);
+  }
+
+  // Throws std::logic_error when a style is already set: a layer is parallelised once.
+  void set_style(LinearStyle style) {
+    if (style_.forward)
+      throw std::logic_error("ftrain::model::Linear: already " + style_.name + ", cannot also be " + style.name);
+    style_ = std::move(style);
+  }
+  const LinearStyle& style() const { return style_; }
+
+  void pretty_print(std::ostream& stream) const override {
+    torch::nn::LinearImpl::pretty_print(stream);
+    if (style_.forward) stream << " [" << style_.name << "]";
+  }
+
+ private:
+  LinearStyle style_;
+};
+
+// The handle the models hold, like torch::nn::Linear. Calling it runs LinearImpl's
+// forward (and so its style). It also holds a plain torch::nn::Linear put in a
+// layer's place with replace_module (as tests that assemble a shard by hand do), which
+// computes F::linear and can take no style.
+class Linear : public torch::nn::ModuleHolder<torch::nn::LinearImpl> {
+ public:
+  /* implicit */ Linear(std::nullptr_t) : ModuleHolder(nullptr) {}
+  Linear(int64_t in_features, int64_t out_features)
+      : Linear(torch::nn::LinearOptions(in_features, out_features)) {}
+  explicit Linear(const torch::nn::LinearOptions& options)
+      : ModuleHolder(std::shared_ptr<torch::nn::LinearImpl>(std::make_shared<LinearImpl>(options))) {}
+  // What register_module and replace_module return.
+  /* implicit */ Linear(std::shared_ptr<torch::nn::LinearImpl> layer) : ModuleHolder(std::move(layer)) {}
+  /* implicit */ Linear(torch::nn::ModuleHolder<torch::nn::LinearImpl> layer) : ModuleHolder(std::move(layer)) {}
+
+  torch::Tensor operator()(const torch::Tensor& input) {
+    if (LinearImpl* layer = styled()) return layer->forward(input);
+    return get()->forward(input);
+  }
+
+  // The project's layer, or nullptr when a plain torch::nn::Linear stands here.
+  LinearImpl* styled() const { return dynamic_cast<LinearImpl*>(ptr().get()); }
+};
+
+// How the token embedding looks rows up in its (sharded) weight:
+// (...) int64 ids -> (..., C).
+struct EmbeddingStyle {
+  std::string name;
+  std::function<torch::Tensor(const torch::Tensor& ids, const torch::Tensor& weight)> forward;
+};
+
+// A token embedding, as torch::nn::EmbeddingImpl unless a style was set.
+class EmbeddingImpl : public torch::nn::EmbeddingImpl {
+ public:
+  using torch::nn::EmbeddingImpl::EmbeddingImpl;
+
+  torch::Tensor forward(const torch::Tensor& ids) {
+    if (style_.forward) return style_.forward(ids, weight);
+    return torch::nn::EmbeddingImpl::forward(ids);
+  }
+
+  // Throws std::logic_error when a style is already set.
+  void set_style(EmbeddingStyle style) {
+    if (style_.forward)
+      throw std::logic_error("ftrain::model::Embedding: already " + style_.name + ", cannot also be " + style.name);
+    style_ = std::move(style);
+  }
+  const EmbeddingStyle& style() const { return style_; }
+
+  void pretty_print(std::ostream& stream) const override {
+    torch::nn::EmbeddingImpl::pretty_print(stream);
+    if (style_.forward) stream << " [" << style_.name << "]";
+  }
+
+ private:
+  EmbeddingStyle style_;
+};
+TORCH_MODULE(Embedding);
+
+// Where one activation enters the linear layers that read it (the projections of an
+// attention layer, the first layers of an MLP, the language-modelling head): the
+// identity in a plain model. Tensor parallelism puts copy_to_tp_region here, once for
+// all of those layers, so the activation's gradient is summed over the ranks once
+// rather than once per layer.
+struct InputHook {
+  std::string name;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+
+  torch::Tensor operator()(const torch::Tensor& x) const { return forward ? forward(x) : x; }
+};
+
+}  // namespace ftrain::model
