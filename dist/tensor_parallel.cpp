@@ -1,0 +1,491 @@
+#include "dist/tensor_parallel.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/nn/functional/embedding.h>
+#include <torch/nn/functional/linear.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ftrain::dist {
+
+namespace F = torch::nn::functional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ---------------------------------------------------------------------------------
+// The paired functions
+
+namespace {
+
+// The group a function's backward communicates over. Autograd keeps only IValues in
+// ctx->saved_data; a capsule holds this typed reference, so the group travels from
+// forward to backward without a global registry or a pointer disguised as an integer.
+struct GroupHandle : torch::CustomClassHolder {
+  explicit GroupHandle(Group& group) : group(group) {}
+  Group& group;
+};
+
+void save_group(AutogradContext* ctx, Group& group) {
+  ctx->saved_data["group"] = c10::IValue::make_capsule(c10::make_intrusive<GroupHandle>(group));
+}
+
+Group& saved_group(AutogradContext* ctx) {
+  return static_cast<GroupHandle*>(ctx->saved_data.at("group").toCapsule().get())->group;
+}
+
+std::string who(const Group& group, const char* function) {
+  return std::string("ftrain::dist::") + function + " (" + group.name() + " group, rank " +
+         std::to_string(group.rank()) + " of " + std::to_string(group.size()) + ")";
+}
+
+void check_has_last_dim(const at::Tensor& x, const Group& group, const char* function) {
+  if (!x.defined() || x.dim() == 0)
+    throw std::invalid_argument(who(group, function) + ": needs a tensor with at least one dimension");
+}
+
+// (..., n) on every rank -> (..., N n), the ranks' tensors side by side in rank order.
+at::Tensor all_gather_last_dim(const at::Tensor& x, Group& group) {
+  const int64_t ranks = group.size();
+  std::vector<int64_t> stacked = {ranks};
+  for (int64_t size : x.sizes()) stacked.push_back(size);
+  at::Tensor parts = at::empty(stacked, x.options());  // (N, ..., n)
+  group.all_gather(parts, x.contiguous());
+  // (N, ..., n) -> (..., N, n) -> (..., N n)
+  std::vector<int64_t> gathered(x.sizes().begin(), x.sizes().end());
+  gathered.back() *= ranks;
+  return parts.movedim(0, -2).reshape(gathered);
+}
+
+// This rank's slice of the last dimension: (..., N n) -> (..., n).
+at::Tensor own_slice_last_dim(const at::Tensor& x, Group& group, const char* function) {
+  const int64_t width = x.size(-1);
+  if (width % group.size() != 0)
+    throw std::invalid_argument(who(group, function) + ": the last dimension, " + std::to_string(width) +
+                                ", is not a multiple of the group size " + std::to_string(group.size()));
+  const int64_t part = width / group.size();
+  return x.narrow(-1, group.rank() * part, part).contiguous();
+}
+
+struct CopyToTpRegion : torch::autograd::Function<CopyToTpRegion> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group) {
+    save_group(ctx, *group);
+    return x;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor grad = grads[0].clone(at::MemoryFormat::Contiguous);
+    saved_group(ctx).all_reduce(grad);
+    return {grad, at::Tensor()};
+  }
+};
+
+struct ReduceFromTpRegion : torch::autograd::Function<ReduceFromTpRegion> {
+  static at::Tensor forward(AutogradContext*, const at::Tensor& x, Group* group) {
+    at::Tensor sum = x.clone(at::MemoryFormat::Contiguous);
+    group->all_reduce(sum);
+    return sum;
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) { return {grads[0], at::Tensor()}; }
+};
+
+struct GatherFromTpRegion : torch::autograd::Function<GatherFromTpRegion> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group) {
+    save_group(ctx, *group);
+    return all_gather_last_dim(x, *group);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {own_slice_last_dim(grads[0], saved_group(ctx), "gather_from_tp_region"), at::Tensor()};
+  }
+};
+
+struct ScatterToTpRegion : torch::autograd::Function<ScatterToTpRegion> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group) {
+    save_group(ctx, *group);
+    return own_slice_last_dim(x, *group, "scatter_to_tp_region");
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {all_gather_last_dim(grads[0], saved_group(ctx)), at::Tensor()};
+  }
+};
+
+struct SumOverReplicas : torch::autograd::Function<SumOverReplicas> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group, int64_t replicas) {
+    save_group(ctx, *group);
+    ctx->saved_data["replicas"] = replicas;
+    return x;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Group& group = saved_group(ctx);
+    const int64_t replicas = ctx->saved_data.at("replicas").toInt();
+    // One slot per set of copies; each rank writes its gradient into its set's slot and
+    // the all-reduce sums every set at once: (N / replicas, ...).
+    std::vector<int64_t> slots = {group.size() / replicas};
+    for (int64_t size : grads[0].sizes()) slots.push_back(size);
+    at::Tensor sums = at::zeros(slots, grads[0].options());
+    const int64_t mine = group.rank() / replicas;
+    sums[mine].copy_(grads[0]);
+    group.all_reduce(sums);
+    return {sums[mine].clone(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor copy_to_tp_region(const at::Tensor& x, Group& group) { return CopyToTpRegion::apply(x, &group); }
+
+at::Tensor reduce_from_tp_region(const at::Tensor& x, Group& group) { return ReduceFromTpRegion::apply(x, &group); }
+
+at::Tensor gather_from_tp_region(const at::Tensor& x, Group& group) {
+  check_has_last_dim(x, group, "gather_from_tp_region");
+  return GatherFromTpRegion::apply(x, &group);
+}
+
+at::Tensor scatter_to_tp_region(const at::Tensor& x, Group& group) {
+  check_has_last_dim(x, group, "scatter_to_tp_region");
+  return ScatterToTpRegion::apply(x, &group);
+}
+
+at::Tensor sum_over_replicas(const at::Tensor& x, Group& group, int replicas) {
+  if (replicas < 1 || group.size() % replicas != 0)
+    throw std::invalid_argument(who(group, "sum_over_replicas") + ": replicas " + std::to_string(replicas) +
+                                " does not divide the group size " + std::to_string(group.size()));
+  if (replicas == 1) return x;
+  return SumOverReplicas::apply(x, &group, static_cast<int64_t>(replicas));
+}
+
+// ---------------------------------------------------------------------------------
+// Layer styles
+
+VocabShard VocabShard::of(int64_t vocab_size, int tp_size, int tp_rank) {
+  if (vocab_size < 1 || tp_size < 1 || tp_rank < 0 || tp_rank >= tp_size)
+    throw std::invalid_argument("ftrain::dist::VocabShard: vocab_size " + std::to_string(vocab_size) +
+                                ", rank " + std::to_string(tp_rank) + " of " + std::to_string(tp_size));
+  VocabShard shard;
+  shard.vocab_size = vocab_size;
+  shard.padded_size = (vocab_size + tp_size - 1) / tp_size * tp_size;
+  shard.rows = shard.padded_size / tp_size;
+  shard.start = tp_rank * shard.rows;
+  return shard;
+}
+
+namespace {
+
+std::string over(const Group& group) {
+  return "over " + group.name() + " group of " + std::to_string(group.size());
+}
+
+}  // namespace
+
+model::LinearStyle column_parallel(Group& group, const ColumnParallelOptions& options) {
+  if (options.replicas < 1 || group.size() % options.replicas != 0)
+    throw std::invalid_argument(who(group, "column_parallel") + ": replicas " + std::to_string(options.replicas) +
+                                " does not divide the group size " + std::to_string(group.size()));
+  std::string name = "column-parallel " + over(group);
+  if (options.replicas > 1) name += ", rows held by " + std::to_string(options.replicas) + " ranks each";
+  if (options.gather_output) name += ", output gathered";
+  return {name, [&group, options](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+            const at::Tensor x = options.copy_input ? copy_to_tp_region(input, group) : input;
+            const at::Tensor w = sum_over_replicas(weight, group, options.replicas);
+            const at::Tensor b = bias.defined() ? sum_over_replicas(bias, group, options.replicas) : bias;
+            // (..., in) -> (..., out / N)
+            at::Tensor y = F::linear(x, w, b);
+            return options.gather_output ? gather_from_tp_region(y, group) : y;
+          }};
+}
+
+model::LinearStyle row_parallel(Group& group, bool scatter_input) {
+  return {"row-parallel " + over(group) + (scatter_input ? ", input scattered" : ""),
+          [&group, scatter_input](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+            const at::Tensor x = scatter_input ? scatter_to_tp_region(input, group) : input;
+            // (..., in / N) -> (..., out) partial sums -> the whole output, then the bias once
+            at::Tensor y = reduce_from_tp_region(F::linear(x, weight), group);
+            return bias.defined() ? y + bias : y;
+          }};
+}
+
+model::EmbeddingStyle vocab_parallel_embedding(Group& group, const VocabShard& shard,
+                                               std::optional<int64_t> padding_idx) {
+  return {"vocabulary-parallel rows [" + std::to_string(shard.start) + ", " +
+              std::to_string(shard.start + shard.rows) + ") of " + std::to_string(shard.padded_size) + " " +
+              over(group),
+          [&group, shard, padding_idx](const at::Tensor& ids, const at::Tensor& weight) {
+            // (...) ids -> (...) whether this rank holds the row, and its local index
+            const at::Tensor held = (ids >= shard.start) & (ids < shard.start + shard.rows);
+            const at::Tensor local = at::where(held, ids - shard.start, at::zeros_like(ids));
+            auto options = F::EmbeddingFuncOptions();
+            if (padding_idx) options.padding_idx(*padding_idx);
+            // (...) -> (..., C), zero where another rank holds the row, then summed over ranks
+            at::Tensor partial = F::embedding(local, weight, options).masked_fill(held.logical_not().unsqueeze(-1), 0);
+            return reduce_from_tp_region(partial, group);
+          }};
+}
+
+model::InputHook copy_to_tp_region_hook(Group& group) {
+  return {"copy_to_tp_region " + over(group), [&group](const at::Tensor& x) { return copy_to_tp_region(x, group); }};
+}
+
+// ---------------------------------------------------------------------------------
+// Vocabulary-parallel cross-entropy
+
+at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at::Tensor& targets, Group& group,
+                                        int64_t vocab_size, int64_t ignore_index) {
+  const char* function = "vocab_parallel_cross_entropy";
+  check_has_last_dim(local_logits, group, function);
+  if (!targets.defined() || targets.scalar_type() != at::kLong ||
+      targets.sizes() != local_logits.sizes().slice(0, local_logits.dim() - 1))
+    throw std::invalid_argument(who(group, function) + ": targets must be int64 of shape " +
+                                c10::str(local_logits.sizes().slice(0, local_logits.dim() - 1)) +
+                                " (the logits' without the vocabulary), got " +
+                                (targets.defined() ? std::string(c10::toString(targets.scalar_type())) + " " +
+                                                         c10::str(targets.sizes())
+                                                   : std::string("an undefined tensor")));
+  const VocabShard shard = VocabShard::of(vocab_size, group.size(), group.rank());
+  if (local_logits.size(-1) != shard.rows)
+    throw std::invalid_argument(who(group, function) + ": logits hold " + std::to_string(local_logits.size(-1)) +
+                                " vocabulary columns; a shard of vocab_size " + std::to_string(vocab_size) +
+                                " padded to " + std::to_string(shard.padded_size) + " has " +
+                                std::to_string(shard.rows));
+  const at::Tensor counted = targets != ignore_index;
+  if ((counted & ((targets < 0) | (targets >= vocab_size))).any().item<bool>())
+    throw std::invalid_argument(who(group, function) + ": a target is outside [0, " + std::to_string(vocab_size) +
+                                ") and is not ignore_index " + std::to_string(ignore_index));
+
+  at::Tensor logits = local_logits.scalar_type() == at::kDouble ? local_logits : local_logits.to(at::kFloat);
+  if (shard.start + shard.rows > vocab_size) {  // padding columns take no part
+    const at::Tensor column = at::arange(shard.start, shard.start + shard.rows, targets.options());
+    logits = logits.masked_fill(column >= vocab_size, -std::numeric_limits<double>::infinity());
+  }
+  // (..., V / N) -> (..., 1): the largest logit of each position over every rank, a
+  // constant shift that keeps exp() finite.
+  at::Tensor max = logits.detach().amax(-1, /*keepdim=*/true);
+  group.all_reduce(max, ReduceOp::Max);
+  const at::Tensor shifted = logits - max;
+  // (...) sum over the whole vocabulary of exp(logit - max)
+  const at::Tensor sum_exp = reduce_from_tp_region(shifted.exp().sum(-1), group);
+  // (...) the target's shifted logit, from the one rank that holds it, 0 on the others
+  const at::Tensor held = (targets >= shard.start) & (targets < shard.start + shard.rows);
+  const at::Tensor local = at::where(held, targets - shard.start, at::zeros_like(targets));
+  const at::Tensor picked = shifted.gather(-1, local.unsqueeze(-1)).squeeze(-1);
+  const at::Tensor target_logit = reduce_from_tp_region(at::where(held, picked, at::zeros_like(picked)), group);
+  // -log softmax(target) = log sum exp(logit - max) - (target logit - max)
+  const at::Tensor loss = sum_exp.log() - target_logit;
+  return at::where(counted, loss, at::zeros_like(loss));
+}
+
+// ---------------------------------------------------------------------------------
+// Whole models
+
+namespace {
+
+// Replaces a parameter's values with `value` (a slice of them, or a padded copy),
+// keeping the tensor the module registered, so named_parameters() and the module's
+// member see the shard.
+void replace_with(at::Tensor& parameter, const at::Tensor& value) {
+  at::Tensor shard = value.contiguous().clone();
+  parameter.mutable_grad().reset();
+  parameter.set_data(shard);
+}
+
+// Rows [start, start + count) of dimension `dim`.
+at::Tensor slice(const at::Tensor& t, int64_t dim, int64_t start, int64_t count) {
+  return t.narrow(dim, start, count);
+}
+
+model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
+  model::LinearImpl* impl = layer.styled();
+  if (!impl)
+    throw std::invalid_argument("apply_tensor_parallel: " + name +
+                                " is a plain torch::nn::Linear, which cannot be made parallel");
+  if (impl->style().forward) throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl->style().name);
+  return *impl;
+}
+
+// Column-parallel: rows [start, start + count) of W (out, in) and of b.
+void shard_rows(model::Linear& layer, const std::string& name, int64_t start, int64_t count, Group& group,
+                const ColumnParallelOptions& options) {
+  model::LinearImpl& impl = own_linear(layer, name);
+  replace_with(impl.weight, slice(impl.weight, 0, start, count));
+  if (impl.bias.defined()) replace_with(impl.bias, slice(impl.bias, 0, start, count));
+  impl.options.out_features(count);
+  impl.set_style(column_parallel(group, options));
+}
+
+// Row-parallel: columns [start, start + count) of W (out, in); b whole.
+void shard_columns(model::Linear& layer, const std::string& name, int64_t start, int64_t count, Group& group) {
+  model::LinearImpl& impl = own_linear(layer, name);
+  replace_with(impl.weight, slice(impl.weight, 1, start, count));
+  impl.options.in_features(count);
+  impl.set_style(row_parallel(group));
+}
+
+// This rank's rows of a (V, C) table, zero rows past V: (V, C) -> (V_pad / N, C).
+at::Tensor vocab_rows(const at::Tensor& table, const VocabShard& shard) {
+  at::Tensor rows = at::zeros({shard.rows, table.size(1)}, table.options());
+  const int64_t held = std::max<int64_t>(0, std::min(shard.vocab_size, shard.start + shard.rows) - shard.start);
+  if (held > 0) rows.narrow(0, 0, held).copy_(table.narrow(0, shard.start, held));
+  return rows;
+}
+
+void shard_embedding(model::Embedding& embedding, const std::string& name, const VocabShard& shard, Group& group) {
+  model::EmbeddingImpl& impl = *embedding;
+  if (impl.style().forward) throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl.style().name);
+  std::optional<int64_t> padding;
+  if (auto global = impl.options.padding_idx(); global && shard.holds(*global)) padding = *global - shard.start;
+  replace_with(impl.weight, vocab_rows(impl.weight, shard));
+  impl.options.num_embeddings(shard.rows);
+  impl.options.padding_idx(padding);
+  impl.set_style(vocab_parallel_embedding(group, shard, padding));
+}
+
+// The head (V, C) when it is not the embedding: rows as the embedding's; its input
+// goes through head_input_hook, so the layer itself does not copy.
+void shard_head(model::Linear& head, const VocabShard& shard, Group& group) {
+  model::LinearImpl& impl = own_linear(head, "lm_head");
+  replace_with(impl.weight, vocab_rows(impl.weight, shard));
+  impl.options.out_features(shard.rows);
+  impl.set_style(column_parallel(group, {.copy_input = false}));
+}
+
+std::string refusal(const std::string& family, int tp) {
+  return "apply_tensor_parallel: " + family + " over a tensor-parallel group of " + std::to_string(tp) + " ranks: ";
+}
+
+void check_unsharded(const at::Tensor& weight, std::vector<int64_t> expected, const std::string& name,
+                     const std::string& prefix) {
+  if (weight.sizes() != c10::IntArrayRef(expected))
+    throw std::invalid_argument(prefix + name + " is " + c10::str(weight.sizes()) + ", not the full " +
+                                c10::str(c10::IntArrayRef(expected)) + "; the model is already sharded");
+}
+
+}  // namespace
+
+void apply_tensor_parallel(model::Gpt2& model, Communicator& comm) {
+  Group& group = comm.tp();
+  const int64_t N = group.size(), r = group.rank();
+  const model::Gpt2Config& config = model->config();
+  const int64_t C = config.n_embd, inner = config.inner_dim();
+  const std::string prefix = refusal("GPT-2", group.size());
+  if (config.n_head % N != 0)
+    throw std::invalid_argument(prefix + "n_head " + std::to_string(config.n_head) +
+                                " is not a multiple of " + std::to_string(N) + " (attention is split by heads)");
+  if (inner % N != 0)
+    throw std::invalid_argument(prefix + "the MLP width (n_inner) " + std::to_string(inner) +
+                                " is not a multiple of " + std::to_string(N));
+  check_unsharded(model->transformer->wte->weight, {config.vocab_size, C}, "transformer.wte.weight", prefix);
+  // Every layer is checked before any is changed.
+  for (size_t i = 0; i < model->transformer->h->size(); ++i) {
+    auto& block = *model->transformer->h[i]->as<model::BlockImpl>();
+    const std::string layer = "transformer.h." + std::to_string(i) + ".";
+    for (auto [layer_ref, name] : {std::pair{&block.attn->c_attn, "attn.c_attn"}, std::pair{&block.attn->c_proj, "attn.c_proj"},
+                                   std::pair{&block.mlp->c_fc, "mlp.c_fc"}, std::pair{&block.mlp->c_proj, "mlp.c_proj"}})
+      own_linear(*layer_ref, layer + name);  // throws for a layer that cannot be sharded
+  }
+  if (!config.tie_word_embeddings) own_linear(model->lm_head, "lm_head");
+
+  torch::NoGradGuard no_grad;
+  const int64_t width = C / N;  // this rank's heads: n_head / N of them, head_dim each
+  for (size_t i = 0; i < model->transformer->h->size(); ++i) {
+    auto& block = *model->transformer->h[i]->as<model::BlockImpl>();
+    const std::string layer = "transformer.h." + std::to_string(i) + ".";
+    auto& attn = *block.attn;
+    // c_attn (3C, C) is [queries; keys; values]: this rank's heads of each, (3C / N, C).
+    {
+      model::LinearImpl& impl = own_linear(attn.c_attn, layer + "attn.c_attn");
+      auto heads_of = [&](const at::Tensor& t) {
+        return at::cat({slice(t, 0, r * width, width), slice(t, 0, C + r * width, width),
+                        slice(t, 0, 2 * C + r * width, width)});
+      };
+      replace_with(impl.weight, heads_of(impl.weight));
+      if (impl.bias.defined()) replace_with(impl.bias, heads_of(impl.bias));
+      impl.options.out_features(3 * width);
+      impl.set_style(column_parallel(group, {.copy_input = false}));
+    }
+    attn.input_hook = copy_to_tp_region_hook(group);
+    shard_columns(attn.c_proj, layer + "attn.c_proj", r * width, width, group);
+
+    auto& mlp = *block.mlp;
+    mlp.input_hook = copy_to_tp_region_hook(group);
+    shard_rows(mlp.c_fc, layer + "mlp.c_fc", r * (inner / N), inner / N, group, {.copy_input = false});
+    shard_columns(mlp.c_proj, layer + "mlp.c_proj", r * (inner / N), inner / N, group);
+  }
+
+  const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
+  shard_embedding(model->transformer->wte, "transformer.wte", shard, group);
+  if (!config.tie_word_embeddings) shard_head(model->lm_head, shard, group);
+  model->head_input_hook = copy_to_tp_region_hook(group);
+}
+
+void apply_tensor_parallel(model::Llama& model, Communicator& comm) {
+  Group& group = comm.tp();
+  const int64_t N = group.size(), r = group.rank();
+  const model::LlamaConfig& config = model->config();
+  const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
+  const int64_t hs = config.head_size(), inner = config.intermediate_size;
+  const std::string prefix = refusal(config.model_type, group.size());
+  if (heads % N != 0)
+    throw std::invalid_argument(prefix + "num_attention_heads " + std::to_string(heads) + " is not a multiple of " +
+                                std::to_string(N) + " (attention is split by heads)");
+  if (kv_heads % N != 0 && N % kv_heads != 0)
+    throw std::invalid_argument(prefix + "num_key_value_heads " + std::to_string(kv_heads) +
+                                " is neither a multiple nor a divisor of " + std::to_string(N) +
+                                " (key/value heads are split, or each rank keeps the one its query heads use)");
+  if (inner % N != 0)
+    throw std::invalid_argument(prefix + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
+                                std::to_string(N));
+  check_unsharded(model->model->embed_tokens->weight, {config.vocab_size, config.hidden_size},
+                  "model.embed_tokens.weight", prefix);
+  // Every layer is checked before any is changed.
+  for (size_t i = 0; i < model->model->layers->size(); ++i) {
+    auto& block = *model->model->layers[i]->as<model::LlamaBlockImpl>();
+    const std::string layer = "model.layers." + std::to_string(i) + ".";
+    for (auto [layer_ref, name] : {std::pair{&block.self_attn->q_proj, "self_attn.q_proj"},
+                                   std::pair{&block.self_attn->k_proj, "self_attn.k_proj"},
+                                   std::pair{&block.self_attn->v_proj, "self_attn.v_proj"},
+                                   std::pair{&block.self_attn->o_proj, "self_attn.o_proj"},
+                                   std::pair{&block.mlp->gate_proj, "mlp.gate_proj"},
+                                   std::pair{&block.mlp->up_proj, "mlp.up_proj"},
+                                   std::pair{&block.mlp->down_proj, "mlp.down_proj"}})
+      own_linear(*layer_ref, layer + name);
+  }
+  if (!config.tie_word_embeddings) own_linear(model->lm_head, "lm_head");
+
+  // Rank r computes query heads [r nh / N, (r + 1) nh / N). Query head j reads key/value
+  // head j / (nh / nkv), so r's key/value heads are [r nkv / N, (r + 1) nkv / N) when N
+  // divides nkv, else the single head r / (N / nkv), which N / nkv ranks share.
+  const int64_t q_heads = heads / N;
+  const int64_t local_kv_heads = kv_heads % N == 0 ? kv_heads / N : 1;
+  const int64_t first_kv_head = kv_heads % N == 0 ? r * local_kv_heads : r / (N / kv_heads);
+  const int replicas = kv_heads % N == 0 ? 1 : static_cast<int>(N / kv_heads);
+
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < model->model->layers->size(); ++i) {
+    auto& block = *model->model->layers[i]->as<model::LlamaBlockImpl>();
+    const std::string layer = "model.layers." + std::to_string(i) + ".";
+    auto& attn = *block.self_attn;
+    attn.input_hook = copy_to_tp_region_hook(group);
+    shard_rows(attn.q_proj, layer + "self_attn.q_proj", r * q_heads * hs, q_heads * hs, group, {.copy_input = false});
+    const ColumnParallelOptions kv = {.copy_input = false, .replicas = replicas};
+    shard_rows(attn.k_proj, layer + "self_attn.k_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
+    shard_rows(attn.v_proj, layer + "self_attn.v_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
+    shard_columns(attn.o_proj, layer + "self_attn.o_proj", r * q_heads * hs, q_heads * hs, group);
+
+    auto& mlp = *block.mlp;
+    mlp.input_hook = copy_to_tp_region_hook(group);
+    shard_rows(mlp.gate_proj, layer + "mlp.gate_proj", r * (inner / N), inner / N, group, {.copy_input = false});
+    shard_rows(mlp.up_proj, layer + "mlp.up_proj", r * (inner / N), inner / N, group, {.copy_input = false});
+    shard_columns(mlp.down_proj, layer + "mlp.down_proj", r * (inner / N), inner / N, group);
+  }
+
+  const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
+  shard_embedding(model->model->embed_tokens, "model.embed_tokens", shard, group);
+  if (!config.tie_word_embeddings) shard_head(model->lm_head, shard, group);
+  model->head_input_hook = copy_to_tp_region_hook(group);
+}
+
+}  // namespace ftrain::dist

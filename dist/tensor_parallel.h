@@ -1,0 +1,147 @@
+// Tensor parallelism (Shoeybi et al., 2019, "Megatron-LM"): the weights of each layer
+// are split over the ranks of the tensor-parallel group, each rank computes its part
+// of every layer, and a few collectives join the parts.
+//
+// Three layers of it, each on the one below:
+//   1. Four paired autograd functions, the only places tensor parallelism communicates.
+//   2. Styles for model/linear.h's layers: column-parallel and row-parallel linear
+//      layers, the vocabulary-parallel embedding, and the cross-entropy that reads
+//      vocabulary-parallel logits.
+//   3. apply_tensor_parallel, which shards a whole GPT-2 or Llama in place and sets
+//      the styles. docs/tensor-parallel.md says which weight is split how.
+//
+// Every member of the group makes the same calls in the same order. The group (or
+// communicator) must outlive the tensors and models that use it: autograd graphs and
+// styles keep a reference to it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "dist/comm.h"
+#include "model/gpt2.h"
+#include "model/linear.h"
+#include "model/llama.h"
+
+namespace ftrain::dist {
+
+// ---------------------------------------------------------------------------------
+// 1. The paired functions. N = group.size(), r = group.rank().
+
+// Forward: identity. Backward: all-reduce (sum) of the gradient.
+// Where a replicated activation enters layers whose weights are split.
+at::Tensor copy_to_tp_region(const at::Tensor& x, Group& group);
+
+// Forward: all-reduce (sum). Backward: identity.
+// Where the partial outputs of a split layer are joined into the replicated one.
+at::Tensor reduce_from_tp_region(const at::Tensor& x, Group& group);
+
+// Forward: all-gather along the last dimension, in rank order: (..., n) -> (..., N n).
+// Backward: this rank's slice [r n, (r + 1) n) of the gradient's last dimension.
+at::Tensor gather_from_tp_region(const at::Tensor& x, Group& group);
+
+// Forward: this rank's slice along the last dimension: (..., N n) -> (..., n).
+// Backward: all-gather of the gradient along the last dimension.
+// Throws std::invalid_argument when N does not divide the last dimension.
+at::Tensor scatter_to_tp_region(const at::Tensor& x, Group& group);
+
+// Forward: identity. Backward: the sum of the gradients of the `replicas` consecutive
+// ranks (r / replicas equal) that hold copies of the same tensor, on each of them.
+// For key/value heads of grouped-query attention when N exceeds their number: the
+// copies then get the gradient the undivided head would get, and stay equal.
+// `replicas` divides N.
+at::Tensor sum_over_replicas(const at::Tensor& x, Group& group, int replicas);
+
+// ---------------------------------------------------------------------------------
+// 2. Layer styles and the vocabulary-parallel loss.
+
+// The rows of a vocabulary of V tokens that rank r of N holds: V is padded up to a
+// multiple of N so that every rank holds as many rows; the padding rows are zero,
+// never looked up, and masked out of the loss.
+struct VocabShard {
+  int64_t vocab_size = 0;   // V
+  int64_t padded_size = 0;  // V rounded up to a multiple of N
+  int64_t start = 0;        // first row of rank r: r * rows
+  int64_t rows = 0;         // padded_size / N
+
+  static VocabShard of(int64_t vocab_size, int tp_size, int tp_rank);
+  bool holds(int64_t token) const { return token >= start && token < start + rows; }
+};
+
+struct ColumnParallelOptions {
+  // Pass the input through copy_to_tp_region. False where an InputHook in front of
+  // the layer already does (several layers reading one input share one).
+  bool copy_input = true;
+  // All-gather the output so every rank holds all of it; false leaves each rank its
+  // columns of the output, as the next row-parallel layer wants them.
+  bool gather_output = false;
+  // > 1: this many consecutive ranks hold the same rows (replicated key/value heads),
+  // and the gradients of weight and bias are summed over them (sum_over_replicas).
+  int replicas = 1;
+};
+
+// Column-parallel linear: this rank holds rows (output features) of W (out, in) and
+// the same entries of b: y_r = x W_r^T + b_r, (..., in) -> (..., out / N).
+model::LinearStyle column_parallel(Group& group, const ColumnParallelOptions& options = {});
+
+// Row-parallel linear: this rank holds columns (input features) of W and the whole b,
+// and reads its slice of the input: y = all-reduce(x_r W_r^T) + b, the bias added
+// once after the reduction. (..., in / N) -> (..., out); with scatter_input the input
+// is the whole (..., in) and each rank takes its slice (scatter_to_tp_region).
+model::LinearStyle row_parallel(Group& group, bool scatter_input = false);
+
+// Vocabulary-parallel embedding: this rank holds rows [shard.start, shard.start +
+// shard.rows) of the table. Ids it does not hold look up zero vectors; the partial
+// embeddings are summed over the ranks (reduce_from_tp_region). `padding_idx` is the
+// local row that gets no gradient, if this rank holds the padding token.
+model::EmbeddingStyle vocab_parallel_embedding(Group& group, const VocabShard& shard,
+                                               std::optional<int64_t> padding_idx = std::nullopt);
+
+// The InputHook that puts copy_to_tp_region in front of column-parallel layers.
+model::InputHook copy_to_tp_region_hook(Group& group);
+
+// Cross-entropy of each position from this rank's vocabulary shard of the logits,
+// without any rank holding all of them:
+//   local_logits (..., V_pad / N), the columns [r V_pad / N, (r + 1) V_pad / N) of the
+//     logits over the padded vocabulary; columns >= vocab_size are ignored.
+//   targets (...) int64 token ids in [0, vocab_size), or ignore_index.
+// -> (...) loss of each position (0 where the target is ignore_index), equal on every
+// rank, in float32 (float64 for float64 logits). Three all-reduces of one value per
+// position: the maximum logit, the sum of exponentials, the target's logit (from the
+// rank that holds it). Differentiable with respect to local_logits.
+// Throws std::invalid_argument for a target outside the vocabulary or mismatched shapes.
+at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at::Tensor& targets, Group& group,
+                                        int64_t vocab_size, int64_t ignore_index = -100);
+
+// ---------------------------------------------------------------------------------
+// 3. Whole models.
+//
+// Shards, in place, a model that holds the full weights on every rank (as loading
+// and init_* make it) to this rank's part for comm.tp(), and sets the styles:
+// attention split by heads, the MLP column- then row-parallel, the token embedding
+// and the language-modelling head (tied or not) split by vocabulary rows. Call it
+// before making the optimizer. Afterwards:
+//   - forward() returns this rank's vocabulary shard of the logits, (B, T, V_pad / N),
+//     for vocab_parallel_cross_entropy; hidden_states() are whole and equal on every
+//     rank.
+//   - the parameters of split layers hold this rank's slice; named_parameters() keeps
+//     the names. Gradients of replicated parameters (norms, position embedding,
+//     row-parallel biases) are whole and equal on every rank.
+//   - dropout must draw the same on every rank for replicated activations (same seed);
+//     dropout inside the split attention is not yet coordinated, so train with
+//     attention dropout 0 under tensor parallelism.
+// With a tensor-parallel group of one rank the model computes as before.
+//
+// Throws std::invalid_argument, before changing anything, when the group size does not
+// divide the heads or the MLP width (naming the sizes), or when the model was already
+// sharded.
+void apply_tensor_parallel(model::Gpt2& model, Communicator& comm);
+// Grouped-query attention: key/value heads are split when N divides
+// num_key_value_heads; when N is a multiple of it, each rank keeps the one key/value
+// head its query heads use (N / num_key_value_heads ranks hold each, summing their
+// gradients); anything else is refused.
+void apply_tensor_parallel(model::Llama& model, Communicator& comm);
+
+}  // namespace ftrain::dist
