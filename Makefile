@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:
 #   make demo   installs what is missing, builds, and runs the 2-rank demo fine-tune
+#               (DATA=sst2 [SST2_DIR=dir]: on SST-2 instead of the generated reviews)
 #   make test   installs what is missing, builds, and runs every test (ctest)
 # Both return quickly when nothing has changed.
 
@@ -38,7 +39,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(GPU_FILTER) $(CTEST_ARGS)
 
 demo: build-programs
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) scripts/demo.sh
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) DATA="$(DATA)" SST2_DIR="$(SST2_DIR)" scripts/demo.sh
 
 clean:
 	rm -rf $(BUILD)
