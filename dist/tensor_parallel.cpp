@@ -292,17 +292,13 @@ void replace_with(at::Tensor& parameter, const at::Tensor& value) {
   parameter.set_data(shard);
 }
 
-// Rows [start, start + count) of dimension `dim`.
-at::Tensor slice(const at::Tensor& t, int64_t dim, int64_t start, int64_t count) {
-  return t.narrow(dim, start, count);
-}
-
 model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
   model::LinearImpl* impl = layer.styled();
   if (!impl)
     throw std::invalid_argument("apply_tensor_parallel: " + name +
                                 " is a plain torch::nn::Linear, which cannot be made parallel");
-  if (impl->style().forward) throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl->style().name);
+  if (impl->style().forward)
+    throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl->style().name);
   return *impl;
 }
 
@@ -310,8 +306,8 @@ model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
 void shard_rows(model::Linear& layer, const std::string& name, int64_t start, int64_t count, Group& group,
                 const ColumnParallelOptions& options) {
   model::LinearImpl& impl = own_linear(layer, name);
-  replace_with(impl.weight, slice(impl.weight, 0, start, count));
-  if (impl.bias.defined()) replace_with(impl.bias, slice(impl.bias, 0, start, count));
+  replace_with(impl.weight, impl.weight.narrow(0, start, count));
+  if (impl.bias.defined()) replace_with(impl.bias, impl.bias.narrow(0, start, count));
   impl.options.out_features(count);
   impl.set_style(column_parallel(group, options));
 }
@@ -319,7 +315,7 @@ void shard_rows(model::Linear& layer, const std::string& name, int64_t start, in
 // Row-parallel: columns [start, start + count) of W (out, in); b whole.
 void shard_columns(model::Linear& layer, const std::string& name, int64_t start, int64_t count, Group& group) {
   model::LinearImpl& impl = own_linear(layer, name);
-  replace_with(impl.weight, slice(impl.weight, 1, start, count));
+  replace_with(impl.weight, impl.weight.narrow(1, start, count));
   impl.options.in_features(count);
   impl.set_style(row_parallel(group));
 }
@@ -398,8 +394,8 @@ void apply_tensor_parallel(model::Gpt2& model, Communicator& comm) {
     {
       model::LinearImpl& impl = own_linear(attn.c_attn, layer + "attn.c_attn");
       auto heads_of = [&](const at::Tensor& t) {
-        return at::cat({slice(t, 0, r * width, width), slice(t, 0, C + r * width, width),
-                        slice(t, 0, 2 * C + r * width, width)});
+        return at::cat({t.narrow(0, r * width, width), t.narrow(0, C + r * width, width),
+                        t.narrow(0, 2 * C + r * width, width)});
       };
       replace_with(impl.weight, heads_of(impl.weight));
       if (impl.bias.defined()) replace_with(impl.bias, heads_of(impl.bias));
