@@ -1,11 +1,6 @@
 # Tensor parallelism (dist/tensor_parallel.h) under mpirun: every rank of the world is one
 # tensor-parallel group of 2 or 4, checked against an unsharded copy of the same model.
 
-# dist/CMakeLists.txt may already include the library's own file.
-if(NOT TARGET ftrain_tensor_parallel)
-  include(${PROJECT_SOURCE_DIR}/dist/tensor_parallel.cmake)
-endif()
-
 ftrain_unit_test(test_tensor_parallel SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_tensor_parallel.cpp
                  LIBS ftrain_tensor_parallel)
 set(_tensor_parallel $<TARGET_FILE:test_tensor_parallel>)
