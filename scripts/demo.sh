@@ -148,12 +148,14 @@ texts = ["The battery was far from reliable, but the screen was gorgeous.",
 with torch.no_grad():
     probs = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
 print("   transformers, loading final/ (sentences not in the data):")
+readable = {"0": "0 (neg)", "1": "1 (pos)"}  # SST-2's label names are its digits
 for text, p in zip(texts, probs):
-    print(f"     {model.config.id2label[int(p.argmax())]:>8} {float(p.max()):.2f}  {text}")
+    label = model.config.id2label[int(p.argmax())]
+    print(f"     {readable.get(label, label):>8} {float(p.max()):.2f}  {text}")
 EOF
 cat <<EOF
-   run directory $run: config.ini, metrics.jsonl, test_report.json, checkpoints/ (best/ is the
-   best validation checkpoint), final/ (Hugging Face BertForSequenceClassification; load it
-   with transformers, tokenizer from $model)
+   run directory $run: config.ini, metrics.jsonl, test_report.json, checkpoints/ (the file
+   'best' names the best validation checkpoint), final/ (Hugging Face
+   BertForSequenceClassification; load it with transformers, tokenizer from $model)
    wall time: $((train_seconds / 60))m$(printf %02d $((train_seconds % 60)))s training (ftrain), $(((SECONDS - started) / 60))m$(printf %02d $(((SECONDS - started) % 60)))s for this script
 EOF
