@@ -283,6 +283,15 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at
 
 namespace {
 
+// The entries `shard.index` of `full` along `shard.dim`, zeros where the index is -1.
+at::Tensor shard_along(const ParameterShard& shard, const at::Tensor& full) {
+  const at::Tensor index = shard.index.to(full.device());
+  at::Tensor local = full.index_select(shard.dim, index.clamp_min(0));
+  std::vector<int64_t> mask_shape(full.dim(), 1);
+  mask_shape[shard.dim] = index.numel();
+  return local * (index >= 0).view(mask_shape).to(local.scalar_type());
+}
+
 // Replaces a parameter's values with `value` (a slice of them, or a padded copy),
 // keeping the tensor the module registered, so named_parameters() and the module's
 // member see the shard.
@@ -291,6 +300,17 @@ void replace_with(at::Tensor& parameter, const at::Tensor& value) {
   parameter.mutable_grad().reset();
   parameter.set_data(shard);
 }
+
+// Cuts parameter `name` to the entries `index` (global indices, -1 for padding) along
+// `dim` and records how, so the whole tensor can be rebuilt from the ranks' parts.
+void cut(TensorParallelPlan& plan, const std::string& name, at::Tensor& parameter, int64_t dim, at::Tensor index,
+         int replicas = 1) {
+  ParameterShard shard{dim, index, parameter.sizes().vec(), replicas};
+  replace_with(parameter, shard_along(shard, parameter));
+  plan.sharded[name] = std::move(shard);
+}
+
+at::Tensor range(int64_t start, int64_t count) { return at::arange(start, start + count, at::kLong); }
 
 model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
   model::LinearImpl* impl = layer.styled();
@@ -303,37 +323,38 @@ model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
 }
 
 // Column-parallel: rows [start, start + count) of W (out, in) and of b.
-void shard_rows(model::Linear& layer, const std::string& name, int64_t start, int64_t count, Group& group,
-                const ColumnParallelOptions& options) {
+void shard_rows(TensorParallelPlan& plan, model::Linear& layer, const std::string& name, int64_t start, int64_t count,
+                Group& group, const ColumnParallelOptions& options) {
   model::LinearImpl& impl = own_linear(layer, name);
-  replace_with(impl.weight, impl.weight.narrow(0, start, count));
-  if (impl.bias.defined()) replace_with(impl.bias, impl.bias.narrow(0, start, count));
+  cut(plan, name + ".weight", impl.weight, 0, range(start, count), options.replicas);
+  if (impl.bias.defined()) cut(plan, name + ".bias", impl.bias, 0, range(start, count), options.replicas);
   impl.options.out_features(count);
   impl.set_style(column_parallel(group, options));
 }
 
 // Row-parallel: columns [start, start + count) of W (out, in); b whole.
-void shard_columns(model::Linear& layer, const std::string& name, int64_t start, int64_t count, Group& group) {
+void shard_columns(TensorParallelPlan& plan, model::Linear& layer, const std::string& name, int64_t start,
+                   int64_t count, Group& group) {
   model::LinearImpl& impl = own_linear(layer, name);
-  replace_with(impl.weight, impl.weight.narrow(1, start, count));
+  cut(plan, name + ".weight", impl.weight, 1, range(start, count));
   impl.options.in_features(count);
   impl.set_style(row_parallel(group));
 }
 
-// This rank's rows of a (V, C) table, zero rows past V: (V, C) -> (V_pad / N, C).
-at::Tensor vocab_rows(const at::Tensor& table, const VocabShard& shard) {
-  at::Tensor rows = at::zeros({shard.rows, table.size(1)}, table.options());
-  const int64_t held = std::max<int64_t>(0, std::min(shard.vocab_size, shard.start + shard.rows) - shard.start);
-  if (held > 0) rows.narrow(0, 0, held).copy_(table.narrow(0, shard.start, held));
-  return rows;
+// The global rows of this rank's part of a (V, C) table, -1 for the zero rows past V:
+// (V, C) -> (V_pad / N, C).
+at::Tensor vocab_rows(const VocabShard& shard) {
+  at::Tensor rows = range(shard.start, shard.rows);
+  return rows.masked_fill(rows >= shard.vocab_size, -1);
 }
 
-void shard_embedding(model::Embedding& embedding, const std::string& name, const VocabShard& shard, Group& group) {
+void shard_embedding(TensorParallelPlan& plan, model::Embedding& embedding, const std::string& name,
+                     const VocabShard& shard, Group& group) {
   model::EmbeddingImpl& impl = *embedding;
   if (impl.style().forward) throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl.style().name);
   std::optional<int64_t> padding;
   if (auto global = impl.options.padding_idx(); global && shard.holds(*global)) padding = *global - shard.start;
-  replace_with(impl.weight, vocab_rows(impl.weight, shard));
+  cut(plan, name + ".weight", impl.weight, 0, vocab_rows(shard));
   impl.options.num_embeddings(shard.rows);
   impl.options.padding_idx(padding);
   impl.set_style(vocab_parallel_embedding(group, shard, padding));
@@ -341,9 +362,9 @@ void shard_embedding(model::Embedding& embedding, const std::string& name, const
 
 // The head (V, C) when it is not the embedding: rows as the embedding's; its input
 // goes through head_input_hook, so the layer itself does not copy.
-void shard_head(model::Linear& head, const VocabShard& shard, Group& group) {
+void shard_head(TensorParallelPlan& plan, model::Linear& head, const VocabShard& shard, Group& group) {
   model::LinearImpl& impl = own_linear(head, "lm_head");
-  replace_with(impl.weight, vocab_rows(impl.weight, shard));
+  cut(plan, "lm_head.weight", impl.weight, 0, vocab_rows(shard));
   impl.options.out_features(shard.rows);
   impl.set_style(column_parallel(group, {.copy_input = false}));
 }
@@ -361,8 +382,10 @@ void check_unsharded(const at::Tensor& weight, std::vector<int64_t> expected, co
 
 }  // namespace
 
-void apply_tensor_parallel(model::Gpt2& model, Communicator& comm) {
+TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm) {
   Group& group = comm.tp();
+  TensorParallelPlan plan;
+  plan.tp_size = group.size();
   const int64_t N = group.size(), r = group.rank();
   const model::Gpt2Config& config = model->config();
   const int64_t C = config.n_embd, inner = config.inner_dim();
@@ -393,32 +416,33 @@ void apply_tensor_parallel(model::Gpt2& model, Communicator& comm) {
     // c_attn (3C, C) is [queries; keys; values]: this rank's heads of each, (3C / N, C).
     {
       model::LinearImpl& impl = own_linear(attn.c_attn, layer + "attn.c_attn");
-      auto heads_of = [&](const at::Tensor& t) {
-        return at::cat({t.narrow(0, r * width, width), t.narrow(0, C + r * width, width),
-                        t.narrow(0, 2 * C + r * width, width)});
-      };
-      replace_with(impl.weight, heads_of(impl.weight));
-      if (impl.bias.defined()) replace_with(impl.bias, heads_of(impl.bias));
+      const at::Tensor heads = at::cat({range(r * width, width), range(C + r * width, width),
+                                        range(2 * C + r * width, width)});
+      cut(plan, layer + "attn.c_attn.weight", impl.weight, 0, heads);
+      if (impl.bias.defined()) cut(plan, layer + "attn.c_attn.bias", impl.bias, 0, heads);
       impl.options.out_features(3 * width);
       impl.set_style(column_parallel(group, {.copy_input = false}));
     }
     attn.input_hook = copy_to_tp_region_hook(group);
-    shard_columns(attn.c_proj, layer + "attn.c_proj", r * width, width, group);
+    shard_columns(plan, attn.c_proj, layer + "attn.c_proj", r * width, width, group);
 
     auto& mlp = *block.mlp;
     mlp.input_hook = copy_to_tp_region_hook(group);
-    shard_rows(mlp.c_fc, layer + "mlp.c_fc", r * (inner / N), inner / N, group, {.copy_input = false});
-    shard_columns(mlp.c_proj, layer + "mlp.c_proj", r * (inner / N), inner / N, group);
+    shard_rows(plan, mlp.c_fc, layer + "mlp.c_fc", r * (inner / N), inner / N, group, {.copy_input = false});
+    shard_columns(plan, mlp.c_proj, layer + "mlp.c_proj", r * (inner / N), inner / N, group);
   }
 
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(model->transformer->wte, "transformer.wte", shard, group);
-  if (!config.tie_word_embeddings) shard_head(model->lm_head, shard, group);
+  shard_embedding(plan, model->transformer->wte, "transformer.wte", shard, group);
+  if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
   model->head_input_hook = copy_to_tp_region_hook(group);
+  return plan;
 }
 
-void apply_tensor_parallel(model::Llama& model, Communicator& comm) {
+TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm) {
   Group& group = comm.tp();
+  TensorParallelPlan plan;
+  plan.tp_size = group.size();
   const int64_t N = group.size(), r = group.rank();
   const model::LlamaConfig& config = model->config();
   const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
@@ -465,23 +489,80 @@ void apply_tensor_parallel(model::Llama& model, Communicator& comm) {
     const std::string layer = "model.layers." + std::to_string(i) + ".";
     auto& attn = *block.self_attn;
     attn.input_hook = copy_to_tp_region_hook(group);
-    shard_rows(attn.q_proj, layer + "self_attn.q_proj", r * q_heads * hs, q_heads * hs, group, {.copy_input = false});
+    shard_rows(plan, attn.q_proj, layer + "self_attn.q_proj", r * q_heads * hs, q_heads * hs, group, {.copy_input = false});
     const ColumnParallelOptions kv = {.copy_input = false, .replicas = replicas};
-    shard_rows(attn.k_proj, layer + "self_attn.k_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
-    shard_rows(attn.v_proj, layer + "self_attn.v_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
-    shard_columns(attn.o_proj, layer + "self_attn.o_proj", r * q_heads * hs, q_heads * hs, group);
+    shard_rows(plan, attn.k_proj, layer + "self_attn.k_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
+    shard_rows(plan, attn.v_proj, layer + "self_attn.v_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
+    shard_columns(plan, attn.o_proj, layer + "self_attn.o_proj", r * q_heads * hs, q_heads * hs, group);
 
     auto& mlp = *block.mlp;
     mlp.input_hook = copy_to_tp_region_hook(group);
-    shard_rows(mlp.gate_proj, layer + "mlp.gate_proj", r * (inner / N), inner / N, group, {.copy_input = false});
-    shard_rows(mlp.up_proj, layer + "mlp.up_proj", r * (inner / N), inner / N, group, {.copy_input = false});
-    shard_columns(mlp.down_proj, layer + "mlp.down_proj", r * (inner / N), inner / N, group);
+    shard_rows(plan, mlp.gate_proj, layer + "mlp.gate_proj", r * (inner / N), inner / N, group, {.copy_input = false});
+    shard_rows(plan, mlp.up_proj, layer + "mlp.up_proj", r * (inner / N), inner / N, group, {.copy_input = false});
+    shard_columns(plan, mlp.down_proj, layer + "mlp.down_proj", r * (inner / N), inner / N, group);
   }
 
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(model->model->embed_tokens, "model.embed_tokens", shard, group);
-  if (!config.tie_word_embeddings) shard_head(model->lm_head, shard, group);
+  shard_embedding(plan, model->model->embed_tokens, "model.embed_tokens", shard, group);
+  if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
   model->head_input_hook = copy_to_tp_region_hook(group);
+  return plan;
+}
+
+TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm) {
+  if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2Impl>(model.module_ptr())) {
+    model::Gpt2 holder(gpt2);
+    return apply_tensor_parallel(holder, comm);
+  }
+  if (auto llama = std::dynamic_pointer_cast<model::LlamaImpl>(model.module_ptr())) {
+    model::Llama holder(llama);
+    return apply_tensor_parallel(holder, comm);
+  }
+  throw std::invalid_argument("apply_tensor_parallel: model family '" + model.family() + "' cannot be split");
+}
+
+// ---------------------------------------------------------------------------------
+// The plan
+
+int TensorParallelPlan::replicas(const std::string& name) const {
+  auto found = sharded.find(name);
+  return found == sharded.end() ? tp_size : found->second.replicas;
+}
+
+std::vector<int64_t> TensorParallelPlan::global_shape(const std::string& name, const at::Tensor& local) const {
+  auto found = sharded.find(name);
+  return found == sharded.end() ? local.sizes().vec() : found->second.global_shape;
+}
+
+at::Tensor TensorParallelPlan::shard(const std::string& name, const at::Tensor& full) const {
+  auto found = sharded.find(name);
+  if (found == sharded.end()) return full;
+  if (full.sizes() != c10::IntArrayRef(found->second.global_shape))
+    throw std::invalid_argument("TensorParallelPlan::shard: " + name + " is " + c10::str(full.sizes()) +
+                                ", the model's is " + c10::str(c10::IntArrayRef(found->second.global_shape)));
+  return shard_along(found->second, full);
+}
+
+at::Tensor TensorParallelPlan::gather(const std::string& name, const at::Tensor& local, Group& tp) const {
+  auto found = sharded.find(name);
+  if (found == sharded.end()) return local;
+  const ParameterShard& shard = found->second;
+  const int64_t ranks = tp.size();
+  // Every rank's part and every rank's indices, stacked: (N, local...), (N, n).
+  std::vector<int64_t> stacked = {ranks};
+  for (int64_t size : local.sizes()) stacked.push_back(size);
+  at::Tensor parts = at::empty(stacked, local.options());
+  tp.all_gather(parts, local.contiguous());
+  at::Tensor indices = at::empty({ranks, shard.index.numel()}, at::kLong);
+  tp.all_gather(indices, shard.index.contiguous());
+  at::Tensor full = at::zeros(shard.global_shape, local.options());
+  for (int64_t k = 0; k < ranks; ++k) {
+    const at::Tensor index = indices[k];
+    const at::Tensor held = (index >= 0).nonzero().reshape({-1});  // positions of real entries
+    full.index_copy_(shard.dim, index.index_select(0, held).to(local.device()),
+                     parts[k].index_select(shard.dim, held.to(local.device())));
+  }
+  return full;
 }
 
 }  // namespace ftrain::dist

@@ -18,9 +18,13 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "dist/comm.h"
+#include "model/causal_lm.h"
 #include "model/gpt2.h"
 #include "model/linear.h"
 #include "model/llama.h"
@@ -117,6 +121,35 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at
 
 // ---------------------------------------------------------------------------------
 // 3. Whole models.
+
+// How apply_tensor_parallel cut one parameter: along `dim`, this rank holds the
+// entries whose global indices are `index` (-1: a zero padding entry, e.g. vocabulary
+// padding), and `replicas` consecutive ranks hold the same entries.
+struct ParameterShard {
+  int64_t dim = 0;
+  at::Tensor index;                   // (local size along dim) int64, on the CPU
+  std::vector<int64_t> global_shape;  // the parameter of the whole model
+  int replicas = 1;
+};
+
+// What apply_tensor_parallel did, so that checkpoints and exports can store every
+// parameter once with its global shape and load it under any tensor-parallel size.
+// Parameters it does not name are whole on every rank of the group.
+struct TensorParallelPlan {
+  int tp_size = 1;
+  std::map<std::string, ParameterShard> sharded;
+
+  // The ranks of the tensor-parallel group holding the same values of `name`: tp_size
+  // for whole parameters. Gradient norms count each value once by weighting with 1/replicas.
+  int replicas(const std::string& name) const;
+  std::vector<int64_t> global_shape(const std::string& name, const at::Tensor& local) const;
+  // Full tensor (global shape) -> this rank's part (the local shape), on full's device.
+  at::Tensor shard(const std::string& name, const at::Tensor& full) const;
+  // This rank's part -> the full tensor, on every rank. Collective over `tp` for sharded
+  // parameters (one all-gather); whole ones are returned as they are.
+  at::Tensor gather(const std::string& name, const at::Tensor& local, Group& tp) const;
+};
+
 //
 // Shards, in place, a model that holds the full weights on every rank (as loading
 // and init_* make it) to this rank's part for comm.tp(), and sets the styles:
@@ -137,11 +170,13 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at
 // Throws std::invalid_argument, before changing anything, when the group size does not
 // divide the heads or the MLP width (naming the sizes), or when the model was already
 // sharded.
-void apply_tensor_parallel(model::Gpt2& model, Communicator& comm);
+TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm);
 // Grouped-query attention: key/value heads are split when N divides
 // num_key_value_heads; when N is a multiple of it, each rank keeps the one key/value
 // head its query heads use (N / num_key_value_heads ranks hold each, summing their
 // gradients); anything else is refused.
-void apply_tensor_parallel(model::Llama& model, Communicator& comm);
+TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm);
+// A causal language model of either family (model::CausalLm); refuses other families.
+TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm);
 
 }  // namespace ftrain::dist

@@ -142,7 +142,7 @@ std::vector<Section> describe(Config& c) {
 
   sections.emplace_back("dist", "[dist] ranks, groups and devices");
   sections.back()
-      .add("tp", &c.dist.tp, "tensor-parallel size (only 1 for now); data-parallel size = world size / tp")
+      .add("tp", &c.dist.tp, "ranks per tensor-parallel group (causal LMs: GPT-2, Llama family); data-parallel size = world size / tp")
       .add("device", &c.dist.device, "cpu | cuda (one GPU per rank, by local rank)")
       .add("bucket_mb", &c.dist.bucket_mb, "gradient all-reduce bucket size in MiB")
       .add("overlap", &c.dist.overlap,
@@ -227,9 +227,6 @@ void Config::validate() const {
   checkpoint.validate();
   dist.validate();
   zero.validate();
-  // The layout supports tp groups, but no model applies tensor parallelism yet: tp
-  // ranks would silently train duplicate replicas.
-  if (dist.tp != 1) fail("dist.tp", "tensor parallelism is not available yet; use 1 (got " + to_text(dist.tp) + ")");
   if (optim.warmup_steps > train.steps)
     fail("optim.warmup_steps", "(" + to_text(optim.warmup_steps) + ") exceeds train.steps (" +
                                    to_text(train.steps) + ")");

@@ -29,6 +29,8 @@ TaskKind kind_of(const std::string& task, const std::string& dataset_path) {
 
 struct Task::Model {
   std::optional<model::CausalLm> lm;
+  model::CausalLmOptions lm_options;  // to build an unsplit copy for exports
+  model::ClassifierOptions classifier_options;
   std::optional<model::Classifier> classifier;
   std::vector<std::string> warnings;
   bool entity_metrics = false;  // the tags are BIO-style, so entities can be scored
@@ -44,8 +46,8 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset)
     if (config.train.freeze_base_steps > 0)
       throw std::runtime_error("train.freeze_base_steps: a causal language model has no new head to train alone; "
                                "set it to 0 (" + config.data.path + " is a causal_lm dataset)");
-    model_->lm = model::CausalLm::load(
-        model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout});
+    model_->lm_options = model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout};
+    model_->lm = model::CausalLm::load(model_->lm_options);
     return;
   }
   if (label_names_.size() < 2)
@@ -61,6 +63,7 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset)
   options.dropout = config.model.dropout;
   options.pad_token_id = dataset.pad_id;
   model::ClassifierLoadReport report;
+  model_->classifier_options = options;
   model_->classifier = model::Classifier::load(options, &report);
   model_->warnings = report.warnings;
   if (kind_ == TaskKind::token_classification) {
@@ -161,11 +164,27 @@ torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor
 
 }  // namespace
 
+dist::TensorParallelPlan Task::parallelize(dist::Communicator& comm) {
+  if (comm.tp().size() == 1) return plan_;
+  if (!model_->lm)
+    throw std::runtime_error("dist.tp: tensor parallelism splits causal language models (gpt2, llama, mistral, "
+                             "qwen2); train this " + name() + " model with dist.tp = 1");
+  plan_ = dist::apply_tensor_parallel(*model_->lm, comm);
+  tp_ = &comm.tp();
+  return plan_;
+}
+
 at::Tensor Task::loss_sum(const TaskBatch& batch) {
   if (model_->lm) {
     // (B, T, V) logits predict tokens 1..T-1 from positions 0..T-2.
     torch::Tensor logits = model_->lm->logits(batch.input_ids, batch.attention_mask);
     torch::Tensor predictions = logits.slice(1, 0, logits.size(1) - 1);  // (B, T-1, V)
+    if (tp_) {
+      // Each rank holds (B, T-1, V_pad / N) columns; no rank builds the whole logits.
+      at::Tensor per_token = dist::vocab_parallel_cross_entropy(predictions.to(torch::kFloat32), batch.targets, *tp_,
+                                                                model_->lm->vocab_size());
+      return (per_token * batch.target_mask).sum();
+    }
     auto per_token = torch::nn::functional::cross_entropy(
         predictions.reshape({-1, predictions.size(-1)}).to(torch::kFloat32), batch.targets.reshape({-1}),
         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
@@ -229,9 +248,37 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
   return out;
 }
 
-void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing) const {
-  if (model_->lm) model_->lm->save(dir, existing);
-  else model_->classifier->save(dir, existing);
+void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing,
+                const std::vector<std::pair<std::string, at::Tensor>>& full_parameters) const {
+  if (full_parameters.empty()) {
+    if (tp_) throw std::logic_error("Task::save: a split model is saved from its gathered full parameters");
+    if (model_->lm) model_->lm->save(dir, existing);
+    else model_->classifier->save(dir, existing);
+    return;
+  }
+  // The live model is split or its parameters are sharded: an unsplit copy of the same
+  // model, freshly built, takes the full tensors and writes the usual layout.
+  auto copy_into = [&](torch::nn::Module& whole) {
+    torch::NoGradGuard no_grad;
+    auto params = whole.named_parameters();
+    for (const auto& [name, tensor] : full_parameters) {
+      if (!params.contains(name)) throw std::logic_error("Task::save: the model has no parameter " + name);
+      params[name].copy_(tensor);
+    }
+  };
+  if (model_->lm) {
+    model::CausalLmOptions options = model_->lm_options;
+    options.pretrained = false;
+    model::CausalLm whole = model::CausalLm::load(options);
+    copy_into(whole.module());
+    whole.save(dir, existing);
+  } else {
+    model::ClassifierOptions options = model_->classifier_options;
+    options.pretrained = false;
+    model::Classifier whole = model::Classifier::load(options);
+    copy_into(whole.module());
+    whole.save(dir, existing);
+  }
 }
 
 }  // namespace ftrain::launch

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "data/streaming_loader.h"
+#include "dist/comm.h"
+#include "dist/tensor_parallel.h"
 #include "model/hf_checkpoint.h"
 
 namespace ftrain::launch {
@@ -78,14 +80,25 @@ class Task {
   // entity_precision/recall/f1 as the task has them.
   nlohmann::json metrics(const EvalTotals& totals) const;
 
+  // Splits the model over comm.tp() (dist::apply_tensor_parallel): the loss then reads
+  // vocabulary-parallel logits. A causal LM only; throws std::runtime_error naming
+  // dist.tp for a classifier. Call before the optimizer is made.
+  dist::TensorParallelPlan parallelize(dist::Communicator& comm);
+  const dist::TensorParallelPlan& plan() const { return plan_; }
+
   // Writes the model as a Hugging Face directory (with label names for classifiers).
-  void save(const std::filesystem::path& dir, model::ExistingDirectory existing) const;
+  // After parallelize(), pass every parameter's full tensor (TensorParallelPlan::gather):
+  // they are written through an unsplit copy of the model.
+  void save(const std::filesystem::path& dir, model::ExistingDirectory existing,
+            const std::vector<std::pair<std::string, at::Tensor>>& full_parameters = {}) const;
 
  private:
   struct Model;
   TaskKind kind_;
   std::vector<std::string> label_names_;
   std::unique_ptr<Model> model_;
+  dist::TensorParallelPlan plan_;
+  dist::Group* tp_ = nullptr;  // set by parallelize() when the group has several ranks
 };
 
 }  // namespace ftrain::launch

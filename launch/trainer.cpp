@@ -74,8 +74,11 @@ class Trainer {
       for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
     eval_metric_ = config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric;
     task_->module().to(comm_.device());
-    for (auto& item : task_->module().named_parameters()) named_params_.emplace_back(item.key(), item.value());
     broadcast_parameters();
+    // Tensor parallelism first, then ZeRO over the data-parallel group shards what
+    // each tensor-parallel rank holds.
+    plan_ = task_->parallelize(comm_);
+    for (auto& item : task_->module().named_parameters()) named_params_.emplace_back(item.key(), item.value());
 
     const AdamWOptions adamw{config_.optim.beta1, config_.optim.beta2, config_.optim.eps, config_.optim.weight_decay};
     if (config_.zero.stage > 0) {
@@ -134,13 +137,93 @@ class Trainer {
     comm_.world().barrier();
   }
 
+  // The whole model, before it is split, is rank 0's on every rank.
   void broadcast_parameters() {
     if (comm_.world_size() == 1) return;
     torch::NoGradGuard no_grad;
-    for (auto& [name, p] : named_params_) {
+    for (auto& p : task_->module().parameters()) {
       at::Tensor data = p.detach();
       comm_.world().broadcast(data, 0);
     }
+  }
+
+  // Every parameter (and with_optimizer, its AdamW moments) in its global shape, as
+  // checkpoints store them whatever the layout: ZeRO shards gathered over the
+  // data-parallel group, tensor-parallel parts over the tensor-parallel group. Names
+  // "model/<param>", "optim/exp_avg/<param>", "optim/exp_avg_sq/<param>". Collective.
+  NamedTensors global_state(bool with_optimizer) {
+    struct Part {
+      std::string key, param;
+      at::Tensor local;  // this tensor-parallel rank's part, whole over data-parallel ranks
+    };
+    std::vector<Part> parts;
+    for (auto& [name, p] : named_params_) parts.push_back({"model/" + name, name, p.detach()});
+    if (with_optimizer) {
+      if (zero_) {
+        for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avgs()))
+          parts.push_back({"optim/exp_avg/" + name, name, t});
+        for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avg_sqs()))
+          parts.push_back({"optim/exp_avg_sq/" + name, name, t});
+      } else {
+        for (auto& [key, t] : optimizer_->named_state())
+          parts.push_back({"optim/" + key, key.substr(key.find('/') + 1), t});
+      }
+    }
+    NamedTensors out;
+    for (Part& part : parts) out.emplace_back(part.key, plan_.gather(part.param, part.local, comm_.tp()));
+    return out;
+  }
+
+  // Loads what global_state() saved from `checkpoint` and keeps this rank's part of
+  // each tensor, whatever the layout that wrote it. Returns the metadata.
+  json load_global_state(const fs::path& checkpoint, bool with_optimizer) {
+    NamedTensors into;
+    std::vector<at::Tensor> params, exp_avgs, exp_avg_sqs;  // global shapes, named_params_ order
+    for (auto& [name, p] : named_params_) {
+      const auto shape = plan_.global_shape(name, p);
+      params.push_back(torch::zeros(shape, p.options().requires_grad(false)));
+      into.emplace_back("model/" + name, params.back());
+      if (!with_optimizer) continue;
+      exp_avgs.push_back(torch::zeros(shape, p.options().dtype(torch::kFloat32).requires_grad(false)));
+      exp_avg_sqs.push_back(torch::zeros(shape, p.options().dtype(torch::kFloat32).requires_grad(false)));
+      into.emplace_back("optim/exp_avg/" + name, exp_avgs.back());
+      into.emplace_back("optim/exp_avg_sq/" + name, exp_avg_sqs.back());
+    }
+    json meta = load_checkpoint(checkpoint, into);
+    torch::NoGradGuard no_grad;
+    auto to_local = [&](std::vector<at::Tensor>& full) {
+      for (size_t i = 0; i < full.size(); ++i) full[i] = plan_.shard(named_params_[i].first, full[i]);
+    };
+    to_local(params);
+    if (zero_) {
+      auto mine = zero_->shard_state(params);
+      const auto& slices = zero_->local_slices();
+      for (size_t k = 0; k < slices.size(); ++k) slices[k].param.copy_(mine[k]);
+      zero_->gather_parameters();
+    } else {
+      for (size_t i = 0; i < params.size(); ++i) named_params_[i].second.detach().copy_(params[i]);
+    }
+    if (!with_optimizer) return meta;
+    to_local(exp_avgs);
+    to_local(exp_avg_sqs);
+    if (zero_) {
+      auto mine = zero_->shard_state(exp_avgs);
+      auto mine_sq = zero_->shard_state(exp_avg_sqs);
+      auto states = optimizer_->exp_avgs();
+      auto states_sq = optimizer_->exp_avg_sqs();
+      for (size_t k = 0; k < states.size(); ++k) {
+        states[k].copy_(mine[k]);
+        states_sq[k].copy_(mine_sq[k]);
+      }
+    } else {
+      std::map<std::string, size_t> index;
+      for (size_t i = 0; i < named_params_.size(); ++i) index[named_params_[i].first] = i;
+      for (auto& [key, t] : optimizer_->named_state()) {
+        const size_t i = index.at(key.substr(key.find('/') + 1));
+        t.copy_(key.rfind("exp_avg_sq/", 0) == 0 ? exp_avg_sqs[i] : exp_avgs[i]);
+      }
+    }
+    return meta;
   }
 
   void check_vocabulary() {
@@ -213,33 +296,9 @@ class Trainer {
       if (rank0()) std::cout << "ftrain: no checkpoint in " << store_->directory().string() << "; starting fresh\n";
       return;
     }
-    // Optimizer state is stored per parameter with its global shape, whatever the
-    // sharding that wrote it, and cut into this rank's slices after reading.
-    NamedTensors into;
-    for (auto& [name, p] : named_params_) into.emplace_back("model/" + name, p);
-    std::vector<at::Tensor> full_exp_avg, full_exp_avg_sq;
-    if (zero_) {
-      for (auto& [name, p] : named_params_) {
-        full_exp_avg.push_back(torch::zeros_like(p, p.options().dtype(torch::kFloat32)));
-        full_exp_avg_sq.push_back(torch::zeros_like(p, p.options().dtype(torch::kFloat32)));
-        into.emplace_back("optim/exp_avg/" + name, full_exp_avg.back());
-        into.emplace_back("optim/exp_avg_sq/" + name, full_exp_avg_sq.back());
-      }
-    } else {
-      for (auto& [name, t] : optimizer_->named_state()) into.emplace_back("optim/" + name, t);
-    }
-    json meta = load_checkpoint(*checkpoint, into);
-    if (zero_) {
-      torch::NoGradGuard no_grad;
-      auto mine = zero_->shard_state(full_exp_avg);
-      auto mine_sq = zero_->shard_state(full_exp_avg_sq);
-      auto states = optimizer_->exp_avgs();
-      auto states_sq = optimizer_->exp_avg_sqs();
-      for (size_t k = 0; k < states.size(); ++k) {
-        states[k].copy_(mine[k]);
-        states_sq[k].copy_(mine_sq[k]);
-      }
-    }
+    // Parameters and optimizer state are stored per parameter with their global
+    // shapes, whatever the layout that wrote them, and cut into this rank's parts.
+    json meta = load_global_state(*checkpoint, /*with_optimizer=*/true);
     check_data_order(meta.at("data"), *checkpoint);
     step_ = meta.at("step").get<int64_t>();
     tokens_seen_ = meta.value("tokens_seen", int64_t{0});
@@ -293,24 +352,12 @@ class Trainer {
 
   // Collective. Returns the checkpoint written (on every rank).
   fs::path save_checkpoint() {
-    // Every data-parallel replica holds the same model and optimizer state, so rank 0
-    // writes them. Random state needs no saving: dropout is reseeded from (seed, rank,
-    // step) at every step.
-    NamedTensors optimizer_state;
-    if (zero_) {
-      // Collective: every rank contributes its slices of the sharded state.
-      for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avgs()))
-        optimizer_state.emplace_back("exp_avg/" + name, t);
-      for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avg_sqs()))
-        optimizer_state.emplace_back("exp_avg_sq/" + name, t);
-    } else {
-      optimizer_state = optimizer_->named_state();
-    }
+    // Gathered into global shapes (collective), then written by rank 0. Random state
+    // needs no saving: dropout is reseeded from (seed, data-parallel rank, step) at
+    // every step.
+    const NamedTensors tensors = global_state(/*with_optimizer=*/true);
     std::string written;
     if (rank0()) {
-      NamedTensors tensors;
-      for (auto& [name, p] : named_params_) tensors.emplace_back("model/" + name, p);
-      for (auto& [name, t] : optimizer_state) tensors.emplace_back("optim/" + name, t);
       json data_meta = data_order_meta();
       data_meta["global_position"] = loader_->state().global_position;
       data_meta["path"] = config_.data.path;
@@ -318,7 +365,7 @@ class Trainer {
           {"tokens_seen", tokens_seen_},
           {"optimizer_steps", optimizer_->step_count()},
           {"data", data_meta},
-          {"rng", {{"scheme", "reseeded every step from (run.seed, rank, step)"}, {"seed", config_.run.seed}}},
+          {"rng", {{"scheme", "reseeded every step from (run.seed, data-parallel rank, step)"}, {"seed", config_.run.seed}}},
           {"layout",
            {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()},
             {"zero", config_.zero.stage}}},
@@ -464,12 +511,7 @@ class Trainer {
       if (!chosen.empty()) best = fs::path(chosen);
     }
     if (best && best_step_ != step_) {
-      NamedTensors into;
-      for (auto& [name, p] : named_params_) into.emplace_back("model/" + name, p);
-      {
-        torch::NoGradGuard no_grad;
-        load_checkpoint(*best, into);
-      }
+      load_global_state(*best, /*with_optimizer=*/false);
       if (rank0())
         std::cout << "ftrain: finishing with the best model by validation " << eval_metric_ << ": "
                   << best->string() << "\n";
@@ -486,9 +528,13 @@ class Trainer {
         model::write_file_atomically(fs::path(config_.run.dir) / "test_report.json", report.dump(2) + "\n");
       }
     }
+    // A split or sharded model is written from its gathered full tensors (collective).
+    NamedTensors full_parameters;
+    if (config_.checkpoint.export_hf && (comm_.layout().tp_size > 1 || config_.zero.stage == 3))
+      for (auto& [key, t] : global_state(/*with_optimizer=*/false)) full_parameters.emplace_back(key.substr(6), t);
     if (config_.checkpoint.export_hf && rank0()) {
       const fs::path final_dir = fs::path(config_.run.dir) / "final";
-      task_->save(final_dir, model::ExistingDirectory::overwrite);
+      task_->save(final_dir, model::ExistingDirectory::overwrite, full_parameters);
       // The tokenizer travels with the weights, so final/ is a complete model directory.
       for (const char* file : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                                "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json"}) {
@@ -531,23 +577,37 @@ class Trainer {
     if (!grads.empty()) at::_foreach_mul_(grads, factor);
   }
 
+  // The norm of the whole model's gradient, each value counted once: the gradient this
+  // rank holds (its ZeRO shard, or all of it) summed over the data-parallel group
+  // when sharded, and over the tensor-parallel group with whole parameters (equal on
+  // every tensor-parallel rank) weighted by 1/tp. One host synchronisation.
   double clip_gradients() {
     torch::NoGradGuard no_grad;
-    if (zero_) {
-      const double norm = std::sqrt(zero_->gradient_square_sum());
-      if (config_.train.grad_clip > 0 && std::isfinite(norm) && norm > config_.train.grad_clip)
-        zero_->scale_gradients(config_.train.grad_clip / (norm + 1e-6));
-      return norm;
-    }
-    // After the data-parallel reduction every rank holds the same gradients, so the
-    // local norm is the global one. One host synchronisation for the whole model.
     std::vector<torch::Tensor> grads;
-    for (auto& [name, p] : named_params_)
-      if (p.grad().defined()) grads.push_back(p.mutable_grad());
-    if (grads.empty()) return 0;
-    const double norm = torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat64).norm().item<double>();
-    if (config_.train.grad_clip > 0 && std::isfinite(norm) && norm > config_.train.grad_clip)
-      at::_foreach_mul_(grads, config_.train.grad_clip / (norm + 1e-6));
+    std::vector<double> weights;
+    auto add = [&](const std::string& name, const torch::Tensor& grad) {
+      grads.push_back(grad);
+      weights.push_back(1.0 / plan_.replicas(name));
+    };
+    if (zero_) {
+      for (const auto& slice : zero_->local_slices()) add(slice.name, slice.grad);
+    } else {
+      for (auto& [name, p] : named_params_)
+        if (p.grad().defined()) add(name, p.mutable_grad());
+    }
+    double square_sum = 0;
+    if (!grads.empty()) {
+      const torch::Tensor norms = torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat64);
+      square_sum = (norms.pow(2) * torch::tensor(weights, norms.options())).sum().item<double>();
+    }
+    if (zero_) square_sum = comm_.dp().all_reduce(square_sum, dist::ReduceOp::Sum);
+    if (comm_.layout().tp_size > 1) square_sum = comm_.tp().all_reduce(square_sum, dist::ReduceOp::Sum);
+    const double norm = std::sqrt(square_sum);
+    if (config_.train.grad_clip > 0 && std::isfinite(norm) && norm > config_.train.grad_clip) {
+      const double factor = config_.train.grad_clip / (norm + 1e-6);
+      if (zero_) zero_->scale_gradients(factor);
+      else if (!grads.empty()) at::_foreach_mul_(grads, factor);
+    }
     return norm;
   }
 
@@ -576,9 +636,11 @@ class Trainer {
       // mean, however the batch is split.
       const int64_t global_targets = comm_.dp().all_reduce(local_targets, dist::ReduceOp::Sum);
       if (global_targets == 0) throw std::runtime_error(config_.data.path + ": a global batch has no targets (tokens with loss_mask 1, or labels other than -100)");
-      // Dropout masks differ per rank and step but depend on nothing else, so a resumed
-      // run draws the same masks as an uninterrupted one, on CPU and GPU alike.
-      torch::manual_seed(config_.run.seed + 1000003ULL * (comm_.rank() + 1) + 7919ULL * step_);
+      // Dropout masks differ per data-parallel rank and step but depend on nothing else,
+      // so a resumed run draws the same masks as an uninterrupted one, on CPU and GPU
+      // alike. Tensor-parallel ranks draw alike: their replicated activations need the
+      // same masks.
+      torch::manual_seed(config_.run.seed + 1000003ULL * (comm_.layout().dp_rank(comm_.rank()) + 1) + 7919ULL * step_);
       torch::Tensor local_loss_sum =
           torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
       const bool overlap = reducer_ && config_.dist.overlap;
@@ -724,7 +786,8 @@ class Trainer {
   std::string eval_metric_;
   std::optional<c10::ScalarType> autocast_dtype_;  // none: fp32
   LossScaler scaler_;
-  std::vector<std::pair<std::string, torch::Tensor>> named_params_;
+  std::vector<std::pair<std::string, torch::Tensor>> named_params_;  // this rank's parts
+  dist::TensorParallelPlan plan_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
   std::unique_ptr<dist::ZeroSharding> zero_;

@@ -106,7 +106,6 @@ BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
   check({"--model.init=magic"}, "model.init");
   check({"--optim.decay=step"}, "optim.decay");
   check({"--dist.tp=0"}, "dist.tp");
-  check({"--dist.tp=2"}, "dist.tp");
   check({"--dist.device=tpu"}, "dist.device");
   check({"--train.steps=0"}, "train.steps");
 

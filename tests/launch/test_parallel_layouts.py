@@ -1,0 +1,207 @@
+"""Every layout trains like one rank: tensor parallelism, data parallelism and ZeRO,
+alone and combined, give the losses and final weights of a single-rank run of the
+same global batch (CPU, fp32, mpirun), for GPT-2 and for a Llama with grouped-query
+attention. Checkpoints store global shapes, so a run resumes under another layout."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SOURCE = Path(os.environ.get("FTRAIN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
+FTRAIN = BUILD / "ftrain"
+PREP = BUILD / "ftrain-prep"
+MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
+TIMEOUT = 300
+
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
+    "OMP_NUM_THREADS": "1",
+}
+
+STEPS = 20
+# (tp, dp, ZeRO stage): the layouts the equivalence must hold for.
+LAYOUTS = [(1, 4, 0), (1, 4, 1), (1, 4, 2), (2, 2, 0), (2, 2, 1), (2, 2, 2), (4, 1, 0)]
+
+
+def run_ftrain(ranks, *args):
+    command = [MPIEXEC, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", str(FTRAIN), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **MPI_ENV})
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    corpus = root / "corpus.jsonl"
+    subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", "600"], check=True)
+    data = root / "data.h5"
+    subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "32",
+                    "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    # 1030 tokens: not a multiple of 4, so the vocabulary shards carry padding rows.
+    gpt2 = root / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=1030, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+        gpt2, safe_serialization=True)
+    # Two key/value heads for four query heads: split at tp 2, replicated at tp 4.
+    llama = root / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=1030, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 tie_word_embeddings=False)).save_pretrained(llama, safe_serialization=True)
+    return {"root": root, "data": data, "gpt2": gpt2, "llama": llama}
+
+
+def args(ws, family, run_dir, **overrides):
+    options = {
+        "run.dir": run_dir, "model.path": ws[family], "model.init": "pretrained", "model.dropout": 0,
+        "data.path": ws["data"], "data.micro_batch_size": 2, "train.global_batch_size": 8,
+        "train.steps": STEPS, "train.eval_every": 0, "train.eval_samples": 16, "optim.lr": 3e-3,
+        "optim.min_lr": 3e-4, "optim.warmup_steps": 2, "checkpoint.every": 0, "checkpoint.export_hf": "true",
+        "train.grad_clip": 0.5,
+    }
+    options.update(overrides)
+    return [f"--{key}={value}" for key, value in options.items()]
+
+
+def reference(ws, family):
+    run_dir = ws["root"] / f"{family}_reference"
+    if not (run_dir / "final").exists():
+        run_ftrain(1, *args(ws, family, run_dir))
+    return run_dir
+
+
+def assert_same_training(expected_dir, got_dir, steps=range(1, STEPS + 1)):
+    expected, got = losses(expected_dir), losses(got_dir)
+    assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
+    for step in steps:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
+    from safetensors.numpy import load_file
+    weights, reference_weights = load_file(got_dir / "final/model.safetensors"), load_file(expected_dir / "final/model.safetensors")
+    assert weights.keys() == reference_weights.keys()
+    # Adam divides by sqrt(v) + eps: entries whose gradient is only rounding noise (the
+    # key bias, which softmax ignores) move by noise of order lr; atol covers them.
+    for name in weights:
+        np.testing.assert_allclose(weights[name], reference_weights[name], rtol=1e-5, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("tp,dp,zero", LAYOUTS, ids=[f"tp{t}-dp{d}-zero{z}" for t, d, z in LAYOUTS])
+def test_layout_trains_like_one_rank(workspace, family, tp, dp, zero):
+    expected = reference(workspace, family)
+    run_dir = workspace["root"] / f"{family}_tp{tp}_dp{dp}_zero{zero}"
+    result = run_ftrain(tp * dp, *args(workspace, family, run_dir, **{"dist.tp": tp, "dist.zero": zero}))
+    assert f"tp {tp} x dp {dp}" in result.stdout
+    assert losses(expected)[STEPS] < losses(expected)[1] - 0.5, "the loss should fall over the run"
+    assert_same_training(expected, run_dir)
+
+
+def test_exported_split_model_loads_in_transformers(workspace):
+    # The export of a tp-4 Llama is one ordinary Hugging Face model: transformers
+    # reads it and computes what the single-rank export computes.
+    from transformers import LlamaForCausalLM
+    split = workspace["root"] / "llama_tp4_dp1_zero0"
+    if not (split / "final").exists():
+        run_ftrain(4, *args(workspace, "llama", split, **{"dist.tp": 4}))
+    ids = torch.randint(0, 1030, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = LlamaForCausalLM.from_pretrained(split / "final").eval()(ids).logits
+        expected = LlamaForCausalLM.from_pretrained(reference(workspace, "llama") / "final").eval()(ids).logits
+    assert got.shape == (2, 16, 1030)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("first,second", [((2, 2, 1), (1, 2, 0)), ((1, 4, 2), (4, 1, 0))],
+                         ids=["tp2-to-tp1", "zero2-to-tp4"])
+def test_resume_under_another_layout(workspace, first, second):
+    # A checkpoint holds every tensor once in its global shape, so a run stopped under
+    # one layout continues under another as if uninterrupted.
+    expected = reference(workspace, "gpt2")
+    run_dir = workspace["root"] / f"gpt2_resume_{'_'.join(map(str, first))}_{'_'.join(map(str, second))}"
+    tp, dp, zero = first
+    run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **{"dist.tp": tp, "dist.zero": zero,
+                                                            "run.exit_after_steps": 7}))
+    assert sorted(losses(run_dir)) == list(range(1, 8))
+    tp, dp, zero = second
+    result = run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **{"dist.tp": tp, "dist.zero": zero,
+                                                                     "run.resume": "auto"}))
+    assert "resumed from" in result.stdout
+    assert_same_training(expected, run_dir)
+
+
+def test_tensor_parallel_classifier_is_refused(workspace):
+    # Classification heads are not split: the run stops at start-up naming dist.tp.
+    import h5py
+    data = workspace["root"] / "labels.h5"
+    with h5py.File(data, "w") as f:
+        f.attrs.update({"format": "ftrain.tokens", "format_version": 1, "seq_len": 8, "vocab_size": 1030,
+                        "eos_id": -1, "pad_id": 0, "tokenizer": "synthetic", "task": "sequence_classification",
+                        "label_names": json.dumps(["negative", "positive"]), "num_labels": 2})
+        group = f.create_group("train")
+        group.attrs["num_documents"] = 16
+        group.create_dataset("input_ids", data=np.ones((16, 8), np.int32))
+        group.create_dataset("attention_mask", data=np.ones((16, 8), np.uint8))
+        group.create_dataset("labels", data=np.zeros(16, np.int64))
+    command = [MPIEXEC, "-np", "2", "--oversubscribe", "--bind-to", "none", str(FTRAIN),
+               *args(workspace, "gpt2", workspace["root"] / "refused", **{"dist.tp": 2, "data.path": data})]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **MPI_ENV})
+    assert result.returncode != 0
+    assert "dist.tp" in result.stdout + result.stderr
+
+
+def gpt2_local_parameters(ws, tp):
+    """Elements each tensor-parallel rank holds of the tiny GPT-2 (docs/tensor-parallel.md):
+    split matrices and their biases 1/tp, the vocabulary padded to a multiple of tp,
+    everything else whole."""
+    from safetensors.numpy import load_file
+    total = 0
+    for name, tensor in load_file(ws["gpt2"] / "model.safetensors").items():
+        if name.endswith("wte.weight"):
+            total += -(-tensor.shape[0] // tp) * tensor.shape[1]
+        elif any(part in name for part in ("c_attn.", "c_fc.", "c_proj.weight")):
+            total += tensor.size // tp
+        elif name.startswith("lm_head"):
+            continue  # tied to wte
+        else:
+            total += tensor.size
+    return total
+
+
+@pytest.mark.parametrize("tp,dp,zero", [(2, 1, 0), (2, 2, 1), (4, 1, 0)], ids=["tp2", "tp2-dp2-zero1", "tp4"])
+def test_communication_volume_matches_the_formulas(workspace, tp, dp, zero):
+    # Per micro-batch of B rows of T tokens, width C, L layers, one fp32 all-reduce of n
+    # elements sends 2 (tp-1)/tp n 4 bytes per rank. Megatron tensor parallelism: the
+    # embedding's all-reduce, 2 per layer forward and 2 backward, the head's input
+    # gradient, and 3 of B (T-1) values in the vocabulary-parallel cross-entropy. Data
+    # parallelism over the dp group adds 2 psi_local (dp-1)/dp elements per step (ZeRO
+    # pads psi_local to a multiple of dp); scalar all-reduces add a few bytes.
+    B, T, C, L = 2, 32, 32, 2
+    accumulation = 8 // (B * dp)
+    tp_elements = accumulation * ((1 + 4 * L + 1) * B * T * C + 3 * B * (T - 1))
+    dp_elements = 2 * gpt2_local_parameters(workspace, tp) * (dp - 1) / dp
+    expected = tp_elements * 2 * (tp - 1) / tp * 4 + dp_elements * 4
+    run_dir = workspace["root"] / f"gpt2_volume_tp{tp}_dp{dp}_zero{zero}"
+    run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **{"dist.tp": tp, "dist.zero": zero, "train.steps": 2,
+                                                            "checkpoint.export_hf": "false"}))
+    steps = [r for r in records(run_dir) if "comm_bytes" in r]
+    assert len(steps) == 2
+    for record in steps:
+        assert record["comm_bytes"] == pytest.approx(expected, rel=1e-4, abs=256), record
