@@ -1,5 +1,7 @@
 #include "dist/grad_reducer.h"
 
+#include <ATen/ATen.h>
+
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -8,7 +10,7 @@
 namespace ftrain::dist {
 
 GradientReducer::GradientReducer(std::vector<at::Tensor> params, Group& dp,
-                                 std::size_t bucket_bytes)
+                                 std::size_t bucket_bytes, std::optional<c10::ScalarType> reduce_dtype)
     : params_(std::move(params)), dp_(dp) {
   if (bucket_bytes == 0) {
     throw std::invalid_argument("GradientReducer: bucket_bytes must be positive");
@@ -39,7 +41,8 @@ GradientReducer::GradientReducer(std::vector<at::Tensor> params, Group& dp,
   slot_of_.resize(params_.size());
   for (std::size_t b = 0; b < buckets_.size(); ++b) {
     Bucket& bucket = buckets_[b];
-    bucket.flat = params_[bucket.params.front()].new_empty({bucket.numel});
+    const at::Tensor& first = params_[bucket.params.front()];
+    bucket.flat = first.new_empty({bucket.numel}, first.options().dtype(reduce_dtype.value_or(first.scalar_type())));
     for (std::size_t k = 0; k < bucket.params.size(); ++k) slot_of_[bucket.params[k]] = {b, k};
   }
   // The hook sees the gradient about to be accumulated into param.grad(); what the
@@ -69,8 +72,10 @@ void GradientReducer::on_gradient(std::size_t param, const at::Tensor& incoming)
   Bucket& bucket = buckets_[b];
   const at::Tensor& accumulated = params_[param].grad();
   at::Tensor slot = bucket.flat.narrow(0, bucket.offsets[k], params_[param].numel()).view(params_[param].sizes());
-  if (accumulated.defined()) {
+  if (accumulated.defined() && slot.scalar_type() == accumulated.scalar_type()) {
     slot.copy_(accumulated).add_(incoming);
+  } else if (accumulated.defined()) {
+    slot.copy_(at::add(accumulated, incoming));  // summed in the gradients' dtype, then converted
   } else {
     slot.copy_(incoming);
   }

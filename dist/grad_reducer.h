@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "dist/comm.h"
@@ -19,8 +20,11 @@ class GradientReducer {
   // reverse, the order backward produces their gradients; a bucket holds parameters of
   // one dtype and device and is closed once it reaches `bucket_bytes` (a parameter larger
   // than that gets a bucket of its own). Buckets are numbered in the order they were
-  // opened. `dp` must outlive the reducer.
-  GradientReducer(std::vector<at::Tensor> params, Group& dp, std::size_t bucket_bytes);
+  // opened. `dp` must outlive the reducer. `reduce_dtype`, when given, is the dtype the
+  // buckets hold and are summed in (e.g. bf16 to halve the bytes of fp32 gradients);
+  // the gradients keep their own dtype.
+  GradientReducer(std::vector<at::Tensor> params, Group& dp, std::size_t bucket_bytes,
+                  std::optional<c10::ScalarType> reduce_dtype = std::nullopt);
 
   // After backward, on every rank of `dp`: per bucket, flatten the gradients into one
   // buffer (a parameter without a gradient contributes zeros), all-reduce it, and copy
@@ -51,7 +55,7 @@ class GradientReducer {
     std::vector<std::size_t> params;
     std::vector<std::int64_t> offsets;  // element offset of each member in `flat`
     std::int64_t numel = 0;
-    at::Tensor flat;                    // (numel,), the params' dtype and device
+    at::Tensor flat;                    // (numel,), the reduce dtype (else the params') on their device
     std::size_t ready = 0;              // members whose gradient is in `flat` (armed pass)
     std::vector<char> filled;           // per member: its hook ran in the armed pass
     PendingAllReduce pending;

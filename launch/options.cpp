@@ -114,6 +114,12 @@ std::vector<Section> describe(Config& c) {
       .add("loss_scale", &c.train.loss_scale, "fp16: initial dynamic loss scale")
       .add("loss_scale_window", &c.train.loss_scale_window,
            "fp16: steps with finite gradients after which the loss scale doubles")
+      .add("reduce_dtype", &c.train.reduce_dtype,
+           "fp32 | bf16: dtype the gradients travel and are summed in over the data-parallel ranks (bf16 halves "
+           "the bytes on NCCL; MPI sums bf16 as fp32 and sends fp32); accumulation and the update stay fp32")
+      .add("activation_checkpointing", &c.train.activation_checkpointing,
+           "keep only each transformer block's input in the forward pass and recompute the block in the backward "
+           "pass: activation memory of one block instead of all, for about one more forward pass of compute")
       .add("freeze_base_steps", &c.train.freeze_base_steps,
            "classification: train only the new head (the pretrained body frozen) for this many steps, "
            "then everything");
@@ -186,6 +192,8 @@ void TrainOptions::validate() const {
   require_non_negative("train.early_stopping_patience", static_cast<double>(early_stopping_patience));
   require_non_negative("train.freeze_base_steps", static_cast<double>(freeze_base_steps));
   (void)compute_dtype(precision);
+  if (reduce_dtype != "fp32" && reduce_dtype != "bf16")
+    fail("train.reduce_dtype", "must be fp32 or bf16, got '" + reduce_dtype + "'");
   require_positive("train.loss_scale", loss_scale);
   require_positive("train.loss_scale_window", static_cast<double>(loss_scale_window));
   if (freeze_base_steps >= steps)

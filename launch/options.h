@@ -47,6 +47,8 @@ struct TrainOptions {
   std::string precision = "fp32";       // fp32 | bf16 | fp16: autocast dtype of the forward pass
   double loss_scale = 65536;            // fp16: initial dynamic loss scale
   int64_t loss_scale_window = 1000;     // fp16: finite steps in a row before the scale doubles
+  std::string reduce_dtype = "fp32";    // fp32 | bf16: dtype of gradients in the data-parallel reduction
+  bool activation_checkpointing = false;  // recompute each block's activations in the backward pass
   void validate() const;
 };
 

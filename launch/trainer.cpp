@@ -95,7 +95,7 @@ class Trainer {
       for (auto& [name, p] : named_params_) params.push_back(p);
       if (dp_size() > 1)
         reducer_ = std::make_unique<dist::GradientReducer>(
-            params, comm_.dp(), static_cast<size_t>(config_.dist.bucket_mb * 1024 * 1024));
+            params, comm_.dp(), static_cast<size_t>(config_.dist.bucket_mb * 1024 * 1024), reduce_dtype());
     }
 
     data::LoaderOptions loader_options = config_.data;
@@ -119,6 +119,10 @@ class Trainer {
  private:
   bool rank0() const { return comm_.rank() == 0; }
   int dp_size() const { return comm_.layout().dp_size; }
+  std::optional<c10::ScalarType> reduce_dtype() const {
+    if (config_.train.reduce_dtype == "bf16") return c10::ScalarType::BFloat16;
+    return std::nullopt;
+  }
   int64_t grad_accum_steps() const {
     return config_.train.global_batch_size / (config_.data.micro_batch_size * dp_size());
   }

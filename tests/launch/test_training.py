@@ -343,6 +343,25 @@ def test_mixed_precision_follows_fp32(workspace, precision):
     assert any(got[step]["loss"] != expected[step] for step in got), "autocast changed nothing"
 
 
+@pytest.mark.parametrize("stage", [0])
+def test_bf16_gradient_reduction_follows_fp32(workspace, stage):
+    # train.reduce_dtype = bf16: gradients are rounded to bf16 for the data-parallel sum
+    # (buckets, or ZeRO's reduce-scatter), then updated in fp32: close to the fp32 run,
+    # but not equal, which shows the rounding happened.
+    reference = workspace["root"] / "zero_ref"
+    if not (reference / "metrics.jsonl").exists():
+        run_ftrain(1, *base_args(workspace, reference, **{"train.steps": 10}))
+    run_dir = workspace["root"] / f"reduce_bf16_zero{stage}"
+    run_ftrain(4, *base_args(workspace, run_dir, **{"train.steps": 10, "train.reduce_dtype": "bf16",
+                                                    "dist.zero": stage}))
+    expected, got = losses(reference), losses(run_dir)
+    assert sorted(got) == list(range(1, 11))
+    assert got[1] == pytest.approx(expected[1], rel=1e-6), "the first loss precedes any update"
+    for step in range(2, 11):
+        assert got[step] == pytest.approx(expected[step], rel=1e-2), f"step {step}"
+    assert any(abs(got[step] - expected[step]) > 1e-6 * expected[step] for step in range(2, 11))
+
+
 def test_fp16_overflow_skips_steps_and_halves_the_scale(workspace):
     run_dir = workspace["root"] / "fp16_overflow"
     result = run_ftrain(2, *base_args(workspace, run_dir, **{"train.steps": 16, "train.precision": "fp16",
