@@ -355,6 +355,8 @@ model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
       return inner ? inner(index, x, block) : block(x);
     };
   return [this, inner](size_t index, const at::Tensor& x, const model::BlockForward& block) -> at::Tensor {
+    // Without blocks the root unit is the whole model, gathered by before_forward().
+    if (units_.size() == 1) return inner ? inner(index, x, block) : block(x);
     const size_t u = index + 1;
     if (u >= units_.size())
       throw std::out_of_range("ZeroSharding::block_runner: block " + std::to_string(index) + ", but " +

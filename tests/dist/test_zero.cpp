@@ -184,6 +184,8 @@ struct RunOptions {
   int64_t micro_batches = 1;
   int64_t steps = 3;
   bool freeze_blocks = false;  // blocks' parameters do not require grad
+  bool checkpoint_outside = false;  // checkpoint_blocks(zero.block_runner()) instead
+  bool whole_model_unit = false;    // no block names: stage 3 gathers the model as one unit
 };
 
 struct RunResult {
@@ -234,8 +236,13 @@ RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
   net->train();
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : net->named_parameters()) named.emplace_back(item.key(), item.value());
-  dist::ZeroSharding zero(named, dp(), options.stage, block_param_names(*net, kind));
-  kind.set_block_runner(*net, zero.block_runner(options.checkpoint ? model::checkpoint_blocks() : model::BlockRunner()));
+  dist::ZeroSharding zero(named, dp(), options.stage,
+                          options.whole_model_unit ? std::vector<std::vector<std::string>>{}
+                                                   : block_param_names(*net, kind));
+  if (options.checkpoint_outside)
+    kind.set_block_runner(*net, model::checkpoint_blocks(zero.block_runner()));
+  else
+    kind.set_block_runner(*net, zero.block_runner(options.checkpoint ? model::checkpoint_blocks() : model::BlockRunner()));
 
   RunResult result;
   for (int64_t step = 0; step < options.steps; ++step) {
@@ -331,6 +338,12 @@ void check_stage3_accounting(const RunResult& run, const ModelKind& kind, const 
   const int64_t n_blocks = static_cast<int64_t>(units.size()) - 1;
   BOOST_TEST(run.first_step.all_gather.calls == 2 * micro * n_blocks + 1);
   BOOST_TEST(run.first_step.reduce_scatter.calls == (options.freeze_blocks ? 0 : micro) * n_blocks + 1);
+  if (R() == 0)
+    BOOST_TEST_MESSAGE("N=" << N() << " micro-batches " << micro << (options.freeze_blocks ? " frozen blocks" : "")
+                            << ": all-gather " << run.first_step.all_gather.bytes_sent << " B, reduce-scatter "
+                            << run.first_step.reduce_scatter.bytes_sent << " B, peak parameters "
+                            << run.peak_parameter_bytes << " B, peak gradients " << run.peak_gradient_bytes
+                            << " B; unsharded model " << 4 * (root + blocks) << " B");
   // Held at most at once: every shard, the root, and a block with the next one being
   // prefetched; gradients of the root and of one block.
   BOOST_TEST(run.peak_parameter_bytes == int64_t(bytes) * (shards + root + largest_pair));
@@ -412,6 +425,32 @@ BOOST_AUTO_TEST_CASE(stage3_with_frozen_blocks_trains_the_root_only) {
   options.freeze_blocks = true;
   options.checkpoint = true;
   check_stage3(gpt2_kind(), options);
+}
+
+BOOST_AUTO_TEST_CASE(stage3_under_checkpointing_recomputes_with_the_parameters_gathered_again) {
+  // Checkpointing outside ZeRO: the recomputation in backward goes through the ZeRO
+  // runner, which gathers the block once more and leaves freeing to the block's hooks.
+  RunOptions options;
+  options.checkpoint_outside = true;
+  options.micro_batches = 2;
+  const RunResult actual = run_sharded(gpt2_kind(), options);
+  check_against_reference(actual, run_reference(gpt2_kind(), options));
+  const std::vector<int64_t> units = padded_unit_numels(gpt2_kind());
+  int64_t blocks = 0;
+  for (size_t u = 1; u < units.size(); ++u) blocks += units[u];
+  const double ring = double(N() - 1) / double(N());
+  BOOST_TEST(actual.first_step.all_gather.bytes_sent == ring * 4.0 * double(2 * 2 * blocks + units.front()));
+  BOOST_TEST(actual.first_step.reduce_scatter.bytes_sent == ring * 4.0 * double(2 * blocks + units.front()));
+}
+
+BOOST_AUTO_TEST_CASE(stage3_without_blocks_gathers_the_whole_model_as_one_unit) {
+  RunOptions options;
+  options.whole_model_unit = true;
+  options.checkpoint = true;
+  const RunResult actual = run_sharded(llama_kind(), options);
+  check_against_reference(actual, run_reference(llama_kind(), options));
+  BOOST_TEST(actual.first_step.all_gather.calls == 1);
+  BOOST_TEST(actual.first_step.reduce_scatter.calls == 1);
 }
 
 BOOST_AUTO_TEST_CASE(stage3_parameters_are_freed_between_uses_and_after_release) {
