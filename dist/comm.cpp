@@ -305,18 +305,20 @@ PendingAllReduce Group::start_all_reduce(at::Tensor& t, ReduceOp op) {
   }
   pending.group_ = this;
   pending.tensor_ = t;
-  pending.op_ = op;
+  if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
   count(stats_->all_reduce, 2.0 * ring_fraction(size_) * double(numel * t.element_size()));
   return pending;
 }
 
-PendingAllReduce::PendingAllReduce(PendingAllReduce&& other) noexcept
+PendingCollective::PendingCollective(PendingCollective&& other) noexcept
     : group_(std::exchange(other.group_, nullptr)),
+      op_name_(other.op_name_),
       tensor_(std::move(other.tensor_)),
-      op_(other.op_),
+      input_(std::move(other.input_)),
+      divide_by_size_(other.divide_by_size_),
       requests_(std::move(other.requests_)) {}
 
-PendingAllReduce& PendingAllReduce::operator=(PendingAllReduce&& other) noexcept {
+PendingCollective& PendingCollective::operator=(PendingCollective&& other) noexcept {
   if (this != &other) {
     if (group_) {
       try {
@@ -325,14 +327,16 @@ PendingAllReduce& PendingAllReduce::operator=(PendingAllReduce&& other) noexcept
       }
     }
     group_ = std::exchange(other.group_, nullptr);
+    op_name_ = other.op_name_;
     tensor_ = std::move(other.tensor_);
-    op_ = other.op_;
+    input_ = std::move(other.input_);
+    divide_by_size_ = other.divide_by_size_;
     requests_ = std::move(other.requests_);
   }
   return *this;
 }
 
-PendingAllReduce::~PendingAllReduce() {
+PendingCollective::~PendingCollective() {
   if (!group_) return;
   try {
     wait();
@@ -340,14 +344,15 @@ PendingAllReduce::~PendingAllReduce() {
   }
 }
 
-void PendingAllReduce::wait() {
+void PendingCollective::wait() {
   if (!group_) return;
   Group* group = std::exchange(group_, nullptr);
   group->check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
-                   "all_reduce");
+                   op_name_);
   requests_.clear();
-  if (op_ == ReduceOp::Avg) tensor_.div_(group->size());
+  if (divide_by_size_) tensor_.div_(group->size());
   tensor_ = at::Tensor();
+  input_ = at::Tensor();
 }
 
 void Group::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
@@ -416,6 +421,44 @@ void Group::all_gather(at::Tensor& out, const at::Tensor& in) {
   }
   if (!recv.is_same(out)) out.copy_(recv);
   count(stats_->all_gather, ring_fraction(size_) * double(out.numel() * out.element_size()));
+}
+
+PendingCollective Group::start_all_gather(at::Tensor& out, const at::Tensor& in) {
+  constexpr const char* kOp = "all_gather";
+  check_tensor(out, kOp, "out");
+  check_tensor(in, kOp, "in");
+  check_pair(where(kOp), out, in);
+  check_movable(where(kOp), in);
+  PendingCollective pending;
+  if (out.is_cuda() || !out.is_contiguous()) {
+    // The NCCL call already returns once enqueued; other CPU layouts take the blocking path.
+    all_gather(out, in);
+    return pending;
+  }
+  if (out.numel() != in.numel() * size_) {
+    throw std::invalid_argument(where(kOp) + "out has " + std::to_string(out.numel()) +
+                                " elements, expected group size x in = " + std::to_string(size_) +
+                                " x " + std::to_string(in.numel()));
+  }
+  check_count(where(kOp), in.numel());
+  const std::int64_t chunk_bytes = in.numel() * in.element_size();
+  const bool in_place = in.numel() > 0 && in.is_alias_of(out) && in.is_contiguous() &&
+                        bytes_of(in) == bytes_of(out) + rank_ * chunk_bytes;
+  at::Tensor send = in.contiguous();
+  if (!in_place && send.is_alias_of(out)) send = send.clone();
+  const MPI_Datatype type = mpi_raw_type(in.element_size());
+  const int n = static_cast<int>(in.numel());
+  MPI_Request request;
+  check_mpi(MPI_Iallgather(in_place ? MPI_IN_PLACE : send.data_ptr(), n, type, out.data_ptr(), n, type, comm_,
+                           &request),
+            kOp);
+  pending.requests_.push_back(request);
+  pending.group_ = this;
+  pending.op_name_ = kOp;
+  pending.tensor_ = out;
+  pending.input_ = send;
+  count(stats_->all_gather, ring_fraction(size_) * double(out.numel() * out.element_size()));
+  return pending;
 }
 
 void Group::broadcast(at::Tensor& t, int root) {

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,25 +72,28 @@ class DeviceCollectives;
 
 class Group;
 
-// An all-reduce in flight (Group::start_all_reduce). wait() returns once the tensor
-// holds the result; the destructor of an unwaited one waits too, so a tensor is never
-// left mid-transfer.
-class PendingAllReduce {
+// A collective in flight (Group::start_all_reduce, Group::start_all_gather). wait()
+// returns once the output holds the result; the destructor of an unwaited one waits
+// too, so a tensor is never left mid-transfer.
+class PendingCollective {
  public:
-  PendingAllReduce() = default;
-  PendingAllReduce(PendingAllReduce&&) noexcept;
-  PendingAllReduce& operator=(PendingAllReduce&&) noexcept;
-  ~PendingAllReduce();
+  PendingCollective() = default;
+  PendingCollective(PendingCollective&&) noexcept;
+  PendingCollective& operator=(PendingCollective&&) noexcept;
+  ~PendingCollective();
   void wait();
   bool done() const { return group_ == nullptr; }
 
  private:
   friend class Group;
   Group* group_ = nullptr;
-  at::Tensor tensor_;
-  ReduceOp op_ = ReduceOp::Sum;
+  const char* op_name_ = "all_reduce";
+  at::Tensor tensor_;  // the output, kept alive until wait()
+  at::Tensor input_;   // all_gather: what this rank sends, kept alive until wait()
+  std::optional<ReduceOp> divide_by_size_;  // all_reduce with Avg: divide after the sum
   std::vector<MPI_Request> requests_;
 };
+using PendingAllReduce = PendingCollective;
 
 // One set of ranks that communicate together: an MPI communicator of its own, and for
 // CUDA tensors an NCCL communicator made at the group's first CUDA collective (which,
@@ -127,6 +131,11 @@ class Group {
   // in rank order: for dim-0 stacking, out has shape (size() * in.size(0), ...).
   // `in` may be this rank's own chunk of `out`.
   void all_gather(at::Tensor& out, const at::Tensor& in);
+  // all_gather that returns before the data has moved (ZeRO-3 prefetches the next
+  // block's parameters while the current one computes). `out` must be contiguous, and
+  // neither tensor may be touched until wait(). CPU: MPI_Iallgather; CUDA: enqueued on
+  // the NCCL stream. Counted in CommStats::all_gather like all_gather.
+  PendingCollective start_all_gather(at::Tensor& out, const at::Tensor& in);
   // t = root's t on every rank; root is a rank of this group.
   void broadcast(at::Tensor& t, int root);
 
@@ -136,7 +145,7 @@ class Group {
 
  private:
   friend class Communicator;
-  friend class PendingAllReduce;
+  friend class PendingCollective;
   Group(MPI_Comm comm, std::string name, int world_rank, c10::Device device, CommStats& stats);
 
   std::string who() const;                    // "ftrain::dist: rank 3 (tp group, rank 1 of 2)"

@@ -1,25 +1,135 @@
 #include "dist/zero.h"
 
+#include <c10/core/StorageImpl.h>
+#include <torch/autograd.h>
+#include <torch/custom_class.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <map>
 #include <stdexcept>
 
 namespace ftrain::dist {
 
 void ZeroOptions::validate() const {
-  if (stage < 0 || stage > 2)
-    throw std::invalid_argument("option 'dist.zero': must be 0, 1 or 2 (stage 3, sharded parameters, is not "
-                                "available yet), got " + std::to_string(stage));
+  if (stage < 0 || stage > 3)
+    throw std::invalid_argument("option 'dist.zero': must be 0, 1, 2 or 3, got " + std::to_string(stage));
 }
 
-ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage)
+namespace {
+
+// A unit's full buffer keeps its StorageImpl for its whole life, so the parameters and
+// gradients viewing it, and the views autograd saved of them, stay valid; only the
+// memory behind it comes and goes (as FSDP resizes its storage). Swapping `.data`
+// instead would leave the saved views holding the old memory.
+void release_storage(const at::Tensor& buffer) {
+  c10::StorageImpl* storage = buffer.storage().unsafeGetStorageImpl();
+  storage->set_data_ptr_noswap(c10::DataPtr(nullptr, buffer.device()));
+  storage->set_nbytes(0);
+}
+
+void allocate_storage(const at::Tensor& buffer) {
+  c10::StorageImpl* storage = buffer.storage().unsafeGetStorageImpl();
+  const size_t bytes = static_cast<size_t>(buffer.numel()) * buffer.element_size();
+  storage->set_data_ptr_noswap(storage->allocator()->allocate(bytes));
+  storage->set_nbytes(bytes);
+}
+
+std::int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<std::int64_t>(t.element_size()); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------
+// Stage 3's hooks around a block
+//
+// Forward, a block runs as  x -> AfterBlockBackward -> block -> BeforeBlockBackward -> y.
+// Both are identities; backward visits them in reverse, so BeforeBlockBackward's
+// backward runs just before the block's (gather its parameters, prefetch the previous
+// block's, give it gradient memory) and AfterBlockBackward's once the gradient of the
+// block's input is complete. The engine runs a parameter's AccumulateGrad as soon as
+// its gradient is ready and before any other ready node, so by then the block's
+// parameter gradients are all accumulated (test_zero checks the result): reduce-scatter
+// them and free the block.
+
+struct ZeroBlockHooks {
+  // Autograd keeps only IValues in ctx->saved_data; a capsule carries the owner.
+  struct Owner : torch::CustomClassHolder {
+    Owner(ZeroSharding& zero, size_t unit) : zero(zero), unit(unit) {}
+    ZeroSharding& zero;
+    size_t unit;
+  };
+
+  static Owner& owner(torch::autograd::AutogradContext* ctx) {
+    return *static_cast<Owner*>(ctx->saved_data.at("owner").toCapsule().get());
+  }
+
+  static void before_block_backward(ZeroSharding& zero, size_t unit) {
+    zero.ensure_gathered(unit);
+    if (unit > 1) zero.prefetch(unit - 1);  // the block before; unit 0 is the root
+    if (zero.trainable(zero.units_[unit])) zero.hold_grads(unit);
+  }
+
+  static void after_block_backward(ZeroSharding& zero, size_t unit) {
+    zero.reduce_unit(unit);
+    zero.free_params(unit);
+  }
+};
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct BeforeBlockBackward : torch::autograd::Function<BeforeBlockBackward> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, c10::intrusive_ptr<ZeroBlockHooks::Owner> owner) {
+    ctx->saved_data["owner"] = c10::IValue::make_capsule(std::move(owner));
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto& owner = ZeroBlockHooks::owner(ctx);
+    ZeroBlockHooks::before_block_backward(owner.zero, owner.unit);
+    return {grads[0], at::Tensor()};
+  }
+};
+
+// `anchor` is a (0) tensor that requires grad, so the hook is in the graph even when x
+// needs no gradient (frozen embeddings before a trainable block).
+struct AfterBlockBackward : torch::autograd::Function<AfterBlockBackward> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& anchor,
+                            c10::intrusive_ptr<ZeroBlockHooks::Owner> owner) {
+    ctx->saved_data["owner"] = c10::IValue::make_capsule(std::move(owner));
+    return x;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto& owner = ZeroBlockHooks::owner(ctx);
+    ZeroBlockHooks::after_block_backward(owner.zero, owner.unit);
+    return {grads[0], at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------
+// Construction
+
+ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
+                           std::vector<std::vector<std::string>> block_param_names)
     : dp_(dp), stage_(stage), params_(std::move(named_params)) {
   if (params_.empty()) throw std::invalid_argument("ZeroSharding: no parameters");
+  if (stage_ < 0 || stage_ > 3)
+    throw std::invalid_argument("ZeroSharding: stage must be 1, 2 or 3, got " + std::to_string(stage_));
   const auto options = params_.front().second.options().requires_grad(false);
-  int64_t total = 0;
-  for (const auto& [name, p] : params_) {
+  for (const auto& [name, p] : params_)
     if (p.scalar_type() != options.dtype().toScalarType() || p.device() != options.device())
       throw std::invalid_argument("ZeroSharding: parameter '" + name + "' differs in dtype or device");
+  if (stage_ == 3) {
+    build_units(block_param_names);
+    reset_peaks();
+    return;
+  }
+
+  int64_t total = 0;
+  for (const auto& [name, p] : params_) {
     offsets_.push_back(total);
     total += p.numel();
   }
@@ -50,10 +160,261 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
                                   : flat_grads_.narrow(0, begin, end - begin);
     slices_.push_back(Slice{params_[i].first, flat_params_.narrow(0, begin, end - begin), grad, begin - offsets_[i],
                             params_[i].second.numel(), params_[i].second.dim() >= 2, i});
+    slice_shard_offsets_.push_back(begin - shard_begin);
+  }
+  parameter_bytes_ = bytes_of(flat_params_);
+  gradient_bytes_ = bytes_of(flat_grads_) + (shard_grads_.defined() ? bytes_of(shard_grads_) : 0);
+  reset_peaks();
+}
+
+void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& block_param_names) {
+  std::map<std::string, size_t> index_of;
+  for (size_t i = 0; i < params_.size(); ++i) index_of[params_[i].first] = i;
+  // Unit 0 is the root; block b is unit b + 1.
+  unit_of_.assign(params_.size(), 0);
+  for (size_t b = 0; b < block_param_names.size(); ++b)
+    for (const std::string& name : block_param_names[b]) {
+      auto found = index_of.find(name);
+      if (found == index_of.end())
+        throw std::invalid_argument("ZeroSharding: block " + std::to_string(b) + " names parameter '" + name +
+                                    "', which is not among the parameters given");
+      if (unit_of_[found->second] != 0)
+        throw std::invalid_argument("ZeroSharding: parameter '" + name + "' is named by blocks " +
+                                    std::to_string(unit_of_[found->second] - 1) + " and " + std::to_string(b));
+      unit_of_[found->second] = b + 1;
+    }
+  units_.resize(block_param_names.size() + 1);
+  for (size_t i = 0; i < params_.size(); ++i) units_[unit_of_[i]].params.push_back(i);
+
+  const auto options = params_.front().second.options().requires_grad(false);
+  const int64_t ranks = dp_.size();
+  offsets_.assign(params_.size(), 0);
+  for (Unit& unit : units_) {
+    int64_t total = 0;
+    for (size_t i : unit.params) {
+      offsets_[i] = total;
+      total += params_[i].second.numel();
+    }
+    unit.shard_numel = (total + ranks - 1) / ranks;
+    unit.shard_offset = shard_numel_;
+    shard_numel_ += unit.shard_numel;
+  }
+  shard_params_ = torch::zeros({shard_numel_}, options);
+  shard_grads_ = torch::zeros({shard_numel_}, options);
+  anchor_ = torch::empty({0}, options).requires_grad_(true);
+
+  torch::NoGradGuard no_grad;
+  const int64_t rank = dp_.rank();
+  for (size_t u = 0; u < units_.size(); ++u) {
+    Unit& unit = units_[u];
+    unit.full_params = torch::zeros({unit.shard_numel * ranks}, options);
+    unit.full_grads = torch::zeros({unit.shard_numel * ranks}, options);
+    for (size_t i : unit.params) {
+      at::Tensor& p = params_[i].second;
+      at::Tensor view = unit.full_params.narrow(0, offsets_[i], p.numel());
+      view.copy_(p.detach().reshape({-1}));
+      p.set_data(view.view(p.sizes()));
+      p.mutable_grad() = unit.full_grads.narrow(0, offsets_[i], p.numel()).view(p.sizes());
+    }
+    // Parameters are equal on every rank, so each takes its shard without communicating.
+    shard_params_.narrow(0, unit.shard_offset, unit.shard_numel)
+        .copy_(unit.full_params.narrow(0, unit.shard_numel * rank, unit.shard_numel));
+    release_storage(unit.full_params);
+    release_storage(unit.full_grads);
+
+    const int64_t shard_begin = unit.shard_numel * rank;
+    const int64_t shard_end = shard_begin + unit.shard_numel;
+    for (size_t i : unit.params) {
+      const int64_t begin = std::max(shard_begin, offsets_[i]);
+      const int64_t end = std::min(shard_end, offsets_[i] + params_[i].second.numel());
+      if (begin >= end) continue;
+      const int64_t at = unit.shard_offset + begin - shard_begin;
+      slices_.push_back(Slice{params_[i].first, shard_params_.narrow(0, at, end - begin),
+                              shard_grads_.narrow(0, at, end - begin), begin - offsets_[i], params_[i].second.numel(),
+                              params_[i].second.dim() >= 2, i});
+      slice_shard_offsets_.push_back(at);
+    }
+  }
+  parameter_bytes_ = bytes_of(shard_params_);
+  gradient_bytes_ = bytes_of(shard_grads_);
+}
+
+ZeroSharding::~ZeroSharding() {
+  // A gather still in flight writes into memory that must outlive it.
+  try {
+    finish_prefetch();
+  } catch (...) {
   }
 }
 
+// ---------------------------------------------------------------------------------
+// Stage 3: gathering and freeing units
+
+bool ZeroSharding::trainable(const Unit& unit) const {
+  return std::any_of(unit.params.begin(), unit.params.end(),
+                     [&](size_t i) { return params_[i].second.requires_grad(); });
+}
+
+void ZeroSharding::count_parameters(std::int64_t bytes) {
+  parameter_bytes_ += bytes;
+  peak_parameter_bytes_ = std::max(peak_parameter_bytes_, parameter_bytes_);
+}
+
+void ZeroSharding::count_gradients(std::int64_t bytes) {
+  gradient_bytes_ += bytes;
+  peak_gradient_bytes_ = std::max(peak_gradient_bytes_, gradient_bytes_);
+}
+
+void ZeroSharding::reset_peaks() {
+  peak_parameter_bytes_ = parameter_bytes_;
+  peak_gradient_bytes_ = gradient_bytes_;
+}
+
+void ZeroSharding::gather(size_t u, bool in_background) {
+  Unit& unit = units_[u];
+  allocate_storage(unit.full_params);
+  unit.gathered = true;
+  count_parameters(bytes_of(unit.full_params));
+  torch::NoGradGuard no_grad;
+  const at::Tensor mine = shard_params_.narrow(0, unit.shard_offset, unit.shard_numel);
+  if (in_background) {
+    prefetch_ = dp_.start_all_gather(unit.full_params, mine);
+    prefetching_ = u;
+  } else {
+    dp_.all_gather(unit.full_params, mine);
+  }
+}
+
+void ZeroSharding::finish_prefetch() {
+  if (!prefetching_) return;
+  prefetch_.wait();
+  prefetching_.reset();
+}
+
+void ZeroSharding::ensure_gathered(size_t u) {
+  if (prefetching_ == u) {
+    finish_prefetch();
+    return;
+  }
+  if (units_[u].gathered) return;
+  gather(u, /*in_background=*/false);
+}
+
+void ZeroSharding::prefetch(size_t u) {
+  if (units_[u].gathered) return;
+  // One gather in flight at a time; every rank starts and waits for them in the same order.
+  finish_prefetch();
+  gather(u, /*in_background=*/true);
+}
+
+void ZeroSharding::free_params(size_t u) {
+  Unit& unit = units_[u];
+  if (!unit.gathered) return;
+  if (prefetching_ == u) finish_prefetch();
+  release_storage(unit.full_params);
+  unit.gathered = false;
+  count_parameters(-bytes_of(unit.full_params));
+}
+
+void ZeroSharding::hold_grads(size_t u) {
+  Unit& unit = units_[u];
+  if (!unit.grads_held) {
+    allocate_storage(unit.full_grads);
+    unit.grads_held = true;
+    count_gradients(bytes_of(unit.full_grads));
+    torch::NoGradGuard no_grad;
+    unit.full_grads.zero_();
+  }
+  // Autograd adds into a defined gradient in place; one reset to undefined (a
+  // zero_grad(set_to_none) on the module) would send it elsewhere.
+  for (size_t i : unit.params) {
+    at::Tensor& p = params_[i].second;
+    if (!p.grad().defined())
+      p.mutable_grad() = unit.full_grads.narrow(0, offsets_[i], p.numel()).view(p.sizes());
+  }
+}
+
+void ZeroSharding::reduce_unit(size_t u) {
+  Unit& unit = units_[u];
+  if (!unit.grads_held) return;
+  torch::NoGradGuard no_grad;
+  if (trainable(unit)) {
+    at::Tensor reduced = at::empty({unit.shard_numel}, unit.full_grads.options());
+    dp_.reduce_scatter(reduced, unit.full_grads, ReduceOp::Sum);
+    // Added, not assigned: micro-batches accumulate in the shard.
+    shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel).add_(reduced);
+  }
+  release_storage(unit.full_grads);
+  unit.grads_held = false;
+  count_gradients(-bytes_of(unit.full_grads));
+}
+
+model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
+  if (stage_ != 3)
+    return [inner](size_t index, const at::Tensor& x, const model::BlockForward& block) {
+      return inner ? inner(index, x, block) : block(x);
+    };
+  return [this, inner](size_t index, const at::Tensor& x, const model::BlockForward& block) -> at::Tensor {
+    // Without blocks the root unit is the whole model, gathered by before_forward().
+    if (units_.size() == 1) return inner ? inner(index, x, block) : block(x);
+    const size_t u = index + 1;
+    if (u >= units_.size())
+      throw std::out_of_range("ZeroSharding::block_runner: block " + std::to_string(index) + ", but " +
+                              std::to_string(units_.size() - 1) + " blocks were given to the constructor");
+    // In backward, a block runs only as a recomputation (activation checkpointing
+    // outside this runner): its hooks free it after its own backward.
+    const bool recomputing = phase_ == Phase::Backward;
+    ensure_gathered(u);
+    if (!recomputing && u + 1 < units_.size()) prefetch(u + 1);
+
+    const bool hooked = torch::GradMode::is_enabled() && (x.requires_grad() || trainable(units_[u]));
+    at::Tensor input = x;
+    if (hooked) input = AfterBlockBackward::apply(x, anchor_, c10::make_intrusive<ZeroBlockHooks::Owner>(*this, u));
+    at::Tensor y = inner ? inner(index, input, block) : block(input);
+    if (hooked && y.requires_grad())
+      y = BeforeBlockBackward::apply(y, c10::make_intrusive<ZeroBlockHooks::Owner>(*this, u));
+    if (!recomputing) free_params(u);
+    return y;
+  };
+}
+
+void ZeroSharding::before_forward() {
+  if (stage_ != 3) return;
+  ensure_gathered(0);
+  if (torch::GradMode::is_enabled() && trainable(units_[0])) hold_grads(0);
+}
+
+void ZeroSharding::before_backward() {
+  if (stage_ != 3) return;
+  phase_ = Phase::Backward;
+  if (trainable(units_[0])) hold_grads(0);
+}
+
+void ZeroSharding::after_backward() {
+  if (stage_ != 3) return;
+  phase_ = Phase::Forward;
+  finish_prefetch();
+}
+
+void ZeroSharding::release() {
+  if (stage_ != 3) return;
+  finish_prefetch();
+  for (size_t u = 0; u < units_.size(); ++u) free_params(u);
+}
+
+// ---------------------------------------------------------------------------------
+// After backward
+
 void ZeroSharding::reduce_gradients() {
+  if (stage_ == 3) {
+    finish_prefetch();
+    // Held gradients are those no block hook reduced: the root's, and those of a block
+    // whose backward stopped early. Every rank holds the same units, as every rank
+    // runs the same model, so all call the same reduce-scatters.
+    for (size_t u = 0; u < units_.size(); ++u) reduce_unit(u);
+    for (size_t u = 0; u < units_.size(); ++u) free_params(u);
+    return;
+  }
   // The optimizer reads only this rank's shard, so a reduce-scatter suffices at both
   // stages; stage 1 leaves the sum in its part of the full buffer.
   if (stage_ == 2) {
@@ -64,52 +425,69 @@ void ZeroSharding::reduce_gradients() {
   }
 }
 
+at::Tensor ZeroSharding::own_shard_grads() const {
+  return stage_ == 1 ? flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_) : shard_grads_;
+}
+
 double ZeroSharding::gradient_square_sum() {
   // Each rank sums the squares of its own shard; padding is zero.
-  at::Tensor local = stage_ == 2 ? shard_grads_ : flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
-  const double mine = local.to(torch::kFloat64).pow(2).sum().item<double>();
+  const double mine = own_shard_grads().to(torch::kFloat64).pow(2).sum().item<double>();
   return dp_.all_reduce(mine, ReduceOp::Sum);
 }
 
 void ZeroSharding::scale_gradients(double factor) {
   torch::NoGradGuard no_grad;
-  if (stage_ == 2) {
-    shard_grads_.mul_(factor);
-  } else {
-    flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_).mul_(factor);
-  }
+  own_shard_grads().mul_(factor);
 }
 
 void ZeroSharding::gather_parameters() {
+  if (stage_ == 3) return;  // gathered unit by unit when used
   torch::NoGradGuard no_grad;
   at::Tensor mine = flat_params_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
   dp_.all_gather(flat_params_, mine);
 }
 
 void ZeroSharding::zero_grad() {
-  flat_grads_.zero_();
+  torch::NoGradGuard no_grad;
+  if (flat_grads_.defined()) flat_grads_.zero_();
   if (shard_grads_.defined()) shard_grads_.zero_();
+  for (Unit& unit : units_)
+    if (unit.grads_held) unit.full_grads.zero_();
 }
+
+// ---------------------------------------------------------------------------------
+// Checkpoints
 
 std::vector<std::pair<std::string, at::Tensor>> ZeroSharding::gather_state(
     const std::vector<at::Tensor>& slice_states) {
   if (slice_states.size() != slices_.size())
     throw std::invalid_argument("ZeroSharding::gather_state: one state tensor per local slice expected");
   torch::NoGradGuard no_grad;
-  const auto options = slice_states.empty() ? flat_params_.options().dtype(torch::kFloat32)
+  const auto options = slice_states.empty() ? params_.front().second.options().dtype(torch::kFloat32)
                                             : slice_states.front().options();
   at::Tensor shard = torch::zeros({shard_numel_}, options);
-  const int64_t shard_begin = shard_numel_ * dp_.rank();
-  for (size_t k = 0; k < slices_.size(); ++k) {
-    const int64_t flat_begin = offsets_[slices_[k].param_index] + slices_[k].param_offset;
-    shard.narrow(0, flat_begin - shard_begin, slice_states[k].numel()).copy_(slice_states[k]);
-  }
-  at::Tensor full = torch::empty({shard_numel_ * dp_.size()}, options);
+  for (size_t k = 0; k < slices_.size(); ++k)
+    shard.narrow(0, slice_shard_offsets_[k], slice_states[k].numel()).copy_(slice_states[k].reshape({-1}));
+  const int64_t ranks = dp_.size();
+  at::Tensor full = torch::empty({shard_numel_ * ranks}, options);
   dp_.all_gather(full, shard);
   std::vector<std::pair<std::string, at::Tensor>> out;
+  if (stage_ != 3) {
+    for (size_t i = 0; i < params_.size(); ++i)
+      out.emplace_back(params_[i].first,
+                       full.narrow(0, offsets_[i], params_[i].second.numel()).view(params_[i].second.sizes()));
+    return out;
+  }
+  // (N * S) -> (N, S): rank r's shard space in row r; a unit's flat space is its
+  // columns read row after row.
+  const at::Tensor by_rank = full.view({ranks, shard_numel_});
+  std::vector<at::Tensor> unit_flat(units_.size());
+  for (size_t u = 0; u < units_.size(); ++u)
+    unit_flat[u] = by_rank.narrow(1, units_[u].shard_offset, units_[u].shard_numel).reshape({-1});
   for (size_t i = 0; i < params_.size(); ++i)
-    out.emplace_back(params_[i].first,
-                     full.narrow(0, offsets_[i], params_[i].second.numel()).view(params_[i].second.sizes()));
+    out.emplace_back(params_[i].first, unit_flat[unit_of_[i]]
+                                           .narrow(0, offsets_[i], params_[i].second.numel())
+                                           .view(params_[i].second.sizes()));
   return out;
 }
 

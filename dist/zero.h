@@ -1,37 +1,62 @@
-// ZeRO-style sharding of optimizer state (stage 1) and gradients (stage 2) over the
-// data-parallel group.
+// ZeRO-style sharding (Rajbhandari et al., 2020) over the data-parallel group of the
+// optimizer state (stage 1), the gradients (stage 2) and the parameters (stage 3).
 //
-// Every parameter becomes a view into one flat buffer, and its gradient a view into a
-// second one, so a whole model is reduced and gathered with single collectives. The
-// flat space is padded to a multiple of the data-parallel size and cut into equal
-// contiguous shards; rank d owns shard d. The optimizer updates only the parts of
-// parameters inside its shard (`local_slices`), then the updated shards are
-// all-gathered so every rank again holds the full parameters.
+// Every parameter becomes a view into a flat buffer, and its gradient a view into a
+// second one, so a whole model (stages 1, 2) or a whole transformer block (stage 3) is
+// reduced and gathered with single collectives. A flat space is padded to a multiple
+// of the data-parallel size N and cut into N equal contiguous shards; rank d owns
+// shard d. The optimizer updates only the parts of parameters inside its shards
+// (`local_slices`).
 //
 //   stage 1: optimizer state sharded; gradients reduce-scattered into this rank's part
-//            of the full gradient buffer
+//            of the full gradient buffer; the updated shard all-gathered after the step
 //   stage 2: the reduced gradients of the shard live in a shard-sized buffer of their
-//            own (today the full buffer still receives backward's accumulation; freeing
-//            it bucket by bucket during backward is the next step)
+//            own (the full buffer still receives backward's accumulation)
+//   stage 3: parameters sharded too. The model is cut into units: one per transformer
+//            block, and the "root" (embeddings, final norm, head: every parameter in
+//            no block). Each unit has its own padded flat space, so it is gathered
+//            alone. Between uses a rank holds only its shards; a block's full
+//            parameters are all-gathered just before it runs (the next block's
+//            gather starts meanwhile) and freed right after, gathered again for its
+//            backward (prefetching the block before it), and once its backward is
+//            done its full gradients are reduce-scattered, added into this rank's
+//            shard gradients and freed. The root stays gathered from before_forward()
+//            until reduce_gradients().
 //
-// Per step and rank, both send 2 x psi x (N-1)/N elements (psi = parameters, N = dp):
-// a reduce-scatter of the gradients plus the all-gather of the updated parameters,
-// the same volume as a plain data-parallel all-reduce.
+// Communication per step and rank, in elements (psi = parameters, padded per unit):
+//   stages 1, 2: 2 psi (N-1)/N: the reduce-scatter of the gradients plus the all-gather
+//                of the updated parameters, the volume of a plain all-reduce
+//   stage 3, one micro-batch: 3 psi_blocks (N-1)/N (all-gather in forward, all-gather
+//                in backward, reduce-scatter) + 2 psi_root (N-1)/N (one all-gather,
+//                one reduce-scatter); each further micro-batch adds 3 psi_blocks (N-1)/N.
+//
+// A training step at stage 3:
+//   model->set_block_runner(zero.block_runner(model::checkpoint_blocks()));  // once
+//   for each micro-batch: before_forward(); loss = ...; before_backward();
+//                         loss.backward(); after_backward();
+//   reduce_gradients(); [gradient_square_sum, scale_gradients]; optimizer on
+//   local_slices(); gather_parameters() (no-op); zero_grad();
+// and an evaluation: before_forward(); forward under no-grad ...; release().
+// Until before_forward() the root's parameters have no memory: running the model
+// without it reads freed storage.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "dist/comm.h"
+#include "model/block_runner.h"
 
 namespace ftrain::dist {
 
 struct ZeroOptions {
-  int stage = 0;  // dist.zero: 0 = replicated optimizer; 1 = sharded state; 2 = + sharded gradients
+  int stage = 0;  // dist.zero: 0 = replicated optimizer; 1 = sharded state; 2 = + sharded gradients;
+                  //   3 = + sharded parameters, gathered per transformer block
   void validate() const;
 };
 
@@ -40,7 +65,7 @@ class ZeroSharding {
   // The part of one parameter that lies in this rank's shard, as flat views.
   struct Slice {
     std::string name;        // the parameter's name
-    at::Tensor param;        // 1-D view into the parameter
+    at::Tensor param;        // 1-D view into the parameter (stage 3: into this rank's shard)
     at::Tensor grad;         // 1-D view into the reduced gradient of the same elements
     int64_t param_offset;    // where the slice starts inside the flattened parameter
     int64_t param_numel;     // elements of the whole parameter
@@ -49,35 +74,63 @@ class ZeroSharding {
   };
 
   // Moves every parameter (and its gradient) into flat buffers; all parameters must
-  // share dtype and device. Collective over `dp` only in the later calls.
-  ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage);
+  // share dtype and device, and be equal on every rank. block_param_names[i] names (as
+  // in named_params) the parameters of transformer block i; stage 3 gathers each
+  // block alone and every other parameter as the root unit (with none given, the whole
+  // model is one unit). Stages 1 and 2 ignore it. No communication.
+  ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
+               std::vector<std::vector<std::string>> block_param_names = {});
+  ~ZeroSharding();
+  ZeroSharding(const ZeroSharding&) = delete;
+  ZeroSharding& operator=(const ZeroSharding&) = delete;
 
   const std::vector<Slice>& local_slices() const { return slices_; }
   int stage() const { return stage_; }
 
+  // The runner to install in the model (set_block_runner) at stage 3; block i of the
+  // runner is block_param_names[i]. It runs `inner` (e.g. checkpoint_blocks()) inside
+  // the gathered parameters. At stages 1 and 2 it runs inner, or the block, as is.
+  model::BlockRunner block_runner(model::BlockRunner inner = {});
+
+  // Stage 3: gathers the root unit if it is freed (and, while gradients are recorded,
+  // gives it a zeroed full gradient buffer). No-op at stages 1 and 2.
+  void before_forward();
+  // Brackets around loss.backward(), so the runner knows a block run during backward is
+  // a recomputation. No-ops at stages 1 and 2.
+  void before_backward();
+  void after_backward();
+
   // After backward: reduce-scatters the gradients so this rank's shard holds the sum
-  // over ranks.
+  // over ranks. Stage 3: the units not yet reduced (the root, blocks whose backward did
+  // not run), then frees the root's full parameters and gradients.
   void reduce_gradients();
+  // Stage 3: frees every gathered unit (after an evaluation). No-op at stages 1 and 2.
+  void release();
 
   // Sum of squares of the reduced gradients over the whole model (collective).
   double gradient_square_sum();
   void scale_gradients(double factor);  // this rank's shard
 
-  // After the optimizer updated the local slices: every rank gets every shard.
+  // After the optimizer updated the local slices: every rank gets every shard (stages
+  // 1, 2; stage 3 gathers on use).
   void gather_parameters();
 
   void zero_grad();
 
-  // Bytes this rank holds for parameters and for gradients (flat buffers, and the
-  // shard's reduced gradients at stage 2).
-  std::int64_t parameter_bytes() const { return flat_params_.nbytes(); }
-  std::int64_t gradient_bytes() const {
-    return flat_grads_.nbytes() + (shard_grads_.defined() ? shard_grads_.nbytes() : 0);
-  }
+  // Bytes this rank holds now for parameters and for gradients: the flat buffers (and
+  // the shard's reduced gradients at stage 2); at stage 3 the shards plus the units
+  // gathered at the moment. The peaks are the maxima since construction or
+  // reset_peaks(), counted as buffers are allocated and freed.
+  std::int64_t parameter_bytes() const { return parameter_bytes_; }
+  std::int64_t gradient_bytes() const { return gradient_bytes_; }
+  std::int64_t peak_parameter_bytes() const { return peak_parameter_bytes_; }
+  std::int64_t peak_gradient_bytes() const { return peak_gradient_bytes_; }
+  void reset_peaks();
 
   // Full flat tensor (every rank's shard concatenated) of per-slice state tensors
   // laid out like local_slices(), cut back into one tensor per parameter with its
-  // global shape. Collective. Used to save sharded optimizer state in global form.
+  // global shape. Collective. Used to save sharded optimizer state (and, with the
+  // slices' param views, stage 3 parameters) in global form.
   std::vector<std::pair<std::string, at::Tensor>> gather_state(const std::vector<at::Tensor>& slice_states);
 
   // This rank's slices of a state given per parameter in global form (inverse of
@@ -85,15 +138,56 @@ class ZeroSharding {
   std::vector<at::Tensor> shard_state(const std::vector<at::Tensor>& full_states) const;
 
  private:
+  // Stage 3: a set of parameters gathered, reduced and freed together.
+  struct Unit {
+    std::vector<size_t> params;  // indices into params_
+    int64_t shard_numel = 0;     // this unit's elements per rank (numel padded / N)
+    int64_t shard_offset = 0;    // where this unit's shard starts in the shard buffers
+    at::Tensor full_params;      // (shard_numel * N); storage released while not gathered
+    at::Tensor full_grads;       // (shard_numel * N); storage released while not held
+    bool gathered = false;       // full_params has memory (its gather may be in flight)
+    bool grads_held = false;     // full_grads has memory
+  };
+  friend struct ZeroBlockHooks;
+
+  void build_units(const std::vector<std::vector<std::string>>& block_param_names);
+  bool trainable(const Unit& unit) const;
+  void gather(size_t unit, bool prefetch);
+  void ensure_gathered(size_t unit);
+  void prefetch(size_t unit);
+  void finish_prefetch();
+  void free_params(size_t unit);
+  void hold_grads(size_t unit);
+  void reduce_unit(size_t unit);  // reduce-scatter, add into the shard, free the full gradients
+  void count_parameters(std::int64_t bytes);
+  void count_gradients(std::int64_t bytes);
+  at::Tensor own_shard_grads() const;  // every gradient this rank's optimizer reads, flat
+
+  enum class Phase { Forward, Backward };
+
   Group& dp_;
   int stage_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
-  std::vector<int64_t> offsets_;  // of each parameter in the flat space
-  int64_t shard_numel_ = 0;
-  at::Tensor flat_params_;  // (shard_numel * dp)
-  at::Tensor flat_grads_;   // (shard_numel * dp)
-  at::Tensor shard_grads_;  // stage 2: (shard_numel), the reduced gradients of this shard
+  std::vector<int64_t> offsets_;  // of each parameter in the flat space (stage 3: of its unit)
+  std::vector<size_t> unit_of_;   // stage 3: the unit of each parameter
+  std::vector<int64_t> slice_shard_offsets_;  // where each slice starts in this rank's shard space
+  int64_t shard_numel_ = 0;  // elements of this rank's shard space (stage 3: all units' shards)
+  at::Tensor flat_params_;   // stages 1, 2: (shard_numel * N)
+  at::Tensor flat_grads_;    // stages 1, 2: (shard_numel * N)
+  at::Tensor shard_params_;  // stage 3: (shard_numel), this rank's shards of every unit
+  at::Tensor shard_grads_;   // stages 2, 3: (shard_numel), the reduced gradients of this shard
   std::vector<Slice> slices_;
+
+  std::vector<Unit> units_;  // stage 3: the root, then block 0, 1, ...
+  std::optional<size_t> prefetching_;  // the unit whose gather is in flight
+  PendingCollective prefetch_;
+  Phase phase_ = Phase::Forward;
+  at::Tensor anchor_;  // (0) requiring grad: puts a trainable block's hooks in the graph
+
+  std::int64_t parameter_bytes_ = 0;
+  std::int64_t gradient_bytes_ = 0;
+  std::int64_t peak_parameter_bytes_ = 0;
+  std::int64_t peak_gradient_bytes_ = 0;
 };
 
 }  // namespace ftrain::dist

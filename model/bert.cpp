@@ -238,8 +238,18 @@ BertEncoderImpl::BertEncoderImpl(const BertConfig& config) {
 
 torch::Tensor BertEncoderImpl::forward(const torch::Tensor& x, const torch::Tensor& attention_bias) {
   torch::Tensor y = x;
-  for (const auto& block : *layer) y = block->as<BertLayerImpl>()->forward(y, attention_bias);
+  for (std::size_t i = 0; i < layer->size(); ++i) {
+    std::shared_ptr<BertLayerImpl> block = layer->ptr<BertLayerImpl>(i);
+    if (block_runner_)
+      y = block_runner_(i, y, [block, attention_bias](const torch::Tensor& h) { return block->forward(h, attention_bias); });
+    else
+      y = block->forward(y, attention_bias);
+  }
   return y;
+}
+
+std::vector<std::shared_ptr<torch::nn::Module>> BertEncoderImpl::blocks() {
+  return std::vector<std::shared_ptr<torch::nn::Module>>(layer->begin(), layer->end());
 }
 
 BertPoolerImpl::BertPoolerImpl(const BertConfig& config) {

@@ -17,10 +17,14 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include "model/block_runner.h"
+
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace ftrain::model {
 
@@ -163,7 +167,15 @@ class BertEncoderImpl : public torch::nn::Module {
   explicit BertEncoderImpl(const BertConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attention_bias);  // (B, T, C) -> (B, T, C)
 
+  // forward runs layer i as runner(i, x, layer) from now on; an empty runner restores
+  // the plain loop.
+  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // layer.0, layer.1, ... in order
+
   torch::nn::ModuleList layer{nullptr};  // num_hidden_layers BertLayers
+
+ private:
+  BlockRunner block_runner_;
 };
 TORCH_MODULE(BertEncoder);
 
@@ -195,6 +207,10 @@ class BertImpl : public torch::nn::Module {
                      const torch::Tensor& token_type_ids = {});
 
   const BertConfig& config() const { return config_; }
+
+  // As BertEncoder's: the runner of the encoder's layers, and the layers.
+  void set_block_runner(BlockRunner runner) { encoder->set_block_runner(std::move(runner)); }
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks() { return encoder->blocks(); }
 
   BertEmbeddings embeddings{nullptr};
   BertEncoder encoder{nullptr};

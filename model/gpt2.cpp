@@ -268,8 +268,18 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
   torch::Tensor positions = torch::arange(T, input_ids.options());
   // (B, T) -> (B, T, C) tokens + (T, C) positions
   torch::Tensor x = torch::dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
-  for (const auto& block : *h) x = block->as<BlockImpl>()->forward(x);
+  for (std::size_t i = 0; i < h->size(); ++i) {
+    std::shared_ptr<BlockImpl> block = h->ptr<BlockImpl>(i);
+    if (block_runner_)
+      x = block_runner_(i, x, [block](const torch::Tensor& y) { return block->forward(y); });
+    else
+      x = block->forward(x);
+  }
   return ln_f(x);
+}
+
+std::vector<std::shared_ptr<torch::nn::Module>> Gpt2TransformerImpl::blocks() {
+  return std::vector<std::shared_ptr<torch::nn::Module>>(h->begin(), h->end());
 }
 
 torch::Tensor Gpt2TransformerImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {

@@ -18,13 +18,16 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include "model/block_runner.h"
 #include "model/generation.h"
 #include "model/linear.h"
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace ftrain::model {
 
@@ -137,6 +140,11 @@ class Gpt2TransformerImpl : public torch::nn::Module {
   // whose keys and values it appends to the cache.
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
+  // forward runs block i as runner(i, x, block) from now on; an empty runner restores
+  // the plain loop. forward_cached never uses it.
+  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // h.0, h.1, ... in order
+
   Embedding wte{nullptr};             // (V, C) token embedding
   torch::nn::Embedding wpe{nullptr};  // (n_positions, C) position embedding
   torch::nn::ModuleList h{nullptr};   // n_layer Blocks
@@ -145,6 +153,7 @@ class Gpt2TransformerImpl : public torch::nn::Module {
  private:
   int64_t n_positions_;
   double embd_pdrop_;
+  BlockRunner block_runner_;
 };
 TORCH_MODULE(Gpt2Transformer);
 
@@ -170,6 +179,10 @@ class Gpt2Impl : public torch::nn::Module {
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
   const Gpt2Config& config() const { return config_; }
+
+  // As Gpt2Transformer's: the runner of transformer's blocks, and the blocks.
+  void set_block_runner(BlockRunner runner) { transformer->set_block_runner(std::move(runner)); }
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks() { return transformer->blocks(); }
 
   Gpt2Transformer transformer{nullptr};
   Linear lm_head{nullptr};    // empty when tie_word_embeddings

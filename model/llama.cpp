@@ -610,9 +610,20 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
     const int64_t key = window.value_or(0);
     if (!masks.count(key))
       masks[key] = (window || is_token.defined()) ? attention_mask_for(T, is_token, window, device) : torch::Tensor();
-    x = layers[i]->as<LlamaBlockImpl>()->forward(x, angles, masks[key]);
+    std::shared_ptr<LlamaBlockImpl> block = layers->ptr<LlamaBlockImpl>(i);
+    if (block_runner_) {
+      x = block_runner_(i, x, [block, angles, allowed = masks[key]](const torch::Tensor& y) {
+        return block->forward(y, angles, allowed);
+      });
+    } else {
+      x = block->forward(x, angles, masks[key]);
+    }
   }
   return norm(x);
+}
+
+std::vector<std::shared_ptr<torch::nn::Module>> LlamaModelImpl::blocks() {
+  return std::vector<std::shared_ptr<torch::nn::Module>>(layers->begin(), layers->end());
 }
 
 torch::Tensor LlamaModelImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {

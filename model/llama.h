@@ -18,11 +18,13 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include "model/block_runner.h"
 #include "model/generation.h"
 #include "model/linear.h"
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -203,6 +205,11 @@ class LlamaModelImpl : public torch::nn::Module {
   // positions T_cached, T_cached + 1, ...; appends their keys and values to the cache.
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
+  // forward runs block i as runner(i, x, block) from now on; an empty runner restores
+  // the plain loop. forward_cached never uses it.
+  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // layers.0, layers.1, ... in order
+
   Embedding embed_tokens{nullptr};             // (V, C)
   torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks
   LlamaRmsNorm norm{nullptr};
@@ -212,6 +219,7 @@ class LlamaModelImpl : public torch::nn::Module {
 
   LlamaConfig config_;
   torch::Tensor inv_freq_;  // (hs / 2) float32 on the CPU; moved to the input's device per call
+  BlockRunner block_runner_;
 };
 TORCH_MODULE(LlamaModel);
 
@@ -246,6 +254,10 @@ class LlamaImpl : public torch::nn::Module {
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
   const LlamaConfig& config() const { return config_; }
+
+  // As LlamaModel's: the runner of model's blocks, and the blocks.
+  void set_block_runner(BlockRunner runner) { model->set_block_runner(std::move(runner)); }
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks() { return model->blocks(); }
 
   LlamaModel model{nullptr};
   Linear lm_head{nullptr};    // empty when tie_word_embeddings

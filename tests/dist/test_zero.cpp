@@ -1,0 +1,487 @@
+// ZeRO (dist/zero.h) under mpirun: the data-parallel group is every rank.
+//
+// Tiny GPT-2 and Llama (grouped-query attention) models are built from one seed on
+// every rank, and each rank feeds its own batches. Every rank also trains a reference:
+// the plain model fed the concatenation of all ranks' batches, whose gradient is the
+// sum the sharded run reduces. A few steps of SGD on local_slices() must give the
+// reference's losses and, gathered with gather_state, its parameters; at stage 3 with
+// and without activation checkpointing, with one and two micro-batches, and with
+// frozen blocks. The first step's all-gather and reduce-scatter bytes and the peak
+// parameter and gradient bytes are checked against values derived here from the
+// padded unit sizes.
+//
+// Every rank runs every test and makes the same collective calls whatever the checks
+// find; an unexpected exception ends the whole job (abort_job).
+#define BOOST_TEST_MODULE test_zero
+#include <boost/test/execution_monitor.hpp>
+#include <boost/test/unit_test.hpp>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <mpi.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dist/comm.h"
+#include "dist/mpi_session.h"
+#include "dist/zero.h"
+#include "model/activation_checkpoint.h"
+#include "model/gpt2.h"
+#include "model/llama.h"
+
+namespace dist = ftrain::dist;
+namespace model = ftrain::model;
+namespace F = torch::nn::functional;
+using torch::indexing::Slice;
+
+namespace {
+
+struct AbortOnException : boost::unit_test::test_observer {
+  void exception_caught(const boost::execution_exception& error) override {
+    std::fprintf(stderr, "test_zero: unexpected exception: %s\n",
+                 std::string(error.what().begin(), error.what().end()).c_str());
+    dist::abort_job(1);
+  }
+};
+
+struct Job {
+  static inline Job* instance = nullptr;
+  std::unique_ptr<dist::MpiSession> session;
+  std::unique_ptr<dist::Communicator> comm;
+  AbortOnException observer;
+
+  Job() {
+    auto& suite = boost::unit_test::framework::master_test_suite();
+    at::set_num_threads(1);
+    session = std::make_unique<dist::MpiSession>(suite.argc, suite.argv);
+    comm = std::make_unique<dist::Communicator>(dist::Communicator::create(dist::CommOptions{}));
+    boost::unit_test::framework::register_observer(observer);
+    instance = this;
+  }
+  ~Job() {
+    boost::unit_test::framework::deregister_observer(observer);
+    comm.reset();  // before MPI goes
+    session.reset();
+  }
+};
+
+BOOST_TEST_GLOBAL_FIXTURE(Job);
+
+dist::Communicator& comm() { return *Job::instance->comm; }
+dist::Group& dp() { return comm().dp(); }
+int64_t N() { return dp().size(); }
+int64_t R() { return dp().rank(); }
+
+// max |a - b| / max |b|: the error relative to the size of the expected values.
+double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
+  if (actual.sizes() != expected.sizes()) return std::numeric_limits<double>::infinity();
+  const double scale = std::max(expected.abs().max().item<double>(), 1e-30);
+  return (actual - expected).abs().max().item<double>() / scale;
+}
+
+constexpr double kTolerance = 1e-5;
+constexpr int64_t kVocab = 51;
+constexpr int64_t kRows = 2;     // per rank and micro-batch
+constexpr int64_t kLength = 12;  // tokens per row
+constexpr double kLearningRate = 0.5;
+
+model::Gpt2Config tiny_gpt2() {
+  model::Gpt2Config config;
+  config.vocab_size = kVocab;
+  config.n_positions = 16;
+  config.n_embd = 32;
+  config.n_layer = 3;
+  config.n_head = 4;
+  config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0;  // ranks and reference see other rows
+  return config;
+}
+
+model::LlamaConfig tiny_llama() {
+  model::LlamaConfig config;
+  config.vocab_size = kVocab;
+  config.hidden_size = 32;
+  config.intermediate_size = 48;
+  config.num_hidden_layers = 3;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = 2;  // grouped-query attention
+  config.max_position_embeddings = 32;
+  config.tie_word_embeddings = false;
+  config.attention_bias = true;
+  return config;
+}
+
+// The tokens of rank r's micro-batch m of step s: (kRows, kLength), the same on every
+// rank that asks.
+torch::Tensor batch_of(int64_t step, int64_t micro, int64_t rank) {
+  auto generator = at::detail::createCPUGenerator(static_cast<uint64_t>(1000 * step + 10 * micro + rank + 1));
+  return torch::randint(kVocab, {kRows, kLength}, generator, torch::kLong);
+}
+
+// Sum of the next-token cross-entropies of (B, T, V) logits over (B, T) ids.
+torch::Tensor loss_sum(const torch::Tensor& logits, const torch::Tensor& ids) {
+  return F::cross_entropy(logits.index({Slice(), Slice(0, -1)}).reshape({-1, kVocab}),
+                          ids.index({Slice(), Slice(1)}).reshape({-1}),
+                          F::CrossEntropyFuncOptions().reduction(torch::kSum));
+}
+
+// One kind of model: how to make it (same seed, same values on every rank), run it
+// and list its blocks' parameter names.
+struct ModelKind {
+  std::function<std::shared_ptr<torch::nn::Module>()> make;
+  std::function<torch::Tensor(torch::nn::Module&, const torch::Tensor&)> logits;
+  std::function<void(torch::nn::Module&, model::BlockRunner)> set_block_runner;
+  std::function<std::vector<std::shared_ptr<torch::nn::Module>>(torch::nn::Module&)> blocks;
+};
+
+ModelKind gpt2_kind() {
+  return {[] {
+            torch::manual_seed(42);
+            return std::static_pointer_cast<torch::nn::Module>(model::Gpt2(tiny_gpt2()).ptr());
+          },
+          [](torch::nn::Module& m, const torch::Tensor& ids) { return dynamic_cast<model::Gpt2Impl&>(m).forward(ids); },
+          [](torch::nn::Module& m, model::BlockRunner runner) {
+            dynamic_cast<model::Gpt2Impl&>(m).set_block_runner(std::move(runner));
+          },
+          [](torch::nn::Module& m) { return dynamic_cast<model::Gpt2Impl&>(m).blocks(); }};
+}
+
+ModelKind llama_kind() {
+  return {[] {
+            torch::manual_seed(43);
+            return std::static_pointer_cast<torch::nn::Module>(model::Llama(tiny_llama()).ptr());
+          },
+          [](torch::nn::Module& m, const torch::Tensor& ids) { return dynamic_cast<model::LlamaImpl&>(m).forward(ids); },
+          [](torch::nn::Module& m, model::BlockRunner runner) {
+            dynamic_cast<model::LlamaImpl&>(m).set_block_runner(std::move(runner));
+          },
+          [](torch::nn::Module& m) { return dynamic_cast<model::LlamaImpl&>(m).blocks(); }};
+}
+
+// Names (as in named_parameters) of each block's parameters, found by identity.
+std::vector<std::vector<std::string>> block_param_names(torch::nn::Module& net, const ModelKind& kind) {
+  std::map<const void*, size_t> block_of;
+  const auto blocks = kind.blocks(net);
+  for (size_t b = 0; b < blocks.size(); ++b)
+    for (const auto& p : blocks[b]->parameters()) block_of[p.unsafeGetTensorImpl()] = b;
+  std::vector<std::vector<std::string>> names(blocks.size());
+  for (const auto& item : net.named_parameters()) {
+    auto found = block_of.find(item.value().unsafeGetTensorImpl());
+    if (found != block_of.end()) names[found->second].push_back(item.key());
+  }
+  return names;
+}
+
+struct RunOptions {
+  int stage = 3;
+  bool checkpoint = false;
+  int64_t micro_batches = 1;
+  int64_t steps = 3;
+  bool freeze_blocks = false;  // blocks' parameters do not require grad
+  bool checkpoint_outside = false;  // checkpoint_blocks(zero.block_runner()) instead
+  bool whole_model_unit = false;    // no block names: stage 3 gathers the model as one unit
+};
+
+struct RunResult {
+  std::vector<double> losses;  // global mean loss of each step
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  dist::CommStats first_step;
+  int64_t peak_parameter_bytes = 0;
+  int64_t peak_gradient_bytes = 0;
+};
+
+int64_t global_targets(const RunOptions& options) { return N() * kRows * (kLength - 1) * options.micro_batches; }
+
+void freeze_blocks(torch::nn::Module& net, const ModelKind& kind) {
+  for (const auto& block : kind.blocks(net))
+    for (auto& p : block->parameters()) p.requires_grad_(false);
+}
+
+// The plain model fed every rank's batches at once; SGD on the full gradients.
+RunResult run_reference(const ModelKind& kind, const RunOptions& options) {
+  auto net = kind.make();
+  if (options.freeze_blocks) freeze_blocks(*net, kind);
+  net->train();
+  RunResult result;
+  for (int64_t step = 0; step < options.steps; ++step) {
+    double loss = 0;
+    for (int64_t m = 0; m < options.micro_batches; ++m) {
+      std::vector<torch::Tensor> rows;
+      for (int64_t r = 0; r < N(); ++r) rows.push_back(batch_of(step, m, r));
+      const torch::Tensor ids = torch::cat(rows);
+      torch::Tensor micro_loss = loss_sum(kind.logits(*net, ids), ids) / double(global_targets(options));
+      micro_loss.backward();
+      loss += micro_loss.item<double>();
+    }
+    result.losses.push_back(loss);
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters())
+      if (p.grad().defined()) p.sub_(kLearningRate * p.grad());
+    net->zero_grad();
+  }
+  for (const auto& item : net->named_parameters()) result.params.emplace_back(item.key(), item.value().detach().clone());
+  return result;
+}
+
+// The same training with ZeroSharding at `options.stage`, each rank on its own rows.
+RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
+  auto net = kind.make();
+  if (options.freeze_blocks) freeze_blocks(*net, kind);
+  net->train();
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : net->named_parameters()) named.emplace_back(item.key(), item.value());
+  dist::ZeroSharding zero(named, dp(), options.stage,
+                          options.whole_model_unit ? std::vector<std::vector<std::string>>{}
+                                                   : block_param_names(*net, kind));
+  if (options.checkpoint_outside)
+    kind.set_block_runner(*net, model::checkpoint_blocks(zero.block_runner()));
+  else
+    kind.set_block_runner(*net, zero.block_runner(options.checkpoint ? model::checkpoint_blocks() : model::BlockRunner()));
+
+  RunResult result;
+  for (int64_t step = 0; step < options.steps; ++step) {
+    if (step == 0) {
+      comm().stats().reset();
+      zero.reset_peaks();
+    }
+    double local_loss = 0;
+    for (int64_t m = 0; m < options.micro_batches; ++m) {
+      const torch::Tensor ids = batch_of(step, m, R());
+      zero.before_forward();
+      torch::Tensor micro_loss = loss_sum(kind.logits(*net, ids), ids) / double(global_targets(options));
+      zero.before_backward();
+      micro_loss.backward();
+      zero.after_backward();
+      local_loss += micro_loss.item<double>();
+    }
+    zero.reduce_gradients();
+    if (step == 0) {
+      result.first_step = comm().stats();
+      result.peak_parameter_bytes = zero.peak_parameter_bytes();
+      result.peak_gradient_bytes = zero.peak_gradient_bytes();
+    }
+    result.losses.push_back(dp().all_reduce(local_loss, dist::ReduceOp::Sum));
+    {
+      torch::NoGradGuard no_grad;
+      for (const auto& slice : zero.local_slices())
+        if (named[slice.param_index].second.requires_grad()) slice.param.sub_(kLearningRate * slice.grad);
+    }
+    zero.gather_parameters();
+    zero.zero_grad();
+  }
+  std::vector<torch::Tensor> slice_params;
+  for (const auto& slice : zero.local_slices()) slice_params.push_back(slice.param);
+  result.params = zero.gather_state(slice_params);
+  kind.set_block_runner(*net, {});
+  return result;
+}
+
+void check_against_reference(const RunResult& actual, const RunResult& expected) {
+  BOOST_TEST_REQUIRE(actual.losses.size() == expected.losses.size());
+  for (size_t s = 0; s < actual.losses.size(); ++s)
+    BOOST_TEST(std::abs(actual.losses[s] - expected.losses[s]) <= kTolerance * std::abs(expected.losses[s]),
+               "step " << s << " loss " << actual.losses[s] << " vs reference " << expected.losses[s]);
+  BOOST_TEST_REQUIRE(actual.params.size() == expected.params.size());
+  for (size_t i = 0; i < actual.params.size(); ++i) {
+    BOOST_TEST(actual.params[i].first == expected.params[i].first);
+    const double error = relative_error(actual.params[i].second, expected.params[i].second);
+    BOOST_TEST(error <= kTolerance, actual.params[i].first << ": relative error " << error);
+  }
+}
+
+// Elements of each unit, padded to a multiple of N: the root first, then the blocks.
+std::vector<int64_t> padded_unit_numels(const ModelKind& kind) {
+  auto net = kind.make();
+  const auto names = block_param_names(*net, kind);
+  std::map<std::string, int64_t> numel;
+  int64_t total = 0;
+  for (const auto& item : net->named_parameters()) {
+    numel[item.key()] = item.value().numel();
+    total += item.value().numel();
+  }
+  std::vector<int64_t> units = {total};
+  for (const auto& block : names) {
+    int64_t n = 0;
+    for (const auto& name : block) n += numel.at(name);
+    units.front() -= n;
+    units.push_back(n);
+  }
+  for (int64_t& n : units) n = (n + N() - 1) / N() * N();
+  return units;
+}
+
+// Stage 3's communication and memory over the first step, derived from the unit sizes.
+void check_stage3_accounting(const RunResult& run, const ModelKind& kind, const RunOptions& options) {
+  const std::vector<int64_t> units = padded_unit_numels(kind);
+  const double ring = double(N() - 1) / double(N());
+  const double bytes = 4.0;  // float32
+  int64_t root = units.front(), blocks = 0, shards = 0, largest_pair = 0, largest_block = 0;
+  for (size_t u = 1; u < units.size(); ++u) {
+    blocks += units[u];
+    largest_block = std::max(largest_block, units[u]);
+    largest_pair = std::max(largest_pair, units[u] + (u + 1 < units.size() ? units[u + 1] : 0));
+  }
+  for (int64_t n : units) shards += n / N();
+  const int64_t micro = options.micro_batches;
+  // Blocks: gathered for forward and backward and reduce-scattered in every micro-batch,
+  // unless frozen (no reduce-scatter). The root: gathered once, reduced once.
+  const double gathered = double((2 * micro) * blocks + root);
+  const double reduced = double((options.freeze_blocks ? 0 : micro) * blocks + root);
+  BOOST_TEST(run.first_step.all_gather.bytes_sent == ring * bytes * gathered);
+  BOOST_TEST(run.first_step.reduce_scatter.bytes_sent == ring * bytes * reduced);
+  const int64_t n_blocks = static_cast<int64_t>(units.size()) - 1;
+  BOOST_TEST(run.first_step.all_gather.calls == 2 * micro * n_blocks + 1);
+  BOOST_TEST(run.first_step.reduce_scatter.calls == (options.freeze_blocks ? 0 : micro) * n_blocks + 1);
+  if (R() == 0)
+    BOOST_TEST_MESSAGE("N=" << N() << " micro-batches " << micro << (options.freeze_blocks ? " frozen blocks" : "")
+                            << ": all-gather " << run.first_step.all_gather.bytes_sent << " B, reduce-scatter "
+                            << run.first_step.reduce_scatter.bytes_sent << " B, peak parameters "
+                            << run.peak_parameter_bytes << " B, peak gradients " << run.peak_gradient_bytes
+                            << " B; unsharded model " << 4 * (root + blocks) << " B");
+  // Held at most at once: every shard, the root, and a block with the next one being
+  // prefetched; gradients of the root and of one block.
+  BOOST_TEST(run.peak_parameter_bytes == int64_t(bytes) * (shards + root + largest_pair));
+  BOOST_TEST(run.peak_gradient_bytes ==
+             int64_t(bytes) * (shards + root + (options.freeze_blocks ? 0 : largest_block)));
+}
+
+void check_stage3(const ModelKind& kind, const RunOptions& options) {
+  const RunResult expected = run_reference(kind, options);
+  const RunResult actual = run_sharded(kind, options);
+  check_against_reference(actual, expected);
+  check_stage3_accounting(actual, kind, options);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(start_all_gather_gathers_in_rank_order_and_counts_like_all_gather) {
+  comm().stats().reset();
+  torch::Tensor mine = torch::full({3}, double(R() + 1), torch::kFloat);
+  torch::Tensor out = torch::empty({3 * N()}, torch::kFloat);
+  dist::PendingCollective pending = dp().start_all_gather(out, mine);
+  pending.wait();
+  BOOST_TEST(pending.done());
+  for (int64_t r = 0; r < N(); ++r) BOOST_TEST(torch::equal(out.narrow(0, 3 * r, 3), torch::full({3}, double(r + 1))));
+  BOOST_TEST(comm().stats().all_gather.calls == 1);
+  BOOST_TEST(comm().stats().all_gather.bytes_sent == double(N() - 1) / double(N()) * 4.0 * 3.0 * double(N()));
+  // In place: this rank's chunk of out is the input.
+  torch::Tensor in_place = torch::zeros({2 * N()}, torch::kFloat);
+  in_place.narrow(0, 2 * R(), 2).fill_(double(10 * R()));
+  torch::Tensor chunk = in_place.narrow(0, 2 * R(), 2);
+  dp().start_all_gather(in_place, chunk).wait();
+  for (int64_t r = 0; r < N(); ++r) BOOST_TEST(in_place[2 * r].item<double>() == double(10 * r));
+}
+
+BOOST_AUTO_TEST_CASE(zero_options_accept_stage_3) {
+  dist::ZeroOptions options;
+  options.stage = 3;
+  options.validate();
+  options.stage = 4;
+  try {
+    options.validate();
+    BOOST_FAIL("stage 4 accepted");
+  } catch (const std::invalid_argument& error) {
+    BOOST_TEST(std::string(error.what()).find("dist.zero") != std::string::npos);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(stages_1_and_2_match_the_reference) {
+  for (int stage : {1, 2}) {
+    RunOptions options;
+    options.stage = stage;
+    options.micro_batches = 2;
+    BOOST_TEST_CONTEXT("stage " << stage) { check_against_reference(run_sharded(gpt2_kind(), options), run_reference(gpt2_kind(), options)); }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(gpt2_stage3_matches_the_reference) {
+  for (bool checkpoint : {false, true})
+    for (int64_t micro : {1, 2}) {
+      RunOptions options;
+      options.checkpoint = checkpoint;
+      options.micro_batches = micro;
+      BOOST_TEST_CONTEXT("checkpoint " << checkpoint << ", micro-batches " << micro) { check_stage3(gpt2_kind(), options); }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(llama_stage3_matches_the_reference) {
+  for (bool checkpoint : {false, true})
+    for (int64_t micro : {1, 2}) {
+      RunOptions options;
+      options.checkpoint = checkpoint;
+      options.micro_batches = micro;
+      BOOST_TEST_CONTEXT("checkpoint " << checkpoint << ", micro-batches " << micro) { check_stage3(llama_kind(), options); }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(stage3_with_frozen_blocks_trains_the_root_only) {
+  RunOptions options;
+  options.freeze_blocks = true;
+  options.checkpoint = true;
+  check_stage3(gpt2_kind(), options);
+}
+
+BOOST_AUTO_TEST_CASE(stage3_under_checkpointing_recomputes_with_the_parameters_gathered_again) {
+  // Checkpointing outside ZeRO: the recomputation in backward goes through the ZeRO
+  // runner, which gathers the block once more and leaves freeing to the block's hooks.
+  RunOptions options;
+  options.checkpoint_outside = true;
+  options.micro_batches = 2;
+  const RunResult actual = run_sharded(gpt2_kind(), options);
+  check_against_reference(actual, run_reference(gpt2_kind(), options));
+  const std::vector<int64_t> units = padded_unit_numels(gpt2_kind());
+  int64_t blocks = 0;
+  for (size_t u = 1; u < units.size(); ++u) blocks += units[u];
+  const double ring = double(N() - 1) / double(N());
+  BOOST_TEST(actual.first_step.all_gather.bytes_sent == ring * 4.0 * double(2 * 2 * blocks + units.front()));
+  BOOST_TEST(actual.first_step.reduce_scatter.bytes_sent == ring * 4.0 * double(2 * blocks + units.front()));
+}
+
+BOOST_AUTO_TEST_CASE(stage3_without_blocks_gathers_the_whole_model_as_one_unit) {
+  RunOptions options;
+  options.whole_model_unit = true;
+  options.checkpoint = true;
+  const RunResult actual = run_sharded(llama_kind(), options);
+  check_against_reference(actual, run_reference(llama_kind(), options));
+  BOOST_TEST(actual.first_step.all_gather.calls == 1);
+  BOOST_TEST(actual.first_step.reduce_scatter.calls == 1);
+}
+
+BOOST_AUTO_TEST_CASE(stage3_parameters_are_freed_between_uses_and_after_release) {
+  const ModelKind kind = gpt2_kind();
+  auto net = kind.make();
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : net->named_parameters()) named.emplace_back(item.key(), item.value());
+  dist::ZeroSharding zero(named, dp(), 3, block_param_names(*net, kind));
+  const std::vector<int64_t> units = padded_unit_numels(kind);
+  int64_t shards = 0;
+  for (int64_t n : units) shards += n / N();
+  BOOST_TEST(zero.parameter_bytes() == 4 * shards);
+  BOOST_TEST(zero.gradient_bytes() == 4 * shards);
+  // Every parameter's storage is released, its shape kept.
+  for (const auto& [name, p] : named) BOOST_TEST(p.storage().nbytes() == 0u, name);
+  kind.set_block_runner(*net, zero.block_runner());
+  net->eval();
+  torch::Tensor logits;
+  {
+    torch::NoGradGuard no_grad;
+    zero.before_forward();
+    logits = kind.logits(*net, batch_of(0, 0, R()));
+    BOOST_TEST(zero.parameter_bytes() == 4 * (shards + units.front()));  // the root alone
+    zero.release();
+  }
+  BOOST_TEST(zero.parameter_bytes() == 4 * shards);
+  BOOST_TEST(zero.gradient_bytes() == 4 * shards);  // no gradient memory under no-grad
+  // The same logits as the plain model.
+  auto plain = kind.make();
+  plain->eval();
+  torch::NoGradGuard no_grad;
+  BOOST_TEST(relative_error(logits, kind.logits(*plain, batch_of(0, 0, R()))) <= kTolerance);
+  kind.set_block_runner(*net, {});
+}
