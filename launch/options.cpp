@@ -154,7 +154,8 @@ std::vector<Section> describe(Config& c) {
       .add("overlap", &c.dist.overlap,
            "start each gradient bucket's all-reduce as soon as backward has produced it (data parallel, ZeRO 0)")
       .add("zero", &c.zero.stage,
-           "ZeRO stage over data-parallel ranks: 0 replicated, 1 sharded optimizer state, 2 + sharded gradients");
+           "ZeRO stage over data-parallel ranks: 0 replicated, 1 sharded optimizer state, 2 + sharded gradients, "
+           "3 + sharded parameters (gathered per transformer block)");
   return sections;
 }
 

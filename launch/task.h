@@ -18,6 +18,7 @@
 #include "data/streaming_loader.h"
 #include "dist/comm.h"
 #include "dist/tensor_parallel.h"
+#include "model/block_runner.h"
 #include "model/hf_checkpoint.h"
 
 namespace ftrain::launch {
@@ -79,6 +80,13 @@ class Task {
   // The metrics of summed totals: loss, and perplexity, accuracy, macro_f1 or
   // entity_precision/recall/f1 as the task has them.
   nlohmann::json metrics(const EvalTotals& totals) const;
+
+  // The transformer blocks of the body, in order, each as the names of its parameters
+  // (as module().named_parameters() names them).
+  std::vector<std::vector<std::string>> block_parameter_names();
+  // Runs every block of the body's training forward through `runner` (ZeRO-3's
+  // gathering, activation checkpointing).
+  void set_block_runner(const model::BlockRunner& runner);
 
   // Splits the model over comm.tp() (dist::apply_tensor_parallel): the loss then reads
   // vocabulary-parallel logits. A causal LM only; throws std::runtime_error naming

@@ -21,6 +21,7 @@
 #include "launch/metrics.h"
 #include "launch/precision.h"
 #include "launch/task.h"
+#include "model/activation_checkpoint.h"
 #include "model/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -84,7 +85,10 @@ class Trainer {
     if (config_.zero.stage > 0) {
       // Parameters and gradients move into flat buffers; this rank's optimizer sees
       // only the slices of its shard.
-      zero_ = std::make_unique<dist::ZeroSharding>(named_params_, comm_.dp(), config_.zero.stage);
+      // Stage 3 gathers the parameters block by block, as the model runs them.
+      zero_ = std::make_unique<dist::ZeroSharding>(
+          named_params_, comm_.dp(), config_.zero.stage,
+          config_.zero.stage == 3 ? task_->block_parameter_names() : std::vector<std::vector<std::string>>{});
       std::vector<AdamWSlot> slots;
       for (const auto& slice : zero_->local_slices())
         slots.push_back(AdamWSlot{slice.name, slice.param, slice.grad, slice.is_matrix});
@@ -97,6 +101,13 @@ class Trainer {
         reducer_ = std::make_unique<dist::GradientReducer>(
             params, comm_.dp(), static_cast<size_t>(config_.dist.bucket_mb * 1024 * 1024), reduce_dtype());
     }
+
+    // What runs around each transformer block: activation checkpointing inside, ZeRO-3's
+    // gathering outside it, so the recomputation finds the block's parameters gathered.
+    model::BlockRunner runner;
+    if (config_.train.activation_checkpointing) runner = model::checkpoint_blocks();
+    if (zero3()) runner = zero_->block_runner(runner);
+    if (runner) task_->set_block_runner(runner);
 
     data::LoaderOptions loader_options = config_.data;
     loader_options.grad_accum_steps = grad_accum_steps();
@@ -112,13 +123,13 @@ class Trainer {
       metrics_ = std::make_unique<MetricsLog>(fs::path(config_.run.dir) / "metrics.jsonl");
       print_banner();
     }
-    report_memory();
     return train();
   }
 
  private:
   bool rank0() const { return comm_.rank() == 0; }
   int dp_size() const { return comm_.layout().dp_size; }
+  bool zero3() const { return zero_ && zero_->stage() == 3; }
   std::optional<c10::ScalarType> reduce_dtype() const {
     if (config_.train.reduce_dtype == "bf16") return c10::ScalarType::BFloat16;
     return std::nullopt;
@@ -161,7 +172,14 @@ class Trainer {
       at::Tensor local;  // this tensor-parallel rank's part, whole over data-parallel ranks
     };
     std::vector<Part> parts;
-    for (auto& [name, p] : named_params_) parts.push_back({"model/" + name, name, p.detach()});
+    if (zero3()) {
+      // Between uses a rank holds only its shards of the parameters.
+      std::vector<at::Tensor> shards;
+      for (const auto& slice : zero_->local_slices()) shards.push_back(slice.param);
+      for (auto& [name, t] : zero_->gather_state(shards)) parts.push_back({"model/" + name, name, t});
+    } else {
+      for (auto& [name, p] : named_params_) parts.push_back({"model/" + name, name, p.detach()});
+    }
     if (with_optimizer) {
       if (zero_) {
         for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avgs()))
@@ -415,11 +433,13 @@ class Trainer {
                             comm_.layout().dp_rank(comm_.rank()), dp_size());
     torch::NoGradGuard no_grad;
     task_->module().eval();
+    if (zero_) zero_->before_forward();
     EvalTotals totals = task_->empty_totals();
     while (auto batch = reader.next()) {
       AutocastScope autocast(comm_.device().type(), autocast_dtype_);
       task_->evaluate(task_->prepare(*batch, comm_.device()), totals);
     }
+    if (zero_) zero_->release();
     task_->module().train();
 
     // One all-reduce for every count, one for the loss.
@@ -653,11 +673,14 @@ class Trainer {
         // The last micro-batch's backward completes the gradients: reduce as they come.
         if (overlap && m + 1 == micro_batches.size()) reducer_->arm(dist::ReduceOp::Sum);
         torch::Tensor loss_sum;
+        if (zero_) zero_->before_forward();
         {
           AutocastScope autocast(comm_.device().type(), autocast_dtype_);
           loss_sum = task_->loss_sum(batch);  // fp32: the cross-entropy runs on fp32 logits
         }
+        if (zero_) zero_->before_backward();
         (loss_sum * (scaler_.scale() / static_cast<double>(global_targets))).backward();
+        if (zero_) zero_->after_backward();
         local_loss_sum += loss_sum.detach().to(torch::kFloat64);
       }
       if (overlap) reducer_->finish();
@@ -684,6 +707,7 @@ class Trainer {
       }
 
       const double step_bytes = comm_.stats().total_bytes_sent() - bytes_before_step;
+      if (step_ == start_step + 1) report_memory();  // after a whole step: ZeRO-3's peaks are reached
       const int64_t step_tokens = config_.train.global_batch_size * loader_->seq_len();
       tokens_seen_ += step_tokens;
       const double step_seconds = seconds_since(step_start);
@@ -743,11 +767,15 @@ class Trainer {
     return exit_code;
   }
 
-  // What this rank holds for training state, by kind: the figures ZeRO divides. Every
+  // What this rank holds for training state, by kind: the figures ZeRO divides (at
+  // stage 3 the peaks of the first step: shards plus the units gathered at once). Every
   // rank writes its own line to metrics.jsonl through rank 0, which gathers them.
   void report_memory() {
     int64_t parameters = 0, gradients = 0;
-    if (zero_) {
+    if (zero3()) {
+      parameters = zero_->peak_parameter_bytes();
+      gradients = zero_->peak_gradient_bytes();
+    } else if (zero_) {
       parameters = zero_->parameter_bytes();
       gradients = zero_->gradient_bytes();
     } else {

@@ -29,7 +29,7 @@ MPI_ENV = {
 
 STEPS = 20
 # (tp, dp, ZeRO stage): the layouts the equivalence must hold for.
-LAYOUTS = [(1, 4, 0), (1, 4, 1), (1, 4, 2), (2, 2, 0), (2, 2, 1), (2, 2, 2), (4, 1, 0)]
+LAYOUTS = [(1, 4, 0), (1, 4, 1), (1, 4, 2), (1, 4, 3), (2, 2, 0), (2, 2, 1), (2, 2, 3), (4, 1, 0)]
 
 
 def run_ftrain(ranks, *args):
@@ -205,3 +205,62 @@ def test_communication_volume_matches_the_formulas(workspace, tp, dp, zero):
     assert len(steps) == 2
     for record in steps:
         assert record["comm_bytes"] == pytest.approx(expected, rel=1e-4, abs=256), record
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("tp,dp,zero", [(1, 2, 0), (2, 2, 3)], ids=["dp2", "tp2-dp2-zero3"])
+def test_activation_checkpointing_trains_the_same(workspace, family, tp, dp, zero):
+    # With dropout on, recomputing each block in the backward pass must draw the masks
+    # of the original forward: the same losses and weights as without checkpointing.
+    runs = {}
+    for checkpointing in ("false", "true"):
+        run_dir = workspace["root"] / f"{family}_ac_{checkpointing}_tp{tp}_dp{dp}_zero{zero}"
+        run_ftrain(tp * dp, *args(workspace, family, run_dir, **{
+            "dist.tp": tp, "dist.zero": zero, "model.dropout": 0.1, "train.steps": 8,
+            "train.activation_checkpointing": checkpointing}))
+        runs[checkpointing] = run_dir
+    plain, checkpointed = losses(runs["false"]), losses(runs["true"])
+    assert sorted(checkpointed) == list(range(1, 9))
+    for step in plain:
+        assert checkpointed[step] == pytest.approx(plain[step], rel=1e-6), f"step {step}"
+    from safetensors.numpy import load_file
+    a, b = load_file(runs["false"] / "final/model.safetensors"), load_file(runs["true"] / "final/model.safetensors")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_zero3_memory_is_a_shard_plus_the_working_set(workspace):
+    # ZeRO-3 on 4 ranks: each rank keeps 1/4 of the parameters, gradients and AdamW
+    # moments between uses, plus what one step has gathered at once: the root unit
+    # (embeddings, final norm) from the first forward to the gradient reduction, and
+    # during the forward two neighbouring blocks (one running, the next prefetched);
+    # for gradients the root's and one block's full buffers. Every unit is padded to a
+    # multiple of 4 elements. fp32: 4 bytes.
+    from safetensors.numpy import load_file
+    ranks = 4
+    units = {}
+    for name, tensor in load_file(workspace["gpt2"] / "model.safetensors").items():
+        parts = name.split(".")
+        unit = f"block{parts[2]}" if parts[1] == "h" else "root"
+        units[unit] = units.get(unit, 0) + tensor.size
+    padded = {unit: -(-n // ranks) * ranks for unit, n in units.items()}
+    blocks = [padded[u] for u in padded if u != "root"]
+    assert len(blocks) == 2
+    shards = sum(padded.values()) // ranks
+    psi = sum(units.values())
+
+    run_dir = workspace["root"] / "gpt2_zero3_memory"
+    run_ftrain(ranks, *args(workspace, "gpt2", run_dir, **{"dist.zero": 3, "train.steps": 2,
+                                                          "checkpoint.export_hf": "false"}))
+    [record] = [r for r in records(run_dir) if "memory" in r]
+    assert len(record["memory"]) == ranks
+    for entry in record["memory"]:
+        assert entry["parameter_bytes"] == 4 * (shards + padded["root"] + sum(blocks))
+        assert entry["gradient_bytes"] == 4 * (shards + padded["root"] + max(blocks))
+    assert sum(e["optimizer_bytes"] for e in record["memory"]) == 2 * 4 * psi
+    # Against one rank holding everything (parameters, gradients, two moments: 4 x 4 psi):
+    # a quarter of that plus the gathered working set.
+    working_set = 4 * (2 * padded["root"] + sum(blocks) + max(blocks))
+    for entry in record["memory"]:
+        total = entry["parameter_bytes"] + entry["gradient_bytes"] + entry["optimizer_bytes"]
+        assert total <= 4 * 4 * psi / ranks + working_set + 4 * 4 * ranks
