@@ -340,7 +340,7 @@ void ZeroSharding::reduce_unit(size_t u) {
   torch::NoGradGuard no_grad;
   if (trainable(unit)) {
     at::Tensor reduced = at::empty({unit.shard_numel}, unit.full_grads.options());
-    dp_.reduce_scatter(reduced, unit.full_grads, ReduceOp::Sum);
+    reduce_scatter_gradients(reduced, unit.full_grads);
     // Added, not assigned: micro-batches accumulate in the shard.
     shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel).add_(reduced);
   }
@@ -418,11 +418,22 @@ void ZeroSharding::reduce_gradients() {
   // The optimizer reads only this rank's shard, so a reduce-scatter suffices at both
   // stages; stage 1 leaves the sum in its part of the full buffer.
   if (stage_ == 2) {
-    dp_.reduce_scatter(shard_grads_, flat_grads_, ReduceOp::Sum);
+    reduce_scatter_gradients(shard_grads_, flat_grads_);
   } else {
     at::Tensor mine = flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
-    dp_.reduce_scatter(mine, flat_grads_, ReduceOp::Sum);
+    reduce_scatter_gradients(mine, flat_grads_);
   }
+}
+
+void ZeroSharding::reduce_scatter_gradients(at::Tensor& out, const at::Tensor& in) {
+  if (!reduce_dtype_ || *reduce_dtype_ == in.scalar_type()) {
+    dp_.reduce_scatter(out, in, ReduceOp::Sum);
+    return;
+  }
+  const at::Tensor low = in.to(*reduce_dtype_);
+  at::Tensor reduced = at::empty(out.sizes(), low.options());
+  dp_.reduce_scatter(reduced, low, ReduceOp::Sum);
+  out.copy_(reduced);
 }
 
 at::Tensor ZeroSharding::own_shard_grads() const {

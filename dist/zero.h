@@ -107,6 +107,10 @@ class ZeroSharding {
   // Stage 3: frees every gathered unit (after an evaluation). No-op at stages 1 and 2.
   void release();
 
+  // The dtype gradients are reduce-scattered in (e.g. bf16 for fp32 gradients, to
+  // halve the bytes); the shard gradients keep the parameters' dtype. None: theirs.
+  void set_reduce_dtype(std::optional<c10::ScalarType> dtype) { reduce_dtype_ = dtype; }
+
   // Sum of squares of the reduced gradients over the whole model (collective).
   double gradient_square_sum();
   void scale_gradients(double factor);  // this rank's shard
@@ -138,6 +142,9 @@ class ZeroSharding {
   std::vector<at::Tensor> shard_state(const std::vector<at::Tensor>& full_states) const;
 
  private:
+  // dp_.reduce_scatter(out, in, Sum), through reduce_dtype_ when one is set.
+  void reduce_scatter_gradients(at::Tensor& out, const at::Tensor& in);
+  std::optional<c10::ScalarType> reduce_dtype_;
   // Stage 3: a set of parameters gathered, reduced and freed together.
   struct Unit {
     std::vector<size_t> params;  // indices into params_

@@ -89,6 +89,7 @@ class Trainer {
       zero_ = std::make_unique<dist::ZeroSharding>(
           named_params_, comm_.dp(), config_.zero.stage,
           config_.zero.stage == 3 ? task_->block_parameter_names() : std::vector<std::vector<std::string>>{});
+      zero_->set_reduce_dtype(reduce_dtype());
       std::vector<AdamWSlot> slots;
       for (const auto& slice : zero_->local_slices())
         slots.push_back(AdamWSlot{slice.name, slice.param, slice.grad, slice.is_matrix});

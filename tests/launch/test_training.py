@@ -343,7 +343,7 @@ def test_mixed_precision_follows_fp32(workspace, precision):
     assert any(got[step]["loss"] != expected[step] for step in got), "autocast changed nothing"
 
 
-@pytest.mark.parametrize("stage", [0])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_bf16_gradient_reduction_follows_fp32(workspace, stage):
     # train.reduce_dtype = bf16: gradients are rounded to bf16 for the data-parallel sum
     # (buckets, or ZeRO's reduce-scatter), then updated in fp32: close to the fp32 run,
