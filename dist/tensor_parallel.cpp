@@ -521,6 +521,64 @@ TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& c
   throw std::invalid_argument("apply_tensor_parallel: model family '" + model.family() + "' cannot be split");
 }
 
+TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix) {
+  Group& group = comm.tp();
+  const int64_t N = group.size(), r = group.rank();
+  const model::BertConfig& config = model->config();
+  const int64_t C = config.hidden_size, inner = config.intermediate_size;
+  const std::string refused = refusal("BERT", group.size());
+  if (config.num_attention_heads % N != 0)
+    throw std::invalid_argument(refused + "num_attention_heads " + std::to_string(config.num_attention_heads) +
+                                " is not a multiple of " + std::to_string(N) + " (attention is split by heads)");
+  if (inner % N != 0)
+    throw std::invalid_argument(refused + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
+                                std::to_string(N));
+  check_unsharded(model->embeddings->word_embeddings->weight, {config.vocab_size, C},
+                  prefix + "embeddings.word_embeddings.weight", refused);
+  for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
+    auto& layer = *model->encoder->layer[i]->as<model::BertLayerImpl>();
+    const std::string name = prefix + "encoder.layer." + std::to_string(i) + ".";
+    auto& self = *layer.attention->self;
+    for (auto [layer_ref, what] : {std::pair{&self.query, "attention.self.query"}, std::pair{&self.key, "attention.self.key"},
+                                   std::pair{&self.value, "attention.self.value"},
+                                   std::pair{&layer.attention->output->dense, "attention.output.dense"},
+                                   std::pair{&layer.intermediate->dense, "intermediate.dense"},
+                                   std::pair{&layer.output->dense, "output.dense"}})
+      own_linear(*layer_ref, name + what);
+  }
+
+  TensorParallelPlan plan;
+  plan.tp_size = group.size();
+  torch::NoGradGuard no_grad;
+  const int64_t width = C / N;  // this rank's heads
+  for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
+    auto& layer = *model->encoder->layer[i]->as<model::BertLayerImpl>();
+    const std::string name = prefix + "encoder.layer." + std::to_string(i) + ".";
+    auto& self = *layer.attention->self;
+    self.input_hook = copy_to_tp_region_hook(group);
+    shard_rows(plan, self.query, name + "attention.self.query", r * width, width, group, {.copy_input = false});
+    shard_rows(plan, self.key, name + "attention.self.key", r * width, width, group, {.copy_input = false});
+    shard_rows(plan, self.value, name + "attention.self.value", r * width, width, group, {.copy_input = false});
+    shard_columns(plan, layer.attention->output->dense, name + "attention.output.dense", r * width, width, group);
+    shard_rows(plan, layer.intermediate->dense, name + "intermediate.dense", r * (inner / N), inner / N, group, {});
+    shard_columns(plan, layer.output->dense, name + "output.dense", r * (inner / N), inner / N, group);
+  }
+  const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
+  shard_embedding(plan, model->embeddings->word_embeddings, prefix + "embeddings.word_embeddings", shard, group);
+  return plan;
+}
+
+TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm) {
+  for (const auto& item : model.module().named_children()) {
+    if (auto bert = std::dynamic_pointer_cast<model::BertImpl>(item.value())) {
+      model::Bert holder(bert);
+      return apply_tensor_parallel(holder, comm, item.key() + ".");
+    }
+  }
+  throw std::invalid_argument("apply_tensor_parallel: a " + model.family() +
+                              " classifier cannot be split yet; tensor-parallel classifiers need a BERT-family body");
+}
+
 // ---------------------------------------------------------------------------------
 // The plan
 

@@ -24,7 +24,9 @@
 #include <vector>
 
 #include "dist/comm.h"
+#include "model/bert.h"
 #include "model/causal_lm.h"
+#include "model/classifier.h"
 #include "model/gpt2.h"
 #include "model/linear.h"
 #include "model/llama.h"
@@ -178,5 +180,15 @@ TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm)
 TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm);
 // A causal language model of either family (model::CausalLm); refuses other families.
 TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm);
+// BERT (the encoder of a classifier): attention split by heads (query, key, value
+// column-parallel, attention.output.dense row-parallel), the feed-forward's
+// intermediate.dense column- and output.dense row-parallel, word embeddings split by
+// vocabulary rows; position and token-type embeddings, LayerNorms and the pooler whole.
+// The hidden states it returns are whole on every rank. `prefix` is the module's name
+// in the model that holds it (plan names are prefix + parameter name, e.g. "bert.").
+TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix = "");
+// A classifier: its body is split (BERT family only, for now; decoder bodies are
+// refused), its head reads the whole hidden states and stays whole on every rank.
+TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm);
 
 }  // namespace ftrain::dist

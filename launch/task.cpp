@@ -208,11 +208,17 @@ void Task::set_block_runner(const model::BlockRunner& runner) {
 
 dist::TensorParallelPlan Task::parallelize(dist::Communicator& comm) {
   if (comm.tp().size() == 1) return plan_;
-  if (!model_->lm)
-    throw std::runtime_error("dist.tp: tensor parallelism splits causal language models (gpt2, llama, mistral, "
-                             "qwen2); train this " + name() + " model with dist.tp = 1");
-  plan_ = dist::apply_tensor_parallel(*model_->lm, comm);
-  tp_ = &comm.tp();
+  if (model_->lm) {
+    plan_ = dist::apply_tensor_parallel(*model_->lm, comm);
+    tp_ = &comm.tp();  // the loss reads vocabulary-parallel logits
+    return plan_;
+  }
+  if (model_->classifier->family() != "bert")
+    throw std::runtime_error("dist.tp: a " + model_->classifier->family() + " " + name() +
+                             " model cannot be split yet (tensor-parallel classifiers need a BERT-family body); "
+                             "train it with dist.tp = 1");
+  // The head reads whole hidden states and stays whole: the loss is the usual one.
+  plan_ = dist::apply_tensor_parallel(*model_->classifier, comm);
   return plan_;
 }
 
@@ -293,7 +299,7 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
 void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing,
                 const std::vector<std::pair<std::string, at::Tensor>>& full_parameters) const {
   if (full_parameters.empty()) {
-    if (tp_) throw std::logic_error("Task::save: a split model is saved from its gathered full parameters");
+    if (plan_.tp_size > 1) throw std::logic_error("Task::save: a split model is saved from its gathered full parameters");
     if (model_->lm) model_->lm->save(dir, existing);
     else model_->classifier->save(dir, existing);
     return;

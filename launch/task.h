@@ -88,9 +88,10 @@ class Task {
   // gathering, activation checkpointing).
   void set_block_runner(const model::BlockRunner& runner);
 
-  // Splits the model over comm.tp() (dist::apply_tensor_parallel): the loss then reads
-  // vocabulary-parallel logits. A causal LM only; throws std::runtime_error naming
-  // dist.tp for a classifier. Call before the optimizer is made.
+  // Splits the model over comm.tp() (dist::apply_tensor_parallel): a causal LM's loss
+  // then reads vocabulary-parallel logits; a classifier's BERT body is split under its
+  // whole head. Throws std::runtime_error naming dist.tp for a decoder classifier. Call
+  // before the optimizer is made.
   dist::TensorParallelPlan parallelize(dist::Communicator& comm);
   const dist::TensorParallelPlan& plan() const { return plan_; }
 
@@ -106,7 +107,7 @@ class Task {
   std::vector<std::string> label_names_;
   std::unique_ptr<Model> model_;
   dist::TensorParallelPlan plan_;
-  dist::Group* tp_ = nullptr;  // set by parallelize() when the group has several ranks
+  dist::Group* tp_ = nullptr;  // a split causal LM's group, for the vocabulary-parallel loss
 };
 
 }  // namespace ftrain::launch

@@ -140,7 +140,7 @@ torch::nn::LayerNorm make_layer_norm(const BertConfig& config) {
 BertEmbeddingsImpl::BertEmbeddingsImpl(const BertConfig& config) : dropout_(config.hidden_dropout_prob) {
   torch::nn::EmbeddingOptions words(config.vocab_size, config.hidden_size);
   if (config.pad_token_id) words.padding_idx(*config.pad_token_id);
-  word_embeddings = register_module("word_embeddings", torch::nn::Embedding(words));
+  word_embeddings = register_module("word_embeddings", Embedding(words));
   position_embeddings = register_module(
       "position_embeddings", torch::nn::Embedding(config.max_position_embeddings, config.hidden_size));
   token_type_embeddings =
@@ -161,17 +161,18 @@ torch::Tensor BertEmbeddingsImpl::forward(const torch::Tensor& input_ids, const 
 BertSelfAttentionImpl::BertSelfAttentionImpl(const BertConfig& config)
     : head_dim_(config.head_dim()), dropout_(config.attention_probs_dropout_prob) {
   const int64_t C = config.hidden_size;
-  query = register_module("query", torch::nn::Linear(C, C));
-  key = register_module("key", torch::nn::Linear(C, C));
-  value = register_module("value", torch::nn::Linear(C, C));
+  query = register_module("query", Linear(C, C));
+  key = register_module("key", Linear(C, C));
+  value = register_module("value", Linear(C, C));
 }
 
 torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& attention_bias) {
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t n_heads = query->weight.size(0) / head_dim_;
   // (B, T, C) -> (B, T, nh * hs) -> (B, nh, T, hs)
-  auto heads = [&](torch::nn::Linear& projection) {
-    return projection(x).view({B, T, n_heads, head_dim_}).transpose(1, 2);
+  const torch::Tensor input = input_hook(x);
+  auto heads = [&](Linear& projection) {
+    return projection(input).view({B, T, n_heads, head_dim_}).transpose(1, 2);
   };
   torch::Tensor q = heads(query), k = heads(key), v = heads(value);
   // (B, nh, T, hs): every position attends to every non-padding position.
@@ -185,7 +186,7 @@ torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& x, const torch
 
 BertAddNormImpl::BertAddNormImpl(const BertConfig& config, int64_t in_features)
     : dropout_(config.hidden_dropout_prob) {
-  dense = register_module("dense", torch::nn::Linear(in_features, config.hidden_size));
+  dense = register_module("dense", Linear(in_features, config.hidden_size));
   layer_norm = register_module("LayerNorm", make_layer_norm(config));
 }
 
@@ -207,7 +208,7 @@ torch::Tensor BertAttentionImpl::forward(const torch::Tensor& x, const torch::Te
 // Feed-forward
 
 BertIntermediateImpl::BertIntermediateImpl(const BertConfig& config) : activation_(config.hidden_act) {
-  dense = register_module("dense", torch::nn::Linear(config.hidden_size, config.intermediate_size));
+  dense = register_module("dense", Linear(config.hidden_size, config.intermediate_size));
 }
 
 torch::Tensor BertIntermediateImpl::forward(const torch::Tensor& x) {

@@ -18,6 +18,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "model/block_runner.h"
+#include "model/linear.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -76,7 +77,7 @@ class BertEmbeddingsImpl : public torch::nn::Module {
   // (B, T) int64 token ids, (B, T) int64 token types -> (B, T, C)
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& token_type_ids);
 
-  torch::nn::Embedding word_embeddings{nullptr};        // (V, C)
+  Embedding word_embeddings{nullptr};                   // (V, C)
   torch::nn::Embedding position_embeddings{nullptr};    // (max_position_embeddings, C)
   torch::nn::Embedding token_type_embeddings{nullptr};  // (type_vocab_size, C)
   torch::nn::LayerNorm layer_norm{nullptr};             // "LayerNorm"
@@ -97,9 +98,10 @@ class BertSelfAttentionImpl : public torch::nn::Module {
   // (B, T, C), additive mask (B, 1, 1, T) or undefined -> (B, T, nh * hs)
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attention_bias);
 
-  torch::nn::Linear query{nullptr};  // C -> nh * hs
-  torch::nn::Linear key{nullptr};    // C -> nh * hs
-  torch::nn::Linear value{nullptr};  // C -> nh * hs
+  Linear query{nullptr};  // C -> nh * hs
+  Linear key{nullptr};    // C -> nh * hs
+  Linear value{nullptr};  // C -> nh * hs
+  InputHook input_hook;   // x on its way into query, key and value
 
  private:
   int64_t head_dim_;
@@ -116,7 +118,7 @@ class BertAddNormImpl : public torch::nn::Module {
   // sublayer (B, T, in_features), residual (B, T, C) -> (B, T, C)
   torch::Tensor forward(const torch::Tensor& sublayer, const torch::Tensor& residual);
 
-  torch::nn::Linear dense{nullptr};          // in_features -> C
+  Linear dense{nullptr};                     // in_features -> C
   torch::nn::LayerNorm layer_norm{nullptr};  // "LayerNorm"
 
  private:
@@ -142,7 +144,7 @@ class BertIntermediateImpl : public torch::nn::Module {
   explicit BertIntermediateImpl(const BertConfig& config);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, intermediate)
 
-  torch::nn::Linear dense{nullptr};  // C -> intermediate
+  Linear dense{nullptr};  // C -> intermediate
 
  private:
   std::string activation_;

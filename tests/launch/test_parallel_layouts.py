@@ -264,3 +264,66 @@ def test_zero3_memory_is_a_shard_plus_the_working_set(workspace):
     for entry in record["memory"]:
         total = entry["parameter_bytes"] + entry["gradient_bytes"] + entry["optimizer_bytes"]
         assert total <= 4 * 4 * psi / ranks + working_set + 4 * 4 * ranks
+
+
+@pytest.fixture(scope="module")
+def sentiment(workspace):
+    """A tiny BERT (vocabulary 1030: padded shards at tp 4) and a labelled dataset whose
+    class is which marker token a row holds."""
+    import h5py
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    bert = workspace["root"] / "bert"
+    BertModel(BertConfig(vocab_size=1030, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64, pad_token_id=0)).save_pretrained(
+        bert, safe_serialization=True)
+    rng = np.random.default_rng(5)
+
+    def rows(count):
+        lengths = rng.integers(4, 17, size=count)
+        ids = rng.integers(4, 1030, size=(count, 16))
+        labels = rng.integers(0, 3, size=count)
+        ids[np.arange(count), rng.integers(1, 4, size=count)] = labels + 1
+        mask = (np.arange(16)[None, :] < lengths[:, None])
+        return np.where(mask, ids, 0).astype(np.int32), mask.astype(np.uint8), labels.astype(np.int64)
+
+    data = workspace["root"] / "sentiment.h5"
+    with h5py.File(data, "w") as f:
+        f.attrs.update({"format": "ftrain.tokens", "format_version": 1, "seq_len": 16, "vocab_size": 1030,
+                        "eos_id": -1, "pad_id": 0, "tokenizer": "synthetic", "task": "sequence_classification",
+                        "label_names": json.dumps(["one", "two", "three"]), "num_labels": 3})
+        for split, count in (("train", 256), ("validation", 48), ("test", 64)):
+            ids, mask, labels = rows(count)
+            group = f.create_group(split)
+            group.attrs["num_documents"] = count
+            group.create_dataset("input_ids", data=ids)
+            group.create_dataset("attention_mask", data=mask)
+            group.create_dataset("labels", data=labels)
+    return {"model": bert, "data": data}
+
+
+@pytest.mark.parametrize("tp,dp,zero", [(2, 2, 1), (4, 1, 0), (2, 2, 3)], ids=["tp2-dp2-zero1", "tp4", "tp2-dp2-zero3"])
+def test_bert_classifier_layout_trains_like_one_rank(workspace, sentiment, tp, dp, zero):
+    # BERT's layers split by heads and hidden units, its word embeddings by vocabulary,
+    # a whole head on top: the losses, test report and export of one rank.
+    def classifier_args(run_dir, **more):
+        return args(workspace, "gpt2", run_dir, **{"model.path": sentiment["model"], "data.path": sentiment["data"],
+                                                   "train.steps": 12, "train.eval_every": 6, "train.eval_samples": 0,
+                                                   "optim.lr": 1e-3, **more})
+    one = workspace["root"] / "bert_reference"
+    if not (one / "final").exists():
+        run_ftrain(1, *classifier_args(one))
+    run_dir = workspace["root"] / f"bert_tp{tp}_dp{dp}_zero{zero}"
+    run_ftrain(tp * dp, *classifier_args(run_dir, **{"dist.tp": tp, "dist.zero": zero}))
+    expected, got = losses(one), losses(run_dir)
+    assert sorted(got) == list(range(1, 13))
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
+    report, reference_report = (json.loads((d / "test_report.json").read_text()) for d in (run_dir, one))
+    assert report["metrics"]["accuracy"] == reference_report["metrics"]["accuracy"]
+    assert report["metrics"]["loss"] == pytest.approx(reference_report["metrics"]["loss"], rel=1e-5)
+    from safetensors.numpy import load_file
+    weights, reference_weights = load_file(run_dir / "final/model.safetensors"), load_file(one / "final/model.safetensors")
+    assert weights.keys() == reference_weights.keys()
+    for name in weights:
+        np.testing.assert_allclose(weights[name], reference_weights[name], rtol=1e-5, atol=2e-5, err_msg=name)

@@ -191,7 +191,7 @@ BOOST_AUTO_TEST_CASE(an_attention_shard_computes_its_own_heads) {
   full->eval(), shard->eval();
   const int64_t hs = config.head_dim();
   torch::NoGradGuard no_grad;
-  auto heads_1_and_2 = [&](const torch::nn::Linear& projection) {
+  auto heads_1_and_2 = [&](const ftrain::model::Linear& projection) {
     torch::nn::Linear part(config.hidden_size, 2 * hs);
     part->weight.copy_(projection->weight.index({Slice(hs, 3 * hs)}));
     part->bias.copy_(projection->bias.index({Slice(hs, 3 * hs)}));
