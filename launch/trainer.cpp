@@ -20,6 +20,7 @@
 #include "launch/checkpoint.h"
 #include "launch/metrics.h"
 #include "launch/precision.h"
+#include "launch/signals.h"
 #include "launch/task.h"
 #include "model/activation_checkpoint.h"
 #include "model/safetensors.h"
@@ -762,6 +763,17 @@ class Trainer {
         if (rank0()) std::cout << "ftrain: stopping after " << config_.run.exit_after_steps << " steps (run.exit_after_steps)\n";
         return exit_code;
       }
+      // A stop request (SIGUSR1 before a time limit or pre-emption, SIGTERM, SIGINT) on
+      // any rank stops every rank after the same step, with the step saved.
+      const auto requested = last ? 0 : comm_.world().all_reduce(static_cast<int64_t>(stop_signal()), dist::ReduceOp::Max);
+      if (requested != 0) {
+        if (last_saved_step_ != step_) save_checkpoint();
+        if (rank0())
+          std::cout << "ftrain: received " << signal_name(static_cast<int>(requested)) << ": saved step " << step_
+                    << "; exiting with " << kExitSavedRequeue
+                    << " so the job can be requeued and resumed (run.resume=auto)" << std::endl;
+        return kExitSavedRequeue;
+      }
     }
     if (step_ == config_.train.steps) report_validation();
     finish();
@@ -844,6 +856,7 @@ int run_training(const Config& config, dist::Communicator& comm) {
                           ? config.run.threads
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / comm.local_size());
   torch::set_num_threads(threads);
+  install_stop_handlers();
   return Trainer(config, comm).run();
 }
 

@@ -1,0 +1,109 @@
+"""Stop requests: SIGUSR1 (Slurm's --signal), SIGTERM and SIGINT make ftrain finish the
+step it is in, save a checkpoint and exit with 75 ("saved; requeue me"); the run then
+resumes from that checkpoint as if it had never stopped."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SOURCE = Path(os.environ.get("FTRAIN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
+FTRAIN = BUILD / "ftrain"
+PREP = BUILD / "ftrain-prep"
+MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
+TIMEOUT = 300
+STEPS = 300
+
+ENV = {
+    **os.environ,
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("signals")
+    corpus = root / "corpus.jsonl"
+    subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", "400"], check=True)
+    data = root / "data.h5"
+    subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "32",
+                    "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = root / "model"
+    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+        model, safe_serialization=True)
+    return {"root": root, "data": data, "model": model}
+
+
+def args(ws, run_dir, **overrides):
+    options = {
+        "run.dir": run_dir, "model.path": ws["model"], "model.dropout": 0.1, "data.path": ws["data"],
+        "data.micro_batch_size": 2, "train.global_batch_size": 4, "train.steps": STEPS, "train.eval_every": 0,
+        "optim.lr": 1e-3, "optim.warmup_steps": 2, "checkpoint.every": 0, "checkpoint.export_hf": "false",
+    }
+    options.update(overrides)
+    return [f"--{key}={value}" for key, value in options.items()]
+
+
+def command(ranks, *arguments):
+    if ranks == 0:  # one rank, started without mpirun, as srun starts each task
+        return [str(FTRAIN), *map(str, arguments)]
+    return [MPIEXEC, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", str(FTRAIN), *map(str, arguments)]
+
+
+def losses(run_dir):
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def last_step(run_dir):
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip()]
+    return max(steps, default=0)
+
+
+def reference(ws, ranks):
+    run_dir = ws["root"] / f"uninterrupted{ranks}"
+    if not (run_dir / "metrics.jsonl").exists():
+        subprocess.run(command(ranks, *args(ws, run_dir)), check=True, capture_output=True, timeout=TIMEOUT, env=ENV)
+    return losses(run_dir)
+
+
+@pytest.mark.parametrize("ranks,sent", [(2, signal.SIGUSR1), (0, signal.SIGTERM), (0, signal.SIGINT)],
+                         ids=["mpirun-2-ranks-SIGUSR1", "one-rank-SIGTERM", "one-rank-SIGINT"])
+def test_stop_request_saves_exits_75_and_resumes_exactly(workspace, ranks, sent):
+    run_dir = workspace["root"] / f"stopped_{ranks}_{sent.name}"
+    job = subprocess.Popen(command(ranks, *args(workspace, run_dir)), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + TIMEOUT
+    while last_step(run_dir) < 5:
+        assert job.poll() is None, f"the job ended before it was signalled: {job.communicate()}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    job.send_signal(sent)  # mpirun forwards SIGUSR1 to every rank
+    stdout, stderr = job.communicate(timeout=TIMEOUT)
+    assert job.returncode == 75, f"exit {job.returncode}\n{stdout}\n{stderr}"
+    stopped_at = max(losses(run_dir))
+    assert 5 <= stopped_at < STEPS, "the signal should stop the run before its end"
+    assert sent.name in stdout and "requeue" in stdout
+    assert (run_dir / "checkpoints" / f"step_{stopped_at:08d}").is_dir(), "the step it stopped at is saved"
+
+    resumed = subprocess.run(command(ranks, *args(workspace, run_dir, **{"run.resume": "auto"})),
+                             capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at step {stopped_at}" in resumed.stdout
+    # Same layout: the same losses to the last bit, dropout included.
+    assert losses(run_dir) == reference(workspace, ranks)
