@@ -28,6 +28,7 @@
 
 #include "dist/comm.h"
 #include "dist/mpi_session.h"
+#include "mpi_job.h"
 #include "dist/tensor_parallel.h"
 #include "model/hf_checkpoint.h"
 #include "model/llama_checkpoint.h"
@@ -39,40 +40,19 @@ using torch::indexing::Slice;
 
 namespace {
 
-struct AbortOnException : boost::unit_test::test_observer {
-  void exception_caught(const boost::execution_exception& error) override {
-    std::fprintf(stderr, "test_tensor_parallel: unexpected exception: %s\n",
-                 std::string(error.what().begin(), error.what().end()).c_str());
-    dist::abort_job(1);
+struct JobOptions {
+  static constexpr const char* program = "test_tensor_parallel";
+  // One tensor-parallel group of every rank.
+  static ftrain::dist::CommOptions make() {
+    ftrain::dist::CommOptions options;
+    MPI_Comm_size(MPI_COMM_WORLD, &options.tp);
+    return options;
   }
 };
-
-struct Job {
-  static inline Job* instance = nullptr;
-  std::unique_ptr<dist::MpiSession> session;
-  std::unique_ptr<dist::Communicator> comm;
-  AbortOnException observer;
-
-  Job() {
-    auto& suite = boost::unit_test::framework::master_test_suite();
-    at::set_num_threads(1);
-    session = std::make_unique<dist::MpiSession>(suite.argc, suite.argv);
-    dist::CommOptions options;
-    MPI_Comm_size(MPI_COMM_WORLD, &options.tp);  // one tensor-parallel group of every rank
-    comm = std::make_unique<dist::Communicator>(dist::Communicator::create(options));
-    boost::unit_test::framework::register_observer(observer);
-    instance = this;
-  }
-  ~Job() {
-    boost::unit_test::framework::deregister_observer(observer);
-    comm.reset();  // before MPI goes
-    session.reset();
-  }
-};
-
+using Job = ftrain::testing::MpiJob<JobOptions>;
 BOOST_TEST_GLOBAL_FIXTURE(Job);
 
-dist::Communicator& comm() { return *Job::instance->comm; }
+dist::Communicator& comm() { return Job::comm(); }
 dist::Group& tp() { return comm().tp(); }
 int64_t N() { return tp().size(); }
 int64_t R() { return tp().rank(); }
