@@ -71,7 +71,10 @@ std::vector<Section> describe(Config& c) {
       .add("resume", &c.run.resume, "none | auto (newest checkpoint in run.dir) | a checkpoint directory")
       .add("exit_after_steps", &c.run.exit_after_steps,
            "save and exit after this many steps in this process (0 = run to train.steps)")
-      .add("threads", &c.run.threads, "intra-op CPU threads per rank (0 = cores / ranks on the node)");
+      .add("threads", &c.run.threads, "intra-op CPU threads per rank (0 = cores / ranks on the node)")
+      .add("step_timeout", &c.run.step_timeout,
+           "seconds one step, checkpoint save or evaluation may take before the watchdog aborts the whole job, "
+           "naming the rank and the operation (a dead or hung rank otherwise stalls every other); 0 = never");
 
   sections.emplace_back("model", "[model] the starting weights");
   sections.back()
@@ -174,6 +177,7 @@ void RunOptions::validate() const {
   if (resume.empty()) fail("run.resume", "must be none, auto or a checkpoint directory");
   require_non_negative("run.exit_after_steps", static_cast<double>(exit_after_steps));
   require_non_negative("run.threads", threads);
+  require_non_negative("run.step_timeout", step_timeout);
 }
 
 void ModelOptions::validate() const {

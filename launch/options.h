@@ -20,6 +20,7 @@ struct RunOptions {
   std::string resume = "none";  // none | auto | <checkpoint directory>
   int64_t exit_after_steps = 0; // stop (with a checkpoint) after this many steps in this process; 0 = never
   int threads = 0;              // intra-op threads per rank; 0 = cores / ranks on the node
+  double step_timeout = 1800;   // seconds a step (or save, or evaluation) may take before the job aborts; 0 = never
   void validate() const;
 };
 

@@ -22,6 +22,7 @@
 #include "launch/precision.h"
 #include "launch/signals.h"
 #include "launch/task.h"
+#include "launch/watchdog.h"
 #include "model/activation_checkpoint.h"
 #include "model/safetensors.h"
 
@@ -64,7 +65,8 @@ class Trainer {
       : config_(config),
         comm_(comm),
         autocast_dtype_(compute_dtype(config.train.precision)),
-        scaler_(config.train.precision == "fp16", config.train.loss_scale, config.train.loss_scale_window) {}
+        scaler_(config.train.precision == "fp16", config.train.loss_scale, config.train.loss_scale_window),
+        watchdog_(config.run.step_timeout, comm.rank()) {}
 
   int run() {
     prepare_run_dir();
@@ -376,6 +378,7 @@ class Trainer {
 
   // Collective. Returns the checkpoint written (on every rank).
   fs::path save_checkpoint() {
+    Watchdog::Scope watched(watchdog_, "saving the checkpoint of step " + std::to_string(step_));
     // Gathered into global shapes (collective), then written by rank 0. Random state
     // needs no saving: dropout is reseeded from (seed, data-parallel rank, step) at
     // every step.
@@ -431,6 +434,7 @@ class Trainer {
   // The task's metrics over the first max_samples rows of a split (all if < 0), each row
   // evaluated by exactly one rank and the counts summed over ranks. Collective.
   std::optional<json> evaluate(const std::string& split, int64_t max_samples) {
+    Watchdog::Scope watched(watchdog_, "evaluating split '" + split + "' at step " + std::to_string(step_));
     data::EvalReader reader(config_.data.path, split, config_.data.micro_batch_size, max_samples,
                             comm_.layout().dp_rank(comm_.rank()), dp_size());
     torch::NoGradGuard no_grad;
@@ -648,6 +652,7 @@ class Trainer {
     int exit_code = 0;
 
     while (step_ < config_.train.steps) {
+      watchdog_.begin("step " + std::to_string(step_ + 1));
       const auto step_start = Clock::now();
       const double bytes_before_step = comm_.stats().total_bytes_sent();
       set_body_frozen(step_ < config_.train.freeze_base_steps);
@@ -775,6 +780,7 @@ class Trainer {
         return kExitSavedRequeue;
       }
     }
+    watchdog_.end();
     if (step_ == config_.train.steps) report_validation();
     finish();
     return exit_code;
@@ -831,6 +837,7 @@ class Trainer {
   std::string eval_metric_;
   std::optional<c10::ScalarType> autocast_dtype_;  // none: fp32
   LossScaler scaler_;
+  Watchdog watchdog_;
   std::vector<std::pair<std::string, torch::Tensor>> named_params_;  // this rank's parts
   dist::TensorParallelPlan plan_;
   std::unique_ptr<AdamW> optimizer_;

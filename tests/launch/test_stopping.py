@@ -1,6 +1,12 @@
-"""Stop requests: SIGUSR1 (Slurm's --signal), SIGTERM and SIGINT make ftrain finish the
-step it is in, save a checkpoint and exit with 75 ("saved; requeue me"); the run then
-resumes from that checkpoint as if it had never stopped."""
+"""How a run stops short.
+
+On request: SIGUSR1 (Slurm's --signal), SIGTERM and SIGINT make ftrain finish the step
+it is in, save a checkpoint and exit with 75 ("saved; requeue me"); the run then
+resumes from that checkpoint as if it had never stopped (launch/signals.h).
+
+When a rank hangs: the others would wait in a collective forever; the watchdog aborts
+the whole job after run.step_timeout, naming the rank and the operation
+(launch/watchdog.h)."""
 import json
 import os
 import signal
@@ -107,3 +113,40 @@ def test_stop_request_saves_exits_75_and_resumes_exactly(workspace, ranks, sent)
     assert f"at step {stopped_at}" in resumed.stdout
     # Same layout: the same losses to the last bit, dropout included.
     assert losses(run_dir) == reference(workspace, ranks)
+
+
+def test_a_hung_rank_ends_the_job_through_the_watchdog(workspace):
+    # Rank 1 is stopped (SIGSTOP) mid-run, as a hung process would be: rank 0 waits in
+    # the step's collectives until its watchdog aborts the job, naming rank 0, the step
+    # and the option; mpirun then ends every rank, the stopped one included.
+    run_dir = workspace["root"] / "hung"
+    job = subprocess.Popen(command(2, *args(workspace, run_dir, **{"run.step_timeout": 3, "checkpoint.every": 2})),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + TIMEOUT
+    while last_step(run_dir) < 5:
+        assert job.poll() is None, f"the job ended early: {job.communicate()}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-P", str(job.pid), "-f", str(FTRAIN)], capture_output=True, text=True)
+    pids = sorted(int(pid) for pid in ranks.stdout.split())
+    assert len(pids) == 2, ranks.stdout
+    # Rank order: the ranks' ids are in their environment.
+    rank_of = {pid: int(open(f"/proc/{pid}/environ", "rb").read().split(b"OMPI_COMM_WORLD_RANK=")[1].split(b"\0")[0])
+               for pid in pids}
+    hung = next(pid for pid, rank in rank_of.items() if rank == 1)
+    stopped_at = time.time()
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert time.time() - stopped_at < 30, "the watchdog should end the job within seconds of the timeout"
+    assert job.returncode != 0
+    assert "error on rank 0: watchdog: step" in stderr and "run.step_timeout" in stderr, stderr
+    # The checkpoints written before the hang are intact.
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
+    assert checkpoints, "checkpoints every 2 steps were written before the hang"
+    resumed = subprocess.run(command(0, *args(workspace, run_dir, **{"run.resume": "auto", "run.exit_after_steps": 1})),
+                             capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stdout + resumed.stderr
