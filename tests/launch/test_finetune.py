@@ -8,9 +8,6 @@ data-parallel runs against one rank; the frozen-body stage against the starting 
 the best checkpoint and early stopping against the validation history in metrics.jsonl.
 """
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -22,37 +19,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, BertModel,
                           LlamaConfig, LlamaForCausalLM)
 
-SOURCE = Path(os.environ.get("FTRAIN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
-BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
-FTRAIN = BUILD / "ftrain"
-MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
-TIMEOUT = 240
-
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
-    "OMP_NUM_THREADS": "1",
-}
+from ftrain_jobs import records, run_ftrain
 
 VOCAB = 64
 SEQ_LEN = 12
 PAD = 0
 SENTIMENT = ["negative", "positive", "neutral"]
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-
-
-def run_ftrain(ranks, *args, check=True):
-    command = [MPIEXEC, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", str(FTRAIN), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **MPI_ENV})
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def records(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def write_split(group, ids, mask, labels, types=None):

@@ -3,59 +3,22 @@ alone and combined, give the losses and final weights of a single-rank run of th
 same global batch (CPU, fp32, mpirun), for GPT-2 and for a Llama with grouped-query
 attention. Checkpoints store global shapes, so a run resumes under another layout."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SOURCE = Path(os.environ.get("FTRAIN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
-BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
-FTRAIN = BUILD / "ftrain"
-PREP = BUILD / "ftrain-prep"
-MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
-TIMEOUT = 300
-
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
-    "OMP_NUM_THREADS": "1",
-}
+from ftrain_jobs import losses, prepare_corpus, records, run_ftrain
 
 STEPS = 20
 # (tp, dp, ZeRO stage): the layouts the equivalence must hold for.
 LAYOUTS = [(1, 4, 0), (1, 4, 1), (1, 4, 2), (1, 4, 3), (2, 2, 0), (2, 2, 1), (2, 2, 3), (4, 1, 0)]
 
 
-def run_ftrain(ranks, *args):
-    command = [MPIEXEC, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", str(FTRAIN), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **MPI_ENV})
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def records(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(run_dir):
-    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
-    corpus = root / "corpus.jsonl"
-    subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", "600"], check=True)
-    data = root / "data.h5"
-    subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "32",
-                    "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
+    data = prepare_corpus(root, 600)
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
     # 1030 tokens: not a multiple of 4, so the vocabulary shards carry padding rows.
@@ -160,9 +123,8 @@ def test_tensor_parallel_classifier_is_refused(workspace):
         group.create_dataset("input_ids", data=np.ones((16, 8), np.int32))
         group.create_dataset("attention_mask", data=np.ones((16, 8), np.uint8))
         group.create_dataset("labels", data=np.zeros(16, np.int64))
-    command = [MPIEXEC, "-np", "2", "--oversubscribe", "--bind-to", "none", str(FTRAIN),
-               *args(workspace, "gpt2", workspace["root"] / "refused", **{"dist.tp": 2, "data.path": data})]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **MPI_ENV})
+    result = run_ftrain(2, *args(workspace, "gpt2", workspace["root"] / "refused", **{"dist.tp": 2, "data.path": data}),
+                        check=False)
     assert result.returncode != 0
     assert "dist.tp" in result.stdout + result.stderr
 

@@ -11,39 +11,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-SOURCE = Path(os.environ.get("FTRAIN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
-BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
-FTRAIN = BUILD / "ftrain"
-PREP = BUILD / "ftrain-prep"
-MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
-TIMEOUT = 300
+from ftrain_jobs import ENV, FTRAIN, TIMEOUT, command, losses, prepare_corpus
+
 STEPS = 300
-
-ENV = {
-    **os.environ,
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
-    "OMP_NUM_THREADS": "1",
-}
-
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("signals")
-    corpus = root / "corpus.jsonl"
-    subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", "400"], check=True)
-    data = root / "data.h5"
-    subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "32",
-                    "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
+    data = prepare_corpus(root, 400)
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
     model = root / "model"
@@ -60,17 +41,6 @@ def args(ws, run_dir, **overrides):
     }
     options.update(overrides)
     return [f"--{key}={value}" for key, value in options.items()]
-
-
-def command(ranks, *arguments):
-    if ranks == 0:  # one rank, started without mpirun, as srun starts each task
-        return [str(FTRAIN), *map(str, arguments)]
-    return [MPIEXEC, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", str(FTRAIN), *map(str, arguments)]
-
-
-def losses(run_dir):
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
 def last_step(run_dir):

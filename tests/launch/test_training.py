@@ -2,57 +2,23 @@
 resume equivalence, and clear failures on bad input (every rank exits, nothing on
 disk is overwritten)."""
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-SOURCE = Path(os.environ.get("FTRAIN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
-BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
-FTRAIN = BUILD / "ftrain"
-PREP = BUILD / "ftrain-prep"
-MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
-TIMEOUT = 240  # seconds; a hung job fails the test instead of the suite
-
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
-    "OMP_NUM_THREADS": "1",
-}
-
-
-def run_ftrain(ranks, *args, check=True):
-    command = [MPIEXEC, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", str(FTRAIN), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                            env={**os.environ, **MPI_ENV})
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def losses(run_dir):
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
+from ftrain_jobs import PREP, TIMEOUT, losses, prepare_corpus, run_ftrain
+from ftrain_jobs import records as metric_records
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    corpus = root / "corpus.jsonl"
-    subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", "1500"],
-                   check=True)
-    data = root / "data.h5"
-    subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "32",
-                    "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
+    data = prepare_corpus(root, 1500)
 
     # Starting weights saved by transformers, so the pretrained-loading path is the one
     # under test.
@@ -235,10 +201,6 @@ def test_masked_loss_is_normalised_per_global_token(workspace):
     for ranks in (2, 4):
         for step in range(1, 9):
             assert runs[ranks][step] == pytest.approx(runs[1][step], rel=1e-5), f"{ranks} ranks, step {step}"
-
-
-def metric_records(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_resume_after_step_7_matches_uninterrupted_run(workspace):

@@ -1,0 +1,64 @@
+"""What the end-to-end tests of tests/launch share: where the programs are, how a job
+is started (under mpirun, or as one process the way srun starts each task), and how
+its metrics.jsonl is read."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SOURCE = Path(os.environ.get("FTRAIN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
+FTRAIN = BUILD / "ftrain"
+PREP = BUILD / "ftrain-prep"
+MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
+TIMEOUT = 300  # seconds; a hung job fails its test instead of the suite
+
+# Open MPI as root, more ranks than cores, one thread per rank.
+ENV = {
+    **os.environ,
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def command(ranks, *arguments, program=FTRAIN):
+    """The command line of a job of `ranks` ranks; 0: one process without mpirun."""
+    if ranks == 0:
+        return [str(program), *map(str, arguments)]
+    return [MPIEXEC, "-np", str(ranks), "--oversubscribe", "--bind-to", "none", str(program), *map(str, arguments)]
+
+
+def run_ftrain(ranks, *arguments, check=True, timeout=TIMEOUT):
+    result = subprocess.run(command(ranks, *arguments), capture_output=True, text=True, timeout=timeout, env=ENV)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command(ranks, *arguments))} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def as_options(options):
+    return [f"--{key}={value}" for key, value in options.items()]
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
+
+
+def prepare_corpus(root, documents):
+    """A generated text corpus tokenized by ftrain-prep for the tiny GPT-2 tokenizer:
+    32-token rows, a tenth of the documents in validation."""
+    corpus = Path(root) / "corpus.jsonl"
+    subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", str(documents)],
+                   check=True)
+    data = Path(root) / "data.h5"
+    subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "32",
+                    "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
+    return data
