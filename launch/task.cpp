@@ -43,7 +43,7 @@ struct Task::Model {
 
 Task::Task(const Config& config, const data::DatasetInfo& dataset)
     : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
-      model_(std::make_unique<Model>()) {
+      model_(std::make_unique<Model>()), model_path_(config.model.path) {
   model_->name = dataset.task;
   const bool pretrained = config.model.init == "pretrained";
   if (kind_ == TaskKind::causal_lm) {
@@ -208,6 +208,16 @@ void Task::set_block_runner(const model::BlockRunner& runner) {
 
 dist::TensorParallelPlan Task::parallelize(dist::Communicator& comm) {
   if (comm.tp().size() == 1) return plan_;
+  try {
+    return split(comm);
+  } catch (const std::invalid_argument& error) {
+    // The sizes that do not divide are the model's; the choice to change is dist.tp.
+    throw std::runtime_error("dist.tp = " + std::to_string(comm.tp().size()) + " does not fit the model in " +
+                             model_path_ + ": " + error.what());
+  }
+}
+
+dist::TensorParallelPlan Task::split(dist::Communicator& comm) {
   if (model_->lm) {
     plan_ = dist::apply_tensor_parallel(*model_->lm, comm);
     tp_ = &comm.tp();  // the loss reads vocabulary-parallel logits

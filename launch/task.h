@@ -106,6 +106,9 @@ class Task {
   TaskKind kind_;
   std::vector<std::string> label_names_;
   std::unique_ptr<Model> model_;
+  dist::TensorParallelPlan split(dist::Communicator& comm);
+
+  std::string model_path_;
   dist::TensorParallelPlan plan_;
   dist::Group* tp_ = nullptr;  // a split causal LM's group, for the vocabulary-parallel loss
 };

@@ -129,6 +129,15 @@ def test_tensor_parallel_classifier_is_refused(workspace):
     assert "dist.tp" in result.stdout + result.stderr
 
 
+def test_a_tensor_parallel_size_the_model_cannot_take_is_refused(workspace):
+    # 3 does not divide the 4 attention heads: refused at start-up, naming the option,
+    # the model and the sizes.
+    result = run_ftrain(3, *args(workspace, "gpt2", workspace["root"] / "tp3", **{"dist.tp": 3}), check=False)
+    assert result.returncode != 0
+    assert "dist.tp = 3" in result.stderr and "n_head 4" in result.stderr and str(workspace["gpt2"]) in result.stderr
+    assert not (workspace["root"] / "tp3" / "checkpoints").exists()
+
+
 def gpt2_local_parameters(ws, tp):
     """Elements each tensor-parallel rank holds of the tiny GPT-2 (docs/tensor-parallel.md):
     split matrices and their biases 1/tp, the vocabulary padded to a multiple of tp,
