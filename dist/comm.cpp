@@ -503,6 +503,38 @@ std::int64_t Group::all_reduce(std::int64_t value, ReduceOp op) {
   return value;
 }
 
+std::vector<std::string> Group::gather(const std::string& text, int root) {
+  if (root < 0 || root >= size_) throw std::invalid_argument(where("gather") + "root " + std::to_string(root) + " is not a member");
+  if (text.size() > static_cast<size_t>(INT_MAX)) throw std::invalid_argument(where("gather") + "text beyond 2 GiB");
+  const int length = static_cast<int>(text.size());
+  std::vector<int> lengths(rank_ == root ? size_ : 0);
+  check_mpi(MPI_Gather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, root, comm_), "gather");
+  std::vector<int> displacements(lengths.size());
+  long long total = 0;
+  for (size_t r = 0; r < lengths.size(); ++r) {
+    displacements[r] = static_cast<int>(total);
+    total += lengths[r];
+  }
+  if (total > INT_MAX) throw std::runtime_error(where("gather") + "texts beyond 2 GiB in all");
+  std::string joined(static_cast<size_t>(total), '\0');
+  check_mpi(MPI_Gatherv(text.data(), length, MPI_CHAR, joined.data(), lengths.data(), displacements.data(), MPI_CHAR,
+                        root, comm_),
+            "gather");
+  std::vector<std::string> out;
+  for (size_t r = 0; r < lengths.size(); ++r) out.push_back(joined.substr(displacements[r], lengths[r]));
+  return out;
+}
+
+std::string Group::broadcast(const std::string& text, int root) {
+  if (root < 0 || root >= size_) throw std::invalid_argument(where("broadcast") + "root " + std::to_string(root) + " is not a member");
+  long long length = static_cast<long long>(text.size());
+  check_mpi(MPI_Bcast(&length, 1, MPI_LONG_LONG, root, comm_), "broadcast");
+  if (length > INT_MAX) throw std::invalid_argument(where("broadcast") + "text beyond 2 GiB");
+  std::string out = rank_ == root ? text : std::string(static_cast<size_t>(length), '\0');
+  check_mpi(MPI_Bcast(out.data(), static_cast<int>(length), MPI_CHAR, root, comm_), "broadcast");
+  return out;
+}
+
 void Group::barrier() { check_mpi(MPI_Barrier(comm_), "barrier"); }
 
 // ---- Communicator -------------------------------------------------------------------

@@ -141,6 +141,11 @@ class Group {
 
   double all_reduce(double value, ReduceOp op);
   std::int64_t all_reduce(std::int64_t value, ReduceOp op);  // Avg refused
+  // Every member's text, in rank order, on `root`; other members get an empty vector.
+  // Host bytes over MPI whatever the device (checkpoint manifests, error messages).
+  std::vector<std::string> gather(const std::string& text, int root);
+  // Root's text on every member.
+  std::string broadcast(const std::string& text, int root);
   void barrier();
 
  private:
