@@ -1,0 +1,136 @@
+#include "launch/checkpoint_pieces.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+#include <tuple>
+
+namespace ftrain::launch {
+namespace {
+
+// A block in the 2-D view: global rows [global_row, + height), columns
+// [global_col, + width), read from the part's rows [part_row, + height) and columns
+// [part_col, + width).
+struct Block {
+  int64_t global_row, global_col, height, width, part_row, part_col;
+};
+
+// A run of consecutive global columns within one row of the part.
+struct Run {
+  int64_t global_col, width, part_col;
+  auto key() const { return std::make_tuple(global_col, width, part_col); }
+};
+
+}  // namespace
+
+std::vector<Piece> pieces_to_write(const HeldTensor& held) {
+  auto fail = [&](const std::string& what) {
+    throw std::invalid_argument("checkpoint: tensor '" + held.name + "' " + what);
+  };
+  const auto& global = held.global_shape;
+  const auto& part = held.part_shape;
+  if (global.empty() || global.size() > 2)
+    fail("has " + std::to_string(global.size()) + " dimensions; checkpoints store tensors of 1 or 2");
+  if (part.size() != global.size()) fail("has a part of another rank than the global tensor");
+  if (held.writers < 1 || held.writer < 0 || held.writer >= held.writers) fail("has writer out of range");
+
+  // The 2-D view: rows x columns; a vector is one row, split along its columns.
+  const bool vector = global.size() == 1;
+  const int64_t rows = vector ? 1 : part[0];
+  const int64_t cols = vector ? part[0] : part[1];
+  const int64_t global_rows = vector ? 1 : global[0];
+  const int64_t global_cols = vector ? global[0] : global[1];
+  int64_t split = held.split_dim;
+  if (split >= static_cast<int64_t>(global.size())) fail("is split along a dimension it does not have");
+  if (vector && split == 0) split = 1;
+
+  auto indices_of = [&](int64_t view_dim, int64_t extent, int64_t global_extent) {
+    std::vector<int64_t> index(extent);
+    if (split != view_dim) {
+      if (extent != global_extent) fail("has a part whose unsplit dimension differs from the global one");
+      for (int64_t i = 0; i < extent; ++i) index[i] = i;
+      return index;
+    }
+    at::Tensor given = held.index.to(at::kCPU).to(at::kLong).contiguous();
+    if (given.numel() != extent) fail("has an index of the wrong length");
+    std::copy(given.data_ptr<int64_t>(), given.data_ptr<int64_t>() + extent, index.begin());
+    for (int64_t g : index)
+      if (g >= global_extent) fail("has an index beyond its global shape");
+    return index;
+  };
+  const std::vector<int64_t> row_index = indices_of(0, rows, global_rows);
+  const std::vector<int64_t> col_index = indices_of(1, cols, global_cols);
+
+  at::Tensor flat = held.values.contiguous().view(-1);
+  const int64_t held_numel = flat.numel();
+  if (held.flat_offset < 0 || held.flat_offset + held_numel > rows * cols) fail("holds values beyond its part");
+
+  // This writer's chunk of the held range: whole rows when the whole part is held.
+  const bool whole_part = held.flat_offset == 0 && held_numel == rows * cols && cols > 0;
+  const int64_t unit = whole_part ? cols : 1;
+  const int64_t units = held_numel / unit;
+  const int64_t per_writer = (units + held.writers - 1) / held.writers;
+  const int64_t begin = held.flat_offset + std::min(units, per_writer * held.writer) * unit;
+  const int64_t end = held.flat_offset + std::min(units, per_writer * (held.writer + 1)) * unit;
+
+  // Row by row, cut the chunk into runs of consecutive global columns and stack runs
+  // that continue the block above them.
+  std::vector<Block> blocks;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, size_t> open;  // run key -> block ending in the row above
+  for (int64_t r = begin < end ? begin / cols : 0; begin < end && r <= (end - 1) / cols; ++r) {
+    const int64_t c0 = r == begin / cols ? begin % cols : 0;
+    const int64_t c1 = r == (end - 1) / cols ? (end - 1) % cols + 1 : cols;
+    std::map<std::tuple<int64_t, int64_t, int64_t>, size_t> next;
+    const int64_t global_row = row_index[r];
+    if (global_row < 0) {  // padding row
+      open.clear();
+      continue;
+    }
+    std::vector<Run> runs;
+    for (int64_t c = c0; c < c1; ++c) {
+      if (col_index[c] < 0) continue;
+      if (!runs.empty() && runs.back().part_col + runs.back().width == c &&
+          runs.back().global_col + runs.back().width == col_index[c])
+        ++runs.back().width;
+      else
+        runs.push_back({col_index[c], 1, c});
+    }
+    for (const Run& run : runs) {
+      auto above = open.find(run.key());
+      if (above != open.end()) {
+        Block& block = blocks[above->second];
+        if (block.part_row + block.height == r && block.global_row + block.height == global_row) {
+          ++block.height;
+          next[run.key()] = above->second;
+          continue;
+        }
+      }
+      blocks.push_back({global_row, run.global_col, 1, run.width, r, run.part_col});
+      next[run.key()] = blocks.size() - 1;
+    }
+    open = std::move(next);
+  }
+
+  std::vector<Piece> pieces;
+  pieces.reserve(blocks.size());
+  for (const Block& b : blocks) {
+    at::Tensor view = flat.as_strided({b.height, b.width}, {cols, 1},
+                                      flat.storage_offset() + b.part_row * cols + b.part_col - held.flat_offset);
+    Piece piece;
+    if (vector) {
+      piece.offset = {b.global_col};
+      piece.shape = {b.width};
+    } else {
+      piece.offset = {b.global_row, b.global_col};
+      piece.shape = {b.height, b.width};
+    }
+    piece.data = torch::empty(piece.shape, flat.options().device(at::kCPU));
+    piece.data.view({b.height, b.width}).copy_(view);
+    pieces.push_back(std::move(piece));
+  }
+  return pieces;
+}
+
+}  // namespace ftrain::launch
