@@ -26,6 +26,10 @@ set_property(TARGET MPI::MPI_C APPEND PROPERTY INTERFACE_COMPILE_DEFINITIONS OMP
 find_package(HDF5 QUIET COMPONENTS C)
 ftrain_require(HDF5_FOUND "HDF5" "apt-get install libhdf5-dev")
 
+# zlib's CRC-32 checksums checkpoint pieces: fast, and the value Python's zlib.crc32 gives.
+find_package(ZLIB QUIET)
+ftrain_require(ZLIB_FOUND "zlib" "apt-get install zlib1g-dev")
+
 find_package(Boost 1.74 QUIET COMPONENTS program_options unit_test_framework)
 ftrain_require(Boost_FOUND "Boost.Program_options and Boost.Test"
   "apt-get install libboost-program-options-dev libboost-test-dev")

@@ -1,32 +1,38 @@
 #include "launch/checkpoint.h"
 
 #include <fcntl.h>
-#include <cerrno>
-#include <cstring>
 #include <hdf5.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <boost/crc.hpp>
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <stdexcept>
+#include <thread>
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 
 namespace ftrain::launch {
 namespace {
 
-constexpr const char* kStateFile = "state.h5";
+constexpr const char* kIndexFile = "state.h5";
 constexpr const char* kMarker = "COMMITTED";
 
 // Owns one HDF5 identifier and closes it with the matching function.
 class H5Handle {
  public:
   H5Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  H5Handle(H5Handle&& other) noexcept : id_(other.release()), close_(other.close_) {}
   H5Handle(const H5Handle&) = delete;
   H5Handle& operator=(const H5Handle&) = delete;
   ~H5Handle() {
@@ -51,6 +57,12 @@ struct QuietHdf5 {
 };
 const QuietHdf5 quiet_hdf5;
 
+const std::vector<at::ScalarType>& stored_dtypes() {
+  static const std::vector<at::ScalarType> known = {at::kFloat, at::kDouble, at::kLong, at::kInt,
+                                                    at::kByte,  at::kBFloat16, at::kHalf};
+  return known;
+}
+
 hid_t h5_type(at::ScalarType type, const std::string& where) {
   switch (type) {
     case at::kFloat: return H5T_NATIVE_FLOAT;
@@ -65,15 +77,26 @@ hid_t h5_type(at::ScalarType type, const std::string& where) {
   }
 }
 
+at::ScalarType dtype_named(const std::string& name, const std::string& where) {
+  for (at::ScalarType t : stored_dtypes())
+    if (c10::toString(t) == name) return t;
+  throw std::runtime_error(where + " has unknown dtype " + name);
+}
+
+// The standard CRC-32 (zlib's, as Python's zlib.crc32 computes it).
 uint32_t crc32_of(const void* data, size_t bytes) {
-  boost::crc_32_type crc;
-  crc.process_bytes(data, bytes);
-  return crc.checksum();
+  return static_cast<uint32_t>(crc32_z(0L, static_cast<const Bytef*>(data), bytes));
+}
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
 }
 
 void fsync_path(const fs::path& path, bool directory) {
   int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open to fsync");
+  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open to fsync: " + std::strerror(errno));
   const int rc = ::fsync(fd);
   const int error = errno;
   ::close(fd);
@@ -93,6 +116,30 @@ void write_file_durably(const fs::path& path, const std::string& text) {
   fsync_path(path, false);
 }
 
+H5Handle file_access() {
+  H5Handle props(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_file_locking(props.get(), false, true);
+  return props;
+}
+
+H5Handle create_file(const fs::path& path) {
+  H5Handle props = file_access();
+  H5Handle file(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, props.get()), H5Fclose);
+  if (!file.ok()) throw std::runtime_error(path.string() + ": cannot create checkpoint file");
+  return file;
+}
+
+void close_file(H5Handle& file, const fs::path& path) {
+  if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) throw std::runtime_error(path.string() + ": flush failed (disk full?)");
+  if (H5Fclose(file.release()) < 0) throw std::runtime_error(path.string() + ": close failed (disk full?)");
+}
+
+H5Handle intermediate_groups() {
+  H5Handle props(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(props.get(), 1);
+  return props;
+}
+
 void write_string_attribute(hid_t object, const char* name, const std::string& value) {
   H5Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
@@ -102,79 +149,49 @@ void write_string_attribute(hid_t object, const char* name, const std::string& v
     throw std::runtime_error(std::string("cannot write attribute ") + name);
 }
 
-std::optional<std::string> read_string_attribute(hid_t object, const char* name) {
-  if (H5Aexists(object, name) <= 0) return std::nullopt;
-  H5Handle attr(H5Aopen(object, name, H5P_DEFAULT), H5Aclose);
-  H5Handle type(H5Aget_type(attr.get()), H5Tclose);
-  if (H5Tget_class(type.get()) != H5T_STRING) return std::nullopt;
+void write_int64_attribute(hid_t object, const char* name, const std::vector<int64_t>& values) {
+  const hsize_t n = values.size();
+  H5Handle space(n == 0 ? H5Screate(H5S_NULL) : H5Screate_simple(1, &n, nullptr), H5Sclose);
+  H5Handle attr(H5Acreate2(object, name, H5T_NATIVE_INT64, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (!attr.ok() || (n > 0 && H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()) < 0))
+    throw std::runtime_error(std::string("cannot write attribute ") + name);
+}
+
+// A scalar string dataset: metadata and manifest can outgrow an attribute's 64 KiB.
+void write_string_dataset(hid_t file, const char* name, const std::string& value, const std::string& where) {
+  H5Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
+  H5Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Handle dataset(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (!dataset.ok() || H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, value.data()) < 0)
+    throw std::runtime_error(where + ": cannot write " + name + " (disk full?)");
+}
+
+std::string read_string_dataset(hid_t file, const char* name, const std::string& where) {
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) throw std::runtime_error(where + ": no " + name + " dataset");
+  H5Handle dataset(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  H5Handle type(H5Dget_type(dataset.get()), H5Tclose);
+  if (!dataset.ok() || H5Tget_class(type.get()) != H5T_STRING)
+    throw std::runtime_error(where + ": " + name + " is not a string");
   std::string value(H5Tget_size(type.get()), '\0');
   H5Handle mem_type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(mem_type.get(), value.size());
-  if (H5Aread(attr.get(), mem_type.get(), value.data()) < 0) return std::nullopt;
+  if (H5Dread(dataset.get(), mem_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, value.data()) < 0)
+    throw std::runtime_error(where + ": " + name + " cannot be read (truncated file?)");
   while (!value.empty() && value.back() == '\0') value.pop_back();
   return value;
 }
 
-void write_tensor(hid_t file, const std::string& name, const at::Tensor& tensor, const std::string& where) {
-  at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
-  const hid_t type = h5_type(cpu.scalar_type(), where + ": tensor '" + name + "'");
-  std::vector<hsize_t> dims(cpu.sizes().begin(), cpu.sizes().end());
-  H5Handle space(cpu.dim() == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(cpu.dim(), dims.data(), nullptr),
-                 H5Sclose);
-  H5Handle link_props(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(link_props.get(), 1);
-  H5Handle dataset(H5Dcreate2(file, name.c_str(), type, space.get(), link_props.get(), H5P_DEFAULT, H5P_DEFAULT),
-                   H5Dclose);
-  if (!dataset.ok() || H5Dwrite(dataset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, cpu.data_ptr()) < 0)
-    throw std::runtime_error(where + ": cannot write tensor '" + name + "' (disk full?)");
-  const uint32_t crc = crc32_of(cpu.data_ptr(), cpu.nbytes());
-  H5Handle attr_space(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Handle attr(H5Acreate2(dataset.get(), "crc32", H5T_NATIVE_UINT32, attr_space.get(), H5P_DEFAULT, H5P_DEFAULT),
-                H5Aclose);
-  H5Awrite(attr.get(), H5T_NATIVE_UINT32, &crc);
-  write_string_attribute(dataset.get(), "dtype", std::string(c10::toString(cpu.scalar_type())));
+std::string rank_file_name(int rank) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "rank_%05d.h5", rank);
+  return name;
 }
 
-// Reads dataset `name` into a new CPU tensor, checking its checksum.
-at::Tensor read_tensor(hid_t file, const std::string& name, const std::string& where) {
-  const std::string what = where + ": tensor '" + name + "'";
-  if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0) throw std::runtime_error(what + " is missing");
-  H5Handle dataset(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
-  if (!dataset.ok()) throw std::runtime_error(what + " cannot be opened");
-  H5Handle space(H5Dget_space(dataset.get()), H5Sclose);
-  const int rank = H5Sget_simple_extent_ndims(space.get());
-  std::vector<hsize_t> dims(std::max(rank, 0));
-  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
-  auto dtype_name = read_string_attribute(dataset.get(), "dtype");
-  if (!dtype_name) throw std::runtime_error(what + " has no dtype attribute");
-  static const std::vector<at::ScalarType> known = {at::kFloat, at::kDouble, at::kLong, at::kInt,
-                                                    at::kByte, at::kBFloat16, at::kHalf};
-  auto found = std::find_if(known.begin(), known.end(),
-                            [&](at::ScalarType t) { return c10::toString(t) == *dtype_name; });
-  if (found == known.end()) throw std::runtime_error(what + " has unknown dtype " + *dtype_name);
-  std::vector<int64_t> shape(dims.begin(), dims.end());
-  at::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(*found));
-  if (H5Dread(dataset.get(), h5_type(*found, what), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0)
-    throw std::runtime_error(what + " cannot be read (truncated file?)");
-  uint32_t stored = 0;
-  if (H5Aexists(dataset.get(), "crc32") <= 0) throw std::runtime_error(what + " has no checksum");
-  H5Handle attr(H5Aopen(dataset.get(), "crc32", H5P_DEFAULT), H5Aclose);
-  H5Aread(attr.get(), H5T_NATIVE_UINT32, &stored);
-  if (crc32_of(out.data_ptr(), out.nbytes()) != stored)
-    throw std::runtime_error(what + " fails its checksum (corrupt checkpoint)");
-  return out;
-}
-
-H5Handle open_state(const fs::path& checkpoint) {
-  const fs::path file = checkpoint / kStateFile;
-  if (!fs::exists(checkpoint / kMarker))
-    throw std::runtime_error(checkpoint.string() + ": not a committed checkpoint (no " + kMarker + " marker)");
-  if (!fs::is_regular_file(file)) throw std::runtime_error(file.string() + ": missing");
-  H5Handle props(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  H5Pset_file_locking(props.get(), false, true);
-  const hid_t id = H5Fopen(file.c_str(), H5F_ACC_RDONLY, props.get());
-  if (id < 0) throw std::runtime_error(file.string() + ": not a readable HDF5 file (truncated or corrupt)");
-  return H5Handle(id, H5Fclose);
+std::string step_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step_%08lld", static_cast<long long>(step));
+  return name;
 }
 
 int64_t step_of(const fs::path& dir) {
@@ -187,51 +204,371 @@ int64_t step_of(const fs::path& dir) {
   }
 }
 
+// FTRAIN_TEST_FAULT=<kind>:<rank>:<step>, for fault-injection tests.
+struct InjectedFault {
+  std::string kind;
+  int rank = -1;
+  int64_t step = -1;
+};
+
+std::optional<InjectedFault> injected_fault() {
+  const char* text = std::getenv("FTRAIN_TEST_FAULT");
+  if (!text || !*text) return std::nullopt;
+  InjectedFault fault;
+  const std::string spec = text;
+  const size_t a = spec.find(':'), b = spec.find(':', a == std::string::npos ? a : a + 1);
+  if (a == std::string::npos || b == std::string::npos)
+    throw std::runtime_error("FTRAIN_TEST_FAULT=" + spec + ": expected <enospc|stall>:<rank>:<step>");
+  fault.kind = spec.substr(0, a);
+  fault.rank = std::stoi(spec.substr(a + 1, b - a - 1));
+  fault.step = std::stoll(spec.substr(b + 1));
+  if (fault.kind != "enospc" && fault.kind != "stall")
+    throw std::runtime_error("FTRAIN_TEST_FAULT=" + spec + ": unknown kind " + fault.kind);
+  return fault;
+}
+
+void write_all(int fd, const char* data, size_t bytes, off_t offset, const fs::path& path) {
+  while (bytes > 0) {
+    const ssize_t n = ::pwrite(fd, data, bytes, offset);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error(path.string() + ": write failed: " + std::strerror(errno));
+    }
+    data += n;
+    bytes -= static_cast<size_t>(n);
+    offset += n;
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Reading: the index of a committed checkpoint and the rank files it names.
+
+struct Index {
+  fs::path dir;
+  json meta;
+  json tensors;                          // array of {name, dtype, shape, pieces}
+  std::map<std::string, size_t> by_name;
+};
+
+Index read_index(const fs::path& checkpoint) {
+  if (!fs::exists(checkpoint / kMarker))
+    throw std::runtime_error(checkpoint.string() + ": not a committed checkpoint (no " + kMarker + " marker)");
+  const fs::path path = checkpoint / kIndexFile;
+  const std::string where = path.string();
+  if (!fs::is_regular_file(path)) throw std::runtime_error(where + ": missing");
+  H5Handle props = file_access();
+  H5Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
+  if (!file.ok()) throw std::runtime_error(where + ": not a readable HDF5 file (truncated or corrupt)");
+  if (H5Lexists(file.get(), "manifest", H5P_DEFAULT) <= 0)
+    throw std::runtime_error(where + ": no manifest; written by an ftrain older than checkpoint format " +
+                             std::to_string(kCheckpointFormatVersion) + ", which this ftrain does not read");
+  Index index;
+  index.dir = checkpoint;
+  index.meta = json::parse(read_string_dataset(file.get(), "meta", where), nullptr, false);
+  json manifest = json::parse(read_string_dataset(file.get(), "manifest", where), nullptr, false);
+  if (index.meta.is_discarded() || manifest.is_discarded() || !manifest.contains("tensors"))
+    throw std::runtime_error(where + ": metadata or manifest is not valid JSON (corrupt)");
+  const int version = manifest.value("format_version", 0);
+  if (version != kCheckpointFormatVersion)
+    throw std::runtime_error(where + ": checkpoint format_version " + std::to_string(version) +
+                             ", this ftrain reads " + std::to_string(kCheckpointFormatVersion));
+  index.tensors = manifest["tensors"];
+  for (size_t i = 0; i < index.tensors.size(); ++i) index.by_name[index.tensors[i].at("name")] = i;
+  return index;
+}
+
+// The rank files of one checkpoint, each opened once.
+class RankFiles {
+ public:
+  explicit RankFiles(fs::path dir) : dir_(std::move(dir)) {}
+  hid_t open(const std::string& name) {
+    auto found = files_.find(name);
+    if (found != files_.end()) return found->second.get();
+    const fs::path path = dir_ / name;
+    if (name.find('/') != std::string::npos || !fs::is_regular_file(path))
+      throw std::runtime_error(path.string() + ": missing");
+    H5Handle props = file_access();
+    H5Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
+    if (!file.ok()) throw std::runtime_error(path.string() + ": not a readable HDF5 file (truncated or corrupt)");
+    return files_.emplace(name, std::move(file)).first->second.get();
+  }
+
+ private:
+  fs::path dir_;
+  std::map<std::string, H5Handle> files_;
+};
+
+// Reads one piece and checks its checksum.
+at::Tensor read_piece(RankFiles& files, const fs::path& dir, const json& piece, at::ScalarType dtype,
+                      const std::string& tensor) {
+  const std::string file_name = piece.at("file");
+  const std::string dataset_name = piece.at("dataset");
+  const std::string what = (dir / file_name).string() + ": piece '" + dataset_name + "' of tensor '" + tensor + "'";
+  const hid_t file = files.open(file_name);
+  if (H5Lexists(file, dataset_name.c_str(), H5P_DEFAULT) <= 0) throw std::runtime_error(what + " is missing");
+  H5Handle dataset(H5Dopen2(file, dataset_name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!dataset.ok()) throw std::runtime_error(what + " cannot be opened");
+  const auto shape = piece.at("shape").get<std::vector<int64_t>>();
+  H5Handle space(H5Dget_space(dataset.get()), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  std::vector<hsize_t> dims(std::max(rank, 0));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  if (std::vector<int64_t>(dims.begin(), dims.end()) != shape)
+    throw std::runtime_error(what + " has another shape than the manifest says");
+  at::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(dtype));
+  if (H5Dread(dataset.get(), h5_type(dtype, what), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0)
+    throw std::runtime_error(what + " cannot be read (truncated file?)");
+  if (crc32_of(out.data_ptr(), out.nbytes()) != piece.at("crc32").get<uint32_t>())
+    throw std::runtime_error(what + " fails its checksum (corrupt checkpoint)");
+  return out;
+}
+
+// Reads every piece of `entry` (checking coverage and checksums) and, when `into` is
+// defined, copies each into its place there.
+void read_tensor(RankFiles& files, const Index& index, const json& entry, at::Tensor* into) {
+  const std::string name = entry.at("name");
+  const std::string where = (index.dir / kIndexFile).string() + ": tensor '" + name + "'";
+  const at::ScalarType dtype = dtype_named(entry.at("dtype"), where);
+  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+  int64_t covered = 0;
+  for (const json& piece : entry.at("pieces")) {
+    at::Tensor values = read_piece(files, index.dir, piece, dtype, name);
+    const auto offset = piece.at("offset").get<std::vector<int64_t>>();
+    if (offset.size() != shape.size() || values.dim() != static_cast<int64_t>(shape.size()))
+      throw std::runtime_error(where + ": a piece has the wrong number of dimensions");
+    for (size_t d = 0; d < shape.size(); ++d)
+      if (offset[d] < 0 || offset[d] + values.size(d) > shape[d])
+        throw std::runtime_error(where + ": a piece lies outside the tensor");
+    covered += values.numel();
+    if (!into) continue;
+    at::Tensor place = *into;
+    for (size_t d = 0; d < shape.size(); ++d) place = place.narrow(d, offset[d], values.size(d));
+    place.copy_(values);
+  }
+  if (covered != numel_of(shape))
+    throw std::runtime_error(where + ": its pieces hold " + std::to_string(covered) + " of " +
+                             std::to_string(numel_of(shape)) + " values (incomplete checkpoint)");
+}
+
 }  // namespace
+
+// ---------------------------------------------------------------------------------
+// Writing
+
+int64_t PreparedRankFile::bytes() const {
+  int64_t total = 0;
+  for (const auto& entry : entries) total += entry.piece.data.nbytes();
+  return total;
+}
+
+PreparedRankFile prepare_rank_file(const fs::path& dir, int rank, int64_t step, const std::vector<HeldTensor>& held) {
+  PreparedRankFile out;
+  out.path = dir / rank_file_name(rank);
+  out.rank = rank;
+  out.step = step;
+  for (const HeldTensor& tensor : held) {
+    auto pieces = pieces_to_write(tensor);
+    for (size_t k = 0; k < pieces.size(); ++k) {
+      PreparedRankFile::Entry entry;
+      entry.tensor = tensor.name;
+      entry.dataset = tensor.name + "/" + std::to_string(k);
+      entry.dtype = c10::toString(tensor.values.scalar_type());
+      entry.global_shape = tensor.global_shape;
+      entry.piece = std::move(pieces[k]);
+      out.entries.push_back(std::move(entry));
+    }
+  }
+  // The layout only: contiguous datasets placed now, never filled, so the bytes can be
+  // written later at their offsets without HDF5.
+  const std::string where = out.path.string();
+  H5Handle file = create_file(out.path);
+  H5Handle links = intermediate_groups();
+  H5Handle layout(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_layout(layout.get(), H5D_CONTIGUOUS);
+  H5Pset_alloc_time(layout.get(), H5D_ALLOC_TIME_EARLY);
+  H5Pset_fill_time(layout.get(), H5D_FILL_TIME_NEVER);
+  for (auto& entry : out.entries) {
+    const at::Tensor& data = entry.piece.data;
+    const std::string what = where + ": piece '" + entry.dataset + "'";
+    std::vector<hsize_t> dims(entry.piece.shape.begin(), entry.piece.shape.end());
+    H5Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+    H5Handle dataset(H5Dcreate2(file.get(), entry.dataset.c_str(), h5_type(data.scalar_type(), what), space.get(),
+                                links.get(), layout.get(), H5P_DEFAULT),
+                     H5Dclose);
+    if (!dataset.ok()) throw std::runtime_error(what + ": cannot be created (disk full?)");
+    write_string_attribute(dataset.get(), "dtype", entry.dtype);
+    write_int64_attribute(dataset.get(), "offset", entry.piece.offset);
+    write_int64_attribute(dataset.get(), "global_shape", entry.global_shape);
+    const haddr_t address = H5Dget_offset(dataset.get());
+    if (address == HADDR_UNDEF) throw std::runtime_error(what + ": has no place in the file");
+    entry.file_offset = static_cast<int64_t>(address);
+  }
+  close_file(file, out.path);
+  return out;
+}
+
+json write_rank_file(const PreparedRankFile& file) {
+  static const std::optional<InjectedFault> fault = injected_fault();
+  const bool faulty = fault && fault->rank == file.rank && fault->step == file.step;
+  const int fd = ::open(file.path.c_str(), O_WRONLY);
+  if (fd < 0) throw std::runtime_error(file.path.string() + ": cannot open for writing: " + std::strerror(errno));
+  json records = json::array();
+  try {
+    for (size_t i = 0; i < file.entries.size(); ++i) {
+      const auto& entry = file.entries[i];
+      if (faulty && i == file.entries.size() / 2) {
+        if (fault->kind == "stall") std::this_thread::sleep_for(std::chrono::hours(1));
+        throw std::runtime_error(file.path.string() + ": write failed: " + std::strerror(ENOSPC) +
+                                 " (injected by FTRAIN_TEST_FAULT)");
+      }
+      const auto* bytes = static_cast<const char*>(entry.piece.data.data_ptr());
+      const size_t size = entry.piece.data.nbytes();
+      write_all(fd, bytes, size, static_cast<off_t>(entry.file_offset), file.path);
+      records.push_back({{"tensor", entry.tensor},
+                         {"dtype", entry.dtype},
+                         {"global_shape", entry.global_shape},
+                         {"file", file.path.filename().string()},
+                         {"dataset", entry.dataset},
+                         {"offset", entry.piece.offset},
+                         {"shape", entry.piece.shape},
+                         {"crc32", crc32_of(bytes, size)}});
+    }
+    if (::fsync(fd) != 0) throw std::runtime_error(file.path.string() + ": fsync failed: " + std::strerror(errno));
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  if (::close(fd) != 0) throw std::runtime_error(file.path.string() + ": close failed: " + std::strerror(errno));
+  return records;
+}
+
+// ---------------------------------------------------------------------------------
+// The store
 
 CheckpointStore::CheckpointStore(fs::path directory, int64_t keep) : directory_(std::move(directory)), keep_(keep) {}
 
-fs::path CheckpointStore::save(int64_t step, const NamedTensors& tensors, const nlohmann::json& meta) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step_%08lld", static_cast<long long>(step));
-  const fs::path final_dir = directory_ / name;
-  const fs::path tmp_dir = directory_ / (std::string(name) + ".tmp");
+fs::path CheckpointStore::staging_directory(int64_t step) const { return directory_ / (step_name(step) + ".tmp"); }
+fs::path CheckpointStore::final_directory(int64_t step) const { return directory_ / step_name(step); }
+
+fs::path CheckpointStore::begin(int64_t step) {
+  const fs::path staging = staging_directory(step);
   fs::create_directories(directory_);
-  fs::remove_all(tmp_dir);
-  fs::create_directories(tmp_dir);
-  const fs::path state = tmp_dir / kStateFile;
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  return staging;
+}
+
+void CheckpointStore::abandon(int64_t step) {
+  std::error_code ignored;
+  fs::remove_all(staging_directory(step), ignored);
+}
+
+fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& meta) {
+  const fs::path staging = staging_directory(step);
+  const fs::path final_dir = final_directory(step);
+  const fs::path index_path = staging / kIndexFile;
+  const std::string where = index_path.string();
+
+  // Group the pieces by tensor, in the order they first appear (rank 0's order).
+  json tensors = json::array();
+  std::map<std::string, size_t> position;
+  for (const json& record : pieces) {
+    const std::string name = record.at("tensor");
+    auto [it, fresh] = position.emplace(name, tensors.size());
+    if (fresh)
+      tensors.push_back(
+          {{"name", name}, {"dtype", record.at("dtype")}, {"shape", record.at("global_shape")}, {"pieces", json::array()}});
+    json& tensor = tensors[it->second];
+    if (tensor["dtype"] != record.at("dtype") || tensor["shape"] != record.at("global_shape"))
+      throw std::runtime_error(where + ": ranks disagree on the dtype or shape of tensor '" + name + "'");
+    tensor["pieces"].push_back({{"file", record.at("file")},
+                                {"dataset", record.at("dataset")},
+                                {"offset", record.at("offset")},
+                                {"shape", record.at("shape")},
+                                {"crc32", record.at("crc32")}});
+  }
+  for (const json& tensor : tensors) {
+    int64_t covered = 0;
+    for (const json& piece : tensor["pieces"]) covered += numel_of(piece["shape"].get<std::vector<int64_t>>());
+    const int64_t total = numel_of(tensor["shape"].get<std::vector<int64_t>>());
+    if (covered != total)
+      throw std::runtime_error(where + ": the ranks wrote " + std::to_string(covered) + " of the " +
+                               std::to_string(total) + " values of tensor '" + tensor["name"].get<std::string>() + "'");
+  }
+
   {
-    H5Handle props(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-    H5Pset_file_locking(props.get(), false, true);
-    H5Handle file(H5Fcreate(state.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, props.get()), H5Fclose);
-    if (!file.ok()) throw std::runtime_error(state.string() + ": cannot create checkpoint file");
-    for (const auto& [tensor_name, tensor] : tensors) write_tensor(file.get(), tensor_name, tensor, state.string());
-    nlohmann::json full = meta;
+    H5Handle file = create_file(index_path);
+    json full = meta;
     full["format_version"] = kCheckpointFormatVersion;
     full["step"] = step;
-    write_string_attribute(file.get(), "meta", full.dump());
-    if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
-      throw std::runtime_error(state.string() + ": flush failed (disk full?)");
-    if (H5Fclose(file.release()) < 0) throw std::runtime_error(state.string() + ": close failed (disk full?)");
+    write_string_dataset(file.get(), "meta", full.dump(), where);
+    write_string_dataset(file.get(), "manifest",
+                         json{{"format_version", kCheckpointFormatVersion}, {"tensors", tensors}}.dump(), where);
+    // Each tensor as a virtual dataset of its global shape over the rank files' pieces,
+    // for readers such as h5py; ftrain itself reads the pieces and their checksums.
+    H5Handle links = intermediate_groups();
+    for (const json& tensor : tensors) {
+      const std::string name = tensor["name"];
+      const at::ScalarType dtype = dtype_named(tensor["dtype"], where + ": tensor '" + name + "'");
+      const auto shape = tensor["shape"].get<std::vector<hsize_t>>();
+      H5Handle space(H5Screate_simple(static_cast<int>(shape.size()), shape.data(), nullptr), H5Sclose);
+      H5Handle mapping(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+      for (const json& piece : tensor["pieces"]) {
+        const auto offset = piece["offset"].get<std::vector<hsize_t>>();
+        const auto extent = piece["shape"].get<std::vector<hsize_t>>();
+        const std::vector<hsize_t> one(extent.size(), 1);
+        H5Handle selection(H5Scopy(space.get()), H5Sclose);
+        H5Sselect_hyperslab(selection.get(), H5S_SELECT_SET, offset.data(), nullptr, one.data(), extent.data());
+        H5Handle source(H5Screate_simple(static_cast<int>(extent.size()), extent.data(), nullptr), H5Sclose);
+        if (H5Pset_virtual(mapping.get(), selection.get(), piece["file"].get<std::string>().c_str(),
+                           piece["dataset"].get<std::string>().c_str(), source.get()) < 0)
+          throw std::runtime_error(where + ": cannot map a piece of tensor '" + name + "'");
+      }
+      H5Handle dataset(H5Dcreate2(file.get(), name.c_str(), h5_type(dtype, where), space.get(), links.get(),
+                                  mapping.get(), H5P_DEFAULT),
+                       H5Dclose);
+      if (!dataset.ok()) throw std::runtime_error(where + ": cannot create tensor '" + name + "' (disk full?)");
+      write_string_attribute(dataset.get(), "dtype", tensor["dtype"].get<std::string>());
+    }
+    close_file(file, index_path);
   }
-  fsync_path(state, false);
-  fsync_path(tmp_dir, true);
+  fsync_path(index_path, false);
+  fsync_path(staging, true);
 
   // A checkpoint of the same step left by an earlier, interrupted run is replaced only
   // now that the new one is durable.
   if (fs::exists(final_dir)) fs::remove_all(final_dir);
-  fs::rename(tmp_dir, final_dir);
+  fs::rename(staging, final_dir);
   fsync_path(directory_, true);
-  write_file_durably(final_dir / kMarker, nlohmann::json{{"step", step}}.dump() + "\n");
+  write_file_durably(final_dir / kMarker, json{{"step", step}}.dump() + "\n");
   fsync_path(final_dir, true);
 
   const fs::path latest_tmp = directory_ / "latest.tmp";
-  write_file_durably(latest_tmp, std::string(name) + "\n");
+  write_file_durably(latest_tmp, step_name(step) + "\n");
   fs::rename(latest_tmp, directory_ / "latest");
   fsync_path(directory_, true);
 
   remove_beyond_keep();
   return final_dir;
+}
+
+fs::path CheckpointStore::save(int64_t step, const NamedTensors& tensors, const json& meta) {
+  std::vector<HeldTensor> held;
+  for (const auto& [name, tensor] : tensors) {
+    HeldTensor h;
+    h.name = name;
+    h.values = tensor.detach();
+    h.global_shape = tensor.sizes().vec();
+    h.part_shape = h.global_shape;
+    held.push_back(std::move(h));
+  }
+  const fs::path staging = begin(step);
+  try {
+    return commit(step, write_rank_file(prepare_rank_file(staging, 0, step, held)), meta);
+  } catch (...) {
+    abandon(step);
+    throw;
+  }
 }
 
 void CheckpointStore::remove_beyond_keep() {
@@ -241,7 +578,7 @@ void CheckpointStore::remove_beyond_keep() {
     if (!kept_best || all[i] != *kept_best) fs::remove_all(all[i]);
 }
 
-void CheckpointStore::mark_best(const fs::path& checkpoint, nlohmann::json record) {
+void CheckpointStore::mark_best(const fs::path& checkpoint, json record) {
   record["checkpoint"] = checkpoint.filename().string();
   const fs::path tmp = directory_ / "best.tmp";
   write_file_durably(tmp, record.dump() + "\n");
@@ -253,7 +590,7 @@ void CheckpointStore::mark_best(const fs::path& checkpoint, nlohmann::json recor
 std::optional<fs::path> CheckpointStore::best() const {
   std::ifstream in(directory_ / "best");
   if (!in) return std::nullopt;
-  const auto record = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  const auto record = json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!record.is_object() || !record.contains("checkpoint") || !record["checkpoint"].is_string()) return std::nullopt;
   const fs::path path = directory_ / record["checkpoint"].get<std::string>();
   if (!fs::exists(path / kMarker)) return std::nullopt;
@@ -283,20 +620,14 @@ std::optional<fs::path> CheckpointStore::latest_valid() const {
   return std::nullopt;
 }
 
+// ---------------------------------------------------------------------------------
+// Reading
+
 bool verify_checkpoint(const fs::path& checkpoint, std::string* problem) {
   try {
-    H5Handle file = open_state(checkpoint);
-    const std::string where = (checkpoint / kStateFile).string();
-    if (!read_string_attribute(file.get(), "meta")) throw std::runtime_error(where + ": no metadata");
-    std::vector<std::string> names;
-    H5Ovisit(
-        file.get(), H5_INDEX_NAME, H5_ITER_NATIVE,
-        [](hid_t, const char* name, const H5O_info_t* info, void* data) -> herr_t {
-          if (info->type == H5O_TYPE_DATASET) static_cast<std::vector<std::string>*>(data)->push_back(name);
-          return 0;
-        },
-        &names);
-    for (const auto& name : names) read_tensor(file.get(), name, where);
+    const Index index = read_index(checkpoint);
+    RankFiles files(checkpoint);
+    for (const json& entry : index.tensors) read_tensor(files, index, entry, nullptr);
     return true;
   } catch (const std::exception& e) {
     if (problem) *problem = e.what();
@@ -304,33 +635,53 @@ bool verify_checkpoint(const fs::path& checkpoint, std::string* problem) {
   }
 }
 
-nlohmann::json load_checkpoint(const fs::path& checkpoint, const NamedTensors& into) {
-  H5Handle file = open_state(checkpoint);
-  const std::string where = (checkpoint / kStateFile).string();
-  auto meta_text = read_string_attribute(file.get(), "meta");
-  if (!meta_text) throw std::runtime_error(where + ": no metadata attribute");
-  nlohmann::json meta = nlohmann::json::parse(*meta_text);
-  if (meta.value("format_version", 0) > kCheckpointFormatVersion)
-    throw std::runtime_error(where + ": format_version " + std::to_string(meta.value("format_version", 0)) +
-                             " is newer than this ftrain reads (" + std::to_string(kCheckpointFormatVersion) + ")");
+json load_checkpoint(const fs::path& checkpoint, const NamedTensors& into) {
+  const Index index = read_index(checkpoint);
+  const std::string where = (checkpoint / kIndexFile).string();
+  RankFiles files(checkpoint);
   torch::NoGradGuard no_grad;
   for (const auto& [name, target] : into) {
-    at::Tensor stored = read_tensor(file.get(), name, where);
-    if (stored.scalar_type() != target.scalar_type())
-      throw std::runtime_error(where + ": tensor '" + name + "' is stored as " + c10::toString(stored.scalar_type()) +
+    auto found = index.by_name.find(name);
+    if (found == index.by_name.end()) throw std::runtime_error(where + ": tensor '" + name + "' is missing");
+    const json& entry = index.tensors[found->second];
+    const at::ScalarType stored = dtype_named(entry.at("dtype"), where + ": tensor '" + name + "'");
+    if (stored != target.scalar_type())
+      throw std::runtime_error(where + ": tensor '" + name + "' is stored as " + c10::toString(stored) +
                                ", the model expects " + c10::toString(target.scalar_type()));
-    if (stored.sizes() != target.sizes())
-      throw std::runtime_error(where + ": tensor '" + name + "' has shape " + c10::str(stored.sizes()) +
+    const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+    if (target.sizes().vec() != shape)
+      throw std::runtime_error(where + ": tensor '" + name + "' has shape " + c10::str(at::IntArrayRef(shape)) +
                                ", the model expects " + c10::str(target.sizes()));
     at::Tensor destination = target;
-    destination.copy_(stored);
+    if (destination.is_contiguous() && destination.device().is_cpu()) {
+      read_tensor(files, index, entry, &destination);
+    } else {
+      at::Tensor staged = torch::empty(shape, destination.options().device(at::kCPU));
+      read_tensor(files, index, entry, &staged);
+      destination.copy_(staged);
+    }
   }
-  return meta;
+  return index.meta;
 }
 
 at::Tensor read_checkpoint_tensor(const fs::path& checkpoint, const std::string& name) {
-  H5Handle file = open_state(checkpoint);
-  return read_tensor(file.get(), name, (checkpoint / kStateFile).string());
+  const Index index = read_index(checkpoint);
+  auto found = index.by_name.find(name);
+  if (found == index.by_name.end())
+    throw std::runtime_error((checkpoint / kIndexFile).string() + ": tensor '" + name + "' is missing");
+  const json& entry = index.tensors[found->second];
+  at::Tensor out = torch::empty(entry.at("shape").get<std::vector<int64_t>>(),
+                                torch::TensorOptions().dtype(dtype_named(entry.at("dtype"), name)));
+  RankFiles files(checkpoint);
+  read_tensor(files, index, entry, &out);
+  return out;
+}
+
+std::vector<std::string> checkpoint_tensor_names(const fs::path& checkpoint) {
+  const Index index = read_index(checkpoint);
+  std::vector<std::string> names;
+  for (const json& entry : index.tensors) names.push_back(entry.at("name"));
+  return names;
 }
 
 }  // namespace ftrain::launch

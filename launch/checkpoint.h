@@ -1,11 +1,21 @@
-// Checkpoints of a run: a registry of named tensors plus JSON metadata, committed
-// atomically. Layout on disk:
-//   <run.dir>/checkpoints/step_00000010/state.h5   named tensors, each with its crc32
-//   <run.dir>/checkpoints/step_00000010/COMMITTED  written last; without it the
-//                                                  checkpoint does not exist
-//   <run.dir>/checkpoints/latest                   name of the newest committed one
-//   <run.dir>/checkpoints/best                     JSON: the best one by validation
-// A checkpoint is written into step_XXXXXXXX.tmp, fsynced, renamed, then marked.
+// Checkpoints of a run, sharded over the ranks and committed atomically. On disk:
+//   <run.dir>/checkpoints/step_00000010/rank_00003.h5  the pieces rank 3 wrote
+//   <run.dir>/checkpoints/step_00000010/state.h5       the index, written last: metadata,
+//                                                      a manifest (every piece with its
+//                                                      crc32), and each tensor as an HDF5
+//                                                      virtual dataset of its global shape
+//   <run.dir>/checkpoints/step_00000010/COMMITTED      written after the rename; without
+//                                                      it the checkpoint does not exist
+//   <run.dir>/checkpoints/latest                       name of the newest committed one
+//   <run.dir>/checkpoints/best                         JSON: the best one by validation
+// Every tensor is stored once in its global shape, each element by one rank
+// (launch/checkpoint_pieces.h), so a checkpoint loads under any layout. h5py reads
+// state.h5 as if it held the whole tensors (docs/checkpoints.md).
+//
+// Saving goes in four steps, so that the slow part can run beside training:
+//   begin (rank 0 makes step_XXXXXXXX.tmp) -> prepare_rank_file (every rank: host copies
+//   of its pieces, the file's layout) -> write_rank_file (any thread: the bytes, fsync)
+//   -> commit (rank 0, once every rank has written: index, fsync, rename, marker, latest).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,23 +28,69 @@
 #include <utility>
 #include <vector>
 
+#include "launch/checkpoint_pieces.h"
+
 namespace ftrain::launch {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
-inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr int kCheckpointFormatVersion = 2;
+
+// One rank's file of a checkpoint being saved: its pieces in host memory and where
+// each one's bytes go in the file (HDF5 has laid the file out already).
+struct PreparedRankFile {
+  struct Entry {
+    std::string tensor;    // "model/<param>"
+    std::string dataset;   // "<tensor>/<k>" inside the rank file
+    std::string dtype;     // c10 name, e.g. "Float", "BFloat16"
+    std::vector<int64_t> global_shape;
+    Piece piece;
+    int64_t file_offset = 0;  // of the piece's bytes in the file
+  };
+  std::filesystem::path path;
+  int rank = 0;
+  int64_t step = 0;
+  std::vector<Entry> entries;
+  int64_t bytes() const;
+};
+
+// Creates `dir`/rank_RRRRR.h5 with a dataset for each piece this rank writes of `held`
+// and copies those pieces to host memory. After it returns, `held` may change.
+PreparedRankFile prepare_rank_file(const std::filesystem::path& dir, int rank, int64_t step,
+                                   const std::vector<HeldTensor>& held);
+
+// Writes the pieces' bytes into their places and fsyncs the file. Uses no HDF5 and no
+// LibTorch operations, so it may run on a background thread. Returns the manifest
+// records of the pieces (tensor, dtype, global shape, dataset, offset, shape, crc32).
+// Throws std::runtime_error naming the file and the system error (e.g. ENOSPC).
+// For fault-injection tests, FTRAIN_TEST_FAULT=<kind>:<rank>:<step> makes that rank's
+// write of that step fail with ENOSPC (kind enospc) or stall for an hour (kind stall)
+// after its first piece.
+nlohmann::json write_rank_file(const PreparedRankFile& file);
 
 class CheckpointStore {
  public:
   CheckpointStore(std::filesystem::path directory, int64_t keep);
 
-  // Writes tensors (CPU copies are taken as needed) and metadata as checkpoint `step`,
-  // commits it, points `latest` at it and removes the oldest beyond `keep`.
-  // Returns the committed directory.
+  // The directory a save of `step` writes into until it is committed.
+  std::filesystem::path staging_directory(int64_t step) const;
+  std::filesystem::path final_directory(int64_t step) const;
+
+  // Rank 0: makes an empty staging directory for `step` (removing one left behind).
+  std::filesystem::path begin(int64_t step);
+  // Rank 0, after every rank's write_rank_file returned: writes the index (`pieces`:
+  // the records of all ranks; `meta`: the metadata) and commits the checkpoint: fsync,
+  // rename, marker, `latest`, and removal of the oldest beyond `keep`. Throws, naming
+  // the tensor, if the pieces do not cover a tensor exactly. Returns the directory.
+  std::filesystem::path commit(int64_t step, const nlohmann::json& pieces, const nlohmann::json& meta);
+  // Rank 0: removes the staging directory of a save that failed.
+  void abandon(int64_t step);
+
+  // One process, all at once: every tensor written whole by this process, committed.
   std::filesystem::path save(int64_t step, const NamedTensors& tensors, const nlohmann::json& meta);
 
-  // Newest committed checkpoint whose marker and file verify; corrupt ones are
-  // reported on stderr and skipped.
+  // Newest committed checkpoint whose pieces all verify; corrupt ones are reported on
+  // stderr and skipped.
   std::optional<std::filesystem::path> latest_valid() const;
 
   // Committed checkpoints, oldest first.
@@ -55,15 +111,20 @@ class CheckpointStore {
   int64_t keep_;
 };
 
-// Reads a committed checkpoint: its metadata, and each requested tensor copied in
-// place into the given tensor (shape and dtype must match). Checksums are verified.
-// Throws std::runtime_error naming the file and tensor on any mismatch.
+// Reads a committed checkpoint: its metadata, and each requested tensor assembled from
+// its pieces in place into the given tensor (global shape and dtype must match).
+// Every piece read is checked against its crc32. Throws std::runtime_error naming the
+// file and tensor on any mismatch.
 nlohmann::json load_checkpoint(const std::filesystem::path& checkpoint, const NamedTensors& into);
 
-// Reads one tensor by name (for state whose size is only known at load, e.g. RNG).
+// Reads one tensor by name, whole, in its global shape.
 at::Tensor read_checkpoint_tensor(const std::filesystem::path& checkpoint, const std::string& name);
 
-// Whether `checkpoint` is committed and all its tensors match their checksums.
+// The names of the tensors a checkpoint holds, in its manifest's order.
+std::vector<std::string> checkpoint_tensor_names(const std::filesystem::path& checkpoint);
+
+// Whether `checkpoint` is committed and every piece of every tensor is present, covers
+// its tensor exactly and matches its checksum.
 bool verify_checkpoint(const std::filesystem::path& checkpoint, std::string* problem = nullptr);
 
 }  // namespace ftrain::launch

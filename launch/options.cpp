@@ -147,7 +147,10 @@ std::vector<Section> describe(Config& c) {
            "write the final model as a Hugging Face directory to <run.dir>/final (the best one, with keep_best)")
       .add("keep_best", &c.checkpoint.keep_best,
            "save a checkpoint whenever validation improves train.eval_metric, keep it whatever checkpoint.keep "
-           "says, and finish (test report, export) with its weights");
+           "says, and finish (test report, export) with its weights")
+      .add("async", &c.checkpoint.async,
+           "write checkpoints in the background: training waits only while each rank copies its part to host "
+           "memory");
 
   sections.emplace_back("dist", "[dist] ranks, groups and devices");
   sections.back()

@@ -73,6 +73,7 @@ struct CheckpointOptions {
   bool at_end = true;  // save after the last step
   bool export_hf = true;  // write the final model as a Hugging Face directory in <run.dir>/final
   bool keep_best = true;  // checkpoint each validation improvement and finish with the best weights
+  bool async = true;      // write checkpoints on a background thread while training goes on
   void validate() const;
 };
 

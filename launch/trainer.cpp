@@ -18,6 +18,7 @@
 #include "dist/zero.h"
 #include "launch/adamw.h"
 #include "launch/checkpoint.h"
+#include "launch/checkpoint_writer.h"
 #include "launch/metrics.h"
 #include "launch/precision.h"
 #include "launch/signals.h"
@@ -121,6 +122,7 @@ class Trainer {
     check_validation_split();
 
     store_ = std::make_unique<CheckpointStore>(fs::path(config_.run.dir) / "checkpoints", config_.checkpoint.keep);
+    writer_ = std::make_unique<CheckpointWriter>(*store_, comm_.world(), config_.checkpoint.async);
     resume();
 
     if (rank0()) {
@@ -197,6 +199,62 @@ class Trainer {
     }
     NamedTensors out;
     for (Part& part : parts) out.emplace_back(part.key, plan_.gather(part.param, part.local, comm_.tp()));
+    return out;
+  }
+
+  // What this rank holds of every parameter and AdamW moment, described against the
+  // tensor's global shape, for the sharded checkpoint writer: its tensor-parallel part
+  // (or a ZeRO flat range of it), and which of the ranks holding the same values it is,
+  // so that each value is written once. No communication.
+  std::vector<HeldTensor> held_state() {
+    const int tp_rank = comm_.layout().tp_rank(comm_.rank());
+    const int dp_rank = comm_.layout().dp_rank(comm_.rank());
+    std::map<std::string, size_t> index;
+    for (size_t i = 0; i < named_params_.size(); ++i) index[named_params_[i].first] = i;
+    // values: the whole part, or with zero_sharded a flat range starting at flat_offset.
+    auto describe = [&](const std::string& key, const std::string& name, at::Tensor values, bool zero_sharded,
+                        int64_t flat_offset) {
+      const at::Tensor& param = named_params_[index.at(name)].second;
+      HeldTensor held;
+      held.name = key;
+      held.values = values.detach();
+      held.part_shape = param.sizes().vec();
+      held.global_shape = plan_.global_shape(name, param);
+      held.flat_offset = flat_offset;
+      int copies = comm_.layout().tp_size, copy = tp_rank;
+      if (auto split = plan_.sharded.find(name); split != plan_.sharded.end()) {
+        held.split_dim = split->second.dim;
+        held.index = split->second.index;
+        copies = split->second.replicas;
+        copy = tp_rank % copies;
+      }
+      // Replicas over the data-parallel ranks share the writing too; ZeRO shards do not
+      // overlap.
+      held.writers = zero_sharded ? copies : copies * dp_size();
+      held.writer = zero_sharded ? copy : copy * dp_size() + dp_rank;
+      return held;
+    };
+    std::vector<HeldTensor> out;
+    if (zero3()) {
+      for (const auto& slice : zero_->local_slices())
+        out.push_back(describe("model/" + slice.name, slice.name, slice.param, true, slice.param_offset));
+    } else {
+      for (auto& [name, p] : named_params_) out.push_back(describe("model/" + name, name, p, false, 0));
+    }
+    if (zero_) {
+      const auto& slices = zero_->local_slices();
+      const auto exp_avgs = optimizer_->exp_avgs();
+      const auto exp_avg_sqs = optimizer_->exp_avg_sqs();
+      for (size_t k = 0; k < slices.size(); ++k) {
+        out.push_back(describe("optim/exp_avg/" + slices[k].name, slices[k].name, exp_avgs[k], true,
+                               slices[k].param_offset));
+        out.push_back(describe("optim/exp_avg_sq/" + slices[k].name, slices[k].name, exp_avg_sqs[k], true,
+                               slices[k].param_offset));
+      }
+    } else {
+      for (auto& [key, t] : optimizer_->named_state())
+        out.push_back(describe("optim/" + key, key.substr(key.find('/') + 1), t, false, 0));
+    }
     return out;
   }
 
@@ -376,19 +434,18 @@ class Trainer {
     model::write_file_atomically(path, kept);
   }
 
-  // Collective. Returns the checkpoint written (on every rank).
-  fs::path save_checkpoint() {
+  // Collective. Starts saving the state after step_: each rank copies its pieces to
+  // host memory, and the files are written in the background (checkpoint.async) and
+  // committed by a later commit_saves(). Random state needs no saving: dropout is
+  // reseeded from (seed, data-parallel rank, step) at every step.
+  void save_checkpoint() {
     Watchdog::Scope watched(watchdog_, "saving the checkpoint of step " + std::to_string(step_));
-    // Gathered into global shapes (collective), then written by rank 0. Random state
-    // needs no saving: dropout is reseeded from (seed, data-parallel rank, step) at
-    // every step.
-    const NamedTensors tensors = global_state(/*with_optimizer=*/true);
-    std::string written;
+    json meta;
     if (rank0()) {
       json data_meta = data_order_meta();
       data_meta["global_position"] = loader_->state().global_position;
       data_meta["path"] = config_.data.path;
-      json meta = {
+      meta = {
           {"tokens_seen", tokens_seen_},
           {"optimizer_steps", optimizer_->step_count()},
           {"data", data_meta},
@@ -401,12 +458,23 @@ class Trainer {
           {"loss_scale", {{"scale", scaler_.scale()}, {"good_steps", scaler_.good_steps()}}},
           {"config", config_.resolved_ini},
       };
-      auto dir = store_->save(step_, tensors, meta);
-      std::cout << "ftrain: saved checkpoint " << dir.string() << "\n";
-      written = dir.string();
     }
+    writer_->start(step_, held_state(), std::move(meta));
     last_saved_step_ = step_;
-    return fs::path(broadcast_string(written));
+    if (rank0() && config_.checkpoint.async)
+      std::printf("ftrain: saving the checkpoint of step %lld in the background (training paused %.3f s)\n",
+                  static_cast<long long>(step_), writer_->last_blocking_seconds());
+  }
+
+  // Collective. Commits the checkpoint being written once every rank has written its
+  // file; with wait, waits for that. Returns the checkpoint committed now, if any.
+  std::optional<fs::path> commit_saves(bool wait) {
+    if (!writer_->pending()) return std::nullopt;
+    std::optional<Watchdog::Scope> watched;
+    if (wait) watched.emplace(watchdog_, "finishing the checkpoint of step " + std::to_string(last_saved_step_));
+    auto committed = writer_->poll(wait);
+    if (committed && rank0()) std::cout << "ftrain: saved checkpoint " << committed->string() << std::endl;
+    return committed;
   }
 
   // Whether a split exists is decided once, identically on every rank (the file is the
@@ -516,22 +584,19 @@ class Trainer {
       metrics_->write(record);
     }
     if (improved && config_.checkpoint.keep_best) {
-      const fs::path checkpoint = last_saved_step_ == step_ ? store_->directory() / step_directory(step_) : save_checkpoint();
-      if (rank0()) store_->mark_best(checkpoint, {{"metric", eval_metric_}, {"value", value}, {"step", step_}});
+      if (last_saved_step_ != step_) save_checkpoint();
+      commit_saves(/*wait=*/true);
+      if (rank0())
+        store_->mark_best(store_->final_directory(step_), {{"metric", eval_metric_}, {"value", value}, {"step", step_}});
       comm_.world().barrier();
     }
     const int64_t patience = config_.train.early_stopping_patience;
     return patience > 0 && bad_evaluations_ >= patience;
   }
 
-  static std::string step_directory(int64_t step) {
-    char name[32];
-    std::snprintf(name, sizeof(name), "step_%08lld", static_cast<long long>(step));
-    return name;
-  }
-
   // After training: the best weights (with keep_best), the test report, the export.
   void finish() {
+    commit_saves(/*wait=*/true);
     std::optional<fs::path> best;
     if (config_.checkpoint.keep_best && has_validation_) {
       std::string chosen;
@@ -764,7 +829,10 @@ class Trainer {
            (last && config_.checkpoint.at_end) || (leaving && !last)) &&
           last_saved_step_ != step_)
         save_checkpoint();
+      // The save in flight is committed as soon as every rank has written it.
+      commit_saves(/*wait=*/false);
       if (leaving && !last) {
+        commit_saves(/*wait=*/true);
         if (rank0()) std::cout << "ftrain: stopping after " << config_.run.exit_after_steps << " steps (run.exit_after_steps)\n";
         return exit_code;
       }
@@ -773,6 +841,7 @@ class Trainer {
       const auto requested = last ? 0 : comm_.world().all_reduce(static_cast<int64_t>(stop_signal()), dist::ReduceOp::Max);
       if (requested != 0) {
         if (last_saved_step_ != step_) save_checkpoint();
+        commit_saves(/*wait=*/true);
         if (rank0())
           std::cout << "ftrain: received " << signal_name(static_cast<int>(requested)) << ": saved step " << step_
                     << "; exiting with " << kExitSavedRequeue
@@ -845,6 +914,7 @@ class Trainer {
   std::unique_ptr<dist::ZeroSharding> zero_;
   std::unique_ptr<data::StreamingLoader> loader_;
   std::unique_ptr<CheckpointStore> store_;
+  std::unique_ptr<CheckpointWriter> writer_;
   std::unique_ptr<MetricsLog> metrics_;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;

@@ -13,7 +13,7 @@ requirements="$here/requirements.txt"
 apt_packages=(
   build-essential cmake make ccache pkg-config
   openmpi-bin libopenmpi-dev
-  libhdf5-dev
+  libhdf5-dev zlib1g-dev
   libboost-program-options-dev libboost-test-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev
   python3 python3-venv python3-dev

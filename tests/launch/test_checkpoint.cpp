@@ -104,18 +104,26 @@ BOOST_AUTO_TEST_CASE(corrupt_checkpoint_is_detected_and_skipped) {
   CheckpointStore store(fresh_dir("corrupt"), 3);
   store.save(1, sample_state(1), {});
   auto newest = store.save(2, sample_state(2), {});
-  flip_bit_in_tensor_data(newest / "state.h5", sample_state(2)[0].second.contiguous());
+  flip_bit_in_tensor_data(newest / "rank_00000.h5", sample_state(2)[0].second.contiguous());
   std::string problem;
   BOOST_TEST(!verify_checkpoint(newest, &problem));
-  BOOST_TEST(problem.find("state.h5") != std::string::npos, problem);
+  BOOST_TEST(problem.find("rank_00000.h5") != std::string::npos, problem);
+  BOOST_TEST(problem.find("model/w") != std::string::npos, problem);
+  BOOST_TEST(problem.find("checksum") != std::string::npos, problem);
   BOOST_TEST(store.latest_valid()->filename() == "step_00000001");
 
   // A truncated file is refused with its name.
   auto older = store.committed().front();
-  fs::resize_file(older / "state.h5", fs::file_size(older / "state.h5") / 2);
+  fs::resize_file(older / "rank_00000.h5", fs::file_size(older / "rank_00000.h5") / 2);
   BOOST_TEST(!verify_checkpoint(older, &problem));
-  BOOST_TEST(problem.find("state.h5") != std::string::npos, problem);
+  BOOST_TEST(problem.find("rank_00000.h5") != std::string::npos, problem);
   BOOST_TEST(!store.latest_valid().has_value());
+
+  // So is a checkpoint whose index is gone.
+  auto third = store.save(3, sample_state(3), {});
+  fs::remove(third / "state.h5");
+  BOOST_TEST(!verify_checkpoint(third, &problem));
+  BOOST_TEST(problem.find("state.h5") != std::string::npos, problem);
 }
 
 BOOST_AUTO_TEST_CASE(shape_mismatch_names_the_tensor) {
@@ -130,4 +138,51 @@ BOOST_AUTO_TEST_CASE(shape_mismatch_names_the_tensor) {
   }
   NamedTensors missing = {{"model/absent", torch::zeros({1})}};
   BOOST_CHECK_THROW(load_checkpoint(dir, missing), std::runtime_error);
+}
+
+// Two ranks, each writing half of every tensor into its own file, committed by one:
+// the loader assembles the halves, and a save missing a rank's pieces is refused.
+BOOST_AUTO_TEST_CASE(pieces_from_several_ranks_assemble_into_global_tensors) {
+  CheckpointStore store(fresh_dir("ranks"), 2);
+  const NamedTensors state = sample_state(3.0f);
+  auto held_by = [&](int rank) {
+    std::vector<HeldTensor> held;
+    for (const auto& [name, tensor] : state) {
+      HeldTensor h;
+      h.name = name;
+      h.values = tensor;
+      h.global_shape = tensor.sizes().vec();
+      h.part_shape = h.global_shape;
+      h.writers = 2;
+      h.writer = rank;
+      held.push_back(h);
+    }
+    return held;
+  };
+  const fs::path staging = store.begin(5);
+  nlohmann::json pieces = nlohmann::json::array();
+  for (int rank : {0, 1})
+    for (auto& record : write_rank_file(prepare_rank_file(staging, rank, 5, held_by(rank)))) pieces.push_back(record);
+  BOOST_TEST(fs::exists(staging / "rank_00001.h5"));
+  const fs::path saved = store.commit(5, pieces, {{"tokens_seen", 9}});
+  BOOST_TEST(verify_checkpoint(saved));
+  NamedTensors into = sample_state(0.0f);
+  BOOST_TEST(load_checkpoint(saved, into).at("tokens_seen").get<int>() == 9);
+  for (size_t i = 0; i < into.size(); ++i) BOOST_TEST(torch::equal(into[i].second, state[i].second), into[i].first);
+  BOOST_TEST(torch::equal(read_checkpoint_tensor(saved, "model/w"), state[0].second));
+  BOOST_TEST(checkpoint_tensor_names(saved).size() == state.size());
+
+  // Rank 1's pieces missing: nothing is committed, and the earlier checkpoint stays.
+  const fs::path retry = store.begin(6);
+  const auto only_rank0 = write_rank_file(prepare_rank_file(retry, 0, 6, held_by(0)));
+  try {
+    store.commit(6, only_rank0, {});
+    BOOST_FAIL("a checkpoint missing half of its values was committed");
+  } catch (const std::runtime_error& e) {
+    BOOST_TEST(std::string(e.what()).find("of the") != std::string::npos, e.what());
+  }
+  store.abandon(6);
+  BOOST_TEST(!fs::exists(retry));
+  BOOST_TEST(store.committed().size() == 1u);
+  BOOST_TEST((store.latest_valid() == saved));
 }
