@@ -19,7 +19,7 @@ void install_stop_handlers();
 // cheap to read.
 int stop_signal();
 
-// The signal's name, e.g. "SIGUSR1".
+// The signal's name, e.g. "SIGUSR1"; "a signal" for one it does not know.
 const char* signal_name(int signal);
 
 }  // namespace ftrain::launch
