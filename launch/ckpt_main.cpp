@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/checkpoint.h"
 #include "launch/ckpt_tool.h"
 
 namespace fs = std::filesystem;
@@ -108,10 +109,8 @@ int list(const std::vector<std::string>& args) {
                              : "there is no committed checkpoint ('latest' is missing)";
   else if (latest->state == CheckpointState::corrupt)
     problem = latest->path.filename().string() + " is CORRUPT: " + latest->problem;
-  else if (latest->state == CheckpointState::committed) {
-    const auto verified = ftrain::launch::verify_checkpoint_fully(latest->path, {});
-    if (!verified.ok) problem = latest->path.filename().string() + " is not valid: " + verified.problem;
-  }
+  else if (latest->state == CheckpointState::committed && !ftrain::launch::verify_checkpoint(latest->path, &problem))
+    problem = latest->path.filename().string() + " is CORRUPT: " + problem;
   if (problem.empty()) return 0;
   std::cerr << "ftrain-ckpt: --strict: in " << listing.directory.string() << ", " << problem << "\n";
   return kProblem;

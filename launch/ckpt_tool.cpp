@@ -121,6 +121,11 @@ fs::path without_trailing_separator(const fs::path& path) {
   return normal;
 }
 
+// A path of the stored configuration (not one given by a flag) that is not there.
+struct StoredPathMissing : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // The model a checkpoint was saved from, rebuilt unsplit on the CPU from its stored
 // configuration, with fresh weights (every parameter is then loaded from the checkpoint,
 // so model.path needs only its config.json).
@@ -152,18 +157,25 @@ CheckpointModel build_model(const fs::path& checkpoint, const ModelSources& sour
     if (fs::path(path).is_relative()) text += ", a relative path: run from the directory the run started in";
     return text;
   };
+  // A stored path that is gone is a StoredPathMissing; one given by flag is an error.
+  auto require = [](bool found, bool stored, const std::string& what) {
+    if (found) return;
+    if (stored) throw StoredPathMissing(what);
+    throw std::runtime_error(what);
+  };
   const fs::path model_dir = config.model.path;
+  const bool model_stored = sources.model_path.empty();
   const std::string model_origin = origin(sources.model_path, "model.path", "--model-path", config.model.path);
-  if (!fs::is_directory(model_dir))
-    throw std::runtime_error(config.model.path + ": model directory not found (" + model_origin +
-                             "); its config.json and tokenizer are needed: give --model-path DIR");
-  if (!fs::is_regular_file(model_dir / "config.json"))
-    throw std::runtime_error((model_dir / "config.json").string() + ": not found (" + model_origin +
-                             "); give --model-path DIR with the model's config.json and tokenizer");
+  require(fs::is_directory(model_dir), model_stored,
+          config.model.path + ": model directory not found (" + model_origin +
+              "); its config.json and tokenizer are needed: give --model-path DIR");
+  require(fs::is_regular_file(model_dir / "config.json"), model_stored,
+          (model_dir / "config.json").string() + ": not found (" + model_origin +
+              "); give --model-path DIR with the model's config.json and tokenizer");
   const std::string data_origin = origin(sources.data_path, "data.path", "--data-path", config.data.path);
-  if (!fs::is_regular_file(config.data.path))
-    throw std::runtime_error(config.data.path + ": dataset not found (" + data_origin +
-                             "); it gives the task and the label names: give --data-path FILE");
+  require(fs::is_regular_file(config.data.path), sources.data_path.empty(),
+          config.data.path + ": dataset not found (" + data_origin +
+              "); it gives the task and the label names: give --data-path FILE");
   const data::DatasetInfo dataset = data::read_dataset_info(config.data.path);
 
   const json model_meta = out.meta.value("model", json::object());
@@ -340,9 +352,12 @@ VerifyReport verify_checkpoint_fully(const fs::path& checkpoint, const ModelSour
   CheckpointModel model;
   try {
     model = build_model(checkpoint, sources);
+  } catch (const StoredPathMissing& e) {
+    // Without the model's files the checksums still stand.
+    report.unmatched_reason = e.what();
+    return report;
   } catch (const std::exception& e) {
-    // Without the model's files the checksums still stand; with files asked for by name
-    // that do not fit, the answer is no.
+    // Files asked for by flag must fit the checkpoint.
     if (!sources.model_path.empty() || !sources.data_path.empty()) {
       report.ok = false;
       report.problem = e.what();
