@@ -178,6 +178,23 @@ def test_classifier_export_loads_like_final_with_label_names(workspace):
     assert AutoTokenizer.from_pretrained(exported)("w1 w2").input_ids == [2, 6, 7, 3]
 
 
+def test_a_tensor_parallel_run_exports_unsplit(workspace):
+    # Checkpoints hold global shapes, so the export builds the whole model whatever dist.tp was.
+    run = workspace["root"] / "tp_run"
+    job = run_ftrain(2, *as_options({"run.dir": run, "model.path": workspace["gpt2"], "data.path": workspace["corpus"],
+                                     "data.micro_batch_size": 2, "train.global_batch_size": 4, "train.steps": 2,
+                                     "train.eval_every": 0, "optim.warmup_steps": 0, "dist.tp": 2}))
+    assert "tp 2 x dp 1" in job.stdout
+    exported = workspace["root"] / "exports" / "tp_step2"
+    result = ckpt("export", step_dir(run, 2), exported)
+    assert result.returncode == 0, result.stderr
+    final = load_file(run / "final" / "model.safetensors")
+    weights = load_file(exported / "model.safetensors")
+    assert weights.keys() == final.keys()
+    for name in final:
+        assert torch.equal(weights[name], final[name]), name
+
+
 def largest_file(directory):
     return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
