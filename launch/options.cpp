@@ -165,6 +165,17 @@ std::vector<Section> describe(Config& c) {
   return sections;
 }
 
+// Every option with its final value, as INI text that parse_config_text reads back.
+std::string resolved_ini(const std::vector<Section>& sections) {
+  std::ostringstream ini;
+  ini << "# resolved ftrain configuration\n";
+  for (const auto& section : sections) {
+    section.print_ini(ini);
+    ini << "\n";
+  }
+  return ini.str();
+}
+
 void require_positive(const std::string& key, double value) {
   if (!(value > 0)) fail(key, "must be > 0, got " + to_text(value));
 }
@@ -319,15 +330,30 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
   }
 
   config.validate();
-
-  std::ostringstream ini;
-  ini << "# resolved ftrain configuration\n";
-  for (const auto& section : sections) {
-    section.print_ini(ini);
-    ini << "\n";
-  }
-  config.resolved_ini = ini.str();
+  config.resolved_ini = resolved_ini(sections);
   return true;
+}
+
+Config parse_config_text(const std::string& ini, const std::string& source) {
+  Config config;
+  std::vector<Section> sections = describe(config);
+  po::options_description all("ftrain options", kHelpWidth, kHelpWidth / 2);
+  for (const auto& section : sections) all.add(section.options());
+  po::variables_map values;
+  std::istringstream text(ini);
+  try {
+    po::store(po::parse_config_file(text, all, /*allow_unregistered=*/false), values);
+    po::notify(values);
+  } catch (const po::error& e) {
+    throw std::runtime_error(source + ": " + e.what());
+  }
+  try {
+    config.validate();
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(source + ": " + e.what());
+  }
+  config.resolved_ini = resolved_ini(sections);
+  return config;
 }
 
 }  // namespace ftrain::launch

@@ -98,6 +98,11 @@ struct Config {
 // or file for any unknown key, malformed value or inconsistent combination.
 bool parse_config(int argc, const char* const* argv, Config& config, std::string& help_out);
 
+// Builds a Config from INI text alone, such as the resolved configuration every
+// checkpoint stores, with parse_config's keys, checks and errors; `source` names the
+// text in them (a checkpoint directory, say).
+Config parse_config_text(const std::string& ini, const std::string& source);
+
 // Layout-dependent checks that need the world size (global batch divisibility).
 void validate_for_layout(const Config& config, int dp_size);
 

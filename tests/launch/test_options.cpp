@@ -158,3 +158,25 @@ BOOST_AUTO_TEST_CASE(shipped_configs_are_valid) {
   }
   BOOST_TEST(seen >= 4);
 }
+
+BOOST_AUTO_TEST_CASE(resolved_ini_reads_back_as_the_same_config) {
+  // What a checkpoint stores is enough to rebuild the run's configuration.
+  auto ini = write_ini("resolved", kMinimal + "[train]\nsteps = 7\ntest_split =\n[checkpoint]\nexport_hf = false\n");
+  Config original;
+  BOOST_REQUIRE(parse({"--config", ini.string(), "--optim.lr=2e-4"}, original));
+  const Config rebuilt = ftrain::launch::parse_config_text(original.resolved_ini, "checkpoint step_7");
+  BOOST_TEST(rebuilt.resolved_ini == original.resolved_ini);
+  BOOST_TEST(rebuilt.train.steps == 7);
+  BOOST_TEST(rebuilt.train.test_split.empty());
+  BOOST_TEST(!rebuilt.checkpoint.export_hf);
+  BOOST_TEST(rebuilt.optim.lr == 2e-4);
+
+  std::string error;
+  try {
+    ftrain::launch::parse_config_text(original.resolved_ini + "[train]\nbogus = 1\n", "checkpoint step_7");
+  } catch (const std::runtime_error& e) {
+    error = e.what();
+  }
+  BOOST_TEST(error.find("checkpoint step_7") != std::string::npos);
+  BOOST_TEST(error.find("train.bogus") != std::string::npos);
+}
