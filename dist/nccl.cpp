@@ -4,6 +4,11 @@
 // collective is ordered after the caller's current stream (event), runs on the group's
 // stream, and the caller's stream then waits for it (event), so the caller sees the
 // result in stream order without blocking the host.
+//
+// NCCL reports some failures only asynchronously (a peer that died, a broken network
+// link): a collective then never completes and the host would wait on it forever. A
+// thread per communicator polls ncclCommGetAsyncError; on an error it prints it, naming
+// the rank and group, aborts the communicator and ends the job.
 #include "dist/nccl.h"
 
 #include <nccl.h>
@@ -14,8 +19,15 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
+
+#include "dist/mpi_session.h"
 
 namespace ftrain::dist::detail {
 
@@ -87,9 +99,18 @@ class NcclCollectives final : public DeviceCollectives {
     }
     c10::cuda::CUDAGuard guard(device_.index());
     check(ncclCommInitRank(&comm_, size, message.id, rank), "nccl init");
+    monitor_ = std::thread([this] { watch_for_async_errors(); });
   }
 
   ~NcclCollectives() override {
+    if (monitor_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(monitor_mutex_);
+        stopping_ = true;
+      }
+      monitor_wake_.notify_all();
+      monitor_.join();
+    }
     if (comm_ == nullptr) return;
     // Work queued on the stream must finish before its communicator goes away.
     c10::cuda::CUDAGuard guard(device_.index());
@@ -173,10 +194,32 @@ class NcclCollectives final : public DeviceCollectives {
     done.block(current);
   }
 
+  // Polls every 100 ms until the destructor stops it. Exit status 4: an NCCL failure.
+  void watch_for_async_errors() {
+    std::unique_lock<std::mutex> lock(monitor_mutex_);
+    while (!monitor_wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopping_; })) {
+      ncclResult_t state = ncclSuccess;
+      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess || state == ncclSuccess || state == ncclInProgress)
+        continue;
+      std::string message = "ftrain: error on " + who_ + ": NCCL asynchronous error: " + ncclGetErrorString(state);
+      const char* detail = ncclGetLastError(comm_);
+      if (detail != nullptr && *detail != '\0') message += " (" + std::string(detail) + ")";
+      message += "; aborting the job\n";
+      std::fwrite(message.data(), 1, message.size(), stderr);
+      std::fflush(stderr);
+      ncclCommAbort(comm_);
+      abort_job(4);
+    }
+  }
+
   c10::Device device_;
   std::string who_;
   c10::cuda::CUDAStream stream_;
   ncclComm_t comm_ = nullptr;
+  std::thread monitor_;
+  std::mutex monitor_mutex_;
+  std::condition_variable monitor_wake_;
+  bool stopping_ = false;
 };
 
 }  // namespace
