@@ -178,7 +178,18 @@ def test_kill_9_of_a_rank_mid_step_ends_the_job_and_resumes_exactly(workspace):
     saved = committed_steps(run_dir)
     assert saved[:2] == [EVERY, 2 * EVERY], saved
     assert_intact(run_dir, saved)
+    other_layout = workspace["root"] / "killed_resumed_zero3"
+    shutil.copytree(run_dir, other_layout)
     resume_and_compare(workspace, run_dir, saved[-1])
+
+    # Onto another layout (ZeRO-3: parameters and moments sharded, same data-parallel
+    # ranks, so the same dropout masks): equal within float rounding.
+    resumed = run(workspace, other_layout, **{"run.resume": "auto", "dist.zero": 3})
+    assert f"at step {saved[-1]}" in resumed.stdout
+    got = losses(other_layout)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(saved[-1] + 1, STEPS + 1):
+        assert got[step] == pytest.approx(workspace["reference_losses"][step], rel=1e-5), f"step {step}"
 
 
 def test_kill_during_a_checkpoint_write_leaves_it_uncommitted(workspace):
