@@ -623,6 +623,86 @@ std::optional<fs::path> CheckpointStore::latest_valid() const {
 // ---------------------------------------------------------------------------------
 // Reading
 
+struct CheckpointReader::State {
+  Index index;
+  RankFiles files;
+  explicit State(const fs::path& checkpoint) : index(read_index(checkpoint)), files(checkpoint) {}
+};
+
+CheckpointReader::CheckpointReader(const fs::path& checkpoint) : state_(std::make_unique<State>(checkpoint)) {}
+CheckpointReader::~CheckpointReader() = default;
+
+const json& CheckpointReader::meta() const { return state_->index.meta; }
+
+bool CheckpointReader::contains(const std::string& name) const { return state_->index.by_name.count(name) > 0; }
+
+void CheckpointReader::read_into(const std::string& name, at::Tensor& part, int64_t split_dim, const at::Tensor& index) {
+  const Index& checkpoint = state_->index;
+  const std::string where = (checkpoint.dir / kIndexFile).string() + ": tensor '" + name + "'";
+  auto found = checkpoint.by_name.find(name);
+  if (found == checkpoint.by_name.end()) throw std::runtime_error(where + " is missing");
+  const json& entry = checkpoint.tensors[found->second];
+  const at::ScalarType stored = dtype_named(entry.at("dtype"), where);
+  if (!part.device().is_cpu()) throw std::invalid_argument(where + ": read into a CPU tensor");
+  if (stored != part.scalar_type())
+    throw std::runtime_error(where + " is stored as " + c10::toString(stored) + ", the model expects " +
+                             c10::toString(part.scalar_type()));
+  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+  const int64_t dims = static_cast<int64_t>(shape.size());
+  torch::NoGradGuard no_grad;
+  if (split_dim < 0) {
+    if (part.sizes().vec() != shape)
+      throw std::runtime_error(where + " has shape " + c10::str(at::IntArrayRef(shape)) + ", the model expects " +
+                               c10::str(part.sizes()));
+    read_tensor(state_->files, checkpoint, entry, &part);
+    return;
+  }
+
+  // A part: the entries of `index` along split_dim, everything along the other dimension.
+  bool shape_fits = split_dim < dims && part.dim() == dims;
+  for (int64_t d = 0; shape_fits && d < dims; ++d)
+    shape_fits = d == split_dim ? part.size(d) == index.numel() : part.size(d) == shape[d];
+  if (!shape_fits)
+    throw std::runtime_error(where + " of shape " + c10::str(at::IntArrayRef(shape)) + " cannot fill a part of shape " +
+                             c10::str(part.sizes()) + " split along dimension " + std::to_string(split_dim));
+  const at::Tensor wanted = index.to(at::kCPU).to(at::kLong).contiguous();
+  const int64_t* global = wanted.data_ptr<int64_t>();
+  int64_t wanted_rows = 0;
+  for (int64_t i = 0; i < wanted.numel(); ++i) {
+    if (global[i] >= shape[split_dim]) throw std::runtime_error(where + ": an index lies beyond its shape");
+    wanted_rows += global[i] >= 0;
+  }
+  const int64_t across = dims == 1 ? 1 : shape[1 - split_dim];  // extent of the other dimension
+  int64_t covered = 0;
+  for (const json& piece : entry.at("pieces")) {
+    const auto offset = piece.at("offset").get<std::vector<int64_t>>();
+    const auto extent = piece.at("shape").get<std::vector<int64_t>>();
+    if (static_cast<int64_t>(offset.size()) != dims || static_cast<int64_t>(extent.size()) != dims)
+      throw std::runtime_error(where + ": a piece has the wrong number of dimensions");
+    std::vector<int64_t> local, within;  // positions in the part, and in the piece, along split_dim
+    for (int64_t i = 0; i < wanted.numel(); ++i)
+      if (global[i] >= offset[split_dim] && global[i] < offset[split_dim] + extent[split_dim]) {
+        local.push_back(i);
+        within.push_back(global[i] - offset[split_dim]);
+      }
+    if (local.empty()) continue;  // no need to read it
+    at::Tensor values = read_piece(state_->files, checkpoint.dir, piece, stored, name);
+    at::Tensor target = part;
+    if (dims == 2) {
+      const int64_t other = 1 - split_dim;
+      if (offset[other] < 0 || offset[other] + extent[other] > shape[other])
+        throw std::runtime_error(where + ": a piece lies outside the tensor");
+      target = target.narrow(other, offset[other], extent[other]);
+    }
+    target.index_copy_(split_dim, torch::tensor(local, torch::kLong),
+                       values.index_select(split_dim, torch::tensor(within, torch::kLong)));
+    covered += static_cast<int64_t>(local.size()) * (dims == 2 ? extent[1 - split_dim] : 1);
+  }
+  if (covered != wanted_rows * across)
+    throw std::runtime_error(where + ": its pieces hold " + std::to_string(covered) + " of the " +
+                             std::to_string(wanted_rows * across) + " values this rank needs (incomplete checkpoint)");
+}
+
 bool verify_checkpoint(const fs::path& checkpoint, std::string* problem) {
   try {
     const Index index = read_index(checkpoint);
@@ -636,32 +716,19 @@ bool verify_checkpoint(const fs::path& checkpoint, std::string* problem) {
 }
 
 json load_checkpoint(const fs::path& checkpoint, const NamedTensors& into) {
-  const Index index = read_index(checkpoint);
-  const std::string where = (checkpoint / kIndexFile).string();
-  RankFiles files(checkpoint);
+  CheckpointReader reader(checkpoint);
   torch::NoGradGuard no_grad;
   for (const auto& [name, target] : into) {
-    auto found = index.by_name.find(name);
-    if (found == index.by_name.end()) throw std::runtime_error(where + ": tensor '" + name + "' is missing");
-    const json& entry = index.tensors[found->second];
-    const at::ScalarType stored = dtype_named(entry.at("dtype"), where + ": tensor '" + name + "'");
-    if (stored != target.scalar_type())
-      throw std::runtime_error(where + ": tensor '" + name + "' is stored as " + c10::toString(stored) +
-                               ", the model expects " + c10::toString(target.scalar_type()));
-    const auto shape = entry.at("shape").get<std::vector<int64_t>>();
-    if (target.sizes().vec() != shape)
-      throw std::runtime_error(where + ": tensor '" + name + "' has shape " + c10::str(at::IntArrayRef(shape)) +
-                               ", the model expects " + c10::str(target.sizes()));
     at::Tensor destination = target;
     if (destination.is_contiguous() && destination.device().is_cpu()) {
-      read_tensor(files, index, entry, &destination);
+      reader.read_into(name, destination);
     } else {
-      at::Tensor staged = torch::empty(shape, destination.options().device(at::kCPU));
-      read_tensor(files, index, entry, &staged);
+      at::Tensor staged = torch::empty(destination.sizes(), destination.options().device(at::kCPU));
+      reader.read_into(name, staged);
       destination.copy_(staged);
     }
   }
-  return index.meta;
+  return reader.meta();
 }
 
 at::Tensor read_checkpoint_tensor(const fs::path& checkpoint, const std::string& name) {

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -109,6 +110,33 @@ class CheckpointStore {
 
   std::filesystem::path directory_;
   int64_t keep_;
+};
+
+// Reads a committed checkpoint a tensor at a time, each rank only the parts it needs:
+// only the pieces that overlap the part asked for are read, and each piece read is
+// checked against its crc32. Not thread-safe.
+class CheckpointReader {
+ public:
+  // Opens the index; throws std::runtime_error naming the file when the checkpoint is
+  // not committed, its index is unreadable or of another format version.
+  explicit CheckpointReader(const std::filesystem::path& checkpoint);
+  ~CheckpointReader();
+  CheckpointReader(const CheckpointReader&) = delete;
+  CheckpointReader& operator=(const CheckpointReader&) = delete;
+
+  const nlohmann::json& meta() const;
+  bool contains(const std::string& name) const;
+
+  // Fills `part` (a CPU tensor of the stored dtype) with this rank's part of tensor
+  // `name`: with split_dim -1 the whole tensor (part has the global shape); otherwise,
+  // along split_dim, the global indices `index` (int64, one per entry of part along
+  // that dimension; -1 entries are left as they are) and all of every other dimension.
+  // Throws std::runtime_error naming the file, tensor and piece on any mismatch.
+  void read_into(const std::string& name, at::Tensor& part, int64_t split_dim = -1, const at::Tensor& index = {});
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 // Reads a committed checkpoint: its metadata, and each requested tensor assembled from

@@ -12,6 +12,7 @@
 #include <thread>
 #include <cstring>
 #include <map>
+#include <sstream>
 
 #include "data/streaming_loader.h"
 #include "dist/grad_reducer.h"
@@ -168,37 +169,21 @@ class Trainer {
     }
   }
 
-  // Every parameter (and with_optimizer, its AdamW moments) in its global shape, as
-  // checkpoints store them whatever the layout: ZeRO shards gathered over the
-  // data-parallel group, tensor-parallel parts over the tensor-parallel group. Names
-  // "model/<param>", "optim/exp_avg/<param>", "optim/exp_avg_sq/<param>". Collective.
-  NamedTensors global_state(bool with_optimizer) {
-    struct Part {
-      std::string key, param;
-      at::Tensor local;  // this tensor-parallel rank's part, whole over data-parallel ranks
-    };
-    std::vector<Part> parts;
+  // Every parameter in its global shape, on every rank, for the final export: ZeRO-3
+  // shards gathered over the data-parallel group, tensor-parallel parts over the
+  // tensor-parallel group. Collective.
+  NamedTensors gathered_parameters() {
+    NamedTensors local;
     if (zero3()) {
       // Between uses a rank holds only its shards of the parameters.
       std::vector<at::Tensor> shards;
       for (const auto& slice : zero_->local_slices()) shards.push_back(slice.param);
-      for (auto& [name, t] : zero_->gather_state(shards)) parts.push_back({"model/" + name, name, t});
+      local = zero_->gather_state(shards);
     } else {
-      for (auto& [name, p] : named_params_) parts.push_back({"model/" + name, name, p.detach()});
-    }
-    if (with_optimizer) {
-      if (zero_) {
-        for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avgs()))
-          parts.push_back({"optim/exp_avg/" + name, name, t});
-        for (auto& [name, t] : zero_->gather_state(optimizer_->exp_avg_sqs()))
-          parts.push_back({"optim/exp_avg_sq/" + name, name, t});
-      } else {
-        for (auto& [key, t] : optimizer_->named_state())
-          parts.push_back({"optim/" + key, key.substr(key.find('/') + 1), t});
-      }
+      for (auto& [name, p] : named_params_) local.emplace_back(name, p.detach());
     }
     NamedTensors out;
-    for (Part& part : parts) out.emplace_back(part.key, plan_.gather(part.param, part.local, comm_.tp()));
+    for (auto& [name, t] : local) out.emplace_back(name, plan_.gather(name, t, comm_.tp()));
     return out;
   }
 
@@ -258,55 +243,76 @@ class Trainer {
     return out;
   }
 
-  // Loads what global_state() saved from `checkpoint` and keeps this rank's part of
-  // each tensor, whatever the layout that wrote it. Returns the metadata.
-  json load_global_state(const fs::path& checkpoint, bool with_optimizer) {
-    NamedTensors into;
-    std::vector<at::Tensor> params, exp_avgs, exp_avg_sqs;  // global shapes, named_params_ order
-    for (auto& [name, p] : named_params_) {
-      const auto shape = plan_.global_shape(name, p);
-      params.push_back(torch::zeros(shape, p.options().requires_grad(false)));
-      into.emplace_back("model/" + name, params.back());
-      if (!with_optimizer) continue;
-      exp_avgs.push_back(torch::zeros(shape, p.options().dtype(torch::kFloat32).requires_grad(false)));
-      exp_avg_sqs.push_back(torch::zeros(shape, p.options().dtype(torch::kFloat32).requires_grad(false)));
-      into.emplace_back("optim/exp_avg/" + name, exp_avgs.back());
-      into.emplace_back("optim/exp_avg_sq/" + name, exp_avg_sqs.back());
-    }
-    json meta = load_checkpoint(checkpoint, into);
+  // Reads this rank's part of every parameter (and with_optimizer, AdamW moment) from
+  // `checkpoint`, whatever the layout that wrote it: its tensor-parallel part, and under
+  // ZeRO only its flat range of that. Only the checkpoint's pieces that overlap are read,
+  // each checked against its checksum. Returns the metadata. No communication, so a
+  // rank that fails here cannot leave the others inside a collective.
+  json read_state(const fs::path& checkpoint, bool with_optimizer) {
+    CheckpointReader reader(checkpoint);
     torch::NoGradGuard no_grad;
-    auto to_local = [&](std::vector<at::Tensor>& full) {
-      for (size_t i = 0; i < full.size(); ++i) full[i] = plan_.shard(named_params_[i].first, full[i]);
+    std::map<std::string, size_t> index;
+    for (size_t i = 0; i < named_params_.size(); ++i) index[named_params_[i].first] = i;
+    // This rank's tensor-parallel part of tensor `key` of parameter `name`, on the CPU.
+    auto part_of = [&](const std::string& key, const std::string& name, c10::ScalarType dtype) {
+      const at::Tensor& param = named_params_[index.at(name)].second;
+      at::Tensor part = torch::zeros(param.sizes(), torch::TensorOptions().dtype(dtype));
+      auto split = plan_.sharded.find(name);
+      if (split == plan_.sharded.end())
+        reader.read_into(key, part);
+      else
+        reader.read_into(key, part, split->second.dim, split->second.index);
+      return part;
     };
-    to_local(params);
+    auto flat_range = [](const at::Tensor& part, const dist::ZeroSharding::Slice& slice) {
+      return part.reshape(-1).narrow(0, slice.param_offset, slice.param.numel());
+    };
     if (zero_) {
-      auto mine = zero_->shard_state(params);
+      for (const auto& slice : zero_->local_slices())
+        slice.param.copy_(flat_range(part_of("model/" + slice.name, slice.name, slice.param.scalar_type()), slice));
+    } else {
+      for (auto& [name, p] : named_params_) p.detach().copy_(part_of("model/" + name, name, p.scalar_type()));
+    }
+    if (!with_optimizer) return reader.meta();
+    if (zero_) {
       const auto& slices = zero_->local_slices();
-      for (size_t k = 0; k < slices.size(); ++k) slices[k].param.copy_(mine[k]);
-      zero_->gather_parameters();
-    } else {
-      for (size_t i = 0; i < params.size(); ++i) named_params_[i].second.detach().copy_(params[i]);
-    }
-    if (!with_optimizer) return meta;
-    to_local(exp_avgs);
-    to_local(exp_avg_sqs);
-    if (zero_) {
-      auto mine = zero_->shard_state(exp_avgs);
-      auto mine_sq = zero_->shard_state(exp_avg_sqs);
-      auto states = optimizer_->exp_avgs();
-      auto states_sq = optimizer_->exp_avg_sqs();
-      for (size_t k = 0; k < states.size(); ++k) {
-        states[k].copy_(mine[k]);
-        states_sq[k].copy_(mine_sq[k]);
+      auto exp_avgs = optimizer_->exp_avgs();
+      auto exp_avg_sqs = optimizer_->exp_avg_sqs();
+      for (size_t k = 0; k < slices.size(); ++k) {
+        exp_avgs[k].copy_(flat_range(part_of("optim/exp_avg/" + slices[k].name, slices[k].name, torch::kFloat32), slices[k]));
+        exp_avg_sqs[k].copy_(
+            flat_range(part_of("optim/exp_avg_sq/" + slices[k].name, slices[k].name, torch::kFloat32), slices[k]));
       }
     } else {
-      std::map<std::string, size_t> index;
-      for (size_t i = 0; i < named_params_.size(); ++i) index[named_params_[i].first] = i;
-      for (auto& [key, t] : optimizer_->named_state()) {
-        const size_t i = index.at(key.substr(key.find('/') + 1));
-        t.copy_(key.rfind("exp_avg_sq/", 0) == 0 ? exp_avg_sqs[i] : exp_avgs[i]);
-      }
+      for (auto& [key, t] : optimizer_->named_state())
+        t.copy_(part_of("optim/" + key, key.substr(key.find('/') + 1), t.scalar_type()));
     }
+    return reader.meta();
+  }
+
+  // Collective: read_state on every rank, then agreement. Returns the metadata, or
+  // nothing with `problem` set (the same on every rank, naming each failed rank) when any
+  // rank could not read its part; the model may then hold parts of the checkpoint, so
+  // load another one or stop.
+  std::optional<json> load_state(const fs::path& checkpoint, bool with_optimizer, std::string& problem) {
+    json meta;
+    std::string error;
+    try {
+      meta = read_state(checkpoint, with_optimizer);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    const int64_t failed = comm_.world().all_reduce(static_cast<int64_t>(error.empty() ? 0 : 1), dist::ReduceOp::Sum);
+    if (failed > 0) {
+      const auto errors = comm_.world().gather(error, 0);
+      std::string message;
+      for (size_t r = 0; r < errors.size(); ++r)
+        if (!errors[r].empty()) message += (message.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": " + errors[r]);
+      problem = comm_.world().broadcast(message, 0);
+      return std::nullopt;
+    }
+    // ZeRO: every rank filled only its shard; make the parameters whole again.
+    if (zero_) zero_->gather_parameters();
     return meta;
   }
 
@@ -321,24 +327,25 @@ class Trainer {
                                "/config.json); the data was tokenized for another model");
   }
 
-  // Every rank must agree on the checkpoint: rank 0 chooses (and verifies) it and
-  // tells the others, which then only load it (loading checks the checksums of what
-  // it reads). Per-rank choices could differ on a shared filesystem with stale caches.
-  std::optional<fs::path> choose_checkpoint() {
-    std::string chosen;
+  // The checkpoints to try, newest first: with run.resume=auto every committed one, else
+  // the one named. Rank 0 lists them and tells the others, so that every rank tries the
+  // same ones (per-rank listings could differ on a shared filesystem with stale caches).
+  std::vector<fs::path> resume_candidates() {
+    std::string listed;
     if (rank0()) {
       if (config_.run.resume == "auto") {
-        if (auto latest = store_->latest_valid()) chosen = latest->string();
+        const auto all = store_->committed();
+        for (auto it = all.rbegin(); it != all.rend(); ++it) listed += it->string() + "\n";
       } else {
-        std::string problem;
-        if (!verify_checkpoint(config_.run.resume, &problem))
-          throw std::runtime_error(problem + " (run.resume)");
-        chosen = config_.run.resume;
+        listed = config_.run.resume + "\n";
       }
     }
-    chosen = broadcast_string(chosen);
-    if (chosen.empty()) return std::nullopt;
-    return fs::path(chosen);
+    listed = broadcast_string(listed);
+    std::vector<fs::path> out;
+    std::istringstream lines(listed);
+    for (std::string line; std::getline(lines, line);)
+      if (!line.empty()) out.emplace_back(line);
+    return out;
   }
 
   std::string broadcast_string(const std::string& text) {
@@ -375,14 +382,32 @@ class Trainer {
 
   void resume() {
     if (config_.run.resume == "none") return;
-    auto checkpoint = choose_checkpoint();
-    if (!checkpoint) {
+    const auto candidates = resume_candidates();
+    if (candidates.empty()) {
       if (rank0()) std::cout << "ftrain: no checkpoint in " << store_->directory().string() << "; starting fresh\n";
       return;
     }
-    // Parameters and optimizer state are stored per parameter with their global
-    // shapes, whatever the layout that wrote them, and cut into this rank's parts.
-    json meta = load_global_state(*checkpoint, /*with_optimizer=*/true);
+    // Parameters and optimizer state are stored with their global shapes, whatever the
+    // layout that wrote them; each rank reads its parts, checking every piece it reads.
+    // A checkpoint some rank cannot read is reported and the one before it is tried.
+    std::optional<fs::path> checkpoint;
+    json meta;
+    std::vector<std::string> problems;
+    for (const auto& candidate : candidates) {
+      std::string problem;
+      if (auto loaded = load_state(candidate, /*with_optimizer=*/true, problem)) {
+        checkpoint = candidate;
+        meta = std::move(*loaded);
+        break;
+      }
+      problems.push_back(candidate.string() + ": " + problem);
+      if (rank0()) std::cerr << "ftrain: skipping checkpoint " << problems.back() << "\n";
+    }
+    if (!checkpoint) {
+      std::string all;
+      for (const auto& problem : problems) all += "\n  " + problem;
+      throw std::runtime_error("no checkpoint could be loaded (run.resume = " + config_.run.resume + "):" + all);
+    }
     check_data_order(meta.at("data"), *checkpoint);
     step_ = meta.at("step").get<int64_t>();
     tokens_seen_ = meta.value("tokens_seen", int64_t{0});
@@ -606,7 +631,9 @@ class Trainer {
       if (!chosen.empty()) best = fs::path(chosen);
     }
     if (best && best_step_ != step_) {
-      load_global_state(*best, /*with_optimizer=*/false);
+      std::string problem;
+      if (!load_state(*best, /*with_optimizer=*/false, problem))
+        throw std::runtime_error("the best checkpoint cannot be loaded: " + problem);
       if (rank0())
         std::cout << "ftrain: finishing with the best model by validation " << eval_metric_ << ": "
                   << best->string() << "\n";
@@ -626,7 +653,7 @@ class Trainer {
     // A split or sharded model is written from its gathered full tensors (collective).
     NamedTensors full_parameters;
     if (config_.checkpoint.export_hf && (comm_.layout().tp_size > 1 || config_.zero.stage == 3))
-      for (auto& [key, t] : global_state(/*with_optimizer=*/false)) full_parameters.emplace_back(key.substr(6), t);
+      full_parameters = gathered_parameters();
     if (config_.checkpoint.export_hf && rank0()) {
       const fs::path final_dir = fs::path(config_.run.dir) / "final";
       task_->save(final_dir, model::ExistingDirectory::overwrite, full_parameters);

@@ -186,3 +186,60 @@ BOOST_AUTO_TEST_CASE(pieces_from_several_ranks_assemble_into_global_tensors) {
   BOOST_TEST(store.committed().size() == 1u);
   BOOST_TEST((store.latest_valid() == saved));
 }
+
+// A rank reads only its tensor-parallel part: the pieces that overlap it, whatever the
+// pieces the writers made. A damaged piece fails exactly the parts that need it.
+BOOST_AUTO_TEST_CASE(a_part_reads_only_the_pieces_it_overlaps) {
+  CheckpointStore store(fresh_dir("parts"), 2);
+  const at::Tensor global = torch::arange(48, torch::kFloat32).reshape({8, 6});
+  const at::Tensor bias = torch::arange(8, torch::kFloat32);
+  // Four writers of whole rows: rows 0-1, 2-3, 4-5, 6-7 are four pieces.
+  const fs::path staging = store.begin(1);
+  nlohmann::json pieces = nlohmann::json::array();
+  for (int rank = 0; rank < 4; ++rank) {
+    std::vector<HeldTensor> held;
+    for (const auto& [name, tensor] : NamedTensors{{"model/w", global}, {"model/b", bias}}) {
+      HeldTensor h;
+      h.name = name;
+      h.values = tensor;
+      h.global_shape = tensor.sizes().vec();
+      h.part_shape = h.global_shape;
+      h.writers = 4;
+      h.writer = rank;
+      held.push_back(h);
+    }
+    for (auto& record : write_rank_file(prepare_rank_file(staging, rank, 1, held))) pieces.push_back(record);
+  }
+  const fs::path saved = store.commit(1, pieces, {});
+
+  CheckpointReader reader(saved);
+  // Rows out of order with a padding entry, as a column-parallel part with vocabulary padding.
+  const at::Tensor rows = torch::tensor({5, 0, 1, -1}, torch::kLong);
+  at::Tensor part = torch::full({4, 6}, -7.0f);
+  reader.read_into("model/w", part, 0, rows);
+  BOOST_TEST(torch::equal(part.narrow(0, 0, 3), global.index_select(0, rows.narrow(0, 0, 3))));
+  BOOST_TEST(torch::equal(part[3], torch::full({6}, -7.0f)), "padding entries are left alone");
+  // Columns, as a row-parallel part.
+  at::Tensor columns = torch::zeros({8, 2});
+  reader.read_into("model/w", columns, 1, torch::tensor({4, 5}, torch::kLong));
+  BOOST_TEST(torch::equal(columns, global.narrow(1, 4, 2)));
+  at::Tensor bias_part = torch::zeros({3});
+  reader.read_into("model/b", bias_part, 0, torch::tensor({2, 3, 4}, torch::kLong));
+  BOOST_TEST(torch::equal(bias_part, bias.narrow(0, 2, 3)));
+  at::Tensor wrong = torch::zeros({4, 5});
+  BOOST_CHECK_THROW(reader.read_into("model/w", wrong, 0, rows), std::runtime_error);
+
+  // Damage rank 3's piece (rows 6-7): parts that avoid it still read, the others fail.
+  flip_bit_in_tensor_data(saved / "rank_00003.h5", global.narrow(0, 6, 2).contiguous());
+  CheckpointReader damaged(saved);
+  at::Tensor low = torch::zeros({4, 6});
+  damaged.read_into("model/w", low, 0, torch::tensor({0, 1, 2, 3}, torch::kLong));
+  BOOST_TEST(torch::equal(low, global.narrow(0, 0, 4)));
+  at::Tensor high = torch::zeros({2, 6});
+  try {
+    damaged.read_into("model/w", high, 0, torch::tensor({6, 7}, torch::kLong));
+    BOOST_FAIL("a damaged piece was read without complaint");
+  } catch (const std::runtime_error& e) {
+    BOOST_TEST(std::string(e.what()).find("rank_00003.h5") != std::string::npos, e.what());
+  }
+}
