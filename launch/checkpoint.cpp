@@ -453,7 +453,12 @@ fs::path CheckpointStore::final_directory(int64_t step) const { return directory
 fs::path CheckpointStore::begin(int64_t step) {
   const fs::path staging = staging_directory(step);
   fs::create_directories(directory_);
-  fs::remove_all(staging);
+  // Staging directories left by saves that never committed (the job died) are removed.
+  for (const auto& entry : fs::directory_iterator(directory_)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind("step_", 0) == 0 && entry.path().extension() == ".tmp")
+      fs::remove_all(entry.path());
+  }
   fs::create_directories(staging);
   return staging;
 }

@@ -77,7 +77,8 @@ class CheckpointStore {
   std::filesystem::path staging_directory(int64_t step) const;
   std::filesystem::path final_directory(int64_t step) const;
 
-  // Rank 0: makes an empty staging directory for `step` (removing one left behind).
+  // Rank 0: makes an empty staging directory for `step`, removing any staging
+  // directories left behind by saves that never committed.
   std::filesystem::path begin(int64_t step);
   // Rank 0, after every rank's write_rank_file returned: writes the index (`pieces`:
   // the records of all ranks; `meta`: the metadata) and commits the checkpoint: fsync,

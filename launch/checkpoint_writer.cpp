@@ -3,6 +3,7 @@
 #include <chrono>
 #include <exception>
 #include <stdexcept>
+#include <thread>
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -19,9 +20,7 @@ struct CheckpointWriter::InFlight {
 CheckpointWriter::CheckpointWriter(CheckpointStore& store, dist::Group& world, bool async)
     : store_(store), world_(world), async_(async) {}
 
-CheckpointWriter::~CheckpointWriter() {
-  if (in_flight_ && in_flight_->written.valid()) in_flight_->written.wait();
-}
+CheckpointWriter::~CheckpointWriter() = default;
 
 void CheckpointWriter::agree(bool ok, const std::string& error, const std::string& what, int64_t step) {
   const int64_t failed = world_.all_reduce(static_cast<int64_t>(ok ? 0 : 1), dist::ReduceOp::Sum);
@@ -64,7 +63,11 @@ void CheckpointWriter::start(int64_t step, const std::vector<HeldTensor>& held, 
 
   auto file = in_flight->file;
   if (async_) {
-    in_flight->written = std::async(std::launch::async, [file] { return write_rank_file(*file); });
+    // Detached, so that a job failing for another reason is not held up by a write
+    // that hangs (a stuck filesystem); the thread owns the host copies it reads.
+    std::packaged_task<json()> write([file] { return write_rank_file(*file); });
+    in_flight->written = write.get_future();
+    std::thread(std::move(write)).detach();
   } else {
     std::promise<json> done;
     try {

@@ -24,7 +24,8 @@ class CheckpointWriter {
  public:
   // async false: start() also writes, and the save is committed at the next poll().
   CheckpointWriter(CheckpointStore& store, dist::Group& world, bool async);
-  // Waits for a write in flight; commits nothing (an uncommitted checkpoint does not exist).
+  // Commits nothing and does not wait: a write in flight is left to finish on its own
+  // (an uncommitted checkpoint does not exist, and the next save removes its directory).
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -48,8 +49,8 @@ class CheckpointWriter {
 
  private:
   struct InFlight;
-  // Collective: true on every rank if `ok` on every rank; otherwise throws everywhere
-  // with the failed ranks' messages. Runs `cleanup` on rank 0 before throwing.
+  // Collective: returns if `ok` on every rank; otherwise rank 0 removes the staging
+  // directory and every rank throws with the failed ranks' messages.
   void agree(bool ok, const std::string& error, const std::string& what, int64_t step);
 
   CheckpointStore& store_;
