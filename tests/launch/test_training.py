@@ -251,10 +251,11 @@ def test_resume_skips_a_corrupt_newest_checkpoint(workspace):
     run_dir = workspace["root"] / "corrupt"
     run_ftrain(1, *base_args(workspace, run_dir, **{"checkpoint.every": 3, "run.exit_after_steps": 6,
                                                     "checkpoint.keep": 5}))
-    newest = run_dir / "checkpoints/step_00000006/state.h5"
+    # One rank wrote every piece; damage the token embedding's bytes.
+    newest = run_dir / "checkpoints/step_00000006/rank_00000.h5"
     blob = bytearray(newest.read_bytes())
     with h5py.File(newest, "r") as f:
-        offset = f["model/transformer.wte.weight"].id.get_offset()
+        offset = f["model/transformer.wte.weight/0"].id.get_offset()
     blob[offset + 100] ^= 0x20
     newest.write_bytes(bytes(blob))
     result = run_ftrain(1, *base_args(workspace, run_dir, **{"checkpoint.every": 3, "checkpoint.keep": 5}),
