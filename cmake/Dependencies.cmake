@@ -37,6 +37,16 @@ ftrain_require(Boost_FOUND "Boost.Program_options and Boost.Test"
 find_package(nlohmann_json 3.10 QUIET)
 ftrain_require(nlohmann_json_FOUND "nlohmann-json" "apt-get install nlohmann-json3-dev")
 
+# TensorBoard event files are protocol buffers (launch/tensorboard.proto): the library,
+# and protoc to compile the messages at build time.
+find_package(Protobuf 3 QUIET)
+set(FTRAIN_PROTOBUF_FOUND FALSE)
+if(Protobuf_FOUND AND Protobuf_PROTOC_EXECUTABLE AND TARGET protobuf::libprotobuf-lite)
+  set(FTRAIN_PROTOBUF_FOUND TRUE)
+endif()
+ftrain_require(FTRAIN_PROTOBUF_FOUND "Protocol Buffers (libprotobuf-lite and protoc)"
+  "apt-get install libprotobuf-dev protobuf-compiler")
+
 find_package(PkgConfig QUIET)
 if(PkgConfig_FOUND)
   pkg_check_modules(PCRE2 QUIET IMPORTED_TARGET libpcre2-8)

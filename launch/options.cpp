@@ -72,6 +72,9 @@ std::vector<Section> describe(Config& c) {
       .add("exit_after_steps", &c.run.exit_after_steps,
            "save and exit after this many steps in this process (0 = run to train.steps)")
       .add("threads", &c.run.threads, "intra-op CPU threads per rank (0 = cores / ranks on the node)")
+      .add("tensorboard", &c.run.tensorboard,
+           "rank 0 also writes the metrics of metrics.jsonl as TensorBoard event files to <run.dir>/tensorboard "
+           "(tensorboard --logdir <run.dir>/tensorboard)")
       .add("step_timeout", &c.run.step_timeout,
            "seconds one step, checkpoint save or evaluation may take before the watchdog aborts the whole job, "
            "naming the rank and the operation (a dead or hung rank otherwise stalls every other); 0 = never");

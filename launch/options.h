@@ -21,6 +21,7 @@ struct RunOptions {
   int64_t exit_after_steps = 0; // stop (with a checkpoint) after this many steps in this process; 0 = never
   int threads = 0;              // intra-op threads per rank; 0 = cores / ranks on the node
   double step_timeout = 1800;   // seconds a step (or save, or evaluation) may take before the job aborts; 0 = never
+  bool tensorboard = true;      // rank 0 also writes its metrics as TensorBoard event files to <dir>/tensorboard
   void validate() const;
 };
 

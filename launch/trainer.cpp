@@ -24,6 +24,7 @@
 #include "launch/precision.h"
 #include "launch/signals.h"
 #include "launch/task.h"
+#include "launch/tensorboard.h"
 #include "launch/watchdog.h"
 #include "model/activation_checkpoint.h"
 #include "model/safetensors.h"
@@ -47,18 +48,23 @@ std::string format_duration(double seconds) {
   return text;
 }
 
+// metrics.jsonl, and the same numbers as TensorBoard scalars when tensorboard_dir is set
+// (run.tensorboard).
 class MetricsLog {
  public:
-  explicit MetricsLog(const fs::path& path) : out_(path, std::ios::app) {
+  MetricsLog(const fs::path& path, const fs::path& tensorboard_dir) : out_(path, std::ios::app) {
     if (!out_) throw std::runtime_error(path.string() + ": cannot open for writing");
+    if (!tensorboard_dir.empty()) tensorboard_ = std::make_unique<TensorBoardWriter>(tensorboard_dir);
   }
   void write(const json& record) {
     out_ << record.dump() << "\n";
     out_.flush();
+    if (tensorboard_) tensorboard_->add_record(record);
   }
 
  private:
   std::ofstream out_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 
 class Trainer {
@@ -127,7 +133,8 @@ class Trainer {
     resume();
 
     if (rank0()) {
-      metrics_ = std::make_unique<MetricsLog>(fs::path(config_.run.dir) / "metrics.jsonl");
+      const fs::path dir = config_.run.dir;
+      metrics_ = std::make_unique<MetricsLog>(dir / "metrics.jsonl", config_.run.tensorboard ? dir / "tensorboard" : fs::path());
       print_banner();
     }
     return train();

@@ -16,6 +16,7 @@ apt_packages=(
   libhdf5-dev zlib1g-dev
   libboost-program-options-dev libboost-test-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev
+  libprotobuf-dev protobuf-compiler
   python3 python3-venv python3-dev
 )
 
