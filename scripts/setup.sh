@@ -17,6 +17,10 @@ apt_packages=(
   libboost-program-options-dev libboost-test-dev
   nlohmann-json3-dev libpcre2-dev libicu-dev
   python3 python3-venv python3-dev
+  # tests/slurm starts a one-node Slurm cluster of its own (nothing is configured or
+  # started system-wide: without /etc/slurm/slurm.conf the packages' services stay off).
+  # Slurm's mpi/pmix plugin loads libpmix.so at run time, which only libpmix-dev ships.
+  slurm-wlm munge libpmix-dev
 )
 
 missing=()
