@@ -6,7 +6,8 @@ these tests in a temporary directory and stopped after them.
   `--signal=B:USR1@...` sends before the time limit), passes the signal to every rank;
   ftrain saves and exits 75, the script requeues the job, and the second start
   (SLURM_RESTART_COUNT=1) resumes and completes with the losses of an uninterrupted run,
-  bit for bit, both with srun and with LAUNCHER=mpirun.
+  bit for bit, both with srun and with LAUNCHER=mpirun. Requeued by `scontrol requeue`
+  instead, the ranks save on Slurm's SIGTERM and the job resumes the same way.
 
 Needs root (munged runs as the munge user, slurmd as root) and Debian's slurm-wlm and
 munge, which scripts/setup.sh installs; skipped, saying why, where they are missing or
@@ -110,7 +111,6 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=5,bf_interval=5
 ReturnToService=2
-KillWait=5
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
@@ -269,11 +269,18 @@ def test_srun_pmix_starts_one_two_rank_job(cluster, workspace):
     assert sorted(losses(run_dir)) == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
-def test_batch_job_saves_on_usr1_requeues_and_resumes_exactly(cluster, workspace, launcher):
+# usr1: what --signal=B:USR1@... does before the time limit, SIGUSR1 to the batch shell
+# only; the script passes it on, sees 75 and requeues the job. requeue: what an
+# administrator's `scontrol requeue` or a pre-emption with PreemptMode=REQUEUE does,
+# SIGTERM to every process of the job (the batch shell included) and SIGKILL after
+# KillWait; the ranks save within it and Slurm requeues the job itself. Under mpirun
+# only the first saves: mpirun answers SIGTERM by killing the ranks.
+@pytest.mark.parametrize("launcher,preemption", [("srun", "usr1"), ("mpirun", "usr1"), ("srun", "requeue")],
+                         ids=["srun-usr1", "mpirun-usr1", "srun-scontrol-requeue"])
+def test_batch_job_is_preempted_saves_requeues_and_resumes_exactly(cluster, workspace, launcher, preemption):
     root = workspace["root"]
-    run_dir = root / f"sbatch_{launcher}"
-    log_pattern = root / f"sbatch_{launcher}-%j.log"
+    run_dir = root / f"sbatch_{launcher}_{preemption}"
+    log_pattern = root / f"sbatch_{launcher}_{preemption}-%j.log"
     # The repository's script with its #SBATCH lines overridden for one node of this
     # machine, without GPUs.
     submitted = cluster.slurm(
@@ -289,8 +296,10 @@ def test_batch_job_saves_on_usr1_requeues_and_resumes_exactly(cluster, workspace
         assert state in ("PENDING", "RUNNING"), f"the job ended before it was pre-empted: {state}\n{tail(log, 60)}"
         assert time.time() < deadline, f"no steps after {TIMEOUT} s:\n{tail(log, 60)}"
         time.sleep(0.05)
-    # What --signal=B:USR1@... does before the time limit: SIGUSR1 to the batch shell only.
-    cluster.slurm("scancel", "--signal=USR1", "--batch", job_id)
+    if preemption == "usr1":
+        cluster.slurm("scancel", "--signal=USR1", "--batch", job_id)
+    else:
+        cluster.slurm("scontrol", "requeue", job_id)
 
     # Requeued, it waits for its old credential to expire (cred_expire), then runs again.
     while (job := cluster.job(job_id))["JobState"] in ("PENDING", "CONFIGURING", "RUNNING", "REQUEUED",
@@ -303,11 +312,13 @@ def test_batch_job_saves_on_usr1_requeues_and_resumes_exactly(cluster, workspace
     # One log, appended to by both starts.
     text = log.read_text()
     assert "start 1 (SLURM_RESTART_COUNT=0)" in text and "start 2 (SLURM_RESTART_COUNT=1)" in text, text
-    stopped = re.search(r"received SIGUSR1: saved step (\d+); exiting with 75", text)
+    sent = "SIGUSR1" if preemption == "usr1" else "SIGTERM"
+    stopped = re.search(rf"received {sent}: saved step (\d+); exiting with 75", text)
     assert stopped, text
     stopped_at = int(stopped.group(1))
     assert 5 <= stopped_at < STEPS, "the signal should stop the run before its end"
-    assert f"requeueing job {job_id} (restart 1)" in text, text
+    if preemption == "usr1":
+        assert f"requeueing job {job_id} (restart 1)" in text, text
     assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in text, text
     assert "ftrain ended with exit status 0" in text, text
     assert job["ExitCode"] == "0:0"
