@@ -18,6 +18,10 @@ apt_packages=(
   nlohmann-json3-dev libpcre2-dev libicu-dev
   libprotobuf-dev protobuf-compiler
   python3 python3-venv python3-dev
+  # tests/slurm starts a one-node Slurm cluster of its own (nothing is configured or
+  # started system-wide: without /etc/slurm/slurm.conf the packages' services stay off).
+  # Slurm's mpi/pmix plugin loads libpmix.so at run time, which only libpmix-dev ships.
+  slurm-wlm munge libpmix-dev
 )
 
 missing=()

@@ -1,0 +1,334 @@
+"""ftrain under a real Slurm: a one-node cluster (munged, slurmctld, slurmd) started for
+these tests in a temporary directory and stopped after them.
+
+- `srun --mpi=pmix` starts a 2-rank job: Open MPI takes its world from Slurm's PMIx.
+- slurm/ftrain.sbatch, pre-empted with SIGUSR1 to its batch shell (what
+  `--signal=B:USR1@...` sends before the time limit), passes the signal to every rank;
+  ftrain saves and exits 75, the script requeues the job, and the second start
+  (SLURM_RESTART_COUNT=1) resumes and completes with the losses of an uninterrupted run,
+  bit for bit, both with srun and with LAUNCHER=mpirun. Requeued by `scontrol requeue`
+  instead, the ranks save on Slurm's SIGTERM and the job resumes the same way.
+
+Needs root (munged runs as the munge user, slurmd as root) and Debian's slurm-wlm and
+munge, which scripts/setup.sh installs; skipped, saying why, where they are missing or
+the daemons cannot start."""
+import ctypes
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
+from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus  # noqa: E402
+
+STEPS = 300
+DAEMONS = ("munged", "slurmctld", "slurmd")
+COMMANDS = ("srun", "sbatch", "scontrol", "scancel", "squeue", "sinfo")
+
+
+def program(name):
+    """The full path of a Slurm or munge program; the daemons live in /usr/sbin, which
+    not every PATH holds."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def terminate_with_parent():
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tail(path, lines=20):
+    path = Path(path)
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no file)"
+
+
+class Cluster:
+    """munged with a key of its own, slurmctld and slurmd on free ports, everything
+    (state, spool, logs, pid files, the munge socket) in temporary directories, so
+    neither a system Slurm nor a system munged is touched."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.processes = {}
+        # munged checks that its socket's directory is reachable by everyone and owned
+        # by its user, which pytest's private temporary directories are not.
+        self.munge_dir = Path(tempfile.mkdtemp(prefix="ftrain-munge-"))
+        munge = pwd.getpwnam("munge")
+        os.chmod(self.munge_dir, 0o755)
+        os.chown(self.munge_dir, munge.pw_uid, munge.pw_gid)
+        key = self.munge_dir / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        os.chmod(key, 0o600)
+        os.chown(key, munge.pw_uid, munge.pw_gid)
+        self.munge_socket = self.munge_dir / "munge.socket"
+        self.conf = self.root / "slurm.conf"
+        for folder in ("state", "spool"):
+            (self.root / folder).mkdir()
+        cpus = os.cpu_count()
+        # CPU binding (srun --cpu-bind) needs task/affinity; where this process may not
+        # use every CPU (a cpuset container) Slurm's CPU numbers would not be ours.
+        task_plugin = "task/affinity" if len(os.sched_getaffinity(0)) == cpus else "task/none"
+        self.conf.write_text(f"""\
+ClusterName=ftraintest
+SlurmctldHost=localhost
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# A requeued job waits for its old credential to expire before it starts again:
+# 10 s instead of the default 120 s.
+AuthInfo=socket={self.munge_socket},cred_expire=10
+StateSaveLocation={self.root}/state
+SlurmdSpoolDir={self.root}/spool
+SlurmctldPidFile={self.root}/slurmctld.pid
+SlurmdPidFile={self.root}/slurmd.pid
+SlurmctldLogFile={self.root}/slurmctld.log
+SlurmdLogFile={self.root}/slurmd.log
+MailProg=/bin/true
+MpiDefault=pmix
+ProctrackType=proctrack/linuxproc
+TaskPlugin={task_plugin}
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
+ReturnToService=2
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+""")
+        # The environment of every Slurm command and job: this cluster's config and none
+        # of the variables of a Slurm job the tests may themselves be running in.
+        self.env = {key: value for key, value in ENV.items()
+                    if not key.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_"))}
+        self.env["SLURM_CONF"] = str(self.conf)
+
+    def start_daemon(self, name, arguments, **options):
+        # A session of their own keeps Ctrl-C from them until stop() has cancelled the
+        # jobs; the parent-death signal ends them should pytest itself be killed.
+        log = open(self.root / f"{name}.out", "w")
+        self.processes[name] = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                start_new_session=True, preexec_fn=terminate_with_parent,
+                                                **options)
+        log.close()
+
+    def start(self):
+        munge = self.munge_dir
+        self.start_daemon("munged", [program("munged"), "--foreground", f"--socket={self.munge_socket}",
+                                     f"--key-file={munge}/munge.key", f"--pid-file={munge}/munged.pid",
+                                     f"--seed-file={munge}/munged.seed", f"--log-file={munge}/munged.log"],
+                          user="munge", group="munge", extra_groups=[])
+        self.wait_for(lambda: self.munge_socket.exists(), 10, "munged to create its socket")
+        self.start_daemon("slurmctld", [program("slurmctld"), "-D"])
+        self.start_daemon("slurmd", [program("slurmd"), "-D", "-N", "localhost"])
+        self.wait_for(lambda: self.slurm("sinfo", "-h", "-o", "%t", check=False).stdout.strip() == "idle", 60,
+                      "the node to be idle")
+
+    def wait_for(self, ready, seconds, what):
+        deadline = time.time() + seconds
+        while not ready():
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail(self.root / f'{name}.out')}")
+            if time.time() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}:\n{self.logs()}")
+            time.sleep(0.2)
+
+    def logs(self):
+        return "\n".join(f"--- {name}\n{tail(path)}" for name, path in [
+            ("munged", self.munge_dir / "munged.log"), ("slurmctld", self.root / "slurmctld.log"),
+            ("slurmd", self.root / "slurmd.log")])
+
+    def slurm(self, *arguments, check=True, timeout=60, env=None, **options):
+        result = subprocess.run(arguments, capture_output=True, text=True, env={**self.env, **(env or {})},
+                                timeout=timeout, **options)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(map(str, arguments))} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def job(self, job_id):
+        """The job's fields from `scontrol show job`, e.g. JobState, Restarts."""
+        text = self.slurm("scontrol", "-o", "show", "job", job_id).stdout
+        return dict(re.findall(r"(\w+)=(\S*)", text))
+
+    def stop(self):
+        # Jobs first, so that no slurmstepd outlives slurmd; then the daemons, by pid.
+        if self.processes.get("slurmctld") and self.processes["slurmctld"].poll() is None:
+            self.slurm("scancel", "--partition=debug", check=False)
+            deadline = time.time() + 30
+            while time.time() < deadline and self.slurm("squeue", "-h", check=False).stdout.strip():
+                time.sleep(0.5)
+        for name in ("slurmd", "slurmctld", "munged"):
+            process = self.processes.get(name)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.munge_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = [name for name in DAEMONS + COMMANDS if program(name) is None]
+    if missing:
+        pytest.skip(f"Slurm is not installed here ({', '.join(missing)} not found); "
+                    "scripts/setup.sh installs the Debian packages slurm-wlm and munge")
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root (slurmd runs jobs as their user, munged as munge)")
+    try:
+        pwd.getpwnam("munge")
+    except KeyError:
+        pytest.skip("no munge user: the Debian package munge creates it")
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        cluster.stop()
+        pytest.skip(f"Slurm is installed but its daemons could not be started here: {error}")
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job")
+    data = prepare_corpus(root, 400)
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = root / "model"
+    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+        model, safe_serialization=True)
+    # The job's settings as the INI file `sbatch slurm/ftrain.sbatch CONFIG.ini` takes;
+    # run.dir is given per job on the command line.
+    config = root / "tiny.ini"
+    config.write_text(f"""\
+[run]
+threads = 1
+[model]
+path = {model}
+dropout = 0.1
+[data]
+path = {data}
+micro_batch_size = 2
+[train]
+global_batch_size = 4
+steps = {STEPS}
+eval_every = 0
+[optim]
+lr = 1e-3
+warmup_steps = 2
+[checkpoint]
+every = 0
+export_hf = false
+""")
+    return {"root": root, "config": config}
+
+
+def last_step(run_dir):
+    return max(losses(run_dir), default=0) if (Path(run_dir) / "metrics.jsonl").exists() else 0
+
+
+def test_srun_pmix_starts_one_two_rank_job(cluster, workspace):
+    plugins = cluster.slurm("srun", "--mpi=list")
+    listed = plugins.stdout + plugins.stderr
+    assert "pmix" in listed, f"Slurm's mpi/pmix plugin is missing:\n{listed}"
+    run_dir = workspace["root"] / "srun"
+    result = cluster.slurm("srun", "--mpi=pmix", "-n", "2", "--cpus-per-task=1", FTRAIN,
+                           "--config", workspace["config"], f"--run.dir={run_dir}", "--train.steps=5",
+                           timeout=TIMEOUT)
+    # Both tasks joined one world: a task that missed PMIx would be a world of its own.
+    assert "ftrain: 2 rank(s)" in result.stdout and "1 rank(s)" not in result.stdout, result.stdout
+    assert sorted(losses(run_dir)) == [1, 2, 3, 4, 5]
+
+
+# usr1: what --signal=B:USR1@... does before the time limit, SIGUSR1 to the batch shell
+# only; the script passes it on, sees 75 and requeues the job. requeue: what an
+# administrator's `scontrol requeue` or a pre-emption with PreemptMode=REQUEUE does,
+# SIGTERM to every process of the job (the batch shell included) and SIGKILL after
+# KillWait; the ranks save within it and Slurm requeues the job itself. Under mpirun
+# only the first saves: mpirun answers SIGTERM by killing the ranks.
+@pytest.mark.parametrize("launcher,preemption", [("srun", "usr1"), ("mpirun", "usr1"), ("srun", "requeue")],
+                         ids=["srun-usr1", "mpirun-usr1", "srun-scontrol-requeue"])
+def test_batch_job_is_preempted_saves_requeues_and_resumes_exactly(cluster, workspace, launcher, preemption):
+    root = workspace["root"]
+    run_dir = root / f"sbatch_{launcher}_{preemption}"
+    log_pattern = root / f"sbatch_{launcher}_{preemption}-%j.log"
+    # The repository's script with its #SBATCH lines overridden for one node of this
+    # machine, without GPUs.
+    submitted = cluster.slurm(
+        "sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-task=0",
+        "--time=10", f"--output={log_pattern}", SOURCE / "slurm/ftrain.sbatch", workspace["config"],
+        f"--run.dir={run_dir}", cwd=root, env={"FTRAIN": str(FTRAIN), "LAUNCHER": launcher})
+    job_id = submitted.stdout.strip().split(";")[0]
+    log = Path(str(log_pattern).replace("%j", job_id))
+
+    deadline = time.time() + TIMEOUT
+    while last_step(run_dir) < 5:
+        state = cluster.job(job_id)["JobState"]
+        assert state in ("PENDING", "RUNNING"), f"the job ended before it was pre-empted: {state}\n{tail(log, 60)}"
+        assert time.time() < deadline, f"no steps after {TIMEOUT} s:\n{tail(log, 60)}"
+        time.sleep(0.05)
+    if preemption == "usr1":
+        cluster.slurm("scancel", "--signal=USR1", "--batch", job_id)
+    else:
+        cluster.slurm("scontrol", "requeue", job_id)
+
+    # Requeued, it waits for its old credential to expire (cred_expire), then runs again.
+    while (job := cluster.job(job_id))["JobState"] in ("PENDING", "CONFIGURING", "RUNNING", "REQUEUED",
+                                                       "COMPLETING"):
+        assert time.time() < deadline, f"still {job['JobState']} after {TIMEOUT} s:\n{tail(log, 60)}"
+        time.sleep(0.5)
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", \
+        f"{job['JobState']} after {job['Restarts']} restarts:\n{tail(log, 60)}\n{cluster.logs()}"
+
+    # One log, appended to by both starts.
+    text = log.read_text()
+    assert "start 1 (SLURM_RESTART_COUNT=0)" in text and "start 2 (SLURM_RESTART_COUNT=1)" in text, text
+    sent = "SIGUSR1" if preemption == "usr1" else "SIGTERM"
+    stopped = re.search(rf"received {sent}: saved step (\d+); exiting with 75", text)
+    assert stopped, text
+    stopped_at = int(stopped.group(1))
+    assert 5 <= stopped_at < STEPS, "the signal should stop the run before its end"
+    if preemption == "usr1":
+        assert f"requeueing job {job_id} (restart 1)" in text, text
+    assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in text, text
+    assert "ftrain ended with exit status 0" in text, text
+    assert job["ExitCode"] == "0:0"
+    # Same layout as mpirun -np 2: the same losses to the last bit, dropout included.
+    assert losses(run_dir) == reference(workspace)
+
+
+def reference(workspace):
+    run_dir = workspace["root"] / "uninterrupted"
+    if not (run_dir / "metrics.jsonl").exists():
+        subprocess.run(command(2, "--config", workspace["config"], f"--run.dir={run_dir}"), check=True,
+                       capture_output=True, timeout=TIMEOUT, env=ENV)
+    return losses(run_dir)
