@@ -10,10 +10,14 @@
 #include "dist/comm.h"
 #include "dist/mpi_session.h"
 #include "launch/options.h"
+#include "launch/signals.h"
 #include "launch/trainer.h"
 
 int main(int argc, char** argv) {
   ftrain::dist::MpiSession mpi(argc, argv);
+  // From the start: a stop request while the model loads is honoured after the first
+  // step instead of killing the rank.
+  ftrain::launch::install_stop_handlers();
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   try {
