@@ -3,9 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <map>
 #include <stdexcept>
-#include <tuple>
 
 namespace ftrain::launch {
 namespace {
@@ -17,10 +15,10 @@ struct Block {
   int64_t global_row, global_col, height, width, part_row, part_col;
 };
 
-// A run of consecutive global columns within one row of the part.
+// A run of consecutive global indices along one dimension of the part: global
+// [global_col, + width) at local [part_col, + width).
 struct Run {
   int64_t global_col, width, part_col;
-  auto key() const { return std::make_tuple(global_col, width, part_col); }
 };
 
 }  // namespace
@@ -75,42 +73,46 @@ std::vector<Piece> pieces_to_write(const HeldTensor& held) {
   const int64_t begin = held.flat_offset + std::min(units, per_writer * held.writer) * unit;
   const int64_t end = held.flat_offset + std::min(units, per_writer * (held.writer + 1)) * unit;
 
-  // Row by row, cut the chunk into runs of consecutive global columns and stack runs
-  // that continue the block above them.
-  std::vector<Block> blocks;
-  std::map<std::tuple<int64_t, int64_t, int64_t>, size_t> open;  // run key -> block ending in the row above
-  for (int64_t r = begin < end ? begin / cols : 0; begin < end && r <= (end - 1) / cols; ++r) {
-    const int64_t c0 = r == begin / cols ? begin % cols : 0;
-    const int64_t c1 = r == (end - 1) / cols ? (end - 1) % cols + 1 : cols;
-    std::map<std::tuple<int64_t, int64_t, int64_t>, size_t> next;
-    const int64_t global_row = row_index[r];
-    if (global_row < 0) {  // padding row
-      open.clear();
-      continue;
-    }
+  // Runs of consecutive global indices over local positions [from, to), padding skipped.
+  auto runs_of = [](const std::vector<int64_t>& index, int64_t from, int64_t to) {
     std::vector<Run> runs;
-    for (int64_t c = c0; c < c1; ++c) {
-      if (col_index[c] < 0) continue;
-      if (!runs.empty() && runs.back().part_col + runs.back().width == c &&
-          runs.back().global_col + runs.back().width == col_index[c])
+    for (int64_t i = from; i < to; ++i) {
+      if (index[i] < 0) continue;
+      if (!runs.empty() && runs.back().part_col + runs.back().width == i &&
+          runs.back().global_col + runs.back().width == index[i])
         ++runs.back().width;
       else
-        runs.push_back({col_index[c], 1, c});
+        runs.push_back({index[i], 1, i});
     }
-    for (const Run& run : runs) {
-      auto above = open.find(run.key());
-      if (above != open.end()) {
-        Block& block = blocks[above->second];
-        if (block.part_row + block.height == r && block.global_row + block.height == global_row) {
-          ++block.height;
-          next[run.key()] = above->second;
-          continue;
-        }
-      }
-      blocks.push_back({global_row, run.global_col, 1, run.width, r, run.part_col});
-      next[run.key()] = blocks.size() - 1;
+    return runs;
+  };
+
+  // The chunk is a partial first row, whole middle rows and a partial last row. The
+  // whole rows are blocks of (runs of rows) x (runs of columns), found in O(rows + cols).
+  std::vector<Block> blocks;
+  if (begin < end) {
+    const int64_t first = begin / cols, last = (end - 1) / cols;
+    const int64_t first_col = begin % cols, last_col = (end - 1) % cols + 1;
+    auto partial_row = [&](int64_t r, int64_t c0, int64_t c1) {
+      if (row_index[r] < 0) return;
+      for (const Run& run : runs_of(col_index, c0, c1))
+        blocks.push_back({row_index[r], run.global_col, 1, run.width, r, run.part_col});
+    };
+    int64_t whole_from = first, whole_to = last + 1;  // rows [whole_from, whole_to) are whole
+    if (first == last && (first_col != 0 || last_col != cols)) {
+      partial_row(first, first_col, last_col);
+      whole_to = whole_from;
+    } else {
+      if (first_col != 0) partial_row(whole_from++, first_col, cols);
+      if (last_col != cols) partial_row(--whole_to, 0, last_col);
     }
-    open = std::move(next);
+    if (whole_from < whole_to) {
+      const auto column_runs = runs_of(col_index, 0, cols);
+      for (const Run& rows_run : runs_of(row_index, whole_from, whole_to))
+        for (const Run& run : column_runs)
+          blocks.push_back({rows_run.global_col, run.global_col, rows_run.width, run.width, rows_run.part_col,
+                            run.part_col});
+    }
   }
 
   std::vector<Piece> pieces;
