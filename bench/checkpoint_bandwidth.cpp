@@ -42,6 +42,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dist/comm.h"
@@ -303,14 +304,35 @@ std::string raw_file_name(int rank) {
 // ---------------------------------------------------------------------------------
 // One repeat
 
-// Seconds of the slowest rank.
-double slowest(Group& world, double seconds) { return world.all_reduce(seconds, ReduceOp::Max); }
+// Waits for every rank without spinning. Open MPI polls inside its collectives, and
+// with more ranks than cores (4 ranks on a 2-core runner) a rank waiting there takes
+// CPU from the ranks still being timed. The ranks leave within about a millisecond.
+void wait_quietly(Group& world) {
+  MPI_Request request;
+  if (MPI_Ibarrier(world.mpi_comm(), &request) != MPI_SUCCESS) throw std::runtime_error("MPI_Ibarrier failed");
+  for (int done = 0; !done;) {
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) throw std::runtime_error("MPI_Test failed");
+    if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+// Every rank starts the timed section that follows at once.
+void line_up(Group& world) {
+  wait_quietly(world);
+  world.barrier();
+}
+
+// Seconds of the slowest rank; the faster ones wait without taking its CPU.
+double slowest(Group& world, double seconds) {
+  wait_quietly(world);
+  return world.all_reduce(seconds, ReduceOp::Max);
+}
 
 // A sync save in the four steps of launch/checkpoint.h, as CheckpointWriter(async=false)
 // takes them, timed step by step. Returns the committed checkpoint.
 fs::path save_in_steps(ftrain::launch::CheckpointStore& store, Group& world, int64_t step,
                        const std::vector<HeldTensor>& held, std::map<std::string, double>& seconds) {
-  world.barrier();
+  line_up(world);
   const auto started = Clock::now();
   if (world.rank() == 0) store.begin(step);
   world.barrier();  // the staging directory exists before any rank lays out its file
@@ -348,14 +370,14 @@ fs::path save_in_steps(ftrain::launch::CheckpointStore& store, Group& world, int
 // The host copy and the crc32 of the save, alone: pieces_to_write as prepare_rank_file
 // calls it, and zlib's crc32 over those pieces as write_rank_file computes it.
 void time_in_memory_costs(Group& world, const std::vector<HeldTensor>& held, std::map<std::string, double>& seconds) {
-  world.barrier();
+  line_up(world);
   auto started = Clock::now();
   std::vector<ftrain::launch::Piece> pieces;
   for (const HeldTensor& tensor : held)
     for (auto& piece : ftrain::launch::pieces_to_write(tensor)) pieces.push_back(std::move(piece));
   const double copied = seconds_since(started);
 
-  world.barrier();
+  line_up(world);
   started = Clock::now();
   for (const auto& piece : pieces) crc32_z(0L, static_cast<const Bytef*>(piece.data.data_ptr()), piece.data.nbytes());
   const double summed = seconds_since(started);
@@ -383,7 +405,7 @@ std::map<std::string, double> run_repeat(const BenchOptions& options, ftrain::di
   flush_filesystem(dir);
 
   // 1. raw
-  world.barrier();
+  line_up(world);
   auto started = Clock::now();
   write_raw(raw_dir / raw_file_name(comm.rank()), state.held);
   seconds["raw"] = slowest(world, seconds_since(started));
@@ -403,7 +425,7 @@ std::map<std::string, double> run_repeat(const BenchOptions& options, ftrain::di
   flush_filesystem(dir);
   {
     ftrain::launch::CheckpointWriter writer(store, world, /*async=*/true);
-    world.barrier();
+    line_up(world);
     started = Clock::now();
     writer.start(2 * repeat + 2, state.held, {{"bench", "ftrain-bench-checkpoint"}});
     const double blocked = seconds_since(started);
@@ -416,14 +438,14 @@ std::map<std::string, double> run_repeat(const BenchOptions& options, ftrain::di
   // 4. load (every rank, everything) and verify (rank 0, as a resume does)
   flush_filesystem(dir);
   if (options.drop_caches && comm.local_rank() == 0) drop_page_cache();
-  world.barrier();
+  line_up(world);
   started = Clock::now();
   ftrain::launch::load_checkpoint(saved, state.everything);
   seconds["load"] = slowest(world, seconds_since(started));
   check_loaded(state, comm);
 
   if (options.drop_caches && comm.local_rank() == 0) drop_page_cache();
-  world.barrier();
+  line_up(world);
   double verified = 0;
   if (rank0) {
     started = Clock::now();
