@@ -328,8 +328,9 @@ double slowest(Group& world, double seconds) {
   return world.all_reduce(seconds, ReduceOp::Max);
 }
 
-// A sync save in the four steps of launch/checkpoint.h, as CheckpointWriter(async=false)
-// takes them, timed step by step. Returns the committed checkpoint.
+// A sync save in the four steps of launch/checkpoint.h, timed step by step, with the
+// collectives CheckpointWriter(async=false) puts between them. Returns the committed
+// checkpoint.
 fs::path save_in_steps(ftrain::launch::CheckpointStore& store, Group& world, int64_t step,
                        const std::vector<HeldTensor>& held, std::map<std::string, double>& seconds) {
   line_up(world);
@@ -341,6 +342,7 @@ fs::path save_in_steps(ftrain::launch::CheckpointStore& store, Group& world, int
   auto phase = Clock::now();
   const auto file = ftrain::launch::prepare_rank_file(store.staging_directory(step), world.rank(), step, held);
   const double prepared = seconds_since(phase);
+  world.barrier();  // CheckpointWriter agrees that every rank laid out its file before any writes
   phase = Clock::now();
   const json records = ftrain::launch::write_rank_file(file);
   const double written = seconds_since(phase);
