@@ -513,6 +513,25 @@ void print_tables(const std::vector<json>& results, std::ostream& out) {
     out << " (" << filesystem["device"].get<std::string>() << " at " << filesystem["mount_point"].get<std::string>()
         << ")";
   out << "\n";
+  // On a shared machine the repeats can differ a lot; the spread says how much.
+  bool spread_header = false;
+  for (const json& r : results) {
+    if (!r.contains("seconds_of_each_repeat")) continue;
+    if (!spread_header) out << "spread over the repeats (slowest and fastest repeat, GiB/s):\n";
+    spread_header = true;
+    const json& each = r["seconds_of_each_repeat"];
+    const double bytes = r["bytes_total"].get<double>();
+    out << "- " << r["ranks"] << " rank(s):";
+    const char* separator = " ";
+    for (const char* key : {"raw", "save", "load"}) {
+      const auto times = each[key].get<std::vector<double>>();
+      const auto [fastest, slowest_time] = std::minmax_element(times.begin(), times.end());
+      out << separator << key << " " << fixed(bytes / *slowest_time / kGiB, 2) << " to "
+          << fixed(bytes / *fastest / kGiB, 2);
+      separator = ", ";
+    }
+    out << "\n";
+  }
   const bool dropped = first["page_cache"] == "dropped";
   out << (dropped ? "page cache: emptied before each load and verify (--drop-caches): they read from the disk.\n"
                   : "page cache: load and verify read files just written, still in the page cache: they measure "
@@ -591,6 +610,7 @@ int run(const BenchOptions& options, ftrain::dist::Communicator& comm) {
   result["repeats"] = options.repeats;
   result["seconds"] = medians;
   result["gib_per_s"] = speeds(medians, state.bytes_total);
+  result["seconds_of_each_repeat"] = all;
   if (json_out.is_open()) json_out << result.dump() << "\n" << std::flush;
   print_tables({result}, std::cout);
   return 0;
