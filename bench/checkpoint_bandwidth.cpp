@@ -397,7 +397,7 @@ std::map<std::string, double> run_repeat(const BenchOptions& options, ftrain::di
   ftrain::launch::CheckpointStore store(dir / "checkpoints", /*keep=*/1000);  // removed here, untimed
   std::map<std::string, double> seconds;
 
-  // Each repeat starts from an empty directory and a clean page cache's worth of dirt.
+  // Each repeat starts from an empty directory, with nothing left to write back.
   if (rank0) {
     fs::remove_all(raw_dir);
     fs::remove_all(store.directory());
