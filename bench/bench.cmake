@@ -1,0 +1,13 @@
+# Benchmarks: speed is measured here and reported (bench/*.sh), never asserted in tests.
+
+# ftrain-bench-checkpoint: sharded checkpoint save and load against a raw write of the
+# same bytes on the same disk (bench/checkpoint.sh, docs/checkpoint-bandwidth.md).
+add_executable(ftrain-bench-checkpoint ${CMAKE_CURRENT_LIST_DIR}/checkpoint_bandwidth.cpp)
+target_link_libraries(ftrain-bench-checkpoint PRIVATE ftrain_launch Boost::program_options)
+set_target_properties(ftrain-bench-checkpoint PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
+
+# Smoke test: tiny sizes under mpirun; checks the tables and the checkpoint, no timing.
+ftrain_python_test(test_checkpoint_bandwidth SCRIPT ${PROJECT_SOURCE_DIR}/tests/bench/test_checkpoint_bandwidth.py
+                   LABELS mpi TIMEOUT 300)
+# ctest has no build step, so say what the script runs.
+set_tests_properties(test_checkpoint_bandwidth PROPERTIES REQUIRED_FILES "$<TARGET_FILE:ftrain-bench-checkpoint>")
