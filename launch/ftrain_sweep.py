@@ -62,6 +62,8 @@ SPEC_DEFAULTS = {
     "global_batch_size": 8,       # sequences per step (strong scaling)
     "steps": 8,
     "timing_warmup_steps": 2,     # steps left out of the medians (start-up, first allocations)
+    "repeats": 1,                 # each run this many times, round-robin; medians over all their steps, so
+                                  #   a burst of load on a shared machine slows some repeats, not the median
     "hardware_label": "",         # what the runs ran on; detected for mpirun when empty
     "mpirun": {"command": "mpirun", "args": ["--bind-to", "none"], "timeout_s": 1800},
     "slurm": {"script": "slurm/ftrain.sbatch", "tasks_per_node": 8, "gpus_per_task": None, "cpus_per_task": None,
@@ -142,26 +144,33 @@ def plan_runs(spec: dict) -> tuple[list[Run], dict[str, list[str]], list[str]]:
     series: dict[str, list[str]] = collections.defaultdict(list)
     skipped = []
     micro = spec["micro_batch_size"]
-    for model in spec["models"]:
-        for ranks, tp, zero in sorted(layouts):
-            where = f"ranks {ranks}, tp {tp}, zero {zero}"
-            if ranks % tp:
-                skipped.append(f"{where}: tp does not divide the ranks")
+    for ranks, tp, zero in sorted(layouts):
+        where = f"ranks {ranks}, tp {tp}, zero {zero}"
+        if ranks % tp:
+            skipped.append(f"{where}: tp does not divide the ranks")
+            continue
+        dp = ranks // tp
+        if zero > 0 and dp == 1:
+            skipped.append(f"{where}: ZeRO shards over data-parallel ranks and there is one")
+            continue
+        for mode in spec["scaling"]:
+            batch = spec["batch_per_replica"] * dp if mode == "weak" else spec["global_batch_size"]
+            if batch % (micro * dp):
+                skipped.append(f"{where}, {mode}: global batch {batch} is not a multiple of micro_batch_size "
+                               f"{micro} x dp {dp}")
                 continue
-            dp = ranks // tp
-            if zero > 0 and dp == 1:
-                skipped.append(f"{where}: ZeRO shards over data-parallel ranks and there is one")
-                continue
-            for mode in spec["scaling"]:
-                batch = spec["batch_per_replica"] * dp if mode == "weak" else spec["global_batch_size"]
-                if batch % (micro * dp):
-                    skipped.append(f"{where}, {mode}: global batch {batch} is not a multiple of micro_batch_size "
-                                   f"{micro} x dp {dp}")
-                    continue
+            for model in spec["models"]:
                 run = Run(model["name"], ranks, tp, zero, batch)
                 runs[run.id] = run
                 series[run.id].append(mode)
-    return list(runs.values()), dict(series), skipped
+    ordered = sorted(runs.values(), key=lambda r: ([m["name"] for m in spec["models"]].index(r.model), r.ranks,
+                                                   r.tp, r.zero, r.global_batch_size))
+    return ordered, dict(series), skipped
+
+
+def repeat_dirs(out: Path, run_id: str, repeats: int) -> list[Path]:
+    """Where each repeat of a run lives: runs/<run>, then runs/<run>.rep1, ..."""
+    return [out / "runs" / (run_id if k == 0 else f"{run_id}.rep{k}") for k in range(repeats)]
 
 
 # ---------------------------------------------------------------------------------
@@ -211,7 +220,8 @@ def prepare_model(model: dict, spec: dict, out: Path) -> Path:
         model_class = GPT2LMHeadModel
     elif family == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
-        config = LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=model.get("intermediate", 4 * width),
+        config = LlamaConfig(vocab_size=vocab, hidden_size=width,
+                             intermediate_size=model.get("intermediate", 4 * width),
                              num_hidden_layers=depth, num_attention_heads=heads,
                              num_key_value_heads=model.get("kv_heads", heads), max_position_embeddings=positions,
                              tie_word_embeddings=False)
@@ -254,7 +264,7 @@ def run_mpirun(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path
     for index, (run, run_dir, options) in enumerate(todo, 1):
         command = [launcher["command"], "-np", str(run.ranks), *launcher["args"], str(ftrain),
                    "--config", str(resolve(spec["base_config"], Path(spec["_dir"]))), *options]
-        print(f"ftrain-sweep: [{index}/{len(todo)}] {run.id}: {' '.join(command)}", flush=True)
+        print(f"ftrain-sweep: [{index}/{len(todo)}] {run_dir.name}: {' '.join(command)}", flush=True)
         started = time.monotonic()
         with open(run_dir / "ftrain.log", "w") as log:
             try:
@@ -263,10 +273,10 @@ def run_mpirun(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path
             except subprocess.TimeoutExpired:
                 status = f"timed out after {launcher['timeout_s']} s (mpirun.timeout_s)"
         if status != 0:
-            failures[run.id] = f"exit {status}; see {run_dir / 'ftrain.log'}"
-            print(f"ftrain-sweep: {run.id} FAILED ({failures[run.id]})", flush=True)
+            failures[run_dir.name] = f"exit {status}; see {run_dir / 'ftrain.log'}"
+            print(f"ftrain-sweep: {run_dir.name} FAILED ({failures[run_dir.name]})", flush=True)
         else:
-            print(f"ftrain-sweep: {run.id} done in {time.monotonic() - started:.1f} s", flush=True)
+            print(f"ftrain-sweep: {run_dir.name} done in {time.monotonic() - started:.1f} s", flush=True)
     return failures
 
 
@@ -318,12 +328,12 @@ def run_slurm(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path,
         command = sbatch_command(spec, run, run_dir, options, ftrain)
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"sbatch failed for {run.id} ({result.returncode}): {result.stderr.strip()}\n"
+            raise RuntimeError(f"sbatch failed for {run_dir.name} ({result.returncode}): {result.stderr.strip()}\n"
                                f"  {' '.join(command)}")
         job_id = result.stdout.strip().split(";")[0]
-        jobs[job_id] = run
-        print(f"ftrain-sweep: {run.id}: submitted as Slurm job {job_id}", flush=True)
-    (out / "slurm_jobs.json").write_text(json.dumps({job: run.id for job, run in jobs.items()}, indent=1) + "\n")
+        jobs[job_id] = run_dir
+        print(f"ftrain-sweep: {run_dir.name}: submitted as Slurm job {job_id}", flush=True)
+    (out / "slurm_jobs.json").write_text(json.dumps({job: d.name for job, d in jobs.items()}, indent=1) + "\n")
     if not wait:
         print(f"ftrain-sweep: not waiting; once the jobs are done: ftrain-sweep report {out}")
         return {}
@@ -345,11 +355,11 @@ def run_slurm(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path,
             last = summary
         time.sleep(spec["slurm"]["poll_s"])
     failures = {}
-    for job_id, run in jobs.items():
+    for job_id, run_dir in jobs.items():
         state = slurm_final_state(job_id)
-        if state not in ("COMPLETED", "unknown") or not finished(out / "runs" / run.id, spec["steps"]):
-            failures[run.id] = f"Slurm job {job_id} ended {state}; see {out / 'runs' / run.id}/slurm-{job_id}.log"
-            print(f"ftrain-sweep: {run.id} FAILED ({failures[run.id]})", flush=True)
+        if state not in ("COMPLETED", "unknown") or not finished(run_dir, spec["steps"]):
+            failures[run_dir.name] = f"Slurm job {job_id} ended {state}; see {run_dir}/slurm-{job_id}.log"
+            print(f"ftrain-sweep: {run_dir.name} FAILED ({failures[run_dir.name]})", flush=True)
     return failures
 
 
@@ -368,18 +378,19 @@ def sweep(spec_path: Path, out: Path, launcher: str, ftrain: Path, prep: Path, r
     (out / "sweep.json").write_text(json.dumps({
         "spec": str(spec_path.resolve()), "name": spec["name"], "launcher": launcher, "hardware": hardware,
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "steps": spec["steps"],
-        "timing_warmup_steps": spec["timing_warmup_steps"], "series": series,
+        "timing_warmup_steps": spec["timing_warmup_steps"], "repeats": spec["repeats"], "series": series,
         "runs": {run.id: {**run.__dict__, "model_dir": str(model_dirs[run.model])} for run in runs}}, indent=1) + "\n")
     todo = []
-    for run in runs:
-        run_dir = out / "runs" / run.id
-        if not rerun and finished(run_dir, spec["steps"]):
-            print(f"ftrain-sweep: {run.id}: finished before, kept (--rerun runs it again)")
-            continue
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # a partial run would resume instead of starting clean
-        run_dir.mkdir(parents=True)
-        todo.append((run, run_dir, ftrain_options(spec, run, run_dir, model_dirs[run.model], data)))
+    for repeat in range(spec["repeats"]):
+        for run in runs:
+            run_dir = repeat_dirs(out, run.id, spec["repeats"])[repeat]
+            if not rerun and finished(run_dir, spec["steps"]):
+                print(f"ftrain-sweep: {run_dir.name}: finished before, kept (--rerun runs it again)")
+                continue
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # a partial run would resume instead of starting clean
+            run_dir.mkdir(parents=True)
+            todo.append((run, run_dir, ftrain_options(spec, run, run_dir, model_dirs[run.model], data)))
     if launcher == "mpirun":
         failures = run_mpirun(spec, todo, ftrain)
     else:
@@ -450,20 +461,24 @@ def dataset_seq_len(path: str) -> int:
         return int(f.attrs["seq_len"])
 
 
-def collect_run(run_dir: Path, info: dict, warmup: int) -> dict:
-    """One run's measurements (medians over the steps after warm-up) beside the
-    analytic model's communication and memory for its layout."""
+def collect_run(run_dirs: list[Path], info: dict, warmup: int) -> dict:
+    """One run's measurements (medians over the steps after warm-up of all its repeats)
+    beside the analytic model's communication and memory for its layout."""
+    run_dir = run_dirs[0]
     row = {"run": run_dir.name, "model": info["model"], "ranks": info["ranks"], "tp": info["tp"],
-           "dp": info["ranks"] // info["tp"], "zero": info["zero"], "global_batch_size": info["global_batch_size"]}
+           "dp": info["ranks"] // info["tp"], "zero": info["zero"], "global_batch_size": info["global_batch_size"],
+           "repeats": len(run_dirs)}
     try:
-        records = read_metrics(run_dir)
-    except OSError:
-        return {**row, "status": "no metrics.jsonl"}
-    steps = [r for r in records if "loss" in r and "step_time_s" in r]
-    memory = next((r["memory"] for r in records if "memory" in r), [])
-    if not steps:
+        repeats = [read_metrics(d) for d in run_dirs]
+    except OSError as error:
+        return {**row, "status": f"no metrics.jsonl ({error.filename})"}
+    by_repeat = [[r for r in records if "loss" in r and "step_time_s" in r] for records in repeats]
+    memory = next((r["memory"] for r in repeats[0] if "memory" in r), [])
+    if not all(by_repeat):
         return {**row, "status": "no steps"}
+    steps = [r for repeat in by_repeat for r in repeat]
     timed = [r for r in steps if r["step"] > warmup] or steps
+    last_steps = {repeat[-1]["step"] for repeat in by_repeat}
     ranks = len(memory) or info["ranks"]
     config = read_run_config(run_dir)
     shape = sm.shape_from_config(json.loads((Path(config.get("model", "path")) / "config.json").read_text()))
@@ -472,7 +487,7 @@ def collect_run(run_dir: Path, info: dict, warmup: int) -> dict:
     traffic = sm.step_traffic(shape, layout)
     predicted = [sm.training_state_bytes(shape, layout, entry["rank"]) for entry in memory]
     row.update({
-        "status": "ok" if steps[-1]["step"] == info.get("steps", steps[-1]["step"]) else "incomplete",
+        "status": "ok" if last_steps == {info.get("steps", steps[-1]["step"])} else "incomplete",
         "parameters": sm.parameter_count(shape), "seq_len": seq_len, "micro_batch_size": layout.micro_batch_size,
         "accumulation": layout.accumulation, "steps_timed": len(timed),
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
@@ -509,11 +524,12 @@ def efficiencies(rows: list[dict]) -> None:
             row["efficiency"] = row["tokens_per_s_per_rank"] / base["tokens_per_s_per_rank"]
 
 
-CSV_COLUMNS = ["run", "model", "parameters", "scaling", "status", "ranks", "tp", "dp", "zero", "micro_batch_size",
-               "global_batch_size", "accumulation", "seq_len", "steps_timed", "tokens_per_s", "tokens_per_s_per_rank",
-               "step_time_s", "efficiency", "baseline_run", "comm_bytes", "predicted_comm_bytes", "parameter_bytes",
-               "predicted_parameter_bytes", "gradient_bytes", "predicted_gradient_bytes", "optimizer_bytes",
-               "predicted_optimizer_bytes", "memory_matches", "flops_per_rank", "ring_steps"]
+CSV_COLUMNS = ["run", "model", "parameters", "scaling", "status", "repeats", "ranks", "tp", "dp", "zero",
+               "micro_batch_size", "global_batch_size", "accumulation", "seq_len", "steps_timed", "tokens_per_s",
+               "tokens_per_s_per_rank", "step_time_s", "efficiency", "baseline_run", "comm_bytes",
+               "predicted_comm_bytes", "parameter_bytes", "predicted_parameter_bytes", "gradient_bytes",
+               "predicted_gradient_bytes", "optimizer_bytes", "predicted_optimizer_bytes", "memory_matches",
+               "flops_per_rank", "ring_steps"]
 
 
 def report(out: Path) -> list[dict]:
@@ -521,7 +537,8 @@ def report(out: Path) -> list[dict]:
     meta = json.loads((out / "sweep.json").read_text())
     rows = []
     for run_id, info in meta["runs"].items():
-        collected = collect_run(out / "runs" / run_id, {**info, "steps": meta["steps"]}, meta["timing_warmup_steps"])
+        collected = collect_run(repeat_dirs(out, run_id, meta.get("repeats", 1)), {**info, "steps": meta["steps"]},
+                                meta["timing_warmup_steps"])
         for mode in meta["series"][run_id]:
             rows.append({**collected, "scaling": mode})
     efficiencies(rows)
@@ -566,9 +583,12 @@ def sweep_markdown(rows: list[dict], meta: dict) -> str:
     header = ["model", "scaling", "ranks", "tp", "dp", "ZeRO", "global batch", "tokens/s per rank", "step ms",
               "efficiency", "comm bytes/step", "predicted", "params / grads / optimizer MiB (max over ranks)",
               "memory as predicted", "status"]
+    repeats = meta.get("repeats", 1)
+    of_repeats = f" of {repeats} repeats of each run" if repeats > 1 else ""
     return (f"# Sweep {meta['name']}\n\nMeasured on: {meta['hardware']} ({meta['launcher']}, {meta['started']}).\n"
-            f"Medians over steps {meta['timing_warmup_steps'] + 1}..{meta['steps']}; efficiency is tokens/s per rank "
-            f"over the series' smallest run. Predicted comm bytes and memory: launch/scaling_model.py.\n\n"
+            f"Medians over steps {meta['timing_warmup_steps'] + 1}..{meta['steps']}{of_repeats}; efficiency is "
+            f"tokens/s per rank over the series' smallest run. Predicted comm bytes and memory: "
+            f"launch/scaling_model.py.\n\n"
             + markdown_table(header, table))
 
 
@@ -661,7 +681,8 @@ def load_prediction_spec(path: Path) -> dict:
         raise SpecError(f"{path}: {error}") from None
     unknown = set(spec) - PREDICTION_KEYS
     if unknown:
-        raise SpecError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(PREDICTION_KEYS))})")
+        raise SpecError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} "
+                        f"(known: {', '.join(sorted(PREDICTION_KEYS))})")
     for model in spec.get("models", []):
         if "config" in model and "path" in model or not ({"config", "path"} & set(model)):
             raise SpecError(f"{path}: models: {model.get('name')}: give config (a config.json dictionary) or path")

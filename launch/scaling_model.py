@@ -300,7 +300,8 @@ def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> di
     psi = root + sum(blocks)
     if layout.zero == 0:
         buckets = psi * layout.reduce_dtype_bytes if N > 1 else 0  # the buckets hold reduce_dtype
-        return {"parameter_bytes": FP32 * psi, "gradient_bytes": FP32 * psi + buckets, "optimizer_bytes": 2 * FP32 * psi}
+        return {"parameter_bytes": FP32 * psi, "gradient_bytes": FP32 * psi + buckets,
+                "optimizer_bytes": 2 * FP32 * psi}
     if layout.zero in (1, 2):
         padded = zero_shard(psi, N) * N
         gradients = padded + (zero_shard(psi, N) if layout.zero == 2 else 0)

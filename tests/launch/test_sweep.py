@@ -108,6 +108,19 @@ def test_sweep_completes_and_writes_its_report(sweep):
         assert (sweep / plot).read_bytes()[:8] == PNG_MAGIC, plot
 
 
+def test_repeats_are_run_round_robin_and_pooled(workspace):
+    # Two repeats of one layout: two run directories, one row whose medians are over
+    # the timed steps of both.
+    out = workspace / "repeats"
+    run_sweep("run", spec(workspace, "repeats", ranks=[1], tp=[1], zero=[0], scaling=["weak"], repeats=2),
+              "--out", out)
+    assert sorted(d.name for d in (out / "runs").iterdir()) == ["tiny-gpt2_r1_tp1_z0_gb4",
+                                                                 "tiny-gpt2_r1_tp1_z0_gb4.rep1"]
+    [row] = list(csv.DictReader(open(out / "sweep.csv")))
+    assert row["status"] == "ok" and row["repeats"] == "2" and row["steps_timed"] == str(2 * (STEPS - 2))
+    assert "of 2 repeats of each run" in (out / "sweep.md").read_text()
+
+
 def layout_of_run(run_dir):
     """The run's layout as the test reads it from ftrain's resolved configuration."""
     import configparser
