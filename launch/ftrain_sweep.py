@@ -623,7 +623,13 @@ def plot_sweep(rows: list[dict], hardware: str, out: Path) -> None:
             for r in ok:
                 if r["scaling"] == mode:
                     lines[series_label(r)].append(r)
+            baselines = {r["run"]: r for r in ok if r["scaling"] == mode and r["run"] == r.get("baseline_run")}
             for label, members in sorted(lines.items()):
+                # A layout that needs more ranks (ZeRO, tp) starts from its model's
+                # baseline: at one rank every layout is the same run.
+                base = baselines.get(members[0].get("baseline_run"))
+                if base and all(r["ranks"] > base["ranks"] for r in members):
+                    members.append(base)
                 members.sort(key=lambda r: r["ranks"])
                 axis.plot([r["ranks"] for r in members], [r[key] for r in members], "o-", label=label)
             if key == "efficiency":
@@ -645,7 +651,8 @@ def plot_sweep(rows: list[dict], hardware: str, out: Path) -> None:
     for r in ok:
         runs.setdefault(r["run"], r)
     models = sorted({r["model"] for r in runs.values()})
-    figure, axes = plt.subplots(1, len(models), figsize=(max(6, 1.2 * len(runs)), 4.6), squeeze=False)
+    widest = max(sum(1 for r in runs.values() if r["model"] == model) for model in models)
+    figure, axes = plt.subplots(1, len(models), figsize=(len(models) * max(5, 1.1 * widest), 4.6), squeeze=False)
     kinds = [("parameter_bytes", "parameters"), ("gradient_bytes", "gradients"), ("optimizer_bytes", "optimizer")]
     for axis, model in zip(axes[0], models):
         members = sorted((r for r in runs.values() if r["model"] == model and r.get("parameter_bytes")),
@@ -833,8 +840,9 @@ def against_measured(sweep_dir: Path, out: Path) -> int:
     if not rows:
         raise SpecError(f"{sweep_dir}: no finished runs to compare with")
     runs = {r["run"]: r for r in rows}
-    points = [{"flops_per_rank": r["flops_per_rank"], "comm_bytes": r["comm_bytes"], "ring_steps": r["ring_steps"],
-               "step_s": r["step_time_s"]} for r in runs.values()]
+    points = [{"flops_per_rank": r["flops_per_rank"], "micro_batches": r["accumulation"],
+               "comm_bytes": r["comm_bytes"], "ring_steps": r["ring_steps"], "step_s": r["step_time_s"]}
+              for r in runs.values()]
     hardware = sm.calibrate(points, f"calibrated on {meta['hardware']}")
     compared = []
     for r in rows:
@@ -852,18 +860,21 @@ def against_measured(sweep_dir: Path, out: Path) -> int:
     columns = list(compared[0])
     write_rows(out / "measured_vs_predicted.csv", compared, columns)
     calibration = {"hardware": meta["hardware"], "flops_per_s_per_rank": hardware.peak_flops,
+                   "micro_batch_overhead_s": hardware.micro_batch_overhead,
                    "bandwidth_bytes_per_s": hardware.intra_bandwidth, "alpha_s": hardware.intra_alpha}
     (out / "calibration.json").write_text(json.dumps(calibration, indent=1) + "\n")
     table = [[c["model"], c["scaling"], c["ranks"], c["tp"], c["zero"], f"{c['measured_step_s'] * 1e3:.1f}",
-              f"{c['predicted_step_s'] * 1e3:.1f}", f"{c['measured_tokens_per_s_per_rank']:.0f}",
+              f"{c['predicted_step_s'] * 1e3:.1f}",
+              f"{(c['predicted_step_s'] / c['measured_step_s'] - 1) * 100:+.0f}%",
+              f"{c['measured_tokens_per_s_per_rank']:.0f}",
               f"{c['predicted_tokens_per_s_per_rank']:.0f}", f"{c['measured_comm_bytes']:.0f}",
               f"{c['predicted_comm_bytes']:.0f}", "yes" if c["comm_bytes_equal"] else "NO",
               "yes" if c["memory_equal"] else "NO"] for c in compared]
     (out / "measured_vs_predicted.md").write_text(
-        f"# Measured (CPU) against the calibrated model\n\nMeasured on: {meta['hardware']}. Calibrated: "
-        f"{hardware.peak_flops / 1e9:.2f} GFLOP/s per rank, {hardware.intra_bandwidth / 1e9:.3g} GB/s, alpha "
-        f"{hardware.intra_alpha * 1e6:.1f} us.\n\n" + markdown_table(
-            ["model", "scaling", "ranks", "tp", "ZeRO", "step ms", "predicted", "tokens/s per rank", "predicted",
+        f"# Measured against the calibrated model\n\nMeasured on: {meta['hardware']}. Calibrated: "
+        f"{calibration_text(hardware)}.\n\n" + markdown_table(
+            ["model", "scaling", "ranks", "tp", "ZeRO", "step ms", "predicted", "error", "tokens/s per rank",
+             "predicted",
              "comm bytes/step", "predicted", "bytes equal", "memory equal"], table))
     plot_against_measured(compared, hardware, meta["hardware"], out)
     wrong = [c["run"] for c in compared if not (c["comm_bytes_equal"] and c["memory_equal"])]
@@ -872,40 +883,50 @@ def against_measured(sweep_dir: Path, out: Path) -> int:
     return len(set(wrong))
 
 
+def calibration_text(hardware: sm.Hardware) -> str:
+    return (f"{hardware.peak_flops / 1e9:.2f} GFLOP/s per rank, {hardware.micro_batch_overhead * 1e3:.2f} ms per "
+            f"micro-batch, {hardware.intra_bandwidth / 1e9:.3g} GB/s, alpha {hardware.intra_alpha * 1e6:.1f} us")
+
+
 def plot_against_measured(compared: list[dict], hardware: sm.Hardware, measured_on: str, out: Path) -> None:
+    """One panel per model and scaling mode: tokens/s per rank of each layout, measured
+    beside the calibrated model; and every run's step time, predicted against measured."""
     plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    lines = collections.defaultdict(list)
+    groups = collections.defaultdict(list)
     for c in compared:
-        lines[f"{c['model']} tp{c['tp']} zero{c['zero']} {c['scaling']}"].append(c)
-    for index, (label, members) in enumerate(sorted(lines.items())):
-        members.sort(key=lambda c: c["ranks"])
-        color = f"C{index % 10}"
-        ranks = [c["ranks"] for c in members]
-        left.plot(ranks, [c["measured_tokens_per_s_per_rank"] for c in members], "o", color=color,
-                  label=f"{label} measured")
-        left.plot(ranks, [c["predicted_tokens_per_s_per_rank"] for c in members], "--", color=color,
-                  label=f"{label} predicted")
-    left.set_xscale("log", base=2)
-    left.set_xlabel("ranks")
-    left.set_ylabel("tokens/s per rank")
-    left.set_title("measured (points) and calibrated model (lines)")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=6)
+        groups[(c["model"], c["scaling"])].append(c)
+    keys = sorted(groups)
+    columns = 3
+    rows = -(-(len(keys) + 1) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
+    panels = list(axes.flat)
+    for axis, key in zip(panels, keys):
+        members = sorted(groups[key], key=lambda c: (c["ranks"], c["tp"], c["zero"]))
+        names = [f"r{c['ranks']} tp{c['tp']}\nzero{c['zero']}" for c in members]
+        positions = range(len(members))
+        axis.bar([p - 0.2 for p in positions], [c["measured_tokens_per_s_per_rank"] for c in members], 0.4,
+                 label="measured")
+        axis.bar([p + 0.2 for p in positions], [c["predicted_tokens_per_s_per_rank"] for c in members], 0.4,
+                 label="calibrated model")
+        axis.set_xticks(list(positions), names, fontsize=7)
+        axis.set_ylabel("tokens/s per rank")
+        axis.set_title(f"{key[0]}, {key[1]} scaling", fontsize=10)
+        axis.legend(fontsize=7)
+    scatter = panels[len(keys)]
     measured = [c["measured_step_s"] * 1e3 for c in compared]
     predicted = [c["predicted_step_s"] * 1e3 for c in compared]
-    right.scatter(measured, predicted)
+    scatter.scatter(measured, predicted, s=14)
     top = max(measured + predicted) * 1.1
-    right.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
-    right.set_xlim(0, top)
-    right.set_ylim(0, top)
-    right.set_xlabel("measured step time (ms)")
-    right.set_ylabel("predicted step time (ms)")
-    right.set_title("step time per run")
-    label_hardware(figure, f"measured on: {measured_on}; model calibrated to it: {hardware.peak_flops / 1e9:.2f} "
-                           f"GFLOP/s per rank, {hardware.intra_bandwidth / 1e9:.3g} GB/s, alpha "
-                           f"{hardware.intra_alpha * 1e6:.1f} us")
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    scatter.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
+    scatter.set_xlim(0, top)
+    scatter.set_ylim(0, top)
+    scatter.set_xlabel("measured step time (ms)")
+    scatter.set_ylabel("predicted step time (ms)")
+    scatter.set_title("step time of every run", fontsize=10)
+    for axis in panels[len(keys) + 1:]:
+        axis.axis("off")
+    label_hardware(figure, f"measured on: {measured_on}; model calibrated to it: {calibration_text(hardware)}")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(out / "measured_vs_predicted.png", dpi=110)
     plt.close(figure)
 

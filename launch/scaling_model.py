@@ -352,6 +352,7 @@ class Hardware:
     mfu: float = 0.4                  # fraction of peak the matrix products reach
     memory_bytes: float = 80e9        # per GPU
     overlap: float = 1.0              # fraction of the compute that can hide overlappable traffic
+    micro_batch_overhead: float = 0.0  # s per micro-batch beyond its FLOPs (dispatch, launches); 0 on big GPUs
 
     def link(self, group_span_ranks: int) -> tuple[float, float]:
         """(bandwidth, alpha) of a ring over a group whose ranks span this many
@@ -404,7 +405,7 @@ def predict(shape: ModelShape, layout: Layout, hardware: Hardware) -> Prediction
     tokens = layout.global_batch_size * layout.seq_len
     flops = tokens * flops_per_token(matmul_parameters(shape), shape.layers, shape.width, layout.seq_len,
                                      layout.activation_checkpointing) / layout.ranks
-    compute = flops / (hardware.peak_flops * hardware.mfu)
+    compute = flops / (hardware.peak_flops * hardware.mfu) + layout.accumulation * hardware.micro_batch_overhead
     tp_bandwidth, tp_alpha = hardware.link(layout.tp)
     # A dp group holds every tp-th rank: it spans the whole job.
     dp_bandwidth, dp_alpha = hardware.link(layout.ranks if layout.dp > 1 else 1)
@@ -428,55 +429,58 @@ def predict(shape: ModelShape, layout: Layout, hardware: Hardware) -> Prediction
 
 
 def calibrate(points: list[dict], name: str) -> Hardware:
-    """A Hardware whose compute rate, bandwidth and latency best explain measured steps.
-    Each point: {"flops_per_rank", "comm_bytes", "ring_steps", "step_s"}. The compute rate
-    is the median over the runs without communication; then bandwidth and latency fit
-    the others' remaining time,
-        step_s - flops / rate = comm_bytes / bandwidth + ring_steps * alpha,
-    by non-negative least absolute deviations, so that one run slowed by a busy machine
-    does not set the link's speed. One node, no overlap: MPI over shared memory."""
+    """A Hardware whose compute rate, per-micro-batch overhead, bandwidth and latency best
+    explain measured steps. Each point: {"flops_per_rank", "micro_batches", "comm_bytes",
+    "ring_steps", "step_s"}; the fit is
+        step_s = flops / rate + micro_batches * overhead + comm_bytes / bandwidth + ring_steps * alpha
+    with every coefficient non-negative, by least absolute deviations, so that a run
+    slowed by a busy machine does not set the link's speed. One node, no overlap: MPI
+    over shared memory."""
     import numpy as np
-    alone = [p for p in points if p["comm_bytes"] == 0] or points
-    rate = float(np.median([p["flops_per_rank"] / p["step_s"] for p in alone]))
-    talking = [p for p in points if p["comm_bytes"] > 0]
-    inverse_bandwidth, alpha = 0.0, 0.0
-    if talking:
-        A = np.array([[p["comm_bytes"], p["ring_steps"]] for p in talking], dtype=float)
-        y = np.array([max(0.0, p["step_s"] - p["flops_per_rank"] / rate) for p in talking])
-        inverse_bandwidth, alpha = _nonnegative_least_deviations(A, y)
-        if inverse_bandwidth == 0:
-            inverse_bandwidth = 1e-12  # no time left for the traffic: a link as fast as memory
-    return Hardware(name=name, gpus_per_node=1 << 20, intra_bandwidth=1 / inverse_bandwidth, intra_alpha=alpha,
-                    inter_bandwidth=1 / inverse_bandwidth, inter_alpha=alpha, peak_flops=rate, mfu=1.0,
-                    memory_bytes=float("inf"), overlap=0.0)
+    columns = ("flops_per_rank", "micro_batches", "comm_bytes", "ring_steps")
+    A = np.array([[p[c] for c in columns] for p in points], dtype=float)
+    y = np.array([p["step_s"] for p in points], dtype=float)
+    inverse_rate, overhead, inverse_bandwidth, alpha = _nonnegative_least_deviations(A, y)
+    if inverse_rate == 0:
+        raise ValueError("calibration: the runs' step times do not grow with their FLOPs; give runs of "
+                         "different sizes")
+    # Traffic that took no measurable time: a link as fast as memory.
+    bandwidth = 1 / inverse_bandwidth if inverse_bandwidth > 0 else 1e12
+    return Hardware(name=name, gpus_per_node=1 << 20, intra_bandwidth=bandwidth, intra_alpha=alpha,
+                    inter_bandwidth=bandwidth, inter_alpha=alpha, peak_flops=1 / inverse_rate, mfu=1.0,
+                    memory_bytes=float("inf"), overlap=0.0, micro_batch_overhead=overhead)
 
 
-def _nonnegative_least_deviations(A, y, iterations: int = 50) -> tuple[float, float]:
-    """min sum |A x - y| over x >= 0, two unknowns, by iteratively reweighted least
-    squares; each weighted problem takes the unconstrained solution if non-negative,
-    else the better one-variable fit."""
+def _nonnegative_least_deviations(A, y, iterations: int = 100):
+    """min sum |A x - y| over x >= 0, by iteratively reweighted least squares. Each
+    weighted problem is solved exactly for a handful of unknowns: the best
+    non-negative unconstrained solution over every subset of the columns."""
+    import itertools
     import numpy as np
     scale = np.maximum(np.abs(A).max(axis=0), 1e-300)  # columns of very different magnitude
     A = A / scale
+    n = A.shape[1]
+    subsets = [s for k in range(1, n + 1) for s in itertools.combinations(range(n), k)]
     weights = np.ones(len(y))
-    x = np.zeros(A.shape[1])
+    x = np.zeros(n)
+    floor = 1e-6 * max(float(np.abs(y).max()), 1e-12)
     for _ in range(iterations):
         root = np.sqrt(weights)
-        Aw, yw = A * root[:, None], y * root
-        candidates = []
-        solution, *_ = np.linalg.lstsq(Aw, yw, rcond=None)
-        if (solution >= 0).all():
-            candidates.append(solution)
-        for column in range(A.shape[1]):
-            a = Aw[:, column]
-            single = np.zeros(A.shape[1])
-            if a @ a > 0:
-                single[column] = max(0.0, float(a @ yw / (a @ a)))
-            candidates.append(single)
-        x = min(candidates, key=lambda c: float(np.sum(weights * (A @ c - y) ** 2)))
-        weights = 1 / np.maximum(np.abs(A @ x - y), 1e-6 * max(float(np.abs(y).max()), 1e-12))
-    x = x / scale
-    return float(x[0]), float(x[1])
+        best, best_cost = np.zeros(n), float(np.sum(weights * y**2))
+        for subset in subsets:
+            solution, *_ = np.linalg.lstsq(A[:, subset] * root[:, None], y * root, rcond=None)
+            if (solution < 0).any():
+                continue
+            candidate = np.zeros(n)
+            candidate[list(subset)] = solution
+            cost = float(np.sum(weights * (A @ candidate - y) ** 2))
+            if cost < best_cost:
+                best, best_cost = candidate, cost
+        if np.allclose(best, x, rtol=1e-9, atol=0):
+            break
+        x = best
+        weights = 1 / np.maximum(np.abs(A @ x - y), floor)
+    return tuple(float(v) for v in x / scale)
 
 
 def hardware_from_dict(values: dict, base: Hardware = Hardware()) -> Hardware:

@@ -210,6 +210,24 @@ def test_ring_collective_times():
     assert sm.collective_time("all_reduce", 1e9, 1, 100e9, 5e-6) == 0
 
 
+def test_calibration_recovers_the_machine_despite_a_slowed_run():
+    # Steps of a sweep-like set of runs (two sizes, 1 or 2 micro-batches, dp and tp
+    # traffic) made from 20 GFLOP/s, 5 ms per micro-batch, 0.5 GB/s and 80 us per ring
+    # step; one run twice as slow (a busy machine) must not move the fit.
+    truth = (1 / 20e9, 5e-3, 1 / 0.5e9, 80e-6)
+    runs = [(1e9, 2, 0, 0), (4e9, 2, 0, 0), (1e9, 2, 1e6, 2), (1e9, 1, 1e6, 2), (4e9, 2, 4e6, 2), (4e9, 1, 4e6, 2),
+            (1e9, 2, 3e6, 2), (1e9, 2, 2e6, 26), (4e9, 2, 8e6, 26), (2e9, 4, 1e6, 2)]
+    points = [{"flops_per_rank": flops, "micro_batches": micro_batches, "comm_bytes": comm, "ring_steps": steps,
+               "step_s": flops * truth[0] + micro_batches * truth[1] + comm * truth[2] + steps * truth[3]}
+              for flops, micro_batches, comm, steps in runs]
+    points[4]["step_s"] *= 2
+    hardware = sm.calibrate(points, "synthetic")
+    assert hardware.peak_flops * hardware.mfu == pytest.approx(20e9, rel=1e-3)
+    assert hardware.micro_batch_overhead == pytest.approx(5e-3, rel=1e-3)
+    assert hardware.intra_bandwidth == pytest.approx(0.5e9, rel=1e-3)
+    assert hardware.intra_alpha == pytest.approx(80e-6, rel=1e-3)
+
+
 def test_llama_parameter_counts_from_their_configs():
     spec = json.loads((SOURCE / "configs/sweeps/h100-llama.json").read_text())
     models = {m["name"]: sm.shape_from_config(m["config"]) for m in spec["models"]}
