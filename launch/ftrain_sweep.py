@@ -35,7 +35,7 @@ import scaling_model as sm  # noqa: E402
 SOURCE = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
 DEFAULT_PREDICTIONS = SOURCE / "configs/sweeps/h100-llama.json"
-GIB, MIB = 2.0**30, 2.0**20
+MIB = 2.0**20
 
 
 class SpecError(ValueError):
@@ -74,8 +74,9 @@ MODEL_KEYS = {"name", "path", "family", "width", "depth", "heads", "kv_heads", "
 
 
 def resolve(path: str | Path, base: Path) -> Path:
-    """A path of a spec: absolute, else relative to the spec's directory, else to the
-    ftrain source tree (so configs/... works from anywhere)."""
+    """A path of a spec: absolute, else relative to the spec's directory, the current
+    directory or the ftrain source tree, the first where it exists (so configs/...
+    works from anywhere)."""
     path = Path(path)
     if path.is_absolute():
         return path
@@ -107,12 +108,16 @@ def load_spec(path: Path) -> dict:
     if not spec["models"]:
         raise SpecError(f"{path}: models is empty: give at least one {{\"name\", \"path\"}} or generated model")
     for model in spec["models"]:
-        if set(model) - MODEL_KEYS or "name" not in model or ("path" in model) == ("width" in model):
+        generated = {"width", "depth", "heads"} <= set(model)
+        if set(model) - MODEL_KEYS or "name" not in model or ("path" in model) == generated:
             raise SpecError(f"{path}: models: {model} needs a name and either path or family/width/depth/heads "
                             f"(keys: {', '.join(sorted(MODEL_KEYS))})")
     for mode in spec["scaling"]:
         if mode not in ("weak", "strong"):
             raise SpecError(f"{path}: scaling: '{mode}' is neither weak nor strong")
+    for key in ("micro_batch_size", "batch_per_replica", "global_batch_size", "steps", "repeats"):
+        if not isinstance(spec[key], int) or spec[key] < 1:
+            raise SpecError(f"{path}: {key} must be a positive integer, got {spec[key]!r}")
     spec["_dir"] = str(path.resolve().parent)
     return spec
 
@@ -188,8 +193,8 @@ def prepare_data(spec: dict, out: Path, prep: Path) -> Path:
     documents = data.get("generate_documents")
     if not documents:
         raise SpecError("data needs path (an ftrain-prep HDF5 file) or generate_documents (a generated corpus)")
-    target = out / "data.h5"
-    if target.exists():
+    target, made_from = out / "data.h5", out / "data.json"
+    if target.exists() and made_from.exists() and json.loads(made_from.read_text()) == data:
         return target
     corpus = out / "corpus.jsonl"
     subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", str(documents)],
@@ -197,6 +202,7 @@ def prepare_data(spec: dict, out: Path, prep: Path) -> Path:
     tokenizer = resolve(data.get("tokenizer", "configs/models/tiny-gpt2"), base)
     subprocess.run([prep, "--tokenizer", tokenizer, "--input", corpus, "--seq-len", str(data.get("seq_len", 32)),
                     "--validation-fraction", "0.1", "--output", target], check=True, capture_output=True)
+    made_from.write_text(json.dumps(data) + "\n")
     return target
 
 
@@ -208,9 +214,11 @@ def prepare_model(model: dict, spec: dict, out: Path) -> Path:
         if not (path / "config.json").exists():
             raise SpecError(f"models: {model['name']}: {path}/config.json not found")
         return path
-    target = out / "models" / model["name"]
-    if (target / "config.json").exists():
+    target, made_from = out / "models" / model["name"], out / "models" / f"{model['name']}.json"
+    wanted = {**model, "init": spec["init"]}
+    if (target / "config.json").exists() and made_from.exists() and json.loads(made_from.read_text()) == wanted:
         return target
+    shutil.rmtree(target, ignore_errors=True)  # made from another entry of the spec
     family, width, depth, heads = model.get("family", "gpt2"), model["width"], model["depth"], model["heads"]
     vocab, positions = model.get("vocab", 1024), model.get("positions", 128)
     if family == "gpt2":
@@ -235,6 +243,7 @@ def prepare_model(model: dict, spec: dict, out: Path) -> Path:
         model_class(config).save_pretrained(target, safe_serialization=True)
     else:
         config.save_pretrained(target)  # ftrain initialises from config.json alone
+    made_from.write_text(json.dumps(wanted) + "\n")
     return target
 
 
@@ -287,7 +296,7 @@ def sbatch_command(spec: dict, run: Run, run_dir: Path, options: list[str], ftra
     slurm = spec["slurm"]
     per_node = int(slurm["tasks_per_node"])
     nodes = -(-run.ranks // per_node)
-    command = ["sbatch", "--parsable", f"--job-name=sweep-{run.id}", f"--nodes={nodes}", f"--ntasks={run.ranks}",
+    command = ["sbatch", "--parsable", f"--job-name=sweep-{run_dir.name}", f"--nodes={nodes}", f"--ntasks={run.ranks}",
                f"--ntasks-per-node={min(run.ranks, per_node)}", f"--output={run_dir / 'slurm-%j.log'}",
                f"--export=ALL,FTRAIN={ftrain}"]
     for key, flag in (("gpus_per_task", "--gpus-per-task"), ("cpus_per_task", "--cpus-per-task"), ("time", "--time"),

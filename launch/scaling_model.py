@@ -233,8 +233,17 @@ def step_traffic(shape: ModelShape, layout: Layout) -> Traffic:
     if T > 1:
         activations, loss_values = tp_activation_elements(shape, layout)
         per_micro_batch = activations * layout.activation_wire_bytes + loss_values * FP32
+        calls = 4 * shape.layers + 2 + 3
+        replicas = T // shape.kv_heads if shape.family == "llama" and T > shape.kv_heads else 1
+        if replicas > 1:
+            # More ranks than key/value heads: each head is held by `replicas` ranks, and
+            # the backward pass sums the copies' fp32 gradients of k_proj and v_proj
+            # (weight, bias) with one all-reduce over the tp group of a slot per head.
+            per_head = shape.head_dim * (shape.width + shape.attention_bias)
+            per_micro_batch += shape.layers * 2 * shape.kv_heads * per_head * FP32
+            calls += shape.layers * 2 * (1 + shape.attention_bias)
         traffic.tp_bytes = accumulation * 2 * ring_fraction(T) * per_micro_batch
-        traffic.tp_calls = accumulation * (4 * shape.layers + 2 + 3)
+        traffic.tp_calls = accumulation * calls
         traffic.tp_ring_steps = traffic.tp_calls * 2 * (T - 1)
     if N > 1:
         root, blocks = parameter_units(shape, T)
@@ -442,8 +451,12 @@ def calibrate(points: list[dict], name: str) -> Hardware:
     y = np.array([p["step_s"] for p in points], dtype=float)
     inverse_rate, overhead, inverse_bandwidth, alpha = _nonnegative_least_deviations(A, y)
     if inverse_rate == 0:
-        raise ValueError("calibration: the runs' step times do not grow with their FLOPs; give runs of "
-                         "different sizes")
+        # One model size: FLOPs and micro-batches per rank are proportional, and the fit
+        # may put all compute into the overhead. Compute is FLOPs then.
+        inverse_rate, inverse_bandwidth, alpha = _nonnegative_least_deviations(A[:, [0, 2, 3]], y)
+        overhead = 0.0
+    if inverse_rate == 0:
+        raise ValueError("calibration: the runs' step times do not grow with their FLOPs")
     # Traffic that took no measurable time: a link as fast as memory.
     bandwidth = 1 / inverse_bandwidth if inverse_bandwidth > 0 else 1e12
     return Hardware(name=name, gpus_per_node=1 << 20, intra_bandwidth=bandwidth, intra_alpha=alpha,
