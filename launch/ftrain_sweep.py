@@ -993,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return model_command(args.spec, args.out.resolve(), args.hardware,
                              args.measured.resolve() if args.measured else None)
-    except SpecError as error:
+    except ValueError as error:  # a spec, a hardware description or a model config ftrain-sweep cannot use
         print(f"ftrain-sweep: {error}", file=sys.stderr)
         return 2
 
