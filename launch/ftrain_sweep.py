@@ -309,9 +309,15 @@ def sbatch_command(spec: dict, run: Run, run_dir: Path, options: list[str], ftra
     return command
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Jobs still known to squeue, by id: their state (PENDING, RUNNING, ...)."""
-    result = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True)
+def slurm_states(job_ids: list[str]) -> dict[str, str] | None:
+    """Jobs still known to squeue, by id: their state (PENDING, RUNNING, ...). None when
+    squeue did not answer (the controller restarting, a lost connection): an empty
+    answer then would read as "every job has ended"."""
+    result = slurm_query(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)])
+    if result.returncode != 0:
+        # Once the controller has forgotten every listed job (MinJobAge after its end),
+        # squeue -j refuses the ids instead of listing nothing.
+        return {} if "Invalid job id" in result.stderr else None
     states = {}
     for line in result.stdout.splitlines():
         parts = line.split()
@@ -320,18 +326,68 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def slurm_final_state(job_id: str) -> str:
-    """COMPLETED, FAILED, TIMEOUT, ... from sacct; "unknown" without job accounting."""
-    result = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode"],
-                            capture_output=True, text=True)
+def slurm_query(command: list[str]) -> subprocess.CompletedProcess:
+    """A Slurm client command; one that is not installed here answers like one that failed."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return subprocess.CompletedProcess(command, 127, "", str(error))
+
+
+def scontrol_show(kind: str, name: str) -> dict[str, str]:
+    """`scontrol -o show job|node NAME` as fields (JobState, NodeList, CPUTot, Gres, ...);
+    of several nodes, the first. Empty where scontrol does not know it."""
+    result = slurm_query(["scontrol", "-o", "show", kind, name])
+    line = result.stdout.strip().splitlines()[:1] if result.returncode == 0 else []
+    return dict(field.split("=", 1) for field in line[0].split() if "=" in field) if line else {}
+
+
+def slurm_hardware(job_ids: list[str]) -> str | None:
+    """The nodes the jobs ran on as Slurm describes them: CPUs and GRES (GPUs) per node.
+    Slurm does not know the CPU or GPU model, so the label says where it came from. None
+    where neither sacct nor scontrol can say."""
+    accounted = slurm_query(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "NodeList"])
+    node_lists = set(accounted.stdout.split()) if accounted.returncode == 0 else set()
+    node_lists |= {scontrol_show("job", job_id).get("NodeList", "") for job_id in job_ids}
+    node_lists -= {"", "(null)", "None"}
+    if not node_lists:
+        return None
+    result = slurm_query(["scontrol", "-o", "show", "node", ",".join(sorted(node_lists))])
+    kinds = collections.Counter()
+    for line in result.stdout.splitlines() if result.returncode == 0 else []:
+        node = dict(field.split("=", 1) for field in line.split() if "=" in field)
+        gres = node.get("Gres", "(null)")
+        kinds[f"{node.get('CPUTot', '?')} CPUs, {'no GPUs' if gres in ('', '(null)') else 'GRES ' + gres}"] += 1
+    if not kinds:
+        return None
+    described = "; ".join(f"{count} node(s) of {kind}" for kind, count in kinds.items())
+    return (f"Slurm nodes {','.join(sorted(node_lists))}: {described} (from scontrol; set hardware_label "
+            f"in the spec for the CPU and GPU models)")
+
+
+def slurm_final_state(job_id: str) -> tuple[str, str]:
+    """How a job ended (COMPLETED, FAILED, TIMEOUT, ...) and who said so. sacct where the
+    cluster keeps job accounting; without it (AccountingStorageType=none) `scontrol show
+    job`, which knows a finished job for MinJobAge (300 s by default); after that
+    "unknown", and the run's own metrics decide."""
+    result = slurm_query(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode"])
     line = result.stdout.strip().splitlines()[:1]
-    return line[0].split("|")[0].split()[0] if result.returncode == 0 and line else "unknown"
+    if result.returncode == 0 and line and line[0].split("|")[0].strip():
+        return line[0].split("|")[0].split()[0], "sacct"
+    fields = scontrol_show("job", job_id)
+    if fields.get("JobState"):
+        state = fields["JobState"]
+        # A batch script that exits non-zero ends FAILED; this keeps its status in view.
+        if state != "COMPLETED" and fields.get("ExitCode", "0:0") != "0:0":
+            state += f" (exit {fields['ExitCode']})"
+        return state, "scontrol"
+    return "unknown", "neither sacct nor scontrol knows the job"
 
 
 def run_slurm(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path, out: Path,
               wait: bool = True) -> dict[str, str]:
     """Submits every run as a job of slurm/ftrain.sbatch, then polls squeue until none is
-    left and reads each job's end from sacct. Returns failures by run."""
+    left and reads each job's end from sacct or scontrol. Returns failures by run."""
     jobs = {}
     for run, run_dir, options in todo:
         command = sbatch_command(spec, run, run_dir, options, ftrain)
@@ -350,6 +406,16 @@ def run_slurm(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path,
     deadline = time.monotonic() + spec["slurm"]["wait_timeout_s"]
     while True:
         states = slurm_states(list(jobs))
+        if states is None:
+            if time.monotonic() > deadline:
+                print(f"ftrain-sweep: squeue has not answered; gave up waiting after "
+                      f"{spec['slurm']['wait_timeout_s']} s (slurm.wait_timeout_s)", file=sys.stderr, flush=True)
+                break
+            if last != "no answer":
+                print("ftrain-sweep: squeue did not answer; asking again", file=sys.stderr, flush=True)
+                last = "no answer"
+            time.sleep(spec["slurm"]["poll_s"])
+            continue
         if not states:
             break
         if time.monotonic() > deadline:
@@ -364,11 +430,18 @@ def run_slurm(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path,
             last = summary
         time.sleep(spec["slurm"]["poll_s"])
     failures = {}
+    if not spec["hardware_label"] and (hardware := slurm_hardware(list(jobs))):
+        meta = json.loads((out / "sweep.json").read_text())
+        (out / "sweep.json").write_text(json.dumps({**meta, "hardware": hardware}, indent=1) + "\n")
     for job_id, run_dir in jobs.items():
-        state = slurm_final_state(job_id)
+        state, source = slurm_final_state(job_id)
         if state not in ("COMPLETED", "unknown") or not finished(run_dir, spec["steps"]):
-            failures[run_dir.name] = f"Slurm job {job_id} ended {state}; see {run_dir}/slurm-{job_id}.log"
+            short = "" if finished(run_dir, spec["steps"]) else f" before step {spec['steps']}"
+            failures[run_dir.name] = (f"Slurm job {job_id} ended {state} ({source}){short}; "
+                                      f"see {run_dir}/slurm-{job_id}.log")
             print(f"ftrain-sweep: {run_dir.name} FAILED ({failures[run_dir.name]})", flush=True)
+        else:
+            print(f"ftrain-sweep: {run_dir.name}: Slurm job {job_id} {state} ({source})", flush=True)
     return failures
 
 

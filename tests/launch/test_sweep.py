@@ -407,7 +407,8 @@ def slurm_answers():
 def test_slurm_launcher_on_a_real_cluster(workspace):
     answers, detail = slurm_answers()
     if not answers:
-        pytest.skip(f"the Slurm launcher on a real cluster: {detail}; the stand-in cluster test covers it")
+        pytest.skip(f"the Slurm launcher on a real cluster: {detail}; the stand-in cluster test covers it, and "
+                    "tests/slurm/test_slurm_cluster.py runs it on a cluster it starts itself")
     gpus = 1 if "gpu" in detail else 0
     path = spec(workspace, "cluster", ranks=[2], tp=[1], zero=[0], scaling=["strong"],
                 slurm={"tasks_per_node": 2, "gpus_per_task": gpus, "time": "00:10:00", "poll_s": 2,

@@ -8,11 +8,17 @@ these tests in a temporary directory and stopped after them.
   (SLURM_RESTART_COUNT=1) resumes and completes with the losses of an uninterrupted run,
   bit for bit, both with srun and with LAUNCHER=mpirun. Requeued by `scontrol requeue`
   instead, the ranks save on Slurm's SIGTERM and the job resumes the same way.
+- `ftrain-sweep run --launcher slurm` submits a sweep of 1 and 2 ranks as jobs of that
+  script, waits for them on a cluster without job accounting, and gathers them; the
+  bytes each run sent are the analytic model's.
 
 Needs root (munged runs as the munge user, slurmd as root) and Debian's slurm-wlm and
 munge, which scripts/setup.sh installs; skipped, saying why, where they are missing or
 the daemons cannot start."""
+import csv
 import ctypes
+import json
+import math
 import os
 import pwd
 import re
@@ -30,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus  # noqa: E402
+from test_sweep import run_sweep, spec  # noqa: E402
 
 STEPS = 300
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -249,7 +256,7 @@ warmup_steps = 2
 every = 0
 export_hf = false
 """)
-    return {"root": root, "config": config}
+    return {"root": root, "config": config, "data": data}
 
 
 def last_step(run_dir):
@@ -332,3 +339,32 @@ def reference(workspace):
         subprocess.run(command(2, "--config", workspace["config"], f"--run.dir={run_dir}"), check=True,
                        capture_output=True, timeout=TIMEOUT, env=ENV)
     return losses(run_dir)
+
+
+def test_sweep_on_the_cluster_runs_each_layout_as_a_job(cluster, workspace):
+    # The cluster keeps no job accounting (sacct has nothing to say), so the sweep reads
+    # each job's end from `scontrol show job`. Two CPUs suffice: 1 and 2 ranks of one
+    # CPU each, no GPUs; the 2-rank job waits for the 1-rank one where they do not fit.
+    root = workspace["root"]
+    path = spec(root, "sweep", data={"path": str(workspace["data"])}, ranks=[1, 2], tp=[1], zero=[0],
+                scaling=["strong"], steps=4, timing_warmup_steps=1,
+                slurm={"tasks_per_node": 2, "gpus_per_task": 0, "cpus_per_task": 1, "time": "00:10:00",
+                       "poll_s": 0.5, "wait_timeout_s": TIMEOUT})
+    out = root / "sweep"
+    result = run_sweep("run", path, "--out", out, "--launcher", "slurm", env=cluster.env, timeout=TIMEOUT + 60)
+    jobs = json.loads((out / "slurm_jobs.json").read_text())
+    assert sorted(jobs.values()) == ["tiny-gpt2_r1_tp1_z0_gb4", "tiny-gpt2_r2_tp1_z0_gb4"], result.stdout
+    for job_id, run in jobs.items():
+        assert f"{run}: Slurm job {job_id} COMPLETED (scontrol)" in result.stdout, result.stdout
+        log = (out / "runs" / run / f"slurm-{job_id}.log").read_text()
+        assert "ftrain ended with exit status 0" in log, log
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert sorted(int(r["ranks"]) for r in rows) == [1, 2]
+    for row in rows:
+        assert row["status"] == "ok" and row["memory_matches"] == "True", row
+        assert math.isclose(float(row["comm_bytes"]), float(row["predicted_comm_bytes"]), abs_tol=1e-6), row
+    assert float(next(r for r in rows if r["ranks"] == "2")["comm_bytes"]) > 0
+    # Labelled with what Slurm says of the node the jobs ran on.
+    hardware = json.loads((out / "sweep.json").read_text())["hardware"]
+    assert hardware.startswith(f"Slurm nodes localhost: 1 node(s) of {os.cpu_count()} CPUs, no GPUs"), hardware
+    assert hardware in (out / "sweep.md").read_text()
