@@ -266,14 +266,14 @@ def finished(run_dir: Path, steps: int) -> bool:
         return False
 
 
-def run_mpirun(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path) -> dict[str, str]:
+def run_mpirun(spec: dict, planned: list[tuple[Run, Path, list[str]]], ftrain: Path) -> dict[str, str]:
     """Each run under mpirun on this machine, one after another. Returns failures by run."""
     failures = {}
     launcher = spec["mpirun"]
-    for index, (run, run_dir, options) in enumerate(todo, 1):
+    for index, (run, run_dir, options) in enumerate(planned, 1):
         command = [launcher["command"], "-np", str(run.ranks), *launcher["args"], str(ftrain),
                    "--config", str(resolve(spec["base_config"], Path(spec["_dir"]))), *options]
-        print(f"ftrain-sweep: [{index}/{len(todo)}] {run_dir.name}: {' '.join(command)}", flush=True)
+        print(f"ftrain-sweep: [{index}/{len(planned)}] {run_dir.name}: {' '.join(command)}", flush=True)
         started = time.monotonic()
         with open(run_dir / "ftrain.log", "w") as log:
             try:
@@ -384,12 +384,12 @@ def slurm_final_state(job_id: str) -> tuple[str, str]:
     return "unknown", "neither sacct nor scontrol knows the job"
 
 
-def run_slurm(spec: dict, todo: list[tuple[Run, Path, list[str]]], ftrain: Path, out: Path,
+def run_slurm(spec: dict, planned: list[tuple[Run, Path, list[str]]], ftrain: Path, out: Path,
               wait: bool = True) -> dict[str, str]:
     """Submits every run as a job of slurm/ftrain.sbatch, then polls squeue until none is
     left and reads each job's end from sacct or scontrol. Returns failures by run."""
     jobs = {}
-    for run, run_dir, options in todo:
+    for run, run_dir, options in planned:
         command = sbatch_command(spec, run, run_dir, options, ftrain)
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -462,7 +462,7 @@ def sweep(spec_path: Path, out: Path, launcher: str, ftrain: Path, prep: Path, r
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "steps": spec["steps"],
         "timing_warmup_steps": spec["timing_warmup_steps"], "repeats": spec["repeats"], "series": series,
         "runs": {run.id: {**run.__dict__, "model_dir": str(model_dirs[run.model])} for run in runs}}, indent=1) + "\n")
-    todo = []
+    planned = []
     for repeat in range(spec["repeats"]):
         for run in runs:
             run_dir = repeat_dirs(out, run.id, spec["repeats"])[repeat]
@@ -472,11 +472,11 @@ def sweep(spec_path: Path, out: Path, launcher: str, ftrain: Path, prep: Path, r
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # a partial run would resume instead of starting clean
             run_dir.mkdir(parents=True)
-            todo.append((run, run_dir, ftrain_options(spec, run, run_dir, model_dirs[run.model], data)))
+            planned.append((run, run_dir, ftrain_options(spec, run, run_dir, model_dirs[run.model], data)))
     if launcher == "mpirun":
-        failures = run_mpirun(spec, todo, ftrain)
+        failures = run_mpirun(spec, planned, ftrain)
     else:
-        failures = run_slurm(spec, todo, ftrain, out, wait)
+        failures = run_slurm(spec, planned, ftrain, out, wait)
         if not wait:
             return 0
     report(out)
