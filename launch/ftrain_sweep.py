@@ -67,7 +67,7 @@ SPEC_DEFAULTS = {
     "hardware_label": "",         # what the runs ran on; detected for mpirun when empty
     "mpirun": {"command": "mpirun", "args": ["--bind-to", "none"], "timeout_s": 1800},
     "slurm": {"script": "slurm/ftrain.sbatch", "tasks_per_node": 8, "gpus_per_task": None, "cpus_per_task": None,
-              "time": None, "partition": None, "account": None, "sbatch_args": [], "poll_s": 15,
+              "time": None, "partition": None, "account": None, "sbatch_args": [], "chain": True, "poll_s": 15,
               "wait_timeout_s": 7 * 86400},
 }
 MODEL_KEYS = {"name", "path", "family", "width", "depth", "heads", "kv_heads", "intermediate", "vocab", "positions"}
@@ -103,6 +103,8 @@ def load_spec(path: Path) -> dict:
             spec[key].update(value)
         else:
             spec[key] = value
+    if not isinstance(spec["slurm"]["chain"], bool):
+        raise SpecError(f"{path}: slurm.chain must be true or false")
     if not spec["base_config"]:
         raise SpecError(f"{path}: base_config is required (an ftrain INI file, e.g. configs/tiny-gpt2.ini)")
     if not spec["models"]:
@@ -387,16 +389,23 @@ def slurm_final_state(job_id: str) -> tuple[str, str]:
 def run_slurm(spec: dict, planned: list[tuple[Run, Path, list[str]]], ftrain: Path, out: Path,
               wait: bool = True) -> dict[str, str]:
     """Submits every run as a job of slurm/ftrain.sbatch, then polls squeue until none is
-    left and reads each job's end from sacct or scontrol. Returns failures by run."""
+    left and reads each job's end from sacct or scontrol. Returns failures by run.
+    With slurm.chain (the default) each job depends on the one before (afterany), so
+    the runs take the nodes one after the other and none is timed while another shares
+    its nodes or network; without it they are all queued at once."""
     jobs = {}
+    previous = None
     for run, run_dir, options in planned:
         command = sbatch_command(spec, run, run_dir, options, ftrain)
+        if spec["slurm"]["chain"] and previous:
+            command.insert(1, f"--dependency=afterany:{previous}")
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"sbatch failed for {run_dir.name} ({result.returncode}): {result.stderr.strip()}\n"
                                f"  {' '.join(command)}")
         job_id = result.stdout.strip().split(";")[0]
         jobs[job_id] = run_dir
+        previous = job_id
         print(f"ftrain-sweep: {run_dir.name}: submitted as Slurm job {job_id}", flush=True)
     (out / "slurm_jobs.json").write_text(json.dumps({job: d.name for job, d in jobs.items()}, indent=1) + "\n")
     if not wait:

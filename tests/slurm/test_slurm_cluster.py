@@ -344,7 +344,8 @@ def reference(workspace):
 def test_sweep_on_the_cluster_runs_each_layout_as_a_job(cluster, workspace):
     # The cluster keeps no job accounting (sacct has nothing to say), so the sweep reads
     # each job's end from `scontrol show job`. Two CPUs suffice: 1 and 2 ranks of one
-    # CPU each, no GPUs; the 2-rank job waits for the 1-rank one where they do not fit.
+    # CPU each, no GPUs. The jobs are chained (slurm.chain): the second starts only once
+    # the first has ended, so no run is timed beside another.
     root = workspace["root"]
     path = spec(root, "sweep", data={"path": str(workspace["data"])}, ranks=[1, 2], tp=[1], zero=[0],
                 scaling=["strong"], steps=4, timing_warmup_steps=1,
@@ -364,6 +365,9 @@ def test_sweep_on_the_cluster_runs_each_layout_as_a_job(cluster, workspace):
         assert row["status"] == "ok" and row["memory_matches"] == "True", row
         assert math.isclose(float(row["comm_bytes"]), float(row["predicted_comm_bytes"]), abs_tol=1e-6), row
     assert float(next(r for r in rows if r["ranks"] == "2")["comm_bytes"]) > 0
+    first, second = (out / "runs" / run for run in jobs.values())
+    assert (second / "config.ini").stat().st_mtime >= (first / "metrics.jsonl").stat().st_mtime, \
+        "the second job started before the first had ended"
     # Labelled with what Slurm says of the node the jobs ran on.
     hardware = json.loads((out / "sweep.json").read_text())["hardware"]
     assert hardware.startswith(f"Slurm nodes localhost: 1 node(s) of {os.cpu_count()} CPUs, no GPUs"), hardware
