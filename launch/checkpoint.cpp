@@ -94,17 +94,6 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
   return n;
 }
 
-void fsync_path(const fs::path& path, bool directory) {
-  int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open to fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int error = errno;
-  ::close(fd);
-  // Some filesystems cannot fsync a directory (EINVAL); the rename is still ordered
-  // after the file's own fsync, which is what matters for the commit.
-  if (rc != 0 && !(directory && (error == EINVAL || error == ENOTSUP)))
-    throw std::runtime_error(path.string() + ": fsync failed: " + std::strerror(error));
-}
 
 void write_file_durably(const fs::path& path, const std::string& text) {
   {
@@ -355,6 +344,19 @@ void read_tensor(RankFiles& files, const Index& index, const json& entry, at::Te
 // ---------------------------------------------------------------------------------
 // Writing
 
+void fsync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open to fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int error = errno;
+  ::close(fd);
+  // Some filesystems cannot fsync a directory (EINVAL); the rename is still ordered
+  // after the file's own fsync, which is what matters for the commit.
+  if (rc != 0 && !(directory && (error == EINVAL || error == ENOTSUP)))
+    throw std::runtime_error(path.string() + ": fsync failed: " + std::strerror(error));
+}
+
+
 int64_t PreparedRankFile::bytes() const {
   int64_t total = 0;
   for (const auto& entry : entries) total += entry.piece.data.nbytes();
@@ -559,14 +561,7 @@ fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& m
 
 fs::path CheckpointStore::save(int64_t step, const NamedTensors& tensors, const json& meta) {
   std::vector<HeldTensor> held;
-  for (const auto& [name, tensor] : tensors) {
-    HeldTensor h;
-    h.name = name;
-    h.values = tensor.detach();
-    h.global_shape = tensor.sizes().vec();
-    h.part_shape = h.global_shape;
-    held.push_back(std::move(h));
-  }
+  for (const auto& [name, tensor] : tensors) held.push_back(HeldTensor::whole(name, tensor));
   const fs::path staging = begin(step);
   try {
     return commit(step, write_rank_file(prepare_rank_file(staging, 0, step, held)), meta);

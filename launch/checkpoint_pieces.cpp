@@ -23,6 +23,17 @@ struct Run {
 
 }  // namespace
 
+HeldTensor HeldTensor::whole(std::string name, const at::Tensor& values, int writers, int writer) {
+  HeldTensor held;
+  held.name = std::move(name);
+  held.values = values.detach();
+  held.global_shape = values.sizes().vec();
+  held.part_shape = held.global_shape;
+  held.writers = writers;
+  held.writer = writer;
+  return held;
+}
+
 std::vector<Piece> pieces_to_write(const HeldTensor& held) {
   auto fail = [&](const std::string& what) {
     throw std::invalid_argument("checkpoint: tensor '" + held.name + "' " + what);

@@ -28,6 +28,9 @@ struct HeldTensor {
   at::Tensor index;                   // (part_shape[split_dim]) int64 global indices, -1 padding
   int writers = 1;                    // ranks holding these same values
   int writer = 0;                     // which of them this rank is
+
+  // A tensor every one of `writers` ranks holds whole, unsplit.
+  static HeldTensor whole(std::string name, const at::Tensor& values, int writers = 1, int writer = 0);
 };
 
 // One rectangular block of a global tensor: global coordinates and a host copy.

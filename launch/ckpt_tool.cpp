@@ -1,12 +1,8 @@
 #include "launch/ckpt_tool.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -101,17 +97,6 @@ std::string describe_best(const json& record) {
     text += " (" + record["metric"].get<std::string>() + " " + value + ")";
   }
   return text;
-}
-
-void fsync_path(const fs::path& path, bool directory) {
-  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open to fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int error = errno;
-  ::close(fd);
-  // Some filesystems cannot fsync a directory; the files in it were synced already.
-  if (rc != 0 && !(directory && (error == EINVAL || error == ENOTSUP)))
-    throw std::runtime_error(path.string() + ": fsync failed: " + std::strerror(error));
 }
 
 // "out/" and "out" are the same directory; the sibling names below need the latter.

@@ -2,23 +2,16 @@
 positive numbers, its JSON lines give the same table back, and the checkpoints it wrote
 are committed. No speed is asserted: speeds belong to bench/checkpoint.sh."""
 import json
-import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
+from ftrain_jobs import BUILD, ENV, MPIEXEC  # noqa: E402
+
 BENCH = BUILD / "ftrain-bench-checkpoint"
-MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
-ENV = {
-    **os.environ,
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
-    "OMP_NUM_THREADS": "1",
-}
 HEADER = ("| ranks | bytes total | raw write GiB/s | ftrain save GiB/s | save / raw | async blocking ms "
           "| async to commit s | load GiB/s | verify GiB/s |")
 

@@ -62,3 +62,19 @@ def prepare_corpus(root, documents):
     subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "32",
                     "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
     return data
+
+
+def tiny_gpt2(directory):
+    """A random GPT-2 small enough for multi-rank runs on a CPU (the tiny tokenizer's
+    vocabulary, 2 layers of width 32), saved as a Hugging Face directory."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+        directory, safe_serialization=True)
+    return Path(directory)
+
+
+def tiny_gpt2_workspace(root):
+    """The generated corpus and the tiny GPT-2 that the end-to-end tests of short runs share."""
+    return {"root": Path(root), "data": prepare_corpus(root, 400), "model": tiny_gpt2(Path(root) / "model")}

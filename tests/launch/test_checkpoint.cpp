@@ -42,6 +42,13 @@ void flip_bit_in_tensor_data(const fs::path& file, const at::Tensor& tensor) {
   std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
 }
 
+// Every tensor held whole by `writers` ranks, of which this is `writer`.
+std::vector<HeldTensor> held_whole(const NamedTensors& tensors, int writers, int writer) {
+  std::vector<HeldTensor> held;
+  for (const auto& [name, tensor] : tensors) held.push_back(HeldTensor::whole(name, tensor, writers, writer));
+  return held;
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(round_trip_with_metadata) {
@@ -145,20 +152,7 @@ BOOST_AUTO_TEST_CASE(shape_mismatch_names_the_tensor) {
 BOOST_AUTO_TEST_CASE(pieces_from_several_ranks_assemble_into_global_tensors) {
   CheckpointStore store(fresh_dir("ranks"), 2);
   const NamedTensors state = sample_state(3.0f);
-  auto held_by = [&](int rank) {
-    std::vector<HeldTensor> held;
-    for (const auto& [name, tensor] : state) {
-      HeldTensor h;
-      h.name = name;
-      h.values = tensor;
-      h.global_shape = tensor.sizes().vec();
-      h.part_shape = h.global_shape;
-      h.writers = 2;
-      h.writer = rank;
-      held.push_back(h);
-    }
-    return held;
-  };
+  auto held_by = [&](int rank) { return held_whole(state, 2, rank); };
   const fs::path staging = store.begin(5);
   nlohmann::json pieces = nlohmann::json::array();
   for (int rank : {0, 1})
@@ -197,17 +191,7 @@ BOOST_AUTO_TEST_CASE(a_part_reads_only_the_pieces_it_overlaps) {
   const fs::path staging = store.begin(1);
   nlohmann::json pieces = nlohmann::json::array();
   for (int rank = 0; rank < 4; ++rank) {
-    std::vector<HeldTensor> held;
-    for (const auto& [name, tensor] : NamedTensors{{"model/w", global}, {"model/b", bias}}) {
-      HeldTensor h;
-      h.name = name;
-      h.values = tensor;
-      h.global_shape = tensor.sizes().vec();
-      h.part_shape = h.global_shape;
-      h.writers = 4;
-      h.writer = rank;
-      held.push_back(h);
-    }
+    const auto held = held_whole({{"model/w", global}, {"model/b", bias}}, 4, rank);
     for (auto& record : write_rank_file(prepare_rank_file(staging, rank, 1, held))) pieces.push_back(record);
   }
   const fs::path saved = store.commit(1, pieces, {});

@@ -48,14 +48,7 @@ void check_assembles(const at::Tensor& global, const std::vector<HeldTensor>& ra
 }
 
 HeldTensor whole(const at::Tensor& values, int writers, int writer) {
-  HeldTensor held;
-  held.name = "w";
-  held.values = values;
-  held.global_shape = values.sizes().vec();
-  held.part_shape = held.global_shape;
-  held.writers = writers;
-  held.writer = writer;
-  return held;
+  return HeldTensor::whole("w", values, writers, writer);
 }
 
 // Flat ranges of `part` over `shards` ranks as ZeRO cuts them: the numel padded up to a

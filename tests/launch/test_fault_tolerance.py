@@ -19,9 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
-from ftrain_jobs import BUILD, ENV, FTRAIN, TIMEOUT, command, losses, prepare_corpus
+from ftrain_jobs import BUILD, ENV, FTRAIN, TIMEOUT, command, losses, prepare_corpus, tiny_gpt2
 
 CKPT = BUILD / "ftrain-ckpt"
 STEPS = 120
@@ -33,11 +32,7 @@ RANKS = 2
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     data = prepare_corpus(root, 400)
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    model = root / "model"
-    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        model, safe_serialization=True)
+    model = tiny_gpt2(root / "model")
     ws = {"root": root, "data": data, "model": model}
     reference = root / "uninterrupted"
     run(ws, reference)

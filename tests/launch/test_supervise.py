@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from ftrain_jobs import BUILD, ENV, FTRAIN, TIMEOUT, command, losses, prepare_corpus
+from ftrain_jobs import BUILD, ENV, FTRAIN, TIMEOUT, command, losses, tiny_gpt2_workspace
 
 SUPERVISE = BUILD / "ftrain-supervise"
 
@@ -215,13 +214,7 @@ STEPS = 60
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("supervise")
-    data = prepare_corpus(root, 400)
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    model = root / "model"
-    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        model, safe_serialization=True)
-    return {"root": root, "data": data, "model": model}
+    return tiny_gpt2_workspace(root)
 
 
 def ftrain_job(ws, run_dir):

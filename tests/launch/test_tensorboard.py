@@ -3,9 +3,8 @@ package's own reader, which checks the framing's CRCs: every scalar equals the v
 metrics.jsonl holds for the same step, to float32 (the type of TensorBoard's scalars)."""
 import numpy as np
 import pytest
-import torch
 
-from ftrain_jobs import as_options, prepare_corpus, records, run_ftrain
+from ftrain_jobs import as_options, records, run_ftrain, tiny_gpt2_workspace
 
 STEPS = 12
 EVAL_EVERY = 4
@@ -14,13 +13,7 @@ EVAL_EVERY = 4
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("tensorboard")
-    data = prepare_corpus(root, 400)
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    model = root / "model"
-    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        model, safe_serialization=True)
-    return {"root": root, "data": data, "model": model}
+    return tiny_gpt2_workspace(root)
 
 
 def options(ws, run_dir, **overrides):

@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
-from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus  # noqa: E402
+from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus, tiny_gpt2  # noqa: E402
 from test_sweep import run_sweep, spec  # noqa: E402
 
 STEPS = 300
@@ -228,11 +227,7 @@ def cluster(tmp_path_factory):
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("job")
     data = prepare_corpus(root, 400)
-    from transformers import GPT2Config, GPT2LMHeadModel
-    torch.manual_seed(0)
-    model = root / "model"
-    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        model, safe_serialization=True)
+    model = tiny_gpt2(root / "model")
     # The job's settings as the INI file `sbatch slurm/ftrain.sbatch CONFIG.ini` takes;
     # run.dir is given per job on the command line.
     config = root / "tiny.ini"
