@@ -11,3 +11,8 @@ ftrain_python_test(test_checkpoint_bandwidth SCRIPT ${PROJECT_SOURCE_DIR}/tests/
                    LABELS mpi TIMEOUT 300)
 # ctest has no build step, so say what the script runs.
 set_tests_properties(test_checkpoint_bandwidth PROPERTIES REQUIRED_FILES "$<TARGET_FILE:ftrain-bench-checkpoint>")
+
+# ftrain-bench-loader: the training data loader alone, in tokens/s (bench/compare.py).
+add_executable(ftrain-bench-loader ${CMAKE_CURRENT_LIST_DIR}/loader_throughput.cpp)
+target_link_libraries(ftrain-bench-loader PRIVATE ftrain_data Boost::program_options nlohmann_json::nlohmann_json)
+set_target_properties(ftrain-bench-loader PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
