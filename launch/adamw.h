@@ -37,6 +37,9 @@ class AdamW {
   AdamW(std::vector<AdamWSlot> slots, AdamWOptions options);
 
   // One update with learning rate `lr`; parameters without a gradient are skipped.
+  // fp32 parameters go through LibTorch's fused AdamW kernel (one pass over parameter,
+  // gradient and both moments, a launch per group of parameters on CUDA); the same
+  // update, with rounding that may differ in the last bit from the op-by-op form.
   void step(double lr);
   void zero_grad();
 
@@ -67,7 +70,14 @@ class AdamW {
     bool decay;
     int64_t updates = 0;
     bool frozen = false;
+    // `updates` as the float32 scalar on the parameter's device that the fused kernel
+    // reads its bias correction from; kept equal to `updates`.
+    at::Tensor fused_step;
   };
+  // The slots LibTorch's fused AdamW kernel takes (fp32 parameter and gradient of one
+  // shape on one device); the others are updated op by op.
+  bool fusable(const Slot& slot, const at::Tensor& grad) const;
+  void step_unfused(Slot& slot, const at::Tensor& grad, double lr);
   std::vector<Slot> slots_;
   AdamWOptions options_;
   int64_t step_count_ = 0;
