@@ -543,6 +543,15 @@ Communicator::Communicator(Communicator&&) noexcept = default;
 Communicator& Communicator::operator=(Communicator&&) noexcept = default;
 Communicator::~Communicator() = default;
 
+int64_t Communicator::peak_device_bytes() const {
+  if (!device_.is_cuda()) return -1;
+#ifdef FTRAIN_WITH_NCCL
+  return detail::cuda_peak_allocated_bytes(device_.index());
+#else
+  return -1;
+#endif
+}
+
 Communicator Communicator::create(const CommOptions& options) {
   if (!mpi_running()) {
     throw std::logic_error("Communicator::create: MPI is not running; create an MpiSession first");

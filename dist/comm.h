@@ -194,6 +194,9 @@ class Communicator {
   Group& dp() { return *dp_; }
 
   c10::Device device() const { return device_; }
+  // The most memory the caching allocator has held allocated on this rank's GPU since
+  // the process started; -1 on the CPU, where the process's peak resident set says it.
+  int64_t peak_device_bytes() const;
   // Summed over all three groups.
   CommStats& stats() { return *stats_; }
 

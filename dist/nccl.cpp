@@ -13,6 +13,7 @@
 
 #include <nccl.h>
 
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -232,5 +233,10 @@ std::unique_ptr<DeviceCollectives> make_nccl_collectives(MPI_Comm comm, int rank
 int cuda_device_count() { return c10::cuda::device_count(); }
 
 void set_cuda_device(int index) { c10::cuda::set_device(static_cast<c10::DeviceIndex>(index)); }
+
+int64_t cuda_peak_allocated_bytes(int index) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+}
 
 }  // namespace ftrain::dist::detail

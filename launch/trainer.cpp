@@ -1,5 +1,7 @@
 #include "launch/trainer.h"
 
+#include <unistd.h>
+
 #include <torch/torch.h>
 
 #include <chrono>
@@ -39,6 +41,20 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Wall seconds since the kernel started this process (field 22 of /proc/self/stat, in
+// clock ticks since boot), so start-up counts loading the shared libraries too.
+double seconds_since_process_start() {
+  std::ifstream stat("/proc/self/stat"), uptime("/proc/uptime");
+  std::string line;
+  double now = 0;
+  if (!std::getline(stat, line) || !(uptime >> now)) return -1;
+  std::istringstream fields(line.substr(line.rfind(')') + 2));  // after the command name
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+  }
+  return now - std::stod(field) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 std::string format_duration(double seconds) {
@@ -750,6 +766,11 @@ class Trainer {
     double smoothed_step_seconds = 0;
     int exit_code = 0;
 
+    if (rank0() && step_ < config_.train.steps) {
+      const double startup = seconds_since_process_start();
+      metrics_->write({{"step", step_}, {"startup_s", startup}});
+      std::printf("ftrain: first step starts %.2f s after the process started\n", startup);
+    }
     while (step_ < config_.train.steps) {
       watchdog_.begin("step " + std::to_string(step_ + 1));
       const auto step_start = Clock::now();
@@ -821,7 +842,7 @@ class Trainer {
           step_ == start_step + 1 ? step_seconds : 0.9 * smoothed_step_seconds + 0.1 * step_seconds;
       const double tokens_per_s = step_tokens / step_seconds;
       if (rank0()) {
-        metrics_->write({{"step", step_},
+        json record = {{"step", step_},
                          {"loss", loss},
                          {"lr", lr},
                          {"grad_norm", grad_norm},
@@ -831,7 +852,9 @@ class Trainer {
                          {"comm_bytes", step_bytes},
                          {"loss_scale", loss_scale},
                          {"skipped", !stepped},
-                         {"elapsed_s", seconds_since(run_start)}});
+                         {"elapsed_s", seconds_since(run_start)}};
+        if (comm_.device().is_cuda()) record["peak_device_bytes"] = comm_.peak_device_bytes();
+        metrics_->write(record);
         if (step_ % config_.train.log_every == 0 || step_ == start_step + 1 || step_ == config_.train.steps) {
           std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s%s\n",
                       static_cast<long long>(step_), static_cast<long long>(config_.train.steps), loss, lr,
