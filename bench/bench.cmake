@@ -16,3 +16,9 @@ set_tests_properties(test_checkpoint_bandwidth PROPERTIES REQUIRED_FILES "$<TARG
 add_executable(ftrain-bench-loader ${CMAKE_CURRENT_LIST_DIR}/loader_throughput.cpp)
 target_link_libraries(ftrain-bench-loader PRIVATE ftrain_data Boost::program_options nlohmann_json::nlohmann_json)
 set_target_properties(ftrain-bench-loader PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
+
+# Smoke test of bench/compare.py on a tiny GPT-2: every side and table, the same first
+# loss on every side; no timing.
+ftrain_python_test(test_compare SCRIPT ${PROJECT_SOURCE_DIR}/tests/bench/test_compare.py TIMEOUT 900)
+set_tests_properties(test_compare PROPERTIES REQUIRED_FILES
+                     "$<TARGET_FILE:ftrain>;$<TARGET_FILE:ftrain-bench-loader>;$<TARGET_FILE:ftrain-bench-checkpoint>")

@@ -10,8 +10,10 @@ the output directory.
 
 Models (--models): gpt2-124m (GPT-2 small's shape, random weights), minilm
 (all-MiniLM-L6-v2, pretrained, as a 2-class sequence classifier), llama-1b (a
-TinyLlama-shaped 1.1B Llama, random weights; GPU only). The default is the first two
-on the CPU and all three on CUDA.
+TinyLlama-shaped 1.1B Llama, random weights; GPU only), gpt2-tiny (2 layers of width
+64, to check the harness in seconds). The default is gpt2-124m and minilm on the CPU,
+and llama-1b too on CUDA. Both sides start from the same saved weights and read the
+same rows in the same order, so their first losses agree (results.json keeps them).
 
 Step time is the median over the measured steps of every repeat (the first --warmup
 steps of each process are dropped: allocation, torch.compile's compilation). Runs of
@@ -46,6 +48,8 @@ MODELS = {
     "minilm": {"task": "sequence_classification", "cpu": (32, 128), "cuda": (256, 128),
                "precision": {"cpu": "fp32", "cuda": "bf16"}},
     "llama-1b": {"task": "causal_lm", "cuda": (4, 2048), "precision": {"cuda": "bf16"}},
+    # Two layers of width 64 without dropout: seconds per run, for checking the harness.
+    "gpt2-tiny": {"task": "causal_lm", "cpu": (4, 64), "cuda": (4, 64), "precision": {"cpu": "fp32", "cuda": "bf16"}},
 }
 
 
@@ -58,6 +62,10 @@ def make_model(name, directory):
     torch.manual_seed(0)
     if name == "gpt2-124m":
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+    elif name == "gpt2-tiny":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=1024, n_positions=128, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0))
     elif name == "llama-1b":
         config = transformers.LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
                                           num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
