@@ -44,12 +44,13 @@ std::int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<std:
 //
 // Forward, a block runs as  x -> AfterBlockBackward -> block -> BeforeBlockBackward -> y.
 // Both are identities; backward visits them in reverse, so BeforeBlockBackward's
-// backward runs just before the block's (at stage 3 gather its parameters and prefetch
-// the previous block's; give it gradient memory) and AfterBlockBackward's once the gradient of the
-// block's input is complete. The engine runs a parameter's AccumulateGrad as soon as
-// its gradient is ready and before any other ready node, so by then the block's
-// parameter gradients are all accumulated (test_zero checks the result): reduce-scatter
-// them, free the block's gradients and, at stage 3, its parameters.
+// backward runs just before the block's (give it gradient memory; at stage 3 also
+// gather its parameters and prefetch the previous block's) and AfterBlockBackward's
+// once the gradient of the block's input is complete. The engine runs a parameter's
+// AccumulateGrad as soon as its gradient is ready and before any other ready node, so
+// by then the block's parameter gradients are all accumulated (test_zero checks the
+// result): reduce-scatter them, free the block's gradients and, at stage 3, its
+// parameters.
 
 struct ZeroBlockHooks {
   // Autograd keeps only IValues in ctx->saved_data; a capsule carries the owner.
