@@ -40,16 +40,17 @@ std::int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<std:
 }  // namespace
 
 // ---------------------------------------------------------------------------------
-// Stage 3's hooks around a block
+// Hooks around a block (stages 2 and 3)
 //
 // Forward, a block runs as  x -> AfterBlockBackward -> block -> BeforeBlockBackward -> y.
 // Both are identities; backward visits them in reverse, so BeforeBlockBackward's
-// backward runs just before the block's (gather its parameters, prefetch the previous
-// block's, give it gradient memory) and AfterBlockBackward's once the gradient of the
-// block's input is complete. The engine runs a parameter's AccumulateGrad as soon as
-// its gradient is ready and before any other ready node, so by then the block's
-// parameter gradients are all accumulated (test_zero checks the result): reduce-scatter
-// them and free the block.
+// backward runs just before the block's (give it gradient memory; at stage 3 also
+// gather its parameters and prefetch the previous block's) and AfterBlockBackward's
+// once the gradient of the block's input is complete. The engine runs a parameter's
+// AccumulateGrad as soon as its gradient is ready and before any other ready node, so
+// by then the block's parameter gradients are all accumulated (test_zero checks the
+// result): reduce-scatter them, free the block's gradients and, at stage 3, its
+// parameters.
 
 struct ZeroBlockHooks {
   // Autograd keeps only IValues in ctx->saved_data; a capsule carries the owner.
@@ -64,14 +65,16 @@ struct ZeroBlockHooks {
   }
 
   static void before_block_backward(ZeroSharding& zero, size_t unit) {
-    zero.ensure_gathered(unit);
-    if (unit > 1) zero.prefetch(unit - 1);  // the block before; unit 0 is the root
+    if (zero.stage_ == 3) {
+      zero.ensure_gathered(unit);
+      if (unit > 1) zero.prefetch(unit - 1);  // the block before; unit 0 is the root
+    }
     if (zero.trainable(zero.units_[unit])) zero.hold_grads(unit);
   }
 
   static void after_block_backward(ZeroSharding& zero, size_t unit) {
     zero.reduce_unit(unit);
-    zero.free_params(unit);
+    if (zero.stage_ == 3) zero.free_params(unit);
   }
 };
 
@@ -116,13 +119,13 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
                            std::vector<std::vector<std::string>> block_param_names)
     : dp_(dp), stage_(stage), params_(std::move(named_params)) {
   if (params_.empty()) throw std::invalid_argument("ZeroSharding: no parameters");
-  if (stage_ < 0 || stage_ > 3)
+  if (stage_ < 1 || stage_ > 3)
     throw std::invalid_argument("ZeroSharding: stage must be 1, 2 or 3, got " + std::to_string(stage_));
   const auto options = params_.front().second.options().requires_grad(false);
   for (const auto& [name, p] : params_)
     if (p.scalar_type() != options.dtype().toScalarType() || p.device() != options.device())
       throw std::invalid_argument("ZeroSharding: parameter '" + name + "' differs in dtype or device");
-  if (stage_ == 3) {
+  if (stage_ >= 2) {
     build_units(block_param_names);
     reset_peaks();
     return;
@@ -137,7 +140,6 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
   shard_numel_ = (total + ranks - 1) / ranks;
   flat_params_ = torch::zeros({shard_numel_ * ranks}, options);
   flat_grads_ = torch::zeros({shard_numel_ * ranks}, options);
-  if (stage_ == 2) shard_grads_ = torch::zeros({shard_numel_}, options);
 
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -156,14 +158,13 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
     const int64_t begin = std::max(shard_begin, offsets_[i]);
     const int64_t end = std::min(shard_end, offsets_[i] + params_[i].second.numel());
     if (begin >= end) continue;
-    at::Tensor grad = stage_ == 2 ? shard_grads_.narrow(0, begin - shard_begin, end - begin)
-                                  : flat_grads_.narrow(0, begin, end - begin);
-    slices_.push_back(Slice{params_[i].first, flat_params_.narrow(0, begin, end - begin), grad, begin - offsets_[i],
-                            params_[i].second.numel(), params_[i].second.dim() >= 2, i});
+    slices_.push_back(Slice{params_[i].first, flat_params_.narrow(0, begin, end - begin),
+                            flat_grads_.narrow(0, begin, end - begin), begin - offsets_[i], params_[i].second.numel(),
+                            params_[i].second.dim() >= 2, i});
     slice_shard_offsets_.push_back(begin - shard_begin);
   }
   parameter_bytes_ = bytes_of(flat_params_);
-  gradient_bytes_ = bytes_of(flat_grads_) + (shard_grads_.defined() ? bytes_of(shard_grads_) : 0);
+  gradient_bytes_ = bytes_of(flat_grads_);
   reset_peaks();
 }
 
@@ -199,7 +200,7 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
     unit.shard_offset = shard_numel_;
     shard_numel_ += unit.shard_numel;
   }
-  shard_params_ = torch::zeros({shard_numel_}, options);
+  if (stage_ == 3) shard_params_ = torch::zeros({shard_numel_}, options);
   shard_grads_ = torch::zeros({shard_numel_}, options);
   anchor_ = torch::empty({0}, options).requires_grad_(true);
 
@@ -216,26 +217,38 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
       p.set_data(view.view(p.sizes()));
       p.mutable_grad() = unit.full_grads.narrow(0, offsets_[i], p.numel()).view(p.sizes());
     }
-    // Parameters are equal on every rank, so each takes its shard without communicating.
-    shard_params_.narrow(0, unit.shard_offset, unit.shard_numel)
-        .copy_(unit.full_params.narrow(0, unit.shard_numel * rank, unit.shard_numel));
-    release_storage(unit.full_params);
+    const int64_t shard_begin = unit.shard_numel * rank;
+    if (stage_ == 3) {
+      // Parameters are equal on every rank, so each takes its shard without communicating.
+      shard_params_.narrow(0, unit.shard_offset, unit.shard_numel)
+          .copy_(unit.full_params.narrow(0, shard_begin, unit.shard_numel));
+      release_storage(unit.full_params);
+    } else {
+      unit.gathered = true;  // stage 2 keeps every parameter whole
+    }
     release_storage(unit.full_grads);
 
-    const int64_t shard_begin = unit.shard_numel * rank;
     const int64_t shard_end = shard_begin + unit.shard_numel;
     for (size_t i : unit.params) {
       const int64_t begin = std::max(shard_begin, offsets_[i]);
       const int64_t end = std::min(shard_end, offsets_[i] + params_[i].second.numel());
       if (begin >= end) continue;
       const int64_t at = unit.shard_offset + begin - shard_begin;
-      slices_.push_back(Slice{params_[i].first, shard_params_.narrow(0, at, end - begin),
-                              shard_grads_.narrow(0, at, end - begin), begin - offsets_[i], params_[i].second.numel(),
-                              params_[i].second.dim() >= 2, i});
+      // Stage 2's optimizer updates its part of the whole parameters in place;
+      // gather_parameters() then sends it to the other ranks.
+      at::Tensor param = stage_ == 3 ? shard_params_.narrow(0, at, end - begin)
+                                     : unit.full_params.narrow(0, begin, end - begin);
+      slices_.push_back(Slice{params_[i].first, param, shard_grads_.narrow(0, at, end - begin), begin - offsets_[i],
+                              params_[i].second.numel(), params_[i].second.dim() >= 2, i});
       slice_shard_offsets_.push_back(at);
     }
   }
-  parameter_bytes_ = bytes_of(shard_params_);
+  parameter_bytes_ = 0;
+  if (stage_ == 3) {
+    parameter_bytes_ = bytes_of(shard_params_);
+  } else {
+    for (const Unit& unit : units_) parameter_bytes_ += bytes_of(unit.full_params);
+  }
   gradient_bytes_ = bytes_of(shard_grads_);
 }
 
@@ -350,12 +363,13 @@ void ZeroSharding::reduce_unit(size_t u) {
 }
 
 model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
-  if (stage_ != 3)
+  if (stage_ == 1)
     return [inner](size_t index, const at::Tensor& x, const model::BlockForward& block) {
       return inner ? inner(index, x, block) : block(x);
     };
   return [this, inner](size_t index, const at::Tensor& x, const model::BlockForward& block) -> at::Tensor {
-    // Without blocks the root unit is the whole model, gathered by before_forward().
+    // Without blocks the root unit is the whole model, gathered by before_forward() and
+    // reduced after backward.
     if (units_.size() == 1) return inner ? inner(index, x, block) : block(x);
     const size_t u = index + 1;
     if (u >= units_.size())
@@ -364,8 +378,11 @@ model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
     // In backward, a block runs only as a recomputation (activation checkpointing
     // outside this runner): its hooks free it after its own backward.
     const bool recomputing = phase_ == Phase::Backward;
-    ensure_gathered(u);
-    if (!recomputing && u + 1 < units_.size()) prefetch(u + 1);
+    const bool gathers = stage_ == 3;
+    if (gathers) {
+      ensure_gathered(u);
+      if (!recomputing && u + 1 < units_.size()) prefetch(u + 1);
+    }
 
     const bool hooked = torch::GradMode::is_enabled() && (x.requires_grad() || trainable(units_[u]));
     at::Tensor input = x;
@@ -373,7 +390,7 @@ model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
     at::Tensor y = inner ? inner(index, input, block) : block(input);
     if (hooked && y.requires_grad())
       y = BeforeBlockBackward::apply(y, c10::make_intrusive<ZeroBlockHooks::Owner>(*this, u));
-    if (!recomputing) free_params(u);
+    if (gathers && !recomputing) free_params(u);
     return y;
   };
 }
@@ -385,15 +402,24 @@ void ZeroSharding::before_forward() {
 }
 
 void ZeroSharding::before_backward() {
-  if (stage_ != 3) return;
+  if (stage_ == 1) return;
   phase_ = Phase::Backward;
   if (trainable(units_[0])) hold_grads(0);
 }
 
 void ZeroSharding::after_backward() {
-  if (stage_ != 3) return;
+  if (stage_ == 1) return;
   phase_ = Phase::Forward;
-  finish_prefetch();
+  if (stage_ == 3) {
+    finish_prefetch();
+    return;
+  }
+  // Stage 2 reduces every micro-batch completely, so between backward passes (and in
+  // the next forward, when activations are largest) a rank holds only its shard's
+  // gradients. What is left is the root, whose gradients (an embedding tied to the head)
+  // are complete only now, and any block whose backward did not reach its hook. Every
+  // rank holds the same units, as every rank runs the same model.
+  for (size_t u = 0; u < units_.size(); ++u) reduce_unit(u);
 }
 
 void ZeroSharding::release() {
@@ -406,23 +432,21 @@ void ZeroSharding::release() {
 // After backward
 
 void ZeroSharding::reduce_gradients() {
-  if (stage_ == 3) {
+  if (stage_ >= 2) {
     finish_prefetch();
     // Held gradients are those no block hook reduced: the root's, and those of a block
-    // whose backward stopped early. Every rank holds the same units, as every rank
-    // runs the same model, so all call the same reduce-scatters.
+    // whose backward stopped early (at stage 2 after_backward() reduced them already).
+    // Every rank holds the same units, as every rank runs the same model, so all call
+    // the same reduce-scatters.
     for (size_t u = 0; u < units_.size(); ++u) reduce_unit(u);
-    for (size_t u = 0; u < units_.size(); ++u) free_params(u);
+    if (stage_ == 3)
+      for (size_t u = 0; u < units_.size(); ++u) free_params(u);
     return;
   }
-  // The optimizer reads only this rank's shard, so a reduce-scatter suffices at both
-  // stages; stage 1 leaves the sum in its part of the full buffer.
-  if (stage_ == 2) {
-    reduce_scatter_gradients(shard_grads_, flat_grads_);
-  } else {
-    at::Tensor mine = flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
-    reduce_scatter_gradients(mine, flat_grads_);
-  }
+  // The optimizer reads only this rank's shard, so a reduce-scatter suffices; stage 1
+  // leaves the sum in its part of the full buffer.
+  at::Tensor mine = flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
+  reduce_scatter_gradients(mine, flat_grads_);
 }
 
 void ZeroSharding::reduce_scatter_gradients(at::Tensor& out, const at::Tensor& in) {
@@ -454,6 +478,15 @@ void ZeroSharding::scale_gradients(double factor) {
 void ZeroSharding::gather_parameters() {
   if (stage_ == 3) return;  // gathered unit by unit when used
   torch::NoGradGuard no_grad;
+  if (stage_ == 2) {
+    // Unit by unit, in place: a unit's shards are contiguous only within its own flat
+    // space.
+    for (Unit& unit : units_) {
+      at::Tensor mine = unit.full_params.narrow(0, unit.shard_numel * dp_.rank(), unit.shard_numel);
+      dp_.all_gather(unit.full_params, mine);
+    }
+    return;
+  }
   at::Tensor mine = flat_params_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
   dp_.all_gather(flat_params_, mine);
 }
@@ -483,7 +516,7 @@ std::vector<std::pair<std::string, at::Tensor>> ZeroSharding::gather_state(
   at::Tensor full = torch::empty({shard_numel_ * ranks}, options);
   dp_.all_gather(full, shard);
   std::vector<std::pair<std::string, at::Tensor>> out;
-  if (stage_ != 3) {
+  if (stage_ == 1) {
     for (size_t i = 0; i < params_.size(); ++i)
       out.emplace_back(params_[i].first,
                        full.narrow(0, offsets_[i], params_[i].second.numel()).view(params_[i].second.sizes()));

@@ -2,43 +2,55 @@
 // optimizer state (stage 1), the gradients (stage 2) and the parameters (stage 3).
 //
 // Every parameter becomes a view into a flat buffer, and its gradient a view into a
-// second one, so a whole model (stages 1, 2) or a whole transformer block (stage 3) is
+// second one, so a whole model (stage 1) or a whole transformer block (stages 2, 3) is
 // reduced and gathered with single collectives. A flat space is padded to a multiple
 // of the data-parallel size N and cut into N equal contiguous shards; rank d owns
 // shard d. The optimizer updates only the parts of parameters inside its shards
 // (`local_slices`).
 //
-//   stage 1: optimizer state sharded; gradients reduce-scattered into this rank's part
-//            of the full gradient buffer; the updated shard all-gathered after the step
-//   stage 2: the reduced gradients of the shard live in a shard-sized buffer of their
-//            own (the full buffer still receives backward's accumulation)
-//   stage 3: parameters sharded too. The model is cut into units: one per transformer
-//            block, and the "root" (embeddings, final norm, head: every parameter in
-//            no block). Each unit has its own padded flat space, so it is gathered
-//            alone. Between uses a rank holds only its shards; a block's full
-//            parameters are all-gathered just before it runs (the next block's
-//            gather starts meanwhile) and freed right after, gathered again for its
-//            backward (prefetching the block before it), and once its backward is
-//            done its full gradients are reduce-scattered, added into this rank's
-//            shard gradients and freed. The root stays gathered from before_forward()
-//            until reduce_gradients().
+//   stage 1: optimizer state sharded; one flat space for the model; backward
+//            accumulates into the full gradient buffer, reduce_gradients()
+//            reduce-scatters it into this rank's part; the updated shard is
+//            all-gathered after the step
+//   stages 2, 3: the model is cut into units: one per transformer block, and the
+//            "root" (embeddings, final norm, head: every parameter in no block). Each
+//            unit has its own padded flat space, so it is reduced (and gathered) alone,
+//            and the reduced gradients of this rank's shards live in a shard-sized
+//            buffer. A unit's full gradients have memory only while its backward runs:
+//            once a block's backward is done they are reduce-scattered, added into the
+//            shard gradients (so micro-batches accumulate) and freed.
+//   stage 2: parameters stay whole. The root's full gradients are held from
+//            before_backward() to after_backward(), which reduces them, so every
+//            micro-batch is reduced and, between backward passes, a rank holds
+//            gradients only for its shard. After the step each unit's updated shard is
+//            all-gathered.
+//   stage 3: parameters sharded too. Between uses a rank holds only its shards; a
+//            block's full parameters are all-gathered just before it runs (the next
+//            block's gather starts meanwhile) and freed right after, gathered again
+//            for its backward (prefetching the block before it), and freed with its
+//            gradients once its backward is done. The root stays gathered, and its
+//            gradients held, from before_forward() until reduce_gradients().
 //
-// Communication per step and rank, in elements (psi = parameters, padded per unit):
-//   stages 1, 2: 2 psi (N-1)/N: the reduce-scatter of the gradients plus the all-gather
-//                of the updated parameters, the volume of a plain all-reduce
+// Communication per step and rank, in elements (psi = parameters, padded per unit at
+// stages 2 and 3), with k micro-batches:
+//   stage 1: 2 psi (N-1)/N: the reduce-scatter of the accumulated gradients plus the
+//            all-gather of the updated parameters, the volume of a plain all-reduce
+//   stage 2: (k + 1) psi (N-1)/N: a reduce-scatter of every unit per micro-batch, one
+//            all-gather of every unit per step (2 psi (N-1)/N at k = 1)
 //   stage 3, one micro-batch: 3 psi_blocks (N-1)/N (all-gather in forward, all-gather
-//                in backward, reduce-scatter) + 2 psi_root (N-1)/N (one all-gather,
-//                one reduce-scatter); each further micro-batch adds 3 psi_blocks (N-1)/N.
+//            in backward, reduce-scatter) + 2 psi_root (N-1)/N (one all-gather, one
+//            reduce-scatter); each further micro-batch adds 3 psi_blocks (N-1)/N.
 //
-// A training step at stage 3:
+// A training step at stages 2 and 3:
 //   model->set_block_runner(zero.block_runner(model::checkpoint_blocks()));  // once
 //   for each micro-batch: before_forward(); loss = ...; before_backward();
 //                         loss.backward(); after_backward();
 //   reduce_gradients(); [gradient_square_sum, scale_gradients]; optimizer on
-//   local_slices(); gather_parameters() (no-op); zero_grad();
+//   local_slices(); gather_parameters() (stage 3: no-op); zero_grad();
 // and an evaluation: before_forward(); forward under no-grad ...; release().
-// Until before_forward() the root's parameters have no memory: running the model
-// without it reads freed storage.
+// At stage 3, until before_forward() the root's parameters have no memory: running the
+// model without it reads freed storage. Stage 1 needs none of the hooks (they are
+// no-ops) but reduce_gradients() and gather_parameters().
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -77,7 +89,8 @@ class ZeroSharding {
   // share dtype and device, and be equal on every rank. block_param_names[i] names (as
   // in named_params) the parameters of transformer block i; stage 3 gathers each
   // block alone and every other parameter as the root unit (with none given, the whole
-  // model is one unit). Stages 1 and 2 ignore it. No communication.
+  // model is one unit). Stage 2 reduces the gradients of each block alone, stage 3
+  // also gathers each block alone; stage 1 ignores it. No communication.
   ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
                std::vector<std::vector<std::string>> block_param_names = {});
   ~ZeroSharding();
@@ -87,22 +100,26 @@ class ZeroSharding {
   const std::vector<Slice>& local_slices() const { return slices_; }
   int stage() const { return stage_; }
 
-  // The runner to install in the model (set_block_runner) at stage 3; block i of the
-  // runner is block_param_names[i]. It runs `inner` (e.g. checkpoint_blocks()) inside
-  // the gathered parameters. At stages 1 and 2 it runs inner, or the block, as is.
+  // The runner to install in the model (set_block_runner) at stages 2 and 3; block i
+  // of the runner is block_param_names[i]. It runs `inner` (e.g. checkpoint_blocks())
+  // inside the hooks that reduce the block's gradients after its backward (and, at
+  // stage 3, inside the gathered parameters). At stage 1 it runs inner, or the block,
+  // as is.
   model::BlockRunner block_runner(model::BlockRunner inner = {});
 
   // Stage 3: gathers the root unit if it is freed (and, while gradients are recorded,
   // gives it a zeroed full gradient buffer). No-op at stages 1 and 2.
   void before_forward();
   // Brackets around loss.backward(), so the runner knows a block run during backward is
-  // a recomputation. No-ops at stages 1 and 2.
+  // a recomputation. before_backward() gives the root gradient memory (stages 2, 3);
+  // at stage 2 after_backward() reduce-scatters every unit still held (the root, blocks
+  // whose backward did not run) and frees it. No-ops at stage 1.
   void before_backward();
   void after_backward();
 
-  // After backward: reduce-scatters the gradients so this rank's shard holds the sum
-  // over ranks. Stage 3: the units not yet reduced (the root, blocks whose backward did
-  // not run), then frees the root's full parameters and gradients.
+  // After the last micro-batch's backward: makes this rank's shard hold the gradients
+  // summed over ranks. Stage 1 reduce-scatters the full buffer; stages 2 and 3 the
+  // units not yet reduced; stage 3 then frees the root's full parameters and gradients.
   void reduce_gradients();
   // Stage 3: frees every gathered unit (after an evaluation). No-op at stages 1 and 2.
   void release();
@@ -121,9 +138,10 @@ class ZeroSharding {
 
   void zero_grad();
 
-  // Bytes this rank holds now for parameters and for gradients: the flat buffers (and
-  // the shard's reduced gradients at stage 2); at stage 3 the shards plus the units
-  // gathered at the moment. The peaks are the maxima since construction or
+  // Bytes this rank holds now for parameters and for gradients: stage 1 the flat
+  // buffers; stage 2 the whole parameters, and the shard's reduced gradients plus the
+  // units' full gradients held at the moment; stage 3 the shards plus the units
+  // gathered or held at the moment. The peaks are the maxima since construction or
   // reset_peaks(), counted as buffers are allocated and freed.
   std::int64_t parameter_bytes() const { return parameter_bytes_; }
   std::int64_t gradient_bytes() const { return gradient_bytes_; }
@@ -145,12 +163,12 @@ class ZeroSharding {
   // dp_.reduce_scatter(out, in, Sum), through reduce_dtype_ when one is set.
   void reduce_scatter_gradients(at::Tensor& out, const at::Tensor& in);
   std::optional<c10::ScalarType> reduce_dtype_;
-  // Stage 3: a set of parameters gathered, reduced and freed together.
+  // Stages 2, 3: a set of parameters reduced (stage 3: gathered) and freed together.
   struct Unit {
     std::vector<size_t> params;  // indices into params_
     int64_t shard_numel = 0;     // this unit's elements per rank (numel padded / N)
     int64_t shard_offset = 0;    // where this unit's shard starts in the shard buffers
-    at::Tensor full_params;      // (shard_numel * N); storage released while not gathered
+    at::Tensor full_params;      // (shard_numel * N); stage 3: storage released while not gathered
     at::Tensor full_grads;       // (shard_numel * N); storage released while not held
     bool gathered = false;       // full_params has memory (its gather may be in flight)
     bool grads_held = false;     // full_grads has memory
@@ -175,17 +193,17 @@ class ZeroSharding {
   Group& dp_;
   int stage_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
-  std::vector<int64_t> offsets_;  // of each parameter in the flat space (stage 3: of its unit)
-  std::vector<size_t> unit_of_;   // stage 3: the unit of each parameter
+  std::vector<int64_t> offsets_;  // of each parameter in the flat space (stages 2, 3: of its unit)
+  std::vector<size_t> unit_of_;   // stages 2, 3: the unit of each parameter
   std::vector<int64_t> slice_shard_offsets_;  // where each slice starts in this rank's shard space
-  int64_t shard_numel_ = 0;  // elements of this rank's shard space (stage 3: all units' shards)
-  at::Tensor flat_params_;   // stages 1, 2: (shard_numel * N)
-  at::Tensor flat_grads_;    // stages 1, 2: (shard_numel * N)
+  int64_t shard_numel_ = 0;  // elements of this rank's shard space (stages 2, 3: all units' shards)
+  at::Tensor flat_params_;   // stage 1: (shard_numel * N)
+  at::Tensor flat_grads_;    // stage 1: (shard_numel * N)
   at::Tensor shard_params_;  // stage 3: (shard_numel), this rank's shards of every unit
   at::Tensor shard_grads_;   // stages 2, 3: (shard_numel), the reduced gradients of this shard
   std::vector<Slice> slices_;
 
-  std::vector<Unit> units_;  // stage 3: the root, then block 0, 1, ...
+  std::vector<Unit> units_;  // stages 2, 3: the root, then block 0, 1, ...
   std::optional<size_t> prefetching_;  // the unit whose gather is in flight
   PendingCollective prefetch_;
   Phase phase_ = Phase::Forward;

@@ -76,7 +76,7 @@ def kv_heads_per_rank(shape: ModelShape, tp: int) -> int:
 
 def parameter_units(shape: ModelShape, tp: int = 1) -> tuple[int, list[int]]:
     """Elements one tensor-parallel rank holds: (root, [block 0, block 1, ...]), the
-    units ZeRO-3 gathers one at a time. The root is every parameter in no block:
+    units ZeRO-2 reduces and ZeRO-3 gathers one at a time. The root is every parameter in no block:
     embeddings, final norm, an untied head. Column-parallel matrices and their biases
     are split T ways, row-parallel matrices too (their biases whole), vocabulary
     matrices by rows padded to a multiple of T, norms and GPT-2's position embedding
@@ -256,13 +256,22 @@ def step_traffic(shape: ModelShape, layout: Layout) -> Traffic:
             traffic.dp_calls = max(1, math.ceil(psi * FP32 / (layout.bucket_mb * 2**20)))
             traffic.dp_ring_steps = traffic.dp_calls * 2 * (N - 1)
             traffic.dp_overlappable_bytes = traffic.dp_bytes
-        elif layout.zero in (1, 2):
-            # Reduce-scatter of the gradients, all-gather of the updated parameters, over
-            # the whole model padded to a multiple of N.
+        elif layout.zero == 1:
+            # Reduce-scatter of the accumulated gradients, all-gather of the updated
+            # parameters, over the whole model padded to a multiple of N.
             padded = zero_shard(psi, N) * N
             traffic.dp_bytes = f * padded * (grad + param)
             traffic.dp_calls = 2
             traffic.dp_ring_steps = 2 * (N - 1)
+        elif layout.zero == 2:
+            # Per unit (the root, each block), each padded to a multiple of N: a
+            # reduce-scatter of its gradients in every micro-batch, an all-gather of the
+            # updated parameters once per step.
+            units = [root, *blocks]
+            padded = sum(zero_shard(u, N) * N for u in units)
+            traffic.dp_bytes = f * padded * (accumulation * grad + param)
+            traffic.dp_calls = (accumulation + 1) * len(units)
+            traffic.dp_ring_steps = traffic.dp_calls * (N - 1)
         else:
             # Per block and micro-batch: all-gather for the forward, again for the
             # backward, reduce-scatter of its gradients; the root once per step.
@@ -299,7 +308,7 @@ def own_elements(elements: int, dp: int, dp_rank: int) -> int:
 
 
 def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> dict[str, int]:
-    """Bytes of parameters, gradients and AdamW moments `rank` holds (at ZeRO-3 the peaks
+    """Bytes of parameters, gradients and AdamW moments `rank` holds (at ZeRO-2/3 the peaks
     of a step), exactly as ftrain's memory record counts them: fp32, flat buffers padded
     to a multiple of N, the gradient buckets of plain data parallelism."""
     layout.validate()
@@ -311,20 +320,26 @@ def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> di
         buckets = psi * layout.reduce_dtype_bytes if N > 1 else 0  # the buckets hold reduce_dtype
         return {"parameter_bytes": FP32 * psi, "gradient_bytes": FP32 * psi + buckets,
                 "optimizer_bytes": 2 * FP32 * psi}
-    if layout.zero in (1, 2):
+    if layout.zero == 1:
         padded = zero_shard(psi, N) * N
-        gradients = padded + (zero_shard(psi, N) if layout.zero == 2 else 0)
-        return {"parameter_bytes": FP32 * padded, "gradient_bytes": FP32 * gradients,
+        return {"parameter_bytes": FP32 * padded, "gradient_bytes": FP32 * padded,
                 "optimizer_bytes": 2 * FP32 * own_elements(psi, N, dp_rank)}
     units = [root, *blocks]
     shards = sum(zero_shard(u, N) for u in units)
     full = [zero_shard(u, N) * N for u in units]
+    optimizer = 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units)
+    if layout.zero == 2:
+        # Whole parameters; the shard's reduced gradients plus, during a block's
+        # backward, the full gradients of the root and of that block.
+        return {"parameter_bytes": FP32 * sum(full),
+                "gradient_bytes": FP32 * (shards + full[0] + max(full[1:], default=0)),
+                "optimizer_bytes": optimizer}
     # Gathered at once: the root from the first forward to the gradient reduction, and
     # two neighbouring blocks (one running, the next prefetched); one block's gradients.
     pair = max((full[i] + full[i + 1] for i in range(1, len(full) - 1)), default=max(full[1:], default=0))
     return {"parameter_bytes": FP32 * (shards + full[0] + pair),
             "gradient_bytes": FP32 * (shards + full[0] + max(full[1:], default=0)),
-            "optimizer_bytes": 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units)}
+            "optimizer_bytes": optimizer}
 
 
 def activation_bytes(shape: ModelShape, layout: Layout) -> float:
@@ -409,7 +424,8 @@ def predict(shape: ModelShape, layout: Layout, hardware: Hardware) -> Prediction
     """Step time of one layout: compute at mfu x peak, plus the tensor-parallel
     all-reduces (inside the step's critical path), plus the data-parallel traffic not
     hidden under compute (overlap x compute hides the ZeRO-0 buckets and the ZeRO-3
-    block gathers and reductions; ZeRO-1/2's reductions follow the backward pass)."""
+    block gathers and reductions; ZeRO-1's reductions follow the backward pass, and the
+    compute stream waits for each of ZeRO-2's, made between blocks)."""
     traffic = step_traffic(shape, layout)
     tokens = layout.global_batch_size * layout.seq_len
     flops = tokens * flops_per_token(matmul_parameters(shape), shape.layers, shape.width, layout.seq_len,

@@ -111,11 +111,12 @@ class Trainer {
     const AdamWOptions adamw{config_.optim.beta1, config_.optim.beta2, config_.optim.eps, config_.optim.weight_decay};
     if (config_.zero.stage > 0) {
       // Parameters and gradients move into flat buffers; this rank's optimizer sees
-      // only the slices of its shard.
-      // Stage 3 gathers the parameters block by block, as the model runs them.
+      // only the slices of its shard. Stage 2 reduces the gradients block by block as
+      // backward completes them; stage 3 also gathers the parameters block by block, as
+      // the model runs them.
       zero_ = std::make_unique<dist::ZeroSharding>(
           named_params_, comm_.dp(), config_.zero.stage,
-          config_.zero.stage == 3 ? task_->block_parameter_names() : std::vector<std::vector<std::string>>{});
+          config_.zero.stage >= 2 ? task_->block_parameter_names() : std::vector<std::vector<std::string>>{});
       zero_->set_reduce_dtype(reduce_dtype());
       std::vector<AdamWSlot> slots;
       for (const auto& slice : zero_->local_slices())
@@ -130,11 +131,12 @@ class Trainer {
             params, comm_.dp(), static_cast<size_t>(config_.dist.bucket_mb * 1024 * 1024), reduce_dtype());
     }
 
-    // What runs around each transformer block: activation checkpointing inside, ZeRO-3's
-    // gathering outside it, so the recomputation finds the block's parameters gathered.
+    // What runs around each transformer block: activation checkpointing inside, ZeRO's
+    // hooks outside it (stage 2: reduce the block's gradients after its backward; stage
+    // 3: gather it too), so the recomputation finds the block's parameters gathered.
     model::BlockRunner runner;
     if (config_.train.activation_checkpointing) runner = model::checkpoint_blocks();
-    if (zero3()) runner = zero_->block_runner(runner);
+    if (zero_ && zero_->stage() >= 2) runner = zero_->block_runner(runner);
     if (runner) task_->set_block_runner(runner);
 
     data::LoaderOptions loader_options = config_.data;
@@ -834,7 +836,7 @@ class Trainer {
       }
 
       const double step_bytes = comm_.stats().total_bytes_sent() - bytes_before_step;
-      if (step_ == start_step + 1) report_memory();  // after a whole step: ZeRO-3's peaks are reached
+      if (step_ == start_step + 1) report_memory();  // after a whole step: ZeRO-2/3's peaks are reached
       const int64_t step_tokens = config_.train.global_batch_size * loader_->seq_len();
       tokens_seen_ += step_tokens;
       const double step_seconds = seconds_since(step_start);
@@ -912,17 +914,15 @@ class Trainer {
     return exit_code;
   }
 
-  // What this rank holds for training state, by kind: the figures ZeRO divides (at
-  // stage 3 the peaks of the first step: shards plus the units gathered at once). Every
-  // rank writes its own line to metrics.jsonl through rank 0, which gathers them.
+  // What this rank holds for training state, by kind: the figures ZeRO divides (the
+  // peaks of the first step: at stages 2 and 3 shards plus the units gathered or
+  // holding gradients at once). Every rank writes its own line to metrics.jsonl
+  // through rank 0, which gathers them.
   void report_memory() {
     int64_t parameters = 0, gradients = 0;
-    if (zero3()) {
+    if (zero_) {
       parameters = zero_->peak_parameter_bytes();
       gradients = zero_->peak_gradient_bytes();
-    } else if (zero_) {
-      parameters = zero_->parameter_bytes();
-      gradients = zero_->gradient_bytes();
     } else {
       for (auto& [name, p] : named_params_) parameters += p.nbytes();
       gradients = parameters + (reducer_ ? static_cast<int64_t>(reducer_->total_bucket_bytes()) : 0);

@@ -4,10 +4,10 @@
 // every rank, and each rank feeds its own batches. Every rank also trains a reference:
 // the plain model fed the concatenation of all ranks' batches, whose gradient is the
 // sum the sharded run reduces. A few steps of SGD on local_slices() must give the
-// reference's losses and, gathered with gather_state, its parameters; at stage 3 with
-// and without activation checkpointing, with one and two micro-batches, and with
-// frozen blocks. The first step's all-gather and reduce-scatter bytes and the peak
-// parameter and gradient bytes are checked against values derived here from the
+// reference's losses and, gathered with gather_state, its parameters; at stages 2 and
+// 3 with and without activation checkpointing, with one and two micro-batches, and
+// with frozen blocks. The first step's all-gather and reduce-scatter bytes and the
+// peak parameter and gradient bytes are checked against values derived here from the
 // padded unit sizes.
 //
 // Every rank runs every test and makes the same collective calls whatever the checks
@@ -21,6 +21,7 @@
 #include <mpi.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <limits>
@@ -168,9 +169,10 @@ struct RunOptions {
 struct RunResult {
   std::vector<double> losses;  // global mean loss of each step
   std::vector<std::pair<std::string, torch::Tensor>> params;
-  dist::CommStats first_step;
+  dist::CommStats first_step;  // through the step's gather_parameters()
   int64_t peak_parameter_bytes = 0;
   int64_t peak_gradient_bytes = 0;
+  int64_t gradient_bytes_between_backward = 0;  // the most held after a micro-batch's backward
 };
 
 int64_t global_targets(const RunOptions& options) { return N() * kRows * (kLength - 1) * options.micro_batches; }
@@ -235,11 +237,12 @@ RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
       zero.before_backward();
       micro_loss.backward();
       zero.after_backward();
+      if (step == 0)
+        result.gradient_bytes_between_backward = std::max(result.gradient_bytes_between_backward, zero.gradient_bytes());
       local_loss += micro_loss.item<double>();
     }
     zero.reduce_gradients();
     if (step == 0) {
-      result.first_step = comm().stats();
       result.peak_parameter_bytes = zero.peak_parameter_bytes();
       result.peak_gradient_bytes = zero.peak_gradient_bytes();
     }
@@ -250,6 +253,7 @@ RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
         if (named[slice.param_index].second.requires_grad()) slice.param.sub_(kLearningRate * slice.grad);
     }
     zero.gather_parameters();
+    if (step == 0) result.first_step = comm().stats();
     zero.zero_grad();
   }
   std::vector<torch::Tensor> slice_params;
@@ -328,6 +332,53 @@ void check_stage3_accounting(const RunResult& run, const ModelKind& kind, const 
              int64_t(bytes) * (shards + root + (options.freeze_blocks ? 0 : largest_block)));
 }
 
+// Stage 2's communication and memory over the first step. Every unit is reduce-scattered
+// in every micro-batch (blocks by their hooks, the root by after_backward) unless
+// frozen, and all-gathered once after the update: k psi (N-1)/N + psi (N-1)/N. The
+// parameters stay whole; the gradients peak at the shards plus the root's and one
+// block's full gradients, held together during a block's backward.
+void check_stage2_accounting(const RunResult& run, const ModelKind& kind, const RunOptions& options) {
+  const std::vector<int64_t> units = padded_unit_numels(kind);
+  const double ring = double(N() - 1) / double(N());
+  const int64_t bytes = 4;  // float32
+  int64_t psi = 0, shards = 0, blocks = 0, largest_block = 0;
+  for (int64_t n : units) {
+    psi += n;
+    shards += n / N();
+  }
+  for (size_t u = 1; u < units.size(); ++u) {
+    blocks += units[u];
+    largest_block = std::max(largest_block, units[u]);
+  }
+  const int64_t root = units.front();
+  const int64_t micro = options.micro_batches;
+  const int64_t n_units = static_cast<int64_t>(units.size());
+  const int64_t reduced = micro * (options.freeze_blocks ? root : psi);
+  BOOST_TEST(run.first_step.reduce_scatter.bytes_sent == ring * double(bytes * reduced));
+  BOOST_TEST(run.first_step.reduce_scatter.calls == micro * (options.freeze_blocks ? 1 : n_units));
+  BOOST_TEST(run.first_step.all_gather.bytes_sent == ring * double(bytes * psi));
+  BOOST_TEST(run.first_step.all_gather.calls == n_units);
+  BOOST_TEST(run.peak_parameter_bytes == bytes * psi);
+  BOOST_TEST(run.peak_gradient_bytes == bytes * (shards + root + (options.freeze_blocks ? 0 : largest_block)));
+  // Every full gradient is freed once its micro-batch's backward is done.
+  BOOST_TEST(run.gradient_bytes_between_backward == bytes * shards);
+  if (R() == 0)
+    BOOST_TEST_MESSAGE("stage 2, N=" << N() << " micro-batches " << micro
+                                     << (options.freeze_blocks ? " frozen blocks" : "") << ": reduce-scatter "
+                                     << run.first_step.reduce_scatter.bytes_sent << " B, all-gather "
+                                     << run.first_step.all_gather.bytes_sent << " B, peak gradients "
+                                     << run.peak_gradient_bytes << " B (shards " << bytes * shards << " B, root "
+                                     << bytes * root << " B, largest block " << bytes * largest_block
+                                     << " B); unsharded gradients " << bytes * (root + blocks) << " B");
+}
+
+void check_stage2(const ModelKind& kind, const RunOptions& options) {
+  const RunResult expected = run_reference(kind, options);
+  const RunResult actual = run_sharded(kind, options);
+  check_against_reference(actual, expected);
+  check_stage2_accounting(actual, kind, options);
+}
+
 void check_stage3(const ModelKind& kind, const RunOptions& options) {
   const RunResult expected = run_reference(kind, options);
   const RunResult actual = run_sharded(kind, options);
@@ -375,6 +426,82 @@ BOOST_AUTO_TEST_CASE(stages_1_and_2_match_the_reference) {
     options.micro_batches = 2;
     BOOST_TEST_CONTEXT("stage " << stage) { check_against_reference(run_sharded(gpt2_kind(), options), run_reference(gpt2_kind(), options)); }
   }
+}
+
+BOOST_AUTO_TEST_CASE(gpt2_stage2_matches_the_reference_and_frees_gradients_per_block) {
+  for (bool checkpoint : {false, true})
+    for (int64_t micro : {1, 2}) {
+      RunOptions options;
+      options.stage = 2;
+      options.checkpoint = checkpoint;
+      options.micro_batches = micro;
+      BOOST_TEST_CONTEXT("checkpoint " << checkpoint << ", micro-batches " << micro) { check_stage2(gpt2_kind(), options); }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(llama_stage2_matches_the_reference_and_frees_gradients_per_block) {
+  for (int64_t micro : {1, 2}) {
+    RunOptions options;
+    options.stage = 2;
+    options.micro_batches = micro;
+    BOOST_TEST_CONTEXT("micro-batches " << micro) { check_stage2(llama_kind(), options); }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(stage2_with_frozen_blocks_reduces_the_root_only) {
+  RunOptions options;
+  options.stage = 2;
+  options.freeze_blocks = true;
+  options.micro_batches = 2;
+  check_stage2(gpt2_kind(), options);
+}
+
+BOOST_AUTO_TEST_CASE(stage2_under_checkpointing_outside_reduces_each_block_once) {
+  // The recomputation in backward runs through the ZeRO runner again; the block's
+  // gradients are still reduced once per micro-batch.
+  RunOptions options;
+  options.stage = 2;
+  options.checkpoint_outside = true;
+  options.micro_batches = 2;
+  check_stage2(gpt2_kind(), options);
+}
+
+BOOST_AUTO_TEST_CASE(stage2_holds_fewer_gradient_bytes_than_stage1) {
+  // Stage 1 keeps the whole padded gradient buffer; stage 2 its shard plus the root's
+  // and one block's full gradients.
+  RunOptions options;
+  options.micro_batches = 2;
+  options.stage = 1;
+  const RunResult stage1 = run_sharded(gpt2_kind(), options);
+  options.stage = 2;
+  const RunResult stage2 = run_sharded(gpt2_kind(), options);
+  options.stage = 3;
+  const RunResult stage3 = run_sharded(gpt2_kind(), options);
+  int64_t psi = 0;
+  for (const auto& item : gpt2_kind().make()->named_parameters()) psi += item.value().numel();
+  BOOST_TEST(stage1.peak_gradient_bytes == 4 * ((psi + N() - 1) / N() * N()));
+  // One rank has nothing to shard: there stage 2 holds the working set on top.
+  if (N() > 1) BOOST_TEST(stage2.peak_gradient_bytes < stage1.peak_gradient_bytes);
+  BOOST_TEST(stage3.peak_gradient_bytes == stage2.peak_gradient_bytes);  // the same units held at once
+  // Stage 1's sends: one reduce-scatter and one all-gather, whatever the micro-batches.
+  const double ring = double(N() - 1) / double(N());
+  BOOST_TEST(stage1.first_step.reduce_scatter.bytes_sent == ring * 4.0 * double((psi + N() - 1) / N() * N()));
+  BOOST_TEST(stage1.first_step.all_gather.bytes_sent == ring * 4.0 * double((psi + N() - 1) / N() * N()));
+  if (R() == 0)
+    BOOST_TEST_MESSAGE("N=" << N() << ", gpt2 of " << psi << " parameters, peak gradient bytes per rank: stage 1 "
+                            << stage1.peak_gradient_bytes << ", stage 2 " << stage2.peak_gradient_bytes
+                            << ", stage 3 " << stage3.peak_gradient_bytes);
+}
+
+BOOST_AUTO_TEST_CASE(stage2_without_blocks_reduces_the_whole_model_as_one_unit) {
+  RunOptions options;
+  options.stage = 2;
+  options.whole_model_unit = true;
+  options.micro_batches = 2;
+  const RunResult actual = run_sharded(llama_kind(), options);
+  check_against_reference(actual, run_reference(llama_kind(), options));
+  BOOST_TEST(actual.first_step.reduce_scatter.calls == 2);
+  BOOST_TEST(actual.first_step.all_gather.calls == 1);
 }
 
 BOOST_AUTO_TEST_CASE(gpt2_stage3_matches_the_reference) {

@@ -154,9 +154,9 @@ def test_predicted_comm_bytes_equal_measured(sweep):
 
 def test_comm_bytes_follow_the_documented_formulas():
     # docs/training.md's table, written out for the tiny GPT-2 (psi = 173824): data
-    # parallel and ZeRO-1/2 send 2 psi (N-1)/N elements, ZeRO-3 3 psi_blocks + 2 psi_root
-    # (N-1)/N per micro-batch, tensor parallelism 2 (T-1)/T ((4L+2) B S C + 3 B (S-1));
-    # plus 8-byte scalars.
+    # parallel and ZeRO-1 send 2 psi (N-1)/N elements, ZeRO-2 k psi + psi (N-1)/N with k
+    # micro-batches, ZeRO-3 3 psi_blocks + 2 psi_root (N-1)/N per micro-batch, tensor
+    # parallelism 2 (T-1)/T ((4L+2) B S C + 3 B (S-1)); plus 8-byte scalars.
     shape = tiny_gpt2()
     psi = 173824
     assert sm.parameter_count(shape) == psi
@@ -171,6 +171,15 @@ def test_comm_bytes_follow_the_documented_formulas():
     padded_root = -(-root // 4) * 4
     expected = (2 * 3 * sum(blocks) + 2 * padded_root) * 0.75 * 4 + 3 * 2 * 0.75 * 8
     assert sm.comm_bytes_per_step(shape, zero3) == pytest.approx(expected, rel=1e-12)
+    # ZeRO-1 and ZeRO-2 alike with one micro-batch; with two ZeRO-2 reduce-scatters
+    # twice, each unit padded alone.
+    psi_pad = padded_root + sum(-(-b // 4) * 4 for b in blocks)
+    for micro_batches in (1, 2):
+        zero2 = sm.Layout(ranks=4, zero=2, micro_batch_size=1, global_batch_size=4 * micro_batches, seq_len=32)
+        expected = (micro_batches + 1) * psi_pad * 0.75 * 4 + 3 * 2 * 0.75 * 8
+        assert sm.comm_bytes_per_step(shape, zero2) == pytest.approx(expected, rel=1e-12)
+    zero1 = sm.Layout(ranks=4, zero=1, micro_batch_size=1, global_batch_size=8, seq_len=32)
+    assert sm.comm_bytes_per_step(shape, zero1) == pytest.approx(2 * psi * 0.75 * 4 + 3 * 2 * 0.75 * 8, rel=1e-12)
 
 
 def test_predicted_memory_equals_the_memory_record(sweep):
