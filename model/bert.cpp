@@ -1,5 +1,6 @@
 #include "model/bert.h"
 
+#include "model/dropout.h"
 #include "model/config_fields.h"
 
 #include <torch/torch.h>
@@ -152,7 +153,7 @@ torch::Tensor BertEmbeddingsImpl::forward(const torch::Tensor& input_ids, const 
   torch::Tensor positions = torch::arange(input_ids.size(1), input_ids.options());
   // (B, T, C) tokens + (B, T, C) token types + (T, C) positions
   torch::Tensor x = word_embeddings(input_ids) + token_type_embeddings(token_type_ids) + position_embeddings(positions);
-  return torch::dropout(layer_norm(x), dropout_, is_training());
+  return hashed_dropout(layer_norm(x), dropout_, is_training());
 }
 
 // ---------------------------------------------------------------------------------
@@ -178,8 +179,7 @@ torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& x, const torch
   // (B, nh, T, hs): every position attends to every non-padding position.
   std::optional<torch::Tensor> bias;
   if (attention_bias.defined()) bias = attention_bias;
-  torch::Tensor y = at::scaled_dot_product_attention(q, k, v, bias, is_training() ? dropout_ : 0.0,
-                                                     /*is_causal=*/false);
+  torch::Tensor y = dot_product_attention(q, k, v, bias, is_training() ? dropout_ : 0.0, /*is_causal=*/false);
   // (B, nh, T, hs) -> (B, T, nh * hs)
   return y.transpose(1, 2).reshape({B, T, n_heads * head_dim_});
 }
@@ -192,7 +192,7 @@ BertAddNormImpl::BertAddNormImpl(const BertConfig& config, int64_t in_features)
 
 torch::Tensor BertAddNormImpl::forward(const torch::Tensor& sublayer, const torch::Tensor& residual) {
   // (B, T, in) -> (B, T, C)
-  return layer_norm(residual + torch::dropout(dense(sublayer), dropout_, is_training()));
+  return layer_norm(residual + hashed_dropout(dense(sublayer), dropout_, is_training()));
 }
 
 BertAttentionImpl::BertAttentionImpl(const BertConfig& config) {

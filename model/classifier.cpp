@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "model/dropout.h"
 #include "model/bert.h"
 #include "model/bert_checkpoint.h"
 #include "model/config_fields.h"
@@ -236,7 +237,7 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   classifier.logits_ = [features, head, dropout](const at::Tensor& ids, const at::Tensor& mask,
                                                  const at::Tensor& types) mutable {
     // (B, C) or (B, T, C) -> (B, num_labels) or (B, T, num_labels)
-    return head->forward(dropout->forward(features(ids, mask, types)));
+    return head->forward(hashed_dropout(features(ids, mask, types), dropout->options.p(), dropout->is_training()));
   };
 
   json id2label = json::object(), label2id = json::object();

@@ -1,5 +1,6 @@
 #include "model/gpt2.h"
 
+#include "model/dropout.h"
 #include "model/config_fields.h"
 
 #include <torch/torch.h>
@@ -146,12 +147,11 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
     q = q.to(torch::kFloat), k = k.to(torch::kFloat), v = v.to(torch::kFloat);
   }
   // (B, nh, T, hs): each position attends to itself and earlier positions only.
-  torch::Tensor y = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{},
-                                                     is_training() ? attn_pdrop_ : 0.0,
-                                                     /*is_causal=*/true, scale_);
+  torch::Tensor y = dot_product_attention(q, k, v, /*mask=*/std::nullopt, is_training() ? attn_pdrop_ : 0.0,
+                                          /*is_causal=*/true, scale_);
   // (B, nh, T, hs) -> (B, T, nh * hs)
   y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
-  return torch::dropout(c_proj(y), resid_pdrop_, is_training());
+  return hashed_dropout(c_proj(y), resid_pdrop_, is_training());
 }
 
 namespace {
@@ -193,7 +193,7 @@ torch::Tensor CausalSelfAttentionImpl::forward_cached(const torch::Tensor& x, to
                                                      /*is_causal=*/past == 0, scale_);
   // (B, nh, T, hs) -> (B, T, nh * hs)
   y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
-  return torch::dropout(c_proj(y), resid_pdrop_, is_training());
+  return hashed_dropout(c_proj(y), resid_pdrop_, is_training());
 }
 
 // ---------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ MlpImpl::MlpImpl(const Gpt2Config& config)
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   // (B, T, C) -> (B, T, inner) -> (B, T, C)
   torch::Tensor hidden = torch::gelu(c_fc(input_hook(x)), tanh_gelu_ ? "tanh" : "none");
-  return torch::dropout(c_proj(hidden), resid_pdrop_, is_training());
+  return hashed_dropout(c_proj(hidden), resid_pdrop_, is_training());
 }
 
 // ---------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
                              std::to_string(n_positions_));
   torch::Tensor positions = torch::arange(T, input_ids.options());
   // (B, T) -> (B, T, C) tokens + (T, C) positions
-  torch::Tensor x = torch::dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
+  torch::Tensor x = hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
   for (std::size_t i = 0; i < h->size(); ++i) {
     std::shared_ptr<BlockImpl> block = h->ptr<BlockImpl>(i);
     if (block_runner_)
@@ -299,7 +299,7 @@ torch::Tensor Gpt2TransformerImpl::forward_cached(const torch::Tensor& input_ids
                              std::to_string(T) + " new tokens)");
   torch::Tensor positions = torch::arange(past, past + T, input_ids.options());
   // (B, T) -> (B, T, C) tokens + (T, C) positions past .. past + T - 1
-  torch::Tensor x = torch::dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
+  torch::Tensor x = hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
   for (int64_t i = 0; i < n_layer; ++i)
     x = h[i]->as<BlockImpl>()->forward_cached(x, cache.keys[i], cache.values[i]);
   return ln_f(x);

@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include "model/dropout.h"
 #include "model/config_fields.h"
 
 #include <torch/torch.h>
@@ -407,16 +408,18 @@ torch::Tensor attend(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, c
   if (n_heads % n_kv_heads != 0)
     throw std::runtime_error("LlamaAttention: q_proj gives " + std::to_string(n_heads) +
                              " heads, not a multiple of the " + std::to_string(n_kv_heads) + " of k_proj");
-  if (!allowed.defined())
+  if (!allowed.defined() && (dropout == 0.0 || !q.is_cpu()))
     return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, dropout, causal,
                                             /*scale=*/std::nullopt, /*enable_gqa=*/n_heads != n_kv_heads);
-  // Fused kernels that take an arbitrary mask do not take fewer key/value heads,
-  // so share them out explicitly: (B, nkv, Tk, hs) -> (B, nh, Tk, hs).
+  // Fused kernels that take an arbitrary mask do not take fewer key/value heads, nor
+  // does the written-out form with dropout on the CPU, so share them out explicitly:
+  // (B, nkv, Tk, hs) -> (B, nh, Tk, hs).
   if (n_heads != n_kv_heads) {
     k = k.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
     v = v.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
   }
-  return at::scaled_dot_product_attention(q, k, v, allowed, dropout, /*is_causal=*/false);
+  if (!allowed.defined()) return dot_product_attention(q, k, v, /*mask=*/std::nullopt, dropout, causal);
+  return dot_product_attention(q, k, v, allowed, dropout, /*is_causal=*/false);
 }
 
 }  // namespace
