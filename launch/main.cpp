@@ -1,5 +1,7 @@
 // ftrain: one process per rank.
 //   mpirun -np N ftrain --config configs/X.ini [--section.key=value ...]
+#include <malloc.h>
+
 #include <mpi.h>
 
 #include <cstdio>
@@ -14,6 +16,12 @@
 #include "launch/trainer.h"
 
 int main(int argc, char** argv) {
+  // A training step frees and allocates the same activation tensors over and over.
+  // glibc would map each one of more than 128 KiB afresh from the kernel and unmap it
+  // when freed, so every step paid a page fault per 4 KiB of activations to zero memory
+  // again; kept in the heap (up to glibc's limit of 32 MiB a block), they are reused.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   ftrain::dist::MpiSession mpi(argc, argv);
   // From the start: a stop request while the model loads is honoured after the first
   // step instead of killing the rank.
