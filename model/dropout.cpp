@@ -44,17 +44,19 @@ struct MaskKey {
 // a multiple of 2^32 (hi32 is the same for the whole range). Compiled for AVX2 too and
 // chosen at run time, so the hash runs on 8 lanes where the processor has them.
 template <typename T>
-void apply_range(const T* in, T* out, uint64_t first, int64_t n, MaskKey key, float scale) {
+[[gnu::always_inline]] inline void apply_range(const T* __restrict in, T* __restrict out, uint64_t first, int64_t n,
+                                               MaskKey key, float scale) {
   const uint32_t b = key.b ^ mix32(static_cast<uint32_t>(first >> 32));
   const auto low = static_cast<uint32_t>(first);
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t h = mix32(mix32((low + static_cast<uint32_t>(j)) ^ key.a) ^ b);
-    const float value = static_cast<float>(in[j]) * scale;
-    out[j] = static_cast<T>((h >> 8) < key.threshold ? value : 0.0f);
+    const float factor = (h >> 8) < key.threshold ? scale : 0.0f;  // branch-free, so the loop vectorises
+    out[j] = static_cast<T>(static_cast<float>(in[j]) * factor);
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void apply_range_float(const float* in, float* out, uint64_t first,
+__attribute__((target_clones("avx2", "default"))) void apply_range_float(const float* __restrict in,
+                                                                          float* __restrict out, uint64_t first,
                                                                           int64_t n, MaskKey key, float scale) {
   apply_range(in, out, first, n, key, scale);
 }
