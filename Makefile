@@ -11,7 +11,7 @@ BUILD       ?= build
 JOBS        ?= $(shell nproc)
 CTEST_ARGS  ?=
 
-.PHONY: all setup configure build build-programs test demo clean
+.PHONY: all setup configure build build-programs test demo bench clean
 
 all: build
 
@@ -40,6 +40,13 @@ test: build
 
 demo: build-programs
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) DATA="$(DATA)" SST2_DIR="$(SST2_DIR)" scripts/demo.sh
+
+# ftrain beside the PyTorch loops it replaces, the data loader, checkpoints and start-up
+# (bench/compare.py, docs/benchmarks.md). On a GPU: make bench BENCH_ARGS="--device cuda"
+BENCH_ARGS ?=
+bench: configure
+	cmake --build $(BUILD) -j $(JOBS) --target ftrain ftrain-bench-loader ftrain-bench-checkpoint -- --no-print-directory
+	BUILD=$(BUILD) $(PYTHON) bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD)
