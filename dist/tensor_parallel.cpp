@@ -283,6 +283,8 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at
 
 namespace {
 
+at::Tensor range(int64_t start, int64_t count) { return at::arange(start, start + count, at::kLong); }
+
 // The entries `shard.index` of `full` along `shard.dim`, zeros where the index is -1.
 at::Tensor shard_along(const ParameterShard& shard, const at::Tensor& full) {
   const at::Tensor index = shard.index.to(full.device());
@@ -301,16 +303,39 @@ void replace_with(at::Tensor& parameter, const at::Tensor& value) {
   parameter.set_data(shard);
 }
 
-// Cuts parameter `name` to the entries `index` (global indices, -1 for padding) along
-// `dim` and records how, so the whole tensor can be rebuilt from the ranks' parts.
-void cut(TensorParallelPlan& plan, const std::string& name, at::Tensor& parameter, int64_t dim, at::Tensor index,
-         int replicas = 1) {
-  ParameterShard shard{dim, index, parameter.sizes().vec(), replicas};
-  replace_with(parameter, shard_along(shard, parameter));
-  plan.sharded[name] = std::move(shard);
+// The entries `shard.index` of `whole` along `shard.dim`: a view when they are one
+// run of real entries (most splits), else shard_along's copy.
+at::Tensor slice_of(const ParameterShard& shard, const at::Tensor& whole) {
+  const int64_t count = shard.index.numel();
+  if (count > 0) {
+    const int64_t first = shard.index[0].item<int64_t>();
+    if (first >= 0 && at::equal(shard.index, range(first, count))) return whole.narrow(shard.dim, first, count);
+  }
+  return shard_along(shard, whole);
 }
 
-at::Tensor range(int64_t start, int64_t count) { return at::arange(start, start + count, at::kLong); }
+// A plan being made, and what cutting does with the values.
+struct Cutting {
+  TensorParallelPlan plan;
+  ParameterValues values = ParameterValues::sliced;
+};
+
+// Cuts parameter `name` to the entries `index` (global indices, -1 for padding) along
+// `dim` and records how, so the whole tensor can be rebuilt from the ranks' parts.
+void cut(Cutting& cutting, const std::string& name, at::Tensor& parameter, int64_t dim, at::Tensor index,
+         int replicas = 1) {
+  ParameterShard shard{dim, index, parameter.sizes().vec(), replicas};
+  if (cutting.values == ParameterValues::sliced) {
+    replace_with(parameter, shard_along(shard, parameter));
+  } else {
+    // The whole tensor was never written; its part is allocated, not written either.
+    std::vector<int64_t> local = parameter.sizes().vec();
+    local[dim] = index.numel();
+    parameter.mutable_grad().reset();
+    parameter.set_data(at::empty(local, parameter.options()));
+  }
+  cutting.plan.sharded[name] = std::move(shard);
+}
 
 model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
   model::LinearImpl* impl = layer.styled();
@@ -323,7 +348,7 @@ model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
 }
 
 // Column-parallel: rows [start, start + count) of W (out, in) and of b.
-void shard_rows(TensorParallelPlan& plan, model::Linear& layer, const std::string& name, int64_t start, int64_t count,
+void shard_rows(Cutting& plan, model::Linear& layer, const std::string& name, int64_t start, int64_t count,
                 Group& group, const ColumnParallelOptions& options) {
   model::LinearImpl& impl = own_linear(layer, name);
   cut(plan, name + ".weight", impl.weight, 0, range(start, count), options.replicas);
@@ -333,7 +358,7 @@ void shard_rows(TensorParallelPlan& plan, model::Linear& layer, const std::strin
 }
 
 // Row-parallel: columns [start, start + count) of W (out, in); b whole.
-void shard_columns(TensorParallelPlan& plan, model::Linear& layer, const std::string& name, int64_t start,
+void shard_columns(Cutting& plan, model::Linear& layer, const std::string& name, int64_t start,
                    int64_t count, Group& group) {
   model::LinearImpl& impl = own_linear(layer, name);
   cut(plan, name + ".weight", impl.weight, 1, range(start, count));
@@ -348,7 +373,7 @@ at::Tensor vocab_rows(const VocabShard& shard) {
   return rows.masked_fill(rows >= shard.vocab_size, -1);
 }
 
-void shard_embedding(TensorParallelPlan& plan, model::Embedding& embedding, const std::string& name,
+void shard_embedding(Cutting& plan, model::Embedding& embedding, const std::string& name,
                      const VocabShard& shard, Group& group) {
   model::EmbeddingImpl& impl = *embedding;
   if (impl.style().forward) throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl.style().name);
@@ -362,7 +387,7 @@ void shard_embedding(TensorParallelPlan& plan, model::Embedding& embedding, cons
 
 // The head (V, C) when it is not the embedding: rows as the embedding's; its input
 // goes through head_input_hook, so the layer itself does not copy.
-void shard_head(TensorParallelPlan& plan, model::Linear& head, const VocabShard& shard, Group& group) {
+void shard_head(Cutting& plan, model::Linear& head, const VocabShard& shard, Group& group) {
   model::LinearImpl& impl = own_linear(head, "lm_head");
   cut(plan, "lm_head.weight", impl.weight, 0, vocab_rows(shard));
   impl.options.out_features(shard.rows);
@@ -382,10 +407,9 @@ void check_unsharded(const at::Tensor& weight, std::vector<int64_t> expected, co
 
 }  // namespace
 
-TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm) {
+TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm, ParameterValues values) {
   Group& group = comm.tp();
-  TensorParallelPlan plan;
-  plan.tp_size = group.size();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
   const int64_t N = group.size(), r = group.rank();
   const model::Gpt2Config& config = model->config();
   const int64_t C = config.n_embd, inner = config.inner_dim();
@@ -436,13 +460,12 @@ TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm)
   shard_embedding(plan, model->transformer->wte, "transformer.wte", shard, group);
   if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
   model->head_input_hook = copy_to_tp_region_hook(group);
-  return plan;
+  return plan.plan;
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm) {
+TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm, ParameterValues values) {
   Group& group = comm.tp();
-  TensorParallelPlan plan;
-  plan.tp_size = group.size();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
   const int64_t N = group.size(), r = group.rank();
   const model::LlamaConfig& config = model->config();
   const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
@@ -506,22 +529,23 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
   shard_embedding(plan, model->model->embed_tokens, "model.embed_tokens", shard, group);
   if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
   model->head_input_hook = copy_to_tp_region_hook(group);
-  return plan;
+  return plan.plan;
 }
 
-TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm) {
+TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm, ParameterValues values) {
   if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2Impl>(model.module_ptr())) {
     model::Gpt2 holder(gpt2);
-    return apply_tensor_parallel(holder, comm);
+    return apply_tensor_parallel(holder, comm, values);
   }
   if (auto llama = std::dynamic_pointer_cast<model::LlamaImpl>(model.module_ptr())) {
     model::Llama holder(llama);
-    return apply_tensor_parallel(holder, comm);
+    return apply_tensor_parallel(holder, comm, values);
   }
   throw std::invalid_argument("apply_tensor_parallel: model family '" + model.family() + "' cannot be split");
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix) {
+TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix,
+                                         ParameterValues values) {
   Group& group = comm.tp();
   const int64_t N = group.size(), r = group.rank();
   const model::BertConfig& config = model->config();
@@ -547,8 +571,7 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
       own_linear(*layer_ref, name + what);
   }
 
-  TensorParallelPlan plan;
-  plan.tp_size = group.size();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
   torch::NoGradGuard no_grad;
   const int64_t width = C / N;  // this rank's heads
   for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
@@ -565,14 +588,14 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
   }
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
   shard_embedding(plan, model->embeddings->word_embeddings, prefix + "embeddings.word_embeddings", shard, group);
-  return plan;
+  return plan.plan;
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm) {
+TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
   for (const auto& item : model.module().named_children()) {
     if (auto bert = std::dynamic_pointer_cast<model::BertImpl>(item.value())) {
       model::Bert holder(bert);
-      return apply_tensor_parallel(holder, comm, item.key() + ".");
+      return apply_tensor_parallel(holder, comm, item.key() + ".", values);
     }
   }
   throw std::invalid_argument("apply_tensor_parallel: a " + model.family() +
@@ -580,7 +603,51 @@ TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator&
 }
 
 // ---------------------------------------------------------------------------------
+// Loading split
+
+model::CausalLm load_tensor_parallel(model::CausalLmOptions options, Communicator& comm, TensorParallelPlan& plan) {
+  if (!options.pretrained) {
+    model::CausalLm model = model::CausalLm::load(options);
+    plan = apply_tensor_parallel(model, comm);
+    return model;
+  }
+  options.split = [&comm, &plan](model::CausalLm& model) {
+    plan = apply_tensor_parallel(model, comm, ParameterValues::uninitialised);
+    return plan.slices();
+  };
+  return model::CausalLm::load(options);
+}
+
+model::Classifier load_tensor_parallel(model::ClassifierOptions options, Communicator& comm, TensorParallelPlan& plan,
+                                       model::ClassifierLoadReport* report) {
+  if (!options.pretrained) {
+    model::Classifier model = model::Classifier::load(options, report);
+    plan = apply_tensor_parallel(model, comm);
+    return model;
+  }
+  options.split = [&comm, &plan](model::Classifier& model) {
+    plan = apply_tensor_parallel(model, comm, ParameterValues::uninitialised);
+    return plan.slices();
+  };
+  return model::Classifier::load(options, report);
+}
+
+// ---------------------------------------------------------------------------------
 // The plan
+
+model::ParameterSlices TensorParallelPlan::slices() const {
+  auto plan = std::make_shared<const TensorParallelPlan>(*this);
+  return model::ParameterSlices{
+      [plan](const std::string& name, const at::Tensor& local) { return plan->global_shape(name, local); },
+      [plan](const std::string& name, const at::Tensor& whole) {
+        auto found = plan->sharded.find(name);
+        if (found == plan->sharded.end()) return whole;
+        if (whole.sizes() != c10::IntArrayRef(found->second.global_shape))
+          throw std::invalid_argument("TensorParallelPlan::slices: " + name + " is " + c10::str(whole.sizes()) +
+                                      ", the model's is " + c10::str(c10::IntArrayRef(found->second.global_shape)));
+        return slice_of(found->second, whole);
+      }};
+}
 
 int TensorParallelPlan::replicas(const std::string& name) const {
   auto found = sharded.find(name);
