@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -407,35 +408,39 @@ void check_unsharded(const at::Tensor& weight, std::vector<int64_t> expected, co
 
 }  // namespace
 
-TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm, ParameterValues values) {
-  Group& group = comm.tp();
-  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+namespace {
+
+// GPT-2's body (GPT2Model, registered under `prefix`, "transformer."): the blocks split
+// by heads and MLP width, wte by vocabulary rows. `check_also` runs after the body's
+// own checks and before anything is changed, for the parts around the body.
+void split_gpt2_body(model::Gpt2TransformerImpl& body, const std::string& prefix, Group& group, Cutting& plan,
+                     const std::function<void()>& check_also) {
   const int64_t N = group.size(), r = group.rank();
-  const model::Gpt2Config& config = model->config();
+  const model::Gpt2Config& config = body.config();
   const int64_t C = config.n_embd, inner = config.inner_dim();
-  const std::string prefix = refusal("GPT-2", group.size());
+  const std::string refused = refusal("GPT-2", group.size());
   if (config.n_head % N != 0)
-    throw std::invalid_argument(prefix + "n_head " + std::to_string(config.n_head) +
+    throw std::invalid_argument(refused + "n_head " + std::to_string(config.n_head) +
                                 " is not a multiple of " + std::to_string(N) + " (attention is split by heads)");
   if (inner % N != 0)
-    throw std::invalid_argument(prefix + "the MLP width (n_inner) " + std::to_string(inner) +
+    throw std::invalid_argument(refused + "the MLP width (n_inner) " + std::to_string(inner) +
                                 " is not a multiple of " + std::to_string(N));
-  check_unsharded(model->transformer->wte->weight, {config.vocab_size, C}, "transformer.wte.weight", prefix);
+  check_unsharded(body.wte->weight, {config.vocab_size, C}, prefix + "wte.weight", refused);
   // Every layer is checked before any is changed.
-  for (size_t i = 0; i < model->transformer->h->size(); ++i) {
-    auto& block = *model->transformer->h[i]->as<model::BlockImpl>();
-    const std::string layer = "transformer.h." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.h->size(); ++i) {
+    auto& block = *body.h[i]->as<model::BlockImpl>();
+    const std::string layer = prefix + "h." + std::to_string(i) + ".";
     for (auto [layer_ref, name] : {std::pair{&block.attn->c_attn, "attn.c_attn"}, std::pair{&block.attn->c_proj, "attn.c_proj"},
                                    std::pair{&block.mlp->c_fc, "mlp.c_fc"}, std::pair{&block.mlp->c_proj, "mlp.c_proj"}})
       own_linear(*layer_ref, layer + name);  // throws for a layer that cannot be sharded
   }
-  if (!config.tie_word_embeddings) own_linear(model->lm_head, "lm_head");
+  if (check_also) check_also();
 
   torch::NoGradGuard no_grad;
   const int64_t width = C / N;  // this rank's heads: n_head / N of them, head_dim each
-  for (size_t i = 0; i < model->transformer->h->size(); ++i) {
-    auto& block = *model->transformer->h[i]->as<model::BlockImpl>();
-    const std::string layer = "transformer.h." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.h->size(); ++i) {
+    auto& block = *body.h[i]->as<model::BlockImpl>();
+    const std::string layer = prefix + "h." + std::to_string(i) + ".";
     auto& attn = *block.attn;
     // c_attn (3C, C) is [queries; keys; values]: this rank's heads of each, (3C / N, C).
     {
@@ -455,38 +460,35 @@ TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm,
     shard_rows(plan, mlp.c_fc, layer + "mlp.c_fc", r * (inner / N), inner / N, group, {.copy_input = false});
     shard_columns(plan, mlp.c_proj, layer + "mlp.c_proj", r * (inner / N), inner / N, group);
   }
-
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(plan, model->transformer->wte, "transformer.wte", shard, group);
-  if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
-  model->head_input_hook = copy_to_tp_region_hook(group);
-  return plan.plan;
+  shard_embedding(plan, body.wte, prefix + "wte", shard, group);
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm, ParameterValues values) {
-  Group& group = comm.tp();
-  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+// The Llama family's body (LlamaModel, registered under `prefix`, "model."), as
+// split_gpt2_body.
+void split_llama_body(model::LlamaModelImpl& body, const std::string& prefix, Group& group, Cutting& plan,
+                      const std::function<void()>& check_also) {
   const int64_t N = group.size(), r = group.rank();
-  const model::LlamaConfig& config = model->config();
+  const model::LlamaConfig& config = body.config();
   const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
   const int64_t hs = config.head_size(), inner = config.intermediate_size;
-  const std::string prefix = refusal(config.model_type, group.size());
+  const std::string refused = refusal(config.model_type, group.size());
   if (heads % N != 0)
-    throw std::invalid_argument(prefix + "num_attention_heads " + std::to_string(heads) + " is not a multiple of " +
+    throw std::invalid_argument(refused + "num_attention_heads " + std::to_string(heads) + " is not a multiple of " +
                                 std::to_string(N) + " (attention is split by heads)");
   if (kv_heads % N != 0 && N % kv_heads != 0)
-    throw std::invalid_argument(prefix + "num_key_value_heads " + std::to_string(kv_heads) +
+    throw std::invalid_argument(refused + "num_key_value_heads " + std::to_string(kv_heads) +
                                 " is neither a multiple nor a divisor of " + std::to_string(N) +
                                 " (key/value heads are split, or each rank keeps the one its query heads use)");
   if (inner % N != 0)
-    throw std::invalid_argument(prefix + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
+    throw std::invalid_argument(refused + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
                                 std::to_string(N));
-  check_unsharded(model->model->embed_tokens->weight, {config.vocab_size, config.hidden_size},
-                  "model.embed_tokens.weight", prefix);
+  check_unsharded(body.embed_tokens->weight, {config.vocab_size, config.hidden_size}, prefix + "embed_tokens.weight",
+                  refused);
   // Every layer is checked before any is changed.
-  for (size_t i = 0; i < model->model->layers->size(); ++i) {
-    auto& block = *model->model->layers[i]->as<model::LlamaBlockImpl>();
-    const std::string layer = "model.layers." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.layers->size(); ++i) {
+    auto& block = *body.layers[i]->as<model::LlamaBlockImpl>();
+    const std::string layer = prefix + "layers." + std::to_string(i) + ".";
     for (auto [layer_ref, name] : {std::pair{&block.self_attn->q_proj, "self_attn.q_proj"},
                                    std::pair{&block.self_attn->k_proj, "self_attn.k_proj"},
                                    std::pair{&block.self_attn->v_proj, "self_attn.v_proj"},
@@ -496,7 +498,7 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
                                    std::pair{&block.mlp->down_proj, "mlp.down_proj"}})
       own_linear(*layer_ref, layer + name);
   }
-  if (!config.tie_word_embeddings) own_linear(model->lm_head, "lm_head");
+  if (check_also) check_also();
 
   // Rank r computes query heads [r nh / N, (r + 1) nh / N). Query head j reads key/value
   // head j / (nh / nkv), so r's key/value heads are [r nkv / N, (r + 1) nkv / N) when N
@@ -507,9 +509,9 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
   const int replicas = kv_heads % N == 0 ? 1 : static_cast<int>(N / kv_heads);
 
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < model->model->layers->size(); ++i) {
-    auto& block = *model->model->layers[i]->as<model::LlamaBlockImpl>();
-    const std::string layer = "model.layers." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.layers->size(); ++i) {
+    auto& block = *body.layers[i]->as<model::LlamaBlockImpl>();
+    const std::string layer = prefix + "layers." + std::to_string(i) + ".";
     auto& attn = *block.self_attn;
     attn.input_hook = copy_to_tp_region_hook(group);
     shard_rows(plan, attn.q_proj, layer + "self_attn.q_proj", r * q_heads * hs, q_heads * hs, group, {.copy_input = false});
@@ -524,10 +526,34 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
     shard_rows(plan, mlp.up_proj, layer + "mlp.up_proj", r * (inner / N), inner / N, group, {.copy_input = false});
     shard_columns(plan, mlp.down_proj, layer + "mlp.down_proj", r * (inner / N), inner / N, group);
   }
-
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(plan, model->model->embed_tokens, "model.embed_tokens", shard, group);
-  if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
+  shard_embedding(plan, body.embed_tokens, prefix + "embed_tokens", shard, group);
+}
+
+}  // namespace
+
+TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm, ParameterValues values) {
+  Group& group = comm.tp();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+  const bool untied = !model->config().tie_word_embeddings;
+  split_gpt2_body(*model->transformer, "transformer.", group, plan, [&] {
+    if (untied) own_linear(model->lm_head, "lm_head");
+  });
+  torch::NoGradGuard no_grad;
+  if (untied) shard_head(plan, model->lm_head, VocabShard::of(model->config().vocab_size, group.size(), group.rank()), group);
+  model->head_input_hook = copy_to_tp_region_hook(group);
+  return plan.plan;
+}
+
+TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm, ParameterValues values) {
+  Group& group = comm.tp();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+  const bool untied = !model->config().tie_word_embeddings;
+  split_llama_body(*model->model, "model.", group, plan, [&] {
+    if (untied) own_linear(model->lm_head, "lm_head");
+  });
+  torch::NoGradGuard no_grad;
+  if (untied) shard_head(plan, model->lm_head, VocabShard::of(model->config().vocab_size, group.size(), group.rank()), group);
   model->head_input_hook = copy_to_tp_region_hook(group);
   return plan.plan;
 }
@@ -592,14 +618,25 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
 }
 
 TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
+  Cutting plan{.plan = {.tp_size = comm.tp().size()}, .values = values};
   for (const auto& item : model.module().named_children()) {
+    const std::string prefix = item.key() + ".";
     if (auto bert = std::dynamic_pointer_cast<model::BertImpl>(item.value())) {
       model::Bert holder(bert);
-      return apply_tensor_parallel(holder, comm, item.key() + ".", values);
+      return apply_tensor_parallel(holder, comm, prefix, values);
+    }
+    // Decoder bodies as in the language model; their hidden states are whole on every
+    // rank, so the head reads them as it would unsplit.
+    if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2TransformerImpl>(item.value())) {
+      split_gpt2_body(*gpt2, prefix, comm.tp(), plan, {});
+      return plan.plan;
+    }
+    if (auto llama = std::dynamic_pointer_cast<model::LlamaModelImpl>(item.value())) {
+      split_llama_body(*llama, prefix, comm.tp(), plan, {});
+      return plan.plan;
     }
   }
-  throw std::invalid_argument("apply_tensor_parallel: a " + model.family() +
-                              " classifier cannot be split yet; tensor-parallel classifiers need a BERT-family body");
+  throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " classifier has no body that can be split");
 }
 
 // ---------------------------------------------------------------------------------

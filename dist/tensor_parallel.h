@@ -208,8 +208,9 @@ TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& c
 // in the model that holds it (plan names are prefix + parameter name, e.g. "bert.").
 TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix = "",
                                          ParameterValues values = ParameterValues::sliced);
-// A classifier: its body is split (BERT family only, for now; decoder bodies are
-// refused), its head reads the whole hidden states and stays whole on every rank.
+// A classifier: its body is split (BERT as above; a GPT-2 or Llama-family body as in
+// the language model: blocks by heads and MLP width, the token embedding by vocabulary
+// rows), and its head, which reads the whole hidden states, stays whole on every rank.
 TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm,
                                          ParameterValues values = ParameterValues::sliced);
 
