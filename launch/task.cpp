@@ -11,7 +11,6 @@
 #include "model/causal_lm.h"
 #include "model/bert.h"
 #include "model/classifier.h"
-#include "model/config_fields.h"
 #include "model/gpt2.h"
 #include "model/llama.h"
 
@@ -28,17 +27,6 @@ TaskKind kind_of(const std::string& task, const std::string& dataset_path) {
   if (task == data::format::kTaskTokenClassification) return TaskKind::token_classification;
   throw std::runtime_error(dataset_path + ": task '" + task +
                            "' is not one ftrain trains (causal_lm, sequence_classification, token_classification)");
-}
-
-// Decoder bodies are not split under a classifier head yet.
-void refuse_split_classifier(const model::ClassifierOptions& options, int tp_size, const std::string& model_path) {
-  const std::string family = model::read_config_file(options.path / "config.json").value("model_type", "");
-  if (family == "bert") return;
-  const std::string task = options.kind == model::ClassifierKind::sequence ? "sequence_classification"
-                                                                            : "token_classification";
-  throw std::runtime_error("dist.tp = " + std::to_string(tp_size) + ": a " + family + " " + task + " model (" +
-                           model_path + ") cannot be split yet (tensor-parallel classifiers need a BERT-family "
-                           "body); train it with dist.tp = 1");
 }
 
 }  // namespace
@@ -95,7 +83,6 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   if (!split_over) {
     model_->classifier = model::Classifier::load(options, &report);
   } else {
-    refuse_split_classifier(options, split_over->tp().size(), config.model.path);
     naming_dist_tp(*split_over, [&] {
       model_->classifier = dist::load_tensor_parallel(options, *split_over, plan_, &report);
     });
@@ -260,7 +247,6 @@ dist::TensorParallelPlan Task::split(dist::Communicator& comm) {
     tp_ = &comm.tp();  // the loss reads vocabulary-parallel logits
     return plan_;
   }
-  refuse_split_classifier(model_->classifier_options, comm.tp().size(), model_path_);
   // The head reads whole hidden states and stays whole: the loss is the usual one.
   plan_ = dist::apply_tensor_parallel(*model_->classifier, comm);
   return plan_;

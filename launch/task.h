@@ -95,8 +95,9 @@ class Task {
 
   // Splits the model over comm.tp() (dist::apply_tensor_parallel), unless it was split
   // as it was built: a causal LM's loss then reads vocabulary-parallel logits; a
-  // classifier's BERT body is split under its whole head. Throws std::runtime_error
-  // naming dist.tp for a decoder classifier. Call before the optimizer is made.
+  // classifier's body (BERT, GPT-2 or the Llama family) is split under its whole head.
+  // Throws std::runtime_error naming dist.tp for sizes the model cannot be split by.
+  // Call before the optimizer is made.
   dist::TensorParallelPlan parallelize(dist::Communicator& comm);
   const dist::TensorParallelPlan& plan() const { return plan_; }
 

@@ -8,8 +8,9 @@
 // a tied copy stored beside it, GPT-2's transposed Conv1D weights, grouped-query
 // attention whose key/value heads are replicated at tp 4, names with and without the
 // family prefix, bfloat16 files, checkpoints sharded over several files through
-// model.safetensors.index.json, and BERT classifiers with a new head and pooler drawn
-// from the seed. Broken files are refused naming the file and the tensor.
+// model.safetensors.index.json, BERT classifiers with a new head and pooler drawn from
+// the seed, and GPT-2 and Llama classifiers. Broken files are refused naming the file
+// and the tensor.
 #define BOOST_TEST_MODULE test_tensor_parallel_load
 #include <boost/test/unit_test.hpp>
 
@@ -273,8 +274,9 @@ BOOST_AUTO_TEST_CASE(llama_tied_with_a_padding_token_and_a_dropout_override_read
   check_same(whole.module(), expected_plan, split.module(), plan);
 }
 
-// A BERT body: the encoder with or without its pooler, under `bert.` or not.
-void check_bert_classifier(const fs::path& dir, model::ClassifierKind kind) {
+// A classifier read split and read whole then split: the same parts, the same new
+// head, the same logits.
+void check_classifier(const fs::path& dir, model::ClassifierKind kind) {
   model::ClassifierOptions options;
   options.path = dir;
   options.kind = kind;
@@ -304,8 +306,8 @@ BOOST_AUTO_TEST_CASE(bert_classifiers_with_a_new_head_read_the_same_parts) {
   // BertModel's layout with its pooler; the sequence head is new.
   const fs::path plain = shared_directory("bert_plain");
   write_directory(plain, model::to_hf_state(bert), config.to_json());
-  check_bert_classifier(plain, model::ClassifierKind::sequence);
-  check_bert_classifier(plain, model::ClassifierKind::token);
+  check_classifier(plain, model::ClassifierKind::sequence);
+  check_classifier(plain, model::ClassifierKind::token);
 
   // A masked-LM export: `bert.` names, no pooler (drawn from the seed), a head to skip.
   const fs::path masked = shared_directory("bert_masked_lm");
@@ -314,7 +316,24 @@ BOOST_AUTO_TEST_CASE(bert_classifiers_with_a_new_head_read_the_same_parts) {
     if (name.rfind("pooler.", 0) != 0) tensors.emplace_back("bert." + name, tensor);
   tensors.emplace_back("cls.predictions.bias", torch::zeros({config.vocab_size}));
   write_directory(masked, tensors, config.to_json(), Storage{.dtype = at::kBFloat16, .files = 2});
-  check_bert_classifier(masked, model::ClassifierKind::sequence);
+  check_classifier(masked, model::ClassifierKind::sequence);
+}
+
+BOOST_AUTO_TEST_CASE(decoder_classifiers_read_the_same_parts) {
+  // GPT-2 and Llama bodies under a new score head (the language-modelling head in the
+  // file is skipped); the Llama's key/value heads are replicated at tp 4.
+  const model::Gpt2Config gpt2_config = tiny_gpt2(/*tied=*/true);
+  const fs::path gpt2 = shared_directory("gpt2_classifier");
+  write_directory(gpt2, gpt2_tensors(gpt2_config, 10), gpt2_config.to_json());
+  check_classifier(gpt2, model::ClassifierKind::sequence);
+  check_classifier(gpt2, model::ClassifierKind::token);
+
+  const model::LlamaConfig llama_config = tiny_llama();
+  model::Llama llama = model::init_llama(llama_config, 11);
+  perturb(*llama, 11);
+  const fs::path llama_dir = shared_directory("llama_classifier");
+  write_directory(llama_dir, model::to_hf_state(llama), llama_config.to_json(), Storage{.dtype = at::kBFloat16});
+  check_classifier(llama_dir, model::ClassifierKind::sequence);
 }
 
 // ---------------------------------------------------------------------------------
