@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -283,6 +284,8 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at
 
 namespace {
 
+at::Tensor range(int64_t start, int64_t count) { return at::arange(start, start + count, at::kLong); }
+
 // The entries `shard.index` of `full` along `shard.dim`, zeros where the index is -1.
 at::Tensor shard_along(const ParameterShard& shard, const at::Tensor& full) {
   const at::Tensor index = shard.index.to(full.device());
@@ -301,16 +304,39 @@ void replace_with(at::Tensor& parameter, const at::Tensor& value) {
   parameter.set_data(shard);
 }
 
-// Cuts parameter `name` to the entries `index` (global indices, -1 for padding) along
-// `dim` and records how, so the whole tensor can be rebuilt from the ranks' parts.
-void cut(TensorParallelPlan& plan, const std::string& name, at::Tensor& parameter, int64_t dim, at::Tensor index,
-         int replicas = 1) {
-  ParameterShard shard{dim, index, parameter.sizes().vec(), replicas};
-  replace_with(parameter, shard_along(shard, parameter));
-  plan.sharded[name] = std::move(shard);
+// The entries `shard.index` of `whole` along `shard.dim`: a view when they are one
+// run of real entries (most splits), else shard_along's copy.
+at::Tensor slice_of(const ParameterShard& shard, const at::Tensor& whole) {
+  const int64_t count = shard.index.numel();
+  if (count > 0) {
+    const int64_t first = shard.index[0].item<int64_t>();
+    if (first >= 0 && at::equal(shard.index, range(first, count))) return whole.narrow(shard.dim, first, count);
+  }
+  return shard_along(shard, whole);
 }
 
-at::Tensor range(int64_t start, int64_t count) { return at::arange(start, start + count, at::kLong); }
+// A plan being made, and what cutting does with the values.
+struct Cutting {
+  TensorParallelPlan plan;
+  ParameterValues values = ParameterValues::sliced;
+};
+
+// Cuts parameter `name` to the entries `index` (global indices, -1 for padding) along
+// `dim` and records how, so the whole tensor can be rebuilt from the ranks' parts.
+void cut(Cutting& cutting, const std::string& name, at::Tensor& parameter, int64_t dim, at::Tensor index,
+         int replicas = 1) {
+  ParameterShard shard{dim, index, parameter.sizes().vec(), replicas};
+  if (cutting.values == ParameterValues::sliced) {
+    replace_with(parameter, shard_along(shard, parameter));
+  } else {
+    // The whole tensor was never written; its part is allocated, not written either.
+    std::vector<int64_t> local = parameter.sizes().vec();
+    local[dim] = index.numel();
+    parameter.mutable_grad().reset();
+    parameter.set_data(at::empty(local, parameter.options()));
+  }
+  cutting.plan.sharded[name] = std::move(shard);
+}
 
 model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
   model::LinearImpl* impl = layer.styled();
@@ -323,7 +349,7 @@ model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
 }
 
 // Column-parallel: rows [start, start + count) of W (out, in) and of b.
-void shard_rows(TensorParallelPlan& plan, model::Linear& layer, const std::string& name, int64_t start, int64_t count,
+void shard_rows(Cutting& plan, model::Linear& layer, const std::string& name, int64_t start, int64_t count,
                 Group& group, const ColumnParallelOptions& options) {
   model::LinearImpl& impl = own_linear(layer, name);
   cut(plan, name + ".weight", impl.weight, 0, range(start, count), options.replicas);
@@ -333,7 +359,7 @@ void shard_rows(TensorParallelPlan& plan, model::Linear& layer, const std::strin
 }
 
 // Row-parallel: columns [start, start + count) of W (out, in); b whole.
-void shard_columns(TensorParallelPlan& plan, model::Linear& layer, const std::string& name, int64_t start,
+void shard_columns(Cutting& plan, model::Linear& layer, const std::string& name, int64_t start,
                    int64_t count, Group& group) {
   model::LinearImpl& impl = own_linear(layer, name);
   cut(plan, name + ".weight", impl.weight, 1, range(start, count));
@@ -348,7 +374,7 @@ at::Tensor vocab_rows(const VocabShard& shard) {
   return rows.masked_fill(rows >= shard.vocab_size, -1);
 }
 
-void shard_embedding(TensorParallelPlan& plan, model::Embedding& embedding, const std::string& name,
+void shard_embedding(Cutting& plan, model::Embedding& embedding, const std::string& name,
                      const VocabShard& shard, Group& group) {
   model::EmbeddingImpl& impl = *embedding;
   if (impl.style().forward) throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl.style().name);
@@ -362,7 +388,7 @@ void shard_embedding(TensorParallelPlan& plan, model::Embedding& embedding, cons
 
 // The head (V, C) when it is not the embedding: rows as the embedding's; its input
 // goes through head_input_hook, so the layer itself does not copy.
-void shard_head(TensorParallelPlan& plan, model::Linear& head, const VocabShard& shard, Group& group) {
+void shard_head(Cutting& plan, model::Linear& head, const VocabShard& shard, Group& group) {
   model::LinearImpl& impl = own_linear(head, "lm_head");
   cut(plan, "lm_head.weight", impl.weight, 0, vocab_rows(shard));
   impl.options.out_features(shard.rows);
@@ -382,36 +408,39 @@ void check_unsharded(const at::Tensor& weight, std::vector<int64_t> expected, co
 
 }  // namespace
 
-TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm) {
-  Group& group = comm.tp();
-  TensorParallelPlan plan;
-  plan.tp_size = group.size();
+namespace {
+
+// GPT-2's body (GPT2Model, registered under `prefix`, "transformer."): the blocks split
+// by heads and MLP width, wte by vocabulary rows. `check_also` runs after the body's
+// own checks and before anything is changed, for the parts around the body.
+void split_gpt2_body(model::Gpt2TransformerImpl& body, const std::string& prefix, Group& group, Cutting& plan,
+                     const std::function<void()>& check_also) {
   const int64_t N = group.size(), r = group.rank();
-  const model::Gpt2Config& config = model->config();
+  const model::Gpt2Config& config = body.config();
   const int64_t C = config.n_embd, inner = config.inner_dim();
-  const std::string prefix = refusal("GPT-2", group.size());
+  const std::string refused = refusal("GPT-2", group.size());
   if (config.n_head % N != 0)
-    throw std::invalid_argument(prefix + "n_head " + std::to_string(config.n_head) +
+    throw std::invalid_argument(refused + "n_head " + std::to_string(config.n_head) +
                                 " is not a multiple of " + std::to_string(N) + " (attention is split by heads)");
   if (inner % N != 0)
-    throw std::invalid_argument(prefix + "the MLP width (n_inner) " + std::to_string(inner) +
+    throw std::invalid_argument(refused + "the MLP width (n_inner) " + std::to_string(inner) +
                                 " is not a multiple of " + std::to_string(N));
-  check_unsharded(model->transformer->wte->weight, {config.vocab_size, C}, "transformer.wte.weight", prefix);
+  check_unsharded(body.wte->weight, {config.vocab_size, C}, prefix + "wte.weight", refused);
   // Every layer is checked before any is changed.
-  for (size_t i = 0; i < model->transformer->h->size(); ++i) {
-    auto& block = *model->transformer->h[i]->as<model::BlockImpl>();
-    const std::string layer = "transformer.h." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.h->size(); ++i) {
+    auto& block = *body.h[i]->as<model::BlockImpl>();
+    const std::string layer = prefix + "h." + std::to_string(i) + ".";
     for (auto [layer_ref, name] : {std::pair{&block.attn->c_attn, "attn.c_attn"}, std::pair{&block.attn->c_proj, "attn.c_proj"},
                                    std::pair{&block.mlp->c_fc, "mlp.c_fc"}, std::pair{&block.mlp->c_proj, "mlp.c_proj"}})
       own_linear(*layer_ref, layer + name);  // throws for a layer that cannot be sharded
   }
-  if (!config.tie_word_embeddings) own_linear(model->lm_head, "lm_head");
+  if (check_also) check_also();
 
   torch::NoGradGuard no_grad;
   const int64_t width = C / N;  // this rank's heads: n_head / N of them, head_dim each
-  for (size_t i = 0; i < model->transformer->h->size(); ++i) {
-    auto& block = *model->transformer->h[i]->as<model::BlockImpl>();
-    const std::string layer = "transformer.h." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.h->size(); ++i) {
+    auto& block = *body.h[i]->as<model::BlockImpl>();
+    const std::string layer = prefix + "h." + std::to_string(i) + ".";
     auto& attn = *block.attn;
     // c_attn (3C, C) is [queries; keys; values]: this rank's heads of each, (3C / N, C).
     {
@@ -431,39 +460,35 @@ TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm)
     shard_rows(plan, mlp.c_fc, layer + "mlp.c_fc", r * (inner / N), inner / N, group, {.copy_input = false});
     shard_columns(plan, mlp.c_proj, layer + "mlp.c_proj", r * (inner / N), inner / N, group);
   }
-
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(plan, model->transformer->wte, "transformer.wte", shard, group);
-  if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
-  model->head_input_hook = copy_to_tp_region_hook(group);
-  return plan;
+  shard_embedding(plan, body.wte, prefix + "wte", shard, group);
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm) {
-  Group& group = comm.tp();
-  TensorParallelPlan plan;
-  plan.tp_size = group.size();
+// The Llama family's body (LlamaModel, registered under `prefix`, "model."), as
+// split_gpt2_body.
+void split_llama_body(model::LlamaModelImpl& body, const std::string& prefix, Group& group, Cutting& plan,
+                      const std::function<void()>& check_also) {
   const int64_t N = group.size(), r = group.rank();
-  const model::LlamaConfig& config = model->config();
+  const model::LlamaConfig& config = body.config();
   const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
   const int64_t hs = config.head_size(), inner = config.intermediate_size;
-  const std::string prefix = refusal(config.model_type, group.size());
+  const std::string refused = refusal(config.model_type, group.size());
   if (heads % N != 0)
-    throw std::invalid_argument(prefix + "num_attention_heads " + std::to_string(heads) + " is not a multiple of " +
+    throw std::invalid_argument(refused + "num_attention_heads " + std::to_string(heads) + " is not a multiple of " +
                                 std::to_string(N) + " (attention is split by heads)");
   if (kv_heads % N != 0 && N % kv_heads != 0)
-    throw std::invalid_argument(prefix + "num_key_value_heads " + std::to_string(kv_heads) +
+    throw std::invalid_argument(refused + "num_key_value_heads " + std::to_string(kv_heads) +
                                 " is neither a multiple nor a divisor of " + std::to_string(N) +
                                 " (key/value heads are split, or each rank keeps the one its query heads use)");
   if (inner % N != 0)
-    throw std::invalid_argument(prefix + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
+    throw std::invalid_argument(refused + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
                                 std::to_string(N));
-  check_unsharded(model->model->embed_tokens->weight, {config.vocab_size, config.hidden_size},
-                  "model.embed_tokens.weight", prefix);
+  check_unsharded(body.embed_tokens->weight, {config.vocab_size, config.hidden_size}, prefix + "embed_tokens.weight",
+                  refused);
   // Every layer is checked before any is changed.
-  for (size_t i = 0; i < model->model->layers->size(); ++i) {
-    auto& block = *model->model->layers[i]->as<model::LlamaBlockImpl>();
-    const std::string layer = "model.layers." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.layers->size(); ++i) {
+    auto& block = *body.layers[i]->as<model::LlamaBlockImpl>();
+    const std::string layer = prefix + "layers." + std::to_string(i) + ".";
     for (auto [layer_ref, name] : {std::pair{&block.self_attn->q_proj, "self_attn.q_proj"},
                                    std::pair{&block.self_attn->k_proj, "self_attn.k_proj"},
                                    std::pair{&block.self_attn->v_proj, "self_attn.v_proj"},
@@ -473,7 +498,7 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
                                    std::pair{&block.mlp->down_proj, "mlp.down_proj"}})
       own_linear(*layer_ref, layer + name);
   }
-  if (!config.tie_word_embeddings) own_linear(model->lm_head, "lm_head");
+  if (check_also) check_also();
 
   // Rank r computes query heads [r nh / N, (r + 1) nh / N). Query head j reads key/value
   // head j / (nh / nkv), so r's key/value heads are [r nkv / N, (r + 1) nkv / N) when N
@@ -484,9 +509,9 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
   const int replicas = kv_heads % N == 0 ? 1 : static_cast<int>(N / kv_heads);
 
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < model->model->layers->size(); ++i) {
-    auto& block = *model->model->layers[i]->as<model::LlamaBlockImpl>();
-    const std::string layer = "model.layers." + std::to_string(i) + ".";
+  for (size_t i = 0; i < body.layers->size(); ++i) {
+    auto& block = *body.layers[i]->as<model::LlamaBlockImpl>();
+    const std::string layer = prefix + "layers." + std::to_string(i) + ".";
     auto& attn = *block.self_attn;
     attn.input_hook = copy_to_tp_region_hook(group);
     shard_rows(plan, attn.q_proj, layer + "self_attn.q_proj", r * q_heads * hs, q_heads * hs, group, {.copy_input = false});
@@ -501,27 +526,52 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
     shard_rows(plan, mlp.up_proj, layer + "mlp.up_proj", r * (inner / N), inner / N, group, {.copy_input = false});
     shard_columns(plan, mlp.down_proj, layer + "mlp.down_proj", r * (inner / N), inner / N, group);
   }
-
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(plan, model->model->embed_tokens, "model.embed_tokens", shard, group);
-  if (!config.tie_word_embeddings) shard_head(plan, model->lm_head, shard, group);
-  model->head_input_hook = copy_to_tp_region_hook(group);
-  return plan;
+  shard_embedding(plan, body.embed_tokens, prefix + "embed_tokens", shard, group);
 }
 
-TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm) {
+}  // namespace
+
+TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm, ParameterValues values) {
+  Group& group = comm.tp();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+  const bool untied = !model->config().tie_word_embeddings;
+  split_gpt2_body(*model->transformer, "transformer.", group, plan, [&] {
+    if (untied) own_linear(model->lm_head, "lm_head");
+  });
+  torch::NoGradGuard no_grad;
+  if (untied) shard_head(plan, model->lm_head, VocabShard::of(model->config().vocab_size, group.size(), group.rank()), group);
+  model->head_input_hook = copy_to_tp_region_hook(group);
+  return plan.plan;
+}
+
+TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm, ParameterValues values) {
+  Group& group = comm.tp();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+  const bool untied = !model->config().tie_word_embeddings;
+  split_llama_body(*model->model, "model.", group, plan, [&] {
+    if (untied) own_linear(model->lm_head, "lm_head");
+  });
+  torch::NoGradGuard no_grad;
+  if (untied) shard_head(plan, model->lm_head, VocabShard::of(model->config().vocab_size, group.size(), group.rank()), group);
+  model->head_input_hook = copy_to_tp_region_hook(group);
+  return plan.plan;
+}
+
+TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm, ParameterValues values) {
   if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2Impl>(model.module_ptr())) {
     model::Gpt2 holder(gpt2);
-    return apply_tensor_parallel(holder, comm);
+    return apply_tensor_parallel(holder, comm, values);
   }
   if (auto llama = std::dynamic_pointer_cast<model::LlamaImpl>(model.module_ptr())) {
     model::Llama holder(llama);
-    return apply_tensor_parallel(holder, comm);
+    return apply_tensor_parallel(holder, comm, values);
   }
   throw std::invalid_argument("apply_tensor_parallel: model family '" + model.family() + "' cannot be split");
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix) {
+TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix,
+                                         ParameterValues values) {
   Group& group = comm.tp();
   const int64_t N = group.size(), r = group.rank();
   const model::BertConfig& config = model->config();
@@ -547,8 +597,7 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
       own_linear(*layer_ref, name + what);
   }
 
-  TensorParallelPlan plan;
-  plan.tp_size = group.size();
+  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
   torch::NoGradGuard no_grad;
   const int64_t width = C / N;  // this rank's heads
   for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
@@ -565,22 +614,77 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
   }
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
   shard_embedding(plan, model->embeddings->word_embeddings, prefix + "embeddings.word_embeddings", shard, group);
-  return plan;
+  return plan.plan;
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm) {
+TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
+  Cutting plan{.plan = {.tp_size = comm.tp().size()}, .values = values};
   for (const auto& item : model.module().named_children()) {
+    const std::string prefix = item.key() + ".";
     if (auto bert = std::dynamic_pointer_cast<model::BertImpl>(item.value())) {
       model::Bert holder(bert);
-      return apply_tensor_parallel(holder, comm, item.key() + ".");
+      return apply_tensor_parallel(holder, comm, prefix, values);
+    }
+    // Decoder bodies as in the language model; their hidden states are whole on every
+    // rank, so the head reads them as it would unsplit.
+    if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2TransformerImpl>(item.value())) {
+      split_gpt2_body(*gpt2, prefix, comm.tp(), plan, {});
+      return plan.plan;
+    }
+    if (auto llama = std::dynamic_pointer_cast<model::LlamaModelImpl>(item.value())) {
+      split_llama_body(*llama, prefix, comm.tp(), plan, {});
+      return plan.plan;
     }
   }
-  throw std::invalid_argument("apply_tensor_parallel: a " + model.family() +
-                              " classifier cannot be split yet; tensor-parallel classifiers need a BERT-family body");
+  throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " classifier has no body that can be split");
+}
+
+// ---------------------------------------------------------------------------------
+// Loading split
+
+model::CausalLm load_tensor_parallel(model::CausalLmOptions options, Communicator& comm, TensorParallelPlan& plan) {
+  if (!options.pretrained) {
+    model::CausalLm model = model::CausalLm::load(options);
+    plan = apply_tensor_parallel(model, comm);
+    return model;
+  }
+  options.split = [&comm, &plan](model::CausalLm& model) {
+    plan = apply_tensor_parallel(model, comm, ParameterValues::uninitialised);
+    return plan.slices();
+  };
+  return model::CausalLm::load(options);
+}
+
+model::Classifier load_tensor_parallel(model::ClassifierOptions options, Communicator& comm, TensorParallelPlan& plan,
+                                       model::ClassifierLoadReport* report) {
+  if (!options.pretrained) {
+    model::Classifier model = model::Classifier::load(options, report);
+    plan = apply_tensor_parallel(model, comm);
+    return model;
+  }
+  options.split = [&comm, &plan](model::Classifier& model) {
+    plan = apply_tensor_parallel(model, comm, ParameterValues::uninitialised);
+    return plan.slices();
+  };
+  return model::Classifier::load(options, report);
 }
 
 // ---------------------------------------------------------------------------------
 // The plan
+
+model::ParameterSlices TensorParallelPlan::slices() const {
+  auto plan = std::make_shared<const TensorParallelPlan>(*this);
+  return model::ParameterSlices{
+      [plan](const std::string& name, const at::Tensor& local) { return plan->global_shape(name, local); },
+      [plan](const std::string& name, const at::Tensor& whole) {
+        auto found = plan->sharded.find(name);
+        if (found == plan->sharded.end()) return whole;
+        if (whole.sizes() != c10::IntArrayRef(found->second.global_shape))
+          throw std::invalid_argument("TensorParallelPlan::slices: " + name + " is " + c10::str(whole.sizes()) +
+                                      ", the model's is " + c10::str(c10::IntArrayRef(found->second.global_shape)));
+        return slice_of(found->second, whole);
+      }};
+}
 
 int TensorParallelPlan::replicas(const std::string& name) const {
   auto found = sharded.find(name);

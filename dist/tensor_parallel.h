@@ -7,8 +7,10 @@
 //   2. Styles for model/linear.h's layers: column-parallel and row-parallel linear
 //      layers, the vocabulary-parallel embedding, and the cross-entropy that reads
 //      vocabulary-parallel logits.
-//   3. apply_tensor_parallel, which shards a whole GPT-2 or Llama in place and sets
-//      the styles. docs/tensor-parallel.md says which weight is split how.
+//   3. apply_tensor_parallel, which shards a whole GPT-2, Llama or BERT in place and
+//      sets the styles, and load_tensor_parallel, which splits a pretrained model before
+//      reading it so that each rank reads only its part of the files.
+//      docs/tensor-parallel.md says which weight is split how.
 //
 // Every member of the group makes the same calls in the same order. The group (or
 // communicator) must outlive the tensors and models that use it: autograd graphs and
@@ -150,6 +152,21 @@ struct TensorParallelPlan {
   // This rank's part -> the full tensor, on every rank. Collective over `tp` for sharded
   // parameters (one all-gather); whole ones are returned as they are.
   at::Tensor gather(const std::string& name, const at::Tensor& local, Group& tp) const;
+  // The plan as the model loaders read it: each parameter's global shape, and its part
+  // of a whole tensor (a view where the part is one run of entries, as shard() else).
+  // Holds a copy of the plan.
+  model::ParameterSlices slices() const;
+};
+
+// What apply_tensor_parallel does with the values of the parameters it splits.
+enum class ParameterValues {
+  // The model holds its whole weights (loaded or initialised); each split parameter
+  // keeps its part of them.
+  sliced,
+  // The model was built under model::SkipInitialisation, and its weights are read
+  // afterwards through the plan's slices(): split parameters get their local shapes,
+  // allocated and not written, and the whole ones are never read.
+  uninitialised,
 };
 
 //
@@ -172,23 +189,49 @@ struct TensorParallelPlan {
 // Throws std::invalid_argument, before changing anything, when the group size does not
 // divide the heads or the MLP width (naming the sizes), or when the model was already
 // sharded.
-TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm);
+TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm,
+                                         ParameterValues values = ParameterValues::sliced);
 // Grouped-query attention: key/value heads are split when N divides
 // num_key_value_heads; when N is a multiple of it, each rank keeps the one key/value
 // head its query heads use (N / num_key_value_heads ranks hold each, summing their
 // gradients); anything else is refused.
-TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm);
+TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm,
+                                         ParameterValues values = ParameterValues::sliced);
 // A causal language model of either family (model::CausalLm); refuses other families.
-TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm);
+TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm,
+                                         ParameterValues values = ParameterValues::sliced);
 // BERT (the encoder of a classifier): attention split by heads (query, key, value
 // column-parallel, attention.output.dense row-parallel), the feed-forward's
 // intermediate.dense column- and output.dense row-parallel, word embeddings split by
 // vocabulary rows; position and token-type embeddings, LayerNorms and the pooler whole.
 // The hidden states it returns are whole on every rank. `prefix` is the module's name
 // in the model that holds it (plan names are prefix + parameter name, e.g. "bert.").
-TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix = "");
-// A classifier: its body is split (BERT family only, for now; decoder bodies are
-// refused), its head reads the whole hidden states and stays whole on every rank.
-TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm);
+TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix = "",
+                                         ParameterValues values = ParameterValues::sliced);
+// A classifier: its body is split (BERT as above; a GPT-2 or Llama-family body as in
+// the language model: blocks by heads and MLP width, the token embedding by vocabulary
+// rows), and its head, which reads the whole hidden states, stays whole on every rank.
+TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm,
+                                         ParameterValues values = ParameterValues::sliced);
+
+// Sharded loading: a pretrained model read split over comm.tp(), each rank reading
+// only its part of every stored tensor from the memory-mapped safetensors files. The
+// model is built without initialising its linear layers and embeddings (their memory
+// is allocated and never written), split by apply_tensor_parallel with uninitialised
+// values, and then each parameter copies its slice of the stored tensor, converted to
+// float32, and the file pages of that tensor are given back. A rank's memory therefore
+// grows by about its part of the model plus one stored tensor, not by the whole model.
+// The result equals loading the whole model and then calling apply_tensor_parallel, and
+// `plan` is what that call returns: vocabulary padding rows are zero, replicated
+// key/value heads are read by each rank holding them, a tied head is checked against
+// the embedding, and a classifier's new head (and a missing BERT pooler) is drawn from
+// the seed whole on every rank. A model that is not pretrained (options.pretrained
+// false) is initialised whole and split, as its draws are those of the whole model.
+// Throws as CausalLm::load / Classifier::load do (std::runtime_error naming the file
+// and tensors for a tensor missing or of the wrong shape) and as apply_tensor_parallel
+// does (std::invalid_argument for sizes the group does not divide).
+model::CausalLm load_tensor_parallel(model::CausalLmOptions options, Communicator& comm, TensorParallelPlan& plan);
+model::Classifier load_tensor_parallel(model::ClassifierOptions options, Communicator& comm, TensorParallelPlan& plan,
+                                       model::ClassifierLoadReport* report = nullptr);
 
 }  // namespace ftrain::dist

@@ -41,7 +41,12 @@ struct Task::Model {
   std::string name;
 };
 
-Task::Task(const Config& config, const data::DatasetInfo& dataset)
+Task::Task(const Config& config, const data::DatasetInfo& dataset) : Task(config, dataset, nullptr) {}
+
+Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm)
+    : Task(config, dataset, comm.tp().size() > 1 ? &comm : nullptr) {}
+
+Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* split_over)
     : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
       model_(std::make_unique<Model>()), model_path_(config.model.path) {
   model_->name = dataset.task;
@@ -51,7 +56,14 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset)
       throw std::runtime_error("train.freeze_base_steps: a causal language model has no new head to train alone; "
                                "set it to 0 (" + config.data.path + " is a causal_lm dataset)");
     model_->lm_options = model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout};
-    model_->lm = model::CausalLm::load(model_->lm_options);
+    if (!split_over) {
+      model_->lm = model::CausalLm::load(model_->lm_options);
+      return;
+    }
+    naming_dist_tp(*split_over, [&] {
+      model_->lm = dist::load_tensor_parallel(model_->lm_options, *split_over, plan_);
+      tp_ = &split_over->tp();  // the loss reads vocabulary-parallel logits
+    });
     return;
   }
   if (label_names_.size() < 2)
@@ -68,7 +80,13 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset)
   options.pad_token_id = dataset.pad_id;
   model::ClassifierLoadReport report;
   model_->classifier_options = options;
-  model_->classifier = model::Classifier::load(options, &report);
+  if (!split_over) {
+    model_->classifier = model::Classifier::load(options, &report);
+  } else {
+    naming_dist_tp(*split_over, [&] {
+      model_->classifier = dist::load_tensor_parallel(options, *split_over, plan_, &report);
+    });
+  }
   model_->warnings = report.warnings;
   if (kind_ == TaskKind::token_classification) {
     try {
@@ -206,15 +224,21 @@ void Task::set_block_runner(const model::BlockRunner& runner) {
                                           std::to_string(bodies));
 }
 
-dist::TensorParallelPlan Task::parallelize(dist::Communicator& comm) {
-  if (comm.tp().size() == 1) return plan_;
+template <typename Split>
+void Task::naming_dist_tp(dist::Communicator& comm, Split split) {
   try {
-    return split(comm);
+    split();
   } catch (const std::invalid_argument& error) {
     // The sizes that do not divide are the model's; the choice to change is dist.tp.
     throw std::runtime_error("dist.tp = " + std::to_string(comm.tp().size()) + " does not fit the model in " +
                              model_path_ + ": " + error.what());
   }
+}
+
+dist::TensorParallelPlan Task::parallelize(dist::Communicator& comm) {
+  if (comm.tp().size() == 1 || plan_.tp_size > 1) return plan_;  // whole, or split as it was built
+  naming_dist_tp(comm, [&] { split(comm); });
+  return plan_;
 }
 
 dist::TensorParallelPlan Task::split(dist::Communicator& comm) {
@@ -223,10 +247,6 @@ dist::TensorParallelPlan Task::split(dist::Communicator& comm) {
     tp_ = &comm.tp();  // the loss reads vocabulary-parallel logits
     return plan_;
   }
-  if (model_->classifier->family() != "bert")
-    throw std::runtime_error("dist.tp: a " + model_->classifier->family() + " " + name() +
-                             " model cannot be split yet (tensor-parallel classifiers need a BERT-family body); "
-                             "train it with dist.tp = 1");
   // The head reads whole hidden states and stays whole: the loss is the usual one.
   plan_ = dist::apply_tensor_parallel(*model_->classifier, comm);
   return plan_;

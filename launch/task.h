@@ -51,6 +51,11 @@ class Task {
   // Builds the model the dataset's task asks for from model.path. Throws
   // std::runtime_error naming the dataset or key for a task the model cannot do.
   Task(const Config& config, const data::DatasetInfo& dataset);
+  // The same, split over comm.tp() as it is built when that group has more than one
+  // rank (dist::load_tensor_parallel): a pretrained model is read in parts, each rank
+  // reading only its slices of the files, so no rank holds the whole model. parallelize()
+  // then returns the plan it was split by.
+  Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm);
   ~Task();
   Task(Task&&) noexcept;
   Task& operator=(Task&&) noexcept;
@@ -88,10 +93,11 @@ class Task {
   // gathering, activation checkpointing).
   void set_block_runner(const model::BlockRunner& runner);
 
-  // Splits the model over comm.tp() (dist::apply_tensor_parallel): a causal LM's loss
-  // then reads vocabulary-parallel logits; a classifier's BERT body is split under its
-  // whole head. Throws std::runtime_error naming dist.tp for a decoder classifier. Call
-  // before the optimizer is made.
+  // Splits the model over comm.tp() (dist::apply_tensor_parallel), unless it was split
+  // as it was built: a causal LM's loss then reads vocabulary-parallel logits; a
+  // classifier's body (BERT, GPT-2 or the Llama family) is split under its whole head.
+  // Throws std::runtime_error naming dist.tp for sizes the model cannot be split by.
+  // Call before the optimizer is made.
   dist::TensorParallelPlan parallelize(dist::Communicator& comm);
   const dist::TensorParallelPlan& plan() const { return plan_; }
 
@@ -102,11 +108,16 @@ class Task {
             const std::vector<std::pair<std::string, at::Tensor>>& full_parameters = {}) const;
 
  private:
+  Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* split_over);
+
   struct Model;
   TaskKind kind_;
   std::vector<std::string> label_names_;
   std::unique_ptr<Model> model_;
   dist::TensorParallelPlan split(dist::Communicator& comm);
+  // std::invalid_argument of a split -> std::runtime_error naming dist.tp and the model.
+  template <typename Split>
+  void naming_dist_tp(dist::Communicator& comm, Split split);
 
   std::string model_path_;
   dist::TensorParallelPlan plan_;

@@ -97,7 +97,8 @@ class Trainer {
     torch::manual_seed(config_.run.seed);
     if (!fs::is_directory(config_.model.path))
       throw std::runtime_error(config_.model.path + ": model directory not found (model.path)");
-    task_ = std::make_unique<Task>(config_, data::read_dataset_info(config_.data.path));
+    // Split over the tensor-parallel group as it is built: each rank reads its part.
+    task_ = std::make_unique<Task>(config_, data::read_dataset_info(config_.data.path), comm_);
     if (rank0())
       for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
     eval_metric_ = config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric;
@@ -188,9 +189,12 @@ class Trainer {
   void broadcast_parameters() {
     if (comm_.world_size() == 1) return;
     torch::NoGradGuard no_grad;
+    // A model split as it was built holds different parts on a tensor-parallel group's
+    // ranks; the ranks holding the same parts are a data-parallel group.
+    dist::Group& holders = task_->plan().tp_size > 1 ? comm_.dp() : comm_.world();
     for (auto& p : task_->module().parameters()) {
       at::Tensor data = p.detach();
-      comm_.world().broadcast(data, 0);
+      holders.broadcast(data, 0);
     }
   }
 

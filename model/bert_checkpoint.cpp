@@ -80,7 +80,8 @@ NamedTensors to_hf_state(Bert& model) {
   return out;
 }
 
-BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std::string& source, uint64_t init_seed) {
+BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std::string& source, uint64_t init_seed,
+                             const ParameterSlices* slices) {
   std::map<std::string, torch::Tensor> parameters;
   for (const auto& item : model->named_parameters(/*recurse=*/true)) parameters.emplace(item.key(), item.value());
 
@@ -100,10 +101,12 @@ BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std
       unexpected.push_back("'" + stored + "'");
       continue;
     }
-    if (value.sizes() != parameter->second.sizes()) {
+    const std::vector<int64_t> expected =
+        slices ? slices->global_shape(parameter->first, parameter->second) : parameter->second.sizes().vec();
+    if (value.sizes() != c10::IntArrayRef(expected)) {
       present_but_unusable.insert(name);
       misshaped.push_back("'" + stored + "' is " + c10::str(value.sizes()) + ", expected " +
-                          c10::str(parameter->second.sizes()));
+                          c10::str(c10::IntArrayRef(expected)));
       continue;
     }
     if (!at::isFloatingType(value.scalar_type())) {
@@ -139,7 +142,14 @@ BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std
   }
 
   torch::NoGradGuard no_grad;
-  for (const auto& [name, entry] : found) parameters.at(name).copy_(entry.second);
+  for (const auto& [name, entry] : found) {
+    if (!slices) {
+      parameters.at(name).copy_(entry.second);
+      continue;
+    }
+    parameters.at(name).copy_(slices->part(name, entry.second));
+    release_mapped_pages(entry.second);
+  }
 
   if (pooler_absent) {
     auto generator = at::make_generator<at::CPUGeneratorImpl>(init_seed);

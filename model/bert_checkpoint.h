@@ -68,7 +68,9 @@ NamedTensors to_hf_state(Bert& model);
 // else is there (see the top of this file and load_bert for what is skipped). A
 // checkpoint without both pooler tensors leaves the pooler initialised from
 // `init_seed`. All problems are reported in one std::runtime_error prefixed by `source`.
+// With `slices`, each parameter takes only its part of the stored tensor (see
+// ParameterSlices), and each file tensor's pages are given back once copied.
 BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std::string& source,
-                             uint64_t init_seed = 0);
+                             uint64_t init_seed = 0, const ParameterSlices* slices = nullptr);
 
 }  // namespace ftrain::model

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "model/gpt2.h"
+#include "model/linear.h"
 #include "model/llama.h"
 #include "model/llama_checkpoint.h"
 
@@ -30,9 +31,17 @@ std::string read_model_type(const fs::path& config_path) {
 }
 
 
+// Split before reading (CausalLmOptions::split): built without initialisation, the
+// weights read later by read_split.
+bool splits(const CausalLmOptions& options) { return options.pretrained && options.split != nullptr; }
+
 Gpt2 build_gpt2(const CausalLmOptions& options) {
   Gpt2Config config = Gpt2Config::from_json_file(options.path / "config.json");
   if (options.dropout >= 0) config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = options.dropout;
+  if (splits(options)) {
+    SkipInitialisation uninitialised;
+    return Gpt2(config);
+  }
   if (!options.pretrained) return init_gpt2(config, options.seed);
   Gpt2 loaded = load_gpt2(options.path);
   if (options.dropout < 0) return loaded;
@@ -48,6 +57,10 @@ Gpt2 build_gpt2(const CausalLmOptions& options) {
 Llama build_llama(const CausalLmOptions& options) {
   LlamaConfig config = LlamaConfig::from_json_file(options.path / "config.json");
   if (options.dropout >= 0) config.attention_dropout = options.dropout;
+  if (splits(options)) {
+    SkipInitialisation uninitialised;
+    return Llama(config);
+  }
   if (!options.pretrained) return init_llama(config, options.seed);
   Llama loaded = load_llama(options.path);
   if (options.dropout < 0) return loaded;
@@ -72,6 +85,11 @@ CausalLm CausalLm::load(const CausalLmOptions& options) {
     model.vocab_size_ = gpt2->config().vocab_size;
     model.logits_ = [gpt2](const at::Tensor& ids, const at::Tensor&) mutable { return gpt2->forward(ids); };
     model.save_ = [gpt2](const fs::path& dir, ExistingDirectory existing) mutable { save_gpt2(gpt2, dir, existing); };
+    if (splits(options)) {
+      const ParameterSlices slices = options.split(model);
+      const ModelTensors stored = read_model_tensors(options.path);
+      load_hf_state(gpt2, stored.tensors, stored.source, &slices);
+    }
     return model;
   }
   if (type == "llama" || type == "mistral" || type == "qwen2") {
@@ -84,6 +102,11 @@ CausalLm CausalLm::load(const CausalLmOptions& options) {
     model.save_ = [llama](const fs::path& dir, ExistingDirectory existing) mutable {
       save_llama(llama, dir, existing);
     };
+    if (splits(options)) {
+      const ParameterSlices slices = options.split(model);
+      const ModelTensors stored = read_model_tensors(options.path);
+      load_hf_state(llama, stored.tensors, stored.source, &slices);
+    }
     return model;
   }
   throw std::runtime_error((options.path / "config.json").string() + ": model_type '" + type +

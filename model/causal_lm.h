@@ -16,11 +16,19 @@
 
 namespace ftrain::model {
 
+class CausalLm;
+
 struct CausalLmOptions {
   std::filesystem::path path;   // Hugging Face model directory
   bool pretrained = true;       // load the safetensors; false: fresh init from config.json
   uint64_t seed = 1234;         // init seed when not pretrained
   double dropout = -1;          // override every dropout probability; < 0 keeps config.json's
+  // With pretrained: the model is built without initialising its linear layers and
+  // embeddings (SkipInitialisation), handed to `split`, which cuts its parameters to
+  // this process's parts (values not yet set) and says which part each holds, and only
+  // then are the weights read, each parameter copying its part of the stored tensor.
+  // So no process ever holds the whole model. dist::load_tensor_parallel sets it.
+  std::function<ParameterSlices(CausalLm&)> split;
 };
 
 class CausalLm {

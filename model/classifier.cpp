@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -11,6 +12,7 @@
 #include "model/bert_checkpoint.h"
 #include "model/config_fields.h"
 #include "model/gpt2.h"
+#include "model/linear.h"
 #include "model/llama.h"
 #include "model/llama_checkpoint.h"
 
@@ -64,6 +66,12 @@ torch::Tensor last_token(const torch::Tensor& hidden, const torch::Tensor& atten
     last = torch::full({batch}, hidden.size(1) - 1, torch::TensorOptions().dtype(torch::kLong).device(hidden.device()));
   }
   return hidden.index({torch::arange(batch, last.options()), last});
+}
+
+template <typename Model, typename Config>
+Model built_uninitialised(const Config& config) {
+  SkipInitialisation uninitialised;
+  return Model(config);
 }
 
 std::string join(const std::vector<std::string>& items) {
@@ -142,13 +150,27 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   std::function<NamedTensors()> body_state;            // Hugging Face names and layouts
   std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)> features;
 
+  // Split before reading (ClassifierOptions::split): the body is built uninitialised,
+  // registered, and cut to this process's parts before its weights are read.
+  const bool split = options.pretrained && options.split != nullptr;
+  auto split_body = [&]() -> std::optional<ParameterSlices> {
+    if (!split) return std::nullopt;
+    classifier.module_ = module;
+    return options.split(classifier);
+  };
+
   if (family == "bert") {
     BertConfig config = BertConfig::from_json(raw_config, config_path.string());
     if (options.dropout >= 0) config.hidden_dropout_prob = config.attention_probs_dropout_prob = options.dropout;
-    Bert bert = options.pretrained ? Bert(config) : init_bert(config, options.seed);
+    Bert bert = split ? built_uninitialised<Bert>(config)
+                : options.pretrained ? Bert(config)
+                                     : init_bert(config, options.seed);
     if (kind == ClassifierKind::token) bert->unregister_module("pooler");  // BertForTokenClassification has none
+    module->register_module("bert", bert);
     if (options.pretrained) {
-      BertLoadReport loaded = load_hf_state(bert, body_tensors, stored.source, options.seed);
+      const std::optional<ParameterSlices> slices = split_body();
+      const std::optional<ParameterSlices> body = slices ? std::optional(slices->under("bert.")) : std::nullopt;
+      BertLoadReport loaded = load_hf_state(bert, body_tensors, stored.source, options.seed, body ? &*body : nullptr);
       report.pooler_initialised = loaded.pooler_initialised && kind == ClassifierKind::sequence;
       if (report.pooler_initialised) {
         classifier.head_prefixes_.push_back("bert.pooler.");
@@ -156,7 +178,6 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
                                   ": no pooler weights; the pooler is new and is trained with the head");
       }
     }
-    module->register_module("bert", bert);
     classifier.vocab_size_ = config.vocab_size;
     hidden_size = config.hidden_size;
     initializer_range = config.initializer_range;
@@ -175,9 +196,14 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
     if (options.dropout >= 0) config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = options.dropout;
     saved_config = config.to_json();
     config.tie_word_embeddings = true;  // the body has no language-modelling head of its own
-    Gpt2 gpt2 = options.pretrained ? Gpt2(config) : init_gpt2(config, options.seed);
-    if (options.pretrained) load_hf_state(gpt2, body_tensors, stored.source);
+    Gpt2 gpt2 = split ? built_uninitialised<Gpt2>(config)
+                : options.pretrained ? Gpt2(config)
+                                     : init_gpt2(config, options.seed);
     module->register_module("transformer", gpt2->transformer);
+    if (options.pretrained) {
+      const std::optional<ParameterSlices> slices = split_body();
+      load_hf_state(gpt2, body_tensors, stored.source, slices ? &*slices : nullptr);
+    }
     classifier.vocab_size_ = config.vocab_size;
     hidden_size = config.n_embd;
     initializer_range = config.initializer_range;
@@ -191,9 +217,14 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
     if (options.dropout >= 0) config.attention_dropout = options.dropout;
     saved_config = config.to_json();
     config.tie_word_embeddings = true;
-    Llama llama = options.pretrained ? Llama(config) : init_llama(config, options.seed);
-    if (options.pretrained) load_hf_state(llama, body_tensors, stored.source);
+    Llama llama = split ? built_uninitialised<Llama>(config)
+                  : options.pretrained ? Llama(config)
+                                       : init_llama(config, options.seed);
     module->register_module("model", llama->model);
+    if (options.pretrained) {
+      const std::optional<ParameterSlices> slices = split_body();
+      load_hf_state(llama, body_tensors, stored.source, slices ? &*slices : nullptr);
+    }
     classifier.vocab_size_ = config.vocab_size;
     hidden_size = config.hidden_size;
     initializer_range = config.initializer_range;

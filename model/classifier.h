@@ -33,6 +33,8 @@ namespace ftrain::model {
 
 enum class ClassifierKind { sequence, token };
 
+class Classifier;
+
 struct ClassifierOptions {
   std::filesystem::path path;          // Hugging Face model directory
   ClassifierKind kind = ClassifierKind::sequence;
@@ -43,6 +45,12 @@ struct ClassifierOptions {
   // Padding token written to the exported config.json for decoders, whose Hugging Face
   // classifiers find a row's last real token by it; < 0 keeps config.json's.
   int64_t pad_token_id = -1;
+  // With pretrained: the body is built without initialising its linear layers and
+  // embeddings, the classifier (body and head registered, the head not yet set) is
+  // handed to `split`, which cuts the body's parameters to this process's parts and
+  // says which part each holds, and only then is the body read, each parameter copying
+  // its part (see CausalLmOptions::split). The head is whole and set as without it.
+  std::function<ParameterSlices(Classifier&)> split;
 
   // Throws std::runtime_error naming the option.
   void validate() const;

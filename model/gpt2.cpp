@@ -238,7 +238,7 @@ torch::Tensor BlockImpl::forward_cached(const torch::Tensor& x, torch::Tensor& k
 // Model
 
 Gpt2TransformerImpl::Gpt2TransformerImpl(const Gpt2Config& config)
-    : n_positions_(config.n_positions), embd_pdrop_(config.embd_pdrop) {
+    : config_(config), n_positions_(config.n_positions), embd_pdrop_(config.embd_pdrop) {
   wte = register_module("wte", Embedding(config.vocab_size, config.n_embd));
   wpe = register_module("wpe", torch::nn::Embedding(config.n_positions, config.n_embd));
   h = register_module("h", torch::nn::ModuleList());

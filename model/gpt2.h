@@ -145,12 +145,15 @@ class Gpt2TransformerImpl : public torch::nn::Module {
   void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
   std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // h.0, h.1, ... in order
 
+  const Gpt2Config& config() const { return config_; }
+
   Embedding wte{nullptr};             // (V, C) token embedding
   torch::nn::Embedding wpe{nullptr};  // (n_positions, C) position embedding
   torch::nn::ModuleList h{nullptr};   // n_layer Blocks
   torch::nn::LayerNorm ln_f{nullptr};
 
  private:
+  Gpt2Config config_;
   int64_t n_positions_;
   double embd_pdrop_;
   BlockRunner block_runner_;

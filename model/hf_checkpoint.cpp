@@ -35,8 +35,8 @@ std::string canonical_name(const std::string& stored) {
   return kPrefix + stored;
 }
 
-std::vector<int64_t> hf_shape(const std::string& name, const torch::Tensor& parameter) {
-  std::vector<int64_t> shape = parameter.sizes().vec();
+std::vector<int64_t> hf_shape(const std::string& name, const torch::Tensor& parameter, const ParameterSlices* slices) {
+  std::vector<int64_t> shape = slices ? slices->global_shape(name, parameter) : parameter.sizes().vec();
   if (is_conv1d_weight(name)) std::swap(shape[0], shape[1]);
   return shape;
 }
@@ -58,6 +58,11 @@ std::string architecture(const Gpt2Config& c) {
 
 }  // namespace
 
+bool same_values(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == b.scalar_type()) return torch::equal(a, b);  // no copy of either
+  return torch::equal(a.to(torch::kFloat), b.to(torch::kFloat));
+}
+
 NamedTensors to_hf_state(Gpt2& model) {
   NamedTensors out;
   for (const auto& item : model->named_parameters(/*recurse=*/true)) {
@@ -67,7 +72,14 @@ NamedTensors to_hf_state(Gpt2& model) {
   return out;
 }
 
-void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source) {
+ParameterSlices ParameterSlices::under(const std::string& prefix) const {
+  ParameterSlices outer = *this;
+  return ParameterSlices{
+      [outer, prefix](const std::string& name, const at::Tensor& local) { return outer.global_shape(prefix + name, local); },
+      [outer, prefix](const std::string& name, const at::Tensor& whole) { return outer.part(prefix + name, whole); }};
+}
+
+void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices) {
   const Gpt2Config& config = model->config();
   std::map<std::string, torch::Tensor> parameters;
   for (const auto& item : model->named_parameters(/*recurse=*/true)) parameters.emplace(item.key(), item.value());
@@ -85,7 +97,7 @@ void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& 
       unexpected.push_back("'" + stored + "'");
       continue;
     }
-    const std::vector<int64_t> expected = hf_shape(parameter->first, parameter->second);
+    const std::vector<int64_t> expected = hf_shape(parameter->first, parameter->second, slices);
     if (value.sizes().vec() != expected) {
       present_but_unusable.insert(name);
       misshaped.push_back("'" + stored + "' is " + c10::str(value.sizes()) + ", expected " +
@@ -121,12 +133,26 @@ void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& 
   }
 
   torch::NoGradGuard no_grad;
+  const std::string wte = kPrefix + "wte.weight";
+  if (slices) {
+    // The tied copy is checked against the stored table while both are whole.
+    if (tied_head.defined() && !same_values(tied_head, found.at(wte).second))
+      throw std::runtime_error(source + ": 'lm_head.weight' differs from 'transformer.wte.weight' but "
+                                        "config.json sets tie_word_embeddings=true; set it to false to load "
+                                        "an untied head");
+    release_mapped_pages(tied_head);
+    for (const auto& [name, entry] : found) {
+      const torch::Tensor& value = entry.second;
+      parameters.at(name).copy_(slices->part(name, is_conv1d_weight(name) ? value.t() : value));
+      release_mapped_pages(value);
+    }
+    return;
+  }
   for (const auto& [name, entry] : found) {
     const torch::Tensor& value = entry.second;
     parameters.at(name).copy_(is_conv1d_weight(name) ? value.t() : value);
   }
-  if (tied_head.defined() && !torch::equal(tied_head.to(parameters.at(kPrefix + "wte.weight").dtype()),
-                                           parameters.at(kPrefix + "wte.weight")))
+  if (tied_head.defined() && !torch::equal(tied_head.to(parameters.at(wte).dtype()), parameters.at(wte)))
     throw std::runtime_error(source + ": 'lm_head.weight' differs from 'transformer.wte.weight' but "
                                       "config.json sets tie_word_embeddings=true; set it to false to load "
                                       "an untied head");

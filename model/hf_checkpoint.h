@@ -8,9 +8,29 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <vector>
 
 namespace ftrain::model {
+
+// Which part of each whole stored tensor a parameter holds, for a model whose
+// parameters were cut to this process's parts after it was built (under
+// SkipInitialisation) and before its weights were read: the loaders then check each
+// stored tensor against the parameter's global shape and copy only its part, so the
+// whole model is never resident. Names are the model's parameter names; both functions
+// take tensors in the model's layout (a GPT-2 Conv1D weight already transposed).
+// dist::TensorParallelPlan::slices() describes a tensor-parallel split this way.
+struct ParameterSlices {
+  // The shape of parameter `name` in the whole model; `local` is the parameter.
+  std::function<std::vector<int64_t>(const std::string& name, const at::Tensor& local)> global_shape;
+  // This process's part of `whole` (global shape): a view of it, or a new tensor.
+  std::function<at::Tensor(const std::string& name, const at::Tensor& whole)> part;
+
+  // The same parts for a module registered under `prefix` in the model described
+  // (for a BERT body at "bert." in a classifier).
+  ParameterSlices under(const std::string& prefix) const;
+};
 
 // Reads config.json and the weights of a Hugging Face GPT-2 directory. Weights come
 // from model.safetensors, or from model.safetensors.index.json and its shards when
@@ -40,6 +60,10 @@ struct ModelTensors {
 };
 ModelTensors read_model_tensors(const std::filesystem::path& dir);
 
+// Whether two stored tensors hold the same values, compared in float32 when their
+// dtypes differ (a tied head stored beside its embedding).
+bool same_values(const at::Tensor& a, const at::Tensor& b);
+
 // Makes `dir` ready to receive a model directory: creates it, or checks that an
 // existing one may be written to. Throws std::runtime_error naming the directory.
 void prepare_model_directory(const std::filesystem::path& dir, ExistingDirectory existing);
@@ -58,7 +82,10 @@ NamedTensors to_hf_state(Gpt2& model);
 // after checking that every parameter is present exactly once with the right shape
 // and that nothing else is there (attention-mask buffers `h.<i>.attn.bias` and
 // `h.<i>.attn.masked_bias` are ignored). All problems are reported in one
-// std::runtime_error prefixed by `source`.
-void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source);
+// std::runtime_error prefixed by `source`. With `slices`, each parameter takes only its
+// part of the stored tensor (global shapes are checked), and the pages of each file
+// tensor are given back once it is copied (release_mapped_pages).
+void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source,
+                   const ParameterSlices* slices = nullptr);
 
 }  // namespace ftrain::model

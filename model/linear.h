@@ -31,12 +31,46 @@ struct LinearStyle {
       forward;
 };
 
+// While one is alive on this thread, the Linear and Embedding layers below are built
+// with uninitialised weights that are allocated but never written, so their memory is
+// not committed until something writes it. For a model that is split before its
+// weights are read (dist::load_tensor_parallel): the whole model is never resident,
+// only the parts each process keeps. Other modules (norms, position embeddings) are
+// initialised as usual. The values of such a layer are garbage until loaded.
+class SkipInitialisation {
+ public:
+  SkipInitialisation() : previous_(active()) { active() = true; }
+  ~SkipInitialisation() { active() = previous_; }
+  SkipInitialisation(const SkipInitialisation&) = delete;
+  SkipInitialisation& operator=(const SkipInitialisation&) = delete;
+
+  static bool on() { return active(); }
+
+ private:
+  static bool& active() {
+    thread_local bool skipping = false;
+    return skipping;
+  }
+  bool previous_;
+};
+
 // y = x W^T + b, as torch::nn::LinearImpl (whose parameters, options and
 // initialisation it keeps, so code that looks for a torch::nn::LinearImpl finds it),
 // unless a style was set.
 class LinearImpl : public torch::nn::LinearImpl {
  public:
-  using torch::nn::LinearImpl::LinearImpl;
+  LinearImpl(int64_t in_features, int64_t out_features)
+      : LinearImpl(torch::nn::LinearOptions(in_features, out_features)) {}
+  // torch::nn::LinearImpl's constructor always initialises; under SkipInitialisation it
+  // gets a placeholder of no elements, and the weights of the real size are then
+  // allocated without being written.
+  explicit LinearImpl(const torch::nn::LinearOptions& options)
+      : torch::nn::LinearImpl(SkipInitialisation::on() ? placeholder(options) : options) {
+    if (!SkipInitialisation::on()) return;
+    this->options = options;
+    weight.set_data(torch::empty({options.out_features(), options.in_features()}));
+    if (bias.defined()) bias.set_data(torch::empty({options.out_features()}));
+  }
 
   torch::Tensor forward(const torch::Tensor& input) {
     if (style_.forward) return style_.forward(input, weight, bias);
@@ -57,6 +91,11 @@ class LinearImpl : public torch::nn::LinearImpl {
   }
 
  private:
+  // (0, 1) weight, and a bias of no elements if there is one.
+  static torch::nn::LinearOptions placeholder(const torch::nn::LinearOptions& options) {
+    return torch::nn::LinearOptions(1, 0).bias(options.bias());
+  }
+
   LinearStyle style_;
 };
 
@@ -94,7 +133,15 @@ struct EmbeddingStyle {
 // A token embedding, as torch::nn::EmbeddingImpl unless a style was set.
 class EmbeddingImpl : public torch::nn::EmbeddingImpl {
  public:
-  using torch::nn::EmbeddingImpl::EmbeddingImpl;
+  EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
+      : EmbeddingImpl(torch::nn::EmbeddingOptions(num_embeddings, embedding_dim)) {}
+  // As LinearImpl: under SkipInitialisation the table is allocated and not written.
+  explicit EmbeddingImpl(torch::nn::EmbeddingOptions options)
+      : torch::nn::EmbeddingImpl(skipping(options) ? torch::nn::EmbeddingOptions(0, options.embedding_dim()) : options) {
+    if (!skipping(options)) return;
+    this->options = options;
+    weight.set_data(torch::empty({options.num_embeddings(), options.embedding_dim()}));
+  }
 
   torch::Tensor forward(const torch::Tensor& ids) {
     if (style_.forward) return style_.forward(ids, weight);
@@ -115,6 +162,11 @@ class EmbeddingImpl : public torch::nn::EmbeddingImpl {
   }
 
  private:
+  // A table given as options._weight is the caller's, and kept.
+  static bool skipping(const torch::nn::EmbeddingOptions& options) {
+    return SkipInitialisation::on() && !options._weight().defined();
+  }
+
   EmbeddingStyle style_;
 };
 TORCH_MODULE(Embedding);

@@ -210,6 +210,8 @@ class LlamaModelImpl : public torch::nn::Module {
   void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
   std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // layers.0, layers.1, ... in order
 
+  const LlamaConfig& config() const { return config_; }
+
   Embedding embed_tokens{nullptr};             // (V, C)
   torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks
   LlamaRmsNorm norm{nullptr};

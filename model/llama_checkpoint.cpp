@@ -63,7 +63,7 @@ NamedTensors to_hf_state(Llama& model) {
   return out;
 }
 
-void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string& source) {
+void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices) {
   const LlamaConfig& config = model->config();
   std::map<std::string, torch::Tensor> parameters;
   for (const auto& item : model->named_parameters(/*recurse=*/true)) parameters.emplace(item.key(), item.value());
@@ -81,10 +81,12 @@ void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string&
       unexpected.push_back("'" + stored + "'");
       continue;
     }
-    if (value.sizes() != parameter->second.sizes()) {
+    const std::vector<int64_t> expected =
+        slices ? slices->global_shape(parameter->first, parameter->second) : parameter->second.sizes().vec();
+    if (value.sizes() != c10::IntArrayRef(expected)) {
       present_but_unusable.insert(name);
       misshaped.push_back("'" + stored + "' is " + c10::str(value.sizes()) + ", expected " +
-                          c10::str(parameter->second.sizes()));
+                          c10::str(c10::IntArrayRef(expected)));
       continue;
     }
     if (!at::isFloatingType(value.scalar_type())) {
@@ -115,6 +117,18 @@ void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string&
   }
 
   torch::NoGradGuard no_grad;
+  if (slices) {
+    // The tied copy is checked against the stored table while both are whole.
+    if (tied_head.defined() && !same_values(tied_head, found.at(kEmbedding).second))
+      throw std::runtime_error(source + ": 'lm_head.weight' differs from '" + kEmbedding +
+                               "' but config.json sets tie_word_embeddings=true; set it to false to load an untied head");
+    release_mapped_pages(tied_head);
+    for (const auto& [name, entry] : found) {
+      parameters.at(name).copy_(slices->part(name, entry.second));
+      release_mapped_pages(entry.second);
+    }
+    return;
+  }
   for (const auto& [name, entry] : found) parameters.at(name).copy_(entry.second);
   const torch::Tensor& embedding = parameters.at(kEmbedding);
   if (tied_head.defined() && !torch::equal(tied_head.to(embedding.dtype()), embedding))

@@ -40,7 +40,10 @@ NamedTensors to_hf_state(Llama& model);
 // Copies tensors named as Hugging Face stores them into the model, after checking
 // that every parameter is present exactly once with the right shape and that nothing
 // else is there (rotary `inv_freq` buffers that older checkpoints carry are ignored).
-// All problems are reported in one std::runtime_error prefixed by `source`.
-void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string& source);
+// All problems are reported in one std::runtime_error prefixed by `source`. With
+// `slices`, each parameter takes only its part of the stored tensor (see
+// ParameterSlices), and each file tensor's pages are given back once copied.
+void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string& source,
+                   const ParameterSlices* slices = nullptr);
 
 }  // namespace ftrain::model

@@ -150,6 +150,32 @@ struct SafetensorsReader::Mapping {
   const char* bytes() const { return static_cast<const char*>(address); }
 };
 
+namespace {
+
+// The context of a tensor that views a mapping.
+struct MappedView {
+  std::shared_ptr<const void> mapping;
+};
+
+void delete_mapped_view(void* context) { delete static_cast<MappedView*>(context); }
+
+}  // namespace
+
+bool release_mapped_pages(const at::Tensor& tensor) {
+  if (!tensor.defined() || !tensor.has_storage()) return false;
+  const c10::Storage& storage = tensor.storage();
+  if (storage.data_ptr().get_deleter() != &delete_mapped_view || storage.nbytes() == 0) return false;
+  // Only pages wholly inside the tensor's bytes: a page it shares with a neighbour in
+  // the file stays, so no other tensor's pages are dropped.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(storage.data());
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + storage.nbytes()) / page * page;
+  if (last <= first) return true;
+  ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);  // advice: failure only keeps pages
+  return true;
+}
+
 SafetensorsReader::SafetensorsReader(const std::filesystem::path& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -305,9 +331,12 @@ at::Tensor SafetensorsReader::tensor(const std::string& name) const {
     std::memcpy(copy.data_ptr(), data, e.end - e.begin);
     return copy;
   }
-  std::shared_ptr<Mapping> keep_alive = mapping_;
-  return at::from_blob(
-      data, e.shape, [keep_alive](void*) mutable { keep_alive.reset(); }, options);
+  // The context keeps the mapping alive and marks the tensor as a view of it, which is
+  // how release_mapped_pages recognises it.
+  return at::for_blob(data, e.shape)
+      .options(options)
+      .context(new MappedView{mapping_}, &delete_mapped_view)
+      .make_tensor();
 }
 
 NamedTensors SafetensorsReader::tensors() const {

@@ -76,6 +76,14 @@ class SafetensorsReader {
   SafetensorsMetadata metadata_;
 };
 
+// Gives back the memory pages this process holds of a tensor returned by
+// SafetensorsReader::tensor (a view of the mapping, not a copy): the whole pages within
+// its bytes leave the resident set, and are read from the file again if touched, so
+// reading a checkpoint tensor by tensor does not keep the whole file resident. Changes
+// made in place to those pages are lost; call it on tensors that were only read.
+// Returns false, doing nothing, for any other tensor.
+bool release_mapped_pages(const at::Tensor& tensor);
+
 // Reads every tensor of one file (views of its mapping, see SafetensorsReader).
 NamedTensors load_safetensors(const std::filesystem::path& path);
 

@@ -110,25 +110,6 @@ def test_resume_under_another_layout(workspace, first, second):
     assert_same_training(expected, run_dir)
 
 
-def test_tensor_parallel_classifier_is_refused(workspace):
-    # Classification heads are not split: the run stops at start-up naming dist.tp.
-    import h5py
-    data = workspace["root"] / "labels.h5"
-    with h5py.File(data, "w") as f:
-        f.attrs.update({"format": "ftrain.tokens", "format_version": 1, "seq_len": 8, "vocab_size": 1030,
-                        "eos_id": -1, "pad_id": 0, "tokenizer": "synthetic", "task": "sequence_classification",
-                        "label_names": json.dumps(["negative", "positive"]), "num_labels": 2})
-        group = f.create_group("train")
-        group.attrs["num_documents"] = 16
-        group.create_dataset("input_ids", data=np.ones((16, 8), np.int32))
-        group.create_dataset("attention_mask", data=np.ones((16, 8), np.uint8))
-        group.create_dataset("labels", data=np.zeros(16, np.int64))
-    result = run_ftrain(2, *args(workspace, "gpt2", workspace["root"] / "refused", **{"dist.tp": 2, "data.path": data}),
-                        check=False)
-    assert result.returncode != 0
-    assert "dist.tp" in result.stdout + result.stderr
-
-
 def test_a_tensor_parallel_size_the_model_cannot_take_is_refused(workspace):
     # 3 does not divide the 4 attention heads: refused at start-up, naming the option,
     # the model and the sizes.
@@ -273,19 +254,49 @@ def sentiment(workspace):
     return {"model": bert, "data": data}
 
 
+def train_classifier_like_one_rank(workspace, sentiment, name, model_path, tp, dp, zero):
+    """Trains the sentiment classifier on `model_path` on one rank and under the layout;
+    checks the losses, test report and export agree. Returns both run directories."""
+    def classifier_args(run_dir, **more):
+        return args(workspace, "gpt2", run_dir, **{"model.path": model_path, "data.path": sentiment["data"],
+                                                   "train.steps": 12, "train.eval_every": 6, "train.eval_samples": 0,
+                                                   "optim.lr": 1e-3, **more})
+    one = workspace["root"] / f"{name}_reference"
+    if not (one / "final").exists():
+        run_ftrain(1, *classifier_args(one))
+    run_dir = workspace["root"] / f"{name}_tp{tp}_dp{dp}_zero{zero}"
+    run_ftrain(tp * dp, *classifier_args(run_dir, **{"dist.tp": tp, "dist.zero": zero}))
+    assert_same_classifier(one, run_dir)
+    return one, run_dir
+
+
 @pytest.mark.parametrize("tp,dp,zero", [(2, 2, 1), (4, 1, 0), (2, 2, 3)], ids=["tp2-dp2-zero1", "tp4", "tp2-dp2-zero3"])
 def test_bert_classifier_layout_trains_like_one_rank(workspace, sentiment, tp, dp, zero):
     # BERT's layers split by heads and hidden units, its word embeddings by vocabulary,
     # a whole head on top: the losses, test report and export of one rank.
-    def classifier_args(run_dir, **more):
-        return args(workspace, "gpt2", run_dir, **{"model.path": sentiment["model"], "data.path": sentiment["data"],
-                                                   "train.steps": 12, "train.eval_every": 6, "train.eval_samples": 0,
-                                                   "optim.lr": 1e-3, **more})
-    one = workspace["root"] / "bert_reference"
-    if not (one / "final").exists():
-        run_ftrain(1, *classifier_args(one))
-    run_dir = workspace["root"] / f"bert_tp{tp}_dp{dp}_zero{zero}"
-    run_ftrain(tp * dp, *classifier_args(run_dir, **{"dist.tp": tp, "dist.zero": zero}))
+    train_classifier_like_one_rank(workspace, sentiment, "bert", sentiment["model"], tp, dp, zero)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("tp,dp,zero", [(2, 1, 0), (2, 2, 1)], ids=["tp2", "tp2-dp2-zero1"])
+def test_decoder_classifier_layout_trains_like_one_rank(workspace, sentiment, family, tp, dp, zero):
+    # GPT-2 and Llama bodies split as in the language model (blocks by heads and MLP
+    # width, the token embedding by vocabulary rows; the Llama's key/value heads split
+    # at tp 2), the whole score head on each row's last real token: the losses, test
+    # report and export of one rank, and transformers reads the export with the
+    # single-rank logits.
+    one, run_dir = train_classifier_like_one_rank(workspace, sentiment, f"{family}_classifier", workspace[family],
+                                                  tp, dp, zero)
+    from transformers import AutoModelForSequenceClassification
+    ids = torch.randint(4, 1030, (3, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = AutoModelForSequenceClassification.from_pretrained(run_dir / "final").eval()(ids).logits
+        expected = AutoModelForSequenceClassification.from_pretrained(one / "final").eval()(ids).logits
+    assert got.shape == (3, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def assert_same_classifier(one, run_dir):
     expected, got = losses(one), losses(run_dir)
     assert sorted(got) == list(range(1, 13))
     for step in got:
