@@ -153,7 +153,7 @@ struct TensorParallelPlan {
   // parameters (one all-gather); whole ones are returned as they are.
   at::Tensor gather(const std::string& name, const at::Tensor& local, Group& tp) const;
   // The plan as the model loaders read it: each parameter's global shape, and its part
-  // of a whole tensor (a view where the part is one run of entries, as shard() else).
+  // of a whole tensor (a view where the part is one run of entries, else as shard()).
   // Holds a copy of the plan.
   model::ParameterSlices slices() const;
 };
