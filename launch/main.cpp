@@ -19,8 +19,8 @@ int main(int argc, char** argv) {
   // A training step frees and allocates the same activation tensors over and over.
   // glibc would map each one of more than 128 KiB afresh from the kernel and unmap it
   // when freed, so every step paid a page fault per 4 KiB of activations to zero memory
-  // again; kept in the heap (up to glibc's limit of 32 MiB a block), they are reused.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  // again. Served from the heap and kept there when freed, they are reused.
+  mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   ftrain::dist::MpiSession mpi(argc, argv);
   // From the start: a stop request while the model loads is honoured after the first
