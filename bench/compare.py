@@ -27,7 +27,6 @@ matrix-multiply rate measured on the same device in the same run.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -268,23 +267,10 @@ def matmul_rate(device):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} logical CPUs"
-    try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
-        if gpus:
-            text += f", GPU: {gpus.splitlines()[0]}"
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return text
+    """This machine in one line (CPU model, cores, GPUs), as ftrain-sweep labels its plots."""
+    sys.path.insert(0, str(SOURCE / "launch"))
+    from ftrain_sweep import detect_hardware
+    return detect_hardware()
 
 
 # ---------------------------------------------------------------------------------
