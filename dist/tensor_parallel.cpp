@@ -532,11 +532,18 @@ void split_llama_body(model::LlamaModelImpl& body, const std::string& prefix, Gr
 
 }  // namespace
 
-TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm, ParameterValues values) {
+namespace {
+
+// A language model of either family: its body split by `split_body`, an untied head
+// split by vocabulary rows like the embedding, and the head's input entering the
+// tensor-parallel region.
+template <typename Model, typename Body, typename SplitBody>
+TensorParallelPlan split_language_model(Model& model, Body& body, const std::string& prefix, Communicator& comm,
+                                        ParameterValues values, SplitBody split_body) {
   Group& group = comm.tp();
-  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+  Cutting plan{.plan = {.tp_size = group.size(), .sharded = {}}, .values = values};
   const bool untied = !model->config().tie_word_embeddings;
-  split_gpt2_body(*model->transformer, "transformer.", group, plan, [&] {
+  split_body(body, prefix, group, plan, [&] {
     if (untied) own_linear(model->lm_head, "lm_head");
   });
   torch::NoGradGuard no_grad;
@@ -545,17 +552,14 @@ TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm,
   return plan.plan;
 }
 
+}  // namespace
+
+TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm, ParameterValues values) {
+  return split_language_model(model, *model->transformer, "transformer.", comm, values, split_gpt2_body);
+}
+
 TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm, ParameterValues values) {
-  Group& group = comm.tp();
-  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
-  const bool untied = !model->config().tie_word_embeddings;
-  split_llama_body(*model->model, "model.", group, plan, [&] {
-    if (untied) own_linear(model->lm_head, "lm_head");
-  });
-  torch::NoGradGuard no_grad;
-  if (untied) shard_head(plan, model->lm_head, VocabShard::of(model->config().vocab_size, group.size(), group.rank()), group);
-  model->head_input_hook = copy_to_tp_region_hook(group);
-  return plan.plan;
+  return split_language_model(model, *model->model, "model.", comm, values, split_llama_body);
 }
 
 TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm, ParameterValues values) {
@@ -597,7 +601,7 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
       own_linear(*layer_ref, name + what);
   }
 
-  Cutting plan{.plan = {.tp_size = group.size()}, .values = values};
+  Cutting plan{.plan = {.tp_size = group.size(), .sharded = {}}, .values = values};
   torch::NoGradGuard no_grad;
   const int64_t width = C / N;  // this rank's heads
   for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
@@ -618,7 +622,7 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
 }
 
 TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
-  Cutting plan{.plan = {.tp_size = comm.tp().size()}, .values = values};
+  Cutting plan{.plan = {.tp_size = comm.tp().size(), .sharded = {}}, .values = values};
   for (const auto& item : model.module().named_children()) {
     const std::string prefix = item.key() + ".";
     if (auto bert = std::dynamic_pointer_cast<model::BertImpl>(item.value())) {

@@ -162,7 +162,7 @@ int run(const GenerateOptions& options) {
                                   ? " (a run's final/ has no tokenizer: give --tokenizer <the directory it started from>)"
                                   : ""));
   }
-  model::CausalLm model = model::CausalLm::load({.path = options.model});
+  model::CausalLm model = model::CausalLm::load(model::CausalLmOptions{.path = options.model, .split = {}});
   model.module().to(*device);
 
   model::GenerationOptions generation = options.generation;

@@ -55,7 +55,7 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
     if (config.train.freeze_base_steps > 0)
       throw std::runtime_error("train.freeze_base_steps: a causal language model has no new head to train alone; "
                                "set it to 0 (" + config.data.path + " is a causal_lm dataset)");
-    model_->lm_options = model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout};
+    model_->lm_options = model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout, {}};
     if (!split_over) {
       model_->lm = model::CausalLm::load(model_->lm_options);
       return;
