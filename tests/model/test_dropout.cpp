@@ -7,6 +7,7 @@
 #include <cmath>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 #include "model/dropout.h"
 
@@ -141,4 +142,76 @@ BOOST_AUTO_TEST_CASE(attention_with_dropout_is_the_written_out_form) {
     BOOST_TEST(torch::allclose(dot_product_attention(q0, k0, v0, c.mask, 0.0, c.causal), fused));
     BOOST_TEST(torch::allclose(fused, reference_attention(q0, k0, v0, c.reference_bias, 0.0, seed), 1e-5, 1e-6));
   }
+}
+
+// ---------------------------------------------------------------------------------
+// Parts of a whole tensor (tensor and sequence parallelism)
+
+using ftrain::model::SliceOf;
+
+// A part's mask is that part of the whole tensor's mask, along any dimension, and the
+// tensor-operation form (used off the CPU) computes the kernel's mask bit for bit, also
+// where global indices pass 2^32.
+BOOST_AUTO_TEST_CASE(a_part_gets_its_part_of_the_whole_mask) {
+  const std::vector<int64_t> whole = {3, 8, 5, 7};
+  const auto full = hashed_dropout_keep_mask(whole, 0.3, 99);
+  for (int64_t dim = 0; dim < 4; ++dim) {
+    for (const int64_t offset : {int64_t{0}, whole[dim] / 2}) {
+      const int64_t size = whole[dim] - offset - (dim == 1 ? 1 : 0);
+      std::vector<int64_t> shape = whole;
+      shape[dim] = size;
+      const SliceOf part{.dim = dim, .offset = offset, .whole = whole[dim]};
+      const auto mask = hashed_dropout_keep_mask(shape, 0.3, 99, part);
+      BOOST_TEST_CONTEXT("dim " << dim << " offset " << offset) {
+        BOOST_TEST(torch::equal(mask, full.narrow(dim, offset, size)));
+        BOOST_TEST(torch::equal(hashed_dropout_keep_mask(shape, 0.3, 99, part, /*tensor_ops=*/true), mask));
+      }
+    }
+  }
+  // Rows far into a huge whole: indices above 2^32, where the hash mixes in the high word.
+  const SliceOf far{.dim = 1, .offset = (int64_t{1} << 32) + 3, .whole = int64_t{1} << 33};
+  const auto kernel = hashed_dropout_keep_mask({2, 6, 9}, 0.5, 7, far);
+  BOOST_TEST(torch::equal(hashed_dropout_keep_mask({2, 6, 9}, 0.5, 7, far, /*tensor_ops=*/true), kernel));
+  BOOST_TEST(std::abs(kernel.mean().item<double>() - 0.5) < 0.2);
+  BOOST_CHECK_THROW(hashed_dropout_keep_mask({2, 6}, 0.5, 7, SliceOf{.dim = 1, .offset = 3, .whole = 8}),
+                    std::invalid_argument);
+  BOOST_CHECK_THROW(hashed_dropout_keep_mask({2, 6}, 0.5, 7, SliceOf{.dim = 2, .offset = 0, .whole = 6}),
+                    std::invalid_argument);
+}
+
+// Splitting an activation and dropping each part gives the whole activation's dropout,
+// forward and backward, for the same generator state.
+BOOST_AUTO_TEST_CASE(parts_dropped_apart_equal_the_whole_dropped_at_once) {
+  const auto x = torch::rand({2, 12, 16}) + 0.5;
+  torch::manual_seed(4);
+  const auto whole = hashed_dropout(x, 0.25, true);
+  std::vector<torch::Tensor> parts;
+  for (int64_t r = 0; r < 3; ++r) {
+    torch::manual_seed(4);  // each rank's generator is where the whole model's is
+    const auto piece = x.narrow(1, 4 * r, 4).clone().requires_grad_();
+    const auto y = hashed_dropout(piece, 0.25, true, SliceOf{.dim = 1, .offset = 4 * r, .whole = 12});
+    y.sum().backward();
+    BOOST_TEST(torch::equal(piece.grad().ne(0), whole.narrow(1, 4 * r, 4).ne(0)));
+    parts.push_back(y.detach());
+  }
+  BOOST_TEST(torch::equal(torch::cat(parts, 1), whole));
+  BOOST_CHECK_THROW(hashed_dropout(x, 0.25, true, SliceOf{.dim = 1, .offset = 4, .whole = 12}),
+                    std::invalid_argument);
+}
+
+// Attention over some of the heads, with `heads` saying which, equals those heads of
+// attention over all of them, dropout included.
+BOOST_AUTO_TEST_CASE(attention_over_some_heads_drops_as_the_whole) {
+  using ftrain::model::dot_product_attention;
+  const auto q = torch::randn({2, 4, 6, 3}), k = torch::randn({2, 4, 6, 3}), v = torch::randn({2, 4, 6, 3});
+  torch::manual_seed(8);
+  const auto whole = dot_product_attention(q, k, v, std::nullopt, 0.4, /*is_causal=*/true);
+  torch::manual_seed(8);
+  const auto heads = dot_product_attention(q.narrow(1, 2, 2), k.narrow(1, 2, 2), v.narrow(1, 2, 2), std::nullopt, 0.4,
+                                           /*is_causal=*/true, std::nullopt, SliceOf{.dim = 1, .offset = 2, .whole = 4});
+  BOOST_TEST(torch::allclose(heads, whole.narrow(1, 2, 2), 1e-6, 1e-7));
+  torch::manual_seed(8);
+  const auto unplaced = dot_product_attention(q.narrow(1, 2, 2), k.narrow(1, 2, 2), v.narrow(1, 2, 2), std::nullopt,
+                                              0.4, /*is_causal=*/true);
+  BOOST_TEST(!torch::allclose(unplaced, whole.narrow(1, 2, 2), 1e-6, 1e-7), "without `heads` the mask is another");
 }
