@@ -168,10 +168,10 @@ BertSelfAttentionImpl::BertSelfAttentionImpl(const BertConfig& config)
 }
 
 torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& attention_bias) {
-  const int64_t B = x.size(0), T = x.size(1);
+  const torch::Tensor input = input_hook(x);  // every position, also when x holds some of them
+  const int64_t B = input.size(0), T = input.size(1);
   const int64_t n_heads = query->weight.size(0) / head_dim_;
   // (B, T, C) -> (B, T, nh * hs) -> (B, nh, T, hs)
-  const torch::Tensor input = input_hook(x);
   auto heads = [&](Linear& projection) {
     return projection(input).view({B, T, n_heads, head_dim_}).transpose(1, 2);
   };
@@ -179,7 +179,8 @@ torch::Tensor BertSelfAttentionImpl::forward(const torch::Tensor& x, const torch
   // (B, nh, T, hs): every position attends to every non-padding position.
   std::optional<torch::Tensor> bias;
   if (attention_bias.defined()) bias = attention_bias;
-  torch::Tensor y = dot_product_attention(q, k, v, bias, is_training() ? dropout_ : 0.0, /*is_causal=*/false);
+  torch::Tensor y = dot_product_attention(q, k, v, bias, is_training() ? dropout_ : 0.0, /*is_causal=*/false,
+                                          std::nullopt, heads_part(q));
   // (B, nh, T, hs) -> (B, T, nh * hs)
   return y.transpose(1, 2).reshape({B, T, n_heads * head_dim_});
 }
@@ -192,7 +193,8 @@ BertAddNormImpl::BertAddNormImpl(const BertConfig& config, int64_t in_features)
 
 torch::Tensor BertAddNormImpl::forward(const torch::Tensor& sublayer, const torch::Tensor& residual) {
   // (B, T, in) -> (B, T, C)
-  return layer_norm(residual + hashed_dropout(dense(sublayer), dropout_, is_training()));
+  const torch::Tensor projected = dense(sublayer);
+  return layer_norm(residual + hashed_dropout(projected, dropout_, is_training(), residual_part(projected)));
 }
 
 BertAttentionImpl::BertAttentionImpl(const BertConfig& config) {
@@ -238,7 +240,7 @@ BertEncoderImpl::BertEncoderImpl(const BertConfig& config) {
 }
 
 torch::Tensor BertEncoderImpl::forward(const torch::Tensor& x, const torch::Tensor& attention_bias) {
-  torch::Tensor y = x;
+  torch::Tensor y = blocks_input(x);
   for (std::size_t i = 0; i < layer->size(); ++i) {
     std::shared_ptr<BertLayerImpl> block = layer->ptr<BertLayerImpl>(i);
     if (block_runner_)
@@ -246,7 +248,7 @@ torch::Tensor BertEncoderImpl::forward(const torch::Tensor& x, const torch::Tens
     else
       y = block->forward(y, attention_bias);
   }
-  return y;
+  return blocks_output(y);
 }
 
 std::vector<std::shared_ptr<torch::nn::Module>> BertEncoderImpl::blocks() {

@@ -102,6 +102,7 @@ class BertSelfAttentionImpl : public torch::nn::Module {
   Linear key{nullptr};    // C -> nh * hs
   Linear value{nullptr};  // C -> nh * hs
   InputHook input_hook;   // x on its way into query, key and value
+  PartHook heads_part;    // the heads this layer computes, of the model's (attention dropout)
 
  private:
   int64_t head_dim_;
@@ -120,6 +121,7 @@ class BertAddNormImpl : public torch::nn::Module {
 
   Linear dense{nullptr};                     // in_features -> C
   torch::nn::LayerNorm layer_norm{nullptr};  // "LayerNorm"
+  PartHook residual_part;                    // dense's output's part of the residual stream (its dropout)
 
  private:
   double dropout_;
@@ -175,6 +177,8 @@ class BertEncoderImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // layer.0, layer.1, ... in order
 
   torch::nn::ModuleList layer{nullptr};  // num_hidden_layers BertLayers
+  InputHook blocks_input;                // x on its way into the first layer
+  InputHook blocks_output;               // the last layer's output on its way out
 
  private:
   BlockRunner block_runner_;

@@ -135,9 +135,10 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const Gpt2Config& config, int64
 }
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
-  const int64_t B = x.size(0), T = x.size(1);
+  const torch::Tensor input = input_hook(x);  // every position, also when x holds some of them
+  const int64_t B = input.size(0), T = input.size(1);
   // (B, T, C) -> (B, T, 3 * nh * hs) -> 3 x (B, T, nh * hs)
-  auto qkv = c_attn(input_hook(x)).chunk(3, /*dim=*/-1);
+  auto qkv = c_attn(input).chunk(3, /*dim=*/-1);
   const int64_t n_heads = qkv[0].size(-1) / head_dim_;
   // 3 x (B, T, nh * hs) -> 3 x (B, nh, T, hs)
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, head_dim_}).transpose(1, 2); };
@@ -148,10 +149,11 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   }
   // (B, nh, T, hs): each position attends to itself and earlier positions only.
   torch::Tensor y = dot_product_attention(q, k, v, /*mask=*/std::nullopt, is_training() ? attn_pdrop_ : 0.0,
-                                          /*is_causal=*/true, scale_);
+                                          /*is_causal=*/true, scale_, heads_part(q));
   // (B, nh, T, hs) -> (B, T, nh * hs)
   y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
-  return hashed_dropout(c_proj(y), resid_pdrop_, is_training());
+  const torch::Tensor out = c_proj(y);
+  return hashed_dropout(out, resid_pdrop_, is_training(), residual_part(out));
 }
 
 namespace {
@@ -208,7 +210,8 @@ MlpImpl::MlpImpl(const Gpt2Config& config)
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   // (B, T, C) -> (B, T, inner) -> (B, T, C)
   torch::Tensor hidden = torch::gelu(c_fc(input_hook(x)), tanh_gelu_ ? "tanh" : "none");
-  return hashed_dropout(c_proj(hidden), resid_pdrop_, is_training());
+  const torch::Tensor out = c_proj(hidden);
+  return hashed_dropout(out, resid_pdrop_, is_training(), residual_part(out));
 }
 
 // ---------------------------------------------------------------------------------
@@ -267,7 +270,7 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
                              std::to_string(n_positions_));
   torch::Tensor positions = torch::arange(T, input_ids.options());
   // (B, T) -> (B, T, C) tokens + (T, C) positions
-  torch::Tensor x = hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
+  torch::Tensor x = blocks_input(hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training()));
   for (std::size_t i = 0; i < h->size(); ++i) {
     std::shared_ptr<BlockImpl> block = h->ptr<BlockImpl>(i);
     if (block_runner_)
@@ -275,7 +278,7 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
     else
       x = block->forward(x);
   }
-  return ln_f(x);
+  return blocks_output(ln_f(x));
 }
 
 std::vector<std::shared_ptr<torch::nn::Module>> Gpt2TransformerImpl::blocks() {

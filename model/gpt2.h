@@ -89,6 +89,8 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   InputHook input_hook;     // x on its way into c_attn
   Linear c_attn{nullptr};   // C -> 3C, [queries | keys | values]
   Linear c_proj{nullptr};   // C -> C
+  PartHook heads_part;      // the heads this layer computes, of the model's (attention dropout)
+  PartHook residual_part;   // the output's part of the residual stream (its dropout)
 
  private:
   int64_t head_dim_;
@@ -108,6 +110,7 @@ class MlpImpl : public torch::nn::Module {
   InputHook input_hook;    // x on its way into c_fc
   Linear c_fc{nullptr};    // C -> inner
   Linear c_proj{nullptr};  // inner -> C
+  PartHook residual_part;  // the output's part of the residual stream (its dropout)
 
  private:
   bool tanh_gelu_;
@@ -151,6 +154,8 @@ class Gpt2TransformerImpl : public torch::nn::Module {
   torch::nn::Embedding wpe{nullptr};  // (n_positions, C) position embedding
   torch::nn::ModuleList h{nullptr};   // n_layer Blocks
   torch::nn::LayerNorm ln_f{nullptr};
+  InputHook blocks_input;   // forward: the embeddings on their way into the first block
+  InputHook blocks_output;  // forward: ln_f's output on its way out of the body
 
  private:
   Gpt2Config config_;

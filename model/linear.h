@@ -1,5 +1,6 @@
 // The layers of the models that a parallel layout may change: linear layers, the
-// token embedding, and the point where an activation enters several linear layers.
+// token embedding, the points where an activation enters several linear layers or the
+// blocks, and where an activation lies in the unsplit model's (for dropout).
 //
 // In a plain model each computes exactly what torch::nn::Linear, torch::nn::Embedding
 // and the identity compute, with the same parameter names and shapes. dist/ shards
@@ -16,10 +17,13 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include "model/dropout.h"
 
 namespace ftrain::model {
 
@@ -181,6 +185,20 @@ struct InputHook {
   std::function<torch::Tensor(const torch::Tensor&)> forward;
 
   torch::Tensor operator()(const torch::Tensor& x) const { return forward ? forward(x) : x; }
+};
+
+// Which part of the unsplit model's activation a module's activation is, so that its
+// dropout draws that part of the whole mask (model/dropout.h): nothing in a plain model.
+// Tensor parallelism says which heads an attention layer holds; sequence parallelism
+// which positions of the residual stream a block holds.
+struct PartHook {
+  std::string name;
+  std::function<SliceOf(const torch::Tensor&)> locate;
+
+  std::optional<SliceOf> operator()(const torch::Tensor& x) const {
+    if (!locate) return std::nullopt;
+    return locate(x);
+  }
 };
 
 }  // namespace ftrain::model

@@ -403,12 +403,12 @@ namespace {
 // key/value head h / (nh / nkv). `allowed` as for LlamaAttention; without it, query i
 // reads keys 0 .. i when `causal`, else every key.
 torch::Tensor attend(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, const torch::Tensor& allowed,
-                     bool causal, double dropout) {
+                     bool causal, double dropout, const std::optional<SliceOf>& heads = std::nullopt) {
   const int64_t n_heads = q.size(1), n_kv_heads = k.size(1);
   if (n_heads % n_kv_heads != 0)
     throw std::runtime_error("LlamaAttention: q_proj gives " + std::to_string(n_heads) +
                              " heads, not a multiple of the " + std::to_string(n_kv_heads) + " of k_proj");
-  if (!allowed.defined() && (dropout == 0.0 || !q.is_cpu()))
+  if (!allowed.defined() && (dropout == 0.0 || (!q.is_cpu() && !heads)))
     return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, dropout, causal,
                                             /*scale=*/std::nullopt, /*enable_gqa=*/n_heads != n_kv_heads);
   // Fused kernels that take an arbitrary mask do not take fewer key/value heads, nor
@@ -418,23 +418,23 @@ torch::Tensor attend(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, c
     k = k.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
     v = v.repeat_interleave(n_heads / n_kv_heads, /*dim=*/1);
   }
-  if (!allowed.defined()) return dot_product_attention(q, k, v, /*mask=*/std::nullopt, dropout, causal);
-  return dot_product_attention(q, k, v, allowed, dropout, /*is_causal=*/false);
+  if (!allowed.defined()) return dot_product_attention(q, k, v, /*mask=*/std::nullopt, dropout, causal, std::nullopt, heads);
+  return dot_product_attention(q, k, v, allowed, dropout, /*is_causal=*/false, std::nullopt, heads);
 }
 
 }  // namespace
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryAngles& angles,
                                           const torch::Tensor& allowed) {
-  const int64_t B = x.size(0), T = x.size(1);
+  const torch::Tensor input = input_hook(x);  // every position, also when x holds some of them
+  const int64_t B = input.size(0), T = input.size(1);
   // (B, T, C) -> (B, T, n * hs) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
-  const torch::Tensor input = input_hook(x);
   torch::Tensor q = apply_rotary(heads(q_proj(input)), angles);
   torch::Tensor k = apply_rotary(heads(k_proj(input)), angles);
   torch::Tensor v = heads(v_proj(input));
   // (B, nh, T, hs)
-  torch::Tensor y = attend(q, k, v, allowed, /*causal=*/true, is_training() ? attention_dropout_ : 0.0);
+  torch::Tensor y = attend(q, k, v, allowed, /*causal=*/true, is_training() ? attention_dropout_ : 0.0, heads_part(q));
   // (B, nh, T, hs) -> (B, T, nh * hs) -> (B, T, C)
   return o_proj(y.transpose(1, 2).reshape({B, T, q.size(1) * head_dim_}));
 }
@@ -602,7 +602,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
     positions = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);  // (1, T)
   }
 
-  torch::Tensor x = embed_tokens(input_ids);  // (B, T) -> (B, T, C)
+  torch::Tensor x = blocks_input(embed_tokens(input_ids));  // (B, T) -> (B, T, C)
   const RotaryAngles angles = rotary_angles(positions, x.scalar_type());
 
   // One mask per distinct window; none at all for plain causal attention without padding.
@@ -622,7 +622,7 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
       x = block->forward(x, angles, masks[key]);
     }
   }
-  return norm(x);
+  return blocks_output(norm(x));
 }
 
 std::vector<std::shared_ptr<torch::nn::Module>> LlamaModelImpl::blocks() {

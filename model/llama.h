@@ -157,6 +157,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
   Linear k_proj{nullptr};  // C -> nkv * hs
   Linear v_proj{nullptr};  // C -> nkv * hs
   Linear o_proj{nullptr};  // nh * hs -> C
+  PartHook heads_part;     // the query heads this layer computes, of the model's (attention dropout)
 
  private:
   int64_t head_dim_;
@@ -215,6 +216,8 @@ class LlamaModelImpl : public torch::nn::Module {
   Embedding embed_tokens{nullptr};             // (V, C)
   torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks
   LlamaRmsNorm norm{nullptr};
+  InputHook blocks_input;   // forward: the embeddings on their way into the first block
+  InputHook blocks_output;  // forward: norm's output on its way out of the body
 
  private:
   RotaryAngles rotary_angles(const torch::Tensor& positions, torch::ScalarType dtype) const;
