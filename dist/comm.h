@@ -32,6 +32,9 @@ struct CommOptions {
   double bucket_mb = 25;       // dist.bucket_mb: MiB (2^20 bytes) of gradients per data-parallel
                                //   all-reduce
   bool overlap = true;         // dist.overlap: start each bucket's all-reduce during the backward pass
+  bool sequence_parallel = false;  // dist.sequence_parallel: with tp > 1, split the norm and dropout
+                                   //   regions of each block along the sequence over the tp group
+                                   //   (dist/tensor_parallel.h); the sequence length must be a multiple of tp
 
   // Throws std::invalid_argument naming the offending key.
   void validate() const;

@@ -74,6 +74,83 @@ at::Tensor own_slice_last_dim(const at::Tensor& x, Group& group, const char* fun
   return x.narrow(-1, group.rank() * part, part).contiguous();
 }
 
+// The sequence (dimension 1) of (B, T, ...) split over the group: t = T / N positions a rank.
+int64_t positions_per_rank(const at::Tensor& x, Group& group, const char* function, int64_t whole) {
+  if (!x.defined() || x.dim() < 2)
+    throw std::invalid_argument(who(group, function) + ": needs a (B, T, ...) tensor, got " +
+                                (x.defined() ? c10::str(x.sizes()) : std::string("an undefined tensor")));
+  if (whole % group.size() != 0)
+    throw std::invalid_argument(who(group, function) + ": the sequence length " + std::to_string(whole) +
+                                " is not a multiple of the group size " + std::to_string(group.size()) +
+                                " (sequence parallelism splits it evenly)");
+  return whole / group.size();
+}
+
+// (B, t, ...) on every rank -> (B, N t, ...), the ranks' positions in rank order.
+at::Tensor all_gather_sequence(const at::Tensor& x, Group& group) {
+  std::vector<int64_t> stacked = {group.size()};
+  for (int64_t size : x.sizes()) stacked.push_back(size);
+  at::Tensor parts = at::empty(stacked, x.options());  // (N, B, t, ...)
+  group.all_gather(parts, x.contiguous());
+  std::vector<int64_t> gathered(x.sizes().begin(), x.sizes().end());
+  gathered[1] *= group.size();
+  return parts.movedim(0, 1).reshape(gathered);  // (B, N, t, ...) -> (B, N t, ...)
+}
+
+// (B, T, ...) partial sums on every rank -> (B, T / N, ...): this rank's positions of the sum.
+at::Tensor reduce_scatter_sequence(const at::Tensor& x, Group& group, const char* function) {
+  const int64_t t = positions_per_rank(x, group, function, x.size(1));
+  std::vector<int64_t> split = {x.size(0), group.size(), t};
+  for (int64_t d = 2; d < x.dim(); ++d) split.push_back(x.size(d));
+  const at::Tensor chunks = x.reshape(split).movedim(1, 0).contiguous();  // (N, B, t, ...), chunk r for rank r
+  std::vector<int64_t> mine = x.sizes().vec();
+  mine[1] = t;
+  at::Tensor out = at::empty(mine, x.options());
+  group.reduce_scatter(out, chunks);
+  return out;
+}
+
+// This rank's positions (B, T / N, ...) of (B, T, ...).
+at::Tensor own_positions(const at::Tensor& x, Group& group, const char* function) {
+  const int64_t t = positions_per_rank(x, group, function, x.size(1));
+  return x.narrow(1, group.rank() * t, t).contiguous();
+}
+
+struct ScatterToSequenceRegion : torch::autograd::Function<ScatterToSequenceRegion> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group) {
+    save_group(ctx, *group);
+    return own_positions(x, *group, "scatter_to_sequence_region");
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {all_gather_sequence(grads[0], saved_group(ctx)), at::Tensor()};
+  }
+};
+
+struct GatherFromSequenceRegion : torch::autograd::Function<GatherFromSequenceRegion> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group, bool reduce_gradients) {
+    save_group(ctx, *group);
+    ctx->saved_data["reduce"] = reduce_gradients;
+    return all_gather_sequence(x, *group);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Group& group = saved_group(ctx);
+    const char* function = "gather_from_sequence_region";
+    at::Tensor grad = ctx->saved_data.at("reduce").toBool() ? reduce_scatter_sequence(grads[0], group, function)
+                                                             : own_positions(grads[0], group, function);
+    return {grad, at::Tensor(), at::Tensor()};
+  }
+};
+
+struct ReduceScatterToSequenceRegion : torch::autograd::Function<ReduceScatterToSequenceRegion> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group) {
+    save_group(ctx, *group);
+    return reduce_scatter_sequence(x, *group, "reduce_scatter_to_sequence_region");
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {all_gather_sequence(grads[0], saved_group(ctx)), at::Tensor()};
+  }
+};
+
 struct CopyToTpRegion : torch::autograd::Function<CopyToTpRegion> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Group* group) {
     save_group(ctx, *group);
@@ -152,6 +229,22 @@ at::Tensor scatter_to_tp_region(const at::Tensor& x, Group& group) {
   return ScatterToTpRegion::apply(x, &group);
 }
 
+at::Tensor scatter_to_sequence_region(const at::Tensor& x, Group& group) {
+  positions_per_rank(x, group, "scatter_to_sequence_region", x.defined() && x.dim() >= 2 ? x.size(1) : 0);
+  return ScatterToSequenceRegion::apply(x, &group);
+}
+
+at::Tensor gather_from_sequence_region(const at::Tensor& x, Group& group, GatheredFor reader) {
+  positions_per_rank(x, group, "gather_from_sequence_region",
+                     x.defined() && x.dim() >= 2 ? x.size(1) * group.size() : 0);
+  return GatherFromSequenceRegion::apply(x, &group, reader == GatheredFor::tensor_parallel);
+}
+
+at::Tensor reduce_scatter_to_sequence_region(const at::Tensor& x, Group& group) {
+  positions_per_rank(x, group, "reduce_scatter_to_sequence_region", x.defined() && x.dim() >= 2 ? x.size(1) : 0);
+  return ReduceScatterToSequenceRegion::apply(x, &group);
+}
+
 at::Tensor sum_over_replicas(const at::Tensor& x, Group& group, int replicas) {
   if (replicas < 1 || group.size() % replicas != 0)
     throw std::invalid_argument(who(group, "sum_over_replicas") + ": replicas " + std::to_string(replicas) +
@@ -190,8 +283,11 @@ model::LinearStyle column_parallel(Group& group, const ColumnParallelOptions& op
   std::string name = "column-parallel " + over(group);
   if (options.replicas > 1) name += ", rows held by " + std::to_string(options.replicas) + " ranks each";
   if (options.gather_output) name += ", output gathered";
+  if (options.copy_input && options.sequence_parallel) name += ", input gathered along the sequence";
   return {name, [&group, options](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
-            const at::Tensor x = options.copy_input ? copy_to_tp_region(input, group) : input;
+            at::Tensor x = input;
+            if (options.copy_input)
+              x = options.sequence_parallel ? gather_from_sequence_region(input, group) : copy_to_tp_region(input, group);
             const at::Tensor w = sum_over_replicas(weight, group, options.replicas);
             const at::Tensor b = bias.defined() ? sum_over_replicas(bias, group, options.replicas) : bias;
             // (..., in) -> (..., out / N)
@@ -200,12 +296,16 @@ model::LinearStyle column_parallel(Group& group, const ColumnParallelOptions& op
           }};
 }
 
-model::LinearStyle row_parallel(Group& group, bool scatter_input) {
-  return {"row-parallel " + over(group) + (scatter_input ? ", input scattered" : ""),
-          [&group, scatter_input](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
-            const at::Tensor x = scatter_input ? scatter_to_tp_region(input, group) : input;
-            // (..., in / N) -> (..., out) partial sums -> the whole output, then the bias once
-            at::Tensor y = reduce_from_tp_region(F::linear(x, weight), group);
+model::LinearStyle row_parallel(Group& group, const RowParallelOptions& options) {
+  return {"row-parallel " + over(group) + (options.scatter_input ? ", input scattered" : "") +
+              (options.sequence_parallel ? ", output reduce-scattered along the sequence" : ""),
+          [&group, options](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+            const at::Tensor x = options.scatter_input ? scatter_to_tp_region(input, group) : input;
+            // (..., in / N) -> (..., out) partial sums -> the whole output (or this rank's
+            // positions of it), then the bias once
+            const at::Tensor partial = F::linear(x, weight);
+            at::Tensor y = options.sequence_parallel ? reduce_scatter_to_sequence_region(partial, group)
+                                                     : reduce_from_tp_region(partial, group);
             return bias.defined() ? y + bias : y;
           }};
 }
@@ -229,6 +329,17 @@ model::EmbeddingStyle vocab_parallel_embedding(Group& group, const VocabShard& s
 
 model::InputHook copy_to_tp_region_hook(Group& group) {
   return {"copy_to_tp_region " + over(group), [&group](const at::Tensor& x) { return copy_to_tp_region(x, group); }};
+}
+
+model::InputHook gather_from_sequence_region_hook(Group& group, GatheredFor reader) {
+  return {std::string("gather_from_sequence_region ") +
+              (reader == GatheredFor::tensor_parallel ? "for split layers " : "for replicated ones ") + over(group),
+          [&group, reader](const at::Tensor& x) { return gather_from_sequence_region(x, group, reader); }};
+}
+
+model::InputHook scatter_to_sequence_region_hook(Group& group) {
+  return {"scatter_to_sequence_region " + over(group),
+          [&group](const at::Tensor& x) { return scatter_to_sequence_region(x, group); }};
 }
 
 // ---------------------------------------------------------------------------------
@@ -321,6 +432,52 @@ struct Cutting {
   ParameterValues values = ParameterValues::sliced;
 };
 
+Cutting cutting_for(Communicator& comm, ParameterValues values) {
+  return Cutting{.plan = {.tp_size = comm.tp().size(),
+                          .sequence_parallel = comm.options().sequence_parallel && comm.tp().size() > 1,
+                          .sharded = {}},
+                 .values = values};
+}
+
+// Where an activation enters column-parallel layers: copied, or with sequence
+// parallelism gathered along the sequence.
+model::InputHook into_split_layers(const Cutting& plan, Group& group) {
+  return plan.plan.sequence_parallel ? gather_from_sequence_region_hook(group) : copy_to_tp_region_hook(group);
+}
+
+// Heads [r n, (r + 1) n) of the model's N n, for attention probabilities (B, n, T, T)
+// computed from queries (B, n, T, hs).
+model::PartHook heads_of_rank(Group& group) {
+  return {"heads of rank " + std::to_string(group.rank()) + " of " + std::to_string(group.size()),
+          [&group](const at::Tensor& q) {
+            return model::SliceOf{.dim = 1, .offset = group.rank() * q.size(1), .whole = group.size() * q.size(1)};
+          }};
+}
+
+// Positions [r t, (r + 1) t) of the model's N t, for (B, t, ...) activations.
+model::PartHook positions_of_rank(Group& group) {
+  return {"positions of rank " + std::to_string(group.rank()) + " of " + std::to_string(group.size()),
+          [&group](const at::Tensor& x) {
+            return model::SliceOf{.dim = 1, .offset = group.rank() * x.size(1), .whole = group.size() * x.size(1)};
+          }};
+}
+
+// The parameters of `module` (named prefix + their name) that the plan leaves whole
+// see only this rank's positions under sequence parallelism: each gets a hook that sums
+// its gradient over the group as it is computed, before anything else (data-parallel
+// buckets, ZeRO) reads it. Parameters that are frozen now keep no hook.
+void sum_gradients_over_sequence(torch::nn::Module& module, const std::string& prefix, const Cutting& plan,
+                                 Group& group) {
+  for (auto& item : module.named_parameters()) {
+    if (plan.plan.sharded.count(prefix + item.key()) || !item.value().requires_grad()) continue;
+    item.value().register_hook([&group](const at::Tensor& grad) {
+      at::Tensor sum = grad.clone(at::MemoryFormat::Contiguous);
+      group.all_reduce(sum);
+      return sum;
+    });
+  }
+}
+
 // Cuts parameter `name` to the entries `index` (global indices, -1 for padding) along
 // `dim` and records how, so the whole tensor can be rebuilt from the ranks' parts.
 void cut(Cutting& cutting, const std::string& name, at::Tensor& parameter, int64_t dim, at::Tensor index,
@@ -364,7 +521,7 @@ void shard_columns(Cutting& plan, model::Linear& layer, const std::string& name,
   model::LinearImpl& impl = own_linear(layer, name);
   cut(plan, name + ".weight", impl.weight, 1, range(start, count));
   impl.options.in_features(count);
-  impl.set_style(row_parallel(group));
+  impl.set_style(row_parallel(group, {.sequence_parallel = plan.plan.sequence_parallel}));
 }
 
 // The global rows of this rank's part of a (V, C) table, -1 for the zero rows past V:
@@ -414,7 +571,7 @@ namespace {
 // by heads and MLP width, wte by vocabulary rows. `check_also` runs after the body's
 // own checks and before anything is changed, for the parts around the body.
 void split_gpt2_body(model::Gpt2TransformerImpl& body, const std::string& prefix, Group& group, Cutting& plan,
-                     const std::function<void()>& check_also) {
+                     const std::function<void()>& check_also, GatheredFor output_reader) {
   const int64_t N = group.size(), r = group.rank();
   const model::Gpt2Config& config = body.config();
   const int64_t C = config.n_embd, inner = config.inner_dim();
@@ -452,22 +609,33 @@ void split_gpt2_body(model::Gpt2TransformerImpl& body, const std::string& prefix
       impl.options.out_features(3 * width);
       impl.set_style(column_parallel(group, {.copy_input = false}));
     }
-    attn.input_hook = copy_to_tp_region_hook(group);
+    attn.input_hook = into_split_layers(plan, group);
+    attn.heads_part = heads_of_rank(group);
     shard_columns(plan, attn.c_proj, layer + "attn.c_proj", r * width, width, group);
 
     auto& mlp = *block.mlp;
-    mlp.input_hook = copy_to_tp_region_hook(group);
+    mlp.input_hook = into_split_layers(plan, group);
     shard_rows(plan, mlp.c_fc, layer + "mlp.c_fc", r * (inner / N), inner / N, group, {.copy_input = false});
     shard_columns(plan, mlp.c_proj, layer + "mlp.c_proj", r * (inner / N), inner / N, group);
+    if (plan.plan.sequence_parallel) {
+      attn.residual_part = positions_of_rank(group);
+      mlp.residual_part = positions_of_rank(group);
+      sum_gradients_over_sequence(block, layer, plan, group);
+    }
   }
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
   shard_embedding(plan, body.wte, prefix + "wte", shard, group);
+  if (plan.plan.sequence_parallel) {
+    body.blocks_input = scatter_to_sequence_region_hook(group);
+    body.blocks_output = gather_from_sequence_region_hook(group, output_reader);
+    sum_gradients_over_sequence(*body.ln_f, prefix + "ln_f.", plan, group);
+  }
 }
 
 // The Llama family's body (LlamaModel, registered under `prefix`, "model."), as
 // split_gpt2_body.
 void split_llama_body(model::LlamaModelImpl& body, const std::string& prefix, Group& group, Cutting& plan,
-                      const std::function<void()>& check_also) {
+                      const std::function<void()>& check_also, GatheredFor output_reader) {
   const int64_t N = group.size(), r = group.rank();
   const model::LlamaConfig& config = body.config();
   const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
@@ -513,7 +681,8 @@ void split_llama_body(model::LlamaModelImpl& body, const std::string& prefix, Gr
     auto& block = *body.layers[i]->as<model::LlamaBlockImpl>();
     const std::string layer = prefix + "layers." + std::to_string(i) + ".";
     auto& attn = *block.self_attn;
-    attn.input_hook = copy_to_tp_region_hook(group);
+    attn.input_hook = into_split_layers(plan, group);
+    attn.heads_part = heads_of_rank(group);
     shard_rows(plan, attn.q_proj, layer + "self_attn.q_proj", r * q_heads * hs, q_heads * hs, group, {.copy_input = false});
     const ColumnParallelOptions kv = {.copy_input = false, .replicas = replicas};
     shard_rows(plan, attn.k_proj, layer + "self_attn.k_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
@@ -521,13 +690,19 @@ void split_llama_body(model::LlamaModelImpl& body, const std::string& prefix, Gr
     shard_columns(plan, attn.o_proj, layer + "self_attn.o_proj", r * q_heads * hs, q_heads * hs, group);
 
     auto& mlp = *block.mlp;
-    mlp.input_hook = copy_to_tp_region_hook(group);
+    mlp.input_hook = into_split_layers(plan, group);
     shard_rows(plan, mlp.gate_proj, layer + "mlp.gate_proj", r * (inner / N), inner / N, group, {.copy_input = false});
     shard_rows(plan, mlp.up_proj, layer + "mlp.up_proj", r * (inner / N), inner / N, group, {.copy_input = false});
     shard_columns(plan, mlp.down_proj, layer + "mlp.down_proj", r * (inner / N), inner / N, group);
+    if (plan.plan.sequence_parallel) sum_gradients_over_sequence(block, layer, plan, group);
   }
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
   shard_embedding(plan, body.embed_tokens, prefix + "embed_tokens", shard, group);
+  if (plan.plan.sequence_parallel) {
+    body.blocks_input = scatter_to_sequence_region_hook(group);
+    body.blocks_output = gather_from_sequence_region_hook(group, output_reader);
+    sum_gradients_over_sequence(*body.norm, prefix + "norm.", plan, group);
+  }
 }
 
 }  // namespace
@@ -541,14 +716,16 @@ template <typename Model, typename Body, typename SplitBody>
 TensorParallelPlan split_language_model(Model& model, Body& body, const std::string& prefix, Communicator& comm,
                                         ParameterValues values, SplitBody split_body) {
   Group& group = comm.tp();
-  Cutting plan{.plan = {.tp_size = group.size(), .sharded = {}}, .values = values};
+  Cutting plan = cutting_for(comm, values);
   const bool untied = !model->config().tie_word_embeddings;
+  // With sequence parallelism the body's output is gathered for the head, whose
+  // gradients are its vocabulary shard's part: gathering's backward sums them.
   split_body(body, prefix, group, plan, [&] {
     if (untied) own_linear(model->lm_head, "lm_head");
-  });
+  }, GatheredFor::tensor_parallel);
   torch::NoGradGuard no_grad;
   if (untied) shard_head(plan, model->lm_head, VocabShard::of(model->config().vocab_size, group.size(), group.rank()), group);
-  model->head_input_hook = copy_to_tp_region_hook(group);
+  if (!plan.plan.sequence_parallel) model->head_input_hook = copy_to_tp_region_hook(group);
   return plan.plan;
 }
 
@@ -601,28 +778,41 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
       own_linear(*layer_ref, name + what);
   }
 
-  Cutting plan{.plan = {.tp_size = group.size(), .sharded = {}}, .values = values};
+  Cutting plan = cutting_for(comm, values);
+  const bool sequence = plan.plan.sequence_parallel;
   torch::NoGradGuard no_grad;
   const int64_t width = C / N;  // this rank's heads
   for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
     auto& layer = *model->encoder->layer[i]->as<model::BertLayerImpl>();
     const std::string name = prefix + "encoder.layer." + std::to_string(i) + ".";
     auto& self = *layer.attention->self;
-    self.input_hook = copy_to_tp_region_hook(group);
+    self.input_hook = into_split_layers(plan, group);
+    self.heads_part = heads_of_rank(group);
     shard_rows(plan, self.query, name + "attention.self.query", r * width, width, group, {.copy_input = false});
     shard_rows(plan, self.key, name + "attention.self.key", r * width, width, group, {.copy_input = false});
     shard_rows(plan, self.value, name + "attention.self.value", r * width, width, group, {.copy_input = false});
     shard_columns(plan, layer.attention->output->dense, name + "attention.output.dense", r * width, width, group);
-    shard_rows(plan, layer.intermediate->dense, name + "intermediate.dense", r * (inner / N), inner / N, group, {});
+    shard_rows(plan, layer.intermediate->dense, name + "intermediate.dense", r * (inner / N), inner / N, group,
+               {.sequence_parallel = sequence});
     shard_columns(plan, layer.output->dense, name + "output.dense", r * (inner / N), inner / N, group);
+    if (sequence) {
+      layer.attention->output->residual_part = positions_of_rank(group);
+      layer.output->residual_part = positions_of_rank(group);
+      sum_gradients_over_sequence(layer, name, plan, group);
+    }
   }
   const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
   shard_embedding(plan, model->embeddings->word_embeddings, prefix + "embeddings.word_embeddings", shard, group);
+  if (sequence) {
+    // The encoder's output goes to the pooler and the classifier's head, whole on every rank.
+    model->encoder->blocks_input = scatter_to_sequence_region_hook(group);
+    model->encoder->blocks_output = gather_from_sequence_region_hook(group, GatheredFor::replicated);
+  }
   return plan.plan;
 }
 
 TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
-  Cutting plan{.plan = {.tp_size = comm.tp().size(), .sharded = {}}, .values = values};
+  Cutting plan = cutting_for(comm, values);
   for (const auto& item : model.module().named_children()) {
     const std::string prefix = item.key() + ".";
     if (auto bert = std::dynamic_pointer_cast<model::BertImpl>(item.value())) {
@@ -632,11 +822,11 @@ TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator&
     // Decoder bodies as in the language model; their hidden states are whole on every
     // rank, so the head reads them as it would unsplit.
     if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2TransformerImpl>(item.value())) {
-      split_gpt2_body(*gpt2, prefix, comm.tp(), plan, {});
+      split_gpt2_body(*gpt2, prefix, comm.tp(), plan, {}, GatheredFor::replicated);
       return plan.plan;
     }
     if (auto llama = std::dynamic_pointer_cast<model::LlamaModelImpl>(item.value())) {
-      split_llama_body(*llama, prefix, comm.tp(), plan, {});
+      split_llama_body(*llama, prefix, comm.tp(), plan, {}, GatheredFor::replicated);
       return plan.plan;
     }
   }

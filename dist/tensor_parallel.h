@@ -3,7 +3,7 @@
 // of every layer, and a few collectives join the parts.
 //
 // Three layers of it, each on the one below:
-//   1. Four paired autograd functions, the only places tensor parallelism communicates.
+//   1. Paired autograd functions, the only places tensor parallelism communicates.
 //   2. Styles for model/linear.h's layers: column-parallel and row-parallel linear
 //      layers, the vocabulary-parallel embedding, and the cross-entropy that reads
 //      vocabulary-parallel logits.
@@ -62,6 +62,40 @@ at::Tensor scatter_to_tp_region(const at::Tensor& x, Group& group);
 // `replicas` divides N.
 at::Tensor sum_over_replicas(const at::Tensor& x, Group& group, int replicas);
 
+// Sequence parallelism (Korthikanti et al., 2022, "Reducing Activation Recomputation in
+// Large Transformer Models"): between the split layers, where every rank would compute
+// the same norms, dropout and residual adds over the whole sequence, each rank keeps
+// only its positions. Activations there are (B, T, ...) with the sequence on dimension
+// 1, T a multiple of N; rank r holds positions [r T / N, (r + 1) T / N). Each function
+// throws std::invalid_argument when N does not divide the sequence.
+
+// Forward: this rank's positions (B, T, ...) -> (B, T / N, ...). Backward: all-gather
+// of the gradient along the sequence. Where replicated activations (the embeddings)
+// enter the sequence-parallel region.
+at::Tensor scatter_to_sequence_region(const at::Tensor& x, Group& group);
+
+// Who reads an activation gathered from the sequence-parallel region, which decides its
+// backward pass.
+enum class GatheredFor {
+  // Split layers (column-parallel): each rank's gradient is its part of the sum, and
+  // the backward pass reduce-scatters it along the sequence.
+  tensor_parallel,
+  // Computations every rank repeats (a classifier head): the gradients are equal on
+  // every rank, and the backward pass keeps this rank's positions of it.
+  replicated,
+};
+
+// Forward: all-gather along the sequence, (B, T / N, ...) -> (B, T, ...), in rank order.
+// Backward as `reader` says. Where the sequence-parallel region's activation enters the
+// column-parallel layers (in place of copy_to_tp_region), or leaves the body.
+at::Tensor gather_from_sequence_region(const at::Tensor& x, Group& group,
+                                       GatheredFor reader = GatheredFor::tensor_parallel);
+
+// Forward: reduce-scatter along the sequence: the partial outputs (B, T, ...) of a
+// row-parallel layer summed, and this rank's positions (B, T / N, ...) of the sum kept.
+// Backward: all-gather of the gradient. In place of reduce_from_tp_region.
+at::Tensor reduce_scatter_to_sequence_region(const at::Tensor& x, Group& group);
+
 // ---------------------------------------------------------------------------------
 // 2. Layer styles and the vocabulary-parallel loss.
 
@@ -88,17 +122,28 @@ struct ColumnParallelOptions {
   // > 1: this many consecutive ranks hold the same rows (replicated key/value heads),
   // and the gradients of weight and bias are summed over them (sum_over_replicas).
   int replicas = 1;
+  // The input holds this rank's positions of the sequence, and copy_input gathers them
+  // all (gather_from_sequence_region) instead of copying.
+  bool sequence_parallel = false;
 };
 
 // Column-parallel linear: this rank holds rows (output features) of W (out, in) and
 // the same entries of b: y_r = x W_r^T + b_r, (..., in) -> (..., out / N).
 model::LinearStyle column_parallel(Group& group, const ColumnParallelOptions& options = {});
 
+struct RowParallelOptions {
+  // The input is the whole (..., in), and each rank takes its slice (scatter_to_tp_region).
+  bool scatter_input = false;
+  // The output keeps this rank's positions of the sequence: the partial sums are
+  // reduce-scattered (reduce_scatter_to_sequence_region) instead of all-reduced, and
+  // the bias is added to those positions.
+  bool sequence_parallel = false;
+};
+
 // Row-parallel linear: this rank holds columns (input features) of W and the whole b,
 // and reads its slice of the input: y = all-reduce(x_r W_r^T) + b, the bias added
-// once after the reduction. (..., in / N) -> (..., out); with scatter_input the input
-// is the whole (..., in) and each rank takes its slice (scatter_to_tp_region).
-model::LinearStyle row_parallel(Group& group, bool scatter_input = false);
+// once after the reduction. (..., in / N) -> (..., out).
+model::LinearStyle row_parallel(Group& group, const RowParallelOptions& options = {});
 
 // Vocabulary-parallel embedding: this rank holds rows [shard.start, shard.start +
 // shard.rows) of the table. Ids it does not hold look up zero vectors; the partial
@@ -109,6 +154,11 @@ model::EmbeddingStyle vocab_parallel_embedding(Group& group, const VocabShard& s
 
 // The InputHook that puts copy_to_tp_region in front of column-parallel layers.
 model::InputHook copy_to_tp_region_hook(Group& group);
+// The InputHooks of sequence parallelism: gather_from_sequence_region in front of
+// column-parallel layers or where the body's output leaves, scatter_to_sequence_region
+// where the embeddings enter the blocks.
+model::InputHook gather_from_sequence_region_hook(Group& group, GatheredFor reader = GatheredFor::tensor_parallel);
+model::InputHook scatter_to_sequence_region_hook(Group& group);
 
 // Cross-entropy of each position from this rank's vocabulary shard of the logits,
 // without any rank holding all of them:
@@ -141,6 +191,7 @@ struct ParameterShard {
 // Parameters it does not name are whole on every rank of the group.
 struct TensorParallelPlan {
   int tp_size = 1;
+  bool sequence_parallel = false;  // the blocks keep their part of the sequence (comm.options())
   std::map<std::string, ParameterShard> sharded;
 
   // The ranks of the tensor-parallel group holding the same values of `name`: tp_size
@@ -181,9 +232,19 @@ enum class ParameterValues {
 //   - the parameters of split layers hold this rank's slice; named_parameters() keeps
 //     the names. Gradients of replicated parameters (norms, position embedding,
 //     row-parallel biases) are whole and equal on every rank.
-//   - dropout must draw the same on every rank for replicated activations (same seed);
-//     dropout inside the split attention is not yet coordinated, so train with
-//     attention dropout 0 under tensor parallelism.
+//   - dropout draws the masks of the unsplit model, given the same generator state on
+//     every rank (the same seed): replicated activations get the whole mask, and the
+//     attention of this rank's heads those heads' part of it (heads_part).
+// With comm.options().sequence_parallel the blocks' norm and dropout regions keep this
+// rank's positions only: the embeddings are scattered along the sequence as they enter
+// the first block, the column-parallel layers gather it, the row-parallel layers
+// reduce-scatter their output, dropout there draws this rank's part of the whole mask,
+// and the final norm's output is gathered again, so forward() and hidden_states() are
+// as without it. The parameters those regions repeat on every rank (norms, the biases
+// of row-parallel layers) see only this rank's positions, so their gradients are summed
+// over the group as they are computed (an all-reduce per parameter). The sequence
+// length of every batch must be a multiple of the group size; forward_cached
+// (generation) is not available on a model split this way.
 // With a tensor-parallel group of one rank the model computes as before.
 //
 // Throws std::invalid_argument, before changing anything, when the group size does not

@@ -157,7 +157,11 @@ std::vector<Section> describe(Config& c) {
 
   sections.emplace_back("dist", "[dist] ranks, groups and devices");
   sections.back()
-      .add("tp", &c.dist.tp, "ranks per tensor-parallel group (causal LMs: GPT-2, Llama family); data-parallel size = world size / tp")
+      .add("tp", &c.dist.tp, "ranks per tensor-parallel group (GPT-2, Llama family and BERT bodies); data-parallel size = world size / tp")
+      .add("sequence_parallel", &c.dist.sequence_parallel,
+           "with tp > 1, each rank of a tensor-parallel group keeps only its part of the sequence between the "
+           "attention and MLP layers (norms, dropout, residual adds), so activation memory there shrinks by tp; "
+           "the sequence length of data.path must be a multiple of tp")
       .add("device", &c.dist.device, "cpu | cuda (one GPU per rank, by local rank)")
       .add("bucket_mb", &c.dist.bucket_mb, "gradient all-reduce bucket size in MiB")
       .add("overlap", &c.dist.overlap,

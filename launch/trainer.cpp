@@ -97,8 +97,10 @@ class Trainer {
     torch::manual_seed(config_.run.seed);
     if (!fs::is_directory(config_.model.path))
       throw std::runtime_error(config_.model.path + ": model directory not found (model.path)");
+    const data::DatasetInfo dataset = data::read_dataset_info(config_.data.path);
+    check_sequence_parallel(dataset.seq_len);
     // Split over the tensor-parallel group as it is built: each rank reads its part.
-    task_ = std::make_unique<Task>(config_, data::read_dataset_info(config_.data.path), comm_);
+    task_ = std::make_unique<Task>(config_, dataset, comm_);
     if (rank0())
       for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
     eval_metric_ = config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric;
@@ -343,6 +345,16 @@ class Trainer {
     // ZeRO: every rank filled only its shard; make the parameters whole again.
     if (zero_) zero_->gather_parameters();
     return meta;
+  }
+
+  // Sequence parallelism splits every sequence evenly over the tensor-parallel group.
+  void check_sequence_parallel(int64_t seq_len) const {
+    const int tp = comm_.tp().size();
+    if (!config_.dist.sequence_parallel || tp == 1 || seq_len % tp == 0) return;
+    throw std::runtime_error("dist.sequence_parallel: the sequences of " + config_.data.path + " are " +
+                             std::to_string(seq_len) + " tokens long, not a multiple of dist.tp = " +
+                             std::to_string(tp) + "; prepare the data with a seq_len divisible by " +
+                             std::to_string(tp) + ", or turn sequence parallelism off");
   }
 
   void check_vocabulary() {
@@ -950,8 +962,8 @@ class Trainer {
     int64_t parameters = 0;
     for (auto& [name, p] : named_params_) parameters += p.numel();
     std::cout << config_.resolved_ini;
-    std::cout << "ftrain: " << comm_.world_size() << " rank(s), tp " << comm_.layout().tp_size << " x dp "
-              << dp_size() << ", ZeRO stage " << config_.zero.stage << ", device " << comm_.device() << ", " << parameters << " parameters, "
+    std::cout << "ftrain: " << comm_.world_size() << " rank(s), tp " << comm_.layout().tp_size
+              << (plan_.sequence_parallel ? " (sequence parallel)" : "") << " x dp " << dp_size() << ", ZeRO stage " << config_.zero.stage << ", device " << comm_.device() << ", " << parameters << " parameters, "
               << (config_.model.init == "random" ? "RANDOMLY INITIALISED " : "pretrained ") << task_->family()
               << " weights from "
               << config_.model.path << ", task " << task_->name() << "\n"
