@@ -30,6 +30,7 @@
 #include "dist/mpi_session.h"
 #include "mpi_job.h"
 #include "dist/tensor_parallel.h"
+#include "model/bert_checkpoint.h"
 #include "model/hf_checkpoint.h"
 #include "model/llama_checkpoint.h"
 
@@ -249,7 +250,9 @@ void perturb(Model& model, uint64_t seed) {
 }
 
 // Mean loss over the counted targets of the whole and the sharded model; then both
-// backward, and every parameter of the shard checked against the reference.
+// backward, and every parameter of the shard checked against the reference. Both
+// forward passes start from the same generator state, so dropout (when the model has
+// any) must draw the same masks in both.
 template <typename Model>
 void check_against_reference(Model& reference, Model& sharded, int64_t vocab_size, const Batch& batch,
                              const std::function<torch::Tensor(const std::string&, const torch::Tensor&)>& shard_of) {
@@ -257,10 +260,12 @@ void check_against_reference(Model& reference, Model& sharded, int64_t vocab_siz
   sharded->train();
   const torch::Tensor counted = (batch.targets != -100).sum();
 
+  torch::manual_seed(31);
   torch::Tensor logits = reference->forward(batch.inputs);
   torch::Tensor expected = F::cross_entropy(logits.reshape({-1, vocab_size}), batch.targets.reshape({-1}),
                                             F::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(-100)) /
                            counted;
+  torch::manual_seed(31);
   torch::Tensor local_logits = sharded->forward(batch.inputs);
   const dist::VocabShard vocab = dist::VocabShard::of(vocab_size, tp().size(), tp().rank());
   BOOST_TEST(local_logits.sizes() == (std::vector<int64_t>{2, 8, vocab.rows}));
@@ -400,6 +405,193 @@ BOOST_AUTO_TEST_CASE(llama_tied_with_a_padding_token_matches_the_unsharded_model
   dist::apply_tensor_parallel(sharded, comm());
   check_against_reference(reference, sharded, config.vocab_size, batch_of(config.vocab_size, 24),
                           llama_shard(config));
+}
+
+// ---------------------------------------------------------------------------------
+// Dropout and sequence parallelism
+
+// The communicator of the fixture's world with sequence parallelism on. Models split
+// with it keep references to its groups, so it is made before them and outlives them.
+dist::Communicator sequence_parallel_comm() {
+  dist::CommOptions options = JobOptions::make();
+  options.sequence_parallel = true;
+  return dist::Communicator::create(options);
+}
+
+model::Gpt2Config with_dropout(model::Gpt2Config config) {
+  config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.2;
+  return config;
+}
+
+BOOST_AUTO_TEST_CASE(attention_dropout_over_split_heads_matches_the_unsharded_model) {
+  const model::Gpt2Config config = with_dropout(tiny_gpt2(/*tied=*/false));
+  model::Gpt2 reference = model::init_gpt2(config, 41), sharded = model::init_gpt2(config, 41);
+  perturb(reference, 41), perturb(sharded, 41);
+  dist::apply_tensor_parallel(sharded, comm());
+  check_against_reference(reference, sharded, config.vocab_size, batch_of(config.vocab_size, 42), gpt2_shard);
+}
+
+BOOST_AUTO_TEST_CASE(scatter_to_sequence_region_keeps_own_positions_and_gathers_gradients_backward) {
+  torch::Tensor x = torch::arange(2 * 3 * N() * 2, torch::kDouble).view({2, 3 * N(), 2}).requires_grad_();
+  torch::Tensor y = dist::scatter_to_sequence_region(x, tp());
+  BOOST_TEST(torch::equal(y, x.detach().index({Slice(), Slice(3 * R(), 3 * R() + 3)})));
+  (y * double(R() + 1)).sum().backward();
+  for (int64_t k = 0; k < N(); ++k)
+    BOOST_TEST(torch::equal(x.grad().index({Slice(), Slice(3 * k, 3 * k + 3)}),
+                            torch::full({2, 3, 2}, double(k + 1), torch::kDouble)));
+  if (N() > 1) {
+    try {
+      dist::scatter_to_sequence_region(torch::zeros({2, 3 * N() + 1, 2}), tp());
+      BOOST_ERROR("a sequence the group does not divide was accepted");
+    } catch (const std::invalid_argument& e) {
+      BOOST_TEST(contains(e.what(), "sequence length " + std::to_string(3 * N() + 1)), e.what());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(gather_from_sequence_region_concatenates_positions_and_reduces_or_slices_backward) {
+  const torch::Tensor weights = torch::arange(2 * 3 * N() * 2, torch::kDouble).view({2, 3 * N(), 2});
+  for (const auto reader : {dist::GatheredFor::tensor_parallel, dist::GatheredFor::replicated}) {
+    torch::Tensor x = (torch::arange(12, torch::kDouble).view({2, 3, 2}) + 100.0 * double(R())).requires_grad_();
+    torch::Tensor y = dist::gather_from_sequence_region(x, tp(), reader);
+    BOOST_TEST_REQUIRE(y.sizes() == (std::vector<int64_t>{2, 3 * N(), 2}));
+    for (int64_t k = 0; k < N(); ++k)
+      BOOST_TEST(torch::equal(y.index({Slice(), Slice(3 * k, 3 * k + 3)}),
+                              torch::arange(12, torch::kDouble).view({2, 3, 2}) + 100.0 * double(k)));
+    // Rank k's gradient of the gathered tensor is (k + 1) * weights: split layers sum
+    // them (1 + ... + N), replicated readers keep their own.
+    (y * weights * double(reader == dist::GatheredFor::replicated ? 1 : R() + 1)).sum().backward();
+    const double factor = reader == dist::GatheredFor::replicated ? 1.0 : double(N() * (N() + 1) / 2);
+    BOOST_TEST(torch::equal(x.grad(), weights.index({Slice(), Slice(3 * R(), 3 * R() + 3)}) * factor));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(reduce_scatter_to_sequence_region_sums_and_keeps_own_positions) {
+  torch::Tensor x = (torch::arange(2 * 2 * N() * 3, torch::kDouble).view({2, 2 * N(), 3}) + double(R())).requires_grad_();
+  torch::Tensor y = dist::reduce_scatter_to_sequence_region(x, tp());
+  const torch::Tensor base = torch::arange(2 * 2 * N() * 3, torch::kDouble).view({2, 2 * N(), 3});
+  // Sum over ranks k of (base + k), rank R's positions.
+  const torch::Tensor expected = base.index({Slice(), Slice(2 * R(), 2 * R() + 2)}) * double(N()) +
+                                 double(N() * (N() - 1) / 2);
+  BOOST_TEST(torch::equal(y, expected));
+  (y * double(R() + 1)).sum().backward();
+  for (int64_t k = 0; k < N(); ++k)
+    BOOST_TEST(torch::equal(x.grad().index({Slice(), Slice(2 * k, 2 * k + 2)}),
+                            torch::full({2, 2, 3}, double(k + 1), torch::kDouble)));
+}
+
+BOOST_AUTO_TEST_CASE(gpt2_with_sequence_parallelism_and_dropout_matches_the_unsharded_model) {
+  dist::Communicator sequence = sequence_parallel_comm();
+  for (const bool tied : {true, false}) {
+    BOOST_TEST_CONTEXT((tied ? "tied" : "untied")) {
+      const model::Gpt2Config config = with_dropout(tiny_gpt2(tied));
+      model::Gpt2 reference = model::init_gpt2(config, 43), sharded = model::init_gpt2(config, 43);
+      perturb(reference, 43), perturb(sharded, 43);
+      const dist::TensorParallelPlan plan = dist::apply_tensor_parallel(sharded, sequence);
+      BOOST_TEST(plan.sequence_parallel == (N() > 1));
+      check_against_reference(reference, sharded, config.vocab_size, batch_of(config.vocab_size, 44), gpt2_shard);
+      // The hidden states leave the body whole on every rank.
+      sharded->eval(), reference->eval();
+      torch::NoGradGuard no_grad;
+      const Batch batch = batch_of(config.vocab_size, 45);
+      BOOST_TEST(relative_error(sharded->hidden_states(batch.inputs), reference->hidden_states(batch.inputs)) < kTolerance);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(llama_with_sequence_parallelism_matches_the_unsharded_model) {
+  dist::Communicator sequence = sequence_parallel_comm();
+  model::LlamaConfig config = tiny_llama();
+  config.attention_dropout = 0.2;
+  model::Llama reference = model::init_llama(config, 46), sharded = model::init_llama(config, 46);
+  perturb(reference, 46), perturb(sharded, 46);
+  dist::apply_tensor_parallel(sharded, sequence);
+  check_against_reference(reference, sharded, config.vocab_size, batch_of(config.vocab_size, 47), llama_shard(config));
+}
+
+// A BERT encoder with its pooler: both outputs whole, every gradient the reference's.
+BOOST_AUTO_TEST_CASE(bert_with_sequence_parallelism_and_dropout_matches_the_unsharded_model) {
+  dist::Communicator sequence = sequence_parallel_comm();
+  model::BertConfig config;
+  config.vocab_size = 51, config.hidden_size = 32, config.num_hidden_layers = 2, config.num_attention_heads = 4;
+  config.intermediate_size = 48, config.max_position_embeddings = 16;
+  config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.2;
+  model::Bert reference = model::init_bert(config, 48), sharded = model::init_bert(config, 48);
+  perturb(reference, 48), perturb(sharded, 48);
+  dist::apply_tensor_parallel(sharded, sequence);
+  const Batch batch = batch_of(config.vocab_size, 49);
+  const torch::Tensor mask = torch::ones({2, 8}, torch::kLong).index_put_({1, Slice(6, 8)}, 0);
+  const torch::Tensor types = torch::zeros({2, 8}, torch::kLong).index_put_({Slice(), Slice(4, 8)}, 1);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(50);
+  const torch::Tensor hidden_weights = torch::randn({2, 8, 32}, generator), pooled_weights = torch::randn({2, 32}, generator);
+  auto loss_of = [&](model::Bert& bert) {
+    bert->train();
+    torch::manual_seed(51);
+    const model::BertOutput out = bert->forward(batch.inputs, mask, types);
+    return (out.last_hidden_state * hidden_weights).sum() + (out.pooler_output * pooled_weights).sum();
+  };
+  torch::Tensor expected = loss_of(reference), loss = loss_of(sharded);
+  BOOST_TEST(std::abs(loss.item<double>() - expected.item<double>()) < kTolerance * std::abs(expected.item<double>()));
+  expected.backward();
+  loss.backward();
+  auto whole = reference->named_parameters();
+  for (const auto& item : sharded->named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor full = whole[name].grad();
+    torch::Tensor part = full;
+    if (name == "embeddings.word_embeddings.weight") part = vocab_rows(full);
+    else if (contains(name, "attention.self.") || contains(name, "intermediate.dense.")) part = block_of(full, 0);
+    else if (ends_with(name, "output.dense.weight")) part = block_of(full, 1);  // both row-parallel layers
+    BOOST_TEST_CONTEXT(name << " on rank " << R()) {
+      BOOST_TEST_REQUIRE(item.value().grad().defined());
+      if (contains(name, "attention.self.key.bias")) {
+        // Zero up to rounding: softmax ignores a shift every key of a query shares.
+        BOOST_TEST((item.value().grad() - part).abs().max().item<double>() < 1e-6);
+        BOOST_TEST(part.abs().max().item<double>() < 1e-6);
+      } else {
+        BOOST_TEST(relative_error(item.value().grad(), part) < kTolerance);
+      }
+    }
+  }
+}
+
+// Sequence parallelism moves the same bytes as the all-reduces it replaces (an
+// all-reduce is a reduce-scatter and an all-gather), plus one all-gather of the final
+// norm's output, and sums the gradients of the parameters the blocks repeat.
+BOOST_AUTO_TEST_CASE(gpt2_with_sequence_parallelism_communicates_as_the_formulas_say) {
+  if (N() == 1) return;  // nothing is split on one rank
+  dist::Communicator sequence = sequence_parallel_comm();
+  const model::Gpt2Config config = tiny_gpt2(/*tied=*/true);
+  model::Gpt2 sharded = model::init_gpt2(config, 7);
+  dist::apply_tensor_parallel(sharded, sequence);
+  const Batch batch = batch_of(config.vocab_size, 11);
+  dist::CommStats& stats = sequence.stats();
+  stats.reset();
+  torch::Tensor loss = dist::vocab_parallel_cross_entropy(sharded->forward(batch.inputs), batch.targets,
+                                                          sequence.tp(), config.vocab_size)
+                           .sum();
+  const int64_t L = config.n_layer;
+  const double activation = 4.0 * 2.0 * 8.0 * double(config.n_embd);  // bytes of (B, T, C) float32
+  const double ring = double(N() - 1) / double(N());
+  // Forward: the embedding's all-reduce and the loss's three; per block two all-gathers
+  // into the split layers and two reduce-scatters out of them; the final gather.
+  BOOST_TEST(stats.all_reduce.calls == 1 + 3);
+  BOOST_TEST(stats.all_gather.calls == 2 * L + 1);
+  BOOST_TEST(stats.reduce_scatter.calls == 2 * L);
+  BOOST_TEST(stats.all_gather.bytes_sent == ring * activation * double(2 * L + 1), boost::test_tools::tolerance(1e-9));
+  BOOST_TEST(stats.reduce_scatter.bytes_sent == ring * activation * double(2 * L), boost::test_tools::tolerance(1e-9));
+  stats.reset();
+  loss.backward();
+  // Backward: each forward all-gather becomes a reduce-scatter and each reduce-scatter
+  // an all-gather, the embeddings' scatter an all-gather; the norms (2 x 2 per block and
+  // ln_f's 2) and the row-parallel biases (2 per block) sum their gradients.
+  BOOST_TEST(stats.reduce_scatter.calls == 2 * L + 1);
+  BOOST_TEST(stats.all_gather.calls == 2 * L + 1);
+  BOOST_TEST(stats.all_reduce.calls == 6 * L + 2);
+  const double per_parameter = 2.0 * ring * 4.0 * double(config.n_embd);
+  BOOST_TEST(stats.all_reduce.bytes_sent == per_parameter * double(6 * L + 2), boost::test_tools::tolerance(1e-9));
+  BOOST_TEST(stats.reduce_scatter.bytes_sent + stats.all_gather.bytes_sent ==
+                 ring * activation * double(4 * L + 2), boost::test_tools::tolerance(1e-9));
 }
 
 // ---------------------------------------------------------------------------------
