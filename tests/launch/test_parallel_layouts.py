@@ -1,7 +1,8 @@
-"""Every layout trains like one rank: tensor parallelism, data parallelism and ZeRO,
-alone and combined, give the losses and final weights of a single-rank run of the
-same global batch (CPU, fp32, mpirun), for GPT-2 and for a Llama with grouped-query
-attention. Checkpoints store global shapes, so a run resumes under another layout."""
+"""Every layout trains like one rank: tensor parallelism (with and without sequence
+parallelism), data parallelism and ZeRO, alone and combined, give the losses and final
+weights of a single-rank run of the same global batch (CPU, fp32, mpirun), for GPT-2
+and for a Llama with grouped-query attention. Checkpoints store global shapes, so a run
+resumes under another layout."""
 import json
 
 import numpy as np
@@ -75,6 +76,65 @@ def test_layout_trains_like_one_rank(workspace, family, tp, dp, zero):
     assert f"tp {tp} x dp {dp}" in result.stdout
     assert losses(expected)[STEPS] < losses(expected)[1] - 0.5, "the loss should fall over the run"
     assert_same_training(expected, run_dir)
+
+
+# (family, tp, dp, ZeRO stage) with sequence parallelism: the blocks' norm and dropout
+# regions split along the sequence over the tensor-parallel group.
+SEQUENCE_LAYOUTS = [("gpt2", 2, 2, 3), ("gpt2", 4, 1, 0), ("llama", 2, 2, 1), ("llama", 4, 1, 0)]
+
+
+@pytest.mark.parametrize("family,tp,dp,zero", SEQUENCE_LAYOUTS,
+                         ids=[f"{f}-tp{t}-dp{d}-zero{z}" for f, t, d, z in SEQUENCE_LAYOUTS])
+def test_sequence_parallel_layout_trains_like_one_rank(workspace, family, tp, dp, zero):
+    expected = reference(workspace, family)
+    run_dir = workspace["root"] / f"{family}_sp_tp{tp}_dp{dp}_zero{zero}"
+    result = run_ftrain(tp * dp, *args(workspace, family, run_dir, **{
+        "dist.tp": tp, "dist.zero": zero, "dist.sequence_parallel": "true"}))
+    assert f"tp {tp} (sequence parallel) x dp {dp}" in result.stdout
+    assert_same_training(expected, run_dir)
+
+
+@pytest.mark.parametrize("tp,sequence_parallel", [(2, "false"), (2, "true"), (4, "true")],
+                         ids=["tp2", "tp2-sp", "tp4-sp"])
+def test_tensor_parallel_with_dropout_trains_like_one_rank(workspace, tp, sequence_parallel):
+    # Each rank drops its heads and positions with their part of the whole model's mask,
+    # so with the same rows per step even dropout trains exactly as on one rank.
+    dropout = {"model.dropout": 0.1, "train.steps": 8}
+    expected = workspace["root"] / "gpt2_dropout_reference"
+    if not (expected / "final").exists():
+        run_ftrain(1, *args(workspace, "gpt2", expected, **dropout))
+    run_dir = workspace["root"] / f"gpt2_dropout_tp{tp}_sp{sequence_parallel}"
+    run_ftrain(tp, *args(workspace, "gpt2", run_dir, **dropout, **{
+        "dist.tp": tp, "dist.sequence_parallel": sequence_parallel}))
+    reference_losses, got = losses(expected), losses(run_dir)
+    assert sorted(got) == list(range(1, 9))
+    for step in reference_losses:
+        assert got[step] == pytest.approx(reference_losses[step], rel=1e-5), f"step {step}"
+    without = reference(workspace, "gpt2")
+    assert losses(without)[1] != pytest.approx(reference_losses[1], rel=1e-5), "dropout should change the loss"
+    from safetensors.numpy import load_file
+    a, b = load_file(expected / "final/model.safetensors"), load_file(run_dir / "final/model.safetensors")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=2e-5, err_msg=name)
+
+
+def test_sequence_parallel_needs_a_sequence_the_group_divides(workspace):
+    # 30-token rows cannot be split evenly over 4 ranks: refused at start-up, naming the
+    # option, the data and the sizes, before a checkpoint is written.
+    import subprocess
+    import sys
+    from ftrain_jobs import PREP, SOURCE
+    corpus, data = workspace["root"] / "corpus30.jsonl", workspace["root"] / "data30.h5"
+    subprocess.run([sys.executable, SOURCE / "scripts/make_demo_corpus.py", corpus, "--documents", "50"], check=True)
+    subprocess.run([PREP, "--tokenizer", SOURCE / "configs/models/tiny-gpt2", "--input", corpus, "--seq-len", "30",
+                    "--validation-fraction", "0.1", "--output", data], check=True, capture_output=True)
+    run_dir = workspace["root"] / "sp_indivisible"
+    result = run_ftrain(4, *args(workspace, "gpt2", run_dir, **{
+        "data.path": data, "dist.tp": 4, "dist.sequence_parallel": "true"}), check=False)
+    assert result.returncode != 0
+    assert "dist.sequence_parallel" in result.stderr and "30 tokens" in result.stderr, result.stderr
+    assert "dist.tp = 4" in result.stderr and str(data) in result.stderr
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_exported_split_model_loads_in_transformers(workspace):
@@ -153,6 +213,28 @@ def test_communication_volume_matches_the_formulas(workspace, tp, dp, zero):
     run_dir = workspace["root"] / f"gpt2_volume_tp{tp}_dp{dp}_zero{zero}"
     run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **{"dist.tp": tp, "dist.zero": zero, "train.steps": 2,
                                                             "checkpoint.export_hf": "false"}))
+    steps = [r for r in records(run_dir) if "comm_bytes" in r]
+    assert len(steps) == 2
+    for record in steps:
+        assert record["comm_bytes"] == pytest.approx(expected, rel=1e-4, abs=256), record
+
+
+def test_sequence_parallel_communication_volume_matches_the_formulas(workspace):
+    # Sequence parallelism replaces each all-reduce around a block's split layers by a
+    # reduce-scatter and an all-gather, each (tp-1)/tp n 4 bytes: forward 2L + 1
+    # all-gathers (the last gathers the final norm's output) and 2L reduce-scatters,
+    # backward 2L + 1 of each. The embedding's and the loss's all-reduces stay; the
+    # gradients of what the blocks repeat (two LayerNorms and two row-parallel biases a
+    # layer, 6C, and ln_f's 2C) are all-reduced, per micro-batch.
+    B, T, C, L, tp = 2, 32, 32, 2, 2
+    accumulation = 8 // B
+    ring = (tp - 1) / tp
+    all_reduced = B * T * C + 3 * B * (T - 1) + (6 * L + 2) * C
+    split = (8 * L + 3) * B * T * C
+    expected = accumulation * (2 * all_reduced + split) * ring * 4
+    run_dir = workspace["root"] / "gpt2_volume_sp"
+    run_ftrain(tp, *args(workspace, "gpt2", run_dir, **{"dist.tp": tp, "dist.sequence_parallel": "true",
+                                                       "train.steps": 2, "checkpoint.export_hf": "false"}))
     steps = [r for r in records(run_dir) if "comm_bytes" in r]
     assert len(steps) == 2
     for record in steps:
@@ -254,7 +336,7 @@ def sentiment(workspace):
     return {"model": bert, "data": data}
 
 
-def train_classifier_like_one_rank(workspace, sentiment, name, model_path, tp, dp, zero):
+def train_classifier_like_one_rank(workspace, sentiment, name, model_path, tp, dp, zero, sequence_parallel=False):
     """Trains the sentiment classifier on `model_path` on one rank and under the layout;
     checks the losses, test report and export agree. Returns both run directories."""
     def classifier_args(run_dir, **more):
@@ -264,10 +346,21 @@ def train_classifier_like_one_rank(workspace, sentiment, name, model_path, tp, d
     one = workspace["root"] / f"{name}_reference"
     if not (one / "final").exists():
         run_ftrain(1, *classifier_args(one))
-    run_dir = workspace["root"] / f"{name}_tp{tp}_dp{dp}_zero{zero}"
-    run_ftrain(tp * dp, *classifier_args(run_dir, **{"dist.tp": tp, "dist.zero": zero}))
+    run_dir = workspace["root"] / f"{name}_tp{tp}_dp{dp}_zero{zero}{'_sp' if sequence_parallel else ''}"
+    run_ftrain(tp * dp, *classifier_args(run_dir, **{"dist.tp": tp, "dist.zero": zero,
+                                                     "dist.sequence_parallel": str(sequence_parallel).lower()}))
     assert_same_classifier(one, run_dir)
     return one, run_dir
+
+
+@pytest.mark.parametrize("body,tp,dp,zero", [("bert", 4, 1, 0), ("bert", 2, 2, 3), ("llama", 2, 2, 1)],
+                         ids=["bert-tp4", "bert-tp2-dp2-zero3", "llama-tp2-dp2-zero1"])
+def test_classifier_with_sequence_parallelism_trains_like_one_rank(workspace, sentiment, body, tp, dp, zero):
+    # The encoder's or decoder's output is gathered whole for the pooler and head, which
+    # every rank computes alike: the losses, test report and export of one rank.
+    model_path = sentiment["model"] if body == "bert" else workspace[body]
+    name = "bert" if body == "bert" else f"{body}_classifier"
+    train_classifier_like_one_rank(workspace, sentiment, name, model_path, tp, dp, zero, sequence_parallel=True)
 
 
 @pytest.mark.parametrize("tp,dp,zero", [(2, 2, 1), (4, 1, 0), (2, 2, 3)], ids=["tp2-dp2-zero1", "tp4", "tp2-dp2-zero3"])
