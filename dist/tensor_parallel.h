@@ -265,7 +265,9 @@ TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& c
 // column-parallel, attention.output.dense row-parallel), the feed-forward's
 // intermediate.dense column- and output.dense row-parallel, word embeddings split by
 // vocabulary rows; position and token-type embeddings, LayerNorms and the pooler whole.
-// The hidden states it returns are whole on every rank. `prefix` is the module's name
+// The hidden states it returns are whole on every rank; with sequence parallelism the
+// encoder's layers keep this rank's positions between the split layers (as for GPT-2)
+// and its output is gathered whole for the pooler and head. `prefix` is the module's name
 // in the model that holds it (plan names are prefix + parameter name, e.g. "bert.").
 TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix = "",
                                          ParameterValues values = ParameterValues::sliced);
