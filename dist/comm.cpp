@@ -261,7 +261,7 @@ void Group::all_reduce(at::Tensor& t, ReduceOp op) {
 
   if (t.is_cuda()) {
     at::Tensor work = t.contiguous();
-    device_collectives(kOp).all_reduce(work, op);
+    device_collectives(kOp).all_reduce(work, op, nullptr);
     if (!work.is_same(t)) t.copy_(work);
     count(stats_->all_reduce, 2.0 * ring_fraction(size_) * double(t.numel() * t.element_size()));
     return;
@@ -288,35 +288,45 @@ PendingAllReduce Group::start_all_reduce(at::Tensor& t, ReduceOp op) {
   check_tensor(t, kOp, "the tensor");
   check_reduce(where(kOp), t, op);
   PendingAllReduce pending;
-  if (t.is_cuda() || !t.is_contiguous() || is_half(t.scalar_type())) {
-    // The NCCL call already returns once enqueued; other CPU layouts take the blocking path.
+  if (!t.is_contiguous() || (!t.is_cuda() && is_half(t.scalar_type()))) {
+    // Other layouts take the blocking path.
     all_reduce(t, op);
     return pending;
   }
-  const MPI_Datatype type = mpi_reduce_type(t.scalar_type());
-  const std::int64_t numel = t.numel();
-  char* data = bytes_of(t);
-  for (std::int64_t start = 0; start < numel; start += kMaxMpiCount) {
-    const int n = static_cast<int>(std::min(kMaxMpiCount, numel - start));
-    MPI_Request request;
-    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data + start * t.element_size(), n, type, mpi_op(op), comm_, &request),
-              kOp);
-    pending.requests_.push_back(request);
-  }
   pending.group_ = this;
   pending.tensor_ = t;
-  if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
-  count(stats_->all_reduce, 2.0 * ring_fraction(size_) * double(numel * t.element_size()));
+  pending.received_ = t;
+  if (t.is_cuda()) {
+    device_collectives(kOp).all_reduce(t, op, &pending.device_work_);
+  } else {
+    const MPI_Datatype type = mpi_reduce_type(t.scalar_type());
+    const std::int64_t numel = t.numel();
+    char* data = bytes_of(t);
+    for (std::int64_t start = 0; start < numel; start += kMaxMpiCount) {
+      const int n = static_cast<int>(std::min(kMaxMpiCount, numel - start));
+      MPI_Request request;
+      check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data + start * t.element_size(), n, type, mpi_op(op), comm_,
+                               &request),
+                kOp);
+      pending.requests_.push_back(request);
+    }
+    if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
+  }
+  count(stats_->all_reduce, 2.0 * ring_fraction(size_) * double(t.numel() * t.element_size()));
   return pending;
 }
+
+PendingCollective::PendingCollective() = default;
 
 PendingCollective::PendingCollective(PendingCollective&& other) noexcept
     : group_(std::exchange(other.group_, nullptr)),
       op_name_(other.op_name_),
       tensor_(std::move(other.tensor_)),
+      received_(std::move(other.received_)),
       input_(std::move(other.input_)),
       divide_by_size_(other.divide_by_size_),
-      requests_(std::move(other.requests_)) {}
+      requests_(std::move(other.requests_)),
+      device_work_(std::move(other.device_work_)) {}
 
 PendingCollective& PendingCollective::operator=(PendingCollective&& other) noexcept {
   if (this != &other) {
@@ -329,9 +339,11 @@ PendingCollective& PendingCollective::operator=(PendingCollective&& other) noexc
     group_ = std::exchange(other.group_, nullptr);
     op_name_ = other.op_name_;
     tensor_ = std::move(other.tensor_);
+    received_ = std::move(other.received_);
     input_ = std::move(other.input_);
     divide_by_size_ = other.divide_by_size_;
     requests_ = std::move(other.requests_);
+    device_work_ = std::move(other.device_work_);
   }
   return *this;
 }
@@ -347,11 +359,19 @@ PendingCollective::~PendingCollective() {
 void PendingCollective::wait() {
   if (!group_) return;
   Group* group = std::exchange(group_, nullptr);
-  group->check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
-                   op_name_);
-  requests_.clear();
-  if (divide_by_size_) tensor_.div_(group->size());
+  if (!requests_.empty()) {
+    group->check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
+                     op_name_);
+    requests_.clear();
+  }
+  if (device_work_) {
+    device_work_->wait();
+    device_work_.reset();
+  }
+  if (divide_by_size_) received_.div_(group->size());
+  if (!received_.is_same(tensor_)) tensor_.copy_(received_);
   tensor_ = at::Tensor();
+  received_ = at::Tensor();
   input_ = at::Tensor();
 }
 
@@ -371,7 +391,7 @@ void Group::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
 
   if (out.is_cuda()) {
     at::Tensor recv = out.contiguous();
-    device_collectives(kOp).reduce_scatter(recv, send, op);
+    device_collectives(kOp).reduce_scatter(recv, send, op, nullptr);
     if (!recv.is_same(out)) out.copy_(recv);
     count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
     return;
@@ -388,6 +408,47 @@ void Group::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
   if (op == ReduceOp::Avg) recv.div_(size_);
   if (!recv.is_same(out)) out.copy_(recv);
   count(stats_->reduce_scatter, ring_fraction(size_) * double(send.numel() * send.element_size()));
+}
+
+PendingCollective Group::start_reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
+  constexpr const char* kOp = "reduce_scatter";
+  check_tensor(out, kOp, "out");
+  check_tensor(in, kOp, "in");
+  check_pair(where(kOp), out, in);
+  check_reduce(where(kOp), in, op);
+  if (in.numel() != out.numel() * size_) {
+    throw std::invalid_argument(where(kOp) + "in has " + std::to_string(in.numel()) +
+                                " elements, expected group size x out = " +
+                                std::to_string(size_) + " x " + std::to_string(out.numel()));
+  }
+  PendingCollective pending;
+  pending.group_ = this;
+  pending.op_name_ = kOp;
+  pending.tensor_ = out;
+  // The input must not change while it is read: a view of `out` is copied first.
+  at::Tensor send = in.is_alias_of(out) ? in.clone(at::MemoryFormat::Contiguous) : in.contiguous();
+  if (out.is_cuda()) {
+    pending.received_ = out.contiguous();
+    pending.input_ = send;
+    device_collectives(kOp).reduce_scatter(pending.received_, send, op, &pending.device_work_);
+    count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
+    return pending;
+  }
+
+  check_count(where(kOp), out.numel());
+  if (is_half(send.scalar_type())) send = send.to(at::kFloat);
+  pending.received_ = out.is_contiguous() && out.scalar_type() == send.scalar_type()
+                          ? out
+                          : send.new_empty(out.sizes());
+  pending.input_ = send;
+  MPI_Request request;
+  check_mpi(MPI_Ireduce_scatter_block(send.data_ptr(), pending.received_.data_ptr(), static_cast<int>(out.numel()),
+                                      mpi_reduce_type(send.scalar_type()), mpi_op(op), comm_, &request),
+            kOp);
+  pending.requests_.push_back(request);
+  if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
+  count(stats_->reduce_scatter, ring_fraction(size_) * double(send.numel() * send.element_size()));
+  return pending;
 }
 
 void Group::all_gather(at::Tensor& out, const at::Tensor& in) {
@@ -410,7 +471,7 @@ void Group::all_gather(at::Tensor& out, const at::Tensor& in) {
   at::Tensor recv = out.contiguous();
 
   if (out.is_cuda()) {
-    device_collectives(kOp).all_gather(recv, send);
+    device_collectives(kOp).all_gather(recv, send, nullptr);
   } else {
     check_count(where(kOp), in.numel());
     const MPI_Datatype type = mpi_raw_type(in.element_size());
@@ -430,8 +491,8 @@ PendingCollective Group::start_all_gather(at::Tensor& out, const at::Tensor& in)
   check_pair(where(kOp), out, in);
   check_movable(where(kOp), in);
   PendingCollective pending;
-  if (out.is_cuda() || !out.is_contiguous()) {
-    // The NCCL call already returns once enqueued; other CPU layouts take the blocking path.
+  if (!out.is_contiguous()) {
+    // Other layouts take the blocking path.
     all_gather(out, in);
     return pending;
   }
@@ -440,23 +501,28 @@ PendingCollective Group::start_all_gather(at::Tensor& out, const at::Tensor& in)
                                 " elements, expected group size x in = " + std::to_string(size_) +
                                 " x " + std::to_string(in.numel()));
   }
-  check_count(where(kOp), in.numel());
   const std::int64_t chunk_bytes = in.numel() * in.element_size();
   const bool in_place = in.numel() > 0 && in.is_alias_of(out) && in.is_contiguous() &&
                         bytes_of(in) == bytes_of(out) + rank_ * chunk_bytes;
   at::Tensor send = in.contiguous();
   if (!in_place && send.is_alias_of(out)) send = send.clone();
-  const MPI_Datatype type = mpi_raw_type(in.element_size());
-  const int n = static_cast<int>(in.numel());
-  MPI_Request request;
-  check_mpi(MPI_Iallgather(in_place ? MPI_IN_PLACE : send.data_ptr(), n, type, out.data_ptr(), n, type, comm_,
-                           &request),
-            kOp);
-  pending.requests_.push_back(request);
   pending.group_ = this;
   pending.op_name_ = kOp;
   pending.tensor_ = out;
+  pending.received_ = out;
   pending.input_ = send;
+  if (out.is_cuda()) {
+    device_collectives(kOp).all_gather(out, send, &pending.device_work_);
+  } else {
+    check_count(where(kOp), in.numel());
+    const MPI_Datatype type = mpi_raw_type(in.element_size());
+    const int n = static_cast<int>(in.numel());
+    MPI_Request request;
+    check_mpi(MPI_Iallgather(in_place ? MPI_IN_PLACE : send.data_ptr(), n, type, out.data_ptr(), n, type, comm_,
+                             &request),
+              kOp);
+    pending.requests_.push_back(request);
+  }
   count(stats_->all_gather, ring_fraction(size_) * double(out.numel() * out.element_size()));
   return pending;
 }

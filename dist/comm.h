@@ -71,16 +71,18 @@ struct CommStats {
 
 namespace detail {
 class DeviceCollectives;
+class DeviceWork;
 }
 
 class Group;
 
-// A collective in flight (Group::start_all_reduce, Group::start_all_gather). wait()
-// returns once the output holds the result; the destructor of an unwaited one waits
-// too, so a tensor is never left mid-transfer.
+// A collective in flight (Group::start_all_reduce, start_reduce_scatter,
+// start_all_gather). wait() returns once the output holds the result (CUDA: once the
+// caller's stream waits for it); the destructor of an unwaited one waits too, so a
+// tensor is never left mid-transfer.
 class PendingCollective {
  public:
-  PendingCollective() = default;
+  PendingCollective();
   PendingCollective(PendingCollective&&) noexcept;
   PendingCollective& operator=(PendingCollective&&) noexcept;
   ~PendingCollective();
@@ -91,10 +93,12 @@ class PendingCollective {
   friend class Group;
   Group* group_ = nullptr;
   const char* op_name_ = "all_reduce";
-  at::Tensor tensor_;  // the output, kept alive until wait()
-  at::Tensor input_;   // all_gather: what this rank sends, kept alive until wait()
-  std::optional<ReduceOp> divide_by_size_;  // all_reduce with Avg: divide after the sum
+  at::Tensor tensor_;    // the output, kept alive until wait()
+  at::Tensor received_;  // where the data lands (tensor_, or a buffer copied into it at wait())
+  at::Tensor input_;     // what this rank sends, kept alive until wait()
+  std::optional<ReduceOp> divide_by_size_;  // Avg over MPI: divide after the sum
   std::vector<MPI_Request> requests_;
+  std::unique_ptr<detail::DeviceWork> device_work_;  // CUDA: the stream wait still to do
 };
 using PendingAllReduce = PendingCollective;
 
@@ -125,11 +129,17 @@ class Group {
   // all_reduce that returns before the data has moved, so that computation can go on
   // meanwhile (gradient buckets during the backward pass). `t` must be contiguous and
   // stay untouched until wait(). CPU: MPI_Iallreduce; CUDA: enqueued on the NCCL
-  // stream, which runs beside the compute stream.
+  // stream, which runs beside the compute stream until wait() makes the compute stream
+  // wait for it.
   PendingAllReduce start_all_reduce(at::Tensor& t, ReduceOp op = ReduceOp::Sum);
   // `in` holds size() * out.numel() elements; rank r receives the reduction of chunk r
   // of the flattened `in` into `out` (which keeps its shape).
   void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op = ReduceOp::Sum);
+  // reduce_scatter that returns before the data has moved (ZeRO reduces a block's
+  // gradients while the blocks before it run backward). Neither tensor may be touched
+  // until wait(). CPU: MPI_Ireduce_scatter_block; CUDA: enqueued on the NCCL stream.
+  // Counted in CommStats::reduce_scatter like reduce_scatter.
+  PendingCollective start_reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op = ReduceOp::Sum);
   // `out` (size() * in.numel() elements) = every rank's `in`, flattened and concatenated
   // in rank order: for dim-0 stacking, out has shape (size() * in.size(0), ...).
   // `in` may be this rank's own chunk of `out`.

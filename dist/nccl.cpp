@@ -119,31 +119,32 @@ class NcclCollectives final : public DeviceCollectives {
     ncclCommDestroy(comm_);
   }
 
-  void all_reduce(at::Tensor& t, ReduceOp op) override {
+  void all_reduce(at::Tensor& t, ReduceOp op, std::unique_ptr<DeviceWork>* deferred) override {
     const ncclDataType_t type = reduce_type(t, "all_reduce");
-    launch("all_reduce", [&](cudaStream_t stream) {
+    launch("all_reduce", deferred, [&](cudaStream_t stream) {
       return ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), type, nccl_op(op), comm_, stream);
     });
   }
 
-  void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) override {
+  void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op,
+                      std::unique_ptr<DeviceWork>* deferred) override {
     const ncclDataType_t type = reduce_type(in, "reduce_scatter");
-    launch("reduce_scatter", [&](cudaStream_t stream) {
+    launch("reduce_scatter", deferred, [&](cudaStream_t stream) {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), type, nccl_op(op), comm_,
                                stream);
     });
   }
 
-  void all_gather(at::Tensor& out, const at::Tensor& in) override {
+  void all_gather(at::Tensor& out, const at::Tensor& in, std::unique_ptr<DeviceWork>* deferred) override {
     const ncclDataType_t type = raw_type(in, "all_gather");
-    launch("all_gather", [&](cudaStream_t stream) {
+    launch("all_gather", deferred, [&](cudaStream_t stream) {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), type, comm_, stream);
     });
   }
 
   void broadcast(at::Tensor& t, int root) override {
     const ncclDataType_t type = raw_type(t, "broadcast");
-    launch("broadcast", [&](cudaStream_t stream) {
+    launch("broadcast", nullptr, [&](cudaStream_t stream) {
       return ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), type, root, comm_, stream);
     });
   }
@@ -177,8 +178,19 @@ class NcclCollectives final : public DeviceCollectives {
     return type;
   }
 
+  // The event a deferred collective's caller waits on.
+  class Work final : public DeviceWork {
+   public:
+    Work(c10::cuda::CUDAEvent done, c10::DeviceIndex device) : done_(std::move(done)), device_(device) {}
+    void wait() override { done_.block(c10::cuda::getCurrentCUDAStream(device_)); }
+
+   private:
+    c10::cuda::CUDAEvent done_;
+    c10::DeviceIndex device_;
+  };
+
   template <class Call>
-  void launch(const char* op, Call&& call) {
+  void launch(const char* op, std::unique_ptr<DeviceWork>* deferred, Call&& call) {
     c10::cuda::CUDAGuard guard(device_.index());
     const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(device_.index());
     c10::cuda::CUDAEvent inputs_ready;
@@ -187,12 +199,17 @@ class NcclCollectives final : public DeviceCollectives {
 
     check(call(stream_.stream()), op);
 
-    // The caller's stream waits for the collective, and the caching allocator reuses a
+    // The caller's stream waits for the collective (now, or at the deferred wait, until
+    // which the caller keeps the tensors alive), and the caching allocator reuses a
     // freed block only on the stream that allocated it, so the tensors need no
     // recordStream on the group's stream.
     c10::cuda::CUDAEvent done;
     done.record(stream_);
-    done.block(current);
+    if (deferred != nullptr) {
+      *deferred = std::make_unique<Work>(std::move(done), device_.index());
+    } else {
+      done.block(current);
+    }
   }
 
   // Polls every 100 ms until the destructor stops it. Exit status 4: an NCCL failure.

@@ -15,13 +15,27 @@
 
 namespace ftrain::dist::detail {
 
+// A collective enqueued on the group's stream that the caller's stream does not wait
+// for yet, so the caller's kernels run beside it.
+class DeviceWork {
+ public:
+  virtual ~DeviceWork() = default;
+  // Makes the caller's current stream wait for the collective; the host does not wait.
+  virtual void wait() = 0;
+};
+
 // Tensors given here are contiguous, on the group's device, with dtypes NCCL has.
+// Each collective is enqueued on the group's stream after the work already on the
+// caller's stream. With `deferred` null the caller's stream then waits for it, so its
+// next kernels see the result; otherwise *deferred receives the wait to do later, and
+// the caller keeps the tensors alive and untouched until then.
 class DeviceCollectives {
  public:
   virtual ~DeviceCollectives() = default;
-  virtual void all_reduce(at::Tensor& t, ReduceOp op) = 0;
-  virtual void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) = 0;
-  virtual void all_gather(at::Tensor& out, const at::Tensor& in) = 0;
+  virtual void all_reduce(at::Tensor& t, ReduceOp op, std::unique_ptr<DeviceWork>* deferred) = 0;
+  virtual void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op,
+                              std::unique_ptr<DeviceWork>* deferred) = 0;
+  virtual void all_gather(at::Tensor& out, const at::Tensor& in, std::unique_ptr<DeviceWork>* deferred) = 0;
   virtual void broadcast(at::Tensor& t, int root) = 0;
 };
 

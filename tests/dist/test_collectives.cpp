@@ -200,19 +200,37 @@ BOOST_AUTO_TEST_CASE(all_reduce_of_non_contiguous_views) {
 // in: (N*k, 2), flat element f on rank q is 100 q + f. Rank r receives flat elements
 // f = 2kr + m (m < 2k) of the reduction:
 //   sum = 100 N(N-1)/2 + N (2kr + m),  avg = sum / N,  max = 100 (N-1) + 2kr + m
+// The same through start_reduce_scatter, with a second one started before the first
+// is waited for, and counted alike.
 BOOST_AUTO_TEST_CASE(reduce_scatter_gives_each_rank_its_reduced_chunk) {
   const int n = comm().world_size();
   const int r = comm().rank();
   const int k = 3;
+  for (bool started : {false, true})
   for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max}) {
     for (at::ScalarType type : {at::kDouble, at::kFloat, at::kBFloat16}) {
       // bf16 holds integers exactly only up to 256.
       const double scale = type == at::kBFloat16 ? 10 : 100;
-      BOOST_TEST_CONTEXT(c10::toString(type) << " " << dist::to_string(op)) {
+      BOOST_TEST_CONTEXT((started ? "started " : "") << c10::toString(type) << " " << dist::to_string(op)) {
         at::Tensor in =
             (at::arange(2 * k * n, at::kDouble) + scale * r).reshape({n * k, 2}).to(on_device(type));
         at::Tensor out = at::zeros({k, 2}, on_device(type));
-        comm().world().reduce_scatter(out, in, op);
+        comm().stats().reset();
+        if (started) {
+          at::Tensor ones = at::ones({n}, on_device(type));
+          at::Tensor count = at::zeros({1}, on_device(type));
+          dist::PendingCollective first = comm().world().start_reduce_scatter(out, in, op);
+          dist::PendingCollective second = comm().world().start_reduce_scatter(count, ones, ReduceOp::Sum);
+          BOOST_TEST(!first.done());
+          first.wait();
+          second.wait();
+          BOOST_TEST((first.done() && second.done()));
+          BOOST_TEST(count.item<double>() == double(n));
+          BOOST_TEST(comm().stats().reduce_scatter.calls == 2);
+        } else {
+          comm().world().reduce_scatter(out, in, op);
+          BOOST_TEST(comm().stats().reduce_scatter.calls == 1);
+        }
         std::vector<double> expected;
         for (int m = 0; m < 2 * k; ++m) {
           const double f = 2 * k * r + m;
@@ -229,6 +247,8 @@ BOOST_AUTO_TEST_CASE(reduce_scatter_gives_each_rank_its_reduced_chunk) {
   at::Tensor in = at::zeros({n * k + 1}, on_device(at::kFloat));
   at::Tensor out = at::zeros({k}, on_device(at::kFloat));
   BOOST_CHECK_EXCEPTION(comm().world().reduce_scatter(out, in), std::invalid_argument,
+                        [](const std::invalid_argument& e) { return mentions(e, "reduce_scatter"); });
+  BOOST_CHECK_EXCEPTION(comm().world().start_reduce_scatter(out, in), std::invalid_argument,
                         [](const std::invalid_argument& e) { return mentions(e, "reduce_scatter"); });
 }
 
