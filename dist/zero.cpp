@@ -40,7 +40,7 @@ std::int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<std:
 }  // namespace
 
 // ---------------------------------------------------------------------------------
-// Hooks around a block (stages 2 and 3)
+// Hooks around a block
 //
 // Forward, a block runs as  x -> AfterBlockBackward -> block -> BeforeBlockBackward -> y.
 // Both are identities; backward visits them in reverse, so BeforeBlockBackward's
@@ -49,8 +49,8 @@ std::int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<std:
 // once the gradient of the block's input is complete. The engine runs a parameter's
 // AccumulateGrad as soon as its gradient is ready and before any other ready node, so
 // by then the block's parameter gradients are all accumulated (test_zero checks the
-// result): reduce-scatter them, free the block's gradients and, at stage 3, its
-// parameters.
+// result): reduce-scatter them (in the background with overlap), free the block's
+// gradients and, at stage 3, its parameters.
 
 struct ZeroBlockHooks {
   // Autograd keeps only IValues in ctx->saved_data; a capsule carries the owner.
@@ -73,7 +73,12 @@ struct ZeroBlockHooks {
   }
 
   static void after_block_backward(ZeroSharding& zero, size_t unit) {
-    zero.reduce_unit(unit);
+    if (zero.stage_ == 1) {
+      // Earlier micro-batches only accumulate; without overlap reduce_gradients() reduces.
+      if (zero.reduce_in_backward_) zero.reduce_unit(unit, /*in_background=*/true);
+      return;
+    }
+    zero.reduce_unit(unit, zero.overlap_);
     if (zero.stage_ == 3) zero.free_params(unit);
   }
 };
@@ -125,46 +130,7 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
   for (const auto& [name, p] : params_)
     if (p.scalar_type() != options.dtype().toScalarType() || p.device() != options.device())
       throw std::invalid_argument("ZeroSharding: parameter '" + name + "' differs in dtype or device");
-  if (stage_ >= 2) {
-    build_units(block_param_names);
-    reset_peaks();
-    return;
-  }
-
-  int64_t total = 0;
-  for (const auto& [name, p] : params_) {
-    offsets_.push_back(total);
-    total += p.numel();
-  }
-  const int64_t ranks = dp_.size();
-  shard_numel_ = (total + ranks - 1) / ranks;
-  flat_params_ = torch::zeros({shard_numel_ * ranks}, options);
-  flat_grads_ = torch::zeros({shard_numel_ * ranks}, options);
-
-  torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i].second;
-    at::Tensor view = flat_params_.narrow(0, offsets_[i], p.numel());
-    view.copy_(p.detach().reshape({-1}));
-    p.set_data(view.view(p.sizes()));
-    // Autograd accumulates into an existing gradient in place, so gradients land in
-    // the flat buffer directly.
-    p.mutable_grad() = flat_grads_.narrow(0, offsets_[i], p.numel()).view(p.sizes());
-  }
-
-  const int64_t shard_begin = shard_numel_ * dp_.rank();
-  const int64_t shard_end = shard_begin + shard_numel_;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const int64_t begin = std::max(shard_begin, offsets_[i]);
-    const int64_t end = std::min(shard_end, offsets_[i] + params_[i].second.numel());
-    if (begin >= end) continue;
-    slices_.push_back(Slice{params_[i].first, flat_params_.narrow(0, begin, end - begin),
-                            flat_grads_.narrow(0, begin, end - begin), begin - offsets_[i], params_[i].second.numel(),
-                            params_[i].second.dim() >= 2, i});
-    slice_shard_offsets_.push_back(begin - shard_begin);
-  }
-  parameter_bytes_ = bytes_of(flat_params_);
-  gradient_bytes_ = bytes_of(flat_grads_);
+  build_units(block_param_names);
   reset_peaks();
 }
 
@@ -202,6 +168,7 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
   }
   if (stage_ == 3) shard_params_ = torch::zeros({shard_numel_}, options);
   shard_grads_ = torch::zeros({shard_numel_}, options);
+  gradient_bytes_ = bytes_of(shard_grads_);
   anchor_ = torch::empty({0}, options).requires_grad_(true);
 
   torch::NoGradGuard no_grad;
@@ -224,9 +191,15 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
           .copy_(unit.full_params.narrow(0, shard_begin, unit.shard_numel));
       release_storage(unit.full_params);
     } else {
-      unit.gathered = true;  // stage 2 keeps every parameter whole
+      unit.gathered = true;  // stages 1 and 2 keep every parameter whole
     }
-    release_storage(unit.full_grads);
+    if (stage_ == 1) {
+      // Gradients accumulate over the micro-batches in the full buffers.
+      unit.grads_held = true;
+      gradient_bytes_ += bytes_of(unit.full_grads);
+    } else {
+      release_storage(unit.full_grads);
+    }
 
     const int64_t shard_end = shard_begin + unit.shard_numel;
     for (size_t i : unit.params) {
@@ -234,8 +207,8 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
       const int64_t end = std::min(shard_end, offsets_[i] + params_[i].second.numel());
       if (begin >= end) continue;
       const int64_t at = unit.shard_offset + begin - shard_begin;
-      // Stage 2's optimizer updates its part of the whole parameters in place;
-      // gather_parameters() then sends it to the other ranks.
+      // At stages 1 and 2 the optimizer updates its part of the whole parameters in
+      // place; gather_parameters() then sends it to the other ranks.
       at::Tensor param = stage_ == 3 ? shard_params_.narrow(0, at, end - begin)
                                      : unit.full_params.narrow(0, begin, end - begin);
       slices_.push_back(Slice{params_[i].first, param, shard_grads_.narrow(0, at, end - begin), begin - offsets_[i],
@@ -249,13 +222,13 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
   } else {
     for (const Unit& unit : units_) parameter_bytes_ += bytes_of(unit.full_params);
   }
-  gradient_bytes_ = bytes_of(shard_grads_);
 }
 
 ZeroSharding::~ZeroSharding() {
-  // A gather still in flight writes into memory that must outlive it.
+  // A collective still in flight writes into memory that must outlive it.
   try {
     finish_prefetch();
+    finish_reduction();
   } catch (...) {
   }
 }
@@ -347,26 +320,58 @@ void ZeroSharding::hold_grads(size_t u) {
   }
 }
 
-void ZeroSharding::reduce_unit(size_t u) {
-  Unit& unit = units_[u];
-  if (!unit.grads_held) return;
-  torch::NoGradGuard no_grad;
-  if (trainable(unit)) {
-    at::Tensor reduced = at::empty({unit.shard_numel}, unit.full_grads.options());
-    reduce_scatter_gradients(reduced, unit.full_grads);
-    // Added, not assigned: micro-batches accumulate in the shard.
-    shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel).add_(reduced);
+bool ZeroSharding::needs_reduction(const Unit& unit) const {
+  return stage_ == 1 ? !unit.reduced : unit.grads_held;
+}
+
+void ZeroSharding::reduce_unit(size_t u, bool in_background) {
+  if (reducing_ && reducing_->unit == u) {
+    finish_reduction();
+    return;
   }
+  Unit& unit = units_[u];
+  if (!needs_reduction(unit)) return;
+  // One reduction in flight at a time; every rank starts and waits for them in the same
+  // order.
+  finish_reduction();
+  unit.reduced = true;
+  Reduction reduction;
+  reduction.unit = u;
+  if (trainable(unit)) {
+    torch::NoGradGuard no_grad;
+    at::Tensor shard = shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel);
+    const bool converts = reduce_dtype_ && *reduce_dtype_ != unit.full_grads.scalar_type();
+    const at::Tensor send = converts ? unit.full_grads.to(*reduce_dtype_) : unit.full_grads;
+    // Stage 1 reduces each unit once a step into its zeroed shard; stages 2 and 3 add
+    // every micro-batch's sum.
+    reduction.add = stage_ != 1 || converts;
+    reduction.out = reduction.add ? at::empty({unit.shard_numel}, send.options()) : shard;
+    if (in_background) {
+      reduction.pending = dp_.start_reduce_scatter(reduction.out, send, ReduceOp::Sum);
+      if (phase_ == Phase::Backward) ++overlapped_reductions_;
+    } else {
+      dp_.reduce_scatter(reduction.out, send, ReduceOp::Sum);
+    }
+  }
+  reducing_ = std::move(reduction);
+  if (!in_background) finish_reduction();
+}
+
+void ZeroSharding::finish_reduction() {
+  if (!reducing_) return;
+  Reduction reduction = std::move(*reducing_);
+  reducing_.reset();
+  reduction.pending.wait();
+  Unit& unit = units_[reduction.unit];
+  torch::NoGradGuard no_grad;
+  if (reduction.add) shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel).add_(reduction.out);
+  if (stage_ == 1) return;  // the full gradients stay for the next step
   release_storage(unit.full_grads);
   unit.grads_held = false;
   count_gradients(-bytes_of(unit.full_grads));
 }
 
 model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
-  if (stage_ == 1)
-    return [inner](size_t index, const at::Tensor& x, const model::BlockForward& block) {
-      return inner ? inner(index, x, block) : block(x);
-    };
   return [this, inner](size_t index, const at::Tensor& x, const model::BlockForward& block) -> at::Tensor {
     // Without blocks the root unit is the whole model, gathered by before_forward() and
     // reduced after backward.
@@ -401,17 +406,30 @@ void ZeroSharding::before_forward() {
   if (torch::GradMode::is_enabled() && trainable(units_[0])) hold_grads(0);
 }
 
-void ZeroSharding::before_backward() {
-  if (stage_ == 1) return;
+void ZeroSharding::before_backward(bool completes_step) {
+  if (stage_ == 1) {
+    // Gradients added after a unit was reduced would be left out of the step.
+    for (size_t u = 0; u < units_.size(); ++u)
+      if (units_[u].reduced)
+        throw std::logic_error("ZeroSharding: a backward pass after the step's gradients were reduced (unit " +
+                               std::to_string(u) + "); zero_grad() comes first");
+    reduce_in_backward_ = completes_step && overlap_;
+  }
   phase_ = Phase::Backward;
   if (trainable(units_[0])) hold_grads(0);
 }
 
 void ZeroSharding::after_backward() {
-  if (stage_ == 1) return;
   phase_ = Phase::Forward;
+  if (stage_ == 1) {
+    // The root's gradients (an embedding tied to the head) are complete only now;
+    // reduce_gradients() reduces it with any block whose hook did not run.
+    reduce_in_backward_ = false;
+    return;
+  }
   if (stage_ == 3) {
     finish_prefetch();
+    finish_reduction();
     return;
   }
   // Stage 2 reduces every micro-batch completely, so between backward passes (and in
@@ -420,6 +438,7 @@ void ZeroSharding::after_backward() {
   // are complete only now, and any block whose backward did not reach its hook. Every
   // rank holds the same units, as every rank runs the same model.
   for (size_t u = 0; u < units_.size(); ++u) reduce_unit(u);
+  finish_reduction();
 }
 
 void ZeroSharding::release() {
@@ -432,71 +451,48 @@ void ZeroSharding::release() {
 // After backward
 
 void ZeroSharding::reduce_gradients() {
-  if (stage_ >= 2) {
-    finish_prefetch();
-    // Held gradients are those no block hook reduced: the root's, and those of a block
-    // whose backward stopped early (at stage 2 after_backward() reduced them already).
-    // Every rank holds the same units, as every rank runs the same model, so all call
-    // the same reduce-scatters.
-    for (size_t u = 0; u < units_.size(); ++u) reduce_unit(u);
-    if (stage_ == 3)
-      for (size_t u = 0; u < units_.size(); ++u) free_params(u);
-    return;
-  }
-  // The optimizer reads only this rank's shard, so a reduce-scatter suffices; stage 1
-  // leaves the sum in its part of the full buffer.
-  at::Tensor mine = flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
-  reduce_scatter_gradients(mine, flat_grads_);
-}
-
-void ZeroSharding::reduce_scatter_gradients(at::Tensor& out, const at::Tensor& in) {
-  if (!reduce_dtype_ || *reduce_dtype_ == in.scalar_type()) {
-    dp_.reduce_scatter(out, in, ReduceOp::Sum);
-    return;
-  }
-  const at::Tensor low = in.to(*reduce_dtype_);
-  at::Tensor reduced = at::empty(out.sizes(), low.options());
-  dp_.reduce_scatter(reduced, low, ReduceOp::Sum);
-  out.copy_(reduced);
-}
-
-at::Tensor ZeroSharding::own_shard_grads() const {
-  return stage_ == 1 ? flat_grads_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_) : shard_grads_;
+  finish_prefetch();
+  // Left are the root's gradients, those of a block whose backward stopped early, and
+  // at stage 1 without overlap every unit (at stage 2 after_backward() reduced them
+  // already). Every rank holds the same units, as every rank runs the same model, so
+  // all call the same reduce-scatters.
+  for (size_t u = 0; u < units_.size(); ++u) reduce_unit(u);
+  finish_reduction();
+  if (stage_ == 3)
+    for (size_t u = 0; u < units_.size(); ++u) free_params(u);
 }
 
 double ZeroSharding::gradient_square_sum() {
   // Each rank sums the squares of its own shard; padding is zero.
-  const double mine = own_shard_grads().to(torch::kFloat64).pow(2).sum().item<double>();
+  const double mine = shard_grads_.to(torch::kFloat64).pow(2).sum().item<double>();
   return dp_.all_reduce(mine, ReduceOp::Sum);
 }
 
 void ZeroSharding::scale_gradients(double factor) {
   torch::NoGradGuard no_grad;
-  own_shard_grads().mul_(factor);
+  shard_grads_.mul_(factor);
 }
 
 void ZeroSharding::gather_parameters() {
   if (stage_ == 3) return;  // gathered unit by unit when used
   torch::NoGradGuard no_grad;
-  if (stage_ == 2) {
-    // Unit by unit, in place: a unit's shards are contiguous only within its own flat
-    // space.
-    for (Unit& unit : units_) {
-      at::Tensor mine = unit.full_params.narrow(0, unit.shard_numel * dp_.rank(), unit.shard_numel);
-      dp_.all_gather(unit.full_params, mine);
-    }
-    return;
+  // Unit by unit, in place: a unit's shards are contiguous only within its own flat
+  // space.
+  for (Unit& unit : units_) {
+    at::Tensor mine = unit.full_params.narrow(0, unit.shard_numel * dp_.rank(), unit.shard_numel);
+    dp_.all_gather(unit.full_params, mine);
   }
-  at::Tensor mine = flat_params_.narrow(0, shard_numel_ * dp_.rank(), shard_numel_);
-  dp_.all_gather(flat_params_, mine);
 }
 
 void ZeroSharding::zero_grad() {
+  finish_reduction();
   torch::NoGradGuard no_grad;
-  if (flat_grads_.defined()) flat_grads_.zero_();
-  if (shard_grads_.defined()) shard_grads_.zero_();
-  for (Unit& unit : units_)
+  shard_grads_.zero_();
+  for (Unit& unit : units_) {
     if (unit.grads_held) unit.full_grads.zero_();
+    unit.reduced = false;
+  }
+  overlapped_reductions_ = 0;
 }
 
 // ---------------------------------------------------------------------------------
@@ -516,12 +512,6 @@ std::vector<std::pair<std::string, at::Tensor>> ZeroSharding::gather_state(
   at::Tensor full = torch::empty({shard_numel_ * ranks}, options);
   dp_.all_gather(full, shard);
   std::vector<std::pair<std::string, at::Tensor>> out;
-  if (stage_ == 1) {
-    for (size_t i = 0; i < params_.size(); ++i)
-      out.emplace_back(params_[i].first,
-                       full.narrow(0, offsets_[i], params_[i].second.numel()).view(params_[i].second.sizes()));
-    return out;
-  }
   // (N * S) -> (N, S): rank r's shard space in row r; a unit's flat space is its
   // columns read row after row.
   const at::Tensor by_rank = full.view({ranks, shard_numel_});

@@ -1,22 +1,22 @@
 // ZeRO-style sharding (Rajbhandari et al., 2020) over the data-parallel group of the
 // optimizer state (stage 1), the gradients (stage 2) and the parameters (stage 3).
 //
-// Every parameter becomes a view into a flat buffer, and its gradient a view into a
-// second one, so a whole model (stage 1) or a whole transformer block (stages 2, 3) is
-// reduced and gathered with single collectives. A flat space is padded to a multiple
-// of the data-parallel size N and cut into N equal contiguous shards; rank d owns
-// shard d. The optimizer updates only the parts of parameters inside its shards
-// (`local_slices`).
+// The model is cut into units: one per transformer block, and the "root" (embeddings,
+// final norm, head: every parameter in no block). Every parameter becomes a view into
+// its unit's flat buffer, and its gradient a view into a second one, so a unit is
+// reduced and gathered with single collectives. A unit's flat space is padded to a
+// multiple of the data-parallel size N and cut into N equal contiguous shards; rank d
+// owns shard d of every unit. The reduced gradients of this rank's shards live in one
+// shard-sized buffer, and the optimizer updates only the parts of parameters inside
+// its shards (`local_slices`).
 //
-//   stage 1: optimizer state sharded; one flat space for the model; backward
-//            accumulates into the full gradient buffer, reduce_gradients()
-//            reduce-scatters it into this rank's part; the updated shard is
-//            all-gathered after the step
-//   stages 2, 3: the model is cut into units: one per transformer block, and the
-//            "root" (embeddings, final norm, head: every parameter in no block). Each
-//            unit has its own padded flat space, so it is reduced (and gathered) alone,
-//            and the reduced gradients of this rank's shards live in a shard-sized
-//            buffer. A unit's full gradients have memory only while its backward runs:
+//   stage 1: optimizer state sharded. Every unit's full gradients stay allocated and
+//            accumulate over the micro-batches; during the backward pass that
+//            completes the step each block's are reduce-scattered into this rank's
+//            shard as soon as the block's backward is done, the root's (complete only
+//            at the end) by reduce_gradients(). After the step each unit's updated
+//            shard is all-gathered.
+//   stages 2, 3: a unit's full gradients have memory only while its backward runs:
 //            once a block's backward is done they are reduce-scattered, added into the
 //            shard gradients (so micro-batches accumulate) and freed.
 //   stage 2: parameters stay whole. The root's full gradients are held from
@@ -31,8 +31,14 @@
 //            gradients once its backward is done. The root stays gathered, and its
 //            gradients held, from before_forward() until reduce_gradients().
 //
-// Communication per step and rank, in elements (psi = parameters, padded per unit at
-// stages 2 and 3), with k micro-batches:
+// Overlap (set_overlap, the trainer's dist.overlap): a block's reduce-scatter is
+// started when its backward is done and waited when the next block's is (one in
+// flight), so it runs while the block before it computes its backward. The price is
+// one more block's full gradients held meanwhile. Without overlap each reduce-scatter
+// completes before backward goes on (stages 2, 3), or runs after it (stage 1).
+//
+// Communication per step and rank, in elements (psi = parameters, padded per unit),
+// with k micro-batches:
 //   stage 1: 2 psi (N-1)/N: the reduce-scatter of the accumulated gradients plus the
 //            all-gather of the updated parameters, the volume of a plain all-reduce
 //   stage 2: (k + 1) psi (N-1)/N: a reduce-scatter of every unit per micro-batch, one
@@ -41,20 +47,20 @@
 //            in backward, reduce-scatter) + 2 psi_root (N-1)/N (one all-gather, one
 //            reduce-scatter); each further micro-batch adds 3 psi_blocks (N-1)/N.
 //
-// A training step at stages 2 and 3:
+// A training step:
 //   model->set_block_runner(zero.block_runner(model::checkpoint_blocks()));  // once
-//   for each micro-batch: before_forward(); loss = ...; before_backward();
+//   for each micro-batch: before_forward(); loss = ...; before_backward(last);
 //                         loss.backward(); after_backward();
 //   reduce_gradients(); [gradient_square_sum, scale_gradients]; optimizer on
 //   local_slices(); gather_parameters() (stage 3: no-op); zero_grad();
 // and an evaluation: before_forward(); forward under no-grad ...; release().
 // At stage 3, until before_forward() the root's parameters have no memory: running the
-// model without it reads freed storage. Stage 1 needs none of the hooks (they are
-// no-ops) but reduce_gradients() and gather_parameters().
+// model without it reads freed storage.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -87,10 +93,9 @@ class ZeroSharding {
 
   // Moves every parameter (and its gradient) into flat buffers; all parameters must
   // share dtype and device, and be equal on every rank. block_param_names[i] names (as
-  // in named_params) the parameters of transformer block i; stage 3 gathers each
-  // block alone and every other parameter as the root unit (with none given, the whole
-  // model is one unit). Stage 2 reduces the gradients of each block alone, stage 3
-  // also gathers each block alone; stage 1 ignores it. No communication.
+  // in named_params) the parameters of transformer block i: each block is a unit, and
+  // every other parameter the root unit (with none given, the whole model is one unit,
+  // reduced after backward). No communication.
   ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
                std::vector<std::vector<std::string>> block_param_names = {});
   ~ZeroSharding();
@@ -100,25 +105,32 @@ class ZeroSharding {
   const std::vector<Slice>& local_slices() const { return slices_; }
   int stage() const { return stage_; }
 
-  // The runner to install in the model (set_block_runner) at stages 2 and 3; block i
-  // of the runner is block_param_names[i]. It runs `inner` (e.g. checkpoint_blocks())
-  // inside the hooks that reduce the block's gradients after its backward (and, at
-  // stage 3, inside the gathered parameters). At stage 1 it runs inner, or the block,
-  // as is.
+  // The runner to install in the model (set_block_runner); block i of the runner is
+  // block_param_names[i]. It runs `inner` (e.g. checkpoint_blocks()) inside the hooks
+  // that reduce the block's gradients after its backward (and, at stage 3, inside the
+  // gathered parameters).
   model::BlockRunner block_runner(model::BlockRunner inner = {});
 
   // Stage 3: gathers the root unit if it is freed (and, while gradients are recorded,
   // gives it a zeroed full gradient buffer). No-op at stages 1 and 2.
   void before_forward();
   // Brackets around loss.backward(), so the runner knows a block run during backward is
-  // a recomputation. before_backward() gives the root gradient memory (stages 2, 3);
-  // at stage 2 after_backward() reduce-scatters every unit still held (the root, blocks
-  // whose backward did not run) and frees it. No-ops at stage 1.
-  void before_backward();
+  // a recomputation. `completes_step`: this backward is the step's last micro-batch
+  // (stage 1 reduces during it; a further backward before zero_grad() is refused).
+  // before_backward() gives the root gradient memory (stages 2, 3); at stage 2
+  // after_backward() reduce-scatters every unit still held (the root, blocks whose
+  // backward did not run) and frees it.
+  void before_backward(bool completes_step);
   void after_backward();
 
+  // Start each block's reduce-scatter when its backward is done and let it run during
+  // the next block's backward (default: off, each completes before backward goes on).
+  void set_overlap(bool overlap) { overlap_ = overlap; }
+  // Reduce-scatters started inside backward passes and waited later, since zero_grad().
+  std::size_t overlapped_reductions() const { return overlapped_reductions_; }
+
   // After the last micro-batch's backward: makes this rank's shard hold the gradients
-  // summed over ranks. Stage 1 reduce-scatters the full buffer; stages 2 and 3 the
+  // summed over ranks: waits for the reduce-scatter in flight and reduce-scatters the
   // units not yet reduced; stage 3 then frees the root's full parameters and gradients.
   void reduce_gradients();
   // Stage 3: frees every gathered unit (after an evaluation). No-op at stages 1 and 2.
@@ -138,10 +150,11 @@ class ZeroSharding {
 
   void zero_grad();
 
-  // Bytes this rank holds now for parameters and for gradients: stage 1 the flat
-  // buffers; stage 2 the whole parameters, and the shard's reduced gradients plus the
-  // units' full gradients held at the moment; stage 3 the shards plus the units
-  // gathered or held at the moment. The peaks are the maxima since construction or
+  // Bytes this rank holds now for parameters and for gradients: stage 1 the whole
+  // parameters, and every unit's full gradients plus the shard's reduced ones; stage 2
+  // the whole parameters, and the shard's reduced gradients plus the units' full
+  // gradients held at the moment; stage 3 the shards plus the units gathered or held
+  // at the moment. The peaks are the maxima since construction or
   // reset_peaks(), counted as buffers are allocated and freed.
   std::int64_t parameter_bytes() const { return parameter_bytes_; }
   std::int64_t gradient_bytes() const { return gradient_bytes_; }
@@ -160,18 +173,24 @@ class ZeroSharding {
   std::vector<at::Tensor> shard_state(const std::vector<at::Tensor>& full_states) const;
 
  private:
-  // dp_.reduce_scatter(out, in, Sum), through reduce_dtype_ when one is set.
-  void reduce_scatter_gradients(at::Tensor& out, const at::Tensor& in);
   std::optional<c10::ScalarType> reduce_dtype_;
-  // Stages 2, 3: a set of parameters reduced (stage 3: gathered) and freed together.
+  // A set of parameters reduced (stage 3: gathered) and freed together.
   struct Unit {
     std::vector<size_t> params;  // indices into params_
     int64_t shard_numel = 0;     // this unit's elements per rank (numel padded / N)
     int64_t shard_offset = 0;    // where this unit's shard starts in the shard buffers
     at::Tensor full_params;      // (shard_numel * N); stage 3: storage released while not gathered
-    at::Tensor full_grads;       // (shard_numel * N); storage released while not held
+    at::Tensor full_grads;       // (shard_numel * N); stages 2, 3: storage released while not held
     bool gathered = false;       // full_params has memory (its gather may be in flight)
     bool grads_held = false;     // full_grads has memory
+    bool reduced = false;        // stage 1: reduce-scattered (or started) this step
+  };
+  // A unit's reduce-scatter in flight.
+  struct Reduction {
+    size_t unit = 0;
+    at::Tensor out;   // receives this rank's shard: the shard gradients themselves, or a buffer added into them
+    bool add = false;
+    PendingCollective pending;
   };
   friend struct ZeroBlockHooks;
 
@@ -183,29 +202,35 @@ class ZeroSharding {
   void finish_prefetch();
   void free_params(size_t unit);
   void hold_grads(size_t unit);
-  void reduce_unit(size_t unit);  // reduce-scatter, add into the shard, free the full gradients
+  bool needs_reduction(const Unit& unit) const;
+  // Reduce-scatter the unit's full gradients into the shard (added at stages 2, 3) and
+  // free them (stages 2, 3), waiting first for the reduction in flight. In the
+  // background: return once started; finish_reduction() completes it.
+  void reduce_unit(size_t unit, bool in_background = false);
+  void finish_reduction();
   void count_parameters(std::int64_t bytes);
   void count_gradients(std::int64_t bytes);
-  at::Tensor own_shard_grads() const;  // every gradient this rank's optimizer reads, flat
 
   enum class Phase { Forward, Backward };
 
   Group& dp_;
   int stage_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
-  std::vector<int64_t> offsets_;  // of each parameter in the flat space (stages 2, 3: of its unit)
-  std::vector<size_t> unit_of_;   // stages 2, 3: the unit of each parameter
+  std::vector<int64_t> offsets_;  // of each parameter in its unit's flat space
+  std::vector<size_t> unit_of_;   // the unit of each parameter
   std::vector<int64_t> slice_shard_offsets_;  // where each slice starts in this rank's shard space
-  int64_t shard_numel_ = 0;  // elements of this rank's shard space (stages 2, 3: all units' shards)
-  at::Tensor flat_params_;   // stage 1: (shard_numel * N)
-  at::Tensor flat_grads_;    // stage 1: (shard_numel * N)
+  int64_t shard_numel_ = 0;  // elements of this rank's shard space: all units' shards
   at::Tensor shard_params_;  // stage 3: (shard_numel), this rank's shards of every unit
-  at::Tensor shard_grads_;   // stages 2, 3: (shard_numel), the reduced gradients of this shard
+  at::Tensor shard_grads_;   // (shard_numel), the reduced gradients of this rank's shards
   std::vector<Slice> slices_;
 
-  std::vector<Unit> units_;  // stages 2, 3: the root, then block 0, 1, ...
+  std::vector<Unit> units_;  // the root, then block 0, 1, ...
   std::optional<size_t> prefetching_;  // the unit whose gather is in flight
   PendingCollective prefetch_;
+  std::optional<Reduction> reducing_;  // the reduce-scatter in flight
+  bool overlap_ = false;
+  bool reduce_in_backward_ = false;  // stage 1: this backward completes the step
+  std::size_t overlapped_reductions_ = 0;
   Phase phase_ = Phase::Forward;
   at::Tensor anchor_;  // (0) requiring grad: puts a trainable block's hooks in the graph
 

@@ -165,7 +165,8 @@ std::vector<Section> describe(Config& c) {
       .add("device", &c.dist.device, "cpu | cuda (one GPU per rank, by local rank)")
       .add("bucket_mb", &c.dist.bucket_mb, "gradient all-reduce bucket size in MiB")
       .add("overlap", &c.dist.overlap,
-           "start each gradient bucket's all-reduce as soon as backward has produced it (data parallel, ZeRO 0)")
+           "start gradient reductions during the backward pass: each bucket's all-reduce (ZeRO 0) or each "
+           "transformer block's reduce-scatter (ZeRO 1-3) as soon as backward has produced it")
       .add("zero", &c.zero.stage,
            "ZeRO stage over data-parallel ranks: 0 replicated, 1 sharded optimizer state, 2 + sharded gradients, "
            "3 + sharded parameters (gathered per transformer block)");

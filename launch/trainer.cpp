@@ -113,14 +113,15 @@ class Trainer {
 
     const AdamWOptions adamw{config_.optim.beta1, config_.optim.beta2, config_.optim.eps, config_.optim.weight_decay};
     if (config_.zero.stage > 0) {
-      // Parameters and gradients move into flat buffers; this rank's optimizer sees
-      // only the slices of its shard. Stage 2 reduces the gradients block by block as
-      // backward completes them; stage 3 also gathers the parameters block by block, as
-      // the model runs them.
-      zero_ = std::make_unique<dist::ZeroSharding>(
-          named_params_, comm_.dp(), config_.zero.stage,
-          config_.zero.stage >= 2 ? task_->block_parameter_names() : std::vector<std::vector<std::string>>{});
+      // Parameters and gradients move into flat buffers, one per block; this rank's
+      // optimizer sees only the slices of its shard. The gradients are reduced block
+      // by block as backward completes them (stage 1: in the last micro-batch; with
+      // dist.overlap, while the blocks before run backward); stage 3 also gathers the
+      // parameters block by block, as the model runs them.
+      zero_ = std::make_unique<dist::ZeroSharding>(named_params_, comm_.dp(), config_.zero.stage,
+                                                   task_->block_parameter_names());
       zero_->set_reduce_dtype(reduce_dtype());
+      zero_->set_overlap(config_.dist.overlap);
       std::vector<AdamWSlot> slots;
       for (const auto& slice : zero_->local_slices())
         slots.push_back(AdamWSlot{slice.name, slice.param, slice.grad, slice.is_matrix});
@@ -135,11 +136,11 @@ class Trainer {
     }
 
     // What runs around each transformer block: activation checkpointing inside, ZeRO's
-    // hooks outside it (stage 2: reduce the block's gradients after its backward; stage
-    // 3: gather it too), so the recomputation finds the block's parameters gathered.
+    // hooks outside it (reduce the block's gradients after its backward; stage 3:
+    // gather it too), so the recomputation finds the block's parameters gathered.
     model::BlockRunner runner;
     if (config_.train.activation_checkpointing) runner = model::checkpoint_blocks();
-    if (zero_ && zero_->stage() >= 2) runner = zero_->block_runner(runner);
+    if (zero_) runner = zero_->block_runner(runner);
     if (runner) task_->set_block_runner(runner);
 
     data::LoaderOptions loader_options = config_.data;
@@ -823,7 +824,7 @@ class Trainer {
           AutocastScope autocast(comm_.device().type(), autocast_dtype_);
           loss_sum = task_->loss_sum(batch);  // fp32: the cross-entropy runs on fp32 logits
         }
-        if (zero_) zero_->before_backward();
+        if (zero_) zero_->before_backward(/*completes_step=*/m + 1 == micro_batches.size());
         (loss_sum * (scaler_.scale() / static_cast<double>(global_targets))).backward();
         if (zero_) zero_->after_backward();
         local_loss_sum += loss_sum.detach().to(torch::kFloat64);

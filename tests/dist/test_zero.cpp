@@ -164,6 +164,7 @@ struct RunOptions {
   bool freeze_blocks = false;  // blocks' parameters do not require grad
   bool checkpoint_outside = false;  // checkpoint_blocks(zero.block_runner()) instead
   bool whole_model_unit = false;    // no block names: stage 3 gathers the model as one unit
+  bool overlap = false;             // ZeroSharding::set_overlap
 };
 
 struct RunResult {
@@ -173,6 +174,7 @@ struct RunResult {
   int64_t peak_parameter_bytes = 0;
   int64_t peak_gradient_bytes = 0;
   int64_t gradient_bytes_between_backward = 0;  // the most held after a micro-batch's backward
+  size_t overlapped_reductions = 0;             // in the first step
 };
 
 int64_t global_targets(const RunOptions& options) { return N() * kRows * (kLength - 1) * options.micro_batches; }
@@ -218,6 +220,7 @@ RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
   dist::ZeroSharding zero(named, dp(), options.stage,
                           options.whole_model_unit ? std::vector<std::vector<std::string>>{}
                                                    : block_param_names(*net, kind));
+  zero.set_overlap(options.overlap);
   if (options.checkpoint_outside)
     kind.set_block_runner(*net, model::checkpoint_blocks(zero.block_runner()));
   else
@@ -234,7 +237,7 @@ RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
       const torch::Tensor ids = batch_of(step, m, R());
       zero.before_forward();
       torch::Tensor micro_loss = loss_sum(kind.logits(*net, ids), ids) / double(global_targets(options));
-      zero.before_backward();
+      zero.before_backward(/*completes_step=*/m + 1 == options.micro_batches);
       micro_loss.backward();
       zero.after_backward();
       if (step == 0)
@@ -245,6 +248,7 @@ RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
     if (step == 0) {
       result.peak_parameter_bytes = zero.peak_parameter_bytes();
       result.peak_gradient_bytes = zero.peak_gradient_bytes();
+      result.overlapped_reductions = zero.overlapped_reductions();
     }
     result.losses.push_back(dp().all_reduce(local_loss, dist::ReduceOp::Sum));
     {
@@ -326,22 +330,26 @@ void check_stage3_accounting(const RunResult& run, const ModelKind& kind, const 
                             << run.peak_parameter_bytes << " B, peak gradients " << run.peak_gradient_bytes
                             << " B; unsharded model " << 4 * (root + blocks) << " B");
   // Held at most at once: every shard, the root, and a block with the next one being
-  // prefetched; gradients of the root and of one block.
+  // prefetched; gradients of the root and of one block, or with overlap of two
+  // neighbours (one computing its backward, the one after it being reduced).
   BOOST_TEST(run.peak_parameter_bytes == int64_t(bytes) * (shards + root + largest_pair));
-  BOOST_TEST(run.peak_gradient_bytes ==
-             int64_t(bytes) * (shards + root + (options.freeze_blocks ? 0 : largest_block)));
+  const int64_t held_blocks = options.freeze_blocks ? 0 : options.overlap ? largest_pair : largest_block;
+  BOOST_TEST(run.peak_gradient_bytes == int64_t(bytes) * (shards + root + held_blocks));
+  BOOST_TEST(run.overlapped_reductions ==
+             size_t(options.overlap && !options.freeze_blocks ? micro * n_blocks : 0));
 }
 
 // Stage 2's communication and memory over the first step. Every unit is reduce-scattered
 // in every micro-batch (blocks by their hooks, the root by after_backward) unless
 // frozen, and all-gathered once after the update: k psi (N-1)/N + psi (N-1)/N. The
 // parameters stay whole; the gradients peak at the shards plus the root's and one
-// block's full gradients, held together during a block's backward.
+// block's full gradients, held together during a block's backward (with overlap, two
+// blocks': the one after it is still being reduced).
 void check_stage2_accounting(const RunResult& run, const ModelKind& kind, const RunOptions& options) {
   const std::vector<int64_t> units = padded_unit_numels(kind);
   const double ring = double(N() - 1) / double(N());
   const int64_t bytes = 4;  // float32
-  int64_t psi = 0, shards = 0, blocks = 0, largest_block = 0;
+  int64_t psi = 0, shards = 0, blocks = 0, largest_block = 0, largest_pair = 0;
   for (int64_t n : units) {
     psi += n;
     shards += n / N();
@@ -349,6 +357,7 @@ void check_stage2_accounting(const RunResult& run, const ModelKind& kind, const 
   for (size_t u = 1; u < units.size(); ++u) {
     blocks += units[u];
     largest_block = std::max(largest_block, units[u]);
+    largest_pair = std::max(largest_pair, units[u] + (u + 1 < units.size() ? units[u + 1] : 0));
   }
   const int64_t root = units.front();
   const int64_t micro = options.micro_batches;
@@ -359,7 +368,10 @@ void check_stage2_accounting(const RunResult& run, const ModelKind& kind, const 
   BOOST_TEST(run.first_step.all_gather.bytes_sent == ring * double(bytes * psi));
   BOOST_TEST(run.first_step.all_gather.calls == n_units);
   BOOST_TEST(run.peak_parameter_bytes == bytes * psi);
-  BOOST_TEST(run.peak_gradient_bytes == bytes * (shards + root + (options.freeze_blocks ? 0 : largest_block)));
+  const int64_t held_blocks = options.freeze_blocks ? 0 : options.overlap ? largest_pair : largest_block;
+  BOOST_TEST(run.peak_gradient_bytes == bytes * (shards + root + held_blocks));
+  BOOST_TEST(run.overlapped_reductions ==
+             size_t(options.overlap && !options.freeze_blocks ? micro * (n_units - 1) : 0));
   // Every full gradient is freed once its micro-batch's backward is done.
   BOOST_TEST(run.gradient_bytes_between_backward == bytes * shards);
   if (R() == 0)
@@ -467,8 +479,8 @@ BOOST_AUTO_TEST_CASE(stage2_under_checkpointing_outside_reduces_each_block_once)
 }
 
 BOOST_AUTO_TEST_CASE(stage2_holds_fewer_gradient_bytes_than_stage1) {
-  // Stage 1 keeps the whole padded gradient buffer; stage 2 its shard plus the root's
-  // and one block's full gradients.
+  // Stage 1 keeps every unit's full gradients and its shard of the reduced ones; stage 2
+  // its shard plus the root's and one block's full gradients.
   RunOptions options;
   options.micro_batches = 2;
   options.stage = 1;
@@ -477,20 +489,115 @@ BOOST_AUTO_TEST_CASE(stage2_holds_fewer_gradient_bytes_than_stage1) {
   const RunResult stage2 = run_sharded(gpt2_kind(), options);
   options.stage = 3;
   const RunResult stage3 = run_sharded(gpt2_kind(), options);
+  const std::vector<int64_t> units = padded_unit_numels(gpt2_kind());
   int64_t psi = 0;
-  for (const auto& item : gpt2_kind().make()->named_parameters()) psi += item.value().numel();
-  BOOST_TEST(stage1.peak_gradient_bytes == 4 * ((psi + N() - 1) / N() * N()));
+  for (int64_t n : units) psi += n;
+  BOOST_TEST(stage1.peak_gradient_bytes == 4 * (psi + psi / N()));
   // One rank has nothing to shard: there stage 2 holds the working set on top.
   if (N() > 1) BOOST_TEST(stage2.peak_gradient_bytes < stage1.peak_gradient_bytes);
   BOOST_TEST(stage3.peak_gradient_bytes == stage2.peak_gradient_bytes);  // the same units held at once
-  // Stage 1's sends: one reduce-scatter and one all-gather, whatever the micro-batches.
+  // Stage 1's sends, whatever the micro-batches: each unit reduce-scattered and
+  // all-gathered once, after the backward passes.
   const double ring = double(N() - 1) / double(N());
-  BOOST_TEST(stage1.first_step.reduce_scatter.bytes_sent == ring * 4.0 * double((psi + N() - 1) / N() * N()));
-  BOOST_TEST(stage1.first_step.all_gather.bytes_sent == ring * 4.0 * double((psi + N() - 1) / N() * N()));
+  BOOST_TEST(stage1.first_step.reduce_scatter.bytes_sent == ring * 4.0 * double(psi));
+  BOOST_TEST(stage1.first_step.all_gather.bytes_sent == ring * 4.0 * double(psi));
+  BOOST_TEST(stage1.first_step.reduce_scatter.calls == units.size());
+  BOOST_TEST(stage1.first_step.all_gather.calls == units.size());
+  BOOST_TEST(stage1.overlapped_reductions == 0u);
   if (R() == 0)
-    BOOST_TEST_MESSAGE("N=" << N() << ", gpt2 of " << psi << " parameters, peak gradient bytes per rank: stage 1 "
+    BOOST_TEST_MESSAGE("N=" << N() << ", gpt2 of " << psi << " parameters (padded), peak gradient bytes per rank: stage 1 "
                             << stage1.peak_gradient_bytes << ", stage 2 " << stage2.peak_gradient_bytes
                             << ", stage 3 " << stage3.peak_gradient_bytes);
+}
+
+BOOST_AUTO_TEST_CASE(stage1_with_overlap_reduces_each_block_during_the_last_backward) {
+  // Gradients accumulate over the micro-batches; in the last backward pass each block
+  // is reduce-scattered once its backward is done, the root after the pass. The same
+  // sends as without overlap, and the reference's training.
+  const std::vector<int64_t> units = padded_unit_numels(gpt2_kind());
+  int64_t psi = 0;
+  for (int64_t n : units) psi += n;
+  const double ring = double(N() - 1) / double(N());
+  for (bool checkpoint : {false, true})
+    for (int64_t micro : {1, 3}) {
+      RunOptions options;
+      options.stage = 1;
+      options.overlap = true;
+      options.checkpoint = checkpoint;
+      options.micro_batches = micro;
+      BOOST_TEST_CONTEXT("checkpoint " << checkpoint << ", micro-batches " << micro) {
+        const RunResult actual = run_sharded(gpt2_kind(), options);
+        check_against_reference(actual, run_reference(gpt2_kind(), options));
+        BOOST_TEST(actual.overlapped_reductions == units.size() - 1);
+        BOOST_TEST(actual.first_step.reduce_scatter.calls == units.size());
+        BOOST_TEST(actual.first_step.reduce_scatter.bytes_sent == ring * 4.0 * double(psi));
+        BOOST_TEST(actual.peak_gradient_bytes == 4 * (psi + psi / N()));
+      }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(stage1_refuses_a_backward_after_the_step_was_reduced) {
+  const ModelKind kind = llama_kind();
+  auto net = kind.make();
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : net->named_parameters()) named.emplace_back(item.key(), item.value());
+  dist::ZeroSharding zero(named, dp(), 1, block_param_names(*net, kind));
+  zero.set_overlap(true);
+  kind.set_block_runner(*net, zero.block_runner());
+  const torch::Tensor ids = batch_of(0, 0, R());
+  zero.before_backward(/*completes_step=*/true);
+  loss_sum(kind.logits(*net, ids), ids).backward();
+  zero.after_backward();
+  BOOST_TEST(zero.overlapped_reductions() == 3u);
+  try {
+    zero.before_backward(/*completes_step=*/false);
+    BOOST_FAIL("a further backward pass was accepted");
+  } catch (const std::logic_error& error) {
+    BOOST_TEST(std::string(error.what()).find("zero_grad") != std::string::npos, error.what());
+  }
+  zero.reduce_gradients();
+  zero.zero_grad();
+  BOOST_TEST(zero.overlapped_reductions() == 0u);
+  zero.before_backward(/*completes_step=*/true);  // accepted again
+  zero.after_backward();
+  zero.reduce_gradients();
+  kind.set_block_runner(*net, {});
+}
+
+BOOST_AUTO_TEST_CASE(stages_2_and_3_with_overlap_match_the_reference) {
+  // Each block's reduce-scatter runs while the block before it computes its backward:
+  // the same training and sends, one more block's gradients held at the peak.
+  for (int stage : {2, 3})
+    for (bool llama : {false, true})
+      for (int64_t micro : {1, 2}) {
+        const ModelKind kind = llama ? llama_kind() : gpt2_kind();
+        RunOptions options;
+        options.stage = stage;
+        options.overlap = true;
+        options.micro_batches = micro;
+        options.checkpoint = micro == 2;
+        BOOST_TEST_CONTEXT("stage " << stage << (llama ? ", llama" : ", gpt2") << ", micro-batches " << micro) {
+          if (stage == 2)
+            check_stage2(kind, options);
+          else
+            check_stage3(kind, options);
+        }
+      }
+}
+
+BOOST_AUTO_TEST_CASE(overlap_with_frozen_blocks_reduces_the_root_only) {
+  for (int stage : {1, 2, 3}) {
+    RunOptions options;
+    options.stage = stage;
+    options.overlap = true;
+    options.freeze_blocks = true;
+    options.micro_batches = 2;
+    BOOST_TEST_CONTEXT("stage " << stage) {
+      const RunResult actual = run_sharded(gpt2_kind(), options);
+      check_against_reference(actual, run_reference(gpt2_kind(), options));
+      BOOST_TEST(actual.overlapped_reductions == 0u);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(stage2_without_blocks_reduces_the_whole_model_as_one_unit) {
