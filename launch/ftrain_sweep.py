@@ -543,7 +543,7 @@ def layout_of(config: configparser.ConfigParser, ranks: int, seq_len: int) -> sm
         reduce_dtype_bytes=half[config.get("train", "reduce_dtype")],
         activation_dtype_bytes=half[config.get("train", "precision")],
         transport="nccl" if config.get("dist", "device").startswith("cuda") else "mpi",
-        bucket_mb=config.getfloat("dist", "bucket_mb"))
+        bucket_mb=config.getfloat("dist", "bucket_mb"), overlap=config.getboolean("dist", "overlap"))
 
 
 def dataset_seq_len(path: str) -> int:

@@ -157,6 +157,7 @@ class Layout:
     activation_dtype_bytes: int = FP32  # train.precision: fp32 4, bf16/fp16 2 (autocast)
     transport: str = "mpi"         # "mpi" (CPU tensors) or "nccl" (GPU tensors)
     bucket_mb: float = 25          # dist.bucket_mb
+    overlap: bool = True           # dist.overlap: gradient reductions start during the backward pass
 
     @property
     def dp(self) -> int:
@@ -218,7 +219,7 @@ class Traffic:
     dp_ring_steps: int = 0   # sequential ring steps: 2 (n-1) per all-reduce, n-1 per gather or scatter
     tp_ring_steps: int = 0
     scalar_bytes: float = 0  # the scalar all-reduces of the step (token count, loss, gradient norm)
-    dp_overlappable_bytes: float = 0  # the part that can run under compute (ZeRO-0 buckets, ZeRO-3 blocks)
+    dp_overlappable_bytes: float = 0  # the part that can run under compute (buckets, blocks' collectives)
 
     @property
     def total_bytes(self) -> float:
@@ -250,38 +251,40 @@ def step_traffic(shape: ModelShape, layout: Layout) -> Traffic:
         psi = root + sum(blocks)
         f = ring_fraction(N)
         grad, param = layout.grad_wire_bytes, FP32
+        units = [root, *blocks]
+        padded_root = zero_shard(root, N) * N
+        padded_blocks = sum(zero_shard(b, N) * N for b in blocks)
+        padded = padded_root + padded_blocks
         if layout.zero == 0:
             # Buckets of dist.bucket_mb of parameters, all-reduced: 2 psi (N-1)/N.
             traffic.dp_bytes = 2 * f * psi * grad
             traffic.dp_calls = max(1, math.ceil(psi * FP32 / (layout.bucket_mb * 2**20)))
             traffic.dp_ring_steps = traffic.dp_calls * 2 * (N - 1)
-            traffic.dp_overlappable_bytes = traffic.dp_bytes
+            traffic.dp_overlappable_bytes = traffic.dp_bytes if layout.overlap else 0
         elif layout.zero == 1:
-            # Reduce-scatter of the accumulated gradients, all-gather of the updated
-            # parameters, over the whole model padded to a multiple of N.
-            padded = zero_shard(psi, N) * N
-            traffic.dp_bytes = f * padded * (grad + param)
-            traffic.dp_calls = 2
-            traffic.dp_ring_steps = 2 * (N - 1)
-        elif layout.zero == 2:
             # Per unit (the root, each block), each padded to a multiple of N: a
-            # reduce-scatter of its gradients in every micro-batch, an all-gather of the
-            # updated parameters once per step.
-            units = [root, *blocks]
-            padded = sum(zero_shard(u, N) * N for u in units)
+            # reduce-scatter of the accumulated gradients (the blocks' during the last
+            # backward pass with overlap), an all-gather of the updated parameters.
+            traffic.dp_bytes = f * padded * (grad + param)
+            traffic.dp_calls = 2 * len(units)
+            traffic.dp_ring_steps = traffic.dp_calls * (N - 1)
+            traffic.dp_overlappable_bytes = f * padded_blocks * grad if layout.overlap else 0
+        elif layout.zero == 2:
+            # Per unit: a reduce-scatter of its gradients in every micro-batch (the
+            # blocks' during backward with overlap), an all-gather of the updated
+            # parameters once per step.
             traffic.dp_bytes = f * padded * (accumulation * grad + param)
             traffic.dp_calls = (accumulation + 1) * len(units)
             traffic.dp_ring_steps = traffic.dp_calls * (N - 1)
+            traffic.dp_overlappable_bytes = accumulation * f * padded_blocks * grad if layout.overlap else 0
         else:
             # Per block and micro-batch: all-gather for the forward, again for the
-            # backward, reduce-scatter of its gradients; the root once per step.
-            padded_blocks = [zero_shard(b, N) * N for b in blocks]
-            padded_root = zero_shard(root, N) * N
-            block_bytes = accumulation * f * sum(padded_blocks) * (2 * param + grad)
-            traffic.dp_bytes = block_bytes + f * padded_root * (param + grad)
+            # backward (both prefetched), reduce-scatter of its gradients (during
+            # backward with overlap); the root once per step.
+            traffic.dp_bytes = accumulation * f * padded_blocks * (2 * param + grad) + f * padded_root * (param + grad)
             traffic.dp_calls = accumulation * 3 * len(blocks) + 2
             traffic.dp_ring_steps = traffic.dp_calls * (N - 1)
-            traffic.dp_overlappable_bytes = block_bytes
+            traffic.dp_overlappable_bytes = accumulation * f * padded_blocks * (2 * param + grad * layout.overlap)
     # Scalars travel as 8 bytes: the step's token count and loss over dp; the gradient
     # norm's square sum over dp when ZeRO shards the gradients, over tp when split.
     scalar = 8
@@ -320,25 +323,25 @@ def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> di
         buckets = psi * layout.reduce_dtype_bytes if N > 1 else 0  # the buckets hold reduce_dtype
         return {"parameter_bytes": FP32 * psi, "gradient_bytes": FP32 * psi + buckets,
                 "optimizer_bytes": 2 * FP32 * psi}
-    if layout.zero == 1:
-        padded = zero_shard(psi, N) * N
-        return {"parameter_bytes": FP32 * padded, "gradient_bytes": FP32 * padded,
-                "optimizer_bytes": 2 * FP32 * own_elements(psi, N, dp_rank)}
     units = [root, *blocks]
     shards = sum(zero_shard(u, N) for u in units)
     full = [zero_shard(u, N) * N for u in units]
     optimizer = 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units)
+    if layout.zero == 1:
+        # Whole parameters; every unit's full gradients and the shard's reduced ones.
+        return {"parameter_bytes": FP32 * sum(full), "gradient_bytes": FP32 * (sum(full) + shards),
+                "optimizer_bytes": optimizer}
+    # Full gradients held at once during the backward pass: the root's and a block's,
+    # with overlap also the block after it, still being reduce-scattered.
+    pair = max((full[i] + full[i + 1] for i in range(1, len(full) - 1)), default=max(full[1:], default=0))
+    held = full[0] + (pair if layout.overlap else max(full[1:], default=0))
     if layout.zero == 2:
-        # Whole parameters; the shard's reduced gradients plus, during a block's
-        # backward, the full gradients of the root and of that block.
-        return {"parameter_bytes": FP32 * sum(full),
-                "gradient_bytes": FP32 * (shards + full[0] + max(full[1:], default=0)),
+        # Whole parameters; the shard's reduced gradients plus the full ones held.
+        return {"parameter_bytes": FP32 * sum(full), "gradient_bytes": FP32 * (shards + held),
                 "optimizer_bytes": optimizer}
     # Gathered at once: the root from the first forward to the gradient reduction, and
-    # two neighbouring blocks (one running, the next prefetched); one block's gradients.
-    pair = max((full[i] + full[i + 1] for i in range(1, len(full) - 1)), default=max(full[1:], default=0))
-    return {"parameter_bytes": FP32 * (shards + full[0] + pair),
-            "gradient_bytes": FP32 * (shards + full[0] + max(full[1:], default=0)),
+    # two neighbouring blocks (one running, the next prefetched).
+    return {"parameter_bytes": FP32 * (shards + full[0] + pair), "gradient_bytes": FP32 * (shards + held),
             "optimizer_bytes": optimizer}
 
 
@@ -423,9 +426,10 @@ class Prediction:
 def predict(shape: ModelShape, layout: Layout, hardware: Hardware) -> Prediction:
     """Step time of one layout: compute at mfu x peak, plus the tensor-parallel
     all-reduces (inside the step's critical path), plus the data-parallel traffic not
-    hidden under compute (overlap x compute hides the ZeRO-0 buckets and the ZeRO-3
-    block gathers and reductions; ZeRO-1's reductions follow the backward pass, and the
-    compute stream waits for each of ZeRO-2's, made between blocks)."""
+    hidden under compute (overlap x compute hides what runs beside it: the ZeRO-0
+    buckets, the blocks' reduce-scatters at every ZeRO stage with dist.overlap, and the
+    ZeRO-3 block gathers; the root's reduction and the parameters' all-gather after the
+    step at ZeRO-1/2 are exposed)."""
     traffic = step_traffic(shape, layout)
     tokens = layout.global_batch_size * layout.seq_len
     flops = tokens * flops_per_token(matmul_parameters(shape), shape.layers, shape.width, layout.seq_len,

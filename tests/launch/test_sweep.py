@@ -172,14 +172,15 @@ def test_comm_bytes_follow_the_documented_formulas():
     expected = (2 * 3 * sum(blocks) + 2 * padded_root) * 0.75 * 4 + 3 * 2 * 0.75 * 8
     assert sm.comm_bytes_per_step(shape, zero3) == pytest.approx(expected, rel=1e-12)
     # ZeRO-1 and ZeRO-2 alike with one micro-batch; with two ZeRO-2 reduce-scatters
-    # twice, each unit padded alone.
+    # twice. Each unit is padded alone.
     psi_pad = padded_root + sum(-(-b // 4) * 4 for b in blocks)
     for micro_batches in (1, 2):
         zero2 = sm.Layout(ranks=4, zero=2, micro_batch_size=1, global_batch_size=4 * micro_batches, seq_len=32)
         expected = (micro_batches + 1) * psi_pad * 0.75 * 4 + 3 * 2 * 0.75 * 8
         assert sm.comm_bytes_per_step(shape, zero2) == pytest.approx(expected, rel=1e-12)
     zero1 = sm.Layout(ranks=4, zero=1, micro_batch_size=1, global_batch_size=8, seq_len=32)
-    assert sm.comm_bytes_per_step(shape, zero1) == pytest.approx(2 * psi * 0.75 * 4 + 3 * 2 * 0.75 * 8, rel=1e-12)
+    assert sm.comm_bytes_per_step(shape, zero1) == pytest.approx(2 * psi_pad * 0.75 * 4 + 3 * 2 * 0.75 * 8,
+                                                                 rel=1e-12)
 
 
 def test_predicted_memory_equals_the_memory_record(sweep):
@@ -222,12 +223,17 @@ def test_a_generated_llama_with_shared_key_value_heads(workspace):
 
 
 def test_memory_of_zero_on_uneven_shards():
-    # ZeRO pads psi to a multiple of N at the end of the flat space, so the last rank's
-    # optimizer holds fewer real elements: 173824 over 3 ranks = 57942, 57942, 57940.
+    # ZeRO pads each unit (the root, each block) to a multiple of N at the end of its flat
+    # space, so the last rank's optimizer holds fewer real elements: the root's 73856
+    # over 3 ranks is 24619, 24619, 24618 and each block's 49984 is 16662, 16662, 16660.
     layout = sm.Layout(ranks=3, zero=1, micro_batch_size=1, global_batch_size=3, seq_len=32)
     moments = [sm.training_state_bytes(tiny_gpt2(), layout, rank)["optimizer_bytes"] for rank in range(3)]
-    assert moments == [8 * 57942, 8 * 57942, 8 * 57940]
-    assert sm.training_state_bytes(tiny_gpt2(), layout)["parameter_bytes"] == 4 * 3 * 57942
+    assert moments == [8 * (24619 + 2 * 16662), 8 * (24619 + 2 * 16662), 8 * (24618 + 2 * 16660)]
+    padded = 3 * 24619 + 2 * 3 * 16662
+    memory = sm.training_state_bytes(tiny_gpt2(), layout)
+    assert memory["parameter_bytes"] == 4 * padded
+    # Stage 1 keeps the full gradients and its shard of the reduced ones.
+    assert memory["gradient_bytes"] == 4 * (padded + padded // 3)
 
 
 def test_flops_per_token_are_6N_plus_attention():
@@ -313,21 +319,29 @@ def test_model_command_predicts_and_compares_with_the_sweep(sweep, workspace):
 
 def test_predicted_step_time_is_compute_plus_exposed_communication():
     # Llama-7B, 16 GPUs (two nodes), ZeRO-1, one micro-batch of 4096 tokens per GPU:
-    # compute 4096 x (6 N + 12 L C S) / (0.4 x 989e12); the reduce-scatter (fp32) and
-    # all-gather (fp32) of psi over the network at 50 GB/s plus 2 x 15 steps of 8 us;
-    # ZeRO-1 cannot hide them under the backward pass.
+    # compute 4096 x (6 N + 12 L C S) / (0.4 x 989e12). Per unit (the root: embeddings,
+    # head and final norm; 32 blocks), a reduce-scatter (fp32) and an all-gather (fp32)
+    # over the network at 50 GB/s, each 15 ring steps of 8 us. Without dist.overlap all
+    # of it follows the backward pass; with it the blocks' reduce-scatters run during
+    # the backward pass, hidden up to the compute time.
     spec = json.loads((SOURCE / "configs/sweeps/h100-llama.json").read_text())
     shape = sm.shape_from_config(spec["models"][0]["config"])
     hardware = sm.Hardware()
-    layout = sm.Layout(ranks=16, zero=1, micro_batch_size=1, global_batch_size=16, seq_len=4096,
-                       activation_dtype_bytes=2, transport="nccl")
-    prediction = sm.predict(shape, layout, hardware)
     flops = 4096 * (6 * sm.matmul_parameters(shape) + 12 * 32 * 4096 * 4096)
-    assert prediction.compute_s == pytest.approx(flops / (0.4 * 989e12), rel=1e-12)
-    padded = -(-6738415616 // 16) * 16
-    exchange = 15 / 16 * padded * 8 / 50e9 + 2 * 15 * 8e-6 + 3 * 2 * 15 / 16 * 8 / 50e9
-    assert prediction.dp_comm_s == pytest.approx(exchange, rel=1e-9)
-    assert prediction.step_s == pytest.approx(prediction.compute_s + exchange, rel=1e-9)
+    root = 2 * 32000 * 4096 + 4096
+    block = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    assert root + 32 * block == 6738415616  # both divide by 16: no padding
+    exchange = (15 / 16 * (root + 32 * block) * 8 / 50e9 + 2 * 33 * 15 * 8e-6
+                + 3 * 2 * 15 / 16 * 8 / 50e9)
+    hideable = 15 / 16 * 32 * block * 4 / 50e9
+    for overlap in (False, True):
+        layout = sm.Layout(ranks=16, zero=1, micro_batch_size=1, global_batch_size=16, seq_len=4096,
+                           activation_dtype_bytes=2, transport="nccl", overlap=overlap)
+        prediction = sm.predict(shape, layout, hardware)
+        assert prediction.compute_s == pytest.approx(flops / (0.4 * 989e12), rel=1e-12)
+        exposed = exchange - (min(hideable, prediction.compute_s) if overlap else 0)
+        assert prediction.dp_comm_s == pytest.approx(exposed, rel=1e-9), f"overlap {overlap}"
+        assert prediction.step_s == pytest.approx(prediction.compute_s + exposed, rel=1e-9)
 
 
 FAKE_SBATCH = r"""#!/bin/bash

@@ -112,35 +112,43 @@ def test_memory_counters_follow_the_sharding(workspace):
         assert sum(e["optimizer_bytes"] for e in memory[stage]) == 2 * psi_bytes
         quarter = 2 * 4 * -(-psi_bytes // 4 // 4)
         assert all(e["optimizer_bytes"] <= quarter for e in memory[stage])
-    # ZeRO-1: parameters and gradients whole, one flat space padded to a multiple of 4.
-    padded_psi = 4 * -(-psi_bytes // 4 // 4) * 4
-    assert all(e["parameter_bytes"] == e["gradient_bytes"] == padded_psi for e in memory[1])
-    # ZeRO-2 pads each unit (the root: embeddings and final norm; each block) alone.
-    # Parameters stay whole; gradients peak at the shard's reduced gradients plus the
-    # full gradients of the root and of the block whose backward runs, every other
+    # ZeRO pads each unit (the root: embeddings and final norm; each block) alone to a
+    # multiple of 4. ZeRO-1: parameters and full gradients whole, plus the shard's
+    # reduced gradients.
+    units = parameter_units(workspace)
+    padded = {unit: -(-n // 4) * 4 for unit, n in units.items()}
+    blocks = [padded[f"block{b}"] for b in range(len(units) - 1)]
+    assert len(blocks) == 2 and 4 * sum(units.values()) == psi_bytes
+    shards = sum(padded.values()) // 4
+    for entry in memory[1]:
+        assert entry["parameter_bytes"] == 4 * sum(padded.values())
+        assert entry["gradient_bytes"] == 4 * (sum(padded.values()) + shards)
+    # ZeRO-2: parameters stay whole; gradients peak at the shard's reduced gradients
+    # plus the full gradients of the root, of the block whose backward runs and of the
+    # block after it, whose reduce-scatter runs meanwhile (dist.overlap), every other
     # block's having been reduce-scattered and freed. (This model's root, a 1024-token
     # embedding tied to the head, is more than half of it, so here that working set
     # outweighs what the shard saves; tests/dist/test_zero.cpp checks the drop below
     # ZeRO-1 on a model of more blocks.)
-    units = parameter_units(workspace)
-    padded = {unit: -(-n // 4) * 4 for unit, n in units.items()}
-    blocks = [padded[u] for u in padded if u != "root"]
-    assert len(blocks) == 2 and 4 * sum(units.values()) == psi_bytes
-    shards = sum(padded.values()) // 4
     for entry in memory[2]:
         assert entry["parameter_bytes"] == 4 * sum(padded.values())
-        assert entry["gradient_bytes"] == 4 * (shards + padded["root"] + max(blocks))
+        assert entry["gradient_bytes"] == 4 * (shards + padded["root"] + blocks[0] + blocks[1])
 
 
-def test_overlapped_reduction_gives_the_same_training(workspace):
-    # Buckets reduced during backward (dist.overlap, the default) or after it: the same
-    # sums in the same order, so the same losses to the last bit.
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_overlapped_reduction_gives_the_same_training(workspace, stage):
+    # Buckets (ZeRO 0) or blocks (ZeRO 1-3) reduced during backward (dist.overlap, the
+    # default), or each completed before backward goes on (ZeRO 2, 3) or after it: the
+    # same sums, each of two ranks' values however the collective adds them, so the
+    # same losses to the last bit; with two micro-batches per rank.
     runs = {}
     for overlap in ("true", "false"):
-        run_dir = workspace["root"] / f"overlap_{overlap}"
+        run_dir = workspace["root"] / f"overlap_{overlap}_zero{stage}"
         run_ftrain(2, *base_args(workspace, run_dir, **{"train.steps": 6, "dist.overlap": overlap,
-                                                        "dist.bucket_mb": 0.01}))
+                                                        "dist.bucket_mb": 0.01, "dist.zero": stage,
+                                                        "train.global_batch_size": 16}))
         runs[overlap] = losses(run_dir)
+    assert sorted(runs["true"]) == list(range(1, 7))
     assert runs["true"] == runs["false"]
 
 
