@@ -356,6 +356,15 @@ PendingCollective::~PendingCollective() {
   }
 }
 
+bool PendingCollective::progress() {
+  if (!group_) return true;
+  if (requests_.empty() || device_work_) return false;
+  int arrived = 0;
+  group_->check_mpi(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &arrived, MPI_STATUSES_IGNORE),
+                    op_name_);
+  return arrived != 0;
+}
+
 void PendingCollective::wait() {
   if (!group_) return;
   Group* group = std::exchange(group_, nullptr);

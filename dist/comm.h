@@ -88,6 +88,11 @@ class PendingCollective {
   ~PendingCollective();
   void wait();
   bool done() const { return group_ == nullptr; }
+  // Lets MPI move the transfer on: Open MPI advances a non-blocking collective only
+  // inside MPI calls, so a caller that computes between start and wait() calls this now
+  // and then (between blocks). True once the data has arrived (wait() still finishes
+  // it). On CUDA the NCCL stream needs no help: false until wait().
+  bool progress();
 
  private:
   friend class Group;

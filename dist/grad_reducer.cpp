@@ -81,6 +81,9 @@ void GradientReducer::on_gradient(std::size_t param, const at::Tensor& incoming)
   }
   bucket.filled[k] = 1;
   if (++bucket.ready == bucket.params.size()) start_ready_buckets();
+  // Buckets already started move on while backward computes the rest.
+  for (std::size_t i = 0; i < next_to_start_; ++i)
+    if (!buckets_[i].pending.done()) buckets_[i].pending.progress();
 }
 
 void GradientReducer::start_ready_buckets() {

@@ -65,6 +65,7 @@ struct ZeroBlockHooks {
   }
 
   static void before_block_backward(ZeroSharding& zero, size_t unit) {
+    zero.progress();
     if (zero.stage_ == 3) {
       zero.ensure_gathered(unit);
       if (unit > 1) zero.prefetch(unit - 1);  // the block before; unit 0 is the root
@@ -320,6 +321,11 @@ void ZeroSharding::hold_grads(size_t u) {
   }
 }
 
+void ZeroSharding::progress() {
+  if (reducing_) reducing_->pending.progress();
+  if (prefetching_) prefetch_.progress();
+}
+
 bool ZeroSharding::needs_reduction(const Unit& unit) const {
   return stage_ == 1 ? !unit.reduced : unit.grads_held;
 }
@@ -384,6 +390,7 @@ model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
     // outside this runner): its hooks free it after its own backward.
     const bool recomputing = phase_ == Phase::Backward;
     const bool gathers = stage_ == 3;
+    progress();
     if (gathers) {
       ensure_gathered(u);
       if (!recomputing && u + 1 < units_.size()) prefetch(u + 1);

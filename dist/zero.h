@@ -208,6 +208,8 @@ class ZeroSharding {
   // background: return once started; finish_reduction() completes it.
   void reduce_unit(size_t unit, bool in_background = false);
   void finish_reduction();
+  // Lets the collectives in flight move on (MPI advances them only inside MPI calls).
+  void progress();
   void count_parameters(std::int64_t bytes);
   void count_gradients(std::int64_t bytes);
 
