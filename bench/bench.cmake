@@ -22,3 +22,8 @@ set_target_properties(ftrain-bench-loader PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${
 ftrain_python_test(test_compare SCRIPT ${PROJECT_SOURCE_DIR}/tests/bench/test_compare.py TIMEOUT 900)
 set_tests_properties(test_compare PROPERTIES REQUIRED_FILES
                      "$<TARGET_FILE:ftrain>;$<TARGET_FILE:ftrain-bench-loader>;$<TARGET_FILE:ftrain-bench-checkpoint>")
+
+# Smoke test of bench/overlap.py on a tiny GPT-2 under mpirun: both sides of two ZeRO
+# stages run, send the same bytes and train alike; no timing.
+ftrain_python_test(test_overlap SCRIPT ${PROJECT_SOURCE_DIR}/tests/bench/test_overlap.py LABELS mpi TIMEOUT 300)
+set_tests_properties(test_overlap PROPERTIES REQUIRED_FILES "$<TARGET_FILE:ftrain>")
