@@ -238,6 +238,14 @@ void check_count(const std::string& where, std::int64_t count) {
   }
 }
 
+// `out` is rank `rank`'s chunk of `in`, both contiguous and of one dtype: a
+// reduce-scatter can run in place.
+bool is_own_chunk(const at::Tensor& out, const at::Tensor& in, int rank) {
+  return out.numel() > 0 && out.is_alias_of(in) && out.is_contiguous() && in.is_contiguous() &&
+         out.scalar_type() == in.scalar_type() &&
+         bytes_of(out) == bytes_of(in) + rank * out.numel() * static_cast<std::int64_t>(out.element_size());
+}
+
 }  // namespace
 
 detail::DeviceCollectives& Group::device_collectives(const char* op) {
@@ -395,6 +403,24 @@ void Group::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
                                 " elements, expected group size x out = " +
                                 std::to_string(size_) + " x " + std::to_string(out.numel()));
   }
+  const std::int64_t n = out.numel();
+  if (is_own_chunk(out, in, rank_) && (out.is_cuda() || !is_half(in.scalar_type()))) {
+    // In place: NCCL takes out = in + rank * n as such; MPI_IN_PLACE leaves the result at
+    // the start of `in`, and moves it to this rank's chunk.
+    if (out.is_cuda()) {
+      device_collectives(kOp).reduce_scatter(out, in, op, nullptr);
+    } else {
+      check_count(where(kOp), n);
+      check_mpi(MPI_Reduce_scatter_block(MPI_IN_PLACE, in.data_ptr(), static_cast<int>(n),
+                                         mpi_reduce_type(in.scalar_type()), mpi_op(op), comm_),
+                kOp);
+      const at::Tensor result = in.view({-1}).narrow(0, 0, n);
+      if (op == ReduceOp::Avg) result.div_(size_);
+      if (rank_ != 0) out.view({-1}).copy_(result);
+    }
+    count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
+    return;
+  }
   // The input must not change while it is read: a view of `out` is copied first.
   at::Tensor send = in.is_alias_of(out) ? in.clone(at::MemoryFormat::Contiguous) : in.contiguous();
 
@@ -434,6 +460,26 @@ PendingCollective Group::start_reduce_scatter(at::Tensor& out, const at::Tensor&
   pending.group_ = this;
   pending.op_name_ = kOp;
   pending.tensor_ = out;
+  const std::int64_t n = out.numel();
+  if (is_own_chunk(out, in, rank_) && (out.is_cuda() || !is_half(in.scalar_type()))) {
+    // In place, as in reduce_scatter; wait() moves MPI's result to this rank's chunk.
+    pending.input_ = in;
+    if (out.is_cuda()) {
+      pending.received_ = out;
+      device_collectives(kOp).reduce_scatter(out, in, op, &pending.device_work_);
+    } else {
+      check_count(where(kOp), n);
+      pending.received_ = rank_ == 0 ? out : in.view({-1}).narrow(0, 0, n).view(out.sizes());
+      MPI_Request request;
+      check_mpi(MPI_Ireduce_scatter_block(MPI_IN_PLACE, in.data_ptr(), static_cast<int>(n),
+                                          mpi_reduce_type(in.scalar_type()), mpi_op(op), comm_, &request),
+                kOp);
+      pending.requests_.push_back(request);
+      if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
+    }
+    count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
+    return pending;
+  }
   // The input must not change while it is read: a view of `out` is copied first.
   at::Tensor send = in.is_alias_of(out) ? in.clone(at::MemoryFormat::Contiguous) : in.contiguous();
   if (out.is_cuda()) {

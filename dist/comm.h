@@ -138,7 +138,9 @@ class Group {
   // wait for it.
   PendingAllReduce start_all_reduce(at::Tensor& t, ReduceOp op = ReduceOp::Sum);
   // `in` holds size() * out.numel() elements; rank r receives the reduction of chunk r
-  // of the flattened `in` into `out` (which keeps its shape).
+  // of the flattened `in` into `out` (which keeps its shape). When `out` is this rank's
+  // chunk of `in` (both contiguous, one dtype; ZeRO-1's gradient buffer) the reduction
+  // runs in place, without a copy of `in`, and leaves partial sums in the other chunks.
   void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op = ReduceOp::Sum);
   // reduce_scatter that returns before the data has moved (ZeRO reduces a block's
   // gradients while the blocks before it run backward). Neither tensor may be touched

@@ -168,8 +168,12 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
     shard_numel_ += unit.shard_numel;
   }
   if (stage_ == 3) shard_params_ = torch::zeros({shard_numel_}, options);
-  shard_grads_ = torch::zeros({shard_numel_}, options);
-  gradient_bytes_ = bytes_of(shard_grads_);
+  // Stage 1 reduces each unit in place into this rank's chunk of its full gradients.
+  if (stage_ >= 2) {
+    shard_grads_ = torch::zeros({shard_numel_}, options);
+    gradient_bytes_ = bytes_of(shard_grads_);
+    own_grads_ = {shard_grads_};
+  }
   anchor_ = torch::empty({0}, options).requires_grad_(true);
 
   torch::NoGradGuard no_grad;
@@ -198,6 +202,7 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
       // Gradients accumulate over the micro-batches in the full buffers.
       unit.grads_held = true;
       gradient_bytes_ += bytes_of(unit.full_grads);
+      own_grads_.push_back(unit.full_grads.narrow(0, unit.shard_numel * rank, unit.shard_numel));
     } else {
       release_storage(unit.full_grads);
     }
@@ -212,8 +217,10 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
       // place; gather_parameters() then sends it to the other ranks.
       at::Tensor param = stage_ == 3 ? shard_params_.narrow(0, at, end - begin)
                                      : unit.full_params.narrow(0, begin, end - begin);
-      slices_.push_back(Slice{params_[i].first, param, shard_grads_.narrow(0, at, end - begin), begin - offsets_[i],
-                              params_[i].second.numel(), params_[i].second.dim() >= 2, i});
+      at::Tensor grad = stage_ == 1 ? unit.full_grads.narrow(0, begin, end - begin)
+                                    : shard_grads_.narrow(0, at, end - begin);
+      slices_.push_back(Slice{params_[i].first, param, grad, begin - offsets_[i], params_[i].second.numel(),
+                              params_[i].second.dim() >= 2, i});
       slice_shard_offsets_.push_back(at);
     }
   }
@@ -345,13 +352,23 @@ void ZeroSharding::reduce_unit(size_t u, bool in_background) {
   reduction.unit = u;
   if (trainable(unit)) {
     torch::NoGradGuard no_grad;
-    at::Tensor shard = shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel);
     const bool converts = reduce_dtype_ && *reduce_dtype_ != unit.full_grads.scalar_type();
     const at::Tensor send = converts ? unit.full_grads.to(*reduce_dtype_) : unit.full_grads;
-    // Stage 1 reduces each unit once a step into its zeroed shard; stages 2 and 3 add
-    // every micro-batch's sum.
-    reduction.add = stage_ != 1 || converts;
-    reduction.out = reduction.add ? at::empty({unit.shard_numel}, send.options()) : shard;
+    if (stage_ == 1) {
+      // Once a step, in place: this rank's chunk of the full gradients receives the sum.
+      at::Tensor own = unit.full_grads.narrow(0, unit.shard_numel * dp_.rank(), unit.shard_numel);
+      if (converts) {
+        reduction.target = own;
+        reduction.out = at::empty({unit.shard_numel}, send.options());
+      } else {
+        reduction.out = own;
+      }
+    } else {
+      // Every micro-batch's sum is added into the shard.
+      reduction.target = shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel);
+      reduction.add = true;
+      reduction.out = at::empty({unit.shard_numel}, send.options());
+    }
     if (in_background) {
       reduction.pending = dp_.start_reduce_scatter(reduction.out, send, ReduceOp::Sum);
       if (phase_ == Phase::Backward) ++overlapped_reductions_;
@@ -370,7 +387,13 @@ void ZeroSharding::finish_reduction() {
   reduction.pending.wait();
   Unit& unit = units_[reduction.unit];
   torch::NoGradGuard no_grad;
-  if (reduction.add) shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel).add_(reduction.out);
+  if (reduction.target.defined()) {
+    if (reduction.add) {
+      reduction.target.add_(reduction.out);
+    } else {
+      reduction.target.copy_(reduction.out);
+    }
+  }
   if (stage_ == 1) return;  // the full gradients stay for the next step
   release_storage(unit.full_grads);
   unit.grads_held = false;
@@ -471,13 +494,14 @@ void ZeroSharding::reduce_gradients() {
 
 double ZeroSharding::gradient_square_sum() {
   // Each rank sums the squares of its own shard; padding is zero.
-  const double mine = shard_grads_.to(torch::kFloat64).pow(2).sum().item<double>();
+  double mine = 0;
+  for (const at::Tensor& grads : own_grads_) mine += grads.to(torch::kFloat64).pow(2).sum().item<double>();
   return dp_.all_reduce(mine, ReduceOp::Sum);
 }
 
 void ZeroSharding::scale_gradients(double factor) {
   torch::NoGradGuard no_grad;
-  shard_grads_.mul_(factor);
+  for (const at::Tensor& grads : own_grads_) grads.mul_(factor);
 }
 
 void ZeroSharding::gather_parameters() {
@@ -494,7 +518,7 @@ void ZeroSharding::gather_parameters() {
 void ZeroSharding::zero_grad() {
   finish_reduction();
   torch::NoGradGuard no_grad;
-  shard_grads_.zero_();
+  if (shard_grads_.defined()) shard_grads_.zero_();
   for (Unit& unit : units_) {
     if (unit.grads_held) unit.full_grads.zero_();
     unit.reduced = false;

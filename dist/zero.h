@@ -6,17 +6,17 @@
 // its unit's flat buffer, and its gradient a view into a second one, so a unit is
 // reduced and gathered with single collectives. A unit's flat space is padded to a
 // multiple of the data-parallel size N and cut into N equal contiguous shards; rank d
-// owns shard d of every unit. The reduced gradients of this rank's shards live in one
-// shard-sized buffer, and the optimizer updates only the parts of parameters inside
-// its shards (`local_slices`).
+// owns shard d of every unit, and the optimizer updates only the parts of parameters
+// inside its shards (`local_slices`).
 //
 //   stage 1: optimizer state sharded. Every unit's full gradients stay allocated and
 //            accumulate over the micro-batches; during the backward pass that
-//            completes the step each block's are reduce-scattered into this rank's
-//            shard as soon as the block's backward is done, the root's (complete only
-//            at the end) by reduce_gradients(). After the step each unit's updated
-//            shard is all-gathered.
-//   stages 2, 3: a unit's full gradients have memory only while its backward runs:
+//            completes the step each block's are reduce-scattered, in place into this
+//            rank's chunk of them, as soon as the block's backward is done, the root's
+//            (complete only at the end) by reduce_gradients(). After the step each
+//            unit's updated shard is all-gathered.
+//   stages 2, 3: the reduced gradients of this rank's shards live in one shard-sized
+//            buffer. A unit's full gradients have memory only while its backward runs:
 //            once a block's backward is done they are reduce-scattered, added into the
 //            shard gradients (so micro-batches accumulate) and freed.
 //   stage 2: parameters stay whole. The root's full gradients are held from
@@ -151,7 +151,7 @@ class ZeroSharding {
   void zero_grad();
 
   // Bytes this rank holds now for parameters and for gradients: stage 1 the whole
-  // parameters, and every unit's full gradients plus the shard's reduced ones; stage 2
+  // parameters and every unit's full gradients; stage 2
   // the whole parameters, and the shard's reduced gradients plus the units' full
   // gradients held at the moment; stage 3 the shards plus the units gathered or held
   // at the moment. The peaks are the maxima since construction or
@@ -188,7 +188,8 @@ class ZeroSharding {
   // A unit's reduce-scatter in flight.
   struct Reduction {
     size_t unit = 0;
-    at::Tensor out;   // receives this rank's shard: the shard gradients themselves, or a buffer added into them
+    at::Tensor out;     // receives this rank's shard (stage 1: in place, its chunk of the full gradients)
+    at::Tensor target;  // when defined, where `out` goes once it arrived: added (stages 2, 3) or copied
     bool add = false;
     PendingCollective pending;
   };
@@ -223,7 +224,8 @@ class ZeroSharding {
   std::vector<int64_t> slice_shard_offsets_;  // where each slice starts in this rank's shard space
   int64_t shard_numel_ = 0;  // elements of this rank's shard space: all units' shards
   at::Tensor shard_params_;  // stage 3: (shard_numel), this rank's shards of every unit
-  at::Tensor shard_grads_;   // (shard_numel), the reduced gradients of this rank's shards
+  at::Tensor shard_grads_;   // stages 2, 3: (shard_numel), the reduced gradients of this rank's shards
+  std::vector<at::Tensor> own_grads_;  // the reduced gradients this rank's optimizer reads, flat pieces
   std::vector<Slice> slices_;
 
   std::vector<Unit> units_;  // the root, then block 0, 1, ...

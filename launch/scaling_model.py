@@ -328,8 +328,8 @@ def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> di
     full = [zero_shard(u, N) * N for u in units]
     optimizer = 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units)
     if layout.zero == 1:
-        # Whole parameters; every unit's full gradients and the shard's reduced ones.
-        return {"parameter_bytes": FP32 * sum(full), "gradient_bytes": FP32 * (sum(full) + shards),
+        # Whole parameters and gradients (the reduced shard lands in the gradients).
+        return {"parameter_bytes": FP32 * sum(full), "gradient_bytes": FP32 * sum(full),
                 "optimizer_bytes": optimizer}
     # Full gradients held at once during the backward pass: the root's and a block's,
     # with overlap also the block after it, still being reduce-scattered.

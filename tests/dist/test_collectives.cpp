@@ -201,20 +201,22 @@ BOOST_AUTO_TEST_CASE(all_reduce_of_non_contiguous_views) {
 // f = 2kr + m (m < 2k) of the reduction:
 //   sum = 100 N(N-1)/2 + N (2kr + m),  avg = sum / N,  max = 100 (N-1) + 2kr + m
 // The same through start_reduce_scatter, with a second one started before the first
-// is waited for, and counted alike.
+// is waited for, and counted alike; and in place, with `out` this rank's chunk of `in`.
 BOOST_AUTO_TEST_CASE(reduce_scatter_gives_each_rank_its_reduced_chunk) {
   const int n = comm().world_size();
   const int r = comm().rank();
   const int k = 3;
+  for (bool in_place : {false, true})
   for (bool started : {false, true})
   for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max}) {
     for (at::ScalarType type : {at::kDouble, at::kFloat, at::kBFloat16}) {
       // bf16 holds integers exactly only up to 256.
       const double scale = type == at::kBFloat16 ? 10 : 100;
-      BOOST_TEST_CONTEXT((started ? "started " : "") << c10::toString(type) << " " << dist::to_string(op)) {
+      BOOST_TEST_CONTEXT((in_place ? "in place " : "") << (started ? "started " : "") << c10::toString(type) << " "
+                                                       << dist::to_string(op)) {
         at::Tensor in =
             (at::arange(2 * k * n, at::kDouble) + scale * r).reshape({n * k, 2}).to(on_device(type));
-        at::Tensor out = at::zeros({k, 2}, on_device(type));
+        at::Tensor out = in_place ? in.narrow(0, k * r, k) : at::zeros({k, 2}, on_device(type));
         comm().stats().reset();
         if (started) {
           at::Tensor ones = at::ones({n}, on_device(type));

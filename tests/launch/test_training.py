@@ -113,8 +113,8 @@ def test_memory_counters_follow_the_sharding(workspace):
         quarter = 2 * 4 * -(-psi_bytes // 4 // 4)
         assert all(e["optimizer_bytes"] <= quarter for e in memory[stage])
     # ZeRO pads each unit (the root: embeddings and final norm; each block) alone to a
-    # multiple of 4. ZeRO-1: parameters and full gradients whole, plus the shard's
-    # reduced gradients.
+    # multiple of 4. ZeRO-1: parameters and gradients whole (each rank's reduced shard
+    # lands in its chunk of the gradients).
     units = parameter_units(workspace)
     padded = {unit: -(-n // 4) * 4 for unit, n in units.items()}
     blocks = [padded[f"block{b}"] for b in range(len(units) - 1)]
@@ -122,7 +122,7 @@ def test_memory_counters_follow_the_sharding(workspace):
     shards = sum(padded.values()) // 4
     for entry in memory[1]:
         assert entry["parameter_bytes"] == 4 * sum(padded.values())
-        assert entry["gradient_bytes"] == 4 * (sum(padded.values()) + shards)
+        assert entry["gradient_bytes"] == 4 * sum(padded.values())
     # ZeRO-2: parameters stay whole; gradients peak at the shard's reduced gradients
     # plus the full gradients of the root, of the block whose backward runs and of the
     # block after it, whose reduce-scatter runs meanwhile (dist.overlap), every other
