@@ -703,8 +703,12 @@ def series_label(row: dict) -> str:
 
 
 def plot_sweep(rows: list[dict], hardware: str, out: Path) -> None:
-    plt = pyplot()
     ok = [r for r in rows if r.get("tokens_per_s_per_rank")]
+    if not ok:
+        print("ftrain-sweep: no run finished, so there is nothing to plot; each run's ftrain.log says why",
+              file=sys.stderr)
+        return
+    plt = pyplot()
     modes = [m for m in ("weak", "strong") if any(r["scaling"] == m for r in ok)] or ["weak"]
     for name, key, ylabel in (("throughput", "tokens_per_s_per_rank", "tokens/s per rank"),
                               ("efficiency", "efficiency", "scaling efficiency")):
