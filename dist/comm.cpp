@@ -393,6 +393,14 @@ void PendingCollective::wait() {
 }
 
 void Group::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
+  run_reduce_scatter(out, in, op, /*start=*/false).wait();
+}
+
+PendingCollective Group::start_reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
+  return run_reduce_scatter(out, in, op, /*start=*/true);
+}
+
+PendingCollective Group::run_reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op, bool start) {
   constexpr const char* kOp = "reduce_scatter";
   check_tensor(out, kOp, "out");
   check_tensor(in, kOp, "in");
@@ -404,103 +412,46 @@ void Group::reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
                                 std::to_string(size_) + " x " + std::to_string(out.numel()));
   }
   const std::int64_t n = out.numel();
-  if (is_own_chunk(out, in, rank_) && (out.is_cuda() || !is_half(in.scalar_type()))) {
-    // In place: NCCL takes out = in + rank * n as such; MPI_IN_PLACE leaves the result at
-    // the start of `in`, and moves it to this rank's chunk.
-    if (out.is_cuda()) {
-      device_collectives(kOp).reduce_scatter(out, in, op, nullptr);
-    } else {
-      check_count(where(kOp), n);
-      check_mpi(MPI_Reduce_scatter_block(MPI_IN_PLACE, in.data_ptr(), static_cast<int>(n),
-                                         mpi_reduce_type(in.scalar_type()), mpi_op(op), comm_),
-                kOp);
-      const at::Tensor result = in.view({-1}).narrow(0, 0, n);
-      if (op == ReduceOp::Avg) result.div_(size_);
-      if (rank_ != 0) out.view({-1}).copy_(result);
-    }
-    count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
-    return;
-  }
-  // The input must not change while it is read: a view of `out` is copied first.
-  at::Tensor send = in.is_alias_of(out) ? in.clone(at::MemoryFormat::Contiguous) : in.contiguous();
-
-  if (out.is_cuda()) {
-    at::Tensor recv = out.contiguous();
-    device_collectives(kOp).reduce_scatter(recv, send, op, nullptr);
-    if (!recv.is_same(out)) out.copy_(recv);
-    count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
-    return;
-  }
-
-  check_count(where(kOp), out.numel());
-  if (is_half(send.scalar_type())) send = send.to(at::kFloat);
-  at::Tensor recv = out.is_contiguous() && out.scalar_type() == send.scalar_type()
-                        ? out
-                        : send.new_empty(out.sizes());
-  check_mpi(MPI_Reduce_scatter_block(send.data_ptr(), recv.data_ptr(), static_cast<int>(out.numel()),
-                                     mpi_reduce_type(send.scalar_type()), mpi_op(op), comm_),
-            kOp);
-  if (op == ReduceOp::Avg) recv.div_(size_);
-  if (!recv.is_same(out)) out.copy_(recv);
-  count(stats_->reduce_scatter, ring_fraction(size_) * double(send.numel() * send.element_size()));
-}
-
-PendingCollective Group::start_reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) {
-  constexpr const char* kOp = "reduce_scatter";
-  check_tensor(out, kOp, "out");
-  check_tensor(in, kOp, "in");
-  check_pair(where(kOp), out, in);
-  check_reduce(where(kOp), in, op);
-  if (in.numel() != out.numel() * size_) {
-    throw std::invalid_argument(where(kOp) + "in has " + std::to_string(in.numel()) +
-                                " elements, expected group size x out = " +
-                                std::to_string(size_) + " x " + std::to_string(out.numel()));
-  }
   PendingCollective pending;
   pending.group_ = this;
   pending.op_name_ = kOp;
   pending.tensor_ = out;
-  const std::int64_t n = out.numel();
-  if (is_own_chunk(out, in, rank_) && (out.is_cuda() || !is_half(in.scalar_type()))) {
-    // In place, as in reduce_scatter; wait() moves MPI's result to this rank's chunk.
-    pending.input_ = in;
-    if (out.is_cuda()) {
-      pending.received_ = out;
-      device_collectives(kOp).reduce_scatter(out, in, op, &pending.device_work_);
-    } else {
-      check_count(where(kOp), n);
-      pending.received_ = rank_ == 0 ? out : in.view({-1}).narrow(0, 0, n).view(out.sizes());
-      MPI_Request request;
-      check_mpi(MPI_Ireduce_scatter_block(MPI_IN_PLACE, in.data_ptr(), static_cast<int>(n),
-                                          mpi_reduce_type(in.scalar_type()), mpi_op(op), comm_, &request),
-                kOp);
-      pending.requests_.push_back(request);
-      if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
-    }
-    count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
-    return pending;
-  }
-  // The input must not change while it is read: a view of `out` is copied first.
-  at::Tensor send = in.is_alias_of(out) ? in.clone(at::MemoryFormat::Contiguous) : in.contiguous();
+  // In place (out is this rank's chunk of in): NCCL takes out = in + rank * n as such;
+  // MPI_IN_PLACE leaves the result at the start of `in`, and wait() moves it to this
+  // rank's chunk. Otherwise the input must not change while it is read: a view of
+  // `out` is copied first.
+  const bool in_place = is_own_chunk(out, in, rank_) && (out.is_cuda() || !is_half(in.scalar_type()));
+  at::Tensor send = in_place || !in.is_alias_of(out) ? in.contiguous() : in.clone(at::MemoryFormat::Contiguous);
   if (out.is_cuda()) {
-    pending.received_ = out.contiguous();
+    pending.received_ = in_place ? out : out.contiguous();
     pending.input_ = send;
-    device_collectives(kOp).reduce_scatter(pending.received_, send, op, &pending.device_work_);
+    device_collectives(kOp).reduce_scatter(pending.received_, send, op, start ? &pending.device_work_ : nullptr);
     count(stats_->reduce_scatter, ring_fraction(size_) * double(in.numel() * in.element_size()));
     return pending;
   }
 
-  check_count(where(kOp), out.numel());
-  if (is_half(send.scalar_type())) send = send.to(at::kFloat);
-  pending.received_ = out.is_contiguous() && out.scalar_type() == send.scalar_type()
-                          ? out
-                          : send.new_empty(out.sizes());
+  check_count(where(kOp), n);
+  if (is_half(send.scalar_type())) send = send.to(at::kFloat);  // MPI sums 16-bit values as fp32
   pending.input_ = send;
-  MPI_Request request;
-  check_mpi(MPI_Ireduce_scatter_block(send.data_ptr(), pending.received_.data_ptr(), static_cast<int>(out.numel()),
-                                      mpi_reduce_type(send.scalar_type()), mpi_op(op), comm_, &request),
-            kOp);
-  pending.requests_.push_back(request);
+  if (in_place) {
+    pending.received_ = rank_ == 0 ? out : in.view({-1}).narrow(0, 0, n).view(out.sizes());
+  } else {
+    pending.received_ =
+        out.is_contiguous() && out.scalar_type() == send.scalar_type() ? out : send.new_empty(out.sizes());
+  }
+  const void* send_buffer = in_place ? MPI_IN_PLACE : send.data_ptr();
+  void* receive_buffer = in_place ? in.data_ptr() : pending.received_.data_ptr();
+  const MPI_Datatype type = mpi_reduce_type(send.scalar_type());
+  if (start) {
+    MPI_Request request;
+    check_mpi(MPI_Ireduce_scatter_block(send_buffer, receive_buffer, static_cast<int>(n), type, mpi_op(op), comm_,
+                                        &request),
+              kOp);
+    pending.requests_.push_back(request);
+  } else {
+    check_mpi(MPI_Reduce_scatter_block(send_buffer, receive_buffer, static_cast<int>(n), type, mpi_op(op), comm_),
+              kOp);
+  }
   if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
   count(stats_->reduce_scatter, ring_fraction(size_) * double(send.numel() * send.element_size()));
   return pending;

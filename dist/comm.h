@@ -179,6 +179,9 @@ class Group {
   void check_tensor(const at::Tensor& t, const char* op, const char* what) const;
   detail::DeviceCollectives& device_collectives(const char* op);
   void count(CollectiveStats& kind, double bytes);
+  // reduce_scatter (start = false: complete when it returns, after wait()) and
+  // start_reduce_scatter.
+  PendingCollective run_reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op, bool start);
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::string name_;
