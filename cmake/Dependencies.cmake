@@ -18,6 +18,14 @@ find_package(Torch QUIET)
 ftrain_require(Torch_FOUND "LibTorch (the CMake package of the PyPI torch wheel)"
   "scripts/setup.sh, then configure with -DCMAKE_PREFIX_PATH=$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')")
 
+# Some LibTorch wheels (2.11, for one) export their own copies of std::filesystem's
+# functions. An executable whose first needed library is libtorch binds to those, and
+# their remove_all crashes (a null call). Naming libstdc++ first on every link makes
+# the C++ library's own definitions the ones found.
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  string(APPEND CMAKE_EXE_LINKER_FLAGS " -Wl,--push-state,--no-as-needed -lstdc++ -Wl,--pop-state")
+endif()
+
 find_package(MPI QUIET COMPONENTS C)
 ftrain_require(MPI_C_FOUND "MPI" "apt-get install openmpi-bin libopenmpi-dev")
 # ftrain uses the C API only; Open MPI's deprecated C++ bindings would need libmpi_cxx.
