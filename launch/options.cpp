@@ -77,7 +77,12 @@ std::vector<Section> describe(Config& c) {
            "(tensorboard --logdir <run.dir>/tensorboard)")
       .add("step_timeout", &c.run.step_timeout,
            "seconds one step, checkpoint save or evaluation may take before the watchdog aborts the whole job, "
-           "naming the rank and the operation (a dead or hung rank otherwise stalls every other); 0 = never");
+           "naming the rank and the operation (a dead or hung rank otherwise stalls every other); 0 = never")
+      .add("profile_from", &c.run.profile_from,
+           "trace steps from this one (1-based) with the PyTorch profiler: CPU operators and CUDA kernels, to "
+           "<run.dir>/profile/rank_N.json (Perfetto, chrome://tracing); rank 0 prints the kernels that took the "
+           "most time; 0 = off")
+      .add("profile_steps", &c.run.profile_steps, "steps traced from run.profile_from");
 
   sections.emplace_back("model", "[model] the starting weights");
   sections.back()
@@ -200,6 +205,8 @@ void RunOptions::validate() const {
   require_non_negative("run.exit_after_steps", static_cast<double>(exit_after_steps));
   require_non_negative("run.threads", threads);
   require_non_negative("run.step_timeout", step_timeout);
+  require_non_negative("run.profile_from", static_cast<double>(profile_from));
+  if (profile_steps < 1) fail("run.profile_steps", "must be >= 1, got " + std::to_string(profile_steps));
 }
 
 void ModelOptions::validate() const {

@@ -22,6 +22,8 @@ struct RunOptions {
   int threads = 0;              // intra-op threads per rank; 0 = cores / ranks on the node
   double step_timeout = 1800;   // seconds a step (or save, or evaluation) may take before the job aborts; 0 = never
   bool tensorboard = true;      // rank 0 also writes its metrics as TensorBoard event files to <dir>/tensorboard
+  int64_t profile_from = 0;     // first step traced by the PyTorch profiler (1-based); 0 = off
+  int64_t profile_steps = 3;    // steps traced from profile_from
   void validate() const;
 };
 

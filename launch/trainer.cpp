@@ -24,6 +24,7 @@
 #include "launch/checkpoint_writer.h"
 #include "launch/metrics.h"
 #include "launch/precision.h"
+#include "launch/profiler.h"
 #include "launch/signals.h"
 #include "launch/task.h"
 #include "launch/tensorboard.h"
@@ -90,7 +91,10 @@ class Trainer {
         comm_(comm),
         autocast_dtype_(compute_dtype(config.train.precision)),
         scaler_(config.train.precision == "fp16", config.train.loss_scale, config.train.loss_scale_window),
-        watchdog_(config.run.step_timeout, comm.rank()) {}
+        watchdog_(config.run.step_timeout, comm.rank()),
+        profiler_(ProfilerOptions{config.run.profile_from, config.run.profile_steps,
+                                  (std::filesystem::path(config.run.dir) / "profile").string(), comm.rank(),
+                                  comm.device().is_cuda()}) {}
 
   int run() {
     prepare_run_dir();
@@ -793,6 +797,7 @@ class Trainer {
     while (step_ < config_.train.steps) {
       watchdog_.begin("step " + std::to_string(step_ + 1));
       const auto step_start = Clock::now();
+      profiler_.before_step(step_ + 1);
       const double bytes_before_step = comm_.stats().total_bytes_sent();
       set_body_frozen(step_ < config_.train.freeze_base_steps);
       std::vector<TaskBatch> micro_batches;
@@ -883,6 +888,7 @@ class Trainer {
           std::fflush(stdout);
         }
       }
+      profiler_.after_step(step_, step_seconds);
 
       bool stop_early = false;
       // The end of the head-only stage is always validated, to show what it reached.
@@ -926,6 +932,7 @@ class Trainer {
       }
     }
     watchdog_.end();
+    profiler_.finish();
     if (step_ == config_.train.steps) report_validation();
     finish();
     return exit_code;
@@ -981,6 +988,7 @@ class Trainer {
   std::optional<c10::ScalarType> autocast_dtype_;  // none: fp32
   LossScaler scaler_;
   Watchdog watchdog_;
+  StepProfiler profiler_;
   std::vector<std::pair<std::string, torch::Tensor>> named_params_;  // this rank's parts
   dist::TensorParallelPlan plan_;
   std::unique_ptr<AdamW> optimizer_;

@@ -108,6 +108,8 @@ BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
   check({"--dist.tp=0"}, "dist.tp");
   check({"--dist.device=tpu"}, "dist.device");
   check({"--train.steps=0"}, "train.steps");
+  check({"--run.profile_from=-1"}, "run.profile_from");
+  check({"--run.profile_from=2", "--run.profile_steps=0"}, "run.profile_steps");
 
   Config config;
   BOOST_REQUIRE(parse({"--config", base, "--train.global_batch_size=16", "--data.micro_batch_size=4"}, config));
