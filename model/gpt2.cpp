@@ -1,6 +1,7 @@
 #include "model/gpt2.h"
 
 #include "model/dropout.h"
+#include "model/logits.h"
 #include "model/config_fields.h"
 
 #include <torch/torch.h>
@@ -324,7 +325,7 @@ torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids) { return t
 torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
   // (B, T, C) @ (V, C)^T -> (B, T, V)
   const torch::Tensor& head = config_.tie_word_embeddings ? transformer->wte->weight : lm_head->weight;
-  return torch::nn::functional::linear(head_input_hook(hidden_states), head);
+  return vocab_logits(head_input_hook(hidden_states), head);
 }
 
 torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids) { return logits(hidden_states(input_ids)); }
