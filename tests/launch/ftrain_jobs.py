@@ -64,13 +64,26 @@ def prepare_corpus(root, documents):
     return data
 
 
-def tiny_gpt2(directory):
-    """A random GPT-2 small enough for multi-rank runs on a CPU (the tiny tokenizer's
-    vocabulary, 2 layers of width 32), saved as a Hugging Face directory."""
+def tiny_gpt2(directory, vocab_size=1024, width=32):
+    """A random GPT-2 small enough for multi-rank runs on a CPU (by default the tiny
+    tokenizer's vocabulary, 2 layers of width 32), saved as a Hugging Face directory."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=width, n_layer=2,
+                               n_head=4)).save_pretrained(directory, safe_serialization=True)
+    return Path(directory)
+
+
+def tiny_llama(directory, vocab_size=1024, width=32):
+    """A random Llama of 2 layers with grouped-query attention (4 query heads, 2 key/value
+    heads: split at tp 2, replicated at tp 4) and untied embeddings."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=64, tie_word_embeddings=False)).save_pretrained(
         directory, safe_serialization=True)
     return Path(directory)
 

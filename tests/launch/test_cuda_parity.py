@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftrain_jobs import losses, prepare_corpus, records, run_ftrain
+from ftrain_jobs import losses, prepare_corpus, records, run_ftrain, tiny_gpt2, tiny_llama
 
 NO_GPU = "no CUDA device is visible; the CUDA path is not checked here"
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
@@ -28,16 +28,10 @@ STEPS = 20
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cuda_parity")
     data = prepare_corpus(root, 600)
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    # 1030 tokens, not a multiple of 64: the logits run on a padded weight (model/logits.h).
-    gpt2 = root / "gpt2"
-    GPT2LMHeadModel(GPT2Config(vocab_size=1030, n_positions=64, n_embd=64, n_layer=2, n_head=4)).save_pretrained(
-        gpt2, safe_serialization=True)
-    llama = root / "llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 tie_word_embeddings=False)).save_pretrained(llama, safe_serialization=True)
+    # GPT-2 with 1030 tokens, not a multiple of 64: the logits run on a padded weight
+    # (model/logits.h).
+    gpt2 = tiny_gpt2(root / "gpt2", vocab_size=1030, width=64)
+    llama = tiny_llama(root / "llama", vocab_size=1024, width=64)
     return {"root": root, "data": data, "gpt2": gpt2, "llama": llama}
 
 

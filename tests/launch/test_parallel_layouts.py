@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftrain_jobs import losses, prepare_corpus, records, run_ftrain
+from ftrain_jobs import losses, prepare_corpus, records, run_ftrain, tiny_gpt2, tiny_llama
 
 STEPS = 20
 # (tp, dp, ZeRO stage): the layouts the equivalence must hold for.
@@ -20,17 +20,9 @@ LAYOUTS = [(1, 4, 0), (1, 4, 1), (1, 4, 2), (1, 4, 3), (2, 2, 0), (2, 2, 1), (2,
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
     data = prepare_corpus(root, 600)
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
     # 1030 tokens: not a multiple of 4, so the vocabulary shards carry padding rows.
-    gpt2 = root / "gpt2"
-    GPT2LMHeadModel(GPT2Config(vocab_size=1030, n_positions=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        gpt2, safe_serialization=True)
-    # Two key/value heads for four query heads: split at tp 2, replicated at tp 4.
-    llama = root / "llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=1030, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                 tie_word_embeddings=False)).save_pretrained(llama, safe_serialization=True)
+    gpt2 = tiny_gpt2(root / "gpt2", vocab_size=1030)
+    llama = tiny_llama(root / "llama", vocab_size=1030)
     return {"root": root, "data": data, "gpt2": gpt2, "llama": llama}
 
 
