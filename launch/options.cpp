@@ -80,7 +80,7 @@ std::vector<Section> describe(Config& c) {
            "naming the rank and the operation (a dead or hung rank otherwise stalls every other); 0 = never")
       .add("profile_from", &c.run.profile_from,
            "trace steps from this one (1-based) with the PyTorch profiler: CPU operators and CUDA kernels, to "
-           "<run.dir>/profile/rank_N.json (Perfetto, chrome://tracing); rank 0 prints the kernels that took the "
+           "<run.dir>/profile/rank_N_steps_A-B.json (Perfetto, chrome://tracing); rank 0 prints the kernels that took the "
            "most time; 0 = off")
       .add("profile_steps", &c.run.profile_steps, "steps traced from run.profile_from");
 

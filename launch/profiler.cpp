@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <map>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace ftrain::launch {
 
@@ -44,14 +46,17 @@ StepProfiler::~StepProfiler() {
 }
 
 std::string StepProfiler::trace_path() const {
-  char name[32];
-  std::snprintf(name, sizeof(name), "rank_%05d.json", options_.rank);
+  // Named by the steps too: a resumed run's window leaves the earlier part's trace.
+  char name[96];
+  std::snprintf(name, sizeof(name), "rank_%05d_steps_%lld-%lld.json", options_.rank, static_cast<long long>(opened_at_),
+                static_cast<long long>(opened_at_ + traced_steps_ - 1));
   return (fs::path(options_.directory) / name).string();
 }
 
 void StepProfiler::before_step(int64_t step) {
+  const int64_t end = options_.first_step + options_.steps;  // one past the window
   if (options_.first_step == 0) return;
-  if (!active_ && step == options_.first_step) {
+  if (!active_ && traced_steps_ == 0 && step >= options_.first_step && step < end) {
     // Without a GPU, Kineto logs a failed CUDA device count as an error; it is not one.
     if (!options_.cuda) setenv("KINETO_LOG_LEVEL", "5", /*overwrite=*/0);
     std::set<ActivityType> activities{ActivityType::CPU};
@@ -60,6 +65,7 @@ void StepProfiler::before_step(int64_t step) {
     kineto::prepareProfiler(config, activities);
     kineto::enableProfiler(config, activities);
     active_ = true;
+    opened_at_ = step;
   }
   if (active_) scope_ = std::make_unique<StepScope>(step);
 }
@@ -69,7 +75,7 @@ void StepProfiler::after_step(int64_t step, double step_seconds) {
   scope_.reset();
   ++traced_steps_;
   traced_seconds_ += step_seconds;
-  if (step + 1 == options_.first_step + options_.steps) close();
+  if (step + 1 >= options_.first_step + options_.steps) close();
 }
 
 void StepProfiler::finish() {
@@ -109,11 +115,10 @@ void StepProfiler::close() {
 
   const double steps = static_cast<double>(std::max<int64_t>(traced_steps_, 1));
   char line[512];
-  report_.clear();
-  std::snprintf(line, sizeof(line), "ftrain: profiled steps %lld-%lld; trace in %s",
-                static_cast<long long>(options_.first_step),
-                static_cast<long long>(options_.first_step + traced_steps_ - 1), trace_path().c_str());
-  report_.emplace_back(line);
+  std::vector<std::string> report;
+  std::snprintf(line, sizeof(line), "ftrain: profiled steps %lld-%lld; trace in %s", static_cast<long long>(opened_at_),
+                static_cast<long long>(opened_at_ + traced_steps_ - 1), trace_path().c_str());
+  report.emplace_back(line);
   const double wall_ms = 1e3 * traced_seconds_ / steps;
   if (options_.cuda) {
     std::snprintf(line, sizeof(line), "ftrain: per step: %.1f ms wall, %.1f ms of CUDA kernels and copies (%.0f%% busy, "
@@ -123,17 +128,17 @@ void StepProfiler::close() {
     std::snprintf(line, sizeof(line), "ftrain: per step: %.1f ms wall; operators below include the operators they call",
                   wall_ms);
   }
-  report_.emplace_back(line);
+  report.emplace_back(line);
   std::snprintf(line, sizeof(line), "%10s %7s %6s  %s", "ms/step", "calls", "share", options_.cuda ? "kernel" : "operator");
-  report_.emplace_back(line);
+  report.emplace_back(line);
   for (std::size_t i = 0; i < std::min<std::size_t>(sorted.size(), 25); ++i) {
     const auto& [name, total] = sorted[i];
     std::snprintf(line, sizeof(line), "%10.2f %7lld %5.1f%%  %.150s", 1e-6 * total.ns / steps,
                   static_cast<long long>(total.calls / traced_steps_), all_ns > 0 ? 100 * total.ns / all_ns : 0.0,
                   name.c_str());
-    report_.emplace_back(line);
+    report.emplace_back(line);
   }
-  for (const std::string& text : report_) std::printf("%s\n", text.c_str());
+  for (const std::string& text : report) std::printf("%s\n", text.c_str());
   std::fflush(stdout);
 }
 

@@ -1,6 +1,6 @@
 // A window of training steps traced with the PyTorch (Kineto) profiler: every operator
 // on the CPU and, on CUDA, every kernel and copy. Each rank writes the window's trace
-// to <run.dir>/profile/rank_NNNNN.json (open it in Perfetto or chrome://tracing), and
+// to <run.dir>/profile/rank_NNNNN_steps_A-B.json (open it in Perfetto or chrome://tracing), and
 // rank 0 prints where the time went: the CUDA kernels that took the most device time,
 // and how much of each step's wall time the GPU was busy (on the CPU: the operators,
 // nested ones inside their callers).
@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
 namespace ftrain::launch {
 
@@ -29,15 +28,14 @@ class StepProfiler {
   StepProfiler(const StepProfiler&) = delete;
   StepProfiler& operator=(const StepProfiler&) = delete;
 
-  // Around each step, with its 1-based number: the window opens before its first step
-  // and closes (trace written) after its last.
+  // Around each step, with its 1-based number: the window opens before the first step
+  // inside it (a resumed run may start past its first) and closes (trace written)
+  // after its last.
   void before_step(int64_t step);
   void after_step(int64_t step, double step_seconds);
   // Closes the window if training ended inside it.
   void finish();
 
-  // Rank 0's report of the closed window (empty until then), as printed.
-  const std::vector<std::string>& report() const { return report_; }
   std::string trace_path() const;
 
  private:
@@ -45,10 +43,10 @@ class StepProfiler {
 
   ProfilerOptions options_;
   bool active_ = false;
+  int64_t opened_at_ = 0;  // the first step traced
   int64_t traced_steps_ = 0;
   double traced_seconds_ = 0;
   std::unique_ptr<struct StepScope> scope_;
-  std::vector<std::string> report_;
 };
 
 }  // namespace ftrain::launch

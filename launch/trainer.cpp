@@ -914,6 +914,7 @@ class Trainer {
       // The save in flight is committed as soon as every rank has written it.
       commit_saves(/*wait=*/false);
       if (leaving && !last) {
+        profiler_.finish();
         commit_saves(/*wait=*/true);
         if (rank0()) std::cout << "ftrain: stopping after " << config_.run.exit_after_steps << " steps (run.exit_after_steps)\n";
         return exit_code;
@@ -922,6 +923,7 @@ class Trainer {
       // any rank stops every rank after the same step, with the step saved.
       const auto requested = last ? 0 : comm_.world().all_reduce(static_cast<int64_t>(stop_signal()), dist::ReduceOp::Max);
       if (requested != 0) {
+        profiler_.finish();
         if (last_saved_step_ != step_) save_checkpoint();
         commit_saves(/*wait=*/true);
         if (rank0())

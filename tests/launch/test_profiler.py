@@ -35,7 +35,7 @@ def test_the_window_traces_its_steps_on_every_rank_and_changes_nothing(workspace
     assert losses(traced) == losses(plain)
     assert not (plain / "profile").exists(), "no trace without the option"
     for rank in (0, 1):
-        steps, names = traced_steps(traced / f"profile/rank_{rank:05d}.json")
+        steps, names = traced_steps(traced / f"profile/rank_{rank:05d}_steps_3-4.json")
         assert steps == ["ftrain step 3", "ftrain step 4"], f"rank {rank}"
         assert "aten::mm" in names and any(name.startswith("autograd::engine") for name in names), f"rank {rank}"
     # Rank 0 alone reports: the window, the wall time per step, and the busiest operators.
@@ -48,6 +48,22 @@ def test_the_window_traces_its_steps_on_every_rank_and_changes_nothing(workspace
 def test_a_window_past_the_last_step_closes_at_the_end(workspace):
     run_dir = workspace["root"] / "late"
     result = run_ftrain(1, *args(workspace, run_dir, **{"run.profile_from": 5, "run.profile_steps": 10}))
-    steps, _ = traced_steps(run_dir / "profile/rank_00000.json")
+    steps, _ = traced_steps(run_dir / "profile/rank_00000_steps_5-6.json")
     assert steps == ["ftrain step 5", "ftrain step 6"]
     assert "ftrain: profiled steps 5-6" in result.stdout
+
+
+def test_a_stopped_run_writes_its_part_and_a_resumed_run_traces_the_rest(workspace):
+    run_dir = workspace["root"] / "resumed"
+    window = {"run.profile_from": 2, "run.profile_steps": 4, "checkpoint.every": 3}
+    first = run_ftrain(1, *args(workspace, run_dir, **window, **{"run.exit_after_steps": 3}))
+    steps, _ = traced_steps(run_dir / "profile/rank_00000_steps_2-3.json")
+    assert steps == ["ftrain step 2", "ftrain step 3"]
+    assert "ftrain: profiled steps 2-3" in first.stdout
+    # Resumed after step 3: the window's steps 4 and 5 remain; the first part's trace stays.
+    second = run_ftrain(1, *args(workspace, run_dir, **window), "--resume")
+    steps, _ = traced_steps(run_dir / "profile/rank_00000_steps_4-5.json")
+    assert steps == ["ftrain step 4", "ftrain step 5"]
+    assert sorted(p.name for p in (run_dir / "profile").iterdir()) == ["rank_00000_steps_2-3.json",
+                                                                      "rank_00000_steps_4-5.json"]
+    assert "ftrain: profiled steps 4-5" in second.stdout
