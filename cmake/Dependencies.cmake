@@ -95,6 +95,17 @@ if(FTRAIN_WITH_CUDA)
   target_link_libraries(ftrain_nccl INTERFACE ${NCCL_LIBRARY} CUDA::cudart)
   target_compile_definitions(ftrain_nccl INTERFACE FTRAIN_WITH_NCCL=1)
   message(STATUS "ftrain: CUDA/NCCL paths enabled (NCCL: ${NCCL_LIBRARY})")
+  # The project's own kernels (model/fused_ops.cu, model/fused_cross_entropy.cu) for the
+  # data-centre architectures, compiled whenever LibTorch has CUDA so every build checks them.
+  if(NOT CMAKE_CUDA_COMPILER AND CUDAToolkit_NVCC_EXECUTABLE)
+    set(CMAKE_CUDA_COMPILER ${CUDAToolkit_NVCC_EXECUTABLE})
+  endif()
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    set(CMAKE_CUDA_ARCHITECTURES 80 90)
+  endif()
+  set(CMAKE_CUDA_STANDARD 17)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  enable_language(CUDA)
   # libtorch_cuda needs the wheel's libnccl.so.2. The CUDA toolkit's library directory
   # is on LibTorch's rpath too and may hold an older NCCL, so everything that links
   # LibTorch resolves NCCL from the wheel first, at link and at run time.
@@ -109,5 +120,5 @@ endif()
 
 # Flags shared by every ftrain target.
 add_library(ftrain_flags INTERFACE)
-target_compile_options(ftrain_flags INTERFACE -Wall -Wextra -Wno-unused-parameter)
+target_compile_options(ftrain_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
 target_include_directories(ftrain_flags INTERFACE ${PROJECT_SOURCE_DIR})
