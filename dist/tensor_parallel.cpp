@@ -390,6 +390,16 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at
   return at::where(counted, loss, at::zeros_like(loss));
 }
 
+model::VocabShards vocab_shards(Group& group, int64_t vocab_size) {
+  const VocabShard shard = VocabShard::of(vocab_size, group.size(), group.rank());
+  model::VocabShards shards;
+  shards.start = shard.start;
+  shards.vocab_size = vocab_size;
+  shards.all_reduce_max = [&group](at::Tensor& t) { group.all_reduce(t, ReduceOp::Max); };
+  shards.all_reduce_sum = [&group](at::Tensor& t) { group.all_reduce(t, ReduceOp::Sum); };
+  return shards;
+}
+
 // ---------------------------------------------------------------------------------
 // Whole models
 

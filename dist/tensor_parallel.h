@@ -28,6 +28,7 @@
 #include "dist/comm.h"
 #include "model/bert.h"
 #include "model/causal_lm.h"
+#include "model/fused_cross_entropy.h"
 #include "model/classifier.h"
 #include "model/gpt2.h"
 #include "model/linear.h"
@@ -172,6 +173,11 @@ model::InputHook scatter_to_sequence_region_hook(Group& group);
 // Throws std::invalid_argument for a target outside the vocabulary or mismatched shapes.
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& local_logits, const at::Tensor& targets, Group& group,
                                         int64_t vocab_size, int64_t ignore_index = -100);
+
+// This rank's vocabulary rows of a head split over `group`, with the two reductions of
+// per-row statistics over the group, for model::linear_cross_entropy_sum: the same loss
+// as vocab_parallel_cross_entropy without any rank holding a whole chunk of logits.
+model::VocabShards vocab_shards(Group& group, int64_t vocab_size);
 
 // ---------------------------------------------------------------------------------
 // 3. Whole models.

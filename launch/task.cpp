@@ -9,6 +9,7 @@
 #include "launch/metrics.h"
 #include "launch/options.h"
 #include "model/causal_lm.h"
+#include "model/fused_cross_entropy.h"
 #include "model/bert.h"
 #include "model/classifier.h"
 #include "model/gpt2.h"
@@ -140,6 +141,14 @@ TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) con
     out.token_type_ids = host_tensor(batch.token_type_ids, rows, width).to(torch::kInt64).to(device);
 
   if (kind_ == TaskKind::causal_lm) {
+    // Checked here, on the host: on a GPU an id past the vocabulary would be a
+    // device-side assert in the embedding, and the loss reads targets unchecked.
+    const int64_t vocab = model_->lm->vocab_size();
+    for (std::size_t i = 0; i < batch.input_ids.size(); ++i)
+      if (batch.input_ids[i] < 0 || batch.input_ids[i] >= vocab)
+        throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[i / width]) + " has token id " +
+                                 std::to_string(batch.input_ids[i]) + ", outside the model's vocabulary [0, " +
+                                 std::to_string(vocab) + ")");
     out.targets = out.input_ids.slice(1, 1);
     // loss_mask marks positions whose token is a prediction target; the first token of
     // a row is never predicted, and padding never is.
@@ -254,19 +263,18 @@ dist::TensorParallelPlan Task::split(dist::Communicator& comm) {
 
 at::Tensor Task::loss_sum(const TaskBatch& batch) {
   if (model_->lm) {
-    // (B, T, V) logits predict tokens 1..T-1 from positions 0..T-2.
-    torch::Tensor logits = model_->lm->logits(batch.input_ids, batch.attention_mask);
-    torch::Tensor predictions = logits.slice(1, 0, logits.size(1) - 1);  // (B, T-1, V)
+    // Hidden states (B, T, C) at positions 0..T-2 predict tokens 1..T-1; the head and the
+    // cross-entropy run together over row chunks, so the (B, T-1, V) logits never exist.
+    const model::CausalLm::HeadInput head = model_->lm->head_input(batch.input_ids, batch.attention_mask);
+    const int64_t T = head.hidden.size(1);
+    const at::Tensor hidden = head.hidden.slice(1, 0, T - 1).reshape({-1, head.hidden.size(-1)});  // (B (T-1), C)
+    const at::Tensor targets = batch.targets.reshape({-1}), weights = batch.target_mask.reshape({-1});
     if (tp_) {
-      // Each rank holds (B, T-1, V_pad / N) columns; no rank builds the whole logits.
-      at::Tensor per_token = dist::vocab_parallel_cross_entropy(predictions.to(torch::kFloat32), batch.targets, *tp_,
-                                                                model_->lm->vocab_size());
-      return (per_token * batch.target_mask).sum();
+      // Each rank holds V_pad / N rows of the head; no rank computes every logit.
+      const model::VocabShards shards = dist::vocab_shards(*tp_, model_->lm->vocab_size());
+      return model::linear_cross_entropy_sum(hidden, head.weight, targets, weights, &shards);
     }
-    auto per_token = torch::nn::functional::cross_entropy(
-        predictions.reshape({-1, predictions.size(-1)}).to(torch::kFloat32), batch.targets.reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    return (per_token * batch.target_mask.reshape({-1})).sum();
+    return model::linear_cross_entropy_sum(hidden, head.weight, targets, weights);
   }
   // (B, L) or (B, T, L) logits against labels with -100 where there is no target.
   return cross_entropy_sum(model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids),

@@ -84,6 +84,11 @@ CausalLm CausalLm::load(const CausalLmOptions& options) {
     model.module_ = gpt2.ptr();
     model.vocab_size_ = gpt2->config().vocab_size;
     model.logits_ = [gpt2](const at::Tensor& ids, const at::Tensor&) mutable { return gpt2->forward(ids); };
+    model.head_input_ = [gpt2](const at::Tensor& ids, const at::Tensor&) mutable {
+      const at::Tensor& weight = gpt2->config().tie_word_embeddings ? gpt2->transformer->wte->weight
+                                                                    : gpt2->lm_head->weight;
+      return HeadInput{gpt2->head_input_hook(gpt2->hidden_states(ids)), weight};
+    };
     model.save_ = [gpt2](const fs::path& dir, ExistingDirectory existing) mutable { save_gpt2(gpt2, dir, existing); };
     if (splits(options)) {
       const ParameterSlices slices = options.split(model);
@@ -98,6 +103,11 @@ CausalLm CausalLm::load(const CausalLmOptions& options) {
     model.vocab_size_ = llama->config().vocab_size;
     model.logits_ = [llama](const at::Tensor& ids, const at::Tensor& mask) mutable {
       return llama->forward(ids, mask);
+    };
+    model.head_input_ = [llama](const at::Tensor& ids, const at::Tensor& mask) mutable {
+      const at::Tensor& weight = llama->config().tie_word_embeddings ? llama->model->embed_tokens->weight
+                                                                     : llama->lm_head->weight;
+      return HeadInput{llama->head_input_hook(llama->hidden_states(ids, mask)), weight};
     };
     model.save_ = [llama](const fs::path& dir, ExistingDirectory existing) mutable {
       save_llama(llama, dir, existing);

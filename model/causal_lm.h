@@ -48,6 +48,17 @@ class CausalLm {
     return logits_(input_ids, attention_mask);
   }
 
+  // The output layer's input and weight, for a loss that computes the logits itself
+  // (linear_cross_entropy_sum): (B, T) ids -> hidden states (B, T, C) as they enter the
+  // head (after its input hook), and the head weight (V or this rank's vocabulary rows, C).
+  struct HeadInput {
+    at::Tensor hidden;
+    at::Tensor weight;
+  };
+  HeadInput head_input(const at::Tensor& input_ids, const at::Tensor& attention_mask = {}) const {
+    return head_input_(input_ids, attention_mask);
+  }
+
   // Writes config.json and model.safetensors in the family's Hugging Face layout.
   void save(const std::filesystem::path& dir, ExistingDirectory existing) const { save_(dir, existing); }
 
@@ -56,6 +67,7 @@ class CausalLm {
   std::string family_;
   int64_t vocab_size_ = 0;
   std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> logits_;
+  std::function<HeadInput(const at::Tensor&, const at::Tensor&)> head_input_;
   std::function<void(const std::filesystem::path&, ExistingDirectory)> save_;
 };
 
