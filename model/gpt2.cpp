@@ -1,6 +1,7 @@
 #include "model/gpt2.h"
 
 #include "model/dropout.h"
+#include "model/fused_ops.h"
 #include "model/logits.h"
 #include "model/config_fields.h"
 
@@ -210,7 +211,15 @@ MlpImpl::MlpImpl(const Gpt2Config& config)
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   // (B, T, C) -> (B, T, inner) -> (B, T, C)
-  torch::Tensor hidden = torch::gelu(c_fc(input_hook(x)), tanh_gelu_ ? "tanh" : "none");
+  const torch::Tensor input = input_hook(x);
+  torch::Tensor hidden;
+  LinearImpl* fc = c_fc.styled();
+  if (input.is_cuda() && fc && !fc->style().forward) {
+    // The product without its bias, then bias and GELU in one pass (model/fused_ops.h).
+    hidden = fused::bias_gelu(torch::nn::functional::linear(input, fc->weight), fc->bias, tanh_gelu_);
+  } else {
+    hidden = torch::gelu(c_fc(input), tanh_gelu_ ? "tanh" : "none");
+  }
   const torch::Tensor out = c_proj(hidden);
   return hashed_dropout(out, resid_pdrop_, is_training(), residual_part(out));
 }
@@ -228,14 +237,36 @@ BlockImpl::BlockImpl(const Gpt2Config& config, int64_t layer_index) {
   mlp = register_module("mlp", Mlp(config));
 }
 
+namespace {
+
+// LayerNorm of x; on CUDA one kernel (model/fused_ops.h) that writes the dtype the
+// linear layers after it compute in.
+torch::Tensor norm(torch::nn::LayerNorm& ln, const torch::Tensor& x) {
+  if (!x.is_cuda()) return ln(x);
+  return fused::add_layer_norm(x, {}, ln->weight, ln->bias, ln->options.eps(), fused::input_dtype_for_linear(x)).second;
+}
+
+// (x + y, LayerNorm of it): a residual sum and the norm that reads it, one pass on CUDA.
+std::pair<torch::Tensor, torch::Tensor> add_norm(torch::nn::LayerNorm& ln, const torch::Tensor& x,
+                                                 const torch::Tensor& y) {
+  if (!x.is_cuda()) {
+    torch::Tensor sum = x + y;
+    return {sum, ln(sum)};
+  }
+  return fused::add_layer_norm(x, y, ln->weight, ln->bias, ln->options.eps(), fused::input_dtype_for_linear(x));
+}
+
+}  // namespace
+
 torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = x + attn(ln_1(x));
-  return y + mlp(ln_2(y));
+  // y = x + attn(ln_1(x)), then y + mlp(ln_2(y)); the sum y and its norm are one step.
+  auto [y, normed] = add_norm(ln_2, x, attn(norm(ln_1, x)));
+  return y + mlp(normed);
 }
 
 torch::Tensor BlockImpl::forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values) {
-  torch::Tensor y = x + attn->forward_cached(ln_1(x), keys, values);
-  return y + mlp(ln_2(y));
+  auto [y, normed] = add_norm(ln_2, x, attn->forward_cached(norm(ln_1, x), keys, values));
+  return y + mlp(normed);
 }
 
 // ---------------------------------------------------------------------------------
@@ -279,7 +310,7 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
     else
       x = block->forward(x);
   }
-  return blocks_output(ln_f(x));
+  return blocks_output(norm(ln_f, x));
 }
 
 std::vector<std::shared_ptr<torch::nn::Module>> Gpt2TransformerImpl::blocks() {
@@ -306,7 +337,7 @@ torch::Tensor Gpt2TransformerImpl::forward_cached(const torch::Tensor& input_ids
   torch::Tensor x = hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
   for (int64_t i = 0; i < n_layer; ++i)
     x = h[i]->as<BlockImpl>()->forward_cached(x, cache.keys[i], cache.values[i]);
-  return ln_f(x);
+  return norm(ln_f, x);
 }
 
 Gpt2Impl::Gpt2Impl(const Gpt2Config& config) : config_(config) {

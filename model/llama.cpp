@@ -1,6 +1,7 @@
 #include "model/llama.h"
 
 #include "model/dropout.h"
+#include "model/fused_ops.h"
 #include "model/logits.h"
 #include "model/config_fields.h"
 
@@ -333,14 +334,20 @@ LlamaRmsNormImpl::LlamaRmsNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor LlamaRmsNormImpl::forward(const torch::Tensor& x) {
-  // On CUDA, float32 activations (bf16 autocast keeps the residual stream in float32)
-  // go through one fused kernel that computes the same, instead of six passes.
-  if (x.is_cuda() && x.scalar_type() == torch::kFloat && weight.scalar_type() == torch::kFloat)
-    return at::rms_norm(x, {weight.size(0)}, weight, eps_);
+  // On CUDA one kernel (model/fused_ops.h) computes the same in a single pass, and
+  // writes the dtype the linear layers after it compute in.
+  if (x.is_cuda()) return fused::add_rms_norm(x, {}, weight, eps_, fused::input_dtype_for_linear(x)).second;
   // Statistics in float32 whatever the input precision; the scale applies after casting back.
   torch::Tensor h = x.to(torch::kFloat);
   h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return weight * h.to(x.scalar_type());
+}
+
+std::pair<torch::Tensor, torch::Tensor> LlamaRmsNormImpl::forward_added(const torch::Tensor& x,
+                                                                       const torch::Tensor& y) {
+  if (x.is_cuda()) return fused::add_rms_norm(x, y, weight, eps_, fused::input_dtype_for_linear(x));
+  torch::Tensor sum = x + y;
+  return {sum, forward(sum)};
 }
 
 // ---------------------------------------------------------------------------------
@@ -381,6 +388,14 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryAngles& angles) {
   // angles (B or 1, T, hs) -> (B or 1, 1, T, hs), broadcast over heads
   return x * angles.cos.unsqueeze(1) + rotate_half(x) * angles.sin.unsqueeze(1);
+}
+
+// Queries (B, nh, T, hs) and keys (B, nkv, T, hs) turned by their positions' angles; on
+// CUDA both in one kernel, in their own dtype.
+std::pair<torch::Tensor, torch::Tensor> apply_rotary(const torch::Tensor& q, const torch::Tensor& k,
+                                                     const RotaryAngles& angles) {
+  if (q.is_cuda()) return fused::rotary(q, k, angles.cos, angles.sin);
+  return {apply_rotary(q, angles), apply_rotary(k, angles)};
 }
 
 }  // namespace
@@ -435,8 +450,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryAn
   const int64_t B = input.size(0), T = input.size(1);
   // (B, T, C) -> (B, T, n * hs) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
-  torch::Tensor q = apply_rotary(heads(q_proj(input)), angles);
-  torch::Tensor k = apply_rotary(heads(k_proj(input)), angles);
+  auto [q, k] = apply_rotary(heads(q_proj(input)), heads(k_proj(input)), angles);
   torch::Tensor v = heads(v_proj(input));
   // (B, nh, T, hs)
   torch::Tensor y = attend(q, k, v, allowed, /*causal=*/true, is_training() ? attention_dropout_ : 0.0, heads_part(q));
@@ -452,8 +466,7 @@ torch::Tensor LlamaAttentionImpl::forward_cached(const torch::Tensor& x, const R
   // (B, T, C) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
   const torch::Tensor input = input_hook(x);
-  torch::Tensor q = apply_rotary(heads(q_proj(input)), angles);
-  torch::Tensor k = apply_rotary(heads(k_proj(input)), angles);
+  auto [q, k] = apply_rotary(heads(q_proj(input)), heads(k_proj(input)), angles);
   torch::Tensor v = heads(v_proj(input));
   // (B, nkv, T_cached + T, hs): every position so far, keys already rotated by their own angles
   keys = past > 0 ? torch::cat({keys, k}, /*dim=*/2) : k;
@@ -480,7 +493,8 @@ LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& config) {
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
   // (B, T, C) -> 2 x (B, T, intermediate) -> (B, T, C)
   const torch::Tensor input = input_hook(x);
-  return down_proj(torch::silu(gate_proj(input)) * up_proj(input));
+  // silu(gate) * up: one kernel on CUDA
+  return down_proj(fused::swiglu(gate_proj(input), up_proj(input)));
 }
 
 // ---------------------------------------------------------------------------------
@@ -495,15 +509,17 @@ LlamaBlockImpl::LlamaBlockImpl(const LlamaConfig& config, int64_t layer_index) {
 }
 
 torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed) {
-  torch::Tensor h = x + self_attn->forward(input_layernorm(x), angles, allowed);
-  return h + mlp(post_attention_layernorm(h));
+  // h = x + attention(norm(x)), then h + mlp(norm(h)); the sum h and its norm are one step.
+  auto [h, normed] = post_attention_layernorm->forward_added(x, self_attn->forward(input_layernorm(x), angles, allowed));
+  return h + mlp(normed);
 }
 
 torch::Tensor LlamaBlockImpl::forward_cached(const torch::Tensor& x, const RotaryAngles& angles,
                                              const torch::Tensor& allowed, torch::Tensor& keys,
                                              torch::Tensor& values) {
-  torch::Tensor h = x + self_attn->forward_cached(input_layernorm(x), angles, allowed, keys, values);
-  return h + mlp(post_attention_layernorm(h));
+  auto [h, normed] =
+      post_attention_layernorm->forward_added(x, self_attn->forward_cached(input_layernorm(x), angles, allowed, keys, values));
+  return h + mlp(normed);
 }
 
 // ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ftrain::model {
@@ -118,6 +119,8 @@ class LlamaRmsNormImpl : public torch::nn::Module {
  public:
   LlamaRmsNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);  // (..., C) -> (..., C)
+  // (x + y, its norm): a residual sum and the norm that reads it, one pass on CUDA.
+  std::pair<torch::Tensor, torch::Tensor> forward_added(const torch::Tensor& x, const torch::Tensor& y);
 
   torch::Tensor weight;  // (C), ones at init
 
