@@ -31,6 +31,14 @@ AutocastScope::~AutocastScope() {
   at::autocast::set_autocast_dtype(device_, previous_dtype_);
 }
 
+WeightCastCache::WeightCastCache(bool on) : on_(on) {
+  if (on_) at::autocast::increment_nesting();
+}
+
+WeightCastCache::~WeightCastCache() {
+  if (on_ && at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+}
+
 LossScaler::LossScaler(bool enabled, double initial_scale, int64_t growth_interval)
     : enabled_(enabled), scale_(initial_scale), growth_interval_(growth_interval) {}
 

@@ -31,6 +31,24 @@ class AutocastScope {
   c10::ScalarType previous_dtype_ = c10::ScalarType::Undefined;
 };
 
+// While alive (and `on`), autocast keeps its casts of the weights: each fp32 master
+// weight is cast to the compute dtype once, at its first use, and every later use in
+// any micro-batch of the step, and any recomputation under activation checkpointing,
+// reads that copy. Autocast scopes opened inside it no longer drop the cache at their
+// end; it is dropped when this ends, before the optimizer changes the weights. Off
+// where the weights are not held between uses (ZeRO-3 gathers and frees them per
+// block), where a kept copy would hold a whole model.
+class WeightCastCache {
+ public:
+  explicit WeightCastCache(bool on);
+  ~WeightCastCache();
+  WeightCastCache(const WeightCastCache&) = delete;
+  WeightCastCache& operator=(const WeightCastCache&) = delete;
+
+ private:
+  bool on_;
+};
+
 // Dynamic loss scaling: the loss is multiplied by scale() before backward and the
 // gradients divided by it after the reduction. A step whose gradients are not finite
 // is skipped and the scale halved; after `growth_interval` finite steps in a row it

@@ -819,6 +819,8 @@ class Trainer {
       torch::Tensor local_loss_sum =
           torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
       const bool overlap = reducer_ && config_.dist.overlap;
+      std::optional<WeightCastCache> casts;  // one cast of each weight for all micro-batches
+      casts.emplace(autocast_dtype_.has_value() && config_.zero.stage != 3);
       for (std::size_t m = 0; m < micro_batches.size(); ++m) {
         const TaskBatch& batch = micro_batches[m];
         // The last micro-batch's backward completes the gradients: reduce as they come.
@@ -834,6 +836,7 @@ class Trainer {
         if (zero_) zero_->after_backward();
         local_loss_sum += loss_sum.detach().to(torch::kFloat64);
       }
+      casts.reset();  // the optimizer changes the weights below
       if (overlap) reducer_->finish();
       else if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
       if (zero_) zero_->reduce_gradients();

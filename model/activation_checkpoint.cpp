@@ -110,7 +110,18 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     at::Tensor y;
     {
       torch::NoGradGuard no_grad;
-      y = recompute->block(x);
+      // Casts made without autograd must not enter autocast's weight cache: a later use
+      // of the cache (the recomputation, another micro-batch) would get a weight copy
+      // that leads no gradient back to the weight.
+      const bool cache = at::autocast::is_autocast_cache_enabled();
+      at::autocast::set_autocast_cache_enabled(false);
+      try {
+        y = recompute->block(x);
+      } catch (...) {
+        at::autocast::set_autocast_cache_enabled(cache);
+        throw;
+      }
+      at::autocast::set_autocast_cache_enabled(cache);
     }
     ctx->save_for_backward({x});
     ctx->saved_data["recompute"] = c10::IValue::make_capsule(std::move(recompute));

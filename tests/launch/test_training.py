@@ -361,6 +361,23 @@ def test_mixed_precision_follows_fp32(workspace, precision):
     assert any(got[step]["loss"] != expected[step] for step in got), "autocast changed nothing"
 
 
+def test_bf16_weight_casts_kept_for_the_step_train_like_fresh_casts(workspace):
+    # Under bf16 each weight is cast once per step and the copy serves every micro-batch
+    # and every recomputation. Activation checkpointing runs each block first without
+    # autograd; a cast cached there would carry no gradient back to its weight. With 4
+    # micro-batches, checkpointing must change nothing: losses and gradient norms equal.
+    runs = {}
+    for checkpointing in ("false", "true"):
+        run_dir = workspace["root"] / f"bf16_casts_ckpt_{checkpointing}"
+        run_ftrain(1, *base_args(workspace, run_dir, **{"train.steps": 6, "train.precision": "bf16",
+                                                        "train.activation_checkpointing": checkpointing}))
+        runs[checkpointing] = {r["step"]: r for r in metric_records(run_dir) if "loss" in r}
+    assert sorted(runs["true"]) == list(range(1, 7))
+    for step in range(1, 7):
+        for key in ("loss", "grad_norm"):
+            assert runs["true"][step][key] == pytest.approx(runs["false"][step][key], rel=1e-6), f"{key}, step {step}"
+
+
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_bf16_gradient_reduction_follows_fp32(workspace, stage):
     # train.reduce_dtype = bf16: gradients are rounded to bf16 for the data-parallel sum
