@@ -504,6 +504,11 @@ void ZeroSharding::scale_gradients(double factor) {
   for (const at::Tensor& grads : own_grads_) grads.mul_(factor);
 }
 
+void ZeroSharding::scale_gradients(const at::Tensor& factor) {
+  torch::NoGradGuard no_grad;
+  for (const at::Tensor& grads : own_grads_) grads.mul_(factor);
+}
+
 void ZeroSharding::gather_parameters() {
   if (stage_ == 3) return;  // gathered unit by unit when used
   torch::NoGradGuard no_grad;

@@ -143,6 +143,7 @@ class ZeroSharding {
   // Sum of squares of the reduced gradients over the whole model (collective).
   double gradient_square_sum();
   void scale_gradients(double factor);  // this rank's shard
+  void scale_gradients(const at::Tensor& factor);  // a scalar on the device: no host wait
 
   // After the optimizer updated the local slices: every rank gets every shard (stages
   // 1, 2; stage 3 gathers on use).

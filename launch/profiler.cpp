@@ -1,10 +1,13 @@
 #include "launch/profiler.h"
 
+#include <chrono>
+
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
@@ -62,8 +65,12 @@ void StepProfiler::before_step(int64_t step) {
     std::set<ActivityType> activities{ActivityType::CPU};
     if (options_.cuda) activities.insert(ActivityType::CUDA);
     const ProfilerConfig config(ProfilerState::KINETO);
+    // On CUDA the host runs ahead of the device: the window's wall time runs from a
+    // drained device to a drained device, so it holds exactly the window's steps.
+    if (options_.cuda) torch::cuda::synchronize();
     kineto::prepareProfiler(config, activities);
     kineto::enableProfiler(config, activities);
+    opened_time_ = std::chrono::steady_clock::now();
     active_ = true;
     opened_at_ = step;
   }
@@ -84,7 +91,10 @@ void StepProfiler::finish() {
 }
 
 void StepProfiler::close() {
-  if (options_.cuda) torch::cuda::synchronize();
+  if (options_.cuda) {
+    torch::cuda::synchronize();
+    traced_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_time_).count();
+  }
   std::unique_ptr<kineto::ProfilerResult> result = kineto::disableProfiler();
   active_ = false;
   fs::create_directories(options_.directory);

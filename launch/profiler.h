@@ -6,6 +6,7 @@
 // nested ones inside their callers).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -46,6 +47,7 @@ class StepProfiler {
   int64_t opened_at_ = 0;  // the first step traced
   int64_t traced_steps_ = 0;
   double traced_seconds_ = 0;
+  std::chrono::steady_clock::time_point opened_time_;
   std::unique_ptr<struct StepScope> scope_;
 };
 

@@ -18,6 +18,15 @@
 namespace ftrain::launch {
 namespace {
 
+// A host tensor on `device`. To a GPU it goes through pinned memory without the host
+// waiting: the copy is queued behind the work already on the stream, and the host goes
+// on preparing and queueing. The pinned buffer is the host allocator's, kept until the
+// copy is done.
+torch::Tensor to_device(const torch::Tensor& host, const c10::Device& device) {
+  if (!device.is_cuda()) return host.to(device);
+  return host.contiguous().pin_memory().to(device, /*non_blocking=*/true);
+}
+
 torch::Tensor host_tensor(const std::vector<uint8_t>& values, int64_t rows, int64_t columns) {
   return torch::from_blob(const_cast<uint8_t*>(values.data()), {rows, columns}, torch::kUInt8);
 }
@@ -134,11 +143,11 @@ TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) con
   const int64_t rows = batch.batch_size, width = batch.seq_len;
   TaskBatch out;
   auto ids = torch::from_blob(const_cast<int32_t*>(batch.input_ids.data()), {rows, width}, torch::kInt32);
-  out.input_ids = ids.to(torch::kInt64).to(device);
+  out.input_ids = to_device(ids.to(torch::kInt64), device);
   if (!batch.attention_mask.empty())
-    out.attention_mask = host_tensor(batch.attention_mask, rows, width).to(torch::kInt64).to(device);
+    out.attention_mask = to_device(host_tensor(batch.attention_mask, rows, width).to(torch::kInt64), device);
   if (!batch.token_type_ids.empty())
-    out.token_type_ids = host_tensor(batch.token_type_ids, rows, width).to(torch::kInt64).to(device);
+    out.token_type_ids = to_device(host_tensor(batch.token_type_ids, rows, width).to(torch::kInt64), device);
 
   if (kind_ == TaskKind::causal_lm) {
     // Checked here, on the host: on a GPU an id past the vocabulary would be a
@@ -157,7 +166,7 @@ TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) con
     if (!batch.attention_mask.empty())
       mask = mask * host_tensor(batch.attention_mask, rows, width).slice(1, 1).to(torch::kFloat32);
     out.target_count = static_cast<int64_t>(mask.sum().item<double>());  // a host tensor: no device sync
-    out.target_mask = mask.to(device);
+    out.target_mask = to_device(mask, device);
     return out;
   }
 
@@ -179,7 +188,8 @@ TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) con
   }
   auto labels = torch::from_blob(const_cast<int64_t*>(batch.labels.data()),
                                  per_row ? c10::IntArrayRef{rows} : c10::IntArrayRef{rows, width}, torch::kInt64);
-  out.targets = labels.to(device, torch::kInt64, /*non_blocking=*/false, /*copy=*/true);  // the batch is temporary
+  out.targets = device.is_cuda() ? to_device(labels.to(torch::kInt64), device)
+                                : labels.to(device, torch::kInt64, /*non_blocking=*/false, /*copy=*/true);  // the batch is temporary
   return out;
 }
 

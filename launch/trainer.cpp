@@ -23,6 +23,7 @@
 #include "launch/checkpoint.h"
 #include "launch/checkpoint_writer.h"
 #include "launch/metrics.h"
+#include "launch/device_readback.h"
 #include "launch/precision.h"
 #include "launch/profiler.h"
 #include "launch/signals.h"
@@ -510,6 +511,7 @@ class Trainer {
   // committed by a later commit_saves(). Random state needs no saving: dropout is
   // reseeded from (seed, data-parallel rank, step) at every step.
   void save_checkpoint() {
+    write_step_record();  // its figures are the saved step's
     Watchdog::Scope watched(watchdog_, "saving the checkpoint of step " + std::to_string(step_));
     json meta;
     if (rank0()) {
@@ -633,6 +635,7 @@ class Trainer {
   // evaluations without improvement. Returns whether early stopping says stop.
   // Collective.
   bool report_validation() {
+    write_step_record();  // the step's line before its validation's
     if (!has_validation_) return false;
     const auto metrics = evaluate(config_.train.eval_split, config_.train.eval_samples > 0 ? config_.train.eval_samples : -1);
     if (!metrics) return false;
@@ -748,8 +751,9 @@ class Trainer {
   // The norm of the whole model's gradient, each value counted once: the gradient this
   // rank holds (its ZeRO shard, or all of it) summed over the data-parallel group
   // when sharded, and over the tensor-parallel group with whole parameters (equal on
-  // every tensor-parallel rank) weighted by 1/tp. One host synchronisation.
-  double clip_gradients() {
+  // every tensor-parallel rank) weighted by 1/tp. A float64 scalar on the device, and
+  // clipping scales by a factor computed there: no host synchronisation.
+  torch::Tensor clip_gradients() {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> grads;
     std::vector<double> weights;
@@ -763,16 +767,23 @@ class Trainer {
       for (auto& [name, p] : named_params_)
         if (p.grad().defined()) add(name, p.mutable_grad());
     }
-    double square_sum = 0;
+    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device());
+    torch::Tensor square_sum = torch::zeros({}, f64);
     if (!grads.empty()) {
       const torch::Tensor norms = torch::stack(at::_foreach_norm(grads, 2)).to(torch::kFloat64);
-      square_sum = (norms.pow(2) * torch::tensor(weights, norms.options())).sum().item<double>();
+      torch::Tensor scale = torch::tensor(weights, torch::kFloat64);
+      if (scale.device() != norms.device()) scale = scale.pin_memory().to(norms.device(), /*non_blocking=*/true);
+      square_sum = (norms.pow(2) * scale).sum();
     }
-    if (zero_) square_sum = comm_.dp().all_reduce(square_sum, dist::ReduceOp::Sum);
-    if (comm_.layout().tp_size > 1) square_sum = comm_.tp().all_reduce(square_sum, dist::ReduceOp::Sum);
-    const double norm = std::sqrt(square_sum);
-    if (config_.train.grad_clip > 0 && std::isfinite(norm) && norm > config_.train.grad_clip) {
-      const double factor = config_.train.grad_clip / (norm + 1e-6);
+    if (zero_) comm_.dp().all_reduce(square_sum, dist::ReduceOp::Sum);
+    if (comm_.layout().tp_size > 1) comm_.tp().all_reduce(square_sum, dist::ReduceOp::Sum);
+    const torch::Tensor norm = square_sum.sqrt();
+    const double limit = config_.train.grad_clip;
+    if (limit > 0) {
+      // limit / (norm + 1e-6) where the norm is finite and above the limit, else 1
+      const torch::Tensor factor =
+          torch::where(torch::isfinite(norm) & (norm > limit), limit / (norm + 1e-6), torch::ones_like(norm))
+              .to(torch::kFloat);
       if (zero_) zero_->scale_gradients(factor);
       else if (!grads.empty()) at::_foreach_mul_(grads, factor);
     }
@@ -785,8 +796,7 @@ class Trainer {
     task_->module().train();
     const int64_t accum = grad_accum_steps();
     const int64_t start_step = step_;
-    const auto run_start = Clock::now();
-    double smoothed_step_seconds = 0;
+    run_start_ = last_arrival_ = Clock::now();
     int exit_code = 0;
 
     if (rank0() && step_ < config_.train.steps) {
@@ -840,16 +850,13 @@ class Trainer {
       if (overlap) reducer_->finish();
       else if (reducer_) reducer_->reduce(dist::ReduceOp::Sum);
       if (zero_) zero_->reduce_gradients();
-      const double loss =
-          comm_.dp().all_reduce(local_loss_sum.item<double>(), dist::ReduceOp::Sum) / global_targets;
-      if (!std::isfinite(loss))
-        throw std::runtime_error("loss is " + std::to_string(loss) + " at step " + std::to_string(step_ + 1) +
-                                 " (lower optim.lr or check the data)");
+      comm_.dp().all_reduce(local_loss_sum, dist::ReduceOp::Sum);  // on the device: no host wait
       const double loss_scale = scaler_.scale();
       if (scaler_.enabled()) unscale_gradients(1.0 / loss_scale);
-      const double grad_norm = clip_gradients();
-      // The norm is the same on every rank, so all skip or step together.
-      const bool stepped = scaler_.update(std::isfinite(grad_norm));
+      const torch::Tensor grad_norm = clip_gradients();
+      // The norm is the same on every rank, so all skip or step together. Only fp16's
+      // loss scaling reads it on the host within the step.
+      const bool stepped = !scaler_.enabled() || scaler_.update(std::isfinite(grad_norm.item<double>()));
       ++step_;
       const double lr = learning_rate(schedule, step_);
       if (stepped) optimizer_->step(lr);
@@ -860,38 +867,26 @@ class Trainer {
         optimizer_->zero_grad();
       }
 
-      const double step_bytes = comm_.stats().total_bytes_sent() - bytes_before_step;
+      // Diagnostics. The step's loss and gradient norm are read once the next step is
+      // queued (write_step_record), so the host never waits for the device mid-step.
       if (step_ == start_step + 1) report_memory();  // after a whole step: ZeRO-2/3's peaks are reached
-      const int64_t step_tokens = config_.train.global_batch_size * loader_->seq_len();
-      tokens_seen_ += step_tokens;
-      const double step_seconds = seconds_since(step_start);
-      smoothed_step_seconds =
-          step_ == start_step + 1 ? step_seconds : 0.9 * smoothed_step_seconds + 0.1 * step_seconds;
-      const double tokens_per_s = step_tokens / step_seconds;
-      if (rank0()) {
-        json record = {{"step", step_},
-                         {"loss", loss},
-                         {"lr", lr},
-                         {"grad_norm", grad_norm},
-                         {"tokens_per_s", tokens_per_s},
-                         {"tokens_seen", tokens_seen_},
-                         {"step_time_s", step_seconds},
-                         {"comm_bytes", step_bytes},
-                         {"loss_scale", loss_scale},
-                         {"skipped", !stepped},
-                         {"elapsed_s", seconds_since(run_start)}};
-        if (comm_.device().is_cuda()) record["peak_device_bytes"] = comm_.peak_device_bytes();
-        metrics_->write(record);
-        if (step_ % config_.train.log_every == 0 || step_ == start_step + 1 || step_ == config_.train.steps) {
-          std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s%s\n",
-                      static_cast<long long>(step_), static_cast<long long>(config_.train.steps), loss, lr,
-                      grad_norm, tokens_per_s,
-                      format_duration(smoothed_step_seconds * (config_.train.steps - step_)).c_str(),
-                      stepped ? "" : " | skipped: gradients overflowed the fp16 loss scale");
-          std::fflush(stdout);
-        }
-      }
-      profiler_.after_step(step_, step_seconds);
+      write_step_record();  // the previous step's, if still unread
+      StepRecord record;
+      record.step = step_;
+      record.start = step_start;
+      record.figures = DeviceReadback(torch::stack({local_loss_sum / static_cast<double>(global_targets), grad_norm}));
+      record.lr = lr;
+      record.loss_scale = loss_scale;
+      record.stepped = stepped;
+      record.comm_bytes = comm_.stats().total_bytes_sent() - bytes_before_step;
+      record.tokens = config_.train.global_batch_size * loader_->seq_len();
+      tokens_seen_ += record.tokens;
+      record.tokens_seen = tokens_seen_;
+      record.first = step_ == start_step + 1;
+      unread_ = std::move(record);
+      // Only a GPU runs ahead of the host; elsewhere each step's record is written at once.
+      if (!comm_.device().is_cuda()) write_step_record();
+      profiler_.after_step(step_, seconds_since(step_start));
 
       bool stop_early = false;
       // The end of the head-only stage is always validated, to show what it reached.
@@ -917,6 +912,7 @@ class Trainer {
       // The save in flight is committed as soon as every rank has written it.
       commit_saves(/*wait=*/false);
       if (leaving && !last) {
+        write_step_record();
         profiler_.finish();
         commit_saves(/*wait=*/true);
         if (rank0()) std::cout << "ftrain: stopping after " << config_.run.exit_after_steps << " steps (run.exit_after_steps)\n";
@@ -926,6 +922,7 @@ class Trainer {
       // any rank stops every rank after the same step, with the step saved.
       const auto requested = last ? 0 : comm_.world().all_reduce(static_cast<int64_t>(stop_signal()), dist::ReduceOp::Max);
       if (requested != 0) {
+        write_step_record();
         profiler_.finish();
         if (last_saved_step_ != step_) save_checkpoint();
         commit_saves(/*wait=*/true);
@@ -936,11 +933,66 @@ class Trainer {
         return kExitSavedRequeue;
       }
     }
+    write_step_record();
     watchdog_.end();
     profiler_.finish();
     if (step_ == config_.train.steps) report_validation();
     finish();
     return exit_code;
+  }
+
+  // One step's line of metrics.jsonl and of the log, whose loss and gradient norm may
+  // still be on their way from the device.
+  struct StepRecord {
+    int64_t step = 0;
+    Clock::time_point start;
+    DeviceReadback figures;  // loss, gradient norm
+    double lr = 0, loss_scale = 1, comm_bytes = 0;
+    bool stepped = true;
+    int64_t tokens = 0, tokens_seen = 0;
+    bool first = false;  // the first step of this run
+  };
+
+  // Writes the unread step's record: waits for its figures (for that step's work on the
+  // device, not later steps'), stops on a non-finite loss, and logs. Its step time runs
+  // from its start, or from the previous record's arrival if later, to its own arrival:
+  // on a GPU that runs ahead of the host, the device's time per step.
+  void write_step_record() {
+    if (!unread_) return;
+    StepRecord record = std::move(*unread_);
+    unread_.reset();
+    const double* figures = record.figures.values();
+    const double loss = figures[0], grad_norm = figures[1];
+    const auto now = Clock::now();
+    const double step_seconds = std::chrono::duration<double>(now - std::max(record.start, last_arrival_)).count();
+    last_arrival_ = now;
+    if (!std::isfinite(loss))
+      throw std::runtime_error("loss is " + std::to_string(loss) + " at step " + std::to_string(record.step) +
+                               " (lower optim.lr or check the data)");
+    smoothed_step_seconds_ = record.first ? step_seconds : 0.9 * smoothed_step_seconds_ + 0.1 * step_seconds;
+    const double tokens_per_s = record.tokens / step_seconds;
+    if (!rank0()) return;
+    json line = {{"step", record.step},
+                 {"loss", loss},
+                 {"lr", record.lr},
+                 {"grad_norm", grad_norm},
+                 {"tokens_per_s", tokens_per_s},
+                 {"tokens_seen", record.tokens_seen},
+                 {"step_time_s", step_seconds},
+                 {"comm_bytes", record.comm_bytes},
+                 {"loss_scale", record.loss_scale},
+                 {"skipped", !record.stepped},
+                 {"elapsed_s", seconds_since(run_start_)}};
+    if (comm_.device().is_cuda()) line["peak_device_bytes"] = comm_.peak_device_bytes();
+    metrics_->write(line);
+    if (record.step % config_.train.log_every == 0 || record.first || record.step == config_.train.steps) {
+      std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | eta %s%s\n",
+                  static_cast<long long>(record.step), static_cast<long long>(config_.train.steps), loss, record.lr,
+                  grad_norm, tokens_per_s,
+                  format_duration(smoothed_step_seconds_ * (config_.train.steps - record.step)).c_str(),
+                  record.stepped ? "" : " | skipped: gradients overflowed the fp16 loss scale");
+      std::fflush(stdout);
+    }
   }
 
   // What this rank holds for training state, by kind: the figures ZeRO divides (the
@@ -991,6 +1043,9 @@ class Trainer {
   std::unique_ptr<Task> task_;
   std::string eval_metric_;
   std::optional<c10::ScalarType> autocast_dtype_;  // none: fp32
+  std::optional<StepRecord> unread_;  // the last step's record, until written
+  Clock::time_point run_start_, last_arrival_;
+  double smoothed_step_seconds_ = 0;
   LossScaler scaler_;
   Watchdog watchdog_;
   StepProfiler profiler_;
