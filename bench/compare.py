@@ -178,25 +178,34 @@ device = {device}
 """
 
 
-def run_ftrain(work, name, spec, device, steps, threads, repeat):
+def run_ftrain(work, name, spec, device, steps, threads, repeat, profile_steps=0):
     batch, seq_len = spec[device]
     run_dir = work / "runs" / f"{name}-ftrain-{repeat}"
     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     run_dir.mkdir(parents=True)
     ini = run_dir / "bench.ini"
-    ini.write_text(ftrain_ini(run_dir, work / name, work / f"{name}-{seq_len}.h5", spec["task"], batch, steps, threads,
-                              device, spec["precision"][device]))
+    text = ftrain_ini(run_dir, work / name, work / f"{name}-{seq_len}.h5", spec["task"], batch,
+                      steps + profile_steps, threads, device, spec["precision"][device])
+    if profile_steps:
+        text = text.replace("[run]\n", f"[run]\nprofile_from = {steps + 1}\nprofile_steps = {profile_steps}\n", 1)
+    ini.write_text(text)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     code, peak, _ = run_measured([str(BUILD / "ftrain"), "--config", str(ini)], run_dir / "log.txt", env)
     if code != 0:
         raise SystemExit(f"bench/compare.py: ftrain failed ({code}); see {run_dir / 'log.txt'}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    result = {"step_times": [r["step_time_s"] for r in records if "step_time_s" in r],
-              "losses": [r["loss"] for r in records if "loss" in r],
+    measured = [r for r in records if r.get("step", 0) <= steps]  # not the profiled steps
+    result = {"step_times": [r["step_time_s"] for r in measured if "step_time_s" in r],
+              "losses": [r["loss"] for r in measured if "loss" in r],
               "startup_s": next((r["startup_s"] for r in records if "startup_s" in r), None),
               "peak_rss_bytes": peak}
-    device_peak = [r["peak_device_bytes"] for r in records if "peak_device_bytes" in r]
+    device_peak = [r["peak_device_bytes"] for r in measured if "peak_device_bytes" in r]
     result["peak_device_bytes"] = max(device_peak) if device_peak else None
+    if profile_steps:
+        report = [line for line in (run_dir / "log.txt").read_text().splitlines()
+                  if line.startswith("ftrain: per step") or line.startswith("  ") or "profiled steps" in line]
+        print(f"bench/compare.py: {name} ftrain profile (steps {steps + 1}-{steps + profile_steps}):\n" +
+              "\n".join(report), file=sys.stderr)
     return result
 
 
@@ -298,6 +307,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=2, help="processes per side and model, alternating")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op CPU threads, both sides")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile side")
+    parser.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager side")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="ftrain runs this many more steps after the measured ones, traced with run.profile_from, "
+                             "and its profile report is printed (the measured steps are not traced)")
     parser.add_argument("--checkpoint-mib", type=int, default=512, help="state saved by the checkpoint benchmark")
     parser.add_argument("--workdir", type=Path, default=BUILD / "bench" / "compare")
     args = parser.parse_args()
@@ -314,7 +327,7 @@ def main():
             raise SystemExit(f"bench/compare.py: no benchmark '{name}' on {args.device}")
     work = args.workdir
     (work / "runs").mkdir(parents=True, exist_ok=True)
-    sides = ["ftrain", "eager"] + ([] if args.no_compile else ["compile"])
+    sides = ["ftrain"] + ([] if args.no_eager else ["eager"]) + ([] if args.no_compile else ["compile"])
     steps = args.warmup + args.steps
     load_before = os.getloadavg()
 
@@ -334,7 +347,8 @@ def main():
             for side in order:
                 print(f"bench/compare.py: repeat {repeat + 1}/{args.repeats}: {name} {side}", file=sys.stderr)
                 if side == "ftrain":
-                    r = run_ftrain(work, name, MODELS[name], args.device, steps, args.threads, repeat)
+                    r = run_ftrain(work, name, MODELS[name], args.device, steps, args.threads, repeat,
+                                   args.profile_steps)
                 else:
                     r = run_torch(work, name, MODELS[name], args.device, steps, args.threads, repeat,
                                   compiled=side == "compile")
