@@ -35,8 +35,13 @@ build-programs: configure
 # Tests labelled `gpu` need a CUDA device; they run only where one is visible.
 GPU_FILTER := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-LE gpu")
 
+# After the tests, every skip the tests reported is listed with its reason
+# (scripts/skip_summary.sh); make test keeps ctest's exit status.
 test: build
-	cd $(BUILD) && ctest --output-on-failure --timeout 900 $(GPU_FILTER) $(CTEST_ARGS)
+	@cd $(BUILD) && { ctest --output-on-failure --timeout 900 $(GPU_FILTER) $(CTEST_ARGS); status=$$?; \
+	  $(CURDIR)/scripts/skip_summary.sh Testing/Temporary/LastTest.log; \
+	  if [ -n "$(GPU_FILTER)" ]; then echo "skip summary: tests labelled gpu not run: no GPU visible (nvidia-smi -L)"; fi; \
+	  exit $$status; }
 
 demo: build-programs
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) DATA="$(DATA)" SST2_DIR="$(SST2_DIR)" scripts/demo.sh
