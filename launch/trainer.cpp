@@ -869,6 +869,7 @@ class Trainer {
 
       // Diagnostics. The step's loss and gradient norm are read once the next step is
       // queued (write_step_record), so the host never waits for the device mid-step.
+      const double step_bytes = comm_.stats().total_bytes_sent() - bytes_before_step;
       if (step_ == start_step + 1) report_memory();  // after a whole step: ZeRO-2/3's peaks are reached
       write_step_record();  // the previous step's, if still unread
       StepRecord record;
@@ -878,7 +879,7 @@ class Trainer {
       record.lr = lr;
       record.loss_scale = loss_scale;
       record.stepped = stepped;
-      record.comm_bytes = comm_.stats().total_bytes_sent() - bytes_before_step;
+      record.comm_bytes = step_bytes;
       record.tokens = config_.train.global_batch_size * loader_->seq_len();
       tokens_seen_ += record.tokens;
       record.tokens_seen = tokens_seen_;
