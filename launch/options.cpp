@@ -10,6 +10,8 @@
 #include <map>
 #include <sstream>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace po = boost::program_options;
 
@@ -304,7 +306,20 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
   po::variables_map values;
   try {
     // The command line is stored first so its values take precedence over the file's.
-    po::store(po::command_line_parser(argc, argv).options(all).run(), values);
+    // `--section.key=` sets an empty value, as `key =` does in the file; Boost refuses an
+    // empty value after '=', but takes one given as the next word.
+    std::vector<std::string> words;
+    for (int i = 1; i < argc; ++i) {
+      const std::string word = argv[i];
+      if (word.size() > 3 && word.rfind("--", 0) == 0 && word.back() == '=' &&
+          word.find('=') == word.size() - 1) {
+        words.push_back(word.substr(0, word.size() - 1));
+        words.emplace_back();
+      } else {
+        words.push_back(word);
+      }
+    }
+    po::store(po::command_line_parser(words).options(all).run(), values);
   } catch (const po::error& e) {
     throw std::runtime_error(std::string("command line: ") + e.what());
   }

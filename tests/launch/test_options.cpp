@@ -161,6 +161,17 @@ BOOST_AUTO_TEST_CASE(shipped_configs_are_valid) {
   BOOST_TEST(seen >= 4);
 }
 
+BOOST_AUTO_TEST_CASE(an_empty_value_on_the_command_line_is_an_empty_value) {
+  // --train.test_split= turns the test split off, as `test_split =` does in a file.
+  auto ini = write_ini("empty", kMinimal);
+  Config config;
+  BOOST_REQUIRE(parse({"--config", ini.string(), "--train.test_split=", "--train.steps=9"}, config));
+  BOOST_TEST(config.train.test_split.empty());
+  BOOST_TEST(config.train.steps == 9);
+  // An empty number is still refused, naming the key.
+  BOOST_TEST(error_of({"--config", ini.string(), "--optim.lr="}).find("optim.lr") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(resolved_ini_reads_back_as_the_same_config) {
   // What a checkpoint stores is enough to rebuild the run's configuration.
   auto ini = write_ini("resolved", kMinimal + "[train]\nsteps = 7\ntest_split =\n[checkpoint]\nexport_hf = false\n");
