@@ -13,8 +13,8 @@ these tests in a temporary directory and stopped after them.
   bytes each run sent are the analytic model's.
 
 Needs root (munged runs as the munge user, slurmd as root) and Debian's slurm-wlm and
-munge, which scripts/setup.sh installs; skipped, saying why, where they are missing or
-the daemons cannot start."""
+munge, which scripts/setup.sh installs; skipped, saying why, where they are missing.
+Where they are all present, daemons that do not start fail the test."""
 import csv
 import ctypes
 import json
@@ -214,8 +214,10 @@ def cluster(tmp_path_factory):
     try:
         cluster.start()
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        # Everything it needs is here (installed, root, the munge user): a daemon that does
+        # not start is a broken fixture or slurm.conf, not a missing prerequisite.
         cluster.stop()
-        pytest.skip(f"Slurm is installed but its daemons could not be started here: {error}")
+        pytest.fail(f"Slurm is installed and this runs as root, but the test cluster's daemons did not start: {error}")
     except BaseException:
         cluster.stop()
         raise
