@@ -47,9 +47,9 @@
 
 #include "dist/comm.h"
 #include "dist/mpi_session.h"
-#include "launch/checkpoint.h"
-#include "launch/checkpoint_pieces.h"
-#include "launch/checkpoint_writer.h"
+#include "launch/checkpoint/store.h"
+#include "launch/checkpoint/pieces.h"
+#include "launch/checkpoint/writer.h"
 
 namespace fs = std::filesystem;
 namespace po = boost::program_options;
@@ -328,7 +328,7 @@ double slowest(Group& world, double seconds) {
   return world.all_reduce(seconds, ReduceOp::Max);
 }
 
-// A sync save in the four steps of launch/checkpoint.h, timed step by step, with the
+// A sync save in the four steps of launch/checkpoint/store.h, timed step by step, with the
 // collectives CheckpointWriter(async=false) puts between them. Returns the committed
 // checkpoint.
 fs::path save_in_steps(ftrain::launch::CheckpointStore& store, Group& world, int64_t step,

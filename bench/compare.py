@@ -281,7 +281,7 @@ def matmul_rate(device):
 
 def machine():
     """This machine in one line (CPU model, cores, GPUs), as ftrain-sweep labels its plots."""
-    sys.path.insert(0, str(SOURCE / "launch"))
+    sys.path.insert(0, str(SOURCE / "launch" / "tools"))
     from ftrain_sweep import detect_hardware
     return detect_hardware()
 

@@ -45,7 +45,7 @@ ftrain_require(Boost_FOUND "Boost.Program_options and Boost.Test"
 find_package(nlohmann_json 3.10 QUIET)
 ftrain_require(nlohmann_json_FOUND "nlohmann-json" "apt-get install nlohmann-json3-dev")
 
-# TensorBoard event files are protocol buffers (launch/tensorboard.proto): the library,
+# TensorBoard event files are protocol buffers (launch/telemetry/tensorboard.proto): the library,
 # and protoc to compile the messages at build time.
 find_package(Protobuf 3 QUIET)
 set(FTRAIN_PROTOBUF_FOUND FALSE)

@@ -1,6 +1,6 @@
 #include "launch/options.h"
 
-#include "launch/metrics.h"
+#include "launch/eval/metrics.h"
 #include "launch/precision.h"
 
 #include <boost/program_options.hpp>

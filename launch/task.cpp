@@ -6,7 +6,7 @@
 #include <optional>
 #include <stdexcept>
 
-#include "launch/metrics.h"
+#include "launch/eval/metrics.h"
 #include "launch/options.h"
 #include "model/causal_lm.h"
 #include "model/fused_cross_entropy.h"

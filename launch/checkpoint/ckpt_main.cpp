@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "launch/checkpoint.h"
-#include "launch/ckpt_tool.h"
+#include "launch/checkpoint/store.h"
+#include "launch/checkpoint/tool.h"
 
 namespace fs = std::filesystem;
 namespace po = boost::program_options;

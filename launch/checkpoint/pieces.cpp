@@ -1,4 +1,4 @@
-#include "launch/checkpoint_pieces.h"
+#include "launch/checkpoint/pieces.h"
 
 #include <torch/torch.h>
 

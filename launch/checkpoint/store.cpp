@@ -1,4 +1,4 @@
-#include "launch/checkpoint.h"
+#include "launch/checkpoint/store.h"
 
 #include <fcntl.h>
 #include <hdf5.h>

@@ -9,7 +9,7 @@
 //   <run.dir>/checkpoints/latest                       name of the newest committed one
 //   <run.dir>/checkpoints/best                         JSON: the best one by validation
 // Every tensor is stored once in its global shape, each element by one rank
-// (launch/checkpoint_pieces.h), so a checkpoint loads under any layout. h5py reads
+// (launch/checkpoint/pieces.h), so a checkpoint loads under any layout. h5py reads
 // state.h5 as if it held the whole tensors (docs/checkpoints.md).
 //
 // Saving goes in four steps, so that the slow part can run beside training:
@@ -29,7 +29,7 @@
 #include <utility>
 #include <vector>
 
-#include "launch/checkpoint_pieces.h"
+#include "launch/checkpoint/pieces.h"
 
 namespace ftrain::launch {
 

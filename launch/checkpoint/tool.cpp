@@ -1,4 +1,4 @@
-#include "launch/ckpt_tool.h"
+#include "launch/checkpoint/tool.h"
 
 #include <torch/torch.h>
 
@@ -11,7 +11,7 @@
 #include <stdexcept>
 
 #include "data/token_dataset.h"
-#include "launch/checkpoint.h"
+#include "launch/checkpoint/store.h"
 #include "launch/options.h"
 #include "launch/task.h"
 

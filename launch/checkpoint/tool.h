@@ -2,7 +2,7 @@
 // with their state, verify one against its checksums and its model, and export one as
 // a Hugging Face directory like the run's final/ (docs/checkpoint-tool.md).
 //
-// Only launch/checkpoint.h reads checkpoint files; this code knows the directory names
+// Only launch/checkpoint/store.h reads checkpoint files; this code knows the directory names
 // (step_XXXXXXXX, .tmp while written, .stale once set aside by a resume), the `latest`
 // and `best` files, and the tensor names the trainer stores: "model/<param>",
 // "optim/exp_avg/<param>" and "optim/exp_avg_sq/<param>", each in its global shape.

@@ -1,4 +1,4 @@
-#include "launch/checkpoint_writer.h"
+#include "launch/checkpoint/writer.h"
 
 #include <chrono>
 #include <exception>

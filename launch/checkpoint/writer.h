@@ -1,6 +1,6 @@
 // Saving checkpoints beside training. A save blocks training only while each rank
 // copies its pieces to host memory and lays out its file; the bytes are written on a
-// background thread, and the checkpoint is committed (launch/checkpoint.h) once every
+// background thread, and the checkpoint is committed (launch/checkpoint/store.h) once every
 // rank has written and fsynced its file. The next save, and the end of the run, wait
 // for the one before.
 #pragma once
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "dist/comm.h"
-#include "launch/checkpoint.h"
+#include "launch/checkpoint/store.h"
 
 namespace ftrain::launch {
 

@@ -1,4 +1,4 @@
-#include "launch/metrics.h"
+#include "launch/eval/metrics.h"
 
 #include <cmath>
 #include <limits>

@@ -1,4 +1,4 @@
-#include "launch/adamw.h"
+#include "launch/optim/adamw.h"
 
 #include <torch/torch.h>
 

@@ -1,4 +1,4 @@
-#include "launch/profiler.h"
+#include "launch/telemetry/profiler.h"
 
 #include <chrono>
 

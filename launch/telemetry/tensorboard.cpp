@@ -1,4 +1,4 @@
-#include "launch/tensorboard.h"
+#include "launch/telemetry/tensorboard.h"
 
 #include <unistd.h>
 
@@ -8,7 +8,7 @@
 #include <ctime>
 #include <stdexcept>
 
-#include "launch/tensorboard.pb.h"
+#include "launch/telemetry/tensorboard.pb.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

@@ -3,7 +3,7 @@
 //
 // An event file is a TFRecord file: each record is
 //   uint64 length | uint32 masked CRC-32C of the length | data | uint32 masked CRC-32C of the data
-// (little-endian), and each record's data is a serialized Event (launch/tensorboard.proto).
+// (little-endian), and each record's data is a serialized Event (launch/telemetry/tensorboard.proto).
 // The first record holds the file version, every later one a scalar.
 #pragma once
 

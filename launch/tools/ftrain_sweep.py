@@ -679,7 +679,7 @@ def sweep_markdown(rows: list[dict], meta: dict) -> str:
     return (f"# Sweep {meta['name']}\n\nMeasured on: {meta['hardware']} ({meta['launcher']}, {meta['started']}).\n"
             f"Medians over steps {meta['timing_warmup_steps'] + 1}..{meta['steps']}{of_repeats}; efficiency is "
             f"tokens/s per rank over the series' smallest run. Predicted comm bytes and memory: "
-            f"launch/scaling_model.py.\n\n"
+            f"launch/tools/scaling_model.py.\n\n"
             + markdown_table(header, table))
 
 

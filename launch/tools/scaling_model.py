@@ -1,6 +1,6 @@
 """An analytic model of an ftrain training step: FLOPs, communication, memory and time.
 
-Used by ftrain-sweep (launch/ftrain_sweep.py) to predict layouts nobody has run yet
+Used by ftrain-sweep (launch/tools/ftrain_sweep.py) to predict layouts nobody has run yet
 and to check the runs that were: its communication volume is the one ftrain counts
 (`comm_bytes` in metrics.jsonl, docs/training.md "Sharding and communication volume")
 and its parameter, gradient and optimizer bytes are the ones ftrain reports in the

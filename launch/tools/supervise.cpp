@@ -1,4 +1,4 @@
-#include "launch/supervise.h"
+#include "launch/tools/supervise.h"
 
 #include <fcntl.h>
 #include <signal.h>

@@ -1,11 +1,11 @@
-// ftrain-supervise: restarts a training command after failures (launch/supervise.h).
+// ftrain-supervise: restarts a training command after failures (launch/tools/supervise.h).
 //   ftrain-supervise [--max-restarts N] [--backoff S] [--log FILE] -- mpirun -np 4 ftrain --config X.ini
 #include <cstdio>
 #include <exception>
 #include <iostream>
 #include <string>
 
-#include "launch/supervise.h"
+#include "launch/tools/supervise.h"
 
 int main(int argc, char** argv) {
   try {

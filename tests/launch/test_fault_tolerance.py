@@ -4,7 +4,7 @@ newest checkpoint torn or corrupt, or run out of disk. For each: the job ends pr
 uninterrupted one to the last bit (same layout, CPU, fp32).
 
 Checkpoint writes are made to fail or stall with FTRAIN_TEST_FAULT=<enospc|stall>:<rank>:<step>
-(launch/checkpoint.h); a real full filesystem is a small tmpfs where mounting one is
+(launch/checkpoint/store.h); a real full filesystem is a small tmpfs where mounting one is
 allowed."""
 import json
 import os

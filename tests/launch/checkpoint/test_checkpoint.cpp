@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "launch/checkpoint.h"
+#include "launch/checkpoint/store.h"
 
 namespace fs = std::filesystem;
 using namespace ftrain::launch;

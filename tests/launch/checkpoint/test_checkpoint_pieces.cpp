@@ -1,4 +1,4 @@
-// Which pieces each rank writes (launch/checkpoint_pieces.h), checked by simulating
+// Which pieces each rank writes (launch/checkpoint/pieces.h), checked by simulating
 // every rank of a layout and assembling their pieces: each element of the global
 // tensor must be written exactly once, with its value.
 #define BOOST_TEST_MODULE launch_checkpoint_pieces
@@ -8,7 +8,7 @@
 
 #include <vector>
 
-#include "launch/checkpoint_pieces.h"
+#include "launch/checkpoint/pieces.h"
 
 using namespace ftrain::launch;
 

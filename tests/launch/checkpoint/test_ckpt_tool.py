@@ -17,6 +17,9 @@ from safetensors.torch import load_file
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                           BertModel, GPT2Config, GPT2LMHeadModel)
 
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/launch: ftrain_jobs
 from ftrain_jobs import BUILD, ENV, SOURCE, TIMEOUT, as_options, prepare_corpus, run_ftrain
 
 CKPT = BUILD / "ftrain-ckpt"

@@ -15,7 +15,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "launch/metrics.h"
+#include "launch/eval/metrics.h"
 
 using namespace ftrain::launch;
 using nlohmann::json;

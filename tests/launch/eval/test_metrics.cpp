@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/metrics.h"
+#include "launch/eval/metrics.h"
 
 using namespace ftrain::launch;
 namespace tt = boost::test_tools;

@@ -22,8 +22,8 @@ from seqeval.metrics import recall_score as seqeval_recall
 from seqeval.metrics.sequence_labeling import get_entities
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
-METRICS_DUMP = BUILD_DIR / "tests" / "launch" / "metrics_dump"
+BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[3] / "build"))
+METRICS_DUMP = BUILD_DIR / "tests" / "launch" / "eval" / "metrics_dump"
 
 IGNORE = -100
 

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "launch/adamw.h"
+#include "launch/optim/adamw.h"
 
 using namespace ftrain::launch;
 

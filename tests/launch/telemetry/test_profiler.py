@@ -4,6 +4,9 @@ import json
 
 import pytest
 
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/launch: ftrain_jobs
 from ftrain_jobs import losses, run_ftrain, tiny_gpt2_workspace
 
 

@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "launch/tensorboard.h"
-#include "launch/tensorboard.pb.h"
+#include "launch/telemetry/tensorboard.h"
+#include "launch/telemetry/tensorboard.pb.h"
 
 namespace fs = std::filesystem;
 using ftrain::launch::crc32c;

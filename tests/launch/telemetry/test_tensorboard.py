@@ -4,6 +4,9 @@ metrics.jsonl holds for the same step, to float32 (the type of TensorBoard's sca
 import numpy as np
 import pytest
 
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/launch: ftrain_jobs
 from ftrain_jobs import as_options, records, run_ftrain, tiny_gpt2_workspace
 
 STEPS = 12

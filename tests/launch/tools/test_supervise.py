@@ -1,5 +1,5 @@
 """ftrain-supervise: runs a command again when it fails, as torchelastic does
-(launch/supervise.h, docs/supervisor.md).
+(launch/tools/supervise.h, docs/supervisor.md).
 
 With a fake command that plays a script of outcomes, one per attempt: restarts with
 back-off and --run.resume=auto, the exit status when restarts run out, exit 75 restarted
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/launch: ftrain_jobs
 from ftrain_jobs import BUILD, ENV, FTRAIN, TIMEOUT, command, losses, tiny_gpt2_workspace
 
 SUPERVISE = BUILD / "ftrain-supervise"

@@ -14,9 +14,11 @@ import sys
 
 import pytest
 
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/launch: ftrain_jobs
 from ftrain_jobs import BUILD, ENV, SOURCE, records
 
-sys.path.insert(0, str(SOURCE / "launch"))
+sys.path.insert(0, str(SOURCE / "launch" / "tools"))
 import scaling_model as sm  # noqa: E402
 
 SWEEP = BUILD / "ftrain-sweep"
