@@ -20,6 +20,7 @@
 #include "dist/grad_reducer.h"
 #include "dist/zero.h"
 #include "launch/optim/adamw.h"
+#include "launch/optim/schedule.h"
 #include "launch/checkpoint/store.h"
 #include "launch/checkpoint/writer.h"
 #include "launch/eval/metrics.h"

@@ -7,6 +7,7 @@
 #include <numbers>
 
 #include "launch/optim/adamw.h"
+#include "launch/optim/schedule.h"
 
 using namespace ftrain::launch;
 
