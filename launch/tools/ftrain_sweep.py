@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scaling_model as sm  # noqa: E402
 
-SOURCE = Path(__file__).resolve().parents[1]
+SOURCE = Path(__file__).resolve().parents[2]  # launch/tools/ -> the source root
 BUILD = Path(os.environ.get("FTRAIN_BUILD_DIR", SOURCE / "build"))
 DEFAULT_PREDICTIONS = SOURCE / "configs/sweeps/h100-llama.json"
 MIB = 2.0**20

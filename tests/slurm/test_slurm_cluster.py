@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch" / "tools"))
 from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus, tiny_gpt2  # noqa: E402
 from test_sweep import run_sweep, spec  # noqa: E402
 
