@@ -1,5 +1,7 @@
 #include "dist/tensor_parallel.h"
 
+#include "model/families.h"
+
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/nn/functional/embedding.h>
@@ -749,18 +751,6 @@ TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm
   return split_language_model(model, *model->model, "model.", comm, values, split_llama_body);
 }
 
-TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm, ParameterValues values) {
-  if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2Impl>(model.module_ptr())) {
-    model::Gpt2 holder(gpt2);
-    return apply_tensor_parallel(holder, comm, values);
-  }
-  if (auto llama = std::dynamic_pointer_cast<model::LlamaImpl>(model.module_ptr())) {
-    model::Llama holder(llama);
-    return apply_tensor_parallel(holder, comm, values);
-  }
-  throw std::invalid_argument("apply_tensor_parallel: model family '" + model.family() + "' cannot be split");
-}
-
 TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix,
                                          ParameterValues values) {
   Group& group = comm.tp();
@@ -821,26 +811,69 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
   return plan.plan;
 }
 
-TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
+// ---------------------------------------------------------------------------------
+// The registry of splits, one line per family of model/families.cpp.
+
+namespace {
+
+// How a family is split: as a language model, and as a classifier's body registered
+// under `prefix` (its hidden states whole on every rank, so the head reads them as it
+// would unsplit). An empty member: the family has no such model.
+struct FamilySplit {
+  std::string family;
+  std::function<TensorParallelPlan(torch::nn::Module& model, Communicator& comm, ParameterValues values)> causal_lm;
+  std::function<TensorParallelPlan(torch::nn::Module& body, const std::string& prefix, Communicator& comm,
+                                   ParameterValues values)>
+      classifier_body;
+};
+
+template <typename Model>
+TensorParallelPlan split_lm(torch::nn::Module& module, Communicator& comm, ParameterValues values) {
+  Model model(std::dynamic_pointer_cast<typename Model::ContainedType>(module.shared_from_this()));
+  return apply_tensor_parallel(model, comm, values);
+}
+
+template <typename Body, auto SplitBody>
+TensorParallelPlan split_decoder_body(torch::nn::Module& module, const std::string& prefix, Communicator& comm,
+                                      ParameterValues values) {
   Cutting plan = cutting_for(comm, values);
-  for (const auto& item : model.module().named_children()) {
-    const std::string prefix = item.key() + ".";
-    if (auto bert = std::dynamic_pointer_cast<model::BertImpl>(item.value())) {
-      model::Bert holder(bert);
-      return apply_tensor_parallel(holder, comm, prefix, values);
-    }
-    // Decoder bodies as in the language model; their hidden states are whole on every
-    // rank, so the head reads them as it would unsplit.
-    if (auto gpt2 = std::dynamic_pointer_cast<model::Gpt2TransformerImpl>(item.value())) {
-      split_gpt2_body(*gpt2, prefix, comm.tp(), plan, {}, GatheredFor::replicated);
-      return plan.plan;
-    }
-    if (auto llama = std::dynamic_pointer_cast<model::LlamaModelImpl>(item.value())) {
-      split_llama_body(*llama, prefix, comm.tp(), plan, {}, GatheredFor::replicated);
-      return plan.plan;
-    }
-  }
-  throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " classifier has no body that can be split");
+  SplitBody(dynamic_cast<Body&>(module), prefix, comm.tp(), plan, {}, GatheredFor::replicated);
+  return plan.plan;
+}
+
+TensorParallelPlan split_bert_body(torch::nn::Module& module, const std::string& prefix, Communicator& comm,
+                                   ParameterValues values) {
+  model::Bert bert(std::dynamic_pointer_cast<model::BertImpl>(module.shared_from_this()));
+  return apply_tensor_parallel(bert, comm, prefix, values);
+}
+
+const FamilySplit& family_split(const std::string& model_type) {
+  static const std::vector<FamilySplit> splits = {
+      {"gpt2", split_lm<model::Gpt2>, split_decoder_body<model::Gpt2TransformerImpl, split_gpt2_body>},
+      {"llama", split_lm<model::Llama>, split_decoder_body<model::LlamaModelImpl, split_llama_body>},
+      {"bert", nullptr, split_bert_body},
+  };
+  const model::ModelFamily& family = model::model_family({{"model_type", model_type}}, "apply_tensor_parallel");
+  for (const FamilySplit& split : splits)
+    if (split.family == family.name) return split;
+  throw std::invalid_argument("apply_tensor_parallel: model family '" + family.name + "' has no tensor-parallel split");
+}
+
+}  // namespace
+
+TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm, ParameterValues values) {
+  const FamilySplit& split = family_split(model.family());
+  if (!split.causal_lm)
+    throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " language model cannot be split");
+  return split.causal_lm(model.module(), comm, values);
+}
+
+TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
+  const FamilySplit& split = family_split(model.family());
+  std::shared_ptr<torch::nn::Module> body = model.module().named_children()[model.body_name()];
+  if (!split.classifier_body)
+    throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " classifier has no body that can be split");
+  return split.classifier_body(*body, model.body_name() + ".", comm, values);
 }
 
 // ---------------------------------------------------------------------------------

@@ -10,10 +10,8 @@
 #include "launch/options.h"
 #include "model/causal_lm.h"
 #include "model/fused_cross_entropy.h"
-#include "model/bert.h"
 #include "model/classifier.h"
-#include "model/gpt2.h"
-#include "model/llama.h"
+#include "model/transformer_body.h"
 
 namespace ftrain::launch {
 namespace {
@@ -207,15 +205,12 @@ torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor
 
 namespace {
 
-// The module of the body that runs the blocks: GPT-2's transformer, the Llama family's
-// model, BERT's encoder, wherever the task placed it.
-template <typename Visit>
-void for_each_body(torch::nn::Module& root, Visit visit) {
-  for (const auto& module : root.modules()) {
-    if (auto* gpt2 = dynamic_cast<model::Gpt2TransformerImpl*>(module.get())) visit(*gpt2);
-    else if (auto* llama = dynamic_cast<model::LlamaModelImpl*>(module.get())) visit(*llama);
-    else if (auto* bert = dynamic_cast<model::BertEncoderImpl*>(module.get())) visit(*bert);
-  }
+// The bodies that run the model's blocks, wherever the task placed them.
+std::vector<model::TransformerBody*> transformer_bodies(torch::nn::Module& root) {
+  std::vector<model::TransformerBody*> bodies;
+  for (const auto& module : root.modules())
+    if (auto* body = dynamic_cast<model::TransformerBody*>(module.get())) bodies.push_back(body);
+  return bodies;
 }
 
 }  // namespace
@@ -224,23 +219,21 @@ std::vector<std::vector<std::string>> Task::block_parameter_names() {
   std::map<const void*, std::string> name_of;
   for (const auto& item : module().named_parameters()) name_of[item.value().unsafeGetTensorImpl()] = item.key();
   std::vector<std::vector<std::string>> names;
-  for_each_body(module(), [&](auto& body) {
-    for (const auto& block : body.blocks()) {
+  for (model::TransformerBody* body : transformer_bodies(module())) {
+    for (const auto& block : body->blocks()) {
       names.emplace_back();
       for (const auto& p : block->parameters()) names.back().push_back(name_of.at(p.unsafeGetTensorImpl()));
     }
-  });
+  }
   return names;
 }
 
 void Task::set_block_runner(const model::BlockRunner& runner) {
-  int bodies = 0;
-  for_each_body(module(), [&](auto& body) {
-    body.set_block_runner(runner);
-    ++bodies;
-  });
-  if (bodies != 1) throw std::logic_error("Task::set_block_runner: expected one transformer body, found " +
-                                          std::to_string(bodies));
+  const std::vector<model::TransformerBody*> bodies = transformer_bodies(module());
+  if (bodies.size() != 1)
+    throw std::logic_error("Task::set_block_runner: expected one transformer body, found " +
+                           std::to_string(bodies.size()));
+  bodies.front()->set_block_runner(runner);
 }
 
 template <typename Split>

@@ -235,24 +235,17 @@ torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor
 }
 
 BertEncoderImpl::BertEncoderImpl(const BertConfig& config) {
-  layer = register_module("layer", torch::nn::ModuleList());
+  layer = register_blocks("layer");
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) layer->push_back(BertLayer(config));
 }
 
 torch::Tensor BertEncoderImpl::forward(const torch::Tensor& x, const torch::Tensor& attention_bias) {
-  torch::Tensor y = blocks_input(x);
-  for (std::size_t i = 0; i < layer->size(); ++i) {
-    std::shared_ptr<BertLayerImpl> block = layer->ptr<BertLayerImpl>(i);
-    if (block_runner_)
-      y = block_runner_(i, y, [block, attention_bias](const torch::Tensor& h) { return block->forward(h, attention_bias); });
-    else
-      y = block->forward(y, attention_bias);
-  }
+  torch::Tensor y = run_blocks(blocks_input(x), [&](std::size_t i) -> BlockForward {
+    return [block = layer->ptr<BertLayerImpl>(i), attention_bias](const torch::Tensor& h) {
+      return block->forward(h, attention_bias);
+    };
+  });
   return blocks_output(y);
-}
-
-std::vector<std::shared_ptr<torch::nn::Module>> BertEncoderImpl::blocks() {
-  return std::vector<std::shared_ptr<torch::nn::Module>>(layer->begin(), layer->end());
 }
 
 BertPoolerImpl::BertPoolerImpl(const BertConfig& config) {

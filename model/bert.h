@@ -19,6 +19,7 @@
 
 #include "model/block_runner.h"
 #include "model/linear.h"
+#include "model/transformer_body.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -166,22 +167,12 @@ class BertLayerImpl : public torch::nn::Module {
 TORCH_MODULE(BertLayer);
 
 // The stack of layers; every layer sees the same padding mask.
-class BertEncoderImpl : public torch::nn::Module {
+class BertEncoderImpl : public TransformerBody {
  public:
   explicit BertEncoderImpl(const BertConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attention_bias);  // (B, T, C) -> (B, T, C)
 
-  // forward runs layer i as runner(i, x, layer) from now on; an empty runner restores
-  // the plain loop.
-  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
-  std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // layer.0, layer.1, ... in order
-
-  torch::nn::ModuleList layer{nullptr};  // num_hidden_layers BertLayers
-  InputHook blocks_input;                // x on its way into the first layer
-  InputHook blocks_output;               // the last layer's output on its way out
-
- private:
-  BlockRunner block_runner_;
+  torch::nn::ModuleList layer{nullptr};  // num_hidden_layers BertLayers (TransformerBody's blocks)
 };
 TORCH_MODULE(BertEncoder);
 

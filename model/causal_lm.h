@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "model/hf_checkpoint.h"
 
@@ -31,22 +32,14 @@ struct CausalLmOptions {
   std::function<ParameterSlices(CausalLm&)> split;
 };
 
+struct KvCache;
+
 class CausalLm {
  public:
-  // Reads config.json and builds the family it names: gpt2, or the Llama family
-  // (llama, mistral, qwen2). Throws std::runtime_error naming the file for an unsupported model_type.
+  // Reads config.json and builds the family it names (model/families.h: gpt2, or the
+  // Llama family: llama, mistral, qwen2). Throws std::runtime_error naming the file for
+  // a model_type no family reads as a causal language model.
   static CausalLm load(const CausalLmOptions& options);
-
-  torch::nn::Module& module() { return *module_; }
-  std::shared_ptr<torch::nn::Module> module_ptr() { return module_; }
-  const std::string& family() const { return family_; }
-  int64_t vocab_size() const { return vocab_size_; }
-
-  // (B, T) int64 token ids -> (B, T, V) logits. attention_mask (B, T), 1 for real
-  // tokens, may be undefined for unpadded batches.
-  at::Tensor logits(const at::Tensor& input_ids, const at::Tensor& attention_mask = {}) const {
-    return logits_(input_ids, attention_mask);
-  }
 
   // The output layer's input and weight, for a loss that computes the logits itself
   // (linear_cross_entropy_sum): (B, T) ids -> hidden states (B, T, C) as they enter the
@@ -55,20 +48,50 @@ class CausalLm {
     at::Tensor hidden;
     at::Tensor weight;
   };
+
+  // What a family builds (model/families.cpp).
+  struct Parts {
+    std::shared_ptr<torch::nn::Module> module;
+    int64_t vocab_size = 0;
+    int64_t max_positions = 0;  // the longest sequence it can read; 0: no limit
+    std::string max_positions_key;  // config.json's key for it ("n_positions")
+    std::function<at::Tensor(const at::Tensor& ids, const at::Tensor& mask)> logits;
+    std::function<HeadInput(const at::Tensor& ids, const at::Tensor& mask)> head_input;
+    // (B, T_new) ids following those in the cache -> (B, V) logits of the last of them.
+    std::function<at::Tensor(const at::Tensor& ids, KvCache& cache)> next_logits;
+    std::function<void(const std::filesystem::path&, ExistingDirectory)> save;
+  };
+  CausalLm(std::string model_type, Parts parts) : model_type_(std::move(model_type)), parts_(std::move(parts)) {}
+
+  torch::nn::Module& module() { return *parts_.module; }
+  std::shared_ptr<torch::nn::Module> module_ptr() { return parts_.module; }
+  const std::string& family() const { return model_type_; }  // config.json's model_type
+  int64_t vocab_size() const { return parts_.vocab_size; }
+  int64_t max_positions() const { return parts_.max_positions; }
+  const std::string& max_positions_key() const { return parts_.max_positions_key; }
+
+  // (B, T) int64 token ids -> (B, T, V) logits. attention_mask (B, T), 1 for real
+  // tokens, may be undefined for unpadded batches.
+  at::Tensor logits(const at::Tensor& input_ids, const at::Tensor& attention_mask = {}) const {
+    return parts_.logits(input_ids, attention_mask);
+  }
+
   HeadInput head_input(const at::Tensor& input_ids, const at::Tensor& attention_mask = {}) const {
-    return head_input_(input_ids, attention_mask);
+    return parts_.head_input(input_ids, attention_mask);
+  }
+
+  // Incremental decoding (model/generation.h): (B, T_new) ids of the tokens that follow
+  // those in `cache` -> (B, V) next-token logits; appends their keys and values.
+  at::Tensor next_logits(const at::Tensor& input_ids, KvCache& cache) const {
+    return parts_.next_logits(input_ids, cache);
   }
 
   // Writes config.json and model.safetensors in the family's Hugging Face layout.
-  void save(const std::filesystem::path& dir, ExistingDirectory existing) const { save_(dir, existing); }
+  void save(const std::filesystem::path& dir, ExistingDirectory existing) const { parts_.save(dir, existing); }
 
  private:
-  std::shared_ptr<torch::nn::Module> module_;
-  std::string family_;
-  int64_t vocab_size_ = 0;
-  std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> logits_;
-  std::function<HeadInput(const at::Tensor&, const at::Tensor&)> head_input_;
-  std::function<void(const std::filesystem::path&, ExistingDirectory)> save_;
+  std::string model_type_;
+  Parts parts_;
 };
 
 }  // namespace ftrain::model

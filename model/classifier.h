@@ -65,14 +65,16 @@ struct ClassifierLoadReport {
 
 class Classifier {
  public:
-  // Reads config.json and builds the family it names (bert, gpt2, llama, mistral,
-  // qwen2). Throws std::runtime_error naming the file for an unsupported model_type or
+  // Reads config.json and builds the family it names (model/families.h: bert, gpt2,
+  // llama, mistral, qwen2). Throws std::runtime_error naming the file for an unsupported model_type or
   // tensors that do not fit.
   static Classifier load(const ClassifierOptions& options, ClassifierLoadReport* report = nullptr);
 
   torch::nn::Module& module() { return *module_; }
   std::shared_ptr<torch::nn::Module> module_ptr() { return module_; }
-  const std::string& family() const { return family_; }
+  const std::string& family() const { return family_; }  // config.json's model_type
+  // The body's name in module() ("bert", "transformer", "model"); the head is beside it.
+  const std::string& body_name() const { return body_name_; }
   ClassifierKind kind() const { return kind_; }
   int64_t num_labels() const { return num_labels_; }
   int64_t vocab_size() const { return vocab_size_; }
@@ -97,6 +99,7 @@ class Classifier {
  private:
   std::shared_ptr<torch::nn::Module> module_;
   std::string family_;
+  std::string body_name_;
   ClassifierKind kind_ = ClassifierKind::sequence;
   int64_t num_labels_ = 0;
   int64_t vocab_size_ = 0;

@@ -1,8 +1,6 @@
 #include "model/generation.h"
 
 #include "model/causal_lm.h"
-#include "model/gpt2.h"
-#include "model/llama.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -105,33 +103,6 @@ at::Tensor TokenSampler::next(const at::Tensor& logits) {
 
 namespace {
 
-// (B, T_new) ids following those in the cache -> (B, V) logits of the last of them.
-using LastLogits = std::function<torch::Tensor(const torch::Tensor& input_ids, KvCache& cache)>;
-
-// The incremental forward of the model behind a CausalLm. `positions`: how many
-// positions generation will run through the model.
-LastLogits incremental_forward(CausalLm& model, int64_t positions) {
-  std::shared_ptr<torch::nn::Module> module = model.module_ptr();
-  if (auto gpt2 = std::dynamic_pointer_cast<Gpt2Impl>(module)) {
-    const int64_t n_positions = gpt2->config().n_positions;
-    if (positions > n_positions)
-      throw std::runtime_error("generate: the prompt and max_new_tokens need " + std::to_string(positions) +
-                               " positions, this GPT-2's n_positions is " + std::to_string(n_positions) +
-                               "; shorten the prompt or lower max_new_tokens");
-    return [gpt2](const torch::Tensor& ids, KvCache& cache) {
-      // (B, T_new, C) -> (B, C) -> (B, V): only the last position predicts the next token.
-      return gpt2->logits(gpt2->hidden_states_cached(ids, cache).select(1, -1));
-    };
-  }
-  if (auto llama = std::dynamic_pointer_cast<LlamaImpl>(module)) {
-    return [llama](const torch::Tensor& ids, KvCache& cache) {
-      return llama->logits(llama->hidden_states_cached(ids, cache).select(1, -1));
-    };
-  }
-  throw std::runtime_error("generate: model family '" + model.family() +
-                           "' has no incremental decoding (supported: gpt2, llama, mistral, qwen2)");
-}
-
 // Puts a module in eval mode for the lifetime of the guard, then back in its former mode.
 class EvalModeGuard {
  public:
@@ -163,7 +134,12 @@ at::Tensor generate(CausalLm& model, const at::Tensor& prompt_ids, const Generat
                              ") for this model's vocabulary");
   const int64_t B = prompt_ids.size(0), T = prompt_ids.size(1);
   // The last new token is sampled but never read back.
-  LastLogits forward = incremental_forward(model, T + options.max_new_tokens - 1);
+  const int64_t positions = T + options.max_new_tokens - 1;  // run through the model
+  if (model.max_positions() > 0 && positions > model.max_positions())
+    throw std::runtime_error("generate: the prompt and max_new_tokens need " + std::to_string(positions) +
+                             " positions, this " + model.family() + " model's " + model.max_positions_key() + " is " +
+                             std::to_string(model.max_positions()) + "; shorten the prompt or lower max_new_tokens");
+  auto forward = [&model](const torch::Tensor& ids, KvCache& cache) { return model.next_logits(ids, cache); };
 
   torch::NoGradGuard no_grad;
   EvalModeGuard eval_mode(model.module());

@@ -276,7 +276,7 @@ Gpt2TransformerImpl::Gpt2TransformerImpl(const Gpt2Config& config)
     : config_(config), n_positions_(config.n_positions), embd_pdrop_(config.embd_pdrop) {
   wte = register_module("wte", Embedding(config.vocab_size, config.n_embd));
   wpe = register_module("wpe", torch::nn::Embedding(config.n_positions, config.n_embd));
-  h = register_module("h", torch::nn::ModuleList());
+  h = register_blocks("h");
   for (int64_t i = 0; i < config.n_layer; ++i) h->push_back(Block(config, i));
   ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd})
                                                           .eps(config.layer_norm_epsilon)));
@@ -303,18 +303,10 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
   torch::Tensor positions = torch::arange(T, input_ids.options());
   // (B, T) -> (B, T, C) tokens + (T, C) positions
   torch::Tensor x = blocks_input(hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training()));
-  for (std::size_t i = 0; i < h->size(); ++i) {
-    std::shared_ptr<BlockImpl> block = h->ptr<BlockImpl>(i);
-    if (block_runner_)
-      x = block_runner_(i, x, [block](const torch::Tensor& y) { return block->forward(y); });
-    else
-      x = block->forward(x);
-  }
+  x = run_blocks(x, [this](std::size_t i) -> BlockForward {
+    return [block = h->ptr<BlockImpl>(i)](const torch::Tensor& y) { return block->forward(y); };
+  });
   return blocks_output(norm(ln_f, x));
-}
-
-std::vector<std::shared_ptr<torch::nn::Module>> Gpt2TransformerImpl::blocks() {
-  return std::vector<std::shared_ptr<torch::nn::Module>>(h->begin(), h->end());
 }
 
 torch::Tensor Gpt2TransformerImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {

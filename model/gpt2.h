@@ -21,6 +21,7 @@
 #include "model/block_runner.h"
 #include "model/generation.h"
 #include "model/linear.h"
+#include "model/transformer_body.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -135,7 +136,7 @@ TORCH_MODULE(Block);
 
 // Embeddings, the stack of blocks and the final LayerNorm (Hugging Face's GPT2Model,
 // registered as `transformer`).
-class Gpt2TransformerImpl : public torch::nn::Module {
+class Gpt2TransformerImpl : public TransformerBody {
  public:
   explicit Gpt2TransformerImpl(const Gpt2Config& config);
   torch::Tensor forward(const torch::Tensor& input_ids);  // (B, T) int64 -> (B, T, C)
@@ -143,25 +144,17 @@ class Gpt2TransformerImpl : public torch::nn::Module {
   // whose keys and values it appends to the cache.
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
-  // forward runs block i as runner(i, x, block) from now on; an empty runner restores
-  // the plain loop. forward_cached never uses it.
-  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
-  std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // h.0, h.1, ... in order
-
   const Gpt2Config& config() const { return config_; }
 
   Embedding wte{nullptr};             // (V, C) token embedding
   torch::nn::Embedding wpe{nullptr};  // (n_positions, C) position embedding
-  torch::nn::ModuleList h{nullptr};   // n_layer Blocks
+  torch::nn::ModuleList h{nullptr};   // n_layer Blocks (TransformerBody's blocks)
   torch::nn::LayerNorm ln_f{nullptr};
-  InputHook blocks_input;   // forward: the embeddings on their way into the first block
-  InputHook blocks_output;  // forward: ln_f's output on its way out of the body
 
  private:
   Gpt2Config config_;
   int64_t n_positions_;
   double embd_pdrop_;
-  BlockRunner block_runner_;
 };
 TORCH_MODULE(Gpt2Transformer);
 

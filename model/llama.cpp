@@ -569,7 +569,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config) : config_(config) {
   auto embedding_options = torch::nn::EmbeddingOptions(config.vocab_size, config.hidden_size);
   if (config.pad_token_id) embedding_options.padding_idx(*config.pad_token_id);
   embed_tokens = register_module("embed_tokens", Embedding(embedding_options));
-  layers = register_module("layers", torch::nn::ModuleList());
+  layers = register_blocks("layers");
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(LlamaBlock(config, i));
   norm = register_module("norm", LlamaRmsNorm(config.hidden_size, config.rms_norm_eps));
 
@@ -628,26 +628,17 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
 
   // One mask per distinct window; none at all for plain causal attention without padding.
   std::map<int64_t, torch::Tensor> masks;  // window (0: none) -> mask
-  for (size_t i = 0; i < layers->size(); ++i) {
+  x = run_blocks(x, [&](std::size_t i) -> BlockForward {
     std::optional<int64_t> window = config_.attention_window(static_cast<int64_t>(i));
     if (window && *window >= T) window.reset();  // the window covers the whole sequence
     const int64_t key = window.value_or(0);
     if (!masks.count(key))
       masks[key] = (window || is_token.defined()) ? attention_mask_for(T, is_token, window, device) : torch::Tensor();
-    std::shared_ptr<LlamaBlockImpl> block = layers->ptr<LlamaBlockImpl>(i);
-    if (block_runner_) {
-      x = block_runner_(i, x, [block, angles, allowed = masks[key]](const torch::Tensor& y) {
-        return block->forward(y, angles, allowed);
-      });
-    } else {
-      x = block->forward(x, angles, masks[key]);
-    }
-  }
+    return [block = layers->ptr<LlamaBlockImpl>(i), angles, allowed = masks[key]](const torch::Tensor& y) {
+      return block->forward(y, angles, allowed);
+    };
+  });
   return blocks_output(norm(x));
-}
-
-std::vector<std::shared_ptr<torch::nn::Module>> LlamaModelImpl::blocks() {
-  return std::vector<std::shared_ptr<torch::nn::Module>>(layers->begin(), layers->end());
 }
 
 torch::Tensor LlamaModelImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {

@@ -21,6 +21,7 @@
 #include "model/block_runner.h"
 #include "model/generation.h"
 #include "model/linear.h"
+#include "model/transformer_body.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -200,7 +201,7 @@ TORCH_MODULE(LlamaBlock);
 
 // Token embedding, the stack of blocks and the final RMSNorm (Hugging Face's
 // LlamaModel, registered as `model`).
-class LlamaModelImpl : public torch::nn::Module {
+class LlamaModelImpl : public TransformerBody {
  public:
   explicit LlamaModelImpl(const LlamaConfig& config);
   // (B, T) int64 -> (B, T, C). attention_mask as for LlamaImpl::forward.
@@ -209,25 +210,17 @@ class LlamaModelImpl : public torch::nn::Module {
   // positions T_cached, T_cached + 1, ...; appends their keys and values to the cache.
   torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
-  // forward runs block i as runner(i, x, block) from now on; an empty runner restores
-  // the plain loop. forward_cached never uses it.
-  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
-  std::vector<std::shared_ptr<torch::nn::Module>> blocks();  // layers.0, layers.1, ... in order
-
   const LlamaConfig& config() const { return config_; }
 
   Embedding embed_tokens{nullptr};             // (V, C)
-  torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks
+  torch::nn::ModuleList layers{nullptr};       // num_hidden_layers LlamaBlocks (TransformerBody's blocks)
   LlamaRmsNorm norm{nullptr};
-  InputHook blocks_input;   // forward: the embeddings on their way into the first block
-  InputHook blocks_output;  // forward: norm's output on its way out of the body
 
  private:
   RotaryAngles rotary_angles(const torch::Tensor& positions, torch::ScalarType dtype) const;
 
   LlamaConfig config_;
   torch::Tensor inv_freq_;  // (hs / 2) float32 on the CPU; moved to the input's device per call
-  BlockRunner block_runner_;
 };
 TORCH_MODULE(LlamaModel);
 

@@ -1,0 +1,290 @@
+#include "model/families.h"
+
+#include <torch/torch.h>
+
+#include <optional>
+#include <stdexcept>
+
+#include "model/bert.h"
+#include "model/bert_checkpoint.h"
+#include "model/config_fields.h"
+#include "model/generation.h"
+#include "model/gpt2.h"
+#include "model/linear.h"
+#include "model/llama.h"
+#include "model/llama_checkpoint.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace ftrain::model {
+namespace {
+
+bool starts_with(const std::string& text, const std::string& prefix) {
+  return text.compare(0, prefix.size(), prefix) == 0;
+}
+
+// (B, T, C) hidden states, (B, T) mask of real tokens -> (B, C) at each row's last real
+// token. Rows are padded on the right; without a mask the last position is used.
+torch::Tensor last_token(const torch::Tensor& hidden, const torch::Tensor& attention_mask) {
+  const int64_t batch = hidden.size(0);
+  torch::Tensor last;
+  if (attention_mask.defined()) {
+    auto positions = torch::arange(hidden.size(1), torch::TensorOptions().dtype(torch::kLong).device(hidden.device()));
+    last = (positions * (attention_mask != 0).to(torch::kLong)).argmax(1);  // (B)
+  } else {
+    last = torch::full({batch}, hidden.size(1) - 1, torch::TensorOptions().dtype(torch::kLong).device(hidden.device()));
+  }
+  return hidden.index({torch::arange(batch, last.options()), last});
+}
+
+std::optional<double> number(const json& config, const char* key) {
+  if (config.contains(key) && config[key].is_number()) return config[key].get<double>();
+  return std::nullopt;
+}
+
+std::string task_architecture(const std::string& prefix, ClassifierKind kind) {
+  return prefix + (kind == ClassifierKind::sequence ? "ForSequenceClassification" : "ForTokenClassification");
+}
+
+// A module built the way a request asks: uninitialised (its weights are read next,
+// split), plain (read next, whole), or with the family's initialisation from a seed.
+template <typename Model, typename Config, typename Init>
+Model built(const Config& config, bool uninitialised, bool pretrained, uint64_t seed, Init init) {
+  if (uninitialised) {
+    SkipInitialisation skip;
+    return Model(config);
+  }
+  return pretrained ? Model(config) : init(config, seed);
+}
+
+// ---------------------------------------------------------------------------------
+// Decoders: GPT-2 and the Llama family share the language model's shape. `Family`
+// names what differs: the config and module types, the body, its token embedding, the
+// Hugging Face class names and how each is loaded, initialised and saved.
+
+struct Gpt2Traits {
+  using Config = Gpt2Config;
+  using Model = Gpt2;
+  static constexpr const char* body_name = "transformer";
+  static auto& body(Model& m) { return m->transformer; }
+  static const at::Tensor& embedding(Model& m) { return m->transformer->wte->weight; }
+  static int64_t hidden_size(const Config& c) { return c.n_embd; }
+  static int64_t max_positions(const Config& c) { return c.n_positions; }
+  static constexpr const char* max_positions_key = "n_positions";
+  static void override_dropout(Config& c, double p) { c.resid_pdrop = c.embd_pdrop = c.attn_pdrop = p; }
+  static Model init(const Config& c, uint64_t seed) { return init_gpt2(c, seed); }
+  static void save(Model& m, const fs::path& dir, ExistingDirectory e) { save_gpt2(m, dir, e); }
+  static std::string architecture_prefix(const Config&) { return "GPT2"; }
+  // GPT2ForTokenClassification's head is `classifier` with a bias; the sequence
+  // classifier's is `score` without one.
+  static std::string head_name(ClassifierKind kind) { return kind == ClassifierKind::token ? "classifier" : "score"; }
+  static double token_head_dropout(const json& config) {
+    return number(config, "classifier_dropout").value_or(number(config, "hidden_dropout").value_or(0.1));
+  }
+  // GPT-2 has no attention mask: it is causal, so right padding is harmless.
+  static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor&) { return m->forward(ids); }
+  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor&) { return m->hidden_states(ids); }
+  static at::Tensor body_forward(Model& m, const at::Tensor& ids, const at::Tensor&) {
+    return m->transformer->forward(ids);
+  }
+};
+
+struct LlamaTraits {
+  using Config = LlamaConfig;
+  using Model = Llama;
+  static constexpr const char* body_name = "model";
+  static auto& body(Model& m) { return m->model; }
+  static const at::Tensor& embedding(Model& m) { return m->model->embed_tokens->weight; }
+  static int64_t hidden_size(const Config& c) { return c.hidden_size; }
+  static int64_t max_positions(const Config&) { return 0; }  // rotary: no table to outgrow
+  static constexpr const char* max_positions_key = "";
+  static void override_dropout(Config& c, double p) { c.attention_dropout = p; }
+  static Model init(const Config& c, uint64_t seed) { return init_llama(c, seed); }
+  static void save(Model& m, const fs::path& dir, ExistingDirectory e) { save_llama(m, dir, e); }
+  static std::string architecture_prefix(const Config& c) {
+    if (c.model_type == "mistral") return "Mistral";
+    if (c.model_type == "qwen2") return "Qwen2";
+    return "Llama";
+  }
+  static std::string head_name(ClassifierKind) { return "score"; }
+  static double token_head_dropout(const json& config) { return Gpt2Traits::token_head_dropout(config); }
+  static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) { return m->forward(ids, mask); }
+  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor& mask) {
+    return m->hidden_states(ids, mask);
+  }
+  static at::Tensor body_forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) {
+    return m->model->forward(ids, mask);
+  }
+};
+
+template <typename Traits>
+CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::string& source) {
+  using Model = typename Traits::Model;
+  typename Traits::Config config = Traits::Config::from_json(raw, source);
+  if (options.dropout >= 0) Traits::override_dropout(config, options.dropout);
+  const bool split = options.pretrained && options.split != nullptr;
+  Model model = built<Model>(config, split, options.pretrained, options.seed, Traits::init);
+
+  CausalLm::Parts parts;
+  parts.module = model.ptr();
+  parts.vocab_size = config.vocab_size;
+  parts.max_positions = Traits::max_positions(config);
+  parts.max_positions_key = Traits::max_positions_key;
+  parts.logits = [model](const at::Tensor& ids, const at::Tensor& mask) mutable {
+    return Traits::forward(model, ids, mask);
+  };
+  parts.head_input = [model](const at::Tensor& ids, const at::Tensor& mask) mutable {
+    const at::Tensor& weight = model->config().tie_word_embeddings ? Traits::embedding(model) : model->lm_head->weight;
+    return CausalLm::HeadInput{model->head_input_hook(Traits::hidden_states(model, ids, mask)), weight};
+  };
+  parts.next_logits = [model](const at::Tensor& ids, KvCache& cache) mutable {
+    // (B, T_new, C) -> (B, C) -> (B, V): only the last position predicts the next token.
+    return model->logits(model->hidden_states_cached(ids, cache).select(1, -1));
+  };
+  parts.save = [model](const fs::path& dir, ExistingDirectory existing) mutable { Traits::save(model, dir, existing); };
+  CausalLm lm(raw["model_type"].get<std::string>(), std::move(parts));
+  if (options.pretrained) {
+    // Split first when asked (CausalLmOptions::split), so each parameter reads only its part.
+    const std::optional<ParameterSlices> slices = split ? std::optional(options.split(lm)) : std::nullopt;
+    const ModelTensors stored = read_model_tensors(options.path);
+    load_hf_state(model, stored.tensors, stored.source, slices ? &*slices : nullptr);
+  }
+  return lm;
+}
+
+template <typename Traits>
+ClassifierBody decoder_classifier_body(const ClassifierBodyRequest& request) {
+  using Model = typename Traits::Model;
+  typename Traits::Config config = Traits::Config::from_json(request.config, request.source);
+  if (request.dropout >= 0) Traits::override_dropout(config, request.dropout);
+  ClassifierBody body;
+  body.config = config.to_json();
+  config.tie_word_embeddings = true;  // the body has no language-modelling head of its own
+  Model model = built<Model>(config, request.uninitialised, request.pretrained, request.seed, Traits::init);
+
+  body.name = Traits::body_name;
+  body.module = Traits::body(model).ptr();
+  body.vocab_size = config.vocab_size;
+  body.hidden_size = Traits::hidden_size(config);
+  body.initializer_range = config.initializer_range;
+  body.head_name = Traits::head_name(request.kind);
+  // Decoders score the last token directly: no bias, and no dropout unless overridden.
+  body.head_bias = request.kind == ClassifierKind::token;
+  body.head_dropout = request.dropout >= 0                     ? request.dropout
+                      : request.kind == ClassifierKind::sequence ? 0.0
+                                                                 : Traits::token_head_dropout(request.config);
+  body.architecture = task_architecture(Traits::architecture_prefix(config), request.kind);
+  body.writes_pad_token_id = true;
+  body.unused_tensor = [](const std::string& name) {
+    return name == "lm_head.weight" || starts_with(name, "classifier.") || starts_with(name, "score.");
+  };
+  body.load = [model](const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices,
+                      std::vector<std::string>&) mutable {
+    load_hf_state(model, tensors, source, slices);
+    return std::vector<std::string>{};
+  };
+  body.state = [model]() mutable { return to_hf_state(model); };
+  const ClassifierKind kind = request.kind;
+  body.features = [model, kind](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor&) mutable {
+    torch::Tensor hidden = Traits::body_forward(model, ids, mask);  // (B, T, C)
+    return kind == ClassifierKind::sequence ? last_token(hidden, mask) : hidden;
+  };
+  return body;
+}
+
+// ---------------------------------------------------------------------------------
+// BERT: an encoder only, so classifiers alone.
+
+ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
+  BertConfig config = BertConfig::from_json(request.config, request.source);
+  if (request.dropout >= 0) config.hidden_dropout_prob = config.attention_probs_dropout_prob = request.dropout;
+  Bert bert = built<Bert>(config, request.uninitialised, request.pretrained, request.seed, init_bert);
+  const ClassifierKind kind = request.kind;
+  if (kind == ClassifierKind::token) bert->unregister_module("pooler");  // BertForTokenClassification has none
+
+  ClassifierBody body;
+  body.name = "bert";
+  body.module = bert.ptr();
+  body.vocab_size = config.vocab_size;
+  body.hidden_size = config.hidden_size;
+  body.initializer_range = config.initializer_range;
+  body.config = config.to_json();
+  body.head_name = "classifier";
+  body.head_bias = true;
+  body.head_dropout = request.dropout >= 0 ? request.dropout
+                                           : number(request.config, "classifier_dropout")
+                                                 .value_or(number(request.config, "hidden_dropout_prob").value_or(0.1));
+  body.architecture = task_architecture("Bert", kind);
+  body.unused_tensor = [kind](const std::string& name) {
+    return kind == ClassifierKind::token && (starts_with(name, "pooler.") || starts_with(name, "bert.pooler."));
+  };
+  const uint64_t seed = request.seed;
+  body.load = [bert, kind, seed](const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices,
+                                 std::vector<std::string>& warnings) mutable {
+    const std::optional<ParameterSlices> under = slices ? std::optional(slices->under("bert.")) : std::nullopt;
+    const BertLoadReport loaded = load_hf_state(bert, tensors, source, seed, under ? &*under : nullptr);
+    if (!loaded.pooler_initialised || kind != ClassifierKind::sequence) return std::vector<std::string>{};
+    warnings.push_back(source + ": no pooler weights; the pooler is new and is trained with the head");
+    return std::vector<std::string>{"bert.pooler."};
+  };
+  body.state = [bert]() mutable {
+    NamedTensors out;
+    for (auto& [name, value] : to_hf_state(bert)) out.emplace_back("bert." + name, value);
+    return out;
+  };
+  body.features = [bert, kind](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& types) mutable {
+    BertOutput out = bert->forward(ids, mask, types);
+    return kind == ClassifierKind::sequence ? out.pooler_output : out.last_hidden_state;
+  };
+  return body;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+}  // namespace
+
+// The registry: one line per family.
+const std::vector<ModelFamily>& model_families() {
+  static const std::vector<ModelFamily> families = {
+      {"gpt2", {"gpt2"}, decoder_lm<Gpt2Traits>, decoder_classifier_body<Gpt2Traits>},
+      {"llama", {"llama", "mistral", "qwen2"}, decoder_lm<LlamaTraits>, decoder_classifier_body<LlamaTraits>},
+      {"bert", {"bert"}, nullptr, bert_classifier_body},
+  };
+  return families;
+}
+
+std::string supported_model_types(const std::function<bool(const ModelFamily&)>& has) {
+  std::vector<std::string> types;
+  for (const ModelFamily& family : model_families())
+    if (!has || has(family)) types.insert(types.end(), family.model_types.begin(), family.model_types.end());
+  return joined(types);
+}
+
+void unsupported_model_type(const std::string& source, const std::string& model_type, const std::string& purpose,
+                            const std::string& supported) {
+  throw std::runtime_error(source + ": model_type '" + model_type + "' is not supported for " + purpose +
+                           " (supported: " + supported + ")");
+}
+
+const ModelFamily* find_model_family(const json& config, const std::string& source) {
+  if (!config.is_object() || !config.contains("model_type") || !config["model_type"].is_string())
+    config_error(source, "model_type", "is missing or not a string");
+  const std::string type = config["model_type"].get<std::string>();
+  for (const ModelFamily& family : model_families())
+    for (const std::string& known : family.model_types)
+      if (known == type) return &family;
+  return nullptr;
+}
+
+const ModelFamily& model_family(const json& config, const std::string& source) {
+  const ModelFamily* family = find_model_family(config, source);
+  if (!family) unsupported_model_type(source, config["model_type"].get<std::string>(), "any task", supported_model_types());
+  return *family;
+}
+
+}  // namespace ftrain::model

@@ -1,0 +1,67 @@
+// The body every model family shares: embeddings (the family's own), then a stack of
+// transformer blocks run by one loop, then whatever the family puts after them.
+//
+// The loop is where dist/ and activation checkpointing reach the blocks from outside
+// (model/block_runner.h): with a runner installed, block i runs as runner(i, x, block),
+// otherwise as block(x), with the same result. GPT-2's transformer, the Llama family's
+// model and BERT's encoder derive from TransformerBody, so code that wraps the blocks
+// finds any family's body as a TransformerBody and never asks which family it is.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/block_runner.h"
+#include "model/linear.h"
+
+namespace ftrain::model {
+
+class TransformerBody : public torch::nn::Module {
+ public:
+  // The forward runs block i as runner(i, x, block) from now on; an empty runner
+  // restores the plain loop. Cached (generation) forwards never use it.
+  void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
+
+  // The blocks in order (h.0, h.1, ... or layers.0, ...).
+  std::vector<std::shared_ptr<torch::nn::Module>> blocks() const {
+    return std::vector<std::shared_ptr<torch::nn::Module>>(blocks_->begin(), blocks_->end());
+  }
+  std::size_t num_blocks() const { return blocks_->size(); }
+
+  InputHook blocks_input;   // the embeddings on their way into the first block
+  InputHook blocks_output;  // the body's output on its way out
+
+ protected:
+  // Registers the (empty) list of blocks under `name`, Hugging Face's name for it.
+  torch::nn::ModuleList register_blocks(const std::string& name) {
+    blocks_ = register_module(name, torch::nn::ModuleList());
+    return blocks_;
+  }
+
+  // Block i with whatever else it needs (rotary angles, masks) bound in by value: the
+  // runner may call it again after the forward returned (checkpointing recomputes it).
+  using BindBlock = std::function<BlockForward(std::size_t index)>;
+
+  // x through every block in order: the one loop of every family's forward.
+  at::Tensor run_blocks(at::Tensor x, const BindBlock& bind) const {
+    for (std::size_t i = 0; i < blocks_->size(); ++i) {
+      const BlockForward block = bind(i);
+      x = block_runner_ ? block_runner_(i, x, block) : block(x);
+    }
+    return x;
+  }
+
+ private:
+  torch::nn::ModuleList blocks_{nullptr};
+  BlockRunner block_runner_;
+};
+
+}  // namespace ftrain::model
