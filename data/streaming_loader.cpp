@@ -9,7 +9,7 @@ namespace ftrain::data {
 namespace {
 
 std::runtime_error option_error(const char* key, const std::string& what) {
-  return std::runtime_error(std::string("data loader option '") + key + "' " + what);
+  return std::runtime_error(std::string(key) + ": " + what);
 }
 
 void check_layout(int dp_rank, int dp_size) {
@@ -210,7 +210,7 @@ EvalReader::EvalReader(const std::string& path, const std::string& split, int64_
                        int64_t max_samples, int dp_rank, int dp_size)
     : dataset_(open_split(path, split, dp_rank, dp_size)), micro_batch_size_(micro_batch_size) {
   if (micro_batch_size < 1) {
-    throw option_error("micro_batch_size", "of evaluation must be >= 1, got " + std::to_string(micro_batch_size));
+    throw option_error("data.micro_batch_size", "must be >= 1 for evaluation, got " + std::to_string(micro_batch_size));
   }
   total_rows_ = max_samples < 0 ? dataset_.num_rows() : std::min(max_samples, dataset_.num_rows());
   shard_begin_ = total_rows_ * dp_rank / dp_size;

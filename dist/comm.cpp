@@ -107,18 +107,13 @@ const char* to_string(ReduceOp op) {
 }
 
 void CommOptions::validate() const {
-  if (tp < 1) {
-    throw std::invalid_argument("dist.tp must be at least 1 (got " + std::to_string(tp) + ")");
-  }
-  if (device != "cpu" && device != "cuda") {
-    throw std::invalid_argument("dist.device must be \"cpu\" or \"cuda\" (got \"" + device +
-                                "\")");
-  }
+  if (tp < 1) throw std::invalid_argument("dist.tp: must be at least 1, got " + std::to_string(tp));
+  if (device != "cpu" && device != "cuda")
+    throw std::invalid_argument("dist.device: must be cpu or cuda, got '" + device + "'");
   // Up to 1 TiB: beyond that the byte count would be meaningless for one all-reduce.
   if (!std::isfinite(bucket_mb) || bucket_mb <= 0 || bucket_mb > 1024.0 * 1024.0) {
     std::ostringstream message;
-    message << "dist.bucket_mb must be a positive number of MiB, at most 1048576 (got "
-            << bucket_mb << ")";
+    message << "dist.bucket_mb: must be a positive number of MiB, at most 1048576, got " << bucket_mb;
     throw std::invalid_argument(message.str());
   }
 }

@@ -11,11 +11,6 @@
 
 namespace ftrain::dist {
 
-void ZeroOptions::validate() const {
-  if (stage < 0 || stage > 3)
-    throw std::invalid_argument("option 'dist.zero': must be 0, 1, 2 or 3, got " + std::to_string(stage));
-}
-
 namespace {
 
 // A unit's full buffer keeps its StorageImpl for its whole life, so the parameters and

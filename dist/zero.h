@@ -72,12 +72,6 @@
 
 namespace ftrain::dist {
 
-struct ZeroOptions {
-  int stage = 0;  // dist.zero: 0 = replicated optimizer; 1 = sharded state; 2 = + sharded gradients;
-                  //   3 = + sharded parameters, gathered per transformer block
-  void validate() const;
-};
-
 class ZeroSharding {
  public:
   // The part of one parameter that lies in this rank's shard, as flat views.

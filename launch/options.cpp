@@ -1,13 +1,13 @@
 #include "launch/options.h"
 
 #include "launch/eval/metrics.h"
-#include "launch/precision.h"
 
 #include <boost/program_options.hpp>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -20,8 +20,31 @@ namespace {
 
 constexpr unsigned kHelpWidth = 110;
 
+// "<section.key>: <what is wrong>"; parse_config puts the file or "command line" before it.
 [[noreturn]] void fail(const std::string& key, const std::string& what) {
-  throw std::runtime_error("option '" + key + "': " + what);
+  throw std::runtime_error(key + ": " + what);
+}
+
+template <typename E>
+using Names = std::vector<std::pair<const char*, E>>;
+
+const Names<ModelInit> kModelInits = {{"pretrained", ModelInit::pretrained}, {"random", ModelInit::random}};
+const Names<Precision> kPrecisions = {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}, {"fp16", Precision::fp16}};
+const Names<ReduceDtype> kReduceDtypes = {{"fp32", ReduceDtype::fp32}, {"bf16", ReduceDtype::bf16}};
+const Names<Decay> kDecays = {{"cosine", Decay::cosine}, {"linear", Decay::linear}, {"constant", Decay::constant}};
+
+template <typename E>
+std::string name_of(const Names<E>& names, E value) {
+  for (const auto& [name, choice] : names)
+    if (choice == value) return name;
+  return "?";
+}
+
+template <typename E>
+std::string listed(const Names<E>& names) {
+  std::string out;
+  for (const auto& [name, choice] : names) out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
 }
 
 template <typename T>
@@ -48,6 +71,26 @@ class Section {
                            po::value<T>(field)->default_value(*field, to_text(*field)),
                            meaning.c_str());
     printers_.emplace_back(key, [field] { return to_text(*field); });
+    return *this;
+  }
+
+  // A key whose value is one of `names`: Boost reads the text, which becomes the enum
+  // here, once; anything else is an error listing the choices.
+  template <typename E>
+  Section& choice(const std::string& key, E* field, const Names<E>& names, const std::string& meaning) {
+    const std::string full = name_ + "." + key;
+    const std::string initial = name_of(names, *field);
+    options_.add_options()(full.c_str(),
+                           po::value<std::string>()->default_value(initial)->notifier([field, names, full](const std::string& text) {
+                             for (const auto& [name, choice] : names)
+                               if (text == name) {
+                                 *field = choice;
+                                 return;
+                               }
+                             fail(full, "must be one of " + listed(names) + ", got '" + text + "'");
+                           }),
+                           (listed(names) + ": " + meaning).c_str());
+    printers_.emplace_back(key, [field, names] { return name_of(names, *field); });
     return *this;
   }
 
@@ -89,7 +132,7 @@ std::vector<Section> describe(Config& c) {
   sections.emplace_back("model", "[model] the starting weights");
   sections.back()
       .add("path", &c.model.path, "Hugging Face model directory: config.json and model.safetensors (required)")
-      .add("init", &c.model.init, "pretrained (load the safetensors) | random (fresh init from config.json)")
+      .choice("init", &c.model.init, kModelInits, "load the safetensors, or a fresh init from config.json")
       .add("dropout", &c.model.dropout, "override every dropout probability (< 0 keeps config.json's)");
 
   sections.emplace_back("data", "[data] tokenized HDF5 dataset written by ftrain-prep");
@@ -121,15 +164,15 @@ std::vector<Section> describe(Config& c) {
       .add("test_split", &c.train.test_split,
            "split evaluated once after training, with the best model, into <run.dir>/test_report.json "
            "(skipped when the dataset has no such split; empty = never)")
-      .add("precision", &c.train.precision,
-           "fp32 | bf16 | fp16: dtype of the forward pass's matrix products under autocast; weights, gradients and "
-           "optimizer state stay fp32")
+      .choice("precision", &c.train.precision, kPrecisions,
+              "dtype of the forward pass's matrix products under autocast; weights, gradients and "
+              "optimizer state stay fp32")
       .add("loss_scale", &c.train.loss_scale, "fp16: initial dynamic loss scale")
       .add("loss_scale_window", &c.train.loss_scale_window,
            "fp16: steps with finite gradients after which the loss scale doubles")
-      .add("reduce_dtype", &c.train.reduce_dtype,
-           "fp32 | bf16: dtype the gradients travel and are summed in over the data-parallel ranks (bf16 halves "
-           "the bytes on NCCL; MPI sums bf16 as fp32 and sends fp32); accumulation and the update stay fp32")
+      .choice("reduce_dtype", &c.train.reduce_dtype, kReduceDtypes,
+              "dtype the gradients travel and are summed in over the data-parallel ranks (bf16 halves "
+              "the bytes on NCCL; MPI sums bf16 as fp32 and sends fp32); accumulation and the update stay fp32")
       .add("activation_checkpointing", &c.train.activation_checkpointing,
            "keep only each transformer block's input in the forward pass and recompute the block in the backward "
            "pass: activation memory of one block instead of all, for about one more forward pass of compute")
@@ -142,7 +185,7 @@ std::vector<Section> describe(Config& c) {
       .add("lr", &c.optim.lr, "peak learning rate")
       .add("min_lr", &c.optim.min_lr, "learning rate at the end of the decay")
       .add("warmup_steps", &c.optim.warmup_steps, "linear warmup steps from 0 to lr")
-      .add("decay", &c.optim.decay, "cosine | linear | constant, from lr to min_lr after warmup")
+      .choice("decay", &c.optim.decay, kDecays, "from lr to min_lr after warmup")
       .add("weight_decay", &c.optim.weight_decay, "decoupled weight decay on matrices and embeddings")
       .add("beta1", &c.optim.beta1, "AdamW beta1")
       .add("beta2", &c.optim.beta2, "AdamW beta2")
@@ -174,7 +217,7 @@ std::vector<Section> describe(Config& c) {
       .add("overlap", &c.dist.overlap,
            "start gradient reductions during the backward pass: each bucket's all-reduce (ZeRO 0) or each "
            "transformer block's reduce-scatter (ZeRO 1-3) as soon as backward has produced it")
-      .add("zero", &c.zero.stage,
+      .add("zero", &c.dist.zero,
            "ZeRO stage over data-parallel ranks: 0 replicated, 1 sharded optimizer state, 2 + sharded gradients, "
            "3 + sharded parameters (gathered per transformer block)");
   return sections;
@@ -213,8 +256,6 @@ void RunOptions::validate() const {
 
 void ModelOptions::validate() const {
   if (path.empty()) fail("model.path", "is required (a Hugging Face model directory)");
-  if (init != "pretrained" && init != "random")
-    fail("model.init", "must be 'pretrained' or 'random', got '" + init + "'");
   if (dropout >= 1) fail("model.dropout", "must be < 1, got " + to_text(dropout));
 }
 
@@ -227,9 +268,6 @@ void TrainOptions::validate() const {
   require_non_negative("train.eval_samples", static_cast<double>(eval_samples));
   require_non_negative("train.early_stopping_patience", static_cast<double>(early_stopping_patience));
   require_non_negative("train.freeze_base_steps", static_cast<double>(freeze_base_steps));
-  (void)compute_dtype(precision);
-  if (reduce_dtype != "fp32" && reduce_dtype != "bf16")
-    fail("train.reduce_dtype", "must be fp32 or bf16, got '" + reduce_dtype + "'");
   require_positive("train.loss_scale", loss_scale);
   require_positive("train.loss_scale_window", static_cast<double>(loss_scale_window));
   if (freeze_base_steps >= steps)
@@ -249,8 +287,6 @@ void OptimOptions::validate() const {
   require_non_negative("optim.min_lr", min_lr);
   if (min_lr > lr) fail("optim.min_lr", "must not exceed optim.lr (" + to_text(lr) + ")");
   require_non_negative("optim.warmup_steps", static_cast<double>(warmup_steps));
-  if (decay != "cosine" && decay != "linear" && decay != "constant")
-    fail("optim.decay", "must be cosine, linear or constant, got '" + decay + "'");
   require_non_negative("optim.weight_decay", weight_decay);
   if (beta1 < 0 || beta1 >= 1) fail("optim.beta1", "must be in [0, 1)");
   if (beta2 < 0 || beta2 >= 1) fail("optim.beta2", "must be in [0, 1)");
@@ -262,6 +298,11 @@ void CheckpointOptions::validate() const {
   require_positive("checkpoint.keep", static_cast<double>(keep));
 }
 
+void DistOptions::validate() const {
+  dist::CommOptions::validate();
+  if (zero < 0 || zero > 3) fail("dist.zero", "must be 0, 1, 2 or 3, got " + std::to_string(zero));
+}
+
 void Config::validate() const {
   run.validate();
   model.validate();
@@ -270,7 +311,6 @@ void Config::validate() const {
   optim.validate();
   checkpoint.validate();
   dist.validate();
-  zero.validate();
   if (optim.warmup_steps > train.steps)
     fail("optim.warmup_steps", "(" + to_text(optim.warmup_steps) + ") exceeds train.steps (" +
                                    to_text(train.steps) + ")");
@@ -323,6 +363,9 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
   } catch (const po::error& e) {
     throw std::runtime_error(std::string("command line: ") + e.what());
   }
+  std::set<std::string> from_command_line;
+  for (const auto& [key, value] : values)
+    if (!value.defaulted()) from_command_line.insert(key);
 
   if (values.count("help")) {
     std::ostringstream out;
@@ -349,17 +392,25 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
     // --resume is an alias; giving both with different values is ambiguous.
     const std::string resume = values["resume"].as<std::string>();
     if (!values["run.resume"].defaulted() && values["run.resume"].as<std::string>() != resume)
-      fail("resume", "conflicts with run.resume = " + values["run.resume"].as<std::string>());
+      throw std::runtime_error("command line: resume: conflicts with run.resume = " +
+                               values["run.resume"].as<std::string>());
     values.at("run.resume").value() = resume;
   }
 
+  // "<section.key>: ..." from the checks becomes "<where the key was set>: <section.key>: ...".
+  auto located = [&](const std::exception& e) {
+    const std::string text = e.what();
+    const std::string key = text.substr(0, text.find(':'));
+    const bool on_command_line = from_command_line.count(key) > 0 || from_command_line.count("--" + key) > 0;
+    return std::runtime_error((on_command_line || config.config_file.empty() ? "command line" : config.config_file) +
+                              ": " + text);
+  };
   try {
     po::notify(values);
-  } catch (const po::error& e) {
-    throw std::runtime_error(e.what());
+    config.validate();
+  } catch (const std::exception& e) {
+    throw located(e);
   }
-
-  config.validate();
   config.resolved_ini = resolved_ini(sections);
   return true;
 }
@@ -374,12 +425,8 @@ Config parse_config_text(const std::string& ini, const std::string& source) {
   try {
     po::store(po::parse_config_file(text, all, /*allow_unregistered=*/false), values);
     po::notify(values);
-  } catch (const po::error& e) {
-    throw std::runtime_error(source + ": " + e.what());
-  }
-  try {
     config.validate();
-  } catch (const std::runtime_error& e) {
+  } catch (const std::exception& e) {
     throw std::runtime_error(source + ": " + e.what());
   }
   config.resolved_ini = resolved_ini(sections);

@@ -1,6 +1,9 @@
-// The options of one ftrain run: one struct per component, each with defaults and a
-// validate() that names the offending key. options.cpp is the only place that maps
-// Boost.Program_options (INI sections and --section.key=value flags) onto them.
+// The options of one ftrain run: one struct per INI section, each field named as its
+// key, with defaults and a validate() that throws "<section.key>: <what is wrong>".
+// Choices (train.precision, optim.decay, ...) are enums, parsed once. options.cpp is the
+// only place that maps Boost.Program_options (INI sections and --section.key=value
+// flags) onto them, and every error it reports reads
+// "<file or command line>: <section.key>: <what is wrong>".
 #pragma once
 
 #include <cstdint>
@@ -9,7 +12,7 @@
 
 #include "data/streaming_loader.h"
 #include "dist/comm.h"
-#include "dist/zero.h"
+#include "launch/optim/options.h"
 
 namespace ftrain::launch {
 
@@ -27,10 +30,22 @@ struct RunOptions {
   void validate() const;
 };
 
+// model.init
+enum class ModelInit {
+  pretrained,  // load the weights
+  random,      // fresh init from config.json
+};
+
+// train.precision: the autocast dtype of the forward pass's matrix products.
+enum class Precision { fp32, bf16, fp16 };
+
+// train.reduce_dtype: the dtype gradients travel and are summed in between data-parallel ranks.
+enum class ReduceDtype { fp32, bf16 };
+
 // [model]: the starting point.
 struct ModelOptions {
   std::string path;              // Hugging Face model directory (config.json [+ safetensors])
-  std::string init = "pretrained";  // pretrained: load weights | random: fresh init from config.json
+  ModelInit init = ModelInit::pretrained;
   double dropout = -1;           // override every dropout probability; < 0 keeps config.json's
   void validate() const;
 };
@@ -48,24 +63,11 @@ struct TrainOptions {
   int64_t early_stopping_patience = 0;  // validations without improvement before stopping; 0 = never
   std::string test_split = "test";      // evaluated once at the end; empty = never
   int64_t freeze_base_steps = 0;        // classification: head-only steps before full fine-tuning
-  std::string precision = "fp32";       // fp32 | bf16 | fp16: autocast dtype of the forward pass
+  Precision precision = Precision::fp32;
   double loss_scale = 65536;            // fp16: initial dynamic loss scale
   int64_t loss_scale_window = 1000;     // fp16: finite steps in a row before the scale doubles
-  std::string reduce_dtype = "fp32";    // fp32 | bf16: dtype of gradients in the data-parallel reduction
+  ReduceDtype reduce_dtype = ReduceDtype::fp32;
   bool activation_checkpointing = false;  // recompute each block's activations in the backward pass
-  void validate() const;
-};
-
-// [optim]: AdamW with linear warmup then a decay to min_lr.
-struct OptimOptions {
-  double lr = 3e-4;
-  double min_lr = 3e-5;
-  int64_t warmup_steps = 0;
-  std::string decay = "cosine";  // cosine | linear | constant
-  double weight_decay = 0.1;     // applied to matrices and embeddings, not to biases or norms
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
   void validate() const;
 };
 
@@ -80,15 +82,20 @@ struct CheckpointOptions {
   void validate() const;
 };
 
+// [dist]: the communicator's options (dist/comm.h) and the ZeRO stage (dist/zero.h).
+struct DistOptions : dist::CommOptions {
+  int zero = 0;  // 0 replicated; 1 sharded optimizer state; 2 + sharded gradients; 3 + sharded parameters
+  void validate() const;
+};
+
 struct Config {
   RunOptions run;
   ModelOptions model;
-  data::LoaderOptions data;
+  data::LoaderOptions data;  // [data], data/streaming_loader.h
   TrainOptions train;
-  OptimOptions optim;
-  CheckpointOptions checkpoint;
-  dist::CommOptions dist;
-  dist::ZeroOptions zero;
+  OptimOptions optim;  // [optim], launch/optim/options.h
+  CheckpointOptions checkpoint;  // [checkpoint]
+  DistOptions dist;
 
   std::string config_file;   // the INI file it came from, if any
   std::string resolved_ini;  // every option with its final value, as INI text

@@ -6,11 +6,13 @@
 
 namespace ftrain::launch {
 
-std::optional<c10::ScalarType> compute_dtype(const std::string& precision) {
-  if (precision == "fp32") return std::nullopt;
-  if (precision == "bf16") return c10::ScalarType::BFloat16;
-  if (precision == "fp16") return c10::ScalarType::Half;
-  throw std::runtime_error("train.precision: must be fp32, bf16 or fp16, got '" + precision + "'");
+std::optional<c10::ScalarType> compute_dtype(Precision precision) {
+  switch (precision) {
+    case Precision::bf16: return c10::ScalarType::BFloat16;
+    case Precision::fp16: return c10::ScalarType::Half;
+    case Precision::fp32: break;
+  }
+  return std::nullopt;
 }
 
 AutocastScope::AutocastScope(c10::DeviceType device, std::optional<c10::ScalarType> dtype) : device_(device) {

@@ -10,11 +10,12 @@
 #include <optional>
 #include <string>
 
+#include "launch/options.h"
+
 namespace ftrain::launch {
 
-// train.precision: fp32 | bf16 | fp16. Returns the autocast dtype, none for fp32.
-// Throws std::runtime_error naming train.precision for anything else.
-std::optional<c10::ScalarType> compute_dtype(const std::string& precision);
+// The autocast dtype of train.precision, none for fp32.
+std::optional<c10::ScalarType> compute_dtype(Precision precision);
 
 // Autocast for one device type while alive; nothing when dtype is empty.
 class AutocastScope {

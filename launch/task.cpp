@@ -58,7 +58,7 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
     : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
       model_(std::make_unique<Model>()), model_path_(config.model.path) {
   model_->name = dataset.task;
-  const bool pretrained = config.model.init == "pretrained";
+  const bool pretrained = config.model.init == ModelInit::pretrained;
   if (kind_ == TaskKind::causal_lm) {
     if (config.train.freeze_base_steps > 0)
       throw std::runtime_error("train.freeze_base_steps: a causal language model has no new head to train alone; "

@@ -92,7 +92,7 @@ class Trainer {
       : config_(config),
         comm_(comm),
         autocast_dtype_(compute_dtype(config.train.precision)),
-        scaler_(config.train.precision == "fp16", config.train.loss_scale, config.train.loss_scale_window),
+        scaler_(config.train.precision == Precision::fp16, config.train.loss_scale, config.train.loss_scale_window),
         watchdog_(config.run.step_timeout, comm.rank()),
         profiler_(ProfilerOptions{config.run.profile_from, config.run.profile_steps,
                                   (std::filesystem::path(config.run.dir) / "profile").string(), comm.rank(),
@@ -117,23 +117,22 @@ class Trainer {
     plan_ = task_->parallelize(comm_);
     for (auto& item : task_->module().named_parameters()) named_params_.emplace_back(item.key(), item.value());
 
-    const AdamWOptions adamw{config_.optim.beta1, config_.optim.beta2, config_.optim.eps, config_.optim.weight_decay};
-    if (config_.zero.stage > 0) {
+    if (config_.dist.zero > 0) {
       // Parameters and gradients move into flat buffers, one per block; this rank's
       // optimizer sees only the slices of its shard. The gradients are reduced block
       // by block as backward completes them (stage 1: in the last micro-batch; with
       // dist.overlap, while the blocks before run backward); stage 3 also gathers the
       // parameters block by block, as the model runs them.
-      zero_ = std::make_unique<dist::ZeroSharding>(named_params_, comm_.dp(), config_.zero.stage,
+      zero_ = std::make_unique<dist::ZeroSharding>(named_params_, comm_.dp(), config_.dist.zero,
                                                    task_->block_parameter_names());
       zero_->set_reduce_dtype(reduce_dtype());
       zero_->set_overlap(config_.dist.overlap);
       std::vector<AdamWSlot> slots;
       for (const auto& slice : zero_->local_slices())
         slots.push_back(AdamWSlot{slice.name, slice.param, slice.grad, slice.is_matrix});
-      optimizer_ = std::make_unique<AdamW>(std::move(slots), adamw);
+      optimizer_ = std::make_unique<AdamW>(std::move(slots), config_.optim);
     } else {
-      optimizer_ = std::make_unique<AdamW>(named_params_, adamw);
+      optimizer_ = std::make_unique<AdamW>(named_params_, config_.optim);
       std::vector<torch::Tensor> params;
       for (auto& [name, p] : named_params_) params.push_back(p);
       if (dp_size() > 1)
@@ -173,7 +172,7 @@ class Trainer {
   int dp_size() const { return comm_.layout().dp_size; }
   bool zero3() const { return zero_ && zero_->stage() == 3; }
   std::optional<c10::ScalarType> reduce_dtype() const {
-    if (config_.train.reduce_dtype == "bf16") return c10::ScalarType::BFloat16;
+    if (config_.train.reduce_dtype == ReduceDtype::bf16) return c10::ScalarType::BFloat16;
     return std::nullopt;
   }
   int64_t grad_accum_steps() const {
@@ -526,7 +525,7 @@ class Trainer {
           {"rng", {{"scheme", "reseeded every step from (run.seed, data-parallel rank, step)"}, {"seed", config_.run.seed}}},
           {"layout",
            {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()},
-            {"zero", config_.zero.stage}}},
+            {"zero", config_.dist.zero}}},
           {"model", {{"family", task_->family()}, {"task", task_->name()}, {"path", config_.model.path}}},
           {"validation", validation_state()},
           {"loss_scale", {{"scale", scaler_.scale()}, {"good_steps", scaler_.good_steps()}}},
@@ -702,7 +701,7 @@ class Trainer {
     }
     // A split or sharded model is written from its gathered full tensors (collective).
     NamedTensors full_parameters;
-    if (config_.checkpoint.export_hf && (comm_.layout().tp_size > 1 || config_.zero.stage == 3))
+    if (config_.checkpoint.export_hf && (comm_.layout().tp_size > 1 || config_.dist.zero == 3))
       full_parameters = gathered_parameters();
     if (config_.checkpoint.export_hf && rank0()) {
       const fs::path final_dir = fs::path(config_.run.dir) / "final";
@@ -792,8 +791,6 @@ class Trainer {
   }
 
   int train() {
-    const LrScheduleOptions schedule{config_.optim.lr, config_.optim.min_lr, config_.optim.warmup_steps,
-                                     config_.train.steps, config_.optim.decay};
     task_->module().train();
     const int64_t accum = grad_accum_steps();
     const int64_t start_step = step_;
@@ -831,7 +828,7 @@ class Trainer {
           torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
       const bool overlap = reducer_ && config_.dist.overlap;
       std::optional<WeightCastCache> casts;  // one cast of each weight for all micro-batches
-      casts.emplace(autocast_dtype_.has_value() && config_.zero.stage != 3);
+      casts.emplace(autocast_dtype_.has_value() && config_.dist.zero != 3);
       for (std::size_t m = 0; m < micro_batches.size(); ++m) {
         const TaskBatch& batch = micro_batches[m];
         // The last micro-batch's backward completes the gradients: reduce as they come.
@@ -859,7 +856,7 @@ class Trainer {
       // loss scaling reads it on the host within the step.
       const bool stepped = !scaler_.enabled() || scaler_.update(std::isfinite(grad_norm.item<double>()));
       ++step_;
-      const double lr = learning_rate(schedule, step_);
+      const double lr = learning_rate(config_.optim, config_.train.steps, step_);
       if (stepped) optimizer_->step(lr);
       if (zero_) {
         zero_->gather_parameters();
@@ -1030,8 +1027,8 @@ class Trainer {
     for (auto& [name, p] : named_params_) parameters += p.numel();
     std::cout << config_.resolved_ini;
     std::cout << "ftrain: " << comm_.world_size() << " rank(s), tp " << comm_.layout().tp_size
-              << (plan_.sequence_parallel ? " (sequence parallel)" : "") << " x dp " << dp_size() << ", ZeRO stage " << config_.zero.stage << ", device " << comm_.device() << ", " << parameters << " parameters, "
-              << (config_.model.init == "random" ? "RANDOMLY INITIALISED " : "pretrained ") << task_->family()
+              << (plan_.sequence_parallel ? " (sequence parallel)" : "") << " x dp " << dp_size() << ", ZeRO stage " << config_.dist.zero << ", device " << comm_.device() << ", " << parameters << " parameters, "
+              << (config_.model.init == ModelInit::random ? "RANDOMLY INITIALISED " : "pretrained ") << task_->family()
               << " weights from "
               << config_.model.path << ", task " << task_->name() << "\n"
               << "ftrain: global batch " << config_.train.global_batch_size << " sequences of "

@@ -168,7 +168,7 @@ CheckpointModel build_model(const fs::path& checkpoint, const ModelSources& sour
   if (!saved_task.empty() && saved_task != dataset.task)
     throw std::runtime_error(config.data.path + ": is a " + dataset.task + " dataset, but " + where +
                              " holds a " + saved_task + " model (" + data_origin + ")");
-  config.model.init = "random";
+  config.model.init = ModelInit::random;
   out.task = std::make_unique<Task>(config, dataset);
   const std::string saved_family = model_meta.value("family", std::string());
   if (!saved_family.empty() && saved_family != out.task->family())

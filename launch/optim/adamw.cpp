@@ -18,10 +18,10 @@ std::vector<AdamWSlot> slots_of(std::vector<std::pair<std::string, at::Tensor>> 
 
 }  // namespace
 
-AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamWOptions options)
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, const OptimOptions& options)
     : AdamW(slots_of(std::move(named_params)), options) {}
 
-AdamW::AdamW(std::vector<AdamWSlot> slots, AdamWOptions options) : options_(options) {
+AdamW::AdamW(std::vector<AdamWSlot> slots, const OptimOptions& options) : options_(options) {
   for (auto& slot : slots) {
     auto state_options = slot.param.options().dtype(torch::kFloat32);
     slots_.push_back(Slot{slot.name, slot.param, slot.grad, torch::zeros_like(slot.param, state_options),

@@ -11,14 +11,9 @@
 #include <utility>
 #include <vector>
 
-namespace ftrain::launch {
+#include "launch/optim/options.h"
 
-struct AdamWOptions {
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
-  double weight_decay = 0.1;
-};
+namespace ftrain::launch {
 
 // One tensor the optimizer updates in place. `grad` may be given explicitly (e.g. a
 // shard of a reduced gradient buffer); undefined means param.grad() at step time.
@@ -32,9 +27,10 @@ struct AdamWSlot {
 class AdamW {
  public:
   // Parameters with two or more dimensions (matrices, embeddings) get weight decay;
-  // biases and norm gains do not, as is usual for transformers.
-  AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamWOptions options);
-  AdamW(std::vector<AdamWSlot> slots, AdamWOptions options);
+  // biases and norm gains do not, as is usual for transformers. Reads beta1, beta2, eps
+  // and weight_decay of `options`; the learning rate comes with each step.
+  AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, const OptimOptions& options);
+  AdamW(std::vector<AdamWSlot> slots, const OptimOptions& options);
 
   // One update with learning rate `lr`; parameters without a gradient are skipped.
   // fp32 parameters go through LibTorch's fused AdamW kernel (one pass over parameter,
@@ -79,7 +75,7 @@ class AdamW {
   bool fusable(const Slot& slot, const at::Tensor& grad) const;
   void step_unfused(Slot& slot, const at::Tensor& grad, double lr);
   std::vector<Slot> slots_;
-  AdamWOptions options_;
+  OptimOptions options_;
   int64_t step_count_ = 0;
 };
 

@@ -320,14 +320,14 @@ BOOST_AUTO_TEST_CASE(options_and_files_are_checked_up_front) {
     return std::string();
   };
   LoaderOptions options = fixture.options(0, 1);
-  BOOST_TEST(message_of(options).find("'data.micro_batch_size' must be >= 1, got 0") != std::string::npos);
+  BOOST_TEST(message_of(options).find("data.micro_batch_size: must be >= 1, got 0") != std::string::npos);
   options = fixture.options(2, 0);
-  BOOST_TEST(message_of(options).find("'grad_accum_steps'") != std::string::npos);
+  BOOST_TEST(message_of(options).find("grad_accum_steps: must be >= 1") != std::string::npos);
   options = fixture.options(2, 1, -1);
-  BOOST_TEST(message_of(options).find("'data.prefetch'") != std::string::npos);
+  BOOST_TEST(message_of(options).find("data.prefetch: must be >= 0") != std::string::npos);
   options = fixture.options(2, 1);
   options.path.clear();
-  BOOST_TEST(message_of(options).find("'data.path' is empty") != std::string::npos);
+  BOOST_TEST(message_of(options).find("data.path: is empty") != std::string::npos);
   options = fixture.options(2, 1);
   BOOST_TEST(message_of(options, 2, 2).find("dp_rank 2") != std::string::npos);
   options.path = (fixture.dir / "absent.h5").string();

@@ -418,19 +418,6 @@ BOOST_AUTO_TEST_CASE(start_all_gather_gathers_in_rank_order_and_counts_like_all_
   for (int64_t r = 0; r < N(); ++r) BOOST_TEST(in_place[2 * r].item<double>() == double(10 * r));
 }
 
-BOOST_AUTO_TEST_CASE(zero_options_accept_stage_3) {
-  dist::ZeroOptions options;
-  options.stage = 3;
-  options.validate();
-  options.stage = 4;
-  try {
-    options.validate();
-    BOOST_FAIL("stage 4 accepted");
-  } catch (const std::invalid_argument& error) {
-    BOOST_TEST(std::string(error.what()).find("dist.zero") != std::string::npos);
-  }
-}
-
 BOOST_AUTO_TEST_CASE(stages_1_and_2_match_the_reference) {
   for (int stage : {1, 2}) {
     RunOptions options;

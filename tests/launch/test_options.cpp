@@ -107,6 +107,9 @@ BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
   check({"--optim.decay=step"}, "optim.decay");
   check({"--dist.tp=0"}, "dist.tp");
   check({"--dist.device=tpu"}, "dist.device");
+  check({"--dist.zero=4"}, "dist.zero");
+  check({"--train.precision=fp8"}, "train.precision");
+  check({"--train.reduce_dtype=fp16"}, "train.reduce_dtype");
   check({"--train.steps=0"}, "train.steps");
   check({"--run.profile_from=-1"}, "run.profile_from");
   check({"--run.profile_from=2", "--run.profile_steps=0"}, "run.profile_steps");
@@ -120,6 +123,18 @@ BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
   } catch (const std::exception& e) {
     BOOST_TEST(std::string(e.what()).find("train.global_batch_size") != std::string::npos);
   }
+}
+
+// One error format: "<file or command line>: <section.key>: <what is wrong>", naming
+// where the offending value was set.
+BOOST_AUTO_TEST_CASE(errors_name_where_the_key_was_set) {
+  const fs::path ini = write_ini("where", kMinimal + "[dist]\nzero = 5\n");
+  const std::string from_file = error_of({"--config", ini.string()});
+  BOOST_TEST(from_file.rfind(ini.string() + ": dist.zero: ", 0) == 0, from_file);
+  const std::string from_flag = error_of({"--config", ini.string(), "--dist.zero=0", "--dist.tp=0"});
+  BOOST_TEST(from_flag.rfind("command line: dist.tp: ", 0) == 0, from_flag);
+  const std::string precision = error_of({"--config", ini.string(), "--dist.zero=1", "--train.precision=fp8"});
+  BOOST_TEST(precision.rfind("command line: train.precision: ", 0) == 0, precision);
 }
 
 BOOST_AUTO_TEST_CASE(help_lists_every_section_with_defaults) {

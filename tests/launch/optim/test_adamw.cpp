@@ -21,7 +21,8 @@ BOOST_AUTO_TEST_CASE(matches_libtorch_adamw) {
   auto ref_matrix = matrix.detach().clone().requires_grad_();
   auto ref_bias = bias.detach().clone().requires_grad_();
 
-  AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
+  OptimOptions options;
+  options.beta1 = 0.9, options.beta2 = 0.95, options.eps = 1e-8, options.weight_decay = 0.1;
   AdamW ours(std::vector<std::pair<std::string, torch::Tensor>>{{"w", matrix}, {"b", bias}}, options);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<torch::Tensor>{ref_matrix},
@@ -52,20 +53,22 @@ BOOST_AUTO_TEST_CASE(matches_libtorch_adamw) {
 }
 
 BOOST_AUTO_TEST_CASE(warmup_then_cosine_and_linear_decay) {
-  LrScheduleOptions s{1.0, 0.1, 10, 110, "cosine"};
-  BOOST_TEST(learning_rate(s, 1) == 0.1, boost::test_tools::tolerance(1e-12));
-  BOOST_TEST(learning_rate(s, 5) == 0.5, boost::test_tools::tolerance(1e-12));
-  BOOST_TEST(learning_rate(s, 10) == 1.0, boost::test_tools::tolerance(1e-12));
+  OptimOptions s;
+  s.lr = 1.0, s.min_lr = 0.1, s.warmup_steps = 10, s.decay = Decay::cosine;
+  const int64_t total = 110;
+  BOOST_TEST(learning_rate(s, total, 1) == 0.1, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(learning_rate(s, total, 5) == 0.5, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(learning_rate(s, total, 10) == 1.0, boost::test_tools::tolerance(1e-12));
   // Halfway through the decay the cosine is at the midpoint of lr and min_lr.
-  BOOST_TEST(learning_rate(s, 60) == 0.55, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(learning_rate(s, total, 60) == 0.55, boost::test_tools::tolerance(1e-12));
   const double quarter = 0.1 + 0.5 * (1 + std::cos(std::numbers::pi * 0.25)) * 0.9;
-  BOOST_TEST(learning_rate(s, 35) == quarter, boost::test_tools::tolerance(1e-12));
-  BOOST_TEST(learning_rate(s, 110) == 0.1, boost::test_tools::tolerance(1e-12));
-  s.decay = "linear";
-  BOOST_TEST(learning_rate(s, 60) == 0.55, boost::test_tools::tolerance(1e-12));
-  BOOST_TEST(learning_rate(s, 85) == 0.1 + 0.25 * 0.9, boost::test_tools::tolerance(1e-12));
-  s.decay = "constant";
-  BOOST_TEST(learning_rate(s, 100) == 1.0, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(learning_rate(s, total, 35) == quarter, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(learning_rate(s, total, 110) == 0.1, boost::test_tools::tolerance(1e-12));
+  s.decay = Decay::linear;
+  BOOST_TEST(learning_rate(s, total, 60) == 0.55, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(learning_rate(s, total, 85) == 0.1 + 0.25 * 0.9, boost::test_tools::tolerance(1e-12));
+  s.decay = Decay::constant;
+  BOOST_TEST(learning_rate(s, total, 100) == 1.0, boost::test_tools::tolerance(1e-12));
 }
 
 // A frozen parameter is untouched (no decay either), and once unfrozen it follows
@@ -76,7 +79,8 @@ BOOST_AUTO_TEST_CASE(frozen_slots_stay_and_start_fresh_when_unfrozen) {
   auto body = torch::randn({5, 3}).requires_grad_();
   auto head = torch::randn({3}).requires_grad_();
   const auto body_start = body.detach().clone();
-  AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
+  OptimOptions options;
+  options.beta1 = 0.9, options.beta2 = 0.95, options.eps = 1e-8, options.weight_decay = 0.1;
   AdamW ours(std::vector<std::pair<std::string, torch::Tensor>>{{"body", body}, {"head", head}}, options);
   auto input = torch::randn({4, 5});
   auto loss_of = [&](const torch::Tensor& b, const torch::Tensor& h) { return input.matmul(b).matmul(h).pow(2).sum(); };
