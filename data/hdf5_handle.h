@@ -1,6 +1,7 @@
 #pragma once
 // RAII ownership of HDF5 C API identifiers, and the error text HDF5 records when a call
-// fails. Internal to data/: the public headers expose no HDF5 types.
+// fails. Shared by data/ and the checkpoint store (launch/checkpoint/); no public
+// header exposes HDF5 types.
 
 #include <hdf5.h>
 

@@ -387,22 +387,12 @@ class Trainer {
         listed = config_.run.resume + "\n";
       }
     }
-    listed = broadcast_string(listed);
+    listed = comm_.world().broadcast(listed, 0);
     std::vector<fs::path> out;
     std::istringstream lines(listed);
     for (std::string line; std::getline(lines, line);)
       if (!line.empty()) out.emplace_back(line);
     return out;
-  }
-
-  std::string broadcast_string(const std::string& text) {
-    if (comm_.world_size() == 1) return text;
-    at::Tensor length = torch::tensor({static_cast<int64_t>(text.size())}, torch::kInt64);
-    comm_.world().broadcast(length, 0);
-    at::Tensor bytes = torch::zeros({length.item<int64_t>()}, torch::kUInt8);
-    if (rank0()) std::memcpy(bytes.data_ptr(), text.data(), text.size());
-    comm_.world().broadcast(bytes, 0);
-    return std::string(static_cast<const char*>(bytes.data_ptr()), bytes.numel());
   }
 
   // Options whose change would silently change which sequences later steps see.
@@ -676,7 +666,7 @@ class Trainer {
       std::string chosen;
       if (rank0())
         if (auto found = store_->best()) chosen = found->string();
-      chosen = broadcast_string(chosen);
+      chosen = comm_.world().broadcast(chosen, 0);
       if (!chosen.empty()) best = fs::path(chosen);
     }
     if (best && best_step_ != step_) {
@@ -1074,7 +1064,6 @@ int run_training(const Config& config, dist::Communicator& comm) {
                           ? config.run.threads
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / comm.local_size());
   torch::set_num_threads(threads);
-  install_stop_handlers();
   return Trainer(config, comm).run();
 }
 

@@ -19,43 +19,17 @@
 #include <stdexcept>
 #include <thread>
 
+#include "data/hdf5_handle.h"
+
 namespace fs = std::filesystem;
 using nlohmann::json;
+namespace hdf5 = ftrain::data::hdf5;
 
 namespace ftrain::launch {
 namespace {
 
 constexpr const char* kIndexFile = "state.h5";
 constexpr const char* kMarker = "COMMITTED";
-
-// Owns one HDF5 identifier and closes it with the matching function.
-class H5Handle {
- public:
-  H5Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-  H5Handle(H5Handle&& other) noexcept : id_(other.release()), close_(other.close_) {}
-  H5Handle(const H5Handle&) = delete;
-  H5Handle& operator=(const H5Handle&) = delete;
-  ~H5Handle() {
-    if (id_ >= 0) close_(id_);
-  }
-  hid_t get() const { return id_; }
-  bool ok() const { return id_ >= 0; }
-  hid_t release() {
-    const hid_t id = id_;
-    id_ = -1;
-    return id;
-  }
-
- private:
-  hid_t id_;
-  herr_t (*close_)(hid_t);
-};
-
-// HDF5 prints its own error stack by default; ftrain reports errors itself.
-struct QuietHdf5 {
-  QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
-};
-const QuietHdf5 quiet_hdf5;
 
 const std::vector<at::ScalarType>& stored_dtypes() {
   static const std::vector<at::ScalarType> known = {at::kFloat, at::kDouble, at::kLong, at::kInt,
@@ -105,65 +79,65 @@ void write_file_durably(const fs::path& path, const std::string& text) {
   fsync_path(path, false);
 }
 
-H5Handle file_access() {
-  H5Handle props(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+hdf5::Handle file_access() {
+  hdf5::Handle props(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5Pset_file_locking(props.get(), false, true);
   return props;
 }
 
-H5Handle create_file(const fs::path& path) {
-  H5Handle props = file_access();
-  H5Handle file(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, props.get()), H5Fclose);
-  if (!file.ok()) throw std::runtime_error(path.string() + ": cannot create checkpoint file");
+hdf5::Handle create_file(const fs::path& path) {
+  hdf5::Handle props = file_access();
+  hdf5::Handle file(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, props.get()), H5Fclose);
+  if (!file.valid()) throw std::runtime_error(path.string() + ": cannot create checkpoint file");
   return file;
 }
 
-void close_file(H5Handle& file, const fs::path& path) {
+void close_file(hdf5::Handle& file, const fs::path& path) {
   if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) throw std::runtime_error(path.string() + ": flush failed (disk full?)");
-  if (H5Fclose(file.release()) < 0) throw std::runtime_error(path.string() + ": close failed (disk full?)");
+  if (file.close() < 0) throw std::runtime_error(path.string() + ": close failed (disk full?)");
 }
 
-H5Handle intermediate_groups() {
-  H5Handle props(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+hdf5::Handle intermediate_groups() {
+  hdf5::Handle props(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(props.get(), 1);
   return props;
 }
 
 void write_string_attribute(hid_t object, const char* name, const std::string& value) {
-  H5Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  hdf5::Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
-  H5Handle space(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Handle attr(H5Acreate2(object, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  if (!attr.ok() || H5Awrite(attr.get(), type.get(), value.data()) < 0)
+  hdf5::Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  hdf5::Handle attr(H5Acreate2(object, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (!attr.valid() || H5Awrite(attr.get(), type.get(), value.data()) < 0)
     throw std::runtime_error(std::string("cannot write attribute ") + name);
 }
 
 void write_int64_attribute(hid_t object, const char* name, const std::vector<int64_t>& values) {
   const hsize_t n = values.size();
-  H5Handle space(n == 0 ? H5Screate(H5S_NULL) : H5Screate_simple(1, &n, nullptr), H5Sclose);
-  H5Handle attr(H5Acreate2(object, name, H5T_NATIVE_INT64, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  if (!attr.ok() || (n > 0 && H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()) < 0))
+  hdf5::Handle space(n == 0 ? H5Screate(H5S_NULL) : H5Screate_simple(1, &n, nullptr), H5Sclose);
+  hdf5::Handle attr(H5Acreate2(object, name, H5T_NATIVE_INT64, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (!attr.valid() || (n > 0 && H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()) < 0))
     throw std::runtime_error(std::string("cannot write attribute ") + name);
 }
 
 // A scalar string dataset: metadata and manifest can outgrow an attribute's 64 KiB.
 void write_string_dataset(hid_t file, const char* name, const std::string& value, const std::string& where) {
-  H5Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  hdf5::Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
-  H5Handle space(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Handle dataset(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
-  if (!dataset.ok() || H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, value.data()) < 0)
+  hdf5::Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  hdf5::Handle dataset(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (!dataset.valid() || H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, value.data()) < 0)
     throw std::runtime_error(where + ": cannot write " + name + " (disk full?)");
 }
 
 std::string read_string_dataset(hid_t file, const char* name, const std::string& where) {
   if (H5Lexists(file, name, H5P_DEFAULT) <= 0) throw std::runtime_error(where + ": no " + name + " dataset");
-  H5Handle dataset(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
-  H5Handle type(H5Dget_type(dataset.get()), H5Tclose);
-  if (!dataset.ok() || H5Tget_class(type.get()) != H5T_STRING)
+  hdf5::Handle dataset(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  hdf5::Handle type(H5Dget_type(dataset.get()), H5Tclose);
+  if (!dataset.valid() || H5Tget_class(type.get()) != H5T_STRING)
     throw std::runtime_error(where + ": " + name + " is not a string");
   std::string value(H5Tget_size(type.get()), '\0');
-  H5Handle mem_type(H5Tcopy(H5T_C_S1), H5Tclose);
+  hdf5::Handle mem_type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(mem_type.get(), value.size());
   if (H5Dread(dataset.get(), mem_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, value.data()) < 0)
     throw std::runtime_error(where + ": " + name + " cannot be read (truncated file?)");
@@ -240,14 +214,15 @@ struct Index {
 };
 
 Index read_index(const fs::path& checkpoint) {
+  const hdf5::QuietErrors quiet;  // failures become exceptions naming the file
   if (!fs::exists(checkpoint / kMarker))
     throw std::runtime_error(checkpoint.string() + ": not a committed checkpoint (no " + kMarker + " marker)");
   const fs::path path = checkpoint / kIndexFile;
   const std::string where = path.string();
   if (!fs::is_regular_file(path)) throw std::runtime_error(where + ": missing");
-  H5Handle props = file_access();
-  H5Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
-  if (!file.ok()) throw std::runtime_error(where + ": not a readable HDF5 file (truncated or corrupt)");
+  hdf5::Handle props = file_access();
+  hdf5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
+  if (!file.valid()) throw std::runtime_error(where + ": not a readable HDF5 file (truncated or corrupt)");
   if (H5Lexists(file.get(), "manifest", H5P_DEFAULT) <= 0)
     throw std::runtime_error(where + ": no manifest; written by an ftrain older than checkpoint format " +
                              std::to_string(kCheckpointFormatVersion) + ", which this ftrain does not read");
@@ -276,15 +251,15 @@ class RankFiles {
     const fs::path path = dir_ / name;
     if (name.find('/') != std::string::npos || !fs::is_regular_file(path))
       throw std::runtime_error(path.string() + ": missing");
-    H5Handle props = file_access();
-    H5Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
-    if (!file.ok()) throw std::runtime_error(path.string() + ": not a readable HDF5 file (truncated or corrupt)");
+    hdf5::Handle props = file_access();
+    hdf5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
+    if (!file.valid()) throw std::runtime_error(path.string() + ": not a readable HDF5 file (truncated or corrupt)");
     return files_.emplace(name, std::move(file)).first->second.get();
   }
 
  private:
   fs::path dir_;
-  std::map<std::string, H5Handle> files_;
+  std::map<std::string, hdf5::Handle> files_;
 };
 
 // Reads one piece and checks its checksum.
@@ -295,10 +270,10 @@ at::Tensor read_piece(RankFiles& files, const fs::path& dir, const json& piece, 
   const std::string what = (dir / file_name).string() + ": piece '" + dataset_name + "' of tensor '" + tensor + "'";
   const hid_t file = files.open(file_name);
   if (H5Lexists(file, dataset_name.c_str(), H5P_DEFAULT) <= 0) throw std::runtime_error(what + " is missing");
-  H5Handle dataset(H5Dopen2(file, dataset_name.c_str(), H5P_DEFAULT), H5Dclose);
-  if (!dataset.ok()) throw std::runtime_error(what + " cannot be opened");
+  hdf5::Handle dataset(H5Dopen2(file, dataset_name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!dataset.valid()) throw std::runtime_error(what + " cannot be opened");
   const auto shape = piece.at("shape").get<std::vector<int64_t>>();
-  H5Handle space(H5Dget_space(dataset.get()), H5Sclose);
+  hdf5::Handle space(H5Dget_space(dataset.get()), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(std::max(rank, 0));
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
@@ -364,6 +339,7 @@ int64_t PreparedRankFile::bytes() const {
 }
 
 PreparedRankFile prepare_rank_file(const fs::path& dir, int rank, int64_t step, const std::vector<HeldTensor>& held) {
+  const hdf5::QuietErrors quiet;  // failures become exceptions naming the file
   PreparedRankFile out;
   out.path = dir / rank_file_name(rank);
   out.rank = rank;
@@ -383,9 +359,9 @@ PreparedRankFile prepare_rank_file(const fs::path& dir, int rank, int64_t step, 
   // The layout only: contiguous datasets placed now, never filled, so the bytes can be
   // written later at their offsets without HDF5.
   const std::string where = out.path.string();
-  H5Handle file = create_file(out.path);
-  H5Handle links = intermediate_groups();
-  H5Handle layout(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  hdf5::Handle file = create_file(out.path);
+  hdf5::Handle links = intermediate_groups();
+  hdf5::Handle layout(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
   H5Pset_layout(layout.get(), H5D_CONTIGUOUS);
   H5Pset_alloc_time(layout.get(), H5D_ALLOC_TIME_EARLY);
   H5Pset_fill_time(layout.get(), H5D_FILL_TIME_NEVER);
@@ -393,11 +369,11 @@ PreparedRankFile prepare_rank_file(const fs::path& dir, int rank, int64_t step, 
     const at::Tensor& data = entry.piece.data;
     const std::string what = where + ": piece '" + entry.dataset + "'";
     std::vector<hsize_t> dims(entry.piece.shape.begin(), entry.piece.shape.end());
-    H5Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
-    H5Handle dataset(H5Dcreate2(file.get(), entry.dataset.c_str(), h5_type(data.scalar_type(), what), space.get(),
+    hdf5::Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+    hdf5::Handle dataset(H5Dcreate2(file.get(), entry.dataset.c_str(), h5_type(data.scalar_type(), what), space.get(),
                                 links.get(), layout.get(), H5P_DEFAULT),
                      H5Dclose);
-    if (!dataset.ok()) throw std::runtime_error(what + ": cannot be created (disk full?)");
+    if (!dataset.valid()) throw std::runtime_error(what + ": cannot be created (disk full?)");
     write_string_attribute(dataset.get(), "dtype", entry.dtype);
     write_int64_attribute(dataset.get(), "offset", entry.piece.offset);
     write_int64_attribute(dataset.get(), "global_shape", entry.global_shape);
@@ -471,6 +447,7 @@ void CheckpointStore::abandon(int64_t step) {
 }
 
 fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& meta) {
+  const hdf5::QuietErrors quiet;  // failures become exceptions naming the file
   const fs::path staging = staging_directory(step);
   const fs::path final_dir = final_directory(step);
   const fs::path index_path = staging / kIndexFile;
@@ -504,7 +481,7 @@ fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& m
   }
 
   {
-    H5Handle file = create_file(index_path);
+    hdf5::Handle file = create_file(index_path);
     json full = meta;
     full["format_version"] = kCheckpointFormatVersion;
     full["step"] = step;
@@ -513,28 +490,28 @@ fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& m
                          json{{"format_version", kCheckpointFormatVersion}, {"tensors", tensors}}.dump(), where);
     // Each tensor as a virtual dataset of its global shape over the rank files' pieces,
     // for readers such as h5py; ftrain itself reads the pieces and their checksums.
-    H5Handle links = intermediate_groups();
+    hdf5::Handle links = intermediate_groups();
     for (const json& tensor : tensors) {
       const std::string name = tensor["name"];
       const at::ScalarType dtype = dtype_named(tensor["dtype"], where + ": tensor '" + name + "'");
       const auto shape = tensor["shape"].get<std::vector<hsize_t>>();
-      H5Handle space(H5Screate_simple(static_cast<int>(shape.size()), shape.data(), nullptr), H5Sclose);
-      H5Handle mapping(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+      hdf5::Handle space(H5Screate_simple(static_cast<int>(shape.size()), shape.data(), nullptr), H5Sclose);
+      hdf5::Handle mapping(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
       for (const json& piece : tensor["pieces"]) {
         const auto offset = piece["offset"].get<std::vector<hsize_t>>();
         const auto extent = piece["shape"].get<std::vector<hsize_t>>();
         const std::vector<hsize_t> one(extent.size(), 1);
-        H5Handle selection(H5Scopy(space.get()), H5Sclose);
+        hdf5::Handle selection(H5Scopy(space.get()), H5Sclose);
         H5Sselect_hyperslab(selection.get(), H5S_SELECT_SET, offset.data(), nullptr, one.data(), extent.data());
-        H5Handle source(H5Screate_simple(static_cast<int>(extent.size()), extent.data(), nullptr), H5Sclose);
+        hdf5::Handle source(H5Screate_simple(static_cast<int>(extent.size()), extent.data(), nullptr), H5Sclose);
         if (H5Pset_virtual(mapping.get(), selection.get(), piece["file"].get<std::string>().c_str(),
                            piece["dataset"].get<std::string>().c_str(), source.get()) < 0)
           throw std::runtime_error(where + ": cannot map a piece of tensor '" + name + "'");
       }
-      H5Handle dataset(H5Dcreate2(file.get(), name.c_str(), h5_type(dtype, where), space.get(), links.get(),
+      hdf5::Handle dataset(H5Dcreate2(file.get(), name.c_str(), h5_type(dtype, where), space.get(), links.get(),
                                   mapping.get(), H5P_DEFAULT),
                        H5Dclose);
-      if (!dataset.ok()) throw std::runtime_error(where + ": cannot create tensor '" + name + "' (disk full?)");
+      if (!dataset.valid()) throw std::runtime_error(where + ": cannot create tensor '" + name + "' (disk full?)");
       write_string_attribute(dataset.get(), "dtype", tensor["dtype"].get<std::string>());
     }
     close_file(file, index_path);
