@@ -641,7 +641,7 @@ def report(out: Path) -> list[dict]:
     plot_sweep(rows, meta["hardware"], out)
     mismatched = [r["run"] for r in rows if r.get("status") == "ok" and not comm_matches(r)]
     for run in sorted(set(mismatched)):
-        print(f"ftrain-sweep: warning: {run}: measured comm_bytes differ from the analytic model's", file=sys.stderr)
+        print(f"ftrain-sweep: warning: {run}: counted comm_bytes differ from the analytic model's", file=sys.stderr)
     print(f"ftrain-sweep: wrote {out / 'sweep.csv'}, {out / 'sweep.md'} and plots ({len(rows)} rows)")
     return rows
 
@@ -740,7 +740,7 @@ def plot_sweep(rows: list[dict], hardware: str, out: Path) -> None:
         figure.savefig(out / f"{name}.png", dpi=110)
         plt.close(figure)
 
-    # Memory per rank by layout, one panel per model: the measured bytes by kind as
+    # Memory per rank by layout, one panel per model: the counted bytes by kind as
     # stacked bars, the model's prediction as a marker on top.
     runs = {}
     for r in ok:
@@ -928,8 +928,9 @@ def write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def against_measured(sweep_dir: Path, out: Path) -> int:
     """Calibrates the model on a sweep's runs, writes predicted beside measured and
-    checks the communication volume. Returns the number of runs whose measured
-    comm_bytes or memory differ from the model's."""
+    checks the communication volume. Returns the number of runs whose counted
+    comm_bytes or memory record (ftrain's bookkeeping, not a measurement) differ from
+    the model's."""
     meta = json.loads((sweep_dir / "sweep.json").read_text())
     rows = [r for r in report(sweep_dir) if r.get("status") == "ok"]
     if not rows:
@@ -950,7 +951,7 @@ def against_measured(sweep_dir: Path, out: Path) -> int:
                          "measured_step_s": r["step_time_s"], "predicted_step_s": prediction.step_s,
                          "measured_tokens_per_s_per_rank": r["tokens_per_s_per_rank"],
                          "predicted_tokens_per_s_per_rank": prediction.tokens_per_s_per_rank,
-                         "measured_comm_bytes": r["comm_bytes"], "predicted_comm_bytes": prediction.comm_bytes,
+                         "counted_comm_bytes": r["comm_bytes"], "predicted_comm_bytes": prediction.comm_bytes,
                          "comm_bytes_equal": comm_matches(r), "memory_equal": r["memory_matches"]})
     columns = list(compared[0])
     write_rows(out / "measured_vs_predicted.csv", compared, columns)
@@ -962,7 +963,7 @@ def against_measured(sweep_dir: Path, out: Path) -> int:
               f"{c['predicted_step_s'] * 1e3:.1f}",
               f"{(c['predicted_step_s'] / c['measured_step_s'] - 1) * 100:+.0f}%",
               f"{c['measured_tokens_per_s_per_rank']:.0f}",
-              f"{c['predicted_tokens_per_s_per_rank']:.0f}", f"{c['measured_comm_bytes']:.0f}",
+              f"{c['predicted_tokens_per_s_per_rank']:.0f}", f"{c['counted_comm_bytes']:.0f}",
               f"{c['predicted_comm_bytes']:.0f}", "yes" if c["comm_bytes_equal"] else "NO",
               "yes" if c["memory_equal"] else "NO"] for c in compared]
     (out / "measured_vs_predicted.md").write_text(
@@ -970,11 +971,11 @@ def against_measured(sweep_dir: Path, out: Path) -> int:
         f"{calibration_text(hardware)}.\n\n" + markdown_table(
             ["model", "scaling", "ranks", "tp", "ZeRO", "step ms", "predicted", "error", "tokens/s per rank",
              "predicted",
-             "comm bytes/step", "predicted", "bytes equal", "memory equal"], table))
+             "counted comm bytes/step", "predicted", "bytes equal", "memory equal"], table))
     plot_against_measured(compared, hardware, meta["hardware"], out)
     wrong = [c["run"] for c in compared if not (c["comm_bytes_equal"] and c["memory_equal"])]
     for run in sorted(set(wrong)):
-        print(f"ftrain-sweep: {run}: measured comm_bytes or memory differ from the model", file=sys.stderr)
+        print(f"ftrain-sweep: {run}: counted comm_bytes or memory record differ from the model", file=sys.stderr)
     return len(set(wrong))
 
 

@@ -1,6 +1,7 @@
 """ftrain-sweep and its analytic model (docs/scaling.md): a tiny sweep on this machine
 completes and is reported; the model's communication bytes per step and training-state
-bytes per rank equal what ftrain measured in every run; the model's formulas against
+bytes per rank equal what ftrain counted in every run (dist::CommStats and the
+memory record are bookkeeping, not measurements); the model's formulas against
 values worked out by hand; the Slurm launcher against a stand-in cluster (and a real
 one when one answers)."""
 import csv
@@ -138,7 +139,7 @@ def tiny_gpt2():
     return sm.shape_from_config(json.loads((SOURCE / "configs/models/tiny-gpt2/config.json").read_text()))
 
 
-def test_predicted_comm_bytes_equal_measured(sweep):
+def test_predicted_comm_bytes_equal_counted(sweep):
     # Every step of every run sends exactly what the model says: bucketed all-reduce,
     # ZeRO's reduce-scatter and all-gather of the padded flat space, tensor-parallel
     # activations, and the step's scalars.
