@@ -82,9 +82,11 @@ TensorBoardWriter::TensorBoardWriter(const fs::path& dir) {
   if (error)
     throw std::runtime_error(dir.string() + ": cannot create the TensorBoard directory: " + error.message() +
                              " (run.tensorboard = false turns it off)");
-  path_ = dir / ("events.out.tfevents." + std::to_string(std::time(nullptr)) + "." + host_name());
-  // Appending: a second writer in the same second (a quick restart) adds its records to
-  // the same file, which readers take as one stream.
+  // Each writing process has its own file: the start time alone is not enough, as a run
+  // resumed within the same second would otherwise continue the previous one's file.
+  path_ = dir / ("events.out.tfevents." + std::to_string(std::time(nullptr)) + "." + host_name() + "." +
+                 std::to_string(::getpid()));
+  // Appending all the same: nothing already written is ever truncated.
   out_.open(path_, std::ios::binary | std::ios::app);
   if (!out_) throw std::runtime_error(path_.string() + ": cannot open for writing (run.tensorboard)");
   tensorboard::Event event;
