@@ -17,10 +17,6 @@ using nlohmann::json;
 namespace ftrain::model {
 namespace {
 
-bool starts_with(const std::string& text, const std::string& prefix) {
-  return text.compare(0, prefix.size(), prefix) == 0;
-}
-
 // The body registered under its Hugging Face prefix and the head under its name, so
 // named_parameters() reads as the task model's state dict does.
 struct ClassifierModule : torch::nn::Module {
@@ -48,7 +44,7 @@ void ClassifierOptions::validate() const {
 
 bool Classifier::is_head_parameter(const std::string& name) const {
   for (const auto& prefix : head_prefixes_)
-    if (starts_with(name, prefix)) return true;
+    if (name.starts_with(prefix)) return true;
   return false;
 }
 

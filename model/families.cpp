@@ -20,10 +20,6 @@ using nlohmann::json;
 namespace ftrain::model {
 namespace {
 
-bool starts_with(const std::string& text, const std::string& prefix) {
-  return text.compare(0, prefix.size(), prefix) == 0;
-}
-
 // (B, T, C) hidden states, (B, T) mask of real tokens -> (B, C) at each row's last real
 // token. Rows are padded on the right; without a mask the last position is used.
 torch::Tensor last_token(const torch::Tensor& hidden, const torch::Tensor& attention_mask) {
@@ -177,7 +173,7 @@ ClassifierBody decoder_classifier_body(const ClassifierBodyRequest& request) {
   body.architecture = task_architecture(Traits::architecture_prefix(config), request.kind);
   body.writes_pad_token_id = true;
   body.unused_tensor = [](const std::string& name) {
-    return name == "lm_head.weight" || starts_with(name, "classifier.") || starts_with(name, "score.");
+    return name == "lm_head.weight" || name.starts_with("classifier.") || name.starts_with("score.");
   };
   body.load = [model](const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices,
                       std::vector<std::string>&) mutable {
@@ -217,7 +213,7 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
                                                  .value_or(number(request.config, "hidden_dropout_prob").value_or(0.1));
   body.architecture = task_architecture("Bert", kind);
   body.unused_tensor = [kind](const std::string& name) {
-    return kind == ClassifierKind::token && (starts_with(name, "pooler.") || starts_with(name, "bert.pooler."));
+    return kind == ClassifierKind::token && (name.starts_with("pooler.") || name.starts_with("bert.pooler."));
   };
   const uint64_t seed = request.seed;
   body.load = [bert, kind, seed](const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices,
