@@ -36,7 +36,6 @@ int main(int argc, char** argv) {
       return 0;
     }
     auto comm = ftrain::dist::Communicator::create(config.dist);
-    ftrain::launch::validate_for_layout(config, comm.layout().dp_size);
     return ftrain::launch::run_training(config, comm);
   } catch (const std::exception& e) {
     // Any failure on any rank ends the whole job at once, so no rank waits forever in

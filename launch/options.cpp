@@ -2,6 +2,7 @@
 
 #include "launch/eval/metrics.h"
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <filesystem>
 #include <fstream>
@@ -320,13 +321,63 @@ void Config::validate() const {
                                         to_text(data.micro_batch_size) + ")");
 }
 
-void validate_for_layout(const Config& config, int dp_size) {
-  const int64_t per_step = config.data.micro_batch_size * dp_size;
-  if (config.train.global_batch_size % per_step != 0)
-    fail("train.global_batch_size",
-         "(" + to_text(config.train.global_batch_size) +
-             ") must be a multiple of data.micro_batch_size x data-parallel size (" +
-             to_text(config.data.micro_batch_size) + " x " + to_text(dp_size) + ")");
+std::string Config::origin(const std::string& key) const {
+  return command_line_keys.count(key) > 0 || config_file.empty() ? "command line" : config_file;
+}
+
+namespace {
+
+// "<section.key>: ..." from a check becomes "<where the key was set>: <section.key>: ...".
+std::runtime_error located(const Config& config, const std::exception& e) {
+  const std::string text = e.what();
+  return std::runtime_error(config.origin(text.substr(0, text.find(':'))) + ": " + text);
+}
+
+void check_task_options(const Config& config, const data::DatasetInfo& dataset) {
+  const bool causal_lm = dataset.task == data::format::kTaskCausalLm;
+  if (causal_lm && config.train.freeze_base_steps > 0)
+    fail("train.freeze_base_steps", "a causal language model has no new head to train alone; set it to 0 (" +
+                                        config.data.path + " is a causal_lm dataset)");
+  const std::string& metric = config.train.eval_metric;
+  if (metric == "auto") return;
+  if (metric == "entity_f1" && dataset.task == data::format::kTaskTokenClassification) {
+    try {
+      check_entity_labels(dataset.label_names);
+    } catch (const std::runtime_error& error) {
+      fail("train.eval_metric", "entity_f1 needs BIO tags, but " + config.data.path + " has other labels: " +
+                                    error.what());
+    }
+  }
+  const std::vector<std::string> names = metric_names(dataset.task, dataset.label_names);
+  if (std::find(names.begin(), names.end(), metric) == names.end()) {
+    std::string known;
+    for (const auto& name : names) known += (known.empty() ? "" : ", ") + name;
+    fail("train.eval_metric", "'" + metric + "' is not measured for " + dataset.task + " (" + config.data.path +
+                                  "); choose one of " + known);
+  }
+}
+
+}  // namespace
+
+void validate_for(const Config& config, const dist::Layout& layout, const data::DatasetInfo& dataset) {
+  try {
+    const int64_t per_step = config.data.micro_batch_size * layout.dp_size;
+    if (config.train.global_batch_size % per_step != 0)
+      fail("train.global_batch_size",
+           "(" + to_text(config.train.global_batch_size) +
+               ") must be a multiple of data.micro_batch_size x data-parallel size (" +
+               to_text(config.data.micro_batch_size) + " x " + to_text(layout.dp_size) + ")");
+    // Sequence parallelism splits every sequence evenly over the tensor-parallel group.
+    if (config.dist.sequence_parallel && layout.tp_size > 1 && dataset.seq_len % layout.tp_size != 0)
+      fail("dist.sequence_parallel",
+           "the sequences of " + config.data.path + " are " + to_text(dataset.seq_len) +
+               " tokens long, not a multiple of dist.tp = " + to_text(layout.tp_size) +
+               "; prepare the data with a seq_len divisible by " + to_text(layout.tp_size) +
+               ", or turn sequence parallelism off");
+    check_task_options(config, dataset);
+  } catch (const std::exception& e) {
+    throw located(config, e);
+  }
 }
 
 bool parse_config(int argc, const char* const* argv, Config& config, std::string& help_out) {
@@ -363,9 +414,8 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
   } catch (const po::error& e) {
     throw std::runtime_error(std::string("command line: ") + e.what());
   }
-  std::set<std::string> from_command_line;
   for (const auto& [key, value] : values)
-    if (!value.defaulted()) from_command_line.insert(key);
+    if (!value.defaulted()) config.command_line_keys.insert(key);
 
   if (values.count("help")) {
     std::ostringstream out;
@@ -377,6 +427,7 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
 
   if (values.count("config")) {
     const std::string path = values["config"].as<std::string>();
+    config.config_file = path;  // before the notifiers: their errors name it
     if (!std::filesystem::is_regular_file(path))
       throw std::runtime_error(path + ": config file not found (--config)");
     std::ifstream file(path);
@@ -397,19 +448,11 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
     values.at("run.resume").value() = resume;
   }
 
-  // "<section.key>: ..." from the checks becomes "<where the key was set>: <section.key>: ...".
-  auto located = [&](const std::exception& e) {
-    const std::string text = e.what();
-    const std::string key = text.substr(0, text.find(':'));
-    const bool on_command_line = from_command_line.count(key) > 0 || from_command_line.count("--" + key) > 0;
-    return std::runtime_error((on_command_line || config.config_file.empty() ? "command line" : config.config_file) +
-                              ": " + text);
-  };
   try {
     po::notify(values);
     config.validate();
   } catch (const std::exception& e) {
-    throw located(e);
+    throw located(config, e);
   }
   config.resolved_ini = resolved_ini(sections);
   return true;

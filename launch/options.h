@@ -7,11 +7,14 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "data/dataset_format.h"
 #include "data/streaming_loader.h"
 #include "dist/comm.h"
+#include "dist/layout.h"
 #include "launch/optim/options.h"
 
 namespace ftrain::launch {
@@ -99,8 +102,12 @@ struct Config {
 
   std::string config_file;   // the INI file it came from, if any
   std::string resolved_ini;  // every option with its final value, as INI text
+  std::set<std::string> command_line_keys;  // "section.key" given on the command line
 
   void validate() const;
+  // Where `key`'s value was set: the config file, or "command line" (also for defaults
+  // when there is no file).
+  std::string origin(const std::string& key) const;
 };
 
 // Parses argv (and the --config INI file). Returns false when --help was asked for
@@ -113,7 +120,11 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
 // text in them (a checkpoint directory, say).
 Config parse_config_text(const std::string& ini, const std::string& source);
 
-// Layout-dependent checks that need the world size (global batch divisibility).
-void validate_for_layout(const Config& config, int dp_size);
+// The checks that need the process layout or the dataset as well as the options: the
+// global batch against micro-batches times data-parallel ranks, sequence parallelism
+// against the sequence length, and the task's options (train.eval_metric,
+// train.freeze_base_steps) against the dataset's task and labels. Throws as
+// parse_config does: "<file or command line>: <section.key>: <what is wrong>".
+void validate_for(const Config& config, const dist::Layout& layout, const data::DatasetInfo& dataset);
 
 }  // namespace ftrain::launch

@@ -60,9 +60,6 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   model_->name = dataset.task;
   const bool pretrained = config.model.init == ModelInit::pretrained;
   if (kind_ == TaskKind::causal_lm) {
-    if (config.train.freeze_base_steps > 0)
-      throw std::runtime_error("train.freeze_base_steps: a causal language model has no new head to train alone; "
-                               "set it to 0 (" + config.data.path + " is a causal_lm dataset)");
     model_->lm_options = model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout, {}};
     if (!split_over) {
       model_->lm = model::CausalLm::load(model_->lm_options);
@@ -96,19 +93,8 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
     });
   }
   model_->warnings = report.warnings;
-  if (kind_ == TaskKind::token_classification) {
-    try {
-      check_entity_labels(label_names_);
-      model_->entity_metrics = true;
-    } catch (const std::runtime_error& error) {
-      if (config.train.eval_metric == "entity_f1")
-        throw std::runtime_error("train.eval_metric: entity_f1 needs BIO tags, but " + config.data.path +
-                                 " has other labels: " + error.what());
-    }
-  }
-  if (kind_ == TaskKind::sequence_classification && config.train.eval_metric == "entity_f1")
-    throw std::runtime_error("train.eval_metric: entity_f1 is for token classification; " + config.data.path +
-                             " is a sequence_classification dataset (use accuracy or macro_f1)");
+  // The options against the dataset were checked before (validate_for in launch/options.h).
+  model_->entity_metrics = kind_ == TaskKind::token_classification && has_entity_labels(label_names_);
 }
 
 Task::~Task() = default;
@@ -125,17 +111,8 @@ bool Task::is_head_parameter(const std::string& name) const {
   return model_->classifier && model_->classifier->is_head_parameter(name);
 }
 
-std::string Task::default_metric() const {
-  if (kind_ == TaskKind::causal_lm) return "loss";
-  if (kind_ == TaskKind::token_classification && model_->entity_metrics) return "entity_f1";
-  return "accuracy";
-}
-
-std::vector<std::string> Task::metric_names() const {
-  if (kind_ == TaskKind::causal_lm) return {"loss", "perplexity"};
-  if (model_->entity_metrics) return {"loss", "accuracy", "macro_f1", "entity_f1"};
-  return {"loss", "accuracy", "macro_f1"};
-}
+std::string Task::default_metric() const { return launch::default_metric(name(), label_names_); }
+std::vector<std::string> Task::metric_names() const { return launch::metric_names(name(), label_names_); }
 
 TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) const {
   const int64_t rows = batch.batch_size, width = batch.seq_len;

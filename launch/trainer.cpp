@@ -99,12 +99,12 @@ class Trainer {
                                   comm.device().is_cuda()}) {}
 
   int run() {
+    const data::DatasetInfo dataset = data::read_dataset_info(config_.data.path);
+    validate_for(config_, comm_.layout(), dataset);
     prepare_run_dir();
     torch::manual_seed(config_.run.seed);
     if (!fs::is_directory(config_.model.path))
       throw std::runtime_error(config_.model.path + ": model directory not found (model.path)");
-    const data::DatasetInfo dataset = data::read_dataset_info(config_.data.path);
-    check_sequence_parallel(dataset.seq_len);
     // Split over the tensor-parallel group as it is built: each rank reads its part.
     task_ = std::make_unique<Task>(config_, dataset, comm_);
     if (rank0())
@@ -353,16 +353,6 @@ class Trainer {
     return meta;
   }
 
-  // Sequence parallelism splits every sequence evenly over the tensor-parallel group.
-  void check_sequence_parallel(int64_t seq_len) const {
-    const int tp = comm_.tp().size();
-    if (!config_.dist.sequence_parallel || tp == 1 || seq_len % tp == 0) return;
-    throw std::runtime_error("dist.sequence_parallel: the sequences of " + config_.data.path + " are " +
-                             std::to_string(seq_len) + " tokens long, not a multiple of dist.tp = " +
-                             std::to_string(tp) + "; prepare the data with a seq_len divisible by " +
-                             std::to_string(tp) + ", or turn sequence parallelism off");
-  }
-
   void check_vocabulary() {
     // A token id at or beyond the embedding table would index out of range deep in the
     // forward pass; report it here with both files named.
@@ -553,13 +543,6 @@ class Trainer {
     if (!has_validation_ && rank0())
       std::cout << "ftrain: " << config_.data.path << " has no '" << config_.train.eval_split
                 << "' split; validation is off (train.eval_split)\n";
-    const auto names = task_->metric_names();
-    if (std::find(names.begin(), names.end(), eval_metric_) == names.end()) {
-      std::string known;
-      for (const auto& name : names) known += (known.empty() ? "" : ", ") + name;
-      throw std::runtime_error("train.eval_metric: '" + eval_metric_ + "' is not measured for " + task_->name() +
-                               " (" + config_.data.path + "); choose one of " + known);
-    }
   }
 
   // The task's metrics over the first max_samples rows of a split (all if < 0), each row

@@ -1,5 +1,7 @@
 #include "launch/eval/metrics.h"
 
+#include "data/dataset_format.h"
+
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -219,6 +221,28 @@ bool higher_is_better(const std::string& metric) {
   if (metric == "accuracy" || metric == "macro_f1" || metric == "entity_f1") return true;
   throw std::runtime_error("train.eval_metric: unknown metric '" + metric +
                            "'; expected one of loss, perplexity, accuracy, macro_f1, entity_f1");
+}
+
+bool has_entity_labels(const std::vector<std::string>& label_names) {
+  try {
+    check_entity_labels(label_names);
+    return true;
+  } catch (const std::runtime_error&) {
+    return false;
+  }
+}
+
+std::vector<std::string> metric_names(const std::string& task, const std::vector<std::string>& label_names) {
+  if (task == data::format::kTaskCausalLm) return {"loss", "perplexity"};
+  if (task == data::format::kTaskTokenClassification && has_entity_labels(label_names))
+    return {"loss", "accuracy", "macro_f1", "entity_f1"};
+  return {"loss", "accuracy", "macro_f1"};
+}
+
+std::string default_metric(const std::string& task, const std::vector<std::string>& label_names) {
+  if (task == data::format::kTaskCausalLm) return "loss";
+  if (task == data::format::kTaskTokenClassification && has_entity_labels(label_names)) return "entity_f1";
+  return "accuracy";
 }
 
 }  // namespace ftrain::launch

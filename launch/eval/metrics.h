@@ -63,6 +63,17 @@ struct EntitySpan {
 // rather than guessed at. The trainer can call this once before evaluating.
 void check_entity_labels(const std::vector<std::string>& label_names);
 
+// Whether token-classification labels are BIO-style tags, so entities can be scored.
+bool has_entity_labels(const std::vector<std::string>& label_names);
+
+// The metrics evaluation reports for a dataset of `task` (data/dataset_format.h's task
+// names) with `label_names`: "loss" and "perplexity" for a causal LM, "loss",
+// "accuracy", "macro_f1" for classification, and "entity_f1" too for BIO tags.
+std::vector<std::string> metric_names(const std::string& task, const std::vector<std::string>& label_names);
+// The one validation follows (train.eval_metric = auto): "loss" for a causal LM,
+// "entity_f1" for BIO tags, else "accuracy".
+std::string default_metric(const std::string& task, const std::vector<std::string>& label_names);
+
 // The entities of one tag sequence (tag ids index label_names), read as seqeval does by
 // default: every tag other than O belongs to an entity; an I- or E- tag continues the
 // entity of the previous word when that word is B- or I- of the same type, and any

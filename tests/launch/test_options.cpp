@@ -114,15 +114,76 @@ BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
   check({"--run.profile_from=-1"}, "run.profile_from");
   check({"--run.profile_from=2", "--run.profile_steps=0"}, "run.profile_steps");
 
-  Config config;
-  BOOST_REQUIRE(parse({"--config", base, "--train.global_batch_size=16", "--data.micro_batch_size=4"}, config));
-  BOOST_CHECK_NO_THROW(ftrain::launch::validate_for_layout(config, 4));
+}
+
+namespace {
+
+// The error of validate_for, or "" if the options fit the layout and the dataset.
+std::string error_for(const Config& config, int world_size, int tp, const ftrain::data::DatasetInfo& dataset) {
   try {
-    ftrain::launch::validate_for_layout(config, 3);
-    BOOST_FAIL("16 sequences cannot be split over 3 ranks of 4");
+    ftrain::launch::validate_for(config, ftrain::dist::Layout::make(world_size, tp), dataset);
   } catch (const std::exception& e) {
-    BOOST_TEST(std::string(e.what()).find("train.global_batch_size") != std::string::npos);
+    return e.what();
   }
+  return "";
+}
+
+ftrain::data::DatasetInfo dataset_of(const std::string& task, std::vector<std::string> labels = {}) {
+  ftrain::data::DatasetInfo info;
+  info.task = task;
+  info.seq_len = 30;
+  info.label_names = std::move(labels);
+  return info;
+}
+
+}  // namespace
+
+// The checks that need the layout or the dataset, in the same error format, naming
+// where the key was set.
+BOOST_AUTO_TEST_CASE(options_are_checked_against_the_layout_and_the_dataset) {
+  const std::string base = write_ini("layout", kMinimal + "[train]\nglobal_batch_size = 16\n").string();
+  const auto lm = dataset_of("causal_lm");
+  Config config;
+  // Each parse starts from the defaults.
+  auto parsed = [&](std::vector<std::string> words) {
+    words.insert(words.begin(), {"--config", base, "--data.micro_batch_size=4"});
+    config = Config();
+    return parse(words, config);
+  };
+  BOOST_REQUIRE(parsed({}));
+  BOOST_TEST(error_for(config, 4, 1, lm) == "");
+  BOOST_TEST(error_for(config, 8, 2, lm) == "");
+  const std::string batch = error_for(config, 3, 1, lm);
+  BOOST_TEST(batch.rfind(base + ": train.global_batch_size: (16) must be a multiple of", 0) == 0, batch);
+
+  BOOST_REQUIRE(parsed({"--dist.sequence_parallel=true"}));
+  BOOST_TEST(error_for(config, 3, 3, lm) == "");  // 30 tokens split 3 ways
+  const std::string sequence = error_for(config, 4, 4, lm);
+  BOOST_TEST(sequence.rfind("command line: dist.sequence_parallel: ", 0) == 0, sequence);
+  BOOST_TEST(sequence.find("30 tokens") != std::string::npos, sequence);
+
+  BOOST_REQUIRE(parsed({"--train.freeze_base_steps=2"}));
+  BOOST_TEST(error_for(config, 1, 1, lm).rfind("command line: train.freeze_base_steps: ", 0) == 0);
+  BOOST_TEST(error_for(config, 1, 1, dataset_of("sequence_classification", {"neg", "pos"})) == "");
+
+  const auto sentiment = dataset_of("sequence_classification", {"neg", "pos"});
+  const auto bio = dataset_of("token_classification", {"O", "B-PER", "I-PER"});
+  const auto pos_tags = dataset_of("token_classification", {"NOUN", "VERB"});
+  for (const std::string metric : {"accuracy", "macro_f1", "loss", "perplexity"}) {
+    BOOST_REQUIRE(parsed({"--train.eval_metric=" + metric}));
+    const bool classification = metric != "perplexity", lm_metric = metric == "loss" || metric == "perplexity";
+    BOOST_TEST(error_for(config, 1, 1, sentiment).empty() == classification, metric);
+    BOOST_TEST(error_for(config, 1, 1, bio).empty() == classification, metric);
+    BOOST_TEST(error_for(config, 1, 1, lm).empty() == lm_metric, metric);
+  }
+  BOOST_REQUIRE(parsed({"--train.eval_metric=entity_f1"}));
+  BOOST_TEST(error_for(config, 1, 1, bio) == "");
+  const std::string not_bio = error_for(config, 1, 1, pos_tags);
+  BOOST_TEST(not_bio.rfind("command line: train.eval_metric: entity_f1 needs BIO tags", 0) == 0, not_bio);
+  const std::string not_tokens = error_for(config, 1, 1, sentiment);
+  BOOST_TEST(not_tokens.rfind("command line: train.eval_metric: 'entity_f1' is not measured for sequence_classification",
+                              0) == 0, not_tokens);
+  BOOST_TEST(not_tokens.find("choose one of loss, accuracy, macro_f1") != std::string::npos, not_tokens);
 }
 
 // One error format: "<file or command line>: <section.key>: <what is wrong>", naming
