@@ -23,6 +23,7 @@
 #include "launch/optim/schedule.h"
 #include "launch/checkpoint/store.h"
 #include "launch/checkpoint/writer.h"
+#include "launch/eval/early_stopping.h"
 #include "launch/eval/metrics.h"
 #include "launch/device_readback.h"
 #include "launch/precision.h"
@@ -109,7 +110,8 @@ class Trainer {
     task_ = std::make_unique<Task>(config_, dataset, comm_);
     if (rank0())
       for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
-    eval_metric_ = config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric;
+    early_stopping_.emplace(config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric,
+                            config_.train.early_stopping_patience);
     task_->module().to(comm_.device());
     broadcast_parameters();
     // Tensor parallelism first, then ZeRO over the data-parallel group shards what
@@ -445,7 +447,7 @@ class Trainer {
     optimizer_->set_step_count(optimizer_steps, [&](const std::string& name) {
       return task->is_head_parameter(name) ? optimizer_steps : body_updates;
     });
-    if (meta.contains("validation")) restore_validation_state(meta["validation"]);
+    if (meta.contains("validation")) early_stopping_->restore(meta["validation"]);
     if (scaler_.enabled() && meta.contains("loss_scale"))
       scaler_.restore(meta["loss_scale"]["scale"].get<double>(), meta["loss_scale"]["good_steps"].get<int64_t>());
     last_saved_step_ = step_;
@@ -507,7 +509,7 @@ class Trainer {
            {{"world_size", comm_.world_size()}, {"tp", comm_.layout().tp_size}, {"dp", dp_size()},
             {"zero", config_.dist.zero}}},
           {"model", {{"family", task_->family()}, {"task", task_->name()}, {"path", config_.model.path}}},
-          {"validation", validation_state()},
+          {"validation", early_stopping_->state()},
           {"loss_scale", {{"scale", scaler_.scale()}, {"good_steps", scaler_.good_steps()}}},
           {"config", config_.resolved_ini},
       };
@@ -589,21 +591,6 @@ class Trainer {
     return line;
   }
 
-  json validation_state() const {
-    json state = {{"metric", eval_metric_}, {"bad_evaluations", bad_evaluations_}};
-    if (best_value_) state["best"] = {{"value", *best_value_}, {"step", best_step_}};
-    return state;
-  }
-
-  void restore_validation_state(const json& state) {
-    if (!state.is_object() || state.value("metric", std::string()) != eval_metric_) return;
-    bad_evaluations_ = state.value("bad_evaluations", int64_t{0});
-    if (state.contains("best")) {
-      best_value_ = state["best"]["value"].get<double>();
-      best_step_ = state["best"]["step"].get<int64_t>();
-    }
-  }
-
   // Validation: prints and logs the metrics, keeps the best checkpoint and counts
   // evaluations without improvement. Returns whether early stopping says stop.
   // Collective.
@@ -612,16 +599,8 @@ class Trainer {
     if (!has_validation_) return false;
     const auto metrics = evaluate(config_.train.eval_split, config_.train.eval_samples > 0 ? config_.train.eval_samples : -1);
     if (!metrics) return false;
-    const double value = metrics->at(eval_metric_).get<double>();
-    const bool higher = higher_is_better(eval_metric_);
-    const bool improved = !best_value_ || (higher ? value > *best_value_ : value < *best_value_);
-    if (improved) {
-      best_value_ = value;
-      best_step_ = step_;
-      bad_evaluations_ = 0;
-    } else {
-      ++bad_evaluations_;
-    }
+    const double value = metrics->at(early_stopping_->metric()).get<double>();
+    const bool improved = early_stopping_->observe(value, step_);
     if (rank0()) {
       std::printf("step %6lld | validation %s%s\n", static_cast<long long>(step_), describe(*metrics).c_str(),
                   improved ? " | best" : "");
@@ -634,11 +613,10 @@ class Trainer {
       if (last_saved_step_ != step_) save_checkpoint();
       commit_saves(/*wait=*/true);
       if (rank0())
-        store_->mark_best(store_->final_directory(step_), {{"metric", eval_metric_}, {"value", value}, {"step", step_}});
+        store_->mark_best(store_->final_directory(step_), {{"metric", early_stopping_->metric()}, {"value", value}, {"step", step_}});
       comm_.world().barrier();
     }
-    const int64_t patience = config_.train.early_stopping_patience;
-    return patience > 0 && bad_evaluations_ >= patience;
+    return early_stopping_->should_stop();
   }
 
   // After training: the best weights (with keep_best), the test report, the export.
@@ -652,15 +630,15 @@ class Trainer {
       chosen = comm_.world().broadcast(chosen, 0);
       if (!chosen.empty()) best = fs::path(chosen);
     }
-    if (best && best_step_ != step_) {
+    if (best && early_stopping_->best_step() != step_) {
       std::string problem;
       if (!load_state(*best, /*with_optimizer=*/false, problem))
         throw std::runtime_error("the best checkpoint cannot be loaded: " + problem);
       if (rank0())
-        std::cout << "ftrain: finishing with the best model by validation " << eval_metric_ << ": "
+        std::cout << "ftrain: finishing with the best model by validation " << early_stopping_->metric() << ": "
                   << best->string() << "\n";
     }
-    const int64_t weights_step = best ? best_step_ : step_;
+    const int64_t weights_step = best ? early_stopping_->best_step() : step_;
     if (has_split(config_.train.test_split)) {
       const auto metrics = evaluate(config_.train.test_split, -1);
       if (metrics && rank0()) {
@@ -870,8 +848,8 @@ class Trainer {
       }
       if (stop_early) {
         if (rank0())
-          std::cout << "ftrain: stopping early at step " << step_ << ": validation " << eval_metric_ << " has not improved for "
-                    << bad_evaluations_ << " evaluations (train.early_stopping_patience)\n";
+          std::cout << "ftrain: stopping early at step " << step_ << ": validation " << early_stopping_->metric()
+                    << " has not improved for " << early_stopping_->bad_evaluations() << " evaluations (train.early_stopping_patience)\n";
         if (config_.checkpoint.at_end && last_saved_step_ != step_) save_checkpoint();
         break;
       }
@@ -1013,7 +991,6 @@ class Trainer {
   const Config& config_;
   dist::Communicator& comm_;
   std::unique_ptr<Task> task_;
-  std::string eval_metric_;
   std::optional<c10::ScalarType> autocast_dtype_;  // none: fp32
   std::optional<StepRecord> unread_;  // the last step's record, until written
   Clock::time_point run_start_, last_arrival_;
@@ -1035,9 +1012,7 @@ class Trainer {
   bool has_validation_ = false;
   bool body_frozen_ = false;
   int64_t last_saved_step_ = -1;
-  std::optional<double> best_value_;  // of eval_metric_
-  int64_t best_step_ = 0;
-  int64_t bad_evaluations_ = 0;       // validations in a row without improvement
+  std::optional<EarlyStopping> early_stopping_;  // the best validation, and when to stop
 };
 
 }  // namespace
