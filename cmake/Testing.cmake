@@ -19,6 +19,15 @@ function(ftrain_unit_test name)
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} ftrain_flags Boost::unit_test_framework)
   target_compile_definitions(${name} PRIVATE BOOST_TEST_DYN_LINK)
+  # Tests of the libraries built on LibTorch start from its precompiled header.
+  set(_torch_libs ftrain_model ftrain_dist ftrain_tensor_parallel ftrain_launch ftrain_checkpoint ftrain_optim
+      ftrain_ckpt_tool)
+  foreach(lib IN LISTS T_LIBS)
+    if(lib IN_LIST _torch_libs)
+      ftrain_torch_pch(${name})
+      break()
+    endif()
+  endforeach()
   add_test(NAME ${name} COMMAND ${name})
   set_tests_properties(${name} PROPERTIES LABELS unit
     ENVIRONMENT "FTRAIN_SOURCE_DIR=${PROJECT_SOURCE_DIR};FTRAIN_BUILD_DIR=${PROJECT_BINARY_DIR};OMP_NUM_THREADS=1")
