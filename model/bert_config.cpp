@@ -7,6 +7,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace ftrain::model {
 
@@ -82,16 +83,7 @@ BertConfig BertConfig::from_json(const nlohmann::json& json, const std::string& 
     config_error(source, "is_decoder", "is true; only the bidirectional encoder is supported");
   if (flag("add_cross_attention"))
     config_error(source, "add_cross_attention", "is true; encoder-decoder BERT is not supported");
-  // Rewritten on save: the class name, and the dtype of the file being written.
-  for (const char* key : {"architectures", "dtype", "torch_dtype"}) reader.find(key);
-  config.extra = reader.unused();
-
-  try {
-    config.validate();
-  } catch (const std::runtime_error& e) {
-    throw std::runtime_error(source + ": " + e.what());
-  }
-  return config;
+  return reader.finish(std::move(config));
 }
 
 BertConfig BertConfig::from_json_file(const std::filesystem::path& path) {

@@ -111,6 +111,22 @@ class ConfigFields {
     return true;
   }
 
+  // The end of every family's from_json: the keys the family rewrites on save (the class
+  // name, the dtype of the file written) are read, every key not read is kept in
+  // config.extra so that a saved config.json keeps it, and config.validate()'s error is
+  // prefixed with the source.
+  template <typename Config>
+  Config finish(Config config) {
+    for (const char* key : {"architectures", "dtype", "torch_dtype"}) find(key);
+    config.extra = unused();
+    try {
+      config.validate();
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(source_ + ": " + e.what());
+    }
+    return config;
+  }
+
   // Keys not read above.
   nlohmann::json unused() const {
     nlohmann::json rest = nlohmann::json::object();

@@ -7,6 +7,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace ftrain::model {
 
@@ -73,16 +74,7 @@ Gpt2Config Gpt2Config::from_json(const nlohmann::json& json, const std::string& 
   bool cross_attention = false;
   reader.read("add_cross_attention", cross_attention);
   if (cross_attention) config_error(source, "add_cross_attention", "is true; encoder-decoder GPT-2 is not supported");
-  // Rewritten on save: the class name, and the dtype of the file being written.
-  for (const char* key : {"architectures", "dtype", "torch_dtype"}) reader.find(key);
-  config.extra = reader.unused();
-
-  try {
-    config.validate();
-  } catch (const std::runtime_error& e) {
-    throw std::runtime_error(source + ": " + e.what());
-  }
-  return config;
+  return reader.finish(std::move(config));
 }
 
 Gpt2Config Gpt2Config::from_json_file(const std::filesystem::path& path) {

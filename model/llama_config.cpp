@@ -10,6 +10,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace ftrain::model {
 
@@ -264,16 +265,7 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& json, const std::string
     config_error(source, "partial_rotary_factor",
                  "is " + show(partial_rotary_factor) + "; only 1.0 (the whole head rotates) is supported");
 
-  // Rewritten on save: the class name, and the dtype of the file being written.
-  for (const char* key : {"architectures", "dtype", "torch_dtype"}) fields.find(key);
-  config.extra = fields.unused();
-
-  try {
-    config.validate();
-  } catch (const std::runtime_error& e) {
-    throw std::runtime_error(source + ": " + e.what());
-  }
-  return config;
+  return fields.finish(std::move(config));
 }
 
 LlamaConfig LlamaConfig::from_json_file(const std::filesystem::path& path) {
