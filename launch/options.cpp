@@ -357,6 +357,34 @@ void check_task_options(const Config& config, const data::DatasetInfo& dataset) 
   }
 }
 
+// Boost's parser errors in the one format: "<origin>: <section.key>: <what is wrong>".
+std::runtime_error parse_error(const std::string& origin, const po::error& e) {
+  const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
+  if (named == nullptr) return std::runtime_error(origin + ": " + e.what());
+  std::string key = named->get_option_name();
+  key.erase(0, key.find_first_not_of('-'));
+  key = key.substr(0, key.find('='));
+  std::string what;
+  if (dynamic_cast<const po::unknown_option*>(&e) != nullptr) {
+    what = "no such option (ftrain --help lists them)";
+  } else if (dynamic_cast<const po::validation_error*>(&e) != nullptr) {
+    // "the argument ('abc') for option '--x' is invalid[. Valid choices are ...]"
+    const std::string text = e.what();
+    const auto open = text.find("('");
+    const auto close = text.find("')");
+    const auto rest = text.find(" is invalid");
+    what = open == std::string::npos || close == std::string::npos
+               ? "invalid value"
+               : "invalid value '" + text.substr(open + 2, close - open - 2) + "'";
+    if (rest != std::string::npos) what += text.substr(rest + 11);
+  } else if (dynamic_cast<const po::multiple_occurrences*>(&e) != nullptr) {
+    what = "given more than once";
+  } else {
+    what = e.what();
+  }
+  return std::runtime_error(origin + ": " + key + ": " + what);
+}
+
 }  // namespace
 
 void validate_for(const Config& config, const dist::Layout& layout, const data::DatasetInfo& dataset) {
@@ -412,7 +440,7 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
     }
     po::store(po::command_line_parser(words).options(all).run(), values);
   } catch (const po::error& e) {
-    throw std::runtime_error(std::string("command line: ") + e.what());
+    throw parse_error("command line", e);
   }
   for (const auto& [key, value] : values)
     if (!value.defaulted()) config.command_line_keys.insert(key);
@@ -435,7 +463,7 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
     try {
       po::store(po::parse_config_file(file, all, /*allow_unregistered=*/false), values);
     } catch (const po::error& e) {
-      throw std::runtime_error(path + ": " + e.what());
+      throw parse_error(path, e);
     }
   }
 
