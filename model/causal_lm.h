@@ -29,7 +29,7 @@ struct CausalLmOptions {
   // this process's parts (values not yet set) and says which part each holds, and only
   // then are the weights read, each parameter copying its part of the stored tensor.
   // So no process ever holds the whole model. dist::load_tensor_parallel sets it.
-  std::function<ParameterSlices(CausalLm&)> split;
+  std::function<ParameterSlices(CausalLm&)> split = {};
 };
 
 struct KvCache;

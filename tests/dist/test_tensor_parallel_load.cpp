@@ -75,7 +75,7 @@ struct Storage {
   at::ScalarType dtype = at::kFloat;
   int files = 1;                                   // > 1: model.safetensors.index.json and its shards
   std::function<std::string(const std::string&)> rename = [](const std::string& name) { return name; };
-  std::vector<std::pair<std::string, std::string>> also;  // (stored name, copy of this stored name)
+  std::vector<std::pair<std::string, std::string>> also = {};  // (stored name, copy of this stored name)
 };
 
 // Rank 0 writes `tensors` and `config` as a Hugging Face directory; everyone waits.
