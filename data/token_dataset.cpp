@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/durable_file.h"
 #include "data/hdf5_handle.h"
 
 namespace ftrain::data {
@@ -273,18 +274,6 @@ std::vector<std::string> split_names(hid_t file) {
       &names);
   std::sort(names.begin(), names.end());
   return names;
-}
-
-void fsync_path(const fs::path& path, int flags) {
-  const int fd = ::open(path.c_str(), flags);
-  if (fd < 0) throw file_error(path, std::string("cannot open to sync: ") + std::strerror(errno));
-  const int status = ::fsync(fd);
-  const int saved = errno;
-  ::close(fd);
-  // Some file systems refuse fsync on directories; the data itself was synced above.
-  if (status != 0 && !(flags & O_DIRECTORY && (saved == EINVAL || saved == EBADF))) {
-    throw file_error(path, std::string("fsync failed: ") + std::strerror(saved));
-  }
 }
 
 // Renames without replacing an existing target, where the file system can promise that.
@@ -701,7 +690,7 @@ void TokenDatasetWriter::finish() {
     }
     if (state_->file.close() < 0) throw file_error(temporary_path(), with_hdf5_detail("closing (flushing) the file failed"));
   }
-  fsync_path(temporary_path(), O_RDONLY);
+  fsync_path(temporary_path(), false);
   if (options_.overwrite) {
     fs::rename(temporary_path(), output_);
   } else if (!rename_no_replace(temporary_path(), output_)) {
@@ -709,7 +698,7 @@ void TokenDatasetWriter::finish() {
   }
   state_->finished = true;
   const fs::path parent = output_.has_parent_path() ? output_.parent_path() : fs::path(".");
-  fsync_path(parent, O_RDONLY | O_DIRECTORY);
+  fsync_path(parent, true);
 }
 
 // =======================================================================================

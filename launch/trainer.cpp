@@ -16,6 +16,7 @@
 #include <map>
 #include <sstream>
 
+#include "data/durable_file.h"
 #include "data/streaming_loader.h"
 #include "dist/grad_reducer.h"
 #include "dist/zero.h"
@@ -190,7 +191,7 @@ class Trainer {
                                "it or choose a new --run.dir (run.resume)");
     if (rank0()) {
       fs::create_directories(dir);
-      model::write_file_atomically(dir / "config.ini", config_.resolved_ini);
+      data::write_file_atomically(dir / "config.ini", config_.resolved_ini);
     }
     comm_.world().barrier();
   }
@@ -485,7 +486,7 @@ class Trainer {
       if (record.is_object() && record.value("step", int64_t{0}) > step) continue;
       kept += line + "\n";
     }
-    model::write_file_atomically(path, kept);
+    data::write_file_atomically(path, kept);
   }
 
   // Collective. Starts saving the state after step_: each rank copies its pieces to
@@ -647,7 +648,7 @@ class Trainer {
         std::fflush(stdout);
         json report = {{"split", config_.train.test_split}, {"step", weights_step},
                        {"task", task_->name()}, {"metrics", *metrics}};
-        model::write_file_atomically(fs::path(config_.run.dir) / "test_report.json", report.dump(2) + "\n");
+        data::write_file_atomically(fs::path(config_.run.dir) / "test_report.json", report.dump(2) + "\n");
       }
     }
     // A split or sharded model is written from its gathered full tensors (collective).

@@ -8,6 +8,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/durable_file.h"
+
 namespace ftrain::model {
 
 namespace {
@@ -201,7 +203,7 @@ void save_bert(Bert& model, const std::filesystem::path& dir, ExistingDirectory 
                   : dtype == torch::kHalf ? "float16"
                   : dtype == torch::kDouble ? "float64"
                                             : c10::toString(dtype);
-  write_file_atomically(dir / "config.json", config.dump(2) + "\n");
+  data::write_file_atomically(dir / "config.json", config.dump(2) + "\n");
 }
 
 }  // namespace ftrain::model

@@ -7,6 +7,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "data/durable_file.h"
 #include "model/config_fields.h"
 #include "model/dropout.h"
 #include "model/families.h"
@@ -163,7 +164,7 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
     state.emplace_back(head_name + ".weight", head->weight.detach());
     if (head->bias.defined()) state.emplace_back(head_name + ".bias", head->bias.detach());
     save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
-    write_file_atomically(dir / "config.json", saved_config.dump(2) + "\n");
+    data::write_file_atomically(dir / "config.json", saved_config.dump(2) + "\n");
   };
 
   classifier.module_ = module;

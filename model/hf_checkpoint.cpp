@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "data/durable_file.h"
+
 namespace ftrain::model {
 
 namespace {
@@ -227,7 +229,7 @@ void save_gpt2(Gpt2& model, const std::filesystem::path& dir, ExistingDirectory 
                   : dtype == torch::kHalf ? "float16"
                   : dtype == torch::kDouble ? "float64"
                                             : c10::toString(dtype);
-  write_file_atomically(dir / "config.json", config.dump(2) + "\n");
+  data::write_file_atomically(dir / "config.json", config.dump(2) + "\n");
 }
 
 }  // namespace ftrain::model

@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "data/durable_file.h"
+
 namespace ftrain::model {
 
 namespace {
@@ -179,7 +181,7 @@ void save_llama(Llama& model, const std::filesystem::path& dir, ExistingDirector
   nlohmann::json config = model->config().to_json();
   config.erase("torch_dtype");
   config["dtype"] = dtype_name(state.front().second.scalar_type());
-  write_file_atomically(dir / "config.json", config.dump(2) + "\n");
+  data::write_file_atomically(dir / "config.json", config.dump(2) + "\n");
 }
 
 }  // namespace ftrain::model

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/durable_file.h"
+
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -65,62 +67,6 @@ std::optional<uint64_t> json_index(const nlohmann::json& value) {
   if (value.is_number_integer() && value.get<int64_t>() >= 0) return value.get<int64_t>();
   return std::nullopt;
 }
-
-// Writes a file as <path>.tmp and renames it over <path> on commit(); destroying an
-// uncommitted AtomicFile removes the temporary file.
-class AtomicFile {
- public:
-  explicit AtomicFile(std::filesystem::path path)
-      : path_(std::move(path)), tmp_path_(path_.string() + ".tmp") {
-    fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail(path_, "cannot create temporary file " + tmp_path_.string() + ": " + errno_text());
-  }
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-
-  ~AtomicFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_path_.c_str());
-  }
-
-  void write(const void* data, size_t size) {
-    const char* bytes = static_cast<const char*>(data);
-    while (size > 0) {
-      ssize_t written = ::write(fd_, bytes, size);
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        fail(path_, "write to " + tmp_path_.string() + " failed: " + errno_text());
-      }
-      bytes += written;
-      size -= static_cast<size_t>(written);
-    }
-  }
-
-  // Data reaches the disk before the rename, and the rename before we return, so a
-  // crash leaves either the old file or the complete new one.
-  void commit() {
-    if (::fsync(fd_) != 0) fail(path_, "fsync of " + tmp_path_.string() + " failed: " + errno_text());
-    int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) fail(path_, "close of " + tmp_path_.string() + " failed: " + errno_text());
-    if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-      fail(path_, "cannot rename " + tmp_path_.string() + " over it: " + errno_text());
-    committed_ = true;
-    std::filesystem::path dir = path_.parent_path();
-    if (dir.empty()) dir = ".";
-    int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd >= 0) {
-      ::fsync(dir_fd);  // best effort: some file systems refuse fsync on directories
-      ::close(dir_fd);
-    }
-  }
-
- private:
-  std::filesystem::path path_;
-  std::filesystem::path tmp_path_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
 
 }  // namespace
 
@@ -436,7 +382,7 @@ void save_safetensors(const std::filesystem::path& path, const NamedTensors& ten
   header_text.append((8 - header_text.size() % 8) % 8, ' ');  // data starts 8-aligned
   const uint64_t header_len = header_text.size();
 
-  AtomicFile file(path);
+  data::AtomicFile file(path);
   file.write(&header_len, 8);
   file.write(header_text.data(), header_text.size());
   for (const auto& [name, tensor] : tensors) {
@@ -444,12 +390,6 @@ void save_safetensors(const std::filesystem::path& path, const NamedTensors& ten
     at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
     file.write(cpu.data_ptr(), static_cast<size_t>(cpu.numel()) * cpu.element_size());
   }
-  file.commit();
-}
-
-void write_file_atomically(const std::filesystem::path& path, const std::string& contents) {
-  AtomicFile file(path);
-  file.write(contents.data(), contents.size());
   file.commit();
 }
 

@@ -101,8 +101,4 @@ NamedTensors load_safetensors_index(const std::filesystem::path& index_path);
 void save_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                       const SafetensorsMetadata& metadata = {});
 
-// Replaces `path` with `contents` the same way save_safetensors does (temporary file,
-// fsync, rename, directory fsync). Used for small companion files such as config.json.
-void write_file_atomically(const std::filesystem::path& path, const std::string& contents);
-
 }  // namespace ftrain::model

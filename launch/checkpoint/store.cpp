@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "data/durable_file.h"
 #include "data/hdf5_handle.h"
 
 namespace fs = std::filesystem;
@@ -76,7 +77,7 @@ void write_file_durably(const fs::path& path, const std::string& text) {
     out.flush();
     if (!out) throw std::runtime_error(path.string() + ": write failed (disk full?)");
   }
-  fsync_path(path, false);
+  data::fsync_path(path, false);
 }
 
 hdf5::Handle file_access() {
@@ -319,19 +320,6 @@ void read_tensor(RankFiles& files, const Index& index, const json& entry, at::Te
 // ---------------------------------------------------------------------------------
 // Writing
 
-void fsync_path(const fs::path& path, bool directory) {
-  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open to fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int error = errno;
-  ::close(fd);
-  // Some filesystems cannot fsync a directory (EINVAL); the rename is still ordered
-  // after the file's own fsync, which is what matters for the commit.
-  if (rc != 0 && !(directory && (error == EINVAL || error == ENOTSUP)))
-    throw std::runtime_error(path.string() + ": fsync failed: " + std::strerror(error));
-}
-
-
 int64_t PreparedRankFile::bytes() const {
   int64_t total = 0;
   for (const auto& entry : entries) total += entry.piece.data.nbytes();
@@ -516,21 +504,21 @@ fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& m
     }
     close_file(file, index_path);
   }
-  fsync_path(index_path, false);
-  fsync_path(staging, true);
+  data::fsync_path(index_path, false);
+  data::fsync_path(staging, true);
 
   // A checkpoint of the same step left by an earlier, interrupted run is replaced only
   // now that the new one is durable.
   if (fs::exists(final_dir)) fs::remove_all(final_dir);
   fs::rename(staging, final_dir);
-  fsync_path(directory_, true);
+  data::fsync_path(directory_, true);
   write_file_durably(final_dir / kMarker, json{{"step", step}}.dump() + "\n");
-  fsync_path(final_dir, true);
+  data::fsync_path(final_dir, true);
 
   const fs::path latest_tmp = directory_ / "latest.tmp";
   write_file_durably(latest_tmp, step_name(step) + "\n");
   fs::rename(latest_tmp, directory_ / "latest");
-  fsync_path(directory_, true);
+  data::fsync_path(directory_, true);
 
   remove_beyond_keep();
   return final_dir;
@@ -560,7 +548,7 @@ void CheckpointStore::mark_best(const fs::path& checkpoint, json record) {
   const fs::path tmp = directory_ / "best.tmp";
   write_file_durably(tmp, record.dump() + "\n");
   fs::rename(tmp, directory_ / "best");
-  fsync_path(directory_, true);
+  data::fsync_path(directory_, true);
   remove_beyond_keep();
 }
 

@@ -113,10 +113,6 @@ class CheckpointStore {
   int64_t keep_;
 };
 
-// fsync of a file, or of a directory (its entries); filesystems that cannot fsync a
-// directory (EINVAL, ENOTSUP) are let be. Throws std::runtime_error naming the path.
-void fsync_path(const std::filesystem::path& path, bool directory);
-
 // Reads a committed checkpoint a tensor at a time, each rank only the parts it needs:
 // only the pieces that overlap the part asked for are read, and each piece read is
 // checked against its crc32. Not thread-safe.

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "data/durable_file.h"
 #include "data/token_dataset.h"
 #include "launch/checkpoint/store.h"
 #include "launch/options.h"
@@ -408,10 +409,10 @@ ExportReport export_checkpoint(const fs::path& checkpoint, const fs::path& out_a
     const fs::path source = fs::path(model.config.model.path) / file;
     if (!fs::exists(source)) continue;
     fs::copy_file(source, staging.path() / file, fs::copy_options::overwrite_existing);
-    fsync_path(staging.path() / file, false);
+    data::fsync_path(staging.path() / file, false);
     report.tokenizer_files.push_back(file);
   }
-  fsync_path(staging.path(), true);
+  data::fsync_path(staging.path(), true);
 
   if (fs::exists(out) && !fs::is_empty(out)) {
     // A directory cannot be renamed over a non-empty one: the old one steps aside first,
@@ -427,7 +428,7 @@ ExportReport export_checkpoint(const fs::path& checkpoint, const fs::path& out_a
     fs::rename(staging.path(), out);  // over an empty directory, or where there was none
     staging.release();
   }
-  fsync_path(out.parent_path(), true);
+  data::fsync_path(out.parent_path(), true);
   return report;
 }
 
