@@ -495,6 +495,10 @@ Config parse_config_text(const std::string& ini, const std::string& source) {
   std::istringstream text(ini);
   try {
     po::store(po::parse_config_file(text, all, /*allow_unregistered=*/false), values);
+  } catch (const po::error& e) {
+    throw parse_error(source, e);
+  }
+  try {
     po::notify(values);
     config.validate();
   } catch (const std::exception& e) {
