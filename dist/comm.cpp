@@ -619,6 +619,13 @@ int64_t Communicator::peak_device_bytes() const {
 #endif
 }
 
+void Communicator::reset_peak_device_bytes() {
+  if (!device_.is_cuda()) return;
+#ifdef FTRAIN_WITH_NCCL
+  detail::reset_cuda_peak_allocated_bytes(device_.index());
+#endif
+}
+
 Communicator Communicator::create(const CommOptions& options) {
   if (!mpi_running()) {
     throw std::logic_error("Communicator::create: MPI is not running; create an MpiSession first");

@@ -218,8 +218,10 @@ class Communicator {
 
   c10::Device device() const { return device_; }
   // The most memory the caching allocator has held allocated on this rank's GPU since
-  // the process started; -1 on the CPU, where the process's peak resident set says it.
+  // the process started or the last reset; -1 on the CPU, where the process's peak resident set says it.
   int64_t peak_device_bytes() const;
+  // Starts peak_device_bytes() again from what is allocated now (no-op on the CPU).
+  void reset_peak_device_bytes();
   // Summed over all three groups.
   CommStats& stats() { return *stats_; }
 

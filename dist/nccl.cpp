@@ -256,4 +256,8 @@ int64_t cuda_peak_allocated_bytes(int index) {
   return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
 }
 
+void reset_cuda_peak_allocated_bytes(int index) {
+  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index));
+}
+
 }  // namespace ftrain::dist::detail

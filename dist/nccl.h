@@ -47,6 +47,7 @@ std::unique_ptr<DeviceCollectives> make_nccl_collectives(MPI_Comm comm, int rank
 int cuda_device_count();
 void set_cuda_device(int index);
 int64_t cuda_peak_allocated_bytes(int index);
+void reset_cuda_peak_allocated_bytes(int index);
 #endif
 
 }  // namespace ftrain::dist::detail

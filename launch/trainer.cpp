@@ -28,6 +28,7 @@
 #include "launch/eval/metrics.h"
 #include "launch/device_readback.h"
 #include "launch/precision.h"
+#include "launch/telemetry/memory.h"
 #include "launch/telemetry/profiler.h"
 #include "launch/signals.h"
 #include "launch/task.h"
@@ -98,9 +99,11 @@ class Trainer {
         watchdog_(config.run.step_timeout, comm.rank()),
         profiler_(ProfilerOptions{config.run.profile_from, config.run.profile_steps,
                                   (std::filesystem::path(config.run.dir) / "profile").string(), comm.rank(),
-                                  comm.device().is_cuda()}) {}
+                                  comm.device().is_cuda()}),
+        phases_(device_peak(comm)) {}
 
   int run() {
+    phases_.enter("load");
     const data::DatasetInfo dataset = data::read_dataset_info(config_.data.path);
     validate_for(config_, comm_.layout(), dataset);
     prepare_run_dir();
@@ -109,6 +112,7 @@ class Trainer {
       throw std::runtime_error(config_.model.path + ": model directory not found (model.path)");
     // Split over the tensor-parallel group as it is built: each rank reads its part.
     task_ = std::make_unique<Task>(config_, dataset, comm_);
+    phases_.enter("setup");
     if (rank0())
       for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
     early_stopping_.emplace(config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric,
@@ -160,7 +164,9 @@ class Trainer {
 
     store_ = std::make_unique<CheckpointStore>(fs::path(config_.run.dir) / "checkpoints", config_.checkpoint.keep);
     writer_ = std::make_unique<CheckpointWriter>(*store_, comm_.world(), config_.checkpoint.async);
+    phases_.enter("resume");
     resume();
+    phases_.close();
 
     if (rank0()) {
       const fs::path dir = config_.run.dir;
@@ -496,6 +502,7 @@ class Trainer {
   void save_checkpoint() {
     write_step_record();  // its figures are the saved step's
     Watchdog::Scope watched(watchdog_, "saving the checkpoint of step " + std::to_string(step_));
+    PhaseMemory::Scope phase(phases_, "save");
     json meta;
     if (rank0()) {
       json data_meta = data_order_meta();
@@ -552,6 +559,7 @@ class Trainer {
   // evaluated by exactly one rank and the counts summed over ranks. Collective.
   std::optional<json> evaluate(const std::string& split, int64_t max_samples) {
     Watchdog::Scope watched(watchdog_, "evaluating split '" + split + "' at step " + std::to_string(step_));
+    PhaseMemory::Scope phase(phases_, "evaluate");
     data::EvalReader reader(config_.data.path, split, config_.data.micro_batch_size, max_samples,
                             comm_.layout().dp_rank(comm_.rank()), dp_size());
     torch::NoGradGuard no_grad;
@@ -652,6 +660,7 @@ class Trainer {
       }
     }
     // A split or sharded model is written from its gathered full tensors (collective).
+    phases_.enter("export");
     NamedTensors full_parameters;
     if (config_.checkpoint.export_hf && (comm_.layout().tp_size > 1 || config_.dist.zero == 3))
       full_parameters = gathered_parameters();
@@ -668,6 +677,7 @@ class Trainer {
                 << " (Hugging Face format)\n";
     }
     comm_.world().barrier();
+    report_phase_memory();
   }
 
   // The frozen-body stage: before step freeze_base_steps + 1 only the head trains. The
@@ -755,6 +765,8 @@ class Trainer {
       std::printf("ftrain: first step starts %.2f s after the process started\n", startup);
     }
     while (step_ < config_.train.steps) {
+      // The first step allocates what every later one reuses (gradients, optimizer state).
+      phases_.enter(step_ == start_step ? "first_step" : "train");
       watchdog_.begin("step " + std::to_string(step_ + 1));
       const auto step_start = Clock::now();
       profiler_.before_step(step_ + 1);
@@ -867,6 +879,7 @@ class Trainer {
         profiler_.finish();
         commit_saves(/*wait=*/true);
         if (rank0()) std::cout << "ftrain: stopping after " << config_.run.exit_after_steps << " steps (run.exit_after_steps)\n";
+        report_phase_memory();
         return exit_code;
       }
       // A stop request (SIGUSR1 before a time limit or pre-emption, SIGTERM, SIGINT) on
@@ -881,6 +894,7 @@ class Trainer {
           std::cout << "ftrain: received " << signal_name(static_cast<int>(requested)) << ": saved step " << step_
                     << "; exiting with " << kExitSavedRequeue
                     << " so the job can be requeued and resumed (run.resume=auto)" << std::endl;
+        report_phase_memory();
         return kExitSavedRequeue;
       }
     }
@@ -974,6 +988,41 @@ class Trainer {
                 parameters / 1048576.0, gradients / 1048576.0, optimizer / 1048576.0);
   }
 
+  // Every rank's measured peak memory in each phase so far, as one metrics.jsonl record
+  // (gathered to rank 0): the resident set (host) and the device allocator's peak. The
+  // model-dependent part of a peak is what it adds to the phase's start or to a run of
+  // a tiny model; bench/memory.py and tests/launch/test_memory_phases.py read them.
+  // Collective.
+  void report_phase_memory() {
+    phases_.close();
+    json mine = json::array();
+    for (const PhasePeak& peak : phases_.peaks())
+      mine.push_back({{"rank", comm_.rank()}, {"phase", peak.phase}, {"host_start_bytes", peak.host_start_bytes},
+                      {"host_peak_bytes", peak.host_peak_bytes}, {"device_peak_bytes", peak.device_peak_bytes},
+                      {"entries", peak.entries}, {"per_phase", phases_.per_phase()}});
+    const std::vector<std::string> all = comm_.world().gather(mine.dump(), 0);
+    if (!rank0()) return;
+    json per_rank = json::array();
+    for (const std::string& text : all)
+      for (const json& peak : json::parse(text)) per_rank.push_back(peak);
+    metrics_->write({{"step", step_}, {"memory_phases", per_rank}});
+    std::string line;
+    for (const PhasePeak& peak : phases_.peaks()) {
+      char text[96];
+      std::snprintf(text, sizeof(text), "%s%s %.0f", line.empty() ? "" : ", ", peak.phase.c_str(),
+                    static_cast<double>(peak.host_peak_bytes) / 1048576.0);
+      line += text;
+    }
+    std::printf("ftrain: rank 0's peak resident MiB by phase: %s%s\n", line.c_str(),
+                phases_.per_phase() ? "" : " (since the process started: /proc/self/clear_refs refused a reset)");
+    std::fflush(stdout);
+  }
+
+  static PhaseMemory::DevicePeak device_peak(dist::Communicator& comm) {
+    if (!comm.device().is_cuda()) return {};
+    return {[&comm] { return comm.peak_device_bytes(); }, [&comm] { comm.reset_peak_device_bytes(); }};
+  }
+
   void print_banner() {
     int64_t parameters = 0;
     for (auto& [name, p] : named_params_) parameters += p.numel();
@@ -999,6 +1048,7 @@ class Trainer {
   LossScaler scaler_;
   Watchdog watchdog_;
   StepProfiler profiler_;
+  PhaseMemory phases_;  // each phase's measured peak memory
   std::vector<std::pair<std::string, torch::Tensor>> named_params_;  // this rank's parts
   dist::TensorParallelPlan plan_;
   std::unique_ptr<AdamW> optimizer_;

@@ -51,6 +51,27 @@ class PhaseMemory {
   void close();
   // The phases closed so far, in the order they were first entered.
   std::vector<PhasePeak> peaks() const;
+  // The phase in progress; empty when none is.
+  const std::string& current() const { return current_; }
+
+  // Enters a phase for its lifetime, then the one that was in progress again.
+  class Scope {
+   public:
+    Scope(PhaseMemory& memory, const std::string& phase) : memory_(memory), previous_(memory.current()) {
+      memory_.enter(phase);
+    }
+    ~Scope() {
+      if (previous_.empty()) memory_.close();
+      else memory_.enter(previous_);
+    }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    PhaseMemory& memory_;
+    std::string previous_;
+  };
+
   // Whether the host peaks are per phase (reset_peak_resident() works here); when not,
   // each is the largest since the process started.
   bool per_phase() const { return per_phase_; }

@@ -66,6 +66,17 @@ std::vector<std::pair<std::string, double>> tensorboard_scalars(const json& reco
     }
     return out;
   }
+  if (record.contains("memory_phases")) {
+    for (const auto& peak : record["memory_phases"]) {
+      if (!peak.is_object() || !peak.contains("rank") || !peak.contains("phase")) continue;
+      const std::string prefix = "memory/rank" + std::to_string(peak["rank"].get<int64_t>()) + "/" +
+                                 peak["phase"].get<std::string>() + "/";
+      add_number(out, prefix + "host_peak_bytes", peak.value("host_peak_bytes", json()));
+      if (peak.value("device_peak_bytes", int64_t{-1}) >= 0)
+        add_number(out, prefix + "device_peak_bytes", peak["device_peak_bytes"]);
+    }
+    return out;
+  }
   bool validation = false;
   for (const auto& [key, value] : record.items()) validation = validation || key.starts_with("val_");
   for (const auto& [key, value] : record.items()) {

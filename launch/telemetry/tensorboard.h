@@ -26,7 +26,8 @@ uint32_t masked_crc32c(std::string_view bytes);
 
 // The scalars of one metrics.jsonl record, as (tag, value): a training step's numbers
 // as train/<key>, a validation's val_<key> as validation/<key>, and each rank's figures
-// of a memory record as memory/rank<r>/<key>. Booleans count as 0 or 1; other fields
+// of a memory record as memory/rank<r>/<key>, and of a memory_phases record as
+// memory/rank<r>/<phase>/host_peak_bytes (and device_peak_bytes on a GPU). Booleans count as 0 or 1; other fields
 // and the step itself are not scalars.
 std::vector<std::pair<std::string, double>> tensorboard_scalars(const nlohmann::json& record);
 

@@ -86,3 +86,19 @@ BOOST_AUTO_TEST_CASE(without_a_device_the_device_peak_is_minus_one) {
   BOOST_TEST(peaks[0].device_peak_bytes == -1);
   BOOST_TEST(peaks[0].entries == 1);
 }
+
+BOOST_AUTO_TEST_CASE(a_scope_returns_to_the_phase_before_it) {
+  PhaseMemory memory;
+  memory.enter("train");
+  {
+    PhaseMemory::Scope save(memory, "save");
+    BOOST_TEST(memory.current() == "save");
+  }
+  BOOST_TEST(memory.current() == "train");
+  memory.close();
+  BOOST_TEST(memory.current().empty());
+  const std::vector<PhasePeak> peaks = memory.peaks();
+  BOOST_REQUIRE_EQUAL(peaks.size(), 2u);
+  BOOST_TEST(find(peaks, "train").entries == 2);
+  BOOST_TEST(find(peaks, "save").entries == 1);
+}

@@ -146,6 +146,16 @@ BOOST_AUTO_TEST_CASE(metrics_records_become_tagged_scalars) {
                      {"memory/rank0/gradient_bytes", 50.0},
                      {"memory/rank1/parameter_bytes", 200.0},
                      {"memory/rank1/gradient_bytes", 60.0}}));
+  // A phase's peaks: the device's only where there is one (-1 on the CPU).
+  const json phases = {{"step", 2},
+                       {"memory_phases", json::array({{{"rank", 0}, {"phase", "load"}, {"host_start_bytes", 10},
+                                                       {"host_peak_bytes", 300}, {"device_peak_bytes", -1}},
+                                                      {{"rank", 1}, {"phase", "save"}, {"host_start_bytes", 10},
+                                                       {"host_peak_bytes", 400}, {"device_peak_bytes", 70}}})}};
+  BOOST_TEST(sorted(ftrain::launch::tensorboard_scalars(phases)) ==
+             sorted({{"memory/rank0/load/host_peak_bytes", 300.0},
+                     {"memory/rank1/save/host_peak_bytes", 400.0},
+                     {"memory/rank1/save/device_peak_bytes", 70.0}}));
   // Text is not a scalar.
   BOOST_TEST(ftrain::launch::tensorboard_scalars(json{{"step", 1}, {"note", "text"}}).empty());
 }

@@ -66,6 +66,15 @@ def check_against_metrics(run_dir):
             assert logged[tag] == {r["step"]: as_float32(r["memory"][rank][kind]) for r in memory}, tag
             assert all(value > 0 for value in logged[tag].values()), tag
     assert {tag.split("/")[1] for tag in logged if tag.startswith("memory/")} == {"rank0", "rank1"}
+
+    # Each phase's measured peak resident set, per rank, at the step its record was written.
+    phases = [r for r in records(run_dir) if "memory_phases" in r]
+    assert phases, "metrics.jsonl has a record of the memory phases"
+    for record in phases:
+        for peak in record["memory_phases"]:
+            tag = f"memory/rank{peak['rank']}/{peak['phase']}/host_peak_bytes"
+            assert logged[tag][record["step"]] == as_float32(peak["host_peak_bytes"]), tag
+            assert peak["host_peak_bytes"] >= peak["host_start_bytes"] > 0, peak
     return logged
 
 
