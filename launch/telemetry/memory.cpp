@@ -1,5 +1,7 @@
 #include "launch/telemetry/memory.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <fstream>
 #include <sstream>
@@ -40,6 +42,7 @@ PhaseMemory::PhaseMemory(DevicePeak device) : device_(std::move(device)) {}
 
 void PhaseMemory::enter(const std::string& phase) {
   close();
+  malloc_trim(0);
   per_phase_ = reset_peak_resident() && per_phase_;
   if (device_.reset) device_.reset();
   current_ = phase;

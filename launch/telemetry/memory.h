@@ -37,6 +37,11 @@ struct PhasePeak {
 // progress (its peak is read and merged into its record, the maximum over every time
 // it was entered) and resets the peaks for the next one. A phase entered again keeps
 // one record, so periodic saves between training steps give one "save" and one "train".
+//
+// enter() first gives the heap's free memory back to the system (malloc_trim). ftrain
+// keeps freed memory in its heap between steps (launch/main.cpp), so without it a
+// phase would be charged for what an earlier one freed, and a transient whole-model
+// buffer would stay resident for the rest of the run.
 class PhaseMemory {
  public:
   // Read and reset the device's peak allocated bytes; empty without a device.
