@@ -920,7 +920,8 @@ model::ParameterSlices TensorParallelPlan::slices() const {
           throw std::invalid_argument("TensorParallelPlan::slices: " + name + " is " + c10::str(whole.sizes()) +
                                       ", the model's is " + c10::str(c10::IntArrayRef(found->second.global_shape)));
         return slice_of(found->second, whole);
-      }};
+      },
+      {}};
 }
 
 int TensorParallelPlan::replicas(const std::string& name) const {

@@ -149,7 +149,7 @@ BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std
       parameters.at(name).copy_(entry.second);
       continue;
     }
-    parameters.at(name).copy_(slices->part(name, entry.second));
+    slices->load(name, parameters.at(name), entry.second);
     release_mapped_pages(entry.second);
   }
 

@@ -76,9 +76,18 @@ NamedTensors to_hf_state(Gpt2& model) {
 
 ParameterSlices ParameterSlices::under(const std::string& prefix) const {
   ParameterSlices outer = *this;
-  return ParameterSlices{
+  ParameterSlices inner{
       [outer, prefix](const std::string& name, const at::Tensor& local) { return outer.global_shape(prefix + name, local); },
-      [outer, prefix](const std::string& name, const at::Tensor& whole) { return outer.part(prefix + name, whole); }};
+      [outer, prefix](const std::string& name, const at::Tensor& whole) { return outer.part(prefix + name, whole); },
+      {}};
+  if (outer.take)
+    inner.take = [outer, prefix](const std::string& name, const at::Tensor& part) { outer.take(prefix + name, part); };
+  return inner;
+}
+
+void ParameterSlices::load(const std::string& name, at::Tensor& parameter, const at::Tensor& whole) const {
+  if (take) take(name, part(name, whole));
+  else parameter.copy_(part(name, whole));
 }
 
 void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices) {
@@ -145,7 +154,7 @@ void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& 
     release_mapped_pages(tied_head);
     for (const auto& [name, entry] : found) {
       const torch::Tensor& value = entry.second;
-      parameters.at(name).copy_(slices->part(name, is_conv1d_weight(name) ? value.t() : value));
+      slices->load(name, parameters.at(name), is_conv1d_weight(name) ? value.t() : value);
       release_mapped_pages(value);
     }
     return;

@@ -26,6 +26,13 @@ struct ParameterSlices {
   std::function<std::vector<int64_t>(const std::string& name, const at::Tensor& local)> global_shape;
   // This process's part of `whole` (global shape): a view of it, or a new tensor.
   std::function<at::Tensor(const std::string& name, const at::Tensor& whole)> part;
+  // Where the part goes instead of into the parameter, when set: for parameters whose
+  // values are held elsewhere (ZeRO-3 shards, dist::ZeroSharding::fill_shard). Called
+  // once per parameter with a view of the file that is valid only during the call.
+  std::function<void(const std::string& name, const at::Tensor& part)> take;
+
+  // Puts this process's part of `whole` into `parameter`, or hands it to `take`.
+  void load(const std::string& name, at::Tensor& parameter, const at::Tensor& whole) const;
 
   // The same parts for a module registered under `prefix` in the model described
   // (for a BERT body at "bert." in a classifier).

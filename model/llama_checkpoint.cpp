@@ -126,7 +126,7 @@ void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string&
                                "' but config.json sets tie_word_embeddings=true; set it to false to load an untied head");
     release_mapped_pages(tied_head);
     for (const auto& [name, entry] : found) {
-      parameters.at(name).copy_(slices->part(name, entry.second));
+      slices->load(name, parameters.at(name), entry.second);
       release_mapped_pages(entry.second);
     }
     return;

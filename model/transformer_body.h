@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -63,5 +64,29 @@ class TransformerBody : public torch::nn::Module {
   torch::nn::ModuleList blocks_{nullptr};
   BlockRunner block_runner_;
 };
+
+// The transformer bodies inside `root`, wherever its family put them (a classifier's
+// under its body, a language model's as its transformer or model).
+inline std::vector<TransformerBody*> transformer_bodies(torch::nn::Module& root) {
+  std::vector<TransformerBody*> bodies;
+  for (const auto& module : root.modules())
+    if (auto* body = dynamic_cast<TransformerBody*>(module.get())) bodies.push_back(body);
+  return bodies;
+}
+
+// The names of each block's parameters as root.named_parameters() gives them, block by
+// block: the units that ZeRO gathers and reduces together.
+inline std::vector<std::vector<std::string>> block_parameter_names(torch::nn::Module& root) {
+  std::map<const void*, std::string> name_of;
+  for (const auto& item : root.named_parameters()) name_of[item.value().unsafeGetTensorImpl()] = item.key();
+  std::vector<std::vector<std::string>> names;
+  for (TransformerBody* body : transformer_bodies(root)) {
+    for (const auto& block : body->blocks()) {
+      names.emplace_back();
+      for (const auto& p : block->parameters()) names.back().push_back(name_of.at(p.unsafeGetTensorImpl()));
+    }
+  }
+  return names;
+}
 
 }  // namespace ftrain::model
