@@ -1,5 +1,7 @@
 #include "dist/zero.h"
 
+#include "dist/host_memory.h"
+
 #include <c10/core/StorageImpl.h>
 #include <torch/autograd.h>
 #include <torch/custom_class.h>
@@ -26,7 +28,8 @@ void release_storage(const at::Tensor& buffer) {
 void allocate_storage(const at::Tensor& buffer) {
   c10::StorageImpl* storage = buffer.storage().unsafeGetStorageImpl();
   const size_t bytes = static_cast<size_t>(buffer.numel()) * buffer.element_size();
-  storage->set_data_ptr_noswap(storage->allocator()->allocate(bytes));
+  // On the host, mapped memory (dist/host_memory.h): it comes and goes every step.
+  storage->set_data_ptr_noswap(buffer.is_cpu() ? mapped_allocate(bytes) : storage->allocator()->allocate(bytes));
   storage->set_nbytes(bytes);
 }
 
@@ -126,11 +129,46 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
   for (const auto& [name, p] : params_)
     if (p.scalar_type() != options.dtype().toScalarType() || p.device() != options.device())
       throw std::invalid_argument("ZeroSharding: parameter '" + name + "' differs in dtype or device");
-  build_units(block_param_names);
+  build_units(block_param_names, /*with_values=*/true, options);
   reset_peaks();
 }
 
-void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& block_param_names) {
+ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp,
+                           std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled)
+    : dp_(dp), stage_(3), params_(std::move(named_params)) {
+  if (params_.empty()) throw std::invalid_argument("ZeroSharding: no parameters");
+  build_units(block_param_names, /*with_values=*/false,
+              at::TensorOptions().device(unfilled.device).dtype(unfilled.dtype));
+  filled_.assign(params_.size(), false);
+  reset_peaks();
+}
+
+void ZeroSharding::fill_shard(const std::string& name, const at::Tensor& values) {
+  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
+  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::fill_shard: no parameter '" + name + "'");
+  const auto index = static_cast<size_t>(found - params_.begin());
+  if (values.sizes() != found->second.sizes())
+    throw std::invalid_argument("ZeroSharding::fill_shard: '" + name + "' is " + c10::str(found->second.sizes()) +
+                                ", given " + c10::str(values.sizes()));
+  torch::NoGradGuard no_grad;
+  for (const Slice& slice : slices_) {
+    if (slice.param_index != index) continue;
+    // A view for a contiguous tensor (a memory-mapped file's pages outside the range
+    // are never touched); a transposed one is copied whole first.
+    slice.param.copy_(values.reshape({-1}).narrow(0, slice.param_offset, slice.param.numel()));
+  }
+  if (!filled_.empty()) filled_[index] = true;
+}
+
+std::vector<std::string> ZeroSharding::unfilled() const {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < filled_.size(); ++i)
+    if (!filled_[i]) out.push_back(params_[i].first);
+  return out;
+}
+
+void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& block_param_names, bool with_values,
+                               const at::TensorOptions& buffer_options) {
   std::map<std::string, size_t> index_of;
   for (size_t i = 0; i < params_.size(); ++i) index_of[params_[i].first] = i;
   // Unit 0 is the root; block b is unit b + 1.
@@ -149,7 +187,7 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
   units_.resize(block_param_names.size() + 1);
   for (size_t i = 0; i < params_.size(); ++i) units_[unit_of_[i]].params.push_back(i);
 
-  const auto options = params_.front().second.options().requires_grad(false);
+  const auto options = buffer_options.requires_grad(false);
   const int64_t ranks = dp_.size();
   offsets_.assign(params_.size(), 0);
   for (Unit& unit : units_) {
@@ -175,20 +213,25 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
   const int64_t rank = dp_.rank();
   for (size_t u = 0; u < units_.size(); ++u) {
     Unit& unit = units_[u];
-    unit.full_params = torch::zeros({unit.shard_numel * ranks}, options);
-    unit.full_grads = torch::zeros({unit.shard_numel * ranks}, options);
+    // Without values, the buffers are never written here: their memory is released
+    // below before it is touched.
+    unit.full_params = with_values ? torch::zeros({unit.shard_numel * ranks}, options)
+                                   : torch::empty({unit.shard_numel * ranks}, options);
+    unit.full_grads = torch::empty({unit.shard_numel * ranks}, options);
+    if (stage_ == 1) unit.full_grads.zero_();
     for (size_t i : unit.params) {
       at::Tensor& p = params_[i].second;
       at::Tensor view = unit.full_params.narrow(0, offsets_[i], p.numel());
-      view.copy_(p.detach().reshape({-1}));
+      if (with_values) view.copy_(p.detach().reshape({-1}));
       p.set_data(view.view(p.sizes()));
       p.mutable_grad() = unit.full_grads.narrow(0, offsets_[i], p.numel()).view(p.sizes());
     }
     const int64_t shard_begin = unit.shard_numel * rank;
     if (stage_ == 3) {
       // Parameters are equal on every rank, so each takes its shard without communicating.
-      shard_params_.narrow(0, unit.shard_offset, unit.shard_numel)
-          .copy_(unit.full_params.narrow(0, shard_begin, unit.shard_numel));
+      if (with_values)
+        shard_params_.narrow(0, unit.shard_offset, unit.shard_numel)
+            .copy_(unit.full_params.narrow(0, shard_begin, unit.shard_numel));
       release_storage(unit.full_params);
     } else {
       unit.gathered = true;  // stages 1 and 2 keep every parameter whole

@@ -92,6 +92,23 @@ class ZeroSharding {
   // reduced after backward). No communication.
   ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
                std::vector<std::vector<std::string>> block_param_names = {});
+
+  // Stage 3 for a model built without its values (model::SkipInitialisation, so their
+  // memory was never written): the parameters' own storage is dropped unread, and
+  // this rank's shards, on `device` in `dtype`, are filled by fill_shard() as each
+  // parameter is read. The whole model never exists in this process. No communication.
+  struct Unfilled {
+    c10::Device device;
+    c10::ScalarType dtype;
+  };
+  ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp,
+               std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled);
+  // Copies this rank's flat range of parameter `name` out of `values` (the parameter's
+  // whole value, any layout and dtype; only the elements of the range are read when it
+  // is contiguous). Every parameter must be filled once before the model runs.
+  void fill_shard(const std::string& name, const at::Tensor& values);
+  // The parameters not filled yet, for a loader to report.
+  std::vector<std::string> unfilled() const;
   ~ZeroSharding();
   ZeroSharding(const ZeroSharding&) = delete;
   ZeroSharding& operator=(const ZeroSharding&) = delete;
@@ -190,7 +207,8 @@ class ZeroSharding {
   };
   friend struct ZeroBlockHooks;
 
-  void build_units(const std::vector<std::vector<std::string>>& block_param_names);
+  void build_units(const std::vector<std::vector<std::string>>& block_param_names, bool with_values,
+                   const at::TensorOptions& options);
   bool trainable(const Unit& unit) const;
   void gather(size_t unit, bool prefetch);
   void ensure_gathered(size_t unit);
@@ -222,6 +240,7 @@ class ZeroSharding {
   at::Tensor shard_grads_;   // stages 2, 3: (shard_numel), the reduced gradients of this rank's shards
   std::vector<at::Tensor> own_grads_;  // the reduced gradients this rank's optimizer reads, flat pieces
   std::vector<Slice> slices_;
+  std::vector<bool> filled_;  // per parameter, built Unfilled: fill_shard() has run
 
   std::vector<Unit> units_;  // the root, then block 0, 1, ...
   std::optional<size_t> prefetching_;  // the unit whose gather is in flight

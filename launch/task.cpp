@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "launch/eval/metrics.h"
+#include "dist/sharded_load.h"
 #include "launch/options.h"
 #include "model/causal_lm.h"
 #include "model/fused_cross_entropy.h"
@@ -52,15 +53,28 @@ struct Task::Model {
 Task::Task(const Config& config, const data::DatasetInfo& dataset) : Task(config, dataset, nullptr) {}
 
 Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm)
-    : Task(config, dataset, comm.tp().size() > 1 ? &comm : nullptr) {}
+    : Task(config, dataset, &comm) {}
 
-Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* split_over)
+Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm)
     : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
       model_(std::make_unique<Model>()), model_path_(config.model.path) {
   model_->name = dataset.task;
   const bool pretrained = config.model.init == ModelInit::pretrained;
+  // Split over the tensor-parallel group as it is built, so each rank reads its part.
+  dist::Communicator* split_over = comm && comm->tp().size() > 1 ? comm : nullptr;
   if (kind_ == TaskKind::causal_lm) {
     model_->lm_options = model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout, {}};
+    if (comm && pretrained && config.dist.zero == 3) {
+      // Each rank reads only its ZeRO-3 shard. A randomly initialised model is still
+      // drawn whole on every rank, then sharded.
+      naming_dist_tp(*comm, [&] {
+        dist::ShardedCausalLm sharded = dist::load_zero3(model_->lm_options, *comm, comm->device(), plan_);
+        model_->lm = std::move(sharded.model);
+        sharding_ = std::move(sharded.zero);
+        if (plan_.tp_size > 1) tp_ = &comm->tp();
+      });
+      return;
+    }
     if (!split_over) {
       model_->lm = model::CausalLm::load(model_->lm_options);
       return;
@@ -180,33 +194,12 @@ torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor
 
 }  // namespace
 
-namespace {
+std::unique_ptr<dist::ZeroSharding> Task::take_sharding() { return std::move(sharding_); }
 
-// The bodies that run the model's blocks, wherever the task placed them.
-std::vector<model::TransformerBody*> transformer_bodies(torch::nn::Module& root) {
-  std::vector<model::TransformerBody*> bodies;
-  for (const auto& module : root.modules())
-    if (auto* body = dynamic_cast<model::TransformerBody*>(module.get())) bodies.push_back(body);
-  return bodies;
-}
-
-}  // namespace
-
-std::vector<std::vector<std::string>> Task::block_parameter_names() {
-  std::map<const void*, std::string> name_of;
-  for (const auto& item : module().named_parameters()) name_of[item.value().unsafeGetTensorImpl()] = item.key();
-  std::vector<std::vector<std::string>> names;
-  for (model::TransformerBody* body : transformer_bodies(module())) {
-    for (const auto& block : body->blocks()) {
-      names.emplace_back();
-      for (const auto& p : block->parameters()) names.back().push_back(name_of.at(p.unsafeGetTensorImpl()));
-    }
-  }
-  return names;
-}
+std::vector<std::vector<std::string>> Task::block_parameter_names() { return model::block_parameter_names(module()); }
 
 void Task::set_block_runner(const model::BlockRunner& runner) {
-  const std::vector<model::TransformerBody*> bodies = transformer_bodies(module());
+  const std::vector<model::TransformerBody*> bodies = model::transformer_bodies(module());
   if (bodies.size() != 1)
     throw std::logic_error("Task::set_block_runner: expected one transformer body, found " +
                            std::to_string(bodies.size()));

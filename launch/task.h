@@ -18,6 +18,7 @@
 #include "data/streaming_loader.h"
 #include "dist/comm.h"
 #include "dist/tensor_parallel.h"
+#include "dist/zero.h"
 #include "model/block_runner.h"
 #include "model/hf_checkpoint.h"
 
@@ -55,6 +56,9 @@ class Task {
   // rank (dist::load_tensor_parallel): a pretrained model is read in parts, each rank
   // reading only its slices of the files, so no rank holds the whole model. parallelize()
   // then returns the plan it was split by.
+  // At dist.zero = 3 a pretrained causal LM is read straight into ZeRO-3 shards on
+  // comm.device() (dist::load_zero3): no rank holds the whole model or its whole
+  // tensor-parallel part; take_sharding() hands the shards to the trainer.
   Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm);
   ~Task();
   Task(Task&&) noexcept;
@@ -101,6 +105,9 @@ class Task {
   dist::TensorParallelPlan parallelize(dist::Communicator& comm);
   const dist::TensorParallelPlan& plan() const { return plan_; }
 
+  // The ZeRO-3 shards the model was read into, once (null when it was read whole).
+  std::unique_ptr<dist::ZeroSharding> take_sharding();
+
   // Writes the model as a Hugging Face directory (with label names for classifiers).
   // After parallelize(), pass every parameter's full tensor (TensorParallelPlan::gather):
   // they are written through an unsplit copy of the model.
@@ -108,7 +115,7 @@ class Task {
             const std::vector<std::pair<std::string, at::Tensor>>& full_parameters = {}) const;
 
  private:
-  Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* split_over);
+  Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm);
 
   struct Model;
   TaskKind kind_;
@@ -122,6 +129,7 @@ class Task {
   std::string model_path_;
   dist::TensorParallelPlan plan_;
   dist::Group* tp_ = nullptr;  // a split causal LM's group, for the vocabulary-parallel loss
+  std::unique_ptr<dist::ZeroSharding> sharding_;  // read into ZeRO-3 shards, until taken
 };
 
 }  // namespace ftrain::launch

@@ -19,6 +19,7 @@
 #include "data/durable_file.h"
 #include "data/streaming_loader.h"
 #include "dist/grad_reducer.h"
+#include "dist/host_memory.h"
 #include "dist/zero.h"
 #include "launch/optim/adamw.h"
 #include "launch/optim/schedule.h"
@@ -117,8 +118,11 @@ class Trainer {
       for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
     early_stopping_.emplace(config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric,
                             config_.train.early_stopping_patience);
+    // A model read straight into ZeRO-3 shards is on the device already, and every rank
+    // read the same files: nothing to broadcast.
+    zero_ = task_->take_sharding();
     task_->module().to(comm_.device());
-    broadcast_parameters();
+    if (!zero_) broadcast_parameters();
     // Tensor parallelism first, then ZeRO over the data-parallel group shards what
     // each tensor-parallel rank holds.
     plan_ = task_->parallelize(comm_);
@@ -130,8 +134,9 @@ class Trainer {
       // by block as backward completes them (stage 1: in the last micro-batch; with
       // dist.overlap, while the blocks before run backward); stage 3 also gathers the
       // parameters block by block, as the model runs them.
-      zero_ = std::make_unique<dist::ZeroSharding>(named_params_, comm_.dp(), config_.dist.zero,
-                                                   task_->block_parameter_names());
+      if (!zero_)
+        zero_ = std::make_unique<dist::ZeroSharding>(named_params_, comm_.dp(), config_.dist.zero,
+                                                     task_->block_parameter_names());
       zero_->set_reduce_dtype(reduce_dtype());
       zero_->set_overlap(config_.dist.overlap);
       std::vector<AdamWSlot> slots;
@@ -302,7 +307,7 @@ class Trainer {
     // This rank's tensor-parallel part of tensor `key` of parameter `name`, on the CPU.
     auto part_of = [&](const std::string& key, const std::string& name, c10::ScalarType dtype) {
       const at::Tensor& param = named_params_[index.at(name)].second;
-      at::Tensor part = torch::zeros(param.sizes(), torch::TensorOptions().dtype(dtype));
+      at::Tensor part = dist::mapped_zeros(param.sizes(), dtype);  // one at a time, freed at once
       auto split = plan_.sharded.find(name);
       if (split == plan_.sharded.end())
         reader.read_into(key, part);

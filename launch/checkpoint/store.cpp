@@ -21,6 +21,7 @@
 
 #include "data/durable_file.h"
 #include "data/hdf5_handle.h"
+#include "dist/host_memory.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -280,7 +281,7 @@ at::Tensor read_piece(RankFiles& files, const fs::path& dir, const json& piece, 
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   if (std::vector<int64_t>(dims.begin(), dims.end()) != shape)
     throw std::runtime_error(what + " has another shape than the manifest says");
-  at::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(dtype));
+  at::Tensor out = dist::mapped_zeros(shape, dtype);  // freed at once after use (dist/host_memory.h)
   if (H5Dread(dataset.get(), h5_type(dtype, what), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0)
     throw std::runtime_error(what + " cannot be read (truncated file?)");
   if (crc32_of(out.data_ptr(), out.nbytes()) != piece.at("crc32").get<uint32_t>())

@@ -683,3 +683,52 @@ BOOST_AUTO_TEST_CASE(stage3_parameters_are_freed_between_uses_and_after_release)
   BOOST_TEST(relative_error(logits, kind.logits(*plain, batch_of(0, 0, R()))) <= kTolerance);
   kind.set_block_runner(*net, {});
 }
+
+BOOST_AUTO_TEST_CASE(stage3_unfilled_shards_filled_parameter_by_parameter_equal_the_sharded_whole_model) {
+  // The same model twice: sharded from its values, and built Unfilled with each shard
+  // filled from the whole tensors (transposed ones too, as GPT-2's Conv1D weights come).
+  const ModelKind kind = gpt2_kind();
+  auto whole = kind.make();
+  std::vector<std::pair<std::string, at::Tensor>> values;
+  for (const auto& item : whole->named_parameters()) values.emplace_back(item.key(), item.value().detach().clone());
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : whole->named_parameters()) named.emplace_back(item.key(), item.value());
+  dist::ZeroSharding reference(named, dp(), 3, block_param_names(*whole, kind));
+
+  auto net = kind.make();
+  std::vector<std::pair<std::string, at::Tensor>> unfilled_params;
+  for (const auto& item : net->named_parameters()) unfilled_params.emplace_back(item.key(), item.value());
+  dist::ZeroSharding zero(unfilled_params, dp(), block_param_names(*net, kind),
+                          dist::ZeroSharding::Unfilled{torch::kCPU, torch::kFloat32});
+  for (const auto& [name, p] : unfilled_params) BOOST_TEST(p.storage().nbytes() == 0u, name);
+  BOOST_TEST(zero.unfilled().size() == values.size());
+  BOOST_CHECK_THROW(zero.fill_shard("no.such.parameter", values.front().second), std::invalid_argument);
+  BOOST_CHECK_THROW(zero.fill_shard(values.front().first, torch::zeros({3})), std::invalid_argument);
+  for (const auto& [name, value] : values) {
+    // A 2-D value arrives as a transposed view of its stored layout half the time.
+    const at::Tensor given = value.dim() == 2 && name.find("attn") != std::string::npos ? value.t().contiguous().t() : value;
+    zero.fill_shard(name, given);
+  }
+  BOOST_TEST(zero.unfilled().empty());
+  BOOST_REQUIRE_EQUAL(zero.local_slices().size(), reference.local_slices().size());
+  for (size_t k = 0; k < zero.local_slices().size(); ++k) {
+    BOOST_TEST(zero.local_slices()[k].name == reference.local_slices()[k].name);
+    BOOST_TEST(torch::equal(zero.local_slices()[k].param, reference.local_slices()[k].param),
+               zero.local_slices()[k].name);
+  }
+  // And the model runs from them as from the whole one.
+  kind.set_block_runner(*net, zero.block_runner());
+  net->eval();
+  torch::NoGradGuard no_grad;
+  zero.before_forward();
+  const torch::Tensor logits = kind.logits(*net, batch_of(0, 0, R()));
+  zero.release();
+  whole->eval();
+  kind.set_block_runner(*whole, reference.block_runner());
+  reference.before_forward();
+  const torch::Tensor expected = kind.logits(*whole, batch_of(0, 0, R()));
+  reference.release();
+  BOOST_TEST(relative_error(logits, expected) <= kTolerance);
+  kind.set_block_runner(*net, {});
+  kind.set_block_runner(*whole, {});
+}

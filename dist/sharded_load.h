@@ -1,0 +1,45 @@
+// Reading a pretrained causal language model straight into ZeRO-3 shards (Rajbhandari
+// et al., 2020): no rank ever holds the whole model, or the whole tensor-parallel part
+// of it, on the host or on the device.
+//
+//   1. The model is built without values (model::SkipInitialisation: the weights'
+//      memory is allocated and never written, so never committed).
+//   2. With more than one tensor-parallel rank it is split first, as
+//      load_tensor_parallel splits it.
+//   3. Its parameters move into a ZeroSharding over the data-parallel group, built
+//      Unfilled: the never-written storage is dropped, and only this rank's shards
+//      exist, on the training device.
+//   4. The safetensors files are read memory-mapped; each parameter's tensor-parallel
+//      part of its stored tensor is handed to ZeroSharding::fill_shard, which copies the
+//      rank's flat range out of it. A contiguous stored tensor is read only there; a
+//      transposed one (GPT-2's Conv1D weights) is copied whole first, one tensor at a
+//      time. Each tensor's mapped pages are given back once it is read.
+//
+// Every rank reads the same files, so no broadcast follows. Random initialisation and
+// classifiers still build the whole model first (launch/task.cpp says where).
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <memory>
+
+#include "dist/comm.h"
+#include "dist/tensor_parallel.h"
+#include "dist/zero.h"
+#include "model/causal_lm.h"
+
+namespace ftrain::dist {
+
+struct ShardedCausalLm {
+  model::CausalLm model;                // its parameters are views of `zero`'s buffers
+  std::unique_ptr<ZeroSharding> zero;   // stage 3, every shard filled
+};
+
+// Loads options.path (options.pretrained must be true) as above, into fp32 shards on
+// `device`. `plan` receives the tensor-parallel split (tp_size 1 when there is none).
+// Throws std::runtime_error naming the file when the stored tensors do not match the
+// model, std::invalid_argument when comm.tp() cannot split it.
+ShardedCausalLm load_zero3(model::CausalLmOptions options, Communicator& comm, c10::Device device,
+                           TensorParallelPlan& plan);
+
+}  // namespace ftrain::dist
