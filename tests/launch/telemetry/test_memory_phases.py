@@ -1,0 +1,108 @@
+"""Measured memory per phase (metrics.jsonl's memory_phases: each rank's peak resident
+set in each phase, read from /proc): at ZeRO-3 on 4 data-parallel ranks a GPT-2 of
+about 26M parameters is read, set up and resumed holding only its share, and the same
+job at ZeRO-0 exceeds the same bound, so the check can fail.
+
+A phase's model-dependent peak is its peak minus the same phase's peak in the same job
+on a tiny GPT-2 (LibTorch, MPI and the allocator cost the same in both), as a multiple
+of the larger model's fp32 bytes M = 4 psi. The sharded bound is the training state
+ZeRO-3 divides, 16 psi / N = 4 M / N (weights, gradients and two AdamW moments), plus a
+margin of MARGIN M for one tensor read or gathered at a time and the heap's slack.
+
+The phases after set-up (the first step, later steps, evaluation, saving and the export)
+are not under the bound yet; that check is an expected failure, strict, so it is reported
+(XFAIL in make test's summary) and turns into a failure the day it passes."""
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/launch: ftrain_jobs
+from ftrain_jobs import as_options, prepare_corpus, records, run_ftrain
+
+RANKS = 4
+MARGIN = 0.25
+SHARDED_PHASES = ("load", "setup", "resume")
+LATER_PHASES = ("first_step", "train", "evaluate", "save", "export")
+
+
+def gpt2(directory, width, layers):
+    """A random GPT-2 saved as a Hugging Face directory, with its fp32 bytes."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_positions=64, n_embd=width, n_layer=layers, n_head=8))
+    model.save_pretrained(directory, safe_serialization=True)
+    return Path(directory), 4 * sum(p.numel() for p in model.parameters())
+
+
+def peaks(run_dir):
+    """{phase: the largest host peak over the ranks} of the run's memory_phases record."""
+    [record] = [r for r in records(run_dir) if "memory_phases" in r]
+    assert sorted({p["rank"] for p in record["memory_phases"]}) == list(range(RANKS))
+    out = {}
+    for peak in record["memory_phases"]:
+        assert peak["per_phase"], "VmHWM could not be reset between phases (/proc/self/clear_refs)"
+        out[peak["phase"]] = max(out.get(peak["phase"], 0), peak["host_peak_bytes"])
+    return out
+
+
+def job(ws, model, zero, name):
+    """Two steps, saved at the end and exported; then the same run resumed for a third.
+    Returns {phase: peak} over both processes (resume from the second)."""
+    run_dir = ws["root"] / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    options = {"run.dir": run_dir, "model.path": model, "data.path": ws["data"], "model.dropout": 0,
+               "data.micro_batch_size": 1, "train.global_batch_size": RANKS, "train.eval_every": 0,
+               "checkpoint.at_end": "true", "checkpoint.export_hf": "true", "dist.zero": zero}
+    run_ftrain(RANKS, *as_options({**options, "train.steps": 2}))
+    first = peaks(run_dir)
+    (run_dir / "metrics.jsonl").rename(run_dir / "metrics.first.jsonl")
+    run_ftrain(RANKS, *as_options({**options, "train.steps": 3, "run.resume": "auto"}))
+    second = peaks(run_dir)
+    return {**first, "resume": second["resume"]}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory, pytestconfig):
+    root = tmp_path_factory.mktemp("memory_phases")
+    ws = {"root": root, "data": prepare_corpus(root, 200)}
+    big, model_bytes = gpt2(root / "big", width=512, layers=8)
+    tiny, _ = gpt2(root / "tiny", width=32, layers=2)
+    out = {"model_bytes": model_bytes}
+    for zero in (0, 3):
+        big_peaks, tiny_peaks = job(ws, big, zero, f"big{zero}"), job(ws, tiny, zero, f"tiny{zero}")
+        out[zero] = {phase: (big_peaks[phase] - tiny_peaks[phase]) / model_bytes for phase in big_peaks}
+    # The table goes to make test's log whether the checks pass or not.
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\nmodel-dependent peak per rank and phase, in fp32 models ({model_bytes / 2**20:.0f} MiB), "
+              f"{RANKS} ranks; sharded bound {bound():.2f}:")
+        print(f"{'phase':>12} {'ZeRO-0':>8} {'ZeRO-3':>8}")
+        for phase in out[3]:
+            print(f"{phase:>12} {out[0].get(phase, float('nan')):8.2f} {out[3][phase]:8.2f}")
+    return out
+
+
+def bound():
+    return 4 / RANKS + MARGIN
+
+
+def test_the_model_is_between_20_and_40_million_parameters(measured):
+    assert 20e6 <= measured["model_bytes"] / 4 <= 40e6
+
+
+@pytest.mark.parametrize("phase", SHARDED_PHASES)
+def test_zero3_holds_its_share_and_zero0_does_not(measured, phase):
+    assert measured[3][phase] <= bound(), \
+        f"{phase}: ZeRO-3 holds {measured[3][phase]:.2f} M per rank, over the sharded {bound():.2f} M"
+    assert measured[0][phase] > bound(), \
+        f"{phase}: ZeRO-0 holds {measured[0][phase]:.2f} M per rank, not over {bound():.2f} M: the bound proves nothing"
+
+
+@pytest.mark.xfail(strict=True, reason="at ZeRO-3 a step, an evaluation and a save still peak at about 2 fp32 "
+                                       "models per rank (block gathers, MPI's buffers, the save's host copy), and "
+                                       "the export at 4.4: it gathers every whole tensor on every rank")
+@pytest.mark.parametrize("phase", LATER_PHASES)
+def test_zero3_later_phases_hold_their_share(measured, phase):
+    assert measured[3][phase] <= bound(), f"{phase}: {measured[3][phase]:.2f} M per rank"
