@@ -599,6 +599,22 @@ std::vector<std::pair<std::string, at::Tensor>> ZeroSharding::gather_state(
   return out;
 }
 
+at::Tensor ZeroSharding::gather_parameter(const std::string& name) {
+  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
+  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::gather_parameter: no parameter '" + name + "'");
+  const at::Tensor& param = found->second;
+  if (stage_ != 3) return param.detach();
+  const auto index = static_cast<size_t>(found - params_.begin());
+  torch::NoGradGuard no_grad;
+  // The shards do not overlap: each element is one rank's value plus zeros.
+  at::Tensor whole = shard_params_.is_cpu() ? mapped_zeros({param.numel()}, shard_params_.scalar_type())
+                                            : torch::zeros({param.numel()}, shard_params_.options());
+  for (const Slice& slice : slices_)
+    if (slice.param_index == index) whole.narrow(0, slice.param_offset, slice.param.numel()).copy_(slice.param);
+  dp_.all_reduce(whole, ReduceOp::Sum);
+  return whole.view(param.sizes());
+}
+
 std::vector<at::Tensor> ZeroSharding::shard_state(const std::vector<at::Tensor>& full_states) const {
   if (full_states.size() != params_.size())
     throw std::invalid_argument("ZeroSharding::shard_state: one state tensor per parameter expected");

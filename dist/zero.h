@@ -180,6 +180,12 @@ class ZeroSharding {
   // slices' param views, stage 3 parameters) in global form.
   std::vector<std::pair<std::string, at::Tensor>> gather_state(const std::vector<at::Tensor>& slice_states);
 
+  // Parameter `name`'s whole value, in its shape, on every rank: at stage 3 every rank's
+  // part summed over the data-parallel group; at stages 1 and 2 the parameter itself.
+  // Collective at stage 3. One parameter at a time, for a streamed export: no rank holds
+  // more than that one tensor beyond its shards.
+  at::Tensor gather_parameter(const std::string& name);
+
   // This rank's slices of a state given per parameter in global form (inverse of
   // gather_state).
   std::vector<at::Tensor> shard_state(const std::vector<at::Tensor>& full_states) const;

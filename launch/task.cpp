@@ -55,7 +55,10 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset) : Task(config
 Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm)
     : Task(config, dataset, &comm) {}
 
-Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm)
+Task::Task(const Config& config, const data::DatasetInfo& dataset, WithoutValues)
+    : Task(config, dataset, nullptr, /*skeleton=*/true) {}
+
+Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm, bool skeleton)
     : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
       model_(std::make_unique<Model>()), model_path_(config.model.path) {
   model_->name = dataset.task;
@@ -64,6 +67,12 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   dist::Communicator* split_over = comm && comm->tp().size() > 1 ? comm : nullptr;
   if (kind_ == TaskKind::causal_lm) {
     model_->lm_options = model::CausalLmOptions{config.model.path, pretrained, config.run.seed, config.model.dropout, {}};
+    if (skeleton) {
+      model::CausalLmOptions options = model_->lm_options;
+      options.skeleton = true;
+      model_->lm = model::CausalLm::load(options);
+      return;
+    }
     if (comm && pretrained && config.dist.zero == 3) {
       // Each rank reads only its ZeRO-3 shard. A randomly initialised model is still
       // drawn whole on every rank, then sharded.
@@ -305,6 +314,35 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
     out["entity_f1"] = entities.f1();
   }
   return out;
+}
+
+bool Task::streams_export() const { return model_->lm.has_value(); }
+
+void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
+                         const std::function<at::Tensor(const std::string& parameter)>& whole_value) const {
+  if (!model_->lm) throw std::logic_error("Task::save_streamed: a classifier is saved through save()");
+  model::CausalLmOptions options = model_->lm_options;
+  options.skeleton = true;
+  model::CausalLm skeleton = model::CausalLm::load(options);
+  // A stored tensor is a parameter or a view of one (GPT-2's Conv1D weights transposed);
+  // its storage says which, its strides and offset how.
+  std::map<const void*, std::pair<std::string, at::Tensor>> viewed;
+  for (const auto& item : skeleton.module().named_parameters())
+    viewed.emplace(item.value().storage().data(), std::pair{item.key(), item.value()});
+  skeleton.save(dir, existing, [&](const std::string& stored, const at::Tensor& described) {
+    auto found = viewed.find(described.storage().data());
+    if (found == viewed.end())
+      throw std::logic_error("Task::save_streamed: stored tensor " + stored + " is no view of a parameter");
+    const auto& [name, param] = found->second;
+    const at::Tensor whole = whole_value(name).contiguous();
+    if (whole.sizes() != param.sizes())
+      throw std::logic_error("Task::save_streamed: parameter " + name + " is " + c10::str(param.sizes()) +
+                             ", its whole value " + c10::str(whole.sizes()));
+    // as_strided's offset counts from the start of the storage, which `whole` (a view
+    // into ZeRO's flat buffer, say) need not begin at.
+    return whole.as_strided(described.sizes(), described.strides(),
+                            whole.storage_offset() + described.storage_offset() - param.storage_offset());
+  });
 }
 
 void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing,

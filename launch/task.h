@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,6 +61,11 @@ class Task {
   // comm.device() (dist::load_zero3): no rank holds the whole model or its whole
   // tensor-parallel part; take_sharding() hands the shards to the trainer.
   Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm);
+  // A model that only describes itself, for save_streamed() whose values come from
+  // elsewhere (a checkpoint read tensor by tensor): a causal LM is built without values
+  // (its memory never committed); a classifier is built as model.init says.
+  struct WithoutValues {};
+  Task(const Config& config, const data::DatasetInfo& dataset, WithoutValues);
   ~Task();
   Task(Task&&) noexcept;
   Task& operator=(Task&&) noexcept;
@@ -113,9 +119,18 @@ class Task {
   // they are written through an unsplit copy of the model.
   void save(const std::filesystem::path& dir, model::ExistingDirectory existing,
             const std::vector<std::pair<std::string, at::Tensor>>& full_parameters = {}) const;
+  // A causal LM written tensor by tensor: a skeleton of the unsplit model (built without
+  // values, so its memory is never committed) describes the files, and each stored
+  // tensor's data is the parameter's whole value that `whole_value` returns, asked for
+  // one parameter at a time in file order. With a whole_value that gathers a sharded
+  // parameter, no process ever holds more than one whole tensor. Throws
+  // std::logic_error for a classifier (saved through save()).
+  void save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
+                     const std::function<at::Tensor(const std::string& parameter)>& whole_value) const;
+  bool streams_export() const;  // whether save_streamed() can write this task's model
 
  private:
-  Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm);
+  Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm, bool skeleton = false);
 
   struct Model;
   TaskKind kind_;

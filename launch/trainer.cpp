@@ -664,14 +664,56 @@ class Trainer {
         data::write_file_atomically(fs::path(config_.run.dir) / "test_report.json", report.dump(2) + "\n");
       }
     }
-    // A split or sharded model is written from its gathered full tensors (collective).
+    // Training is over and its checkpoints committed: the optimizer's moments are not
+    // needed again, and the export may have their memory (half of ZeRO-3's state).
+    optimizer_.reset();
     phases_.enter("export");
-    NamedTensors full_parameters;
-    if (config_.checkpoint.export_hf && (comm_.layout().tp_size > 1 || config_.dist.zero == 3))
-      full_parameters = gathered_parameters();
-    if (config_.checkpoint.export_hf && rank0()) {
-      const fs::path final_dir = fs::path(config_.run.dir) / "final";
-      task_->save(final_dir, model::ExistingDirectory::overwrite, full_parameters);
+    if (config_.checkpoint.export_hf) export_final(weights_step);
+    comm_.world().barrier();
+    report_phase_memory();
+  }
+
+  // The whole value of parameter `name` on every rank: its ZeRO-3 shards gathered over
+  // the data-parallel group, its tensor-parallel parts over the tensor-parallel group.
+  // Collective; one tensor's memory.
+  at::Tensor whole_parameter(const std::string& name) {
+    at::Tensor local;
+    if (zero3()) {
+      local = zero_->gather_parameter(name);
+    } else {
+      auto found = std::find_if(named_params_.begin(), named_params_.end(),
+                                [&](const auto& item) { return item.first == name; });
+      if (found == named_params_.end()) throw std::logic_error("no parameter " + name + " to export");
+      local = found->second.detach();
+    }
+    return plan_.gather(name, local, comm_.tp());
+  }
+
+  // final/: the model in Hugging Face's format, with the tokenizer. Collective. A split
+  // or sharded causal LM is streamed: rank 0 writes the file tensor by tensor and names
+  // each parameter it needs next; every rank joins that one parameter's gather. So no
+  // rank holds more than one whole tensor beyond its shards. A split or sharded
+  // classifier is still gathered whole on every rank first.
+  void export_final(int64_t weights_step) {
+    const fs::path final_dir = fs::path(config_.run.dir) / "final";
+    const bool split = comm_.layout().tp_size > 1 || config_.dist.zero == 3;
+    if (split && task_->streams_export()) {
+      dist::Group& world = comm_.world();
+      if (rank0()) {
+        task_->save_streamed(final_dir, model::ExistingDirectory::overwrite, [&](const std::string& name) {
+          world.broadcast(name, 0);
+          return whole_parameter(name);
+        });
+        world.broadcast(std::string(), 0);  // done (a failure above ends the whole job)
+      } else {
+        for (std::string name = world.broadcast(std::string(), 0); !name.empty(); name = world.broadcast(std::string(), 0))
+          whole_parameter(name);
+      }
+    } else {
+      const NamedTensors full_parameters = split ? gathered_parameters() : NamedTensors{};
+      if (rank0()) task_->save(final_dir, model::ExistingDirectory::overwrite, full_parameters);
+    }
+    if (rank0()) {
       // The tokenizer travels with the weights, so final/ is a complete model directory.
       for (const char* file : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                                "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json"}) {
@@ -681,8 +723,6 @@ class Trainer {
       std::cout << "ftrain: model of step " << weights_step << " written to " << final_dir.string()
                 << " (Hugging Face format)\n";
     }
-    comm_.world().barrier();
-    report_phase_memory();
   }
 
   // The frozen-body stage: before step freeze_base_steps + 1 only the head trains. The

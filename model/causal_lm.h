@@ -30,6 +30,9 @@ struct CausalLmOptions {
   // then are the weights read, each parameter copying its part of the stored tensor.
   // So no process ever holds the whole model. dist::load_tensor_parallel sets it.
   std::function<ParameterSlices(CausalLm&)> split = {};
+  // Built without values (SkipInitialisation) and nothing read: a model that only
+  // describes itself, for an export whose values come from elsewhere (save's values).
+  bool skeleton = false;
 };
 
 struct KvCache;
@@ -59,7 +62,7 @@ class CausalLm {
     std::function<HeadInput(const at::Tensor& ids, const at::Tensor& mask)> head_input;
     // (B, T_new) ids following those in the cache -> (B, V) logits of the last of them.
     std::function<at::Tensor(const at::Tensor& ids, KvCache& cache)> next_logits;
-    std::function<void(const std::filesystem::path&, ExistingDirectory)> save;
+    std::function<void(const std::filesystem::path&, ExistingDirectory, const TensorValues&)> save;
   };
   CausalLm(std::string model_type, Parts parts) : model_type_(std::move(model_type)), parts_(std::move(parts)) {}
 
@@ -86,8 +89,12 @@ class CausalLm {
     return parts_.next_logits(input_ids, cache);
   }
 
-  // Writes config.json and model.safetensors in the family's Hugging Face layout.
-  void save(const std::filesystem::path& dir, ExistingDirectory existing) const { parts_.save(dir, existing); }
+  // Writes config.json and model.safetensors in the family's Hugging Face layout; with
+  // `values`, each stored tensor's data is asked of it as it is written (the parameters
+  // then only describe the file: a skeleton, CausalLmOptions::skeleton).
+  void save(const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values = {}) const {
+    parts_.save(dir, existing, values);
+  }
 
  private:
   std::string model_type_;

@@ -70,7 +70,7 @@ struct Gpt2Traits {
   static constexpr const char* max_positions_key = "n_positions";
   static void override_dropout(Config& c, double p) { c.resid_pdrop = c.embd_pdrop = c.attn_pdrop = p; }
   static Model init(const Config& c, uint64_t seed) { return init_gpt2(c, seed); }
-  static void save(Model& m, const fs::path& dir, ExistingDirectory e) { save_gpt2(m, dir, e); }
+  static void save(Model& m, const fs::path& dir, ExistingDirectory e, const TensorValues& v) { save_gpt2(m, dir, e, v); }
   static std::string architecture_prefix(const Config&) { return "GPT2"; }
   // GPT2ForTokenClassification's head is `classifier` with a bias; the sequence
   // classifier's is `score` without one.
@@ -97,7 +97,7 @@ struct LlamaTraits {
   static constexpr const char* max_positions_key = "";
   static void override_dropout(Config& c, double p) { c.attention_dropout = p; }
   static Model init(const Config& c, uint64_t seed) { return init_llama(c, seed); }
-  static void save(Model& m, const fs::path& dir, ExistingDirectory e) { save_llama(m, dir, e); }
+  static void save(Model& m, const fs::path& dir, ExistingDirectory e, const TensorValues& v) { save_llama(m, dir, e, v); }
   static std::string architecture_prefix(const Config& c) {
     if (c.model_type == "mistral") return "Mistral";
     if (c.model_type == "qwen2") return "Qwen2";
@@ -120,7 +120,7 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
   typename Traits::Config config = Traits::Config::from_json(raw, source);
   if (options.dropout >= 0) Traits::override_dropout(config, options.dropout);
   const bool split = options.pretrained && options.split != nullptr;
-  Model model = built<Model>(config, split, options.pretrained, options.seed, Traits::init);
+  Model model = built<Model>(config, split || options.skeleton, options.pretrained, options.seed, Traits::init);
 
   CausalLm::Parts parts;
   parts.module = model.ptr();
@@ -138,9 +138,11 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
     // (B, T_new, C) -> (B, C) -> (B, V): only the last position predicts the next token.
     return model->logits(model->hidden_states_cached(ids, cache).select(1, -1));
   };
-  parts.save = [model](const fs::path& dir, ExistingDirectory existing) mutable { Traits::save(model, dir, existing); };
+  parts.save = [model](const fs::path& dir, ExistingDirectory existing, const TensorValues& values) mutable {
+    Traits::save(model, dir, existing, values);
+  };
   CausalLm lm(raw["model_type"].get<std::string>(), std::move(parts));
-  if (options.pretrained) {
+  if (options.pretrained && !options.skeleton) {
     // Split first when asked (CausalLmOptions::split), so each parameter reads only its part.
     const std::optional<ParameterSlices> slices = split ? std::optional(options.split(lm)) : std::nullopt;
     const ModelTensors stored = read_model_tensors(options.path);

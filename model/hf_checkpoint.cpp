@@ -224,11 +224,11 @@ Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed) {
   return model;
 }
 
-void save_gpt2(Gpt2& model, const std::filesystem::path& dir, ExistingDirectory existing) {
+void save_gpt2(Gpt2& model, const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values) {
   prepare_model_directory(dir, existing);
 
   NamedTensors state = to_hf_state(model);
-  save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
+  save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}}, values);
 
   nlohmann::json config = model->config().to_json();
   config.erase("torch_dtype");

@@ -78,8 +78,10 @@ void prepare_model_directory(const std::filesystem::path& dir, ExistingDirectory
 // Writes config.json and model.safetensors in Hugging Face's layout (Conv1D weights
 // (in, out); no lm_head.weight when tied), each file replaced atomically.
 // model.safetensors takes precedence over any index file already in the directory.
+// With `values`, the model's parameters only describe the file (a model built without
+// values), and each tensor's data is asked of `values` as it is written.
 void save_gpt2(Gpt2& model, const std::filesystem::path& dir,
-               ExistingDirectory existing = ExistingDirectory::refuse);
+               ExistingDirectory existing = ExistingDirectory::refuse, const TensorValues& values = {});
 
 // The model's parameters under their Hugging Face names and layouts, in module
 // order. Conv1D weights are transposed views; the lm_head is omitted when tied.

@@ -172,11 +172,11 @@ Llama init_llama(const LlamaConfig& config, uint64_t seed) {
   return model;
 }
 
-void save_llama(Llama& model, const std::filesystem::path& dir, ExistingDirectory existing) {
+void save_llama(Llama& model, const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values) {
   prepare_model_directory(dir, existing);
 
   NamedTensors state = to_hf_state(model);
-  save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
+  save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}}, values);
 
   nlohmann::json config = model->config().to_json();
   config.erase("torch_dtype");

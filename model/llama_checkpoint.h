@@ -30,8 +30,9 @@ Llama init_llama(const LlamaConfig& config, uint64_t seed);
 // Writes config.json and model.safetensors in Hugging Face's layout (no
 // lm_head.weight when tied), each file replaced atomically. model.safetensors takes
 // precedence over any index file already in the directory.
+// With `values`, each tensor's data is asked of it as it is written (see save_gpt2).
 void save_llama(Llama& model, const std::filesystem::path& dir,
-                ExistingDirectory existing = ExistingDirectory::refuse);
+                ExistingDirectory existing = ExistingDirectory::refuse, const TensorValues& values = {});
 
 // The model's parameters under their Hugging Face names, in module order; the
 // lm_head is omitted when tied.

@@ -351,6 +351,11 @@ NamedTensors load_safetensors_index(const std::filesystem::path& index_path) {
 
 void save_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                       const SafetensorsMetadata& metadata) {
+  save_safetensors(path, tensors, metadata, {});
+}
+
+void save_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
+                      const SafetensorsMetadata& metadata, const TensorValues& values) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     header["__metadata__"] = nlohmann::ordered_json::object();
@@ -387,7 +392,15 @@ void save_safetensors(const std::filesystem::path& path, const NamedTensors& ten
   file.write(header_text.data(), header_text.size());
   for (const auto& [name, tensor] : tensors) {
     // One tensor at a time, so a large GPU model never needs a full CPU copy.
-    at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
+    at::Tensor value = tensor.detach();
+    if (values) {
+      value = values(name, tensor).detach();
+      if (value.sizes() != tensor.sizes())
+        fail(path, "tensor '" + name + "': the values given are " + c10::str(value.sizes()) + ", the file says " +
+                       c10::str(tensor.sizes()));
+      value = value.to(tensor.scalar_type());
+    }
+    at::Tensor cpu = value.to(at::kCPU).contiguous();
     file.write(cpu.data_ptr(), static_cast<size_t>(cpu.numel()) * cpu.element_size());
   }
   file.commit();

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -100,5 +101,15 @@ NamedTensors load_safetensors_index(const std::filesystem::path& index_path);
 // replaced whole, never half-written. On failure the temporary file is removed.
 void save_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                       const SafetensorsMetadata& metadata = {});
+
+// The values written for a tensor that only describes the file (its name, dtype and
+// shape), asked for one at a time in file order while the file is written: so the
+// whole set never has to exist at once (a sharded model gathered tensor by tensor).
+// The result must have the described shape; it is converted to the described dtype.
+using TensorValues = std::function<at::Tensor(const std::string& name, const at::Tensor& described)>;
+
+// As above, the data of each tensor from `values` when it is set.
+void save_safetensors(const std::filesystem::path& path, const NamedTensors& tensors,
+                      const SafetensorsMetadata& metadata, const TensorValues& values);
 
 }  // namespace ftrain::model

@@ -121,7 +121,8 @@ struct CheckpointModel {
   std::unique_ptr<Task> task;
 };
 
-CheckpointModel build_model(const fs::path& checkpoint, const ModelSources& sources) {
+// skeleton: a causal LM built without values (Task::WithoutValues), for a streamed export.
+CheckpointModel build_model(const fs::path& checkpoint, const ModelSources& sources, bool skeleton = false) {
   CheckpointModel out;
   out.meta = load_checkpoint(checkpoint, {});
   const std::string where = checkpoint.string();
@@ -170,7 +171,8 @@ CheckpointModel build_model(const fs::path& checkpoint, const ModelSources& sour
     throw std::runtime_error(config.data.path + ": is a " + dataset.task + " dataset, but " + where +
                              " holds a " + saved_task + " model (" + data_origin + ")");
   config.model.init = ModelInit::random;
-  out.task = std::make_unique<Task>(config, dataset);
+  out.task = skeleton ? std::make_unique<Task>(config, dataset, Task::WithoutValues{})
+                      : std::make_unique<Task>(config, dataset);
   const std::string saved_family = model_meta.value("family", std::string());
   if (!saved_family.empty() && saved_family != out.task->family())
     throw std::runtime_error(config.model.path + ": is a " + out.task->family() + " model, but " + where +
@@ -387,8 +389,10 @@ ExportReport export_checkpoint(const fs::path& checkpoint, const fs::path& out_a
   if (!fs::is_directory(checkpoint))
     throw std::runtime_error(checkpoint.string() + ": not a directory (give a checkpoint directory, step_XXXXXXXX)");
 
-  CheckpointModel model = build_model(checkpoint, sources);
-  {
+  // A causal LM is streamed: each stored tensor read from the checkpoint as the file is
+  // written, so the whole model is never in memory. A classifier is loaded whole.
+  CheckpointModel model = build_model(checkpoint, sources, /*skeleton=*/true);
+  if (!model.task->streams_export()) {
     torch::NoGradGuard no_grad;
     load_parameters(checkpoint, *model.task);
   }
@@ -404,7 +408,13 @@ ExportReport export_checkpoint(const fs::path& checkpoint, const fs::path& out_a
   staging_path += ".export.tmp";
   fs::remove_all(staging_path);  // left by an export that was killed
   StagingDirectory staging(staging_path);
-  model.task->save(staging.path(), model::ExistingDirectory::refuse);
+  if (model.task->streams_export()) {
+    model.task->save_streamed(staging.path(), model::ExistingDirectory::refuse, [&](const std::string& name) {
+      return read_checkpoint_tensor(checkpoint, "model/" + name);
+    });
+  } else {
+    model.task->save(staging.path(), model::ExistingDirectory::refuse);
+  }
   for (const char* file : kTokenizerFiles) {
     const fs::path source = fs::path(model.config.model.path) / file;
     if (!fs::exists(source)) continue;

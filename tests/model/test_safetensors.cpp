@@ -327,3 +327,34 @@ BOOST_AUTO_TEST_CASE(sharded_index_reads_each_tensor_from_its_shard) {
   BOOST_TEST(contains(message, index.string()));
   BOOST_TEST(contains(message, "weight_map"));
 }
+
+BOOST_AUTO_TEST_CASE(streamed_values_are_asked_for_one_at_a_time_in_file_order) {
+  TempDir dir;
+  const fs::path path = dir.path / "streamed.safetensors";
+  // The described tensors are placeholders (never read); the values arrive one by one,
+  // in another dtype where the source has one, and are converted to the described one.
+  const NamedTensors described = {{"b", at::empty({2, 3})}, {"a", at::empty({4}, at::kBFloat16)}};
+  std::vector<std::string> asked;
+  save_safetensors(path, described, {{"format", "pt"}}, [&](const std::string& name, const at::Tensor& tensor) {
+    asked.push_back(name);
+    BOOST_TEST(tensor.sizes() == (name == "b" ? at::IntArrayRef{2, 3} : at::IntArrayRef{4}));
+    return name == "b" ? at::arange(6, at::kDouble).view({3, 2}).t() : at::full({4}, 1.5);
+  });
+  BOOST_TEST((asked == std::vector<std::string>{"b", "a"}));
+  const SafetensorsReader reader(path);
+  BOOST_TEST((reader.names() == std::vector<std::string>{"b", "a"}));
+  BOOST_TEST(reader.dtype("b") == at::kFloat);
+  BOOST_TEST(at::equal(reader.tensor("b"), at::arange(6, at::kFloat).view({3, 2}).t()));
+  BOOST_TEST(reader.dtype("a") == at::kBFloat16);
+  BOOST_TEST(at::equal(reader.tensor("a"), at::full({4}, 1.5, at::kBFloat16)));
+
+  // Values of another shape are refused, naming the file and the tensor; the old file stays.
+  const std::string before = read_bytes(path);
+  const std::string message = error_of([&] {
+    save_safetensors(path, described, {}, [](const std::string&, const at::Tensor&) { return at::zeros({5}); });
+  });
+  BOOST_TEST(message.find(path.string()) != std::string::npos, message);
+  BOOST_TEST(message.find("tensor 'b'") != std::string::npos, message);
+  BOOST_TEST(read_bytes(path) == before);
+  BOOST_TEST(!fs::exists(path.string() + ".tmp"));
+}
