@@ -52,6 +52,11 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
 
 
+def grad_norms(run_dir):
+    """{step: the global gradient norm before clipping}, as metrics.jsonl logs it."""
+    return {r["step"]: r["grad_norm"] for r in records(run_dir) if "grad_norm" in r}
+
+
 def prepare_corpus(root, documents):
     """A generated text corpus tokenized by ftrain-prep for the tiny GPT-2 tokenizer:
     32-token rows, a tenth of the documents in validation."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftrain_jobs import losses, prepare_corpus, records, run_ftrain, tiny_gpt2, tiny_llama
+from ftrain_jobs import grad_norms, losses, prepare_corpus, records, run_ftrain, tiny_gpt2, tiny_llama
 
 STEPS = 20
 # (tp, dp, ZeRO stage): the layouts the equivalence must hold for.
@@ -50,6 +50,11 @@ def assert_same_training(expected_dir, got_dir, steps=range(1, STEPS + 1)):
     assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
     for step in steps:
         assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
+    # The gradient norm too: under AdamW with clipping, a wrong gradient scale could
+    # leave losses and weights close while the norm the clip reads is not.
+    expected_norms, got_norms = grad_norms(expected_dir), grad_norms(got_dir)
+    for step in steps:
+        assert got_norms[step] == pytest.approx(expected_norms[step], rel=1e-4), f"grad_norm, step {step}"
     from safetensors.numpy import load_file
     weights, reference_weights = load_file(got_dir / "final/model.safetensors"), load_file(expected_dir / "final/model.safetensors")
     assert weights.keys() == reference_weights.keys()
@@ -67,6 +72,19 @@ def test_layout_trains_like_one_rank(workspace, family, tp, dp, zero):
     result = run_ftrain(tp * dp, *args(workspace, family, run_dir, **{"dist.tp": tp, "dist.zero": zero}))
     assert f"tp {tp} x dp {dp}" in result.stdout
     assert losses(expected)[STEPS] < losses(expected)[1] - 0.5, "the loss should fall over the run"
+    assert_same_training(expected, run_dir)
+
+
+def test_layout_trains_like_one_rank_without_clipping(workspace):
+    # With train.grad_clip = 0 the gradient norm is only logged, so a wrong norm could
+    # hide behind right updates, and a wrong gradient scale is no longer clipped away:
+    # both must still match one rank, under tensor parallelism and ZeRO-3 at once.
+    expected = workspace["root"] / "gpt2_reference_noclip"
+    if not (expected / "final").exists():
+        run_ftrain(1, *args(workspace, "gpt2", expected, **{"train.grad_clip": 0}))
+    run_dir = workspace["root"] / "gpt2_tp2_dp2_zero3_noclip"
+    run_ftrain(4, *args(workspace, "gpt2", run_dir, **{"dist.tp": 2, "dist.zero": 3, "train.grad_clip": 0}))
+    assert max(grad_norms(expected).values()) > 1.0, "the run should have gradients clipping would have cut"
     assert_same_training(expected, run_dir)
 
 
@@ -129,17 +147,20 @@ def test_sequence_parallel_needs_a_sequence_the_group_divides(workspace):
     assert not (run_dir / "checkpoints").exists()
 
 
-def test_exported_split_model_loads_in_transformers(workspace):
-    # The export of a tp-4 Llama is one ordinary Hugging Face model: transformers
-    # reads it and computes what the single-rank export computes.
-    from transformers import LlamaForCausalLM
-    split = workspace["root"] / "llama_tp4_dp1_zero0"
+@pytest.mark.parametrize("family,tp,dp,zero", [("llama", 4, 1, 0), ("gpt2", 1, 4, 3), ("llama", 2, 2, 3)],
+                         ids=["llama-tp4", "gpt2-dp4-zero3", "llama-tp2-dp2-zero3"])
+def test_exported_split_model_loads_in_transformers(workspace, family, tp, dp, zero):
+    # The export of a split or sharded model (streamed tensor by tensor from the shards,
+    # GPT-2's Conv1D weights transposed back) is one ordinary Hugging Face model:
+    # transformers reads it and computes what the single-rank export computes.
+    from transformers import AutoModelForCausalLM
+    split = workspace["root"] / f"{family}_tp{tp}_dp{dp}_zero{zero}"
     if not (split / "final").exists():
-        run_ftrain(4, *args(workspace, "llama", split, **{"dist.tp": 4}))
+        run_ftrain(tp * dp, *args(workspace, family, split, **{"dist.tp": tp, "dist.zero": zero}))
     ids = torch.randint(0, 1030, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        got = LlamaForCausalLM.from_pretrained(split / "final").eval()(ids).logits
-        expected = LlamaForCausalLM.from_pretrained(reference(workspace, "llama") / "final").eval()(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(split / "final").eval()(ids).logits
+        expected = AutoModelForCausalLM.from_pretrained(reference(workspace, family) / "final").eval()(ids).logits
     assert got.shape == (2, 16, 1030)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftrain_jobs import PREP, TIMEOUT, losses, prepare_corpus, run_ftrain
+from ftrain_jobs import PREP, TIMEOUT, grad_norms, losses, prepare_corpus, run_ftrain
 from ftrain_jobs import records as metric_records
 
 
@@ -65,6 +65,7 @@ def test_four_ranks_match_one_rank_with_accumulation(workspace):
     assert sorted(parallel) == list(range(1, 21))
     for step in range(1, 21):
         assert parallel[step] == pytest.approx(reference[step], rel=1e-5), f"step {step}"
+        assert grad_norms(four)[step] == pytest.approx(grad_norms(one)[step], rel=1e-4), f"grad_norm, step {step}"
     assert reference[20] < reference[1] - 0.5, "the loss should fall over 20 steps"
 
     from safetensors.numpy import load_file
@@ -147,9 +148,10 @@ def test_overlapped_reduction_gives_the_same_training(workspace, stage):
         run_ftrain(2, *base_args(workspace, run_dir, **{"train.steps": 6, "dist.overlap": overlap,
                                                         "dist.bucket_mb": 0.01, "dist.zero": stage,
                                                         "train.global_batch_size": 16}))
-        runs[overlap] = losses(run_dir)
-    assert sorted(runs["true"]) == list(range(1, 7))
-    assert runs["true"] == runs["false"]
+        runs[overlap] = (losses(run_dir), grad_norms(run_dir))
+    assert sorted(runs["true"][0]) == list(range(1, 7))
+    assert runs["true"][0] == runs["false"][0]
+    assert runs["true"][1] == pytest.approx(runs["false"][1], rel=1e-6)
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -162,6 +164,8 @@ def test_zero_stages_match_one_rank(workspace, stage):
     expected, got = losses(reference), losses(sharded)
     for step in range(1, 11):
         assert got[step] == pytest.approx(expected[step], rel=1e-5), f"zero {stage}, step {step}"
+        assert grad_norms(sharded)[step] == pytest.approx(grad_norms(reference)[step], rel=1e-4), \
+            f"zero {stage}, grad_norm, step {step}"
 
 
 def test_zero2_with_accumulation_matches_one_rank_and_reduces_every_micro_batch(workspace):
@@ -356,6 +360,8 @@ def test_mixed_precision_follows_fp32(workspace, precision):
     for step in range(1, 11):
         # bf16 keeps 8 bits of mantissa, fp16 11: the losses follow fp32 closely, not exactly.
         assert got[step]["loss"] == pytest.approx(expected[step], rel=2e-2), f"{precision}, step {step}"
+        assert got[step]["grad_norm"] == pytest.approx(grad_norms(reference)[step], rel=5e-2), \
+            f"{precision}, grad_norm, step {step}"
         assert got[step]["skipped"] is False
         assert got[step]["loss_scale"] == (65536 if precision == "fp16" else 1)
     assert any(got[step]["loss"] != expected[step] for step in got), "autocast changed nothing"
@@ -394,6 +400,8 @@ def test_bf16_gradient_reduction_follows_fp32(workspace, stage):
     assert got[1] == pytest.approx(expected[1], rel=1e-6), "the first loss precedes any update"
     for step in range(2, 11):
         assert got[step] == pytest.approx(expected[step], rel=1e-2), f"step {step}"
+    for step in range(1, 11):
+        assert grad_norms(run_dir)[step] == pytest.approx(grad_norms(reference)[step], rel=2e-2), f"grad_norm, step {step}"
     assert any(abs(got[step] - expected[step]) > 1e-6 * expected[step] for step in range(2, 11))
 
 
