@@ -31,13 +31,14 @@ MpiSession::MpiSession(int& argc, char**& argv) {
   if (MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &thread_level_) != MPI_SUCCESS) {
     throw std::runtime_error("MpiSession: MPI_Init_thread failed");
   }
-  if (thread_level_ < MPI_THREAD_FUNNELED) {
+  if (thread_level_ < MPI_THREAD_MULTIPLE) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     std::fprintf(stderr,
-                 "ftrain: rank %d: MPI grants thread level %d, below MPI_THREAD_FUNNELED; use an "
-                 "MPI built with thread support\n",
-                 rank, thread_level_);
+                 "ftrain: rank %d: MPI grants thread level %d, below MPI_THREAD_MULTIPLE (%d), which ftrain needs: "
+                 "its watchdog and error monitors call MPI from their own threads; use an MPI built with "
+                 "thread support (Open MPI's default)\n",
+                 rank, thread_level_, MPI_THREAD_MULTIPLE);
     abort_job(1);
   }
 }

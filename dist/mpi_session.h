@@ -5,8 +5,11 @@ namespace ftrain::dist {
 
 // Initialises MPI on construction and finalises it on destruction; create exactly one,
 // first thing in main, and let every Communicator die before it.
-// Asks for MPI_THREAD_MULTIPLE and accepts down to MPI_THREAD_FUNNELED (all MPI calls
-// from the thread that made the session); anything less is an error.
+// Asks for MPI_THREAD_MULTIPLE and refuses to start with less. That is the level ftrain
+// uses: besides the main thread, the watchdog (launch/watchdog.h) and the NCCL error
+// monitor (dist/nccl.cpp) end the job with MPI_Abort from threads of their own, and on
+// a GPU a collective started inside backward (ZeRO's per-block reduction, the overlapped
+// gradient buckets) may run on autograd's device thread.
 class MpiSession {
  public:
   MpiSession(int& argc, char**& argv);
@@ -14,7 +17,7 @@ class MpiSession {
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
 
-  // The level MPI granted: MPI_THREAD_FUNNELED, _SERIALIZED or _MULTIPLE.
+  // The level MPI granted: MPI_THREAD_MULTIPLE.
   int thread_level() const { return thread_level_; }
 
  private:
