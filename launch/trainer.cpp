@@ -12,6 +12,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -104,7 +105,10 @@ class Trainer {
         phases_(device_peak(comm)) {}
 
   int run() {
-    phases_.enter("load");
+    // Every phase before the steps is watched too: a rank that hangs while the others
+    // wait in the load's broadcast or the resume's agreement ends the job the same way.
+    enter_phase("load");
+    watchdog_.begin("loading the model from " + config_.model.path);
     const data::DatasetInfo dataset = data::read_dataset_info(config_.data.path);
     validate_for(config_, comm_.layout(), dataset);
     prepare_run_dir();
@@ -113,7 +117,8 @@ class Trainer {
       throw std::runtime_error(config_.model.path + ": model directory not found (model.path)");
     // Split over the tensor-parallel group as it is built: each rank reads its part.
     task_ = std::make_unique<Task>(config_, dataset, comm_);
-    phases_.enter("setup");
+    enter_phase("setup");
+    watchdog_.begin("setting up the model (broadcast, sharding, optimizer)");
     if (rank0())
       for (const auto& warning : task_->load_warnings()) std::cout << "ftrain: warning: " << warning << "\n";
     early_stopping_.emplace(config_.train.eval_metric == "auto" ? task_->default_metric() : config_.train.eval_metric,
@@ -169,8 +174,10 @@ class Trainer {
 
     store_ = std::make_unique<CheckpointStore>(fs::path(config_.run.dir) / "checkpoints", config_.checkpoint.keep);
     writer_ = std::make_unique<CheckpointWriter>(*store_, comm_.world(), config_.checkpoint.async);
-    phases_.enter("resume");
+    enter_phase("resume");
+    watchdog_.begin("resuming from " + store_->directory().string());
     resume();
+    watchdog_.end();
     phases_.close();
 
     if (rank0()) {
@@ -646,6 +653,7 @@ class Trainer {
     }
     if (best && early_stopping_->best_step() != step_) {
       std::string problem;
+      Watchdog::Scope watched(watchdog_, "loading the best checkpoint " + best->string());
       if (!load_state(*best, /*with_optimizer=*/false, problem))
         throw std::runtime_error("the best checkpoint cannot be loaded: " + problem);
       if (rank0())
@@ -667,7 +675,8 @@ class Trainer {
     // Training is over and its checkpoints committed: the optimizer's moments are not
     // needed again, and the export may have their memory (half of ZeRO-3's state).
     optimizer_.reset();
-    phases_.enter("export");
+    enter_phase("export");
+    Watchdog::Scope watched(watchdog_, "exporting the model and ending the run");
     if (config_.checkpoint.export_hf) export_final(weights_step);
     comm_.world().barrier();
     report_phase_memory();
@@ -696,6 +705,7 @@ class Trainer {
   // classifier is still gathered whole on every rank first.
   void export_final(int64_t weights_step) {
     const fs::path final_dir = fs::path(config_.run.dir) / "final";
+    Watchdog::Scope watched(watchdog_, "exporting " + final_dir.string());
     const bool split = comm_.layout().tp_size > 1 || config_.dist.zero == 3;
     if (split && task_->streams_export()) {
       dist::Group& world = comm_.world();
@@ -1061,6 +1071,18 @@ class Trainer {
     std::printf("ftrain: rank 0's peak resident MiB by phase: %s%s\n", line.c_str(),
                 phases_.per_phase() ? "" : " (since the process started: /proc/self/clear_refs refused a reset)");
     std::fflush(stdout);
+  }
+
+  // Starts measuring a phase. FTRAIN_TEST_HANG=<rank>:<phase> makes that rank stop
+  // there for good, as a hung process would, for the watchdog's tests.
+  void enter_phase(const std::string& phase) {
+    phases_.enter(phase);
+    static const std::string hang = [] {
+      const char* text = std::getenv("FTRAIN_TEST_HANG");
+      return std::string(text ? text : "");
+    }();
+    if (!hang.empty() && hang == std::to_string(comm_.rank()) + ":" + phase)
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
   }
 
   static PhaseMemory::DevicePeak device_peak(dist::Communicator& comm) {

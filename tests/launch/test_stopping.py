@@ -78,6 +78,30 @@ def test_stop_request_saves_exits_75_and_resumes_exactly(workspace, ranks, sent)
     assert losses(run_dir) == reference(workspace, ranks)
 
 
+@pytest.mark.parametrize("phase,watched", [("load", "loading the model"), ("resume", "resuming from"),
+                                           ("export", "exporting")])
+def test_a_rank_hung_outside_the_steps_ends_the_job_through_the_watchdog(workspace, phase, watched):
+    # FTRAIN_TEST_HANG stops rank 1 for good as it enters the phase. Rank 0 goes on to
+    # the phase's first collective (the run directory's barrier, the resume's agreement,
+    # the streamed export's gathers at ZeRO-3) and waits there until its watchdog ends
+    # the job, naming rank 0 and what it was doing. Without the watchdog the job would
+    # wait until the scheduler's time limit.
+    run_dir = workspace["root"] / f"hung_{phase}"
+    options = {"run.step_timeout": 5, "train.steps": 2, "dist.zero": 3, "checkpoint.export_hf": "true",
+               "run.resume": "auto"}
+    if phase == "resume":  # a checkpoint to resume from
+        subprocess.run(command(2, *args(workspace, run_dir, **{**options, "run.step_timeout": 0})),
+                       capture_output=True, text=True, timeout=TIMEOUT, env=ENV, check=True)
+        options["train.steps"] = 3
+    started = time.time()
+    result = subprocess.run(command(2, *args(workspace, run_dir, **options)), capture_output=True, text=True,
+                            timeout=TIMEOUT, env={**ENV, "FTRAIN_TEST_HANG": f"1:{phase}"})
+    assert result.returncode != 0
+    assert f"error on rank 0: watchdog: {watched}" in result.stderr, result.stderr
+    assert "run.step_timeout" in result.stderr
+    assert time.time() - started < 90, "the watchdog should end the job within seconds of the timeout"
+
+
 def test_a_hung_rank_ends_the_job_through_the_watchdog(workspace):
     # Rank 1 is stopped (SIGSTOP) mid-run, as a hung process would be: rank 0 waits in
     # the step's collectives until its watchdog aborts the job, naming rank 0, the step
