@@ -11,7 +11,6 @@ namespace ftrain::dist {
 
 ShardedCausalLm load_zero3(model::CausalLmOptions options, Communicator& comm, c10::Device device,
                            TensorParallelPlan& plan) {
-  if (!options.pretrained) throw std::logic_error("load_zero3: reads pretrained weights; options.pretrained is false");
   std::unique_ptr<ZeroSharding> zero;
   options.split = [&](model::CausalLm& lm) {
     model::ParameterSlices slices;

@@ -15,8 +15,11 @@
 //      transposed one (GPT-2's Conv1D weights) is copied whole first, one tensor at a
 //      time. Each tensor's mapped pages are given back once it is read.
 //
-// Every rank reads the same files, so no broadcast follows. Random initialisation and
-// classifiers still build the whole model first (launch/task.cpp says where).
+// A randomly initialised model (options.pretrained false) takes the same path with each
+// parameter's whole initial value drawn in place of the file's tensor, one at a time
+// (model::init_gpt2_parameter, init_llama_parameter: the same values in every process).
+// Every rank reads or draws the same values, so no broadcast follows. Classifiers still
+// build the whole model first (launch/task.cpp says where).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -35,8 +38,8 @@ struct ShardedCausalLm {
   std::unique_ptr<ZeroSharding> zero;   // stage 3, every shard filled
 };
 
-// Loads options.path (options.pretrained must be true) as above, into fp32 shards on
-// `device`. `plan` receives the tensor-parallel split (tp_size 1 when there is none).
+// Loads options.path (or draws a fresh model from its config.json) as above, into fp32
+// shards on `device`. `plan` receives the tensor-parallel split (tp_size 1 when there is none).
 // Throws std::runtime_error naming the file when the stored tensors do not match the
 // model, std::invalid_argument when comm.tp() cannot split it.
 ShardedCausalLm load_zero3(model::CausalLmOptions options, Communicator& comm, c10::Device device,

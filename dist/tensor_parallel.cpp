@@ -880,11 +880,7 @@ TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator&
 // Loading split
 
 model::CausalLm load_tensor_parallel(model::CausalLmOptions options, Communicator& comm, TensorParallelPlan& plan) {
-  if (!options.pretrained) {
-    model::CausalLm model = model::CausalLm::load(options);
-    plan = apply_tensor_parallel(model, comm);
-    return model;
-  }
+  // Pretrained or freshly drawn, each rank keeps only its part (CausalLmOptions::split).
   options.split = [&comm, &plan](model::CausalLm& model) {
     plan = apply_tensor_parallel(model, comm, ParameterValues::uninitialised);
     return plan.slices();

@@ -73,9 +73,8 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
       model_->lm = model::CausalLm::load(options);
       return;
     }
-    if (comm && pretrained && config.dist.zero == 3) {
-      // Each rank reads only its ZeRO-3 shard. A randomly initialised model is still
-      // drawn whole on every rank, then sharded.
+    if (comm && config.dist.zero == 3) {
+      // Each rank reads (or draws, for a random init) only its ZeRO-3 shard.
       naming_dist_tp(*comm, [&] {
         dist::ShardedCausalLm sharded = dist::load_zero3(model_->lm_options, *comm, comm->device(), plan_);
         model_->lm = std::move(sharded.model);

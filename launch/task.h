@@ -57,9 +57,10 @@ class Task {
   // rank (dist::load_tensor_parallel): a pretrained model is read in parts, each rank
   // reading only its slices of the files, so no rank holds the whole model. parallelize()
   // then returns the plan it was split by.
-  // At dist.zero = 3 a pretrained causal LM is read straight into ZeRO-3 shards on
-  // comm.device() (dist::load_zero3): no rank holds the whole model or its whole
-  // tensor-parallel part; take_sharding() hands the shards to the trainer.
+  // At dist.zero = 3 a causal LM is read (or, with model.init = random, drawn) straight
+  // into ZeRO-3 shards on comm.device() (dist::load_zero3): no rank holds the whole
+  // model or its whole tensor-parallel part; take_sharding() hands the shards to the
+  // trainer.
   Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm);
   // A model that only describes itself, for save_streamed() whose values come from
   // elsewhere (a checkpoint read tensor by tensor): a causal LM is built without values

@@ -24,11 +24,13 @@ struct CausalLmOptions {
   bool pretrained = true;       // load the safetensors; false: fresh init from config.json
   uint64_t seed = 1234;         // init seed when not pretrained
   double dropout = -1;          // override every dropout probability; < 0 keeps config.json's
-  // With pretrained: the model is built without initialising its linear layers and
-  // embeddings (SkipInitialisation), handed to `split`, which cuts its parameters to
-  // this process's parts (values not yet set) and says which part each holds, and only
-  // then are the weights read, each parameter copying its part of the stored tensor.
-  // So no process ever holds the whole model. dist::load_tensor_parallel sets it.
+  // The model is built without initialising its linear layers and embeddings
+  // (SkipInitialisation), handed to `split`, which cuts its parameters to this
+  // process's parts (values not yet set) and says which part each holds, and only then
+  // are the weights read (pretrained), each parameter copying its part of the stored
+  // tensor, or drawn (random init), each parameter's whole value drawn the same way in
+  // every process and only its part kept. So no process ever holds the whole model.
+  // dist::load_tensor_parallel and dist::load_zero3 set it.
   std::function<ParameterSlices(CausalLm&)> split = {};
   // Built without values (SkipInitialisation) and nothing read: a model that only
   // describes itself, for an export whose values come from elsewhere (save's values).

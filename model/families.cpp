@@ -70,6 +70,9 @@ struct Gpt2Traits {
   static constexpr const char* max_positions_key = "n_positions";
   static void override_dropout(Config& c, double p) { c.resid_pdrop = c.embd_pdrop = c.attn_pdrop = p; }
   static Model init(const Config& c, uint64_t seed) { return init_gpt2(c, seed); }
+  static void init_parameter(const Config& c, uint64_t seed, const std::string& name, at::Tensor& value) {
+    init_gpt2_parameter(c, seed, name, value);
+  }
   static void save(Model& m, const fs::path& dir, ExistingDirectory e, const TensorValues& v) { save_gpt2(m, dir, e, v); }
   static std::string architecture_prefix(const Config&) { return "GPT2"; }
   // GPT2ForTokenClassification's head is `classifier` with a bias; the sequence
@@ -97,6 +100,9 @@ struct LlamaTraits {
   static constexpr const char* max_positions_key = "";
   static void override_dropout(Config& c, double p) { c.attention_dropout = p; }
   static Model init(const Config& c, uint64_t seed) { return init_llama(c, seed); }
+  static void init_parameter(const Config& c, uint64_t seed, const std::string& name, at::Tensor& value) {
+    init_llama_parameter(c, seed, name, value);
+  }
   static void save(Model& m, const fs::path& dir, ExistingDirectory e, const TensorValues& v) { save_llama(m, dir, e, v); }
   static std::string architecture_prefix(const Config& c) {
     if (c.model_type == "mistral") return "Mistral";
@@ -119,7 +125,7 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
   using Model = typename Traits::Model;
   typename Traits::Config config = Traits::Config::from_json(raw, source);
   if (options.dropout >= 0) Traits::override_dropout(config, options.dropout);
-  const bool split = options.pretrained && options.split != nullptr;
+  const bool split = options.split != nullptr && !options.skeleton;
   Model model = built<Model>(config, split || options.skeleton, options.pretrained, options.seed, Traits::init);
 
   CausalLm::Parts parts;
@@ -142,7 +148,17 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
     Traits::save(model, dir, existing, values);
   };
   CausalLm lm(raw["model_type"].get<std::string>(), std::move(parts));
-  if (options.pretrained && !options.skeleton) {
+  if (split && !options.pretrained) {
+    // Split first, then each parameter's whole initial value is drawn (the same in every
+    // process: init_*_parameter) and only this process's part kept, one at a time.
+    const ParameterSlices slices = options.split(lm);
+    torch::NoGradGuard no_grad;
+    for (auto& item : model->named_parameters()) {
+      at::Tensor whole = at::empty(slices.global_shape(item.key(), item.value()), at::kFloat);
+      Traits::init_parameter(config, options.seed, item.key(), whole);
+      slices.load(item.key(), item.value(), whole);
+    }
+  } else if (options.pretrained && !options.skeleton) {
     // Split first when asked (CausalLmOptions::split), so each parameter reads only its part.
     const std::optional<ParameterSlices> slices = split ? std::optional(options.split(lm)) : std::nullopt;
     const ModelTensors stored = read_model_tensors(options.path);

@@ -200,27 +200,52 @@ Gpt2 load_gpt2(const std::filesystem::path& dir) {
   return model;
 }
 
-Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed) {
-  Gpt2 model(config);
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  const double residual_std = config.initializer_range / std::sqrt(2.0 * static_cast<double>(config.n_layer));
+at::Generator parameter_generator(uint64_t seed, const std::string& name) {
+  // FNV-1a over the name, mixed with the seed (splitmix64's finaliser).
+  uint64_t hash = 1469598103934665603ULL;
+  for (const unsigned char c : name) hash = (hash ^ c) * 1099511628211ULL;
+  uint64_t z = hash ^ (seed + 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return at::make_generator<at::CPUGeneratorImpl>(z ^ (z >> 31));
+}
 
+namespace {
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::string& name, at::Tensor& value) {
   torch::NoGradGuard no_grad;
-  // Module order is fixed by the architecture, so the draws are reproducible.
-  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
-    const std::string& name = item.key();
-    torch::nn::Module& module = *item.value();
-    if (auto* linear = module.as<torch::nn::LinearImpl>()) {
-      const bool residual = name.size() >= 6 && name.compare(name.size() - 6, 6, "c_proj") == 0;
-      linear->weight.normal_(0.0, residual ? residual_std : config.initializer_range, generator);
-      if (linear->bias.defined()) linear->bias.zero_();
-    } else if (auto* embedding = module.as<torch::nn::EmbeddingImpl>()) {
-      embedding->weight.normal_(0.0, config.initializer_range, generator);
-    } else if (auto* layer_norm = module.as<torch::nn::LayerNormImpl>()) {
-      layer_norm->weight.fill_(1.0);
-      layer_norm->bias.zero_();
-    }
+  // LayerNorms (ln_1, ln_2, ln_f): scale 1, shift 0.
+  if (name.find(".ln_") != std::string::npos) {
+    if (ends_with(name, ".weight")) value.fill_(1.0);
+    else value.zero_();
+    return;
   }
+  if (ends_with(name, ".bias")) {
+    value.zero_();
+    return;
+  }
+  // Weights and embeddings; the residual projections scaled down by the depth.
+  const bool residual = ends_with(name, "c_proj.weight");
+  const double std = residual ? config.initializer_range / std::sqrt(2.0 * static_cast<double>(config.n_layer))
+                              : config.initializer_range;
+  // Drawn in float32 on the host whatever `value` is, so every process draws alike.
+  at::Tensor draw = at::empty(value.sizes(), at::kFloat);
+  draw.normal_(0.0, std, parameter_generator(seed, name));
+  value.copy_(draw);
+}
+
+Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed) {
+  Gpt2 model = [&] {
+    SkipInitialisation skip;  // every parameter is written below
+    return Gpt2(config);
+  }();
+  for (auto& item : model->named_parameters()) init_gpt2_parameter(config, seed, item.key(), item.value());
   return model;
 }
 

@@ -53,6 +53,17 @@ Gpt2 load_gpt2(const std::filesystem::path& dir);
 // sqrt(2 * n_layer)). The same config and seed give the same parameters.
 Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed);
 
+// The initial value of one parameter (named as the model names it, in the model's
+// layout), written into `value` (its whole shape). Each parameter draws from its own
+// generator, seeded from (seed, name) (parameter_generator), so a process that holds
+// only some parameters, or parts of them, computes the same values as one that holds
+// the whole model: what a split or sharded random initialisation needs.
+void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::string& name, at::Tensor& value);
+
+// The generator a parameter's initial values are drawn from: the same (seed, name)
+// give the same sequence in every process.
+at::Generator parameter_generator(uint64_t seed, const std::string& name);
+
 enum class ExistingDirectory {
   refuse,     // error if the directory exists and is not empty
   overwrite,  // replace config.json and model.safetensors in it (other files stay)

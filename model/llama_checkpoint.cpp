@@ -148,27 +148,35 @@ Llama load_llama(const std::filesystem::path& dir) {
   return model;
 }
 
-Llama init_llama(const LlamaConfig& config, uint64_t seed) {
-  Llama model(config);
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-
+void init_llama_parameter(const LlamaConfig& config, uint64_t seed, const std::string& name, at::Tensor& value) {
   torch::NoGradGuard no_grad;
-  // Module order is fixed by the architecture, so the draws are reproducible.
-  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
-    torch::nn::Module& module = *item.value();
-    if (auto* linear = module.as<torch::nn::LinearImpl>()) {
-      linear->weight.normal_(0.0, config.initializer_range, generator);
-      if (linear->bias.defined()) linear->bias.zero_();
-    } else if (auto* embedding = module.as<torch::nn::EmbeddingImpl>()) {
-      embedding->weight.normal_(0.0, config.initializer_range, generator);
-      if (config.pad_token_id) {
-        const int64_t row = *config.pad_token_id < 0 ? *config.pad_token_id + config.vocab_size : *config.pad_token_id;
-        embedding->weight[row].zero_();
-      }
-    } else if (auto* norm = module.as<LlamaRmsNormImpl>()) {
-      norm->weight.fill_(1.0);
-    }
+  auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with("norm.weight")) {  // input_layernorm, post_attention_layernorm, the final norm
+    value.fill_(1.0);
+    return;
   }
+  if (ends_with(".bias")) {
+    value.zero_();
+    return;
+  }
+  // Drawn in float32 on the host whatever `value` is, so every process draws alike.
+  at::Tensor draw = at::empty(value.sizes(), at::kFloat);
+  draw.normal_(0.0, config.initializer_range, parameter_generator(seed, name));
+  if (ends_with("embed_tokens.weight") && config.pad_token_id) {
+    const int64_t row = *config.pad_token_id < 0 ? *config.pad_token_id + config.vocab_size : *config.pad_token_id;
+    draw[row].zero_();
+  }
+  value.copy_(draw);
+}
+
+Llama init_llama(const LlamaConfig& config, uint64_t seed) {
+  Llama model = [&] {
+    SkipInitialisation skip;  // every parameter is written below
+    return Llama(config);
+  }();
+  for (auto& item : model->named_parameters()) init_llama_parameter(config, seed, item.key(), item.value());
   return model;
 }
 

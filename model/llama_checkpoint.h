@@ -27,6 +27,10 @@ Llama load_llama(const std::filesystem::path& dir);
 // RMSNorm scales 1. The same config and seed give the same parameters.
 Llama init_llama(const LlamaConfig& config, uint64_t seed);
 
+// One parameter's initial value, drawn from its own generator (parameter_generator in
+// model/hf_checkpoint.h), as init_gpt2_parameter: the same in every process.
+void init_llama_parameter(const LlamaConfig& config, uint64_t seed, const std::string& name, at::Tensor& value);
+
 // Writes config.json and model.safetensors in Hugging Face's layout (no
 // lm_head.weight when tied), each file replaced atomically. model.safetensors takes
 // precedence over any index file already in the directory.
