@@ -88,6 +88,25 @@ def test_layout_trains_like_one_rank_without_clipping(workspace):
     assert_same_training(expected, run_dir)
 
 
+RANDOM_LAYOUTS = [(1, 4, 3), (2, 2, 3), (2, 2, 0)]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("tp,dp,zero", RANDOM_LAYOUTS, ids=[f"tp{t}-dp{d}-zero{z}" for t, d, z in RANDOM_LAYOUTS])
+def test_random_init_trains_like_one_rank(workspace, family, tp, dp, zero):
+    # model.init = random: each parameter's whole value is drawn from its own generator
+    # and each rank keeps its part (ZeRO-3 shards, tensor-parallel parts), so the split
+    # and sharded runs start from the one-rank model and train like it.
+    expected = workspace["root"] / f"{family}_random_reference"
+    if not (expected / "final").exists():
+        run_ftrain(1, *args(workspace, family, expected, **{"model.init": "random"}))
+    run_dir = workspace["root"] / f"{family}_random_tp{tp}_dp{dp}_zero{zero}"
+    run_ftrain(tp * dp, *args(workspace, family, run_dir, **{"model.init": "random", "dist.tp": tp, "dist.zero": zero}))
+    assert losses(expected)[1] != pytest.approx(losses(reference(workspace, family))[1], rel=1e-5), \
+        "the random model should differ from the saved one"
+    assert_same_training(expected, run_dir)
+
+
 # (family, tp, dp, ZeRO stage) with sequence parallelism: the blocks' norm and dropout
 # regions split along the sequence over the tensor-parallel group.
 SEQUENCE_LAYOUTS = [("gpt2", 2, 2, 3), ("gpt2", 4, 1, 0), ("llama", 2, 2, 1), ("llama", 4, 1, 0)]

@@ -1,7 +1,8 @@
 """Measured memory per phase (metrics.jsonl's memory_phases: each rank's peak resident
 set in each phase, read from /proc): at ZeRO-3 on 4 data-parallel ranks a GPT-2 of
-about 26M parameters is read, set up, resumed and exported holding only its share, and
-the same job at ZeRO-0 exceeds the same bound, so the check can fail.
+about 26M parameters is read (or drawn, with model.init = random), set up, resumed and
+exported holding only its share, and the same job at ZeRO-0 exceeds the same bound, so
+the check can fail.
 
 A phase's model-dependent peak is its peak minus the same phase's peak in the same job
 on a tiny GPT-2 (LibTorch, MPI and the allocator cost the same in both), as a multiple
@@ -87,9 +88,21 @@ def measured(tmp_path_factory, pytestconfig):
     for zero in (0, 3):
         big_peaks, tiny_peaks = job(ws, big, zero, f"big{zero}"), job(ws, tiny, zero, f"tiny{zero}")
         out[zero] = {phase: (big_peaks[phase] - tiny_peaks[phase]) / model_bytes for phase in big_peaks}
+    # A random initialisation at ZeRO-3 (model.init = random): drawn into the shards.
+    drawn = {}
+    for size, model in (("big", big), ("tiny", tiny)):
+        run_dir = root / f"{size}3_random"
+        run_ftrain(RANKS, *as_options({"run.dir": run_dir, "model.path": model, "model.init": "random",
+                                        "data.path": ws["data"], "data.micro_batch_size": 1,
+                                        "train.global_batch_size": RANKS, "train.steps": 1, "train.eval_every": 0,
+                                        "checkpoint.at_end": "false", "checkpoint.export_hf": "false",
+                                        "dist.zero": 3}))
+        drawn[size] = peaks(run_dir)
+    out["random_load"] = (drawn["big"]["load"] - drawn["tiny"]["load"]) / model_bytes
     # ftrain-ckpt export of the ZeRO-3 run's last checkpoint, in one process.
-    peaks = [export_peak(root / f"{size}3/checkpoints/step_00000003", root / f"export_{size}") for size in ("big", "tiny")]
-    out["ckpt_export"] = (peaks[0] - peaks[1]) / model_bytes
+    exports = [export_peak(root / f"{size}3/checkpoints/step_00000003", root / f"export_{size}")
+               for size in ("big", "tiny")]
+    out["ckpt_export"] = (exports[0] - exports[1]) / model_bytes
     # The table goes to make test's log whether the checks pass or not.
     with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
         print(f"\nmodel-dependent peak per rank and phase, in fp32 models ({model_bytes / 2**20:.0f} MiB), "
@@ -97,6 +110,7 @@ def measured(tmp_path_factory, pytestconfig):
         print(f"{'phase':>12} {'ZeRO-0':>8} {'ZeRO-3':>8}")
         for phase in out[3]:
             print(f"{phase:>12} {out[0].get(phase, float('nan')):8.2f} {out[3][phase]:8.2f}")
+        print(f"ZeRO-3 load with model.init = random: {out['random_load']:.2f}")
         print(f"ftrain-ckpt export, one process: {out['ckpt_export']:.2f}")
     return out
 
@@ -128,3 +142,9 @@ def test_ftrain_ckpt_export_streams_the_model(measured):
     # One process writing the whole model: streamed, it holds one tensor at a time (the
     # largest here is 4 % of the model); built whole it would hold at least all of it.
     assert measured["ckpt_export"] <= MARGIN, f"ftrain-ckpt export holds {measured['ckpt_export']:.2f} M"
+
+
+def test_zero3_random_init_draws_into_the_shards(measured):
+    # Each parameter drawn whole, one at a time, and only the shard kept; drawn whole
+    # and then sharded, the load would hold the model (1 M) and more.
+    assert measured["random_load"] <= bound(), f"random init at ZeRO-3 holds {measured['random_load']:.2f} M"
