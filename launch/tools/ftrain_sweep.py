@@ -835,7 +835,8 @@ PREDICTION_COLUMNS = ["model", "parameters", "scaling", "gpus", "tp", "dp", "zer
                       "global_batch_size", "accumulation", "seq_len", "activation_checkpointing", "compute_s",
                       "tp_comm_s", "dp_comm_s", "step_s", "tokens_per_s_per_rank", "efficiency", "achieved_mfu",
                       "comm_bytes", "parameter_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes",
-                      "total_bytes", "fits"]
+                      "total_bytes", "load_bytes", "resume_bytes", "step_bytes", "export_bytes", "peak_phase",
+                      "peak_bytes", "fits"]
 
 
 def hardware_text(hardware: sm.Hardware) -> str:
@@ -854,7 +855,7 @@ def predictions_markdown(rows: list[dict], spec: dict, hardware: sm.Hardware) ->
              f"scaling: {spec.get('batch_per_replica')} sequences per replica per step; strong: a global batch of "
              f"{spec.get('global_batch_size')} sequences. Memory per GPU in GB (10^9 bytes).\n"]
     header = ["GPUs", "tp", "dp", "ZeRO", "accum.", "step s", "tokens/s per GPU", "efficiency", "MFU",
-              "comm GB/step", "params / grads / optim / activ. GB", "fits"]
+              "comm GB/step", "params / grads / optim / activ. GB", "peak GB (phase)", "fits"]
     groups = collections.defaultdict(list)
     for row in rows:
         groups[(row["model"], row["scaling"])].append(row)
@@ -866,6 +867,7 @@ def predictions_markdown(rows: list[dict], spec: dict, hardware: sm.Hardware) ->
             f"{r['comm_bytes'] / 1e9:.2f}",
             " / ".join(f"{r[k] / 1e9:.1f}" for k in ("parameter_bytes", "gradient_bytes", "optimizer_bytes",
                                                      "activation_bytes")),
+            f"{r['peak_bytes'] / 1e9:.1f} ({r['peak_phase']})",
             "yes" if r["fits"] else "no"] for r in sorted(members, key=lambda r: (r["tp"], r["zero"], r["gpus"]))]))
     return "".join(parts)
 

@@ -360,6 +360,39 @@ def activation_bytes(shape: ModelShape, layout: Layout) -> float:
     return scale * L * per_layer + logits
 
 
+def largest_tensor_elements(shape: ModelShape) -> int:
+    """Elements of the model's largest whole tensor (the token embedding or head, or an
+    MLP matrix): what one phase holds beside the sharded state when it moves the model
+    one tensor at a time."""
+    return max(shape.vocab * shape.width, shape.intermediate * shape.width, 3 * shape.width * shape.width)
+
+
+def phase_peak_bytes(shape: ModelShape, layout: Layout) -> dict[str, float]:
+    """Predicted peak bytes per rank of each phase of a job (rank 0), as ftrain does them
+    (docs/training.md, "What is sharded in which phase"); largest = one whole tensor in fp32:
+      load:   ZeRO-3: this rank's shards of the parameters and of the gradients, plus one
+              tensor read at a time; otherwise its whole tensor-parallel part of the
+              parameters plus one tensor
+      resume: the training state, plus one tensor's part and its pieces (2 tensors)
+      step:   the training state at its step peak, plus the activations
+      export: the state less the moments (freed first), plus one gathered whole tensor
+              and its transposed copy (2 tensors)"""
+    state = training_state_bytes(shape, layout)
+    root, blocks = parameter_units(shape, layout.tp)
+    psi = root + sum(blocks)
+    one = FP32 * largest_tensor_elements(shape)
+    if layout.zero == 3:
+        shards = sum(zero_shard(u, layout.dp) for u in [root, *blocks])
+        load = FP32 * 2 * shards + one
+    else:
+        load = FP32 * psi + one
+    total = state["parameter_bytes"] + state["gradient_bytes"] + state["optimizer_bytes"]
+    return {"load_bytes": load,
+            "resume_bytes": total + 2 * one,
+            "step_bytes": total + activation_bytes(shape, layout),
+            "export_bytes": total - state["optimizer_bytes"] + 2 * one}
+
+
 # ---------------------------------------------------------------------------------
 # Time
 
@@ -447,7 +480,12 @@ def predict(shape: ModelShape, layout: Layout, hardware: Hardware) -> Prediction
     memory = training_state_bytes(shape, layout)
     memory["activation_bytes"] = activation_bytes(shape, layout)
     memory["total_bytes"] = sum(memory.values())
-    memory["fits"] = memory["total_bytes"] <= hardware.memory_bytes
+    # Every phase must fit, not only the steps: the load, the resume and the export too.
+    phases = phase_peak_bytes(shape, layout)
+    memory.update(phases)
+    memory["peak_phase"] = max(phases, key=phases.get).removesuffix("_bytes")
+    memory["peak_bytes"] = max(phases.values())
+    memory["fits"] = memory["peak_bytes"] <= hardware.memory_bytes
     model_flops = tokens * flops_per_token(matmul_parameters(shape), shape.layers, shape.width, layout.seq_len)
     return Prediction(layout, flops, compute, tp_time, exposed, step, tokens / step / layout.ranks,
                       model_flops / (step * layout.ranks * hardware.peak_flops), traffic.total_bytes, memory)

@@ -443,3 +443,28 @@ def test_slurm_launcher_on_a_real_cluster(workspace):
     run_sweep("run", path, "--out", out, "--launcher", "slurm", timeout=560)
     [row] = list(csv.DictReader(open(out / "sweep.csv")))
     assert row["status"] == "ok" and math.isclose(float(row["comm_bytes"]), float(row["predicted_comm_bytes"]))
+
+
+def test_fits_counts_every_phase_not_only_the_steps():
+    # Llama-3-70B's shape: a 128256 x 8192 embedding and an untied head. At tp 8 x dp 16
+    # ZeRO-3 the load holds the shards of the parameters and gradients plus one whole
+    # fp32 tensor, the export the state less the moments plus two: the prediction is
+    # the largest phase, and "fits" compares that one with the GPU's memory.
+    shape = sm.ModelShape("llama", vocab=128256, width=8192, layers=80, heads=64, kv_heads=8, intermediate=28672,
+                          tied=False)
+    layout = sm.Layout(ranks=128, tp=8, zero=3, micro_batch_size=1, global_batch_size=16, seq_len=4096,
+                       activation_checkpointing=True, activation_dtype_bytes=2, transport="nccl")
+    phases = sm.phase_peak_bytes(shape, layout)
+    one = 4 * 128256 * 8192
+    state = sm.training_state_bytes(shape, layout)
+    root, blocks = sm.parameter_units(shape, 8)
+    assert phases["load_bytes"] == 4 * 2 * sum(sm.zero_shard(u, 16) for u in [root, *blocks]) + one
+    assert phases["export_bytes"] == state["parameter_bytes"] + state["gradient_bytes"] + 2 * one
+    assert phases["step_bytes"] == sum(state.values()) + sm.activation_bytes(shape, layout)
+    row = sm.predict(shape, layout, sm.Hardware()).row()
+    assert row["peak_bytes"] == max(phases.values())
+    assert row["peak_phase"] == max(phases, key=phases.get).removesuffix("_bytes")
+    # A GPU with room for the steps but not for the largest phase does not fit.
+    smallest_that_fits = max(phases.values())
+    assert sm.predict(shape, layout, sm.Hardware(memory_bytes=smallest_that_fits)).row()["fits"]
+    assert not sm.predict(shape, layout, sm.Hardware(memory_bytes=smallest_that_fits - 1)).row()["fits"]
