@@ -241,12 +241,7 @@ void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::str
 }
 
 Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed) {
-  Gpt2 model = [&] {
-    SkipInitialisation skip;  // every parameter is written below
-    return Gpt2(config);
-  }();
-  for (auto& item : model->named_parameters()) init_gpt2_parameter(config, seed, item.key(), item.value());
-  return model;
+  return init_each_parameter<Gpt2>(config, seed, init_gpt2_parameter);
 }
 
 void save_gpt2(Gpt2& model, const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values) {

@@ -64,6 +64,19 @@ void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::str
 // give the same sequence in every process.
 at::Generator parameter_generator(uint64_t seed, const std::string& name);
 
+// A model built without values (SkipInitialisation), then every parameter written by
+// init_parameter(config, seed, name, value): the whole-model form of a family's
+// per-parameter initialisation.
+template <typename Model, typename Config, typename InitParameter>
+Model init_each_parameter(const Config& config, uint64_t seed, InitParameter init_parameter) {
+  Model model = [&] {
+    SkipInitialisation skip;
+    return Model(config);
+  }();
+  for (auto& item : model->named_parameters()) init_parameter(config, seed, item.key(), item.value());
+  return model;
+}
+
 enum class ExistingDirectory {
   refuse,     // error if the directory exists and is not empty
   overwrite,  // replace config.json and model.safetensors in it (other files stay)

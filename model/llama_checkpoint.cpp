@@ -172,12 +172,7 @@ void init_llama_parameter(const LlamaConfig& config, uint64_t seed, const std::s
 }
 
 Llama init_llama(const LlamaConfig& config, uint64_t seed) {
-  Llama model = [&] {
-    SkipInitialisation skip;  // every parameter is written below
-    return Llama(config);
-  }();
-  for (auto& item : model->named_parameters()) init_llama_parameter(config, seed, item.key(), item.value());
-  return model;
+  return init_each_parameter<Llama>(config, seed, init_llama_parameter);
 }
 
 void save_llama(Llama& model, const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values) {
