@@ -821,7 +821,10 @@ class Trainer {
     }
     while (step_ < config_.train.steps) {
       // The first step allocates what every later one reuses (gradients, optimizer state).
-      phases_.enter(step_ == start_step ? "first_step" : "train");
+      // A phase is entered once, not every step: entering trims the heap, which the
+      // steps keep on purpose (launch/main.cpp).
+      const char* phase = step_ == start_step ? "first_step" : "train";
+      if (phases_.current() != phase) phases_.enter(phase);
       watchdog_.begin("step " + std::to_string(step_ + 1));
       const auto step_start = Clock::now();
       profiler_.before_step(step_ + 1);

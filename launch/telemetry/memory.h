@@ -41,7 +41,8 @@ struct PhasePeak {
 // enter() first gives the heap's free memory back to the system (malloc_trim). ftrain
 // keeps freed memory in its heap between steps (launch/main.cpp), so without it a
 // phase would be charged for what an earlier one freed, and a transient whole-model
-// buffer would stay resident for the rest of the run.
+// buffer would stay resident for the rest of the run. So enter a phase when it
+// begins, not every step of it: each trim costs the next step its page faults.
 class PhaseMemory {
  public:
   // Read and reset the device's peak allocated bytes; empty without a device.
