@@ -42,6 +42,7 @@ TaskKind kind_of(const std::string& task, const std::string& dataset_path) {
 
 struct Task::Model {
   std::optional<model::CausalLm> lm;
+  bool skeleton = false;  // built WithoutValues: the lm only describes itself
   model::CausalLmOptions lm_options;  // to build an unsplit copy for exports
   model::ClassifierOptions classifier_options;
   std::optional<model::Classifier> classifier;
@@ -71,6 +72,7 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
       model::CausalLmOptions options = model_->lm_options;
       options.skeleton = true;
       model_->lm = model::CausalLm::load(options);
+      model_->skeleton = true;
       return;
     }
     if (comm && config.dist.zero == 3) {
@@ -320,9 +322,14 @@ bool Task::streams_export() const { return model_->lm.has_value(); }
 void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
                          const std::function<at::Tensor(const std::string& parameter)>& whole_value) const {
   if (!model_->lm) throw std::logic_error("Task::save_streamed: a classifier is saved through save()");
-  model::CausalLmOptions options = model_->lm_options;
-  options.skeleton = true;
-  model::CausalLm skeleton = model::CausalLm::load(options);
+  // A Task built WithoutValues is a skeleton already; otherwise one is built here.
+  std::optional<model::CausalLm> built;
+  if (!model_->skeleton) {
+    model::CausalLmOptions options = model_->lm_options;
+    options.skeleton = true;
+    built.emplace(model::CausalLm::load(options));
+  }
+  model::CausalLm& skeleton = built ? *built : *model_->lm;
   // A stored tensor is a parameter or a view of one (GPT-2's Conv1D weights transposed);
   // its storage says which, its strides and offset how.
   std::map<const void*, std::pair<std::string, at::Tensor>> viewed;
