@@ -61,7 +61,7 @@ function(ftrain_python_test name)
     list(APPEND T_LABELS gpu)
   else()
     add_test(NAME ${name}
-      COMMAND ${FTRAIN_PYTHON} -m pytest -q -rsx -p no:cacheprovider ${T_SCRIPT})
+      COMMAND ${FTRAIN_PYTHON} -m pytest -q -rs -p no:cacheprovider ${T_SCRIPT})
   endif()
   set_tests_properties(${name} PROPERTIES LABELS "python;${T_LABELS}" TIMEOUT ${T_TIMEOUT}
     ENVIRONMENT "${FTRAIN_MPI_ENV};FTRAIN_SOURCE_DIR=${PROJECT_SOURCE_DIR};FTRAIN_BUILD_DIR=${PROJECT_BINARY_DIR};MPIEXEC=${MPIEXEC_EXECUTABLE};HF_HUB_OFFLINE=1;TRANSFORMERS_OFFLINE=1")
