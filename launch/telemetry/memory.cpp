@@ -30,6 +30,15 @@ std::int64_t status_bytes(const std::string& field) {
 std::int64_t resident_bytes() { return status_bytes("VmRSS"); }
 std::int64_t peak_resident_bytes() { return status_bytes("VmHWM"); }
 
+std::int64_t process_read_bytes() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  std::int64_t value = 0;
+  while (io >> key >> value)
+    if (key == "rchar:") return value;
+  return -1;
+}
+
 bool reset_peak_resident() {
   std::ofstream clear("/proc/self/clear_refs");
   if (!clear) return false;
@@ -47,12 +56,14 @@ void PhaseMemory::enter(const std::string& phase) {
   if (device_.reset) device_.reset();
   current_ = phase;
   current_start_ = resident_bytes();
+  current_read_start_ = process_read_bytes();
 }
 
 void PhaseMemory::close() {
   if (current_.empty()) return;
   const std::int64_t host_peak = peak_resident_bytes();
   const std::int64_t device_peak = device_.read ? device_.read() : -1;
+  const std::int64_t read_now = current_read_start_ < 0 ? -1 : process_read_bytes();
   auto [record, added] = records_.try_emplace(current_);
   if (added) {
     record->second.phase = current_;
@@ -63,6 +74,7 @@ void PhaseMemory::close() {
   PhasePeak& peak = record->second;
   peak.host_peak_bytes = std::max(peak.host_peak_bytes, host_peak);
   peak.device_peak_bytes = std::max(peak.device_peak_bytes, device_peak);
+  if (read_now >= 0) peak.read_bytes = std::max<std::int64_t>(peak.read_bytes, 0) + (read_now - current_read_start_);
   ++peak.entries;
   current_.clear();
 }

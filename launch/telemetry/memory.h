@@ -20,6 +20,10 @@ namespace ftrain::launch {
 // reset_peak_resident(). Throws std::runtime_error when /proc/self/status cannot be read.
 std::int64_t resident_bytes();
 std::int64_t peak_resident_bytes();
+// Bytes the process has read through system calls (read, pread and the like: files,
+// pipes, sockets; not pages of memory-mapped files) since it started: /proc/self/io's
+// rchar. -1 where the kernel does not report it.
+std::int64_t process_read_bytes();
 // Resets the peak to the resident set of the moment. False where the kernel does not
 // allow it (the peak then keeps counting from the process's start).
 bool reset_peak_resident();
@@ -31,6 +35,7 @@ struct PhasePeak {
   std::int64_t host_peak_bytes = 0;   // the largest resident set during it
   std::int64_t device_peak_bytes = -1;  // the device allocator's peak; -1 without a device
   int entries = 0;                      // how often the phase was entered (saves: one per save)
+  std::int64_t read_bytes = -1;         // process_read_bytes() during it, summed over entries
 };
 
 // Attributes the process's peaks to named phases: enter(phase) closes the phase in
@@ -87,6 +92,7 @@ class PhaseMemory {
   bool per_phase_ = true;
   std::string current_;
   std::int64_t current_start_ = 0;
+  std::int64_t current_read_start_ = -1;
   std::map<std::string, PhasePeak> records_;
   std::vector<std::string> order_;
 };

@@ -7,7 +7,10 @@
 #include <sys/mman.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "launch/telemetry/memory.h"
@@ -101,4 +104,36 @@ BOOST_AUTO_TEST_CASE(a_scope_returns_to_the_phase_before_it) {
   BOOST_REQUIRE_EQUAL(peaks.size(), 2u);
   BOOST_TEST(find(peaks, "train").entries == 2);
   BOOST_TEST(find(peaks, "save").entries == 1);
+}
+
+// The bytes a phase read are the process's reads during it (/proc/self/io): reading a
+// file of 6 MiB (twice, in two entries of the phase) counts 12 MiB there, and a phase
+// that reads nothing counts almost nothing.
+BOOST_AUTO_TEST_CASE(each_phase_counts_the_bytes_it_read) {
+  const std::string path = "/tmp/ftrain_test_memory_reads.bin";
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    const std::string chunk(kMiB, 'x');
+    for (int i = 0; i < 6; ++i) out << chunk;
+  }
+  auto read_file = [&] {
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> buffer(kMiB);
+    std::int64_t total = 0;
+    while (in.read(buffer.data(), kMiB) || in.gcount() > 0) total += in.gcount();
+    BOOST_REQUIRE(total == 6 * kMiB);
+  };
+  BOOST_REQUIRE(ftrain::launch::process_read_bytes() >= 0);
+  PhaseMemory memory;
+  memory.enter("reading");
+  read_file();
+  memory.enter("quiet");
+  memory.enter("reading");
+  read_file();
+  memory.close();
+  const auto peaks = memory.peaks();
+  BOOST_TEST(find(peaks, "reading").read_bytes >= 12 * kMiB);
+  BOOST_TEST(find(peaks, "reading").read_bytes < 13 * kMiB);
+  BOOST_TEST(find(peaks, "quiet").read_bytes < kMiB / 4);
+  std::remove(path.c_str());
 }
