@@ -303,47 +303,46 @@ class Trainer {
 
   // Reads this rank's part of every parameter (and with_optimizer, AdamW moment) from
   // `checkpoint`, whatever the layout that wrote it: its tensor-parallel part, and under
-  // ZeRO only its flat range of that. Only the checkpoint's pieces that overlap are read,
-  // each checked against its checksum. Returns the metadata. No communication, so a
-  // rank that fails here cannot leave the others inside a collective.
+  // ZeRO only its flat range of that. Of the checkpoint's pieces only the blocks that
+  // hold those elements are read, each checked against its checksum. Returns the
+  // metadata. No communication, so a rank that fails here cannot leave the others
+  // inside a collective.
   json read_state(const fs::path& checkpoint, bool with_optimizer) {
     CheckpointReader reader(checkpoint);
     torch::NoGradGuard no_grad;
     std::map<std::string, size_t> index;
     for (size_t i = 0; i < named_params_.size(); ++i) index[named_params_[i].first] = i;
-    // This rank's tensor-parallel part of tensor `key` of parameter `name`, on the CPU.
-    auto part_of = [&](const std::string& key, const std::string& name, c10::ScalarType dtype) {
-      const at::Tensor& param = named_params_[index.at(name)].second;
-      at::Tensor part = dist::mapped_zeros(param.sizes(), dtype);  // one at a time, freed at once
+    // Fills `into` with the flat elements [offset, + numel) of this rank's
+    // tensor-parallel part of tensor `key` (stored for parameter `name`), through a host
+    // copy of `into`'s size only; padding entries read as zero.
+    auto read = [&](const std::string& key, const std::string& name, at::Tensor into, int64_t offset) {
+      const std::vector<int64_t> part_shape = named_params_[index.at(name)].second.sizes().vec();
+      at::Tensor staged = dist::mapped_zeros(into.sizes(), into.scalar_type());  // freed at once
       auto split = plan_.sharded.find(name);
       if (split == plan_.sharded.end())
-        reader.read_into(key, part);
+        reader.read_range_into(key, staged, part_shape, offset);
       else
-        reader.read_into(key, part, split->second.dim, split->second.index);
-      return part;
-    };
-    auto flat_range = [](const at::Tensor& part, const dist::ZeroSharding::Slice& slice) {
-      return part.reshape(-1).narrow(0, slice.param_offset, slice.param.numel());
+        reader.read_range_into(key, staged, part_shape, offset, split->second.dim, split->second.index);
+      into.copy_(staged);
     };
     if (zero_) {
       for (const auto& slice : zero_->local_slices())
-        slice.param.copy_(flat_range(part_of("model/" + slice.name, slice.name, slice.param.scalar_type()), slice));
+        read("model/" + slice.name, slice.name, slice.param, slice.param_offset);
     } else {
-      for (auto& [name, p] : named_params_) p.detach().copy_(part_of("model/" + name, name, p.scalar_type()));
+      for (auto& [name, p] : named_params_) read("model/" + name, name, p.detach(), 0);
     }
-    if (!with_optimizer) return reader.meta();
-    if (zero_) {
-      const auto& slices = zero_->local_slices();
-      auto exp_avgs = optimizer_->exp_avgs();
-      auto exp_avg_sqs = optimizer_->exp_avg_sqs();
-      for (size_t k = 0; k < slices.size(); ++k) {
-        exp_avgs[k].copy_(flat_range(part_of("optim/exp_avg/" + slices[k].name, slices[k].name, torch::kFloat32), slices[k]));
-        exp_avg_sqs[k].copy_(
-            flat_range(part_of("optim/exp_avg_sq/" + slices[k].name, slices[k].name, torch::kFloat32), slices[k]));
+    if (with_optimizer) {
+      if (zero_) {
+        const auto& slices = zero_->local_slices();
+        auto exp_avgs = optimizer_->exp_avgs();
+        auto exp_avg_sqs = optimizer_->exp_avg_sqs();
+        for (size_t k = 0; k < slices.size(); ++k) {
+          read("optim/exp_avg/" + slices[k].name, slices[k].name, exp_avgs[k], slices[k].param_offset);
+          read("optim/exp_avg_sq/" + slices[k].name, slices[k].name, exp_avg_sqs[k], slices[k].param_offset);
+        }
+      } else {
+        for (auto& [key, t] : optimizer_->named_state()) read("optim/" + key, key.substr(key.find('/') + 1), t, 0);
       }
-    } else {
-      for (auto& [key, t] : optimizer_->named_state())
-        t.copy_(part_of("optim/" + key, key.substr(key.find('/') + 1), t.scalar_type()));
     }
     return reader.meta();
   }
@@ -1047,7 +1046,8 @@ class Trainer {
   }
 
   // Every rank's measured peak memory in each phase so far, as one metrics.jsonl record
-  // (gathered to rank 0): the resident set (host) and the device allocator's peak. The
+  // (gathered to rank 0): the resident set (host) and the device allocator's peak, and
+  // the bytes the process read (a resume reads only its shard's blocks). The
   // model-dependent part of a peak is what it adds to the phase's start or to a run of
   // a tiny model; bench/memory.py and tests/launch/test_memory_phases.py read them.
   // Collective.
@@ -1057,7 +1057,8 @@ class Trainer {
     for (const PhasePeak& peak : phases_.peaks())
       mine.push_back({{"rank", comm_.rank()}, {"phase", peak.phase}, {"host_start_bytes", peak.host_start_bytes},
                       {"host_peak_bytes", peak.host_peak_bytes}, {"device_peak_bytes", peak.device_peak_bytes},
-                      {"entries", peak.entries}, {"per_phase", phases_.per_phase()}});
+                      {"entries", peak.entries}, {"read_bytes", peak.read_bytes},
+                      {"per_phase", phases_.per_phase()}});
     const std::vector<std::string> all = comm_.world().gather(mine.dump(), 0);
     if (!rank0()) return;
     json per_rank = json::array();

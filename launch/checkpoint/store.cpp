@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -16,12 +17,12 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 
 #include "data/durable_file.h"
 #include "data/hdf5_handle.h"
-#include "dist/host_memory.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -213,6 +214,7 @@ struct Index {
   json meta;
   json tensors;                          // array of {name, dtype, shape, pieces}
   std::map<std::string, size_t> by_name;
+  int64_t block_bytes = kCheckpointBlockBytes;
 };
 
 Index read_index(const fs::path& checkpoint) {
@@ -221,95 +223,339 @@ Index read_index(const fs::path& checkpoint) {
     throw std::runtime_error(checkpoint.string() + ": not a committed checkpoint (no " + kMarker + " marker)");
   const fs::path path = checkpoint / kIndexFile;
   const std::string where = path.string();
+  const std::string only = "; this ftrain reads checkpoint format " + std::to_string(kCheckpointFormatVersion) +
+                           " only (resume or export it with the ftrain that wrote it)";
   if (!fs::is_regular_file(path)) throw std::runtime_error(where + ": missing");
   hdf5::Handle props = file_access();
   hdf5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
   if (!file.valid()) throw std::runtime_error(where + ": not a readable HDF5 file (truncated or corrupt)");
   if (H5Lexists(file.get(), "manifest", H5P_DEFAULT) <= 0)
-    throw std::runtime_error(where + ": no manifest; written by an ftrain older than checkpoint format " +
-                             std::to_string(kCheckpointFormatVersion) + ", which this ftrain does not read");
+    throw std::runtime_error(where + ": no manifest: written by an ftrain older than checkpoint format 2" + only);
   Index index;
   index.dir = checkpoint;
   index.meta = json::parse(read_string_dataset(file.get(), "meta", where), nullptr, false);
   json manifest = json::parse(read_string_dataset(file.get(), "manifest", where), nullptr, false);
-  if (index.meta.is_discarded() || manifest.is_discarded() || !manifest.contains("tensors"))
+  if (index.meta.is_discarded() || manifest.is_discarded() || !manifest.is_object() || !manifest.contains("tensors") ||
+      !manifest["tensors"].is_array())
     throw std::runtime_error(where + ": metadata or manifest is not valid JSON (corrupt)");
-  const int version = manifest.value("format_version", 0);
-  if (version != kCheckpointFormatVersion)
-    throw std::runtime_error(where + ": checkpoint format_version " + std::to_string(version) +
-                             ", this ftrain reads " + std::to_string(kCheckpointFormatVersion));
+  const json version = manifest.value("format_version", json());
+  if (!version.is_number_integer() || version.get<int64_t>() != kCheckpointFormatVersion)
+    throw std::runtime_error(where + ": checkpoint format_version " + version.dump() +
+                             (version.is_number_integer() && version.get<int64_t>() < kCheckpointFormatVersion
+                                  ? " (an older ftrain wrote it, with one crc32 per piece)"
+                                  : "") +
+                             only);
+  const json block_bytes = manifest.value("block_bytes", json());
+  if (!block_bytes.is_number_integer() || block_bytes.get<int64_t>() < 4096 || block_bytes.get<int64_t>() > (64 << 20))
+    throw std::runtime_error(where + ": manifest block_bytes " + block_bytes.dump() +
+                             " is not between 4096 and 64 MiB (corrupt)");
+  index.block_bytes = block_bytes.get<int64_t>();
   index.tensors = manifest["tensors"];
   for (size_t i = 0; i < index.tensors.size(); ++i) index.by_name[index.tensors[i].at("name")] = i;
   return index;
 }
 
-// The rank files of one checkpoint, each opened once.
+// The rank files of one checkpoint, each opened once: through HDF5 to find where a
+// piece's bytes lie, and as a plain file to read them.
 class RankFiles {
  public:
+  struct File {
+    hdf5::Handle h5;
+    int fd = -1;
+    int64_t size = 0;
+  };
   explicit RankFiles(fs::path dir) : dir_(std::move(dir)) {}
-  hid_t open(const std::string& name) {
+  ~RankFiles() {
+    for (auto& [name, file] : files_) ::close(file.fd);
+  }
+  RankFiles(const RankFiles&) = delete;
+  RankFiles& operator=(const RankFiles&) = delete;
+
+  const File& open(const std::string& name) {
     auto found = files_.find(name);
-    if (found != files_.end()) return found->second.get();
+    if (found != files_.end()) return found->second;
     const fs::path path = dir_ / name;
     if (name.find('/') != std::string::npos || !fs::is_regular_file(path))
       throw std::runtime_error(path.string() + ": missing");
+    const hdf5::QuietErrors quiet;  // failures become exceptions naming the file
+    File file;
     hdf5::Handle props = file_access();
-    hdf5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
-    if (!file.valid()) throw std::runtime_error(path.string() + ": not a readable HDF5 file (truncated or corrupt)");
-    return files_.emplace(name, std::move(file)).first->second.get();
+    file.h5 = hdf5::Handle(H5Fopen(path.c_str(), H5F_ACC_RDONLY, props.get()), H5Fclose);
+    if (!file.h5.valid()) throw std::runtime_error(path.string() + ": not a readable HDF5 file (truncated or corrupt)");
+    file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat info {};
+    if (file.fd < 0 || ::fstat(file.fd, &info) != 0) {
+      if (file.fd >= 0) ::close(file.fd);
+      throw std::runtime_error(path.string() + ": cannot open: " + std::strerror(errno));
+    }
+    file.size = static_cast<int64_t>(info.st_size);
+    return files_.emplace(name, std::move(file)).first->second;
   }
 
  private:
   fs::path dir_;
-  std::map<std::string, hdf5::Handle> files_;
+  std::map<std::string, File> files_;
 };
 
-// Reads one piece and checks its checksum.
-at::Tensor read_piece(RankFiles& files, const fs::path& dir, const json& piece, at::ScalarType dtype,
-                      const std::string& tensor) {
+// Where one piece's bytes lie, and the crc32 of each of its blocks.
+struct StoredPiece {
+  std::string what;  // "<file>: piece '<dataset>' of tensor '<name>'", for errors
+  int fd = -1;
+  int64_t address = 0;  // of the piece's first byte in the file
+  int64_t bytes = 0;
+  std::vector<uint32_t> block_crcs;
+};
+
+// Checks one piece against its rank file (dataset present, of the manifest's shape and
+// element size, stored contiguously and wholly inside the file) and against the index's
+// block size. Reads no data.
+StoredPiece locate_piece(RankFiles& files, const Index& index, const json& piece, at::ScalarType dtype,
+                         const std::string& tensor) {
   const std::string file_name = piece.at("file");
   const std::string dataset_name = piece.at("dataset");
-  const std::string what = (dir / file_name).string() + ": piece '" + dataset_name + "' of tensor '" + tensor + "'";
-  const hid_t file = files.open(file_name);
-  if (H5Lexists(file, dataset_name.c_str(), H5P_DEFAULT) <= 0) throw std::runtime_error(what + " is missing");
-  hdf5::Handle dataset(H5Dopen2(file, dataset_name.c_str(), H5P_DEFAULT), H5Dclose);
-  if (!dataset.valid()) throw std::runtime_error(what + " cannot be opened");
+  StoredPiece out;
+  out.what = (index.dir / file_name).string() + ": piece '" + dataset_name + "' of tensor '" + tensor + "'";
+  const RankFiles::File& file = files.open(file_name);
+  const hdf5::QuietErrors quiet;
+  if (H5Lexists(file.h5.get(), dataset_name.c_str(), H5P_DEFAULT) <= 0) throw std::runtime_error(out.what + " is missing");
+  hdf5::Handle dataset(H5Dopen2(file.h5.get(), dataset_name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!dataset.valid()) throw std::runtime_error(out.what + " cannot be opened");
   const auto shape = piece.at("shape").get<std::vector<int64_t>>();
   hdf5::Handle space(H5Dget_space(dataset.get()), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(std::max(rank, 0));
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   if (std::vector<int64_t>(dims.begin(), dims.end()) != shape)
-    throw std::runtime_error(what + " has another shape than the manifest says");
-  at::Tensor out = dist::mapped_zeros(shape, dtype);  // freed at once after use (dist/host_memory.h)
-  if (H5Dread(dataset.get(), h5_type(dtype, what), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0)
-    throw std::runtime_error(what + " cannot be read (truncated file?)");
-  if (crc32_of(out.data_ptr(), out.nbytes()) != piece.at("crc32").get<uint32_t>())
-    throw std::runtime_error(what + " fails its checksum (corrupt checkpoint)");
+    throw std::runtime_error(out.what + " has another shape than the manifest says");
+  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
+  hdf5::Handle type(H5Dget_type(dataset.get()), H5Tclose);
+  if (static_cast<int64_t>(H5Tget_size(type.get())) != element)
+    throw std::runtime_error(out.what + " is stored with another element size than its dtype's");
+  const haddr_t address = H5Dget_offset(dataset.get());
+  out.bytes = numel_of(shape) * element;
+  if (address == HADDR_UNDEF && out.bytes > 0)
+    throw std::runtime_error(out.what + " is not stored contiguously (not written by ftrain?)");
+  out.address = address == HADDR_UNDEF ? 0 : static_cast<int64_t>(address);
+  out.fd = file.fd;
+  if (out.address + out.bytes > file.size)
+    throw std::runtime_error(out.what + " lies beyond the end of the file (truncated file)");
+  const json& crcs = piece.at("block_crc32");
+  const int64_t blocks = (out.bytes + index.block_bytes - 1) / index.block_bytes;
+  if (!crcs.is_array() || static_cast<int64_t>(crcs.size()) != blocks)
+    throw std::runtime_error(out.what + ": the manifest has " + std::to_string(crcs.is_array() ? crcs.size() : 0) +
+                             " block checksums for its " + std::to_string(blocks) + " blocks (corrupt index)");
+  for (const json& crc : crcs) out.block_crcs.push_back(crc.get<uint32_t>());
   return out;
 }
 
-// Reads every piece of `entry` (checking coverage and checksums) and, when `into` is
-// defined, copies each into its place there.
-void read_tensor(RankFiles& files, const Index& index, const json& entry, at::Tensor* into) {
+// Copies byte ranges of pieces out of their files, a block at a time: each block that
+// holds wanted bytes is read once and checked against its crc32 before any of it is
+// used. Blocks wanted whole are read straight into place; the block a range begins or
+// ends inside is read into a buffer and kept for the next range.
+class BlockReader {
+ public:
+  explicit BlockReader(int64_t block_bytes) : block_bytes_(block_bytes) {}
+
+  void copy(const StoredPiece& piece, int64_t begin, int64_t end, char* out) {
+    while (begin < end) {
+      const int64_t block = begin / block_bytes_;
+      const int64_t block_begin = block * block_bytes_;
+      const int64_t block_end = std::min(block_begin + block_bytes_, piece.bytes);
+      const int64_t until = std::min(end, block_end);
+      if (begin == block_begin && until == block_end) {
+        read_block(piece, block, out);
+      } else {
+        if (cached_fd_ != piece.fd || cached_address_ != piece.address || cached_block_ != block) {
+          buffer_.resize(static_cast<size_t>(block_bytes_));
+          read_block(piece, block, buffer_.data());
+          cached_fd_ = piece.fd, cached_address_ = piece.address, cached_block_ = block;
+        }
+        std::memcpy(out, buffer_.data() + (begin - block_begin), static_cast<size_t>(until - begin));
+      }
+      out += until - begin;
+      begin = until;
+    }
+  }
+
+  // Reads every block of `piece`, checking each, and keeps none.
+  void verify(const StoredPiece& piece) {
+    buffer_.resize(static_cast<size_t>(block_bytes_));
+    cached_block_ = -1;
+    for (int64_t block = 0; block * block_bytes_ < piece.bytes; ++block) read_block(piece, block, buffer_.data());
+  }
+
+  int64_t bytes_read() const { return bytes_read_; }
+
+ private:
+  void read_block(const StoredPiece& piece, int64_t block, char* into) {
+    const int64_t begin = block * block_bytes_;
+    const int64_t size = std::min(block_bytes_, piece.bytes - begin);
+    const std::string which = piece.what + ": block " + std::to_string(block) + " (bytes " + std::to_string(begin) +
+                              " to " + std::to_string(begin + size) + " of the piece)";
+    int64_t done = 0;
+    while (done < size) {
+      const ssize_t n = ::pread(piece.fd, into + done, static_cast<size_t>(size - done),
+                                static_cast<off_t>(piece.address + begin + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw std::runtime_error(which + " cannot be read: " + std::strerror(errno));
+      if (n == 0) throw std::runtime_error(which + " cannot be read (truncated file)");
+      done += n;
+    }
+    bytes_read_ += size;
+    if (crc32_of(into, static_cast<size_t>(size)) != piece.block_crcs[static_cast<size_t>(block)])
+      throw std::runtime_error(which + " fails its checksum (corrupt checkpoint)");
+  }
+
+  int64_t block_bytes_;
+  std::vector<char> buffer_;
+  int cached_fd_ = -1;
+  int64_t cached_address_ = -1, cached_block_ = -1;
+  int64_t bytes_read_ = 0;
+};
+
+// A stored tensor seen as a matrix (a vector is one row), and which of its elements a
+// rank's part holds: part row r is global row rows[r], part column c global column
+// cols[c]; -1 is padding, empty is the identity.
+struct PartMap {
+  int64_t global_rows = 1, global_cols = 1;
+  int64_t part_rows = 1, part_cols = 1;
+  std::vector<int64_t> rows, cols;
+  int64_t row(int64_t r) const { return rows.empty() ? r : rows[static_cast<size_t>(r)]; }
+  int64_t col(int64_t c) const { return cols.empty() ? c : cols[static_cast<size_t>(c)]; }
+};
+
+// A piece's rectangle in the matrix view, and where its bytes lie once located.
+struct PieceBox {
+  const json* record = nullptr;
+  int64_t row = 0, col = 0, rows = 1, cols = 1;
+  std::optional<StoredPiece> stored;
+};
+
+// The pieces of tensor `entry`, in the matrix view, each checked to lie inside the tensor.
+std::vector<PieceBox> piece_boxes(const json& entry, const std::vector<int64_t>& shape, const std::string& where) {
+  std::vector<PieceBox> boxes;
+  for (const json& piece : entry.at("pieces")) {
+    const auto offset = piece.at("offset").get<std::vector<int64_t>>();
+    const auto extent = piece.at("shape").get<std::vector<int64_t>>();
+    if (offset.size() != shape.size() || extent.size() != shape.size())
+      throw std::runtime_error(where + ": a piece has the wrong number of dimensions");
+    for (size_t d = 0; d < shape.size(); ++d)
+      if (offset[d] < 0 || extent[d] < 0 || offset[d] > shape[d] || extent[d] > shape[d] - offset[d])
+        throw std::runtime_error(where + ": a piece lies outside the tensor");
+    PieceBox box;
+    box.record = &piece;
+    if (shape.size() == 2) box.row = offset[0], box.rows = extent[0], box.col = offset[1], box.cols = extent[1];
+    else box.col = offset[0], box.cols = extent[0];
+    boxes.push_back(std::move(box));
+  }
+  return boxes;
+}
+
+// Copies the part's flat elements [first, first + count) of tensor `entry` into `out`,
+// reading only the blocks that hold them. Adjacent ranges of one piece are joined, so a
+// range that covers whole blocks reads them straight into `out`.
+void read_range(RankFiles& files, BlockReader& reader, const Index& index, const json& entry, const PartMap& map,
+                int64_t first, int64_t count, char* out) {
+  const std::string name = entry.at("name");
+  const std::string where = (index.dir / kIndexFile).string() + ": tensor '" + name + "'";
+  const at::ScalarType dtype = dtype_named(entry.at("dtype"), where);
+  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
+  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+  std::vector<PieceBox> boxes = piece_boxes(entry, shape, where);
+
+  struct Pending {
+    PieceBox* box = nullptr;
+    int64_t begin = 0, end = 0;
+    char* out = nullptr;
+  } pending;
+  auto flush = [&] {
+    if (pending.box) reader.copy(*pending.box->stored, pending.begin, pending.end, pending.out);
+    pending.box = nullptr;
+  };
+  auto copy = [&](PieceBox& box, int64_t begin, int64_t end, char* to) {
+    if (pending.box == &box && pending.end == begin && pending.out + (pending.end - pending.begin) == to) {
+      pending.end = end;
+      return;
+    }
+    flush();
+    if (!box.stored) box.stored = locate_piece(files, index, *box.record, dtype, name);
+    pending = {&box, begin, end, to};
+  };
+
+  int64_t wanted = 0, copied = 0;
+  for (int64_t f = first; f < first + count;) {
+    const int64_t r = f / map.part_cols, c0 = f % map.part_cols;
+    const int64_t n = std::min(map.part_cols - c0, first + count - f);
+    const int64_t g_row = map.row(r);
+    for (int64_t j = c0; g_row >= 0 && j < c0 + n;) {
+      const int64_t g_col = map.col(j);
+      if (g_col < 0) {
+        ++j;
+        continue;
+      }
+      int64_t k = j + 1;  // the run of consecutive global columns from j
+      while (k < c0 + n && map.col(k) == g_col + (k - j)) ++k;
+      wanted += k - j;
+      char* run_out = out + (f - first + (j - c0)) * element;
+      for (PieceBox& box : boxes) {
+        if (g_row < box.row || g_row >= box.row + box.rows) continue;
+        const int64_t lo = std::max(g_col, box.col), hi = std::min(g_col + (k - j), box.col + box.cols);
+        if (lo >= hi) continue;
+        const int64_t begin = ((g_row - box.row) * box.cols + (lo - box.col)) * element;
+        copy(box, begin, begin + (hi - lo) * element, run_out + (lo - g_col) * element);
+        copied += hi - lo;
+      }
+      j = k;
+    }
+    f += n;
+  }
+  flush();
+  if (copied != wanted)
+    throw std::runtime_error(where + ": its pieces hold " + std::to_string(copied) + " of the " +
+                             std::to_string(wanted) + " values asked for (incomplete checkpoint)");
+}
+
+// The matrix view of tensor `entry` with the part a rank holds: split_dim -1 the whole
+// tensor, else the global indices `index` along split_dim. Checks `part_shape` fits.
+PartMap part_map(const json& entry, const std::vector<int64_t>& part_shape, int64_t split_dim, const at::Tensor& index,
+                 const std::string& where) {
+  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+  const int64_t dims = static_cast<int64_t>(shape.size());
+  if (dims < 1 || dims > 2) throw std::runtime_error(where + " has " + std::to_string(dims) + " dimensions (corrupt index)");
+  bool fits = static_cast<int64_t>(part_shape.size()) == dims && split_dim < dims &&
+              (split_dim < 0 || index.defined());
+  for (int64_t d = 0; fits && d < dims; ++d)
+    fits = d == split_dim ? part_shape[d] == index.numel() : part_shape[d] == shape[d];
+  if (!fits)
+    throw std::runtime_error(where + " of shape " + c10::str(at::IntArrayRef(shape)) + " cannot fill a part of shape " +
+                             c10::str(at::IntArrayRef(part_shape)) +
+                             (split_dim < 0 ? std::string() : " split along dimension " + std::to_string(split_dim)));
+  PartMap map;
+  map.global_rows = dims == 2 ? shape[0] : 1;
+  map.global_cols = shape[dims - 1];
+  map.part_rows = dims == 2 ? part_shape[0] : 1;
+  map.part_cols = part_shape[dims - 1];
+  if (split_dim >= 0) {
+    const at::Tensor wanted = index.to(at::kCPU).to(at::kLong).contiguous();
+    std::vector<int64_t> global(wanted.data_ptr<int64_t>(), wanted.data_ptr<int64_t>() + wanted.numel());
+    const int64_t limit = shape[split_dim];
+    for (int64_t g : global)
+      if (g >= limit || g < -1) throw std::runtime_error(where + ": an index lies beyond its shape");
+    (dims == 2 && split_dim == 0 ? map.rows : map.cols) = std::move(global);
+  }
+  return map;
+}
+
+// Reads every piece of `entry`, checking every block, and that the pieces cover it.
+void verify_tensor(RankFiles& files, BlockReader& reader, const Index& index, const json& entry) {
   const std::string name = entry.at("name");
   const std::string where = (index.dir / kIndexFile).string() + ": tensor '" + name + "'";
   const at::ScalarType dtype = dtype_named(entry.at("dtype"), where);
   const auto shape = entry.at("shape").get<std::vector<int64_t>>();
   int64_t covered = 0;
-  for (const json& piece : entry.at("pieces")) {
-    at::Tensor values = read_piece(files, index.dir, piece, dtype, name);
-    const auto offset = piece.at("offset").get<std::vector<int64_t>>();
-    if (offset.size() != shape.size() || values.dim() != static_cast<int64_t>(shape.size()))
-      throw std::runtime_error(where + ": a piece has the wrong number of dimensions");
-    for (size_t d = 0; d < shape.size(); ++d)
-      if (offset[d] < 0 || offset[d] + values.size(d) > shape[d])
-        throw std::runtime_error(where + ": a piece lies outside the tensor");
-    covered += values.numel();
-    if (!into) continue;
-    at::Tensor place = *into;
-    for (size_t d = 0; d < shape.size(); ++d) place = place.narrow(d, offset[d], values.size(d));
-    place.copy_(values);
+  for (PieceBox& box : piece_boxes(entry, shape, where)) {
+    reader.verify(locate_piece(files, index, *box.record, dtype, name));
+    covered += box.rows * box.cols;
   }
   if (covered != numel_of(shape))
     throw std::runtime_error(where + ": its pieces hold " + std::to_string(covered) + " of " +
@@ -391,6 +637,9 @@ json write_rank_file(const PreparedRankFile& file) {
       const auto* bytes = static_cast<const char*>(entry.piece.data.data_ptr());
       const size_t size = entry.piece.data.nbytes();
       write_all(fd, bytes, size, static_cast<off_t>(entry.file_offset), file.path);
+      json block_crcs = json::array();
+      for (size_t at = 0; at < size; at += static_cast<size_t>(kCheckpointBlockBytes))
+        block_crcs.push_back(crc32_of(bytes + at, std::min(size - at, static_cast<size_t>(kCheckpointBlockBytes))));
       records.push_back({{"tensor", entry.tensor},
                          {"dtype", entry.dtype},
                          {"global_shape", entry.global_shape},
@@ -398,7 +647,7 @@ json write_rank_file(const PreparedRankFile& file) {
                          {"dataset", entry.dataset},
                          {"offset", entry.piece.offset},
                          {"shape", entry.piece.shape},
-                         {"crc32", crc32_of(bytes, size)}});
+                         {"block_crc32", std::move(block_crcs)}});
     }
     if (::fsync(fd) != 0) throw std::runtime_error(file.path.string() + ": fsync failed: " + std::strerror(errno));
   } catch (...) {
@@ -458,7 +707,7 @@ fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& m
                                 {"dataset", record.at("dataset")},
                                 {"offset", record.at("offset")},
                                 {"shape", record.at("shape")},
-                                {"crc32", record.at("crc32")}});
+                                {"block_crc32", record.at("block_crc32")}});
   }
   for (const json& tensor : tensors) {
     int64_t covered = 0;
@@ -476,7 +725,10 @@ fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& m
     full["step"] = step;
     write_string_dataset(file.get(), "meta", full.dump(), where);
     write_string_dataset(file.get(), "manifest",
-                         json{{"format_version", kCheckpointFormatVersion}, {"tensors", tensors}}.dump(), where);
+                         json{{"format_version", kCheckpointFormatVersion},
+                              {"block_bytes", kCheckpointBlockBytes},
+                              {"tensors", tensors}}
+                             .dump(), where);
     // Each tensor as a virtual dataset of its global shape over the rank files' pieces,
     // for readers such as h5py; ftrain itself reads the pieces and their checksums.
     hdf5::Handle links = intermediate_groups();
@@ -592,7 +844,9 @@ std::optional<fs::path> CheckpointStore::latest_valid() const {
 struct CheckpointReader::State {
   Index index;
   RankFiles files;
-  explicit State(const fs::path& checkpoint) : index(read_index(checkpoint)), files(checkpoint) {}
+  BlockReader blocks;
+  explicit State(const fs::path& checkpoint)
+      : index(read_index(checkpoint)), files(checkpoint), blocks(index.block_bytes) {}
 };
 
 CheckpointReader::CheckpointReader(const fs::path& checkpoint) : state_(std::make_unique<State>(checkpoint)) {}
@@ -602,78 +856,44 @@ const json& CheckpointReader::meta() const { return state_->index.meta; }
 
 bool CheckpointReader::contains(const std::string& name) const { return state_->index.by_name.count(name) > 0; }
 
+int64_t CheckpointReader::bytes_read() const { return state_->blocks.bytes_read(); }
+
 void CheckpointReader::read_into(const std::string& name, at::Tensor& part, int64_t split_dim, const at::Tensor& index) {
+  read_range_into(name, part, part.sizes().vec(), 0, split_dim, index);
+}
+
+void CheckpointReader::read_range_into(const std::string& name, at::Tensor& values,
+                                       const std::vector<int64_t>& part_shape, int64_t flat_offset, int64_t split_dim,
+                                       const at::Tensor& index) {
   const Index& checkpoint = state_->index;
   const std::string where = (checkpoint.dir / kIndexFile).string() + ": tensor '" + name + "'";
   auto found = checkpoint.by_name.find(name);
   if (found == checkpoint.by_name.end()) throw std::runtime_error(where + " is missing");
   const json& entry = checkpoint.tensors[found->second];
   const at::ScalarType stored = dtype_named(entry.at("dtype"), where);
-  if (!part.device().is_cpu()) throw std::invalid_argument(where + ": read into a CPU tensor");
-  if (stored != part.scalar_type())
+  if (!values.device().is_cpu() || !values.is_contiguous())
+    throw std::invalid_argument(where + ": read into a contiguous CPU tensor");
+  if (stored != values.scalar_type())
     throw std::runtime_error(where + " is stored as " + c10::toString(stored) + ", the model expects " +
-                             c10::toString(part.scalar_type()));
-  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
-  const int64_t dims = static_cast<int64_t>(shape.size());
-  torch::NoGradGuard no_grad;
-  if (split_dim < 0) {
-    if (part.sizes().vec() != shape)
-      throw std::runtime_error(where + " has shape " + c10::str(at::IntArrayRef(shape)) + ", the model expects " +
-                               c10::str(part.sizes()));
-    read_tensor(state_->files, checkpoint, entry, &part);
-    return;
-  }
-
-  // A part: the entries of `index` along split_dim, everything along the other dimension.
-  bool shape_fits = split_dim < dims && part.dim() == dims;
-  for (int64_t d = 0; shape_fits && d < dims; ++d)
-    shape_fits = d == split_dim ? part.size(d) == index.numel() : part.size(d) == shape[d];
-  if (!shape_fits)
-    throw std::runtime_error(where + " of shape " + c10::str(at::IntArrayRef(shape)) + " cannot fill a part of shape " +
-                             c10::str(part.sizes()) + " split along dimension " + std::to_string(split_dim));
-  const at::Tensor wanted = index.to(at::kCPU).to(at::kLong).contiguous();
-  const int64_t* global = wanted.data_ptr<int64_t>();
-  int64_t wanted_rows = 0;
-  for (int64_t i = 0; i < wanted.numel(); ++i) {
-    if (global[i] >= shape[split_dim]) throw std::runtime_error(where + ": an index lies beyond its shape");
-    wanted_rows += global[i] >= 0;
-  }
-  const int64_t across = dims == 1 ? 1 : shape[1 - split_dim];  // extent of the other dimension
-  int64_t covered = 0;
-  for (const json& piece : entry.at("pieces")) {
-    const auto offset = piece.at("offset").get<std::vector<int64_t>>();
-    const auto extent = piece.at("shape").get<std::vector<int64_t>>();
-    if (static_cast<int64_t>(offset.size()) != dims || static_cast<int64_t>(extent.size()) != dims)
-      throw std::runtime_error(where + ": a piece has the wrong number of dimensions");
-    std::vector<int64_t> local, within;  // positions in the part, and in the piece, along split_dim
-    for (int64_t i = 0; i < wanted.numel(); ++i)
-      if (global[i] >= offset[split_dim] && global[i] < offset[split_dim] + extent[split_dim]) {
-        local.push_back(i);
-        within.push_back(global[i] - offset[split_dim]);
-      }
-    if (local.empty()) continue;  // no need to read it
-    at::Tensor values = read_piece(state_->files, checkpoint.dir, piece, stored, name);
-    at::Tensor target = part;
-    if (dims == 2) {
-      const int64_t other = 1 - split_dim;
-      if (offset[other] < 0 || offset[other] + extent[other] > shape[other])
-        throw std::runtime_error(where + ": a piece lies outside the tensor");
-      target = target.narrow(other, offset[other], extent[other]);
-    }
-    target.index_copy_(split_dim, torch::tensor(local, torch::kLong),
-                       values.index_select(split_dim, torch::tensor(within, torch::kLong)));
-    covered += static_cast<int64_t>(local.size()) * (dims == 2 ? extent[1 - split_dim] : 1);
-  }
-  if (covered != wanted_rows * across)
-    throw std::runtime_error(where + ": its pieces hold " + std::to_string(covered) + " of the " +
-                             std::to_string(wanted_rows * across) + " values this rank needs (incomplete checkpoint)");
+                             c10::toString(values.scalar_type()));
+  if (split_dim < 0 && part_shape != entry.at("shape").get<std::vector<int64_t>>())
+    throw std::runtime_error(where + " has shape " + entry.at("shape").dump() + ", the model expects " +
+                             c10::str(at::IntArrayRef(part_shape)));
+  const PartMap map = part_map(entry, part_shape, split_dim, index, where);
+  if (flat_offset < 0 || flat_offset + values.numel() > numel_of(part_shape))
+    throw std::invalid_argument(where + ": elements " + std::to_string(flat_offset) + " to " +
+                                std::to_string(flat_offset + values.numel()) + " lie outside a part of " +
+                                std::to_string(numel_of(part_shape)));
+  read_range(state_->files, state_->blocks, checkpoint, entry, map, flat_offset, values.numel(),
+             static_cast<char*>(values.data_ptr()));
 }
 
 bool verify_checkpoint(const fs::path& checkpoint, std::string* problem) {
   try {
     const Index index = read_index(checkpoint);
     RankFiles files(checkpoint);
-    for (const json& entry : index.tensors) read_tensor(files, index, entry, nullptr);
+    BlockReader blocks(index.block_bytes);
+    for (const json& entry : index.tensors) verify_tensor(files, blocks, index, entry);
     return true;
   } catch (const std::exception& e) {
     if (problem) *problem = e.what();
@@ -699,14 +919,27 @@ json load_checkpoint(const fs::path& checkpoint, const NamedTensors& into) {
 
 at::Tensor read_checkpoint_tensor(const fs::path& checkpoint, const std::string& name) {
   const Index index = read_index(checkpoint);
+  const std::string where = (checkpoint / kIndexFile).string() + ": tensor '" + name + "'";
   auto found = index.by_name.find(name);
-  if (found == index.by_name.end())
-    throw std::runtime_error((checkpoint / kIndexFile).string() + ": tensor '" + name + "' is missing");
+  if (found == index.by_name.end()) throw std::runtime_error(where + " is missing");
   const json& entry = index.tensors[found->second];
-  at::Tensor out = torch::empty(entry.at("shape").get<std::vector<int64_t>>(),
-                                torch::TensorOptions().dtype(dtype_named(entry.at("dtype"), name)));
+  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+  const at::ScalarType dtype = dtype_named(entry.at("dtype"), where);
+  // The index is not trusted with the allocation: its pieces must lie in the files and
+  // cover the tensor before a tensor of its shape is made.
   RankFiles files(checkpoint);
-  read_tensor(files, index, entry, &out);
+  int64_t located = 0;
+  for (PieceBox& box : piece_boxes(entry, shape, where)) {
+    locate_piece(files, index, *box.record, dtype, name);
+    located += box.rows * box.cols;
+  }
+  if (located != numel_of(shape))
+    throw std::runtime_error(where + ": its pieces hold " + std::to_string(located) + " of " +
+                             std::to_string(numel_of(shape)) + " values (incomplete checkpoint)");
+  at::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(dtype));
+  BlockReader blocks(index.block_bytes);
+  read_range(files, blocks, index, entry, part_map(entry, shape, -1, {}, where), 0, out.numel(),
+             static_cast<char*>(out.data_ptr()));
   return out;
 }
 

@@ -1,9 +1,10 @@
 // Checkpoints of a run, sharded over the ranks and committed atomically. On disk:
 //   <run.dir>/checkpoints/step_00000010/rank_00003.h5  the pieces rank 3 wrote
 //   <run.dir>/checkpoints/step_00000010/state.h5       the index, written last: metadata,
-//                                                      a manifest (every piece with its
-//                                                      crc32), and each tensor as an HDF5
-//                                                      virtual dataset of its global shape
+//                                                      a manifest (every piece with a
+//                                                      crc32 per 1 MiB block of its bytes),
+//                                                      and each tensor as an HDF5 virtual
+//                                                      dataset of its global shape
 //   <run.dir>/checkpoints/step_00000010/COMMITTED      written after the rename; without
 //                                                      it the checkpoint does not exist
 //   <run.dir>/checkpoints/latest                       name of the newest committed one
@@ -35,7 +36,11 @@ namespace ftrain::launch {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
-inline constexpr int kCheckpointFormatVersion = 2;
+// 3: a crc32 per block of each piece, so that a rank reading a range verifies only the
+// blocks it reads. 2 (one crc32 per piece) is refused with a message saying so.
+inline constexpr int kCheckpointFormatVersion = 3;
+// The bytes of a piece each crc32 covers (the last block of a piece may be shorter).
+inline constexpr int64_t kCheckpointBlockBytes = int64_t{1} << 20;
 
 // One rank's file of a checkpoint being saved: its pieces in host memory and where
 // each one's bytes go in the file (HDF5 has laid the file out already).
@@ -62,7 +67,7 @@ PreparedRankFile prepare_rank_file(const std::filesystem::path& dir, int rank, i
 
 // Writes the pieces' bytes into their places and fsyncs the file. Uses no HDF5 and no
 // LibTorch operations, so it may run on a background thread. Returns the manifest
-// records of the pieces (tensor, dtype, global shape, dataset, offset, shape, crc32).
+// records of the pieces (tensor, dtype, global shape, dataset, offset, shape, block_crc32).
 // Throws std::runtime_error naming the file and the system error (e.g. ENOSPC).
 // For fault-injection tests, FTRAIN_TEST_FAULT=<kind>:<rank>:<step> makes that rank's
 // write of that step fail with ENOSPC (kind enospc) or stall for an hour (kind stall)
@@ -114,8 +119,8 @@ class CheckpointStore {
 };
 
 // Reads a committed checkpoint a tensor at a time, each rank only the parts it needs:
-// only the pieces that overlap the part asked for are read, and each piece read is
-// checked against its crc32. Not thread-safe.
+// of the pieces that overlap the range asked for, only the blocks holding it are read,
+// each checked against its crc32. Not thread-safe.
 class CheckpointReader {
  public:
   // Opens the index; throws std::runtime_error naming the file when the checkpoint is
@@ -135,6 +140,17 @@ class CheckpointReader {
   // Throws std::runtime_error naming the file, tensor and piece on any mismatch.
   void read_into(const std::string& name, at::Tensor& part, int64_t split_dim = -1, const at::Tensor& index = {});
 
+  // Fills `values` (a contiguous CPU tensor of the stored dtype) with the flat elements
+  // [flat_offset, flat_offset + values.numel()) of the part of tensor `name` that
+  // read_into would fill, a part of shape `part_shape`: a ZeRO shard of it. Reads only
+  // the blocks that hold those elements. Elements at padding entries are left as they are.
+  void read_range_into(const std::string& name, at::Tensor& values, const std::vector<int64_t>& part_shape,
+                       int64_t flat_offset, int64_t split_dim = -1, const at::Tensor& index = {});
+
+  // Bytes of tensor data read from the rank files so far: whole blocks, each once per
+  // range that needs it.
+  int64_t bytes_read() const;
+
  private:
   struct State;
   std::unique_ptr<State> state_;
@@ -142,7 +158,7 @@ class CheckpointReader {
 
 // Reads a committed checkpoint: its metadata, and each requested tensor assembled from
 // its pieces in place into the given tensor (global shape and dtype must match).
-// Every piece read is checked against its crc32. Throws std::runtime_error naming the
+// Every block read is checked against its crc32. Throws std::runtime_error naming the
 // file and tensor on any mismatch.
 nlohmann::json load_checkpoint(const std::filesystem::path& checkpoint, const NamedTensors& into);
 
@@ -153,7 +169,7 @@ at::Tensor read_checkpoint_tensor(const std::filesystem::path& checkpoint, const
 std::vector<std::string> checkpoint_tensor_names(const std::filesystem::path& checkpoint);
 
 // Whether `checkpoint` is committed and every piece of every tensor is present, covers
-// its tensor exactly and matches its checksum.
+// its tensor exactly and matches its checksums.
 bool verify_checkpoint(const std::filesystem::path& checkpoint, std::string* problem = nullptr);
 
 }  // namespace ftrain::launch

@@ -3,8 +3,12 @@
 
 #include <torch/torch.h>
 
+#include <hdf5.h>
+
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <random>
 
 #include "launch/checkpoint/store.h"
 
@@ -226,4 +230,176 @@ BOOST_AUTO_TEST_CASE(a_part_reads_only_the_pieces_it_overlaps) {
   } catch (const std::runtime_error& e) {
     BOOST_TEST(std::string(e.what()).find("rank_00003.h5") != std::string::npos, e.what());
   }
+}
+
+namespace {
+
+// A checkpoint of `tensors`, each written by `writers` ranks in consecutive flat chunks.
+fs::path save_by_writers(CheckpointStore& store, int64_t step, const NamedTensors& tensors, int writers) {
+  const fs::path staging = store.begin(step);
+  nlohmann::json pieces = nlohmann::json::array();
+  for (int rank = 0; rank < writers; ++rank)
+    for (auto& record : write_rank_file(prepare_rank_file(staging, rank, step, held_whole(tensors, writers, rank))))
+      pieces.push_back(record);
+  return store.commit(step, pieces, {});
+}
+
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Flips one bit of byte `at` of a file.
+void flip_bit_at(const fs::path& file, int64_t at) {
+  std::fstream io(file, std::ios::binary | std::ios::in | std::ios::out);
+  io.seekg(at);
+  char byte = 0;
+  io.read(&byte, 1);
+  byte ^= 0x10;
+  io.seekp(at);
+  io.write(&byte, 1);
+}
+
+// Where the bytes of `tensor` start in `file` (found by their exact pattern).
+int64_t offset_of(const fs::path& file, const at::Tensor& tensor) {
+  std::ifstream in(file, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  const size_t at = bytes.find(std::string(static_cast<const char*>(tensor.data_ptr()), tensor.nbytes()));
+  BOOST_REQUIRE(at != std::string::npos);
+  return static_cast<int64_t>(at);
+}
+
+constexpr int64_t kBlockFloats = kCheckpointBlockBytes / 4;
+
+}  // namespace
+
+// A ZeRO shard is a flat range of a part: the reader reads only the 1 MiB blocks that
+// hold it, so what it reads is the shard, rounded out to blocks, not the piece.
+BOOST_AUTO_TEST_CASE(a_shard_reads_only_the_blocks_that_hold_it) {
+  CheckpointStore store(fresh_dir("blocks"), 1);
+  const at::Tensor global = torch::randn({1024, 1024});  // 4 MiB: one piece of four blocks
+  const fs::path saved = save_by_writers(store, 1, {{"model/w", global}}, 1);
+
+  CheckpointReader reader(saved);
+  BOOST_TEST(reader.bytes_read() == 0);
+  // Elements 1.5 to 2.5 MiB into the tensor: blocks 1 and 2.
+  at::Tensor shard = torch::empty({kBlockFloats});
+  reader.read_range_into("model/w", shard, {1024, 1024}, kBlockFloats * 3 / 2);
+  BOOST_TEST(torch::equal(shard, global.reshape(-1).narrow(0, kBlockFloats * 3 / 2, kBlockFloats)));
+  BOOST_TEST(reader.bytes_read() == 2 * kCheckpointBlockBytes);
+
+  // The right half of every row (a row-parallel part), first 256 of its rows: the part's
+  // elements lie in the first MiB of the piece, every other 2 KiB.
+  const at::Tensor right = torch::arange(512, 1024, torch::kLong);
+  at::Tensor rows = torch::empty({256 * 512});
+  reader.read_range_into("model/w", rows, {1024, 512}, 0, 1, right);
+  BOOST_TEST(torch::equal(rows, global.narrow(1, 512, 512).reshape(-1).narrow(0, 0, 256 * 512)));
+  BOOST_TEST(reader.bytes_read() == 3 * kCheckpointBlockBytes);
+
+  // The whole tensor reads every block once more, straight into place.
+  at::Tensor whole = torch::empty({1024, 1024});
+  reader.read_into("model/w", whole);
+  BOOST_TEST(torch::equal(whole, global));
+  BOOST_TEST(reader.bytes_read() == 7 * kCheckpointBlockBytes);
+
+  at::Tensor beyond = torch::empty({10});
+  BOOST_CHECK_THROW(reader.read_range_into("model/w", beyond, {1024, 1024}, 1024 * 1024 - 5), std::invalid_argument);
+}
+
+// Any part (rows or columns, out of order, with padding) and any flat range of it reads
+// the same values as indexing the whole tensor, whatever pieces the writers made.
+BOOST_AUTO_TEST_CASE(ranges_of_parts_equal_indexing_the_whole_tensor) {
+  std::mt19937 random(7);
+  auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(random); };
+  CheckpointStore store(fresh_dir("ranges"), 1);
+  for (int trial = 0; trial < 40; ++trial) {
+    const bool matrix = trial % 4 != 3;
+    // Some tensors span several blocks, so ranges start and end inside them.
+    const int64_t rows = matrix ? uniform(1, trial % 5 == 0 ? 700 : 30) : 1;
+    const int64_t cols = uniform(1, trial % 5 == 0 ? 900 : 30);
+    const at::Tensor global = matrix ? torch::randn({rows, cols}) : torch::randn({cols});
+    const int writers = static_cast<int>(uniform(1, 5));
+    const fs::path saved = save_by_writers(store, trial + 1, {{"t", global}}, writers);
+
+    const int64_t split_dim = matrix ? uniform(-1, 1) : uniform(-1, 0);
+    at::Tensor index;
+    at::Tensor part = global;
+    if (split_dim >= 0) {
+      const int64_t extent = global.size(split_dim);
+      const int64_t count = uniform(1, extent);
+      index = torch::randperm(extent, torch::kLong).narrow(0, 0, count);
+      if (uniform(0, 1) == 1) index = std::get<0>(index.sort());  // contiguous runs, as tp makes
+      if (uniform(0, 2) == 0) index = torch::cat({index, torch::full({2}, -1, torch::kLong)});  // padding
+      const at::Tensor real = index.clamp_min(0);
+      part = global.index_select(split_dim, real).clone();
+      part.index_fill_(split_dim, (index < 0).nonzero().reshape(-1), -9.0f);
+    }
+    const int64_t first = uniform(0, part.numel() - 1);
+    const int64_t count = uniform(1, part.numel() - first);
+    at::Tensor values = torch::full({count}, -9.0f);
+    CheckpointReader reader(saved);
+    reader.read_range_into("t", values, part.sizes().vec(), first, split_dim, index);
+    BOOST_TEST(torch::equal(values, part.reshape(-1).narrow(0, first, count)),
+               "trial " << trial << ": shape " << global.sizes() << ", " << writers << " writers, split " << split_dim
+                        << ", elements " << first << " + " << count);
+  }
+}
+
+// A flipped bit fails the reads that need its block, naming the file and the block, and
+// no other read.
+BOOST_AUTO_TEST_CASE(a_flipped_bit_fails_the_reads_of_its_block_naming_file_and_block) {
+  CheckpointStore store(fresh_dir("flipped"), 1);
+  const at::Tensor global = torch::randn({3 * kBlockFloats});
+  const fs::path saved = save_by_writers(store, 1, {{"model/w", global}}, 1);
+  const fs::path file = saved / "rank_00000.h5";
+  flip_bit_at(file, offset_of(file, global) + 2 * kCheckpointBlockBytes + 12345);
+
+  CheckpointReader reader(saved);
+  at::Tensor front = torch::empty({2 * kBlockFloats});
+  reader.read_range_into("model/w", front, {3 * kBlockFloats}, 0);
+  BOOST_TEST(torch::equal(front, global.narrow(0, 0, 2 * kBlockFloats)), "blocks 0 and 1 are intact");
+  at::Tensor back = torch::empty({10});
+  const std::string error = error_of([&] { reader.read_range_into("model/w", back, {3 * kBlockFloats}, 2 * kBlockFloats + 5000); });
+  BOOST_TEST(error.find("rank_00000.h5") != std::string::npos, error);
+  BOOST_TEST(error.find("model/w") != std::string::npos, error);
+  BOOST_TEST(error.find("block 2 ") != std::string::npos, error);
+  BOOST_TEST(error.find("checksum") != std::string::npos, error);
+  std::string problem;
+  BOOST_TEST(!verify_checkpoint(saved, &problem));
+  BOOST_TEST(problem.find("block 2 ") != std::string::npos, problem);
+}
+
+// A checkpoint of format 2 (one crc32 per piece) is refused, saying which formats are
+// read; the index rewritten as format 2 with its manifest otherwise intact.
+BOOST_AUTO_TEST_CASE(an_older_format_is_refused_by_name) {
+  CheckpointStore store(fresh_dir("older"), 1);
+  const fs::path saved = store.save(1, sample_state(1), {});
+  {
+    const fs::path index = saved / "state.h5";
+    hid_t file = H5Fopen(index.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    BOOST_REQUIRE(file >= 0);
+    hid_t dataset = H5Dopen2(file, "manifest", H5P_DEFAULT);
+    hid_t type = H5Dget_type(dataset);
+    std::string text(H5Tget_size(type), '\0');
+    H5Dread(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data());
+    nlohmann::json manifest = nlohmann::json::parse(text.c_str());
+    manifest["format_version"] = 2;
+    std::string older = manifest.dump();
+    older.resize(text.size(), ' ');  // the dataset keeps its size
+    BOOST_REQUIRE(H5Dwrite(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, older.data()) >= 0);
+    H5Tclose(type);
+    H5Dclose(dataset);
+    H5Fclose(file);
+  }
+  const std::string error = error_of([&] { CheckpointReader reader(saved); });
+  BOOST_TEST(error.find("state.h5") != std::string::npos, error);
+  BOOST_TEST(error.find("format_version 2") != std::string::npos, error);
+  BOOST_TEST(error.find("reads checkpoint format 3 only") != std::string::npos, error);
+  std::string problem;
+  BOOST_TEST(!verify_checkpoint(saved, &problem));
+  BOOST_TEST(problem == error);
 }

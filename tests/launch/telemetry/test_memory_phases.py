@@ -10,6 +10,11 @@ of the larger model's fp32 bytes M = 4 psi. The sharded bound is the training st
 ZeRO-3 divides, 16 psi / N = 4 M / N (weights, gradients and two AdamW moments), plus a
 margin of MARGIN M for one tensor read or gathered at a time and the heap's slack.
 
+A resume reads only the shard's blocks of the checkpoint: the bytes each rank read in
+the resume phase (/proc/self/io's rchar, the same record), minus the tiny model's, stay
+within the shard of the saved state, 12 psi / N = 3 M / N (weights and two AdamW
+moments), plus READ_MARGIN M; at ZeRO-0 every rank reads all of it.
+
 The training phases (the first step, later steps, evaluation and saving) are not under
 that bound yet; they are held to today's measurement plus a margin (4M/N + 1.5 M), so
 they cannot grow unnoticed, and ZeRO-0 must exceed that bound too."""
@@ -27,6 +32,7 @@ from ftrain_jobs import BUILD, ENV, as_options, prepare_corpus, records, run_ftr
 RANKS = 4
 MARGIN = 0.25
 STEP_MARGIN = 1.5  # the training phases' measured excess is about 1.1 M
+READ_MARGIN = 0.05  # the index and blocks rounded out; the same layout reads its own pieces
 SHARDED_PHASES = ("load", "setup", "resume", "export")
 LATER_PHASES = ("first_step", "train", "evaluate", "save")
 
@@ -50,6 +56,14 @@ def peaks(run_dir):
         assert peak["per_phase"], "VmHWM could not be reset between phases (/proc/self/clear_refs)"
         out[peak["phase"]] = max(out.get(peak["phase"], 0), peak["host_peak_bytes"])
     return out
+
+
+def resume_read_bytes(run_dir):
+    """The most bytes any rank read in the run's resume phase."""
+    [record] = [r for r in records(run_dir) if "memory_phases" in r]
+    read = [p["read_bytes"] for p in record["memory_phases"] if p["phase"] == "resume"]
+    assert len(read) == RANKS and min(read) >= 0, "every rank reports the bytes it read (/proc/self/io)"
+    return max(read)
 
 
 def export_peak(checkpoint, out):
@@ -76,7 +90,7 @@ def job(ws, model, zero, name):
     (run_dir / "metrics.jsonl").rename(run_dir / "metrics.first.jsonl")
     run_ftrain(RANKS, *as_options({**options, "train.steps": 3, "run.resume": "auto"}))
     second = peaks(run_dir)
-    return {**first, "resume": second["resume"]}
+    return {**first, "resume": second["resume"], "resume_read": resume_read_bytes(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +103,7 @@ def measured(tmp_path_factory, pytestconfig):
     for zero in (0, 3):
         big_peaks, tiny_peaks = job(ws, big, zero, f"big{zero}"), job(ws, tiny, zero, f"tiny{zero}")
         out[zero] = {phase: (big_peaks[phase] - tiny_peaks[phase]) / model_bytes for phase in big_peaks}
+        out[f"read{zero}"] = out[zero].pop("resume_read")
     # A random initialisation at ZeRO-3 (model.init = random): drawn into the shards.
     drawn = {}
     for size, model in (("big", big), ("tiny", tiny)):
@@ -113,6 +128,8 @@ def measured(tmp_path_factory, pytestconfig):
             print(f"{phase:>12} {out[0].get(phase, float('nan')):8.2f} {out[3][phase]:8.2f}")
         print(f"ZeRO-3 load with model.init = random: {out['random_load']:.2f}")
         print(f"ftrain-ckpt export, one process: {out['ckpt_export']:.2f}")
+        print(f"bytes read per rank by the resume: ZeRO-0 {out['read0']:.2f}, ZeRO-3 {out['read3']:.2f} "
+              f"(the shard: {3 / RANKS:.2f})")
     return out
 
 
@@ -156,3 +173,12 @@ def test_zero3_random_init_draws_into_the_shards(measured):
     # Each parameter drawn whole, one at a time, and only the shard kept; drawn whole
     # and then sharded, the load would hold the model (1 M) and more.
     assert measured["random_load"] <= bound(), f"random init at ZeRO-3 holds {measured['random_load']:.2f} M"
+
+
+def test_a_zero3_resume_reads_its_shard_of_the_checkpoint(measured):
+    # 3 M / N is this rank's weights and AdamW moments; ZeRO-0 reads all 3 M on every rank.
+    shard = 3 / RANKS
+    assert measured["read3"] <= shard + READ_MARGIN, \
+        f"a ZeRO-3 rank read {measured['read3']:.3f} M resuming, over its shard {shard:.3f} M + {READ_MARGIN}"
+    assert measured["read3"] >= shard - READ_MARGIN, f"a ZeRO-3 rank read only {measured['read3']:.3f} M"
+    assert measured["read0"] >= 3 - READ_MARGIN, f"a ZeRO-0 rank read {measured['read0']:.3f} M, not the whole state"
