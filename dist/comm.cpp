@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "dist/nccl.h"
+#include "dist/ring_reduce_scatter.h"
 
 namespace ftrain::dist {
 
@@ -15,6 +16,10 @@ namespace {
 
 // MPI counts are ints; long transfers go in pieces of this many elements.
 constexpr std::int64_t kMaxMpiCount = std::int64_t{1} << 30;
+// Point-to-point tags of the ring reduce-scatters; nothing else sends on a group's
+// communicator. MPI guarantees tags up to 32767.
+constexpr int kRingTagBase = 1000;
+constexpr int kRingTags = 16384;
 
 bool mpi_running() {
   int initialized = 0;
@@ -329,7 +334,8 @@ PendingCollective::PendingCollective(PendingCollective&& other) noexcept
       input_(std::move(other.input_)),
       divide_by_size_(other.divide_by_size_),
       requests_(std::move(other.requests_)),
-      device_work_(std::move(other.device_work_)) {}
+      device_work_(std::move(other.device_work_)),
+      ring_(std::move(other.ring_)) {}
 
 PendingCollective& PendingCollective::operator=(PendingCollective&& other) noexcept {
   if (this != &other) {
@@ -347,6 +353,7 @@ PendingCollective& PendingCollective::operator=(PendingCollective&& other) noexc
     divide_by_size_ = other.divide_by_size_;
     requests_ = std::move(other.requests_);
     device_work_ = std::move(other.device_work_);
+    ring_ = std::move(other.ring_);
   }
   return *this;
 }
@@ -361,6 +368,7 @@ PendingCollective::~PendingCollective() {
 
 bool PendingCollective::progress() {
   if (!group_) return true;
+  if (ring_) return ring_->advance(/*block=*/false);
   if (requests_.empty() || device_work_) return false;
   int arrived = 0;
   group_->check_mpi(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &arrived, MPI_STATUSES_IGNORE),
@@ -371,6 +379,10 @@ bool PendingCollective::progress() {
 void PendingCollective::wait() {
   if (!group_) return;
   Group* group = std::exchange(group_, nullptr);
+  if (ring_) {
+    ring_->advance(/*block=*/true);
+    ring_.reset();
+  }
   if (!requests_.empty()) {
     group->check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
                      op_name_);
@@ -426,27 +438,15 @@ PendingCollective Group::run_reduce_scatter(at::Tensor& out, const at::Tensor& i
   }
 
   check_count(where(kOp), n);
-  if (is_half(send.scalar_type())) send = send.to(at::kFloat);  // MPI sums 16-bit values as fp32
+  if (is_half(send.scalar_type())) send = send.to(at::kFloat);  // 16-bit values are summed as fp32
   pending.input_ = send;
-  if (in_place) {
-    pending.received_ = rank_ == 0 ? out : in.view({-1}).narrow(0, 0, n).view(out.sizes());
-  } else {
-    pending.received_ =
-        out.is_contiguous() && out.scalar_type() == send.scalar_type() ? out : send.new_empty(out.sizes());
-  }
-  const void* send_buffer = in_place ? MPI_IN_PLACE : send.data_ptr();
-  void* receive_buffer = in_place ? in.data_ptr() : pending.received_.data_ptr();
-  const MPI_Datatype type = mpi_reduce_type(send.scalar_type());
-  if (start) {
-    MPI_Request request;
-    check_mpi(MPI_Ireduce_scatter_block(send_buffer, receive_buffer, static_cast<int>(n), type, mpi_op(op), comm_,
-                                        &request),
-              kOp);
-    pending.requests_.push_back(request);
-  } else {
-    check_mpi(MPI_Reduce_scatter_block(send_buffer, receive_buffer, static_cast<int>(n), type, mpi_op(op), comm_),
-              kOp);
-  }
+  // In place the ring writes this rank's chunk only after it has sent its values.
+  pending.received_ =
+      out.is_contiguous() && out.scalar_type() == send.scalar_type() ? out : send.new_empty(out.sizes());
+  const int tag = kRingTagBase + rings_started_++ % kRingTags;
+  pending.ring_ = std::make_unique<detail::RingReduceScatter>(comm_, rank_, size_, tag, send.view({-1}),
+                                                              pending.received_.view({-1}), op, where(kOp));
+  if (!start) pending.ring_->advance(/*block=*/true);
   if (op == ReduceOp::Avg) pending.divide_by_size_ = op;
   count(stats_->reduce_scatter, ring_fraction(size_) * double(send.numel() * send.element_size()));
   return pending;

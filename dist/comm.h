@@ -72,6 +72,7 @@ struct CommStats {
 namespace detail {
 class DeviceCollectives;
 class DeviceWork;
+class RingReduceScatter;
 }
 
 class Group;
@@ -104,6 +105,7 @@ class PendingCollective {
   std::optional<ReduceOp> divide_by_size_;  // Avg over MPI: divide after the sum
   std::vector<MPI_Request> requests_;
   std::unique_ptr<detail::DeviceWork> device_work_;  // CUDA: the stream wait still to do
+  std::unique_ptr<detail::RingReduceScatter> ring_;   // a host reduce-scatter in flight
 };
 using PendingAllReduce = PendingCollective;
 
@@ -140,11 +142,15 @@ class Group {
   // `in` holds size() * out.numel() elements; rank r receives the reduction of chunk r
   // of the flattened `in` into `out` (which keeps its shape). When `out` is this rank's
   // chunk of `in` (both contiguous, one dtype; ZeRO-1's gradient buffer) the reduction
-  // runs in place, without a copy of `in`, and leaves partial sums in the other chunks.
+  // runs in place, without a copy of `in`. CPU: around a ring of point-to-point
+  // messages (dist/ring_reduce_scatter.h), with two chunks of temporaries where MPI's
+  // own reduce-scatter holds one or two copies of `in`; the other chunks of `in` are
+  // left as they were. CUDA: NCCL.
   void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op = ReduceOp::Sum);
   // reduce_scatter that returns before the data has moved (ZeRO reduces a block's
   // gradients while the blocks before it run backward). Neither tensor may be touched
-  // until wait(). CPU: MPI_Ireduce_scatter_block; CUDA: enqueued on the NCCL stream.
+  // until wait(). CPU: the ring, moved on by progress() and wait(); CUDA: enqueued on
+  // the NCCL stream.
   // Counted in CommStats::reduce_scatter like reduce_scatter.
   PendingCollective start_reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op = ReduceOp::Sum);
   // `out` (size() * in.numel() elements) = every rank's `in`, flattened and concatenated
@@ -192,6 +198,7 @@ class Group {
   c10::Device device_;
   CommStats* stats_;
   std::unique_ptr<detail::DeviceCollectives> nccl_;
+  int rings_started_ = 0;  // tags the ring reduce-scatters apart (same count on every member)
 };
 
 class Communicator {
