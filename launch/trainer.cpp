@@ -246,9 +246,10 @@ class Trainer {
   }
 
   // What this rank holds of every parameter and AdamW moment, described against the
-  // tensor's global shape, for the sharded checkpoint writer: its tensor-parallel part
-  // (or a ZeRO flat range of it), and which of the ranks holding the same values it is,
-  // so that each value is written once. No communication.
+  // tensor's global shape: its tensor-parallel part, or under ZeRO (any stage) its flat
+  // range of that, and which of the ranks holding the same values it is, so that each
+  // value is written once. The checkpoint saves these and loads them back
+  // (CheckpointReader::read_into) without knowing the layout. No communication.
   std::vector<HeldTensor> held_state() {
     const int tp_rank = comm_.layout().tp_rank(comm_.rank());
     const int dp_rank = comm_.layout().dp_rank(comm_.rank());
@@ -278,7 +279,9 @@ class Trainer {
       return held;
     };
     std::vector<HeldTensor> out;
-    if (zero3()) {
+    if (zero_) {
+      // At stages 1 and 2 every rank holds the whole parameters, but each writes and
+      // reads only its shard; load_state gathers the rest.
       for (const auto& slice : zero_->local_slices())
         out.push_back(describe("model/" + slice.name, slice.name, slice.param, true, slice.param_offset));
     } else {
@@ -301,49 +304,16 @@ class Trainer {
     return out;
   }
 
-  // Reads this rank's part of every parameter (and with_optimizer, AdamW moment) from
-  // `checkpoint`, whatever the layout that wrote it: its tensor-parallel part, and under
-  // ZeRO only its flat range of that. Of the checkpoint's pieces only the blocks that
-  // hold those elements are read, each checked against its checksum. Returns the
-  // metadata. No communication, so a rank that fails here cannot leave the others
-  // inside a collective.
+  // Reads what held_state() describes (with_optimizer: the AdamW moments too) from
+  // `checkpoint`, whatever the layout that wrote it. Only the blocks of the checkpoint
+  // that hold this rank's elements are read, each checked against its checksum.
+  // Returns the metadata. No communication, so a rank that fails here cannot leave the
+  // others inside a collective.
   json read_state(const fs::path& checkpoint, bool with_optimizer) {
     CheckpointReader reader(checkpoint);
     torch::NoGradGuard no_grad;
-    std::map<std::string, size_t> index;
-    for (size_t i = 0; i < named_params_.size(); ++i) index[named_params_[i].first] = i;
-    // Fills `into` with the flat elements [offset, + numel) of this rank's
-    // tensor-parallel part of tensor `key` (stored for parameter `name`), through a host
-    // copy of `into`'s size only; padding entries read as zero.
-    auto read = [&](const std::string& key, const std::string& name, at::Tensor into, int64_t offset) {
-      const std::vector<int64_t> part_shape = named_params_[index.at(name)].second.sizes().vec();
-      at::Tensor staged = dist::mapped_zeros(into.sizes(), into.scalar_type());  // freed at once
-      auto split = plan_.sharded.find(name);
-      if (split == plan_.sharded.end())
-        reader.read_range_into(key, staged, part_shape, offset);
-      else
-        reader.read_range_into(key, staged, part_shape, offset, split->second.dim, split->second.index);
-      into.copy_(staged);
-    };
-    if (zero_) {
-      for (const auto& slice : zero_->local_slices())
-        read("model/" + slice.name, slice.name, slice.param, slice.param_offset);
-    } else {
-      for (auto& [name, p] : named_params_) read("model/" + name, name, p.detach(), 0);
-    }
-    if (with_optimizer) {
-      if (zero_) {
-        const auto& slices = zero_->local_slices();
-        auto exp_avgs = optimizer_->exp_avgs();
-        auto exp_avg_sqs = optimizer_->exp_avg_sqs();
-        for (size_t k = 0; k < slices.size(); ++k) {
-          read("optim/exp_avg/" + slices[k].name, slices[k].name, exp_avgs[k], slices[k].param_offset);
-          read("optim/exp_avg_sq/" + slices[k].name, slices[k].name, exp_avg_sqs[k], slices[k].param_offset);
-        }
-      } else {
-        for (auto& [key, t] : optimizer_->named_state()) read("optim/" + key, key.substr(key.find('/') + 1), t, 0);
-      }
-    }
+    for (const HeldTensor& held : held_state())
+      if (with_optimizer || held.name.rfind("model/", 0) == 0) reader.read_into(held);
     return reader.meta();
   }
 

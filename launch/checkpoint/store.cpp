@@ -23,6 +23,7 @@
 
 #include "data/durable_file.h"
 #include "data/hdf5_handle.h"
+#include "dist/host_memory.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -886,6 +887,14 @@ void CheckpointReader::read_range_into(const std::string& name, at::Tensor& valu
                                 std::to_string(numel_of(part_shape)));
   read_range(state_->files, state_->blocks, checkpoint, entry, map, flat_offset, values.numel(),
              static_cast<char*>(values.data_ptr()));
+}
+
+void CheckpointReader::read_into(const HeldTensor& held) {
+  at::Tensor staged = dist::mapped_zeros(held.values.sizes(), held.values.scalar_type());  // freed at once
+  read_range_into(held.name, staged, held.part_shape, held.flat_offset, held.split_dim, held.index);
+  torch::NoGradGuard no_grad;
+  at::Tensor values = held.values;
+  values.copy_(staged);
 }
 
 bool verify_checkpoint(const fs::path& checkpoint, std::string* problem) {

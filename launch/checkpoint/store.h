@@ -147,6 +147,11 @@ class CheckpointReader {
   void read_range_into(const std::string& name, at::Tensor& values, const std::vector<int64_t>& part_shape,
                        int64_t flat_offset, int64_t split_dim = -1, const at::Tensor& index = {});
 
+  // Fills held.values with what `held` describes (pieces.h): its part, or the flat range
+  // of it, of tensor held.name. The values may live anywhere (a device, a view); they
+  // are read through a host copy of their size, and padding entries read as zero.
+  void read_into(const HeldTensor& held);
+
   // Bytes of tensor data read from the rank files so far: whole blocks, each once per
   // range that needs it.
   int64_t bytes_read() const;
