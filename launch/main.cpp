@@ -19,8 +19,12 @@ int main(int argc, char** argv) {
   // A training step frees and allocates the same activation tensors over and over.
   // glibc would map each one of more than 128 KiB afresh from the kernel and unmap it
   // when freed, so every step paid a page fault per 4 KiB of activations to zero memory
-  // again. Served from the heap and kept there when freed, they are reused.
-  mallopt(M_MMAP_MAX, 0);
+  // again. Served from the heap and kept there when freed, they are reused. Only
+  // allocations of 32 MiB and more are mapped: a vocabulary-sized gradient, which
+  // comes and goes once a step, would otherwise leave a hole the heap never gives back
+  // (GPT-2 124M at ZeRO-3 on 8 ranks: 0.7 fp32 models more per rank in every step,
+  // bench/RESULTS.md), and its page faults are small beside the step that made it.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   ftrain::dist::MpiSession mpi(argc, argv);
   // From the start: a stop request while the model loads is honoured after the first
