@@ -66,9 +66,14 @@ uint32_t crc32_of(const void* data, size_t bytes) {
   return static_cast<uint32_t>(crc32_z(0L, static_cast<const Bytef*>(data), bytes));
 }
 
+// The elements of a shape from an index, which is not trusted: a negative extent or a
+// product beyond 2^50 (a petabyte of fp32) is refused before anything is sized by it.
 int64_t numel_of(const std::vector<int64_t>& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n) || n > (int64_t{1} << 50))
+      throw std::runtime_error("checkpoint index: shape " + c10::str(at::IntArrayRef(shape)) +
+                               " is negative or too large (corrupt index)");
   return n;
 }
 

@@ -403,3 +403,37 @@ BOOST_AUTO_TEST_CASE(an_older_format_is_refused_by_name) {
   BOOST_TEST(!verify_checkpoint(saved, &problem));
   BOOST_TEST(problem == error);
 }
+
+// An index whose shapes would size a huge tensor is refused before anything is
+// allocated: the manifest rewritten to claim 2^40 x 2^40 elements for a tensor.
+BOOST_AUTO_TEST_CASE(an_index_claiming_a_huge_tensor_is_refused_unallocated) {
+  CheckpointStore store(fresh_dir("huge"), 1);
+  const fs::path saved = store.save(1, sample_state(1), {});
+  {
+    const fs::path index = saved / "state.h5";
+    hid_t file = H5Fopen(index.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    BOOST_REQUIRE(file >= 0);
+    hid_t dataset = H5Dopen2(file, "manifest", H5P_DEFAULT);
+    hid_t type = H5Dget_type(dataset);
+    std::string text(H5Tget_size(type), '\0');
+    H5Dread(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data());
+    nlohmann::json manifest = nlohmann::json::parse(text.c_str());
+    nlohmann::json kept = nlohmann::json::array();  // room in the dataset for the longer shape
+    for (auto& tensor : manifest["tensors"]) {
+      if (tensor["name"] == "model/w") tensor["shape"] = {int64_t{1} << 40, int64_t{1} << 40};
+      if (tensor["name"] != "half") kept.push_back(tensor);
+    }
+    manifest["tensors"] = kept;
+    std::string huge = manifest.dump();
+    BOOST_REQUIRE(huge.size() <= text.size());
+    huge.resize(text.size(), ' ');
+    BOOST_REQUIRE(H5Dwrite(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, huge.data()) >= 0);
+    H5Tclose(type);
+    H5Dclose(dataset);
+    H5Fclose(file);
+  }
+  const std::string error = error_of([&] { read_checkpoint_tensor(saved, "model/w"); });
+  BOOST_TEST(error.find("too large") != std::string::npos, error);
+  std::string problem;
+  BOOST_TEST(!verify_checkpoint(saved, &problem));
+}
