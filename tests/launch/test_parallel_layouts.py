@@ -202,6 +202,28 @@ def test_resume_under_another_layout(workspace, first, second):
     assert_same_training(expected, run_dir)
 
 
+@pytest.mark.parametrize("tp,dp,zero", [(1, 4, 3), (2, 2, 3)], ids=["tp1-dp4-zero3", "tp2-dp2-zero3"])
+def test_a_sharded_resume_on_the_same_layout_is_bit_identical(workspace, tp, dp, zero):
+    # Each rank reads back only its shard's blocks (checkpoint format 3); on the same
+    # layout the run continues exactly: the same losses, gradient norms and weights, to
+    # the bit, as the run that was never stopped.
+    uninterrupted = workspace["root"] / f"gpt2_uninterrupted_tp{tp}_dp{dp}_zero{zero}"
+    run_ftrain(tp * dp, *args(workspace, "gpt2", uninterrupted, **{"dist.tp": tp, "dist.zero": zero}))
+    run_dir = workspace["root"] / f"gpt2_resumed_tp{tp}_dp{dp}_zero{zero}"
+    layout = {"dist.tp": tp, "dist.zero": zero}
+    run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **layout, **{"run.exit_after_steps": 7}))
+    assert sorted(losses(run_dir)) == list(range(1, 8))
+    result = run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **layout, **{"run.resume": "auto"}))
+    assert "resumed from" in result.stdout
+    assert losses(run_dir) == losses(uninterrupted)
+    assert grad_norms(run_dir) == grad_norms(uninterrupted)
+    from safetensors.numpy import load_file
+    weights, expected = load_file(run_dir / "final/model.safetensors"), load_file(uninterrupted / "final/model.safetensors")
+    assert weights.keys() == expected.keys()
+    for name in weights:
+        np.testing.assert_array_equal(weights[name], expected[name], err_msg=name)
+
+
 def test_a_tensor_parallel_size_the_model_cannot_take_is_refused(workspace):
     # 3 does not divide the 4 attention heads: refused at start-up, naming the option,
     # the model and the sizes.
