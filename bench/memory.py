@@ -13,7 +13,9 @@ table shows the largest over the ranks minus the same job on a tiny GPT-2, which
 holds what LibTorch, MPI and the allocator cost whatever the model. The predicted
 column is the training state per rank: weights, gradients and two AdamW moments,
 16 psi bytes, divided as the stage divides them (ZeRO-1: the moments; ZeRO-2: also the
-gradients; ZeRO-3: everything).
+gradients; ZeRO-3: everything). The last two columns are the bytes the resume read
+(the most on any rank, from /proc/self/io, minus the tiny GPT-2's) and what its part
+of the saved weights and AdamW moments is: all 3 M at ZeRO-0, its shard at ZeRO 1-3.
 """
 import argparse
 import json
@@ -66,6 +68,12 @@ def predicted(stage, dp):
     return weights + gradients + moments
 
 
+def predicted_read(stage, dp):
+    """The bytes a rank's resume reads, in fp32 models: its part of the saved weights
+    and two AdamW moments (3 M): all of it at ZeRO-0, its shard at ZeRO 1-3."""
+    return 3.0 / dp if stage >= 1 else 3.0
+
+
 def run_job(work, model, data, stage, dp):
     """{phase: the largest peak over the ranks} of one job and its resumption, or None
     when ftrain refuses the layout."""
@@ -94,6 +102,8 @@ def run_job(work, model, data, stage, dp):
             # The resumption's resume phase; everything else from the first job.
             if (steps == 3) == (peak["phase"] == "resume"):
                 peaks[peak["phase"]] = max(peaks.get(peak["phase"], 0), peak["host_peak_bytes"])
+            if steps == 3 and peak["phase"] == "resume":  # the bytes the resume read (/proc/self/io)
+                peaks["resume_read"] = max(peaks.get("resume_read", 0), peak["read_bytes"])
         (run_dir / "metrics.jsonl").rename(run_dir / f"metrics.{steps}.jsonl")
     return peaks
 
@@ -127,9 +137,11 @@ def main():
             small = run_job(work, tiny, tiny_data, stage, dp) if big is not None else None
             raw[f"zero{stage}-dp{dp}"] = {"model": big, "tiny": small}
             if big is None:
-                rows.append(f"| {stage} | {dp} | refused | " + " | ".join("" for _ in PHASES) + " |")
+                rows.append(f"| {stage} | {dp} | refused | " + " | ".join("" for _ in (*PHASES, 1, 2)) + " |")
                 continue
-            cells = [f"{(big[p] - small[p]) / model_bytes:.2f}" if p in big and p in small else "-" for p in PHASES]
+            cells = [f"{(big[p] - small[p]) / model_bytes:.2f}" if p in big and p in small else "-"
+                     for p in (*PHASES, "resume_read")]
+            cells.append(f"{predicted_read(stage, dp):.2f}")
             rows.append(f"| {stage} | {dp} | {predicted(stage, dp):.2f} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
 
@@ -138,8 +150,8 @@ def main():
              f"(M = {model_bytes / 2**20:.0f} MiB, {parameters / 1e6:.1f}M parameters); CPU ranks on {compare.machine()}, "
              f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.",
              "",
-             "| ZeRO | dp | training state (predicted) | " + " | ".join(PHASES) + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in PHASES) + " |",
+             "| ZeRO | dp | training state (predicted) | " + " | ".join(PHASES) + " | resume read | its shard |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in PHASES) + " | --- | --- |",
              *rows]
     text = "\n".join(table)
     print(text)
