@@ -500,6 +500,7 @@ void read_range(RankFiles& files, BlockReader& reader, const Index& index, const
         continue;
       }
       int64_t k = j + 1;  // the run of consecutive global columns from j
+      if (map.cols.empty()) k = c0 + n;  // whole rows: one run, no column to look at
       while (k < c0 + n && map.col(k) == g_col + (k - j)) ++k;
       wanted += k - j;
       char* run_out = out + (f - first + (j - c0)) * element;
@@ -895,10 +896,15 @@ void CheckpointReader::read_range_into(const std::string& name, at::Tensor& valu
 }
 
 void CheckpointReader::read_into(const HeldTensor& held) {
-  at::Tensor staged = dist::mapped_zeros(held.values.sizes(), held.values.scalar_type());  // freed at once
-  read_range_into(held.name, staged, held.part_shape, held.flat_offset, held.split_dim, held.index);
   torch::NoGradGuard no_grad;
   at::Tensor values = held.values;
+  if (values.is_cpu() && values.is_contiguous()) {  // straight into place
+    values.zero_();
+    read_range_into(held.name, values, held.part_shape, held.flat_offset, held.split_dim, held.index);
+    return;
+  }
+  at::Tensor staged = dist::mapped_zeros(values.sizes(), values.scalar_type());  // freed at once
+  read_range_into(held.name, staged, held.part_shape, held.flat_offset, held.split_dim, held.index);
   values.copy_(staged);
 }
 

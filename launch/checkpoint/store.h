@@ -148,8 +148,9 @@ class CheckpointReader {
                        int64_t flat_offset, int64_t split_dim = -1, const at::Tensor& index = {});
 
   // Fills held.values with what `held` describes (pieces.h): its part, or the flat range
-  // of it, of tensor held.name. The values may live anywhere (a device, a view); they
-  // are read through a host copy of their size, and padding entries read as zero.
+  // of it, of tensor held.name. Contiguous host values are read into in place; others
+  // (a device, a strided view) through a host copy of their size. Padding entries read
+  // as zero.
   void read_into(const HeldTensor& held);
 
   // Bytes of tensor data read from the rank files so far: whole blocks, each once per

@@ -275,6 +275,27 @@ int64_t offset_of(const fs::path& file, const at::Tensor& tensor) {
 
 constexpr int64_t kBlockFloats = kCheckpointBlockBytes / 4;
 
+// Rewrites the manifest in a checkpoint's state.h5 as `edit` says, in place: the
+// dataset keeps its size, so the edited text must not be longer.
+void rewrite_manifest(const fs::path& checkpoint, const std::function<void(nlohmann::json&)>& edit) {
+  const fs::path index = checkpoint / "state.h5";
+  hid_t file = H5Fopen(index.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  BOOST_REQUIRE(file >= 0);
+  hid_t dataset = H5Dopen2(file, "manifest", H5P_DEFAULT);
+  hid_t type = H5Dget_type(dataset);
+  std::string text(H5Tget_size(type), '\0');
+  H5Dread(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data());
+  nlohmann::json manifest = nlohmann::json::parse(text.c_str());
+  edit(manifest);
+  std::string edited = manifest.dump();
+  BOOST_REQUIRE(edited.size() <= text.size());
+  edited.resize(text.size(), ' ');
+  BOOST_REQUIRE(H5Dwrite(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, edited.data()) >= 0);
+  H5Tclose(type);
+  H5Dclose(dataset);
+  H5Fclose(file);
+}
+
 }  // namespace
 
 // A ZeRO shard is a flat range of a part: the reader reads only the 1 MiB blocks that
@@ -378,23 +399,7 @@ BOOST_AUTO_TEST_CASE(a_flipped_bit_fails_the_reads_of_its_block_naming_file_and_
 BOOST_AUTO_TEST_CASE(an_older_format_is_refused_by_name) {
   CheckpointStore store(fresh_dir("older"), 1);
   const fs::path saved = store.save(1, sample_state(1), {});
-  {
-    const fs::path index = saved / "state.h5";
-    hid_t file = H5Fopen(index.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    BOOST_REQUIRE(file >= 0);
-    hid_t dataset = H5Dopen2(file, "manifest", H5P_DEFAULT);
-    hid_t type = H5Dget_type(dataset);
-    std::string text(H5Tget_size(type), '\0');
-    H5Dread(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data());
-    nlohmann::json manifest = nlohmann::json::parse(text.c_str());
-    manifest["format_version"] = 2;
-    std::string older = manifest.dump();
-    older.resize(text.size(), ' ');  // the dataset keeps its size
-    BOOST_REQUIRE(H5Dwrite(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, older.data()) >= 0);
-    H5Tclose(type);
-    H5Dclose(dataset);
-    H5Fclose(file);
-  }
+  rewrite_manifest(saved, [](nlohmann::json& manifest) { manifest["format_version"] = 2; });
   const std::string error = error_of([&] { CheckpointReader reader(saved); });
   BOOST_TEST(error.find("state.h5") != std::string::npos, error);
   BOOST_TEST(error.find("format_version 2") != std::string::npos, error);
@@ -409,29 +414,14 @@ BOOST_AUTO_TEST_CASE(an_older_format_is_refused_by_name) {
 BOOST_AUTO_TEST_CASE(an_index_claiming_a_huge_tensor_is_refused_unallocated) {
   CheckpointStore store(fresh_dir("huge"), 1);
   const fs::path saved = store.save(1, sample_state(1), {});
-  {
-    const fs::path index = saved / "state.h5";
-    hid_t file = H5Fopen(index.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    BOOST_REQUIRE(file >= 0);
-    hid_t dataset = H5Dopen2(file, "manifest", H5P_DEFAULT);
-    hid_t type = H5Dget_type(dataset);
-    std::string text(H5Tget_size(type), '\0');
-    H5Dread(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data());
-    nlohmann::json manifest = nlohmann::json::parse(text.c_str());
+  rewrite_manifest(saved, [](nlohmann::json& manifest) {
     nlohmann::json kept = nlohmann::json::array();  // room in the dataset for the longer shape
     for (auto& tensor : manifest["tensors"]) {
       if (tensor["name"] == "model/w") tensor["shape"] = {int64_t{1} << 40, int64_t{1} << 40};
       if (tensor["name"] != "half") kept.push_back(tensor);
     }
     manifest["tensors"] = kept;
-    std::string huge = manifest.dump();
-    BOOST_REQUIRE(huge.size() <= text.size());
-    huge.resize(text.size(), ' ');
-    BOOST_REQUIRE(H5Dwrite(dataset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, huge.data()) >= 0);
-    H5Tclose(type);
-    H5Dclose(dataset);
-    H5Fclose(file);
-  }
+  });
   const std::string error = error_of([&] { read_checkpoint_tensor(saved, "model/w"); });
   BOOST_TEST(error.find("too large") != std::string::npos, error);
   std::string problem;
