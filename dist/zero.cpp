@@ -46,9 +46,9 @@ std::int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<std:
 // gather its parameters and prefetch the previous block's) and AfterBlockBackward's
 // once the gradient of the block's input is complete. The engine runs a parameter's
 // AccumulateGrad as soon as its gradient is ready and before any other ready node, so
-// by then the block's parameter gradients are all accumulated (test_zero checks the
-// result): reduce-scatter them (in the background with overlap), free the block's
-// gradients and, at stage 3, its parameters.
+// by then the block's parameter gradients are all accumulated (test_data_parallel
+// checks the result): reduce-scatter them (in the background with overlap), free the
+// block's gradients and, at stage 3, its parameters.
 
 struct ZeroBlockHooks {
   // Autograd keeps only IValues in ctx->saved_data; a capsule carries the owner.

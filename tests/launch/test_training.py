@@ -129,7 +129,7 @@ def test_memory_counters_follow_the_sharding(workspace):
     # block after it, whose reduce-scatter runs meanwhile (dist.overlap), every other
     # block's having been reduce-scattered and freed. (This model's root, a 1024-token
     # embedding tied to the head, is more than half of it, so here that working set
-    # outweighs what the shard saves; tests/dist/test_zero.cpp checks the drop below
+    # outweighs what the shard saves; tests/dist/test_data_parallel.cpp checks the drop below
     # ZeRO-1 on a model of more blocks.)
     for entry in memory[2]:
         assert entry["parameter_bytes"] == 4 * sum(padded.values())
