@@ -63,4 +63,12 @@ void LossScaler::restore(double scale, int64_t good_steps) {
   good_steps_ = good_steps;
 }
 
+void LossScaler::register_state(StateRegistry& registry) {
+  registry.add_meta(
+      "loss_scale", [this] { return nlohmann::json{{"scale", scale()}, {"good_steps", good_steps_}}; },
+      [this](const nlohmann::json& saved) {
+        if (enabled_) restore(saved.at("scale").get<double>(), saved.at("good_steps").get<int64_t>());
+      });
+}
+
 }  // namespace ftrain::launch

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "launch/checkpoint/registry.h"
 #include "launch/options.h"
 
 namespace ftrain::launch {
@@ -66,6 +67,8 @@ class LossScaler {
   // For checkpoints, so a resumed run scales as an uninterrupted one.
   int64_t good_steps() const { return good_steps_; }
   void restore(double scale, int64_t good_steps);
+  // "loss_scale": the scale and good_steps(), kept in checkpoints.
+  void register_state(StateRegistry& registry);
 
  private:
   bool enabled_;

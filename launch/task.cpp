@@ -1,5 +1,7 @@
 #include "launch/task.h"
 
+#include "launch/optim/adamw.h"
+
 #include <torch/torch.h>
 
 #include <map>
@@ -133,6 +135,15 @@ std::vector<std::string> Task::load_warnings() const { return model_->warnings; 
 
 bool Task::is_head_parameter(const std::string& name) const {
   return model_->classifier && model_->classifier->is_head_parameter(name);
+}
+
+void Task::set_body_frozen(bool frozen, AdamW& optimizer) {
+  for (auto& item : module().named_parameters())
+    if (!is_head_parameter(item.key())) item.value().requires_grad_(!frozen);
+  if (frozen)
+    optimizer.set_frozen([this](const std::string& name) { return !is_head_parameter(name); });
+  else
+    optimizer.set_frozen({});
 }
 
 std::string Task::default_metric() const { return launch::default_metric(name(), label_names_); }

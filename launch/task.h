@@ -48,6 +48,8 @@ struct EvalTotals {
   std::vector<int64_t> entities;   // token classification: true, predicted, correct
 };
 
+class AdamW;
+
 class Task {
  public:
   // Builds the model the dataset's task asks for from model.path. Throws
@@ -81,6 +83,9 @@ class Task {
   // Whether a parameter belongs to the new head (what a frozen-body stage trains).
   // Always false for a causal LM.
   bool is_head_parameter(const std::string& name) const;
+  // The frozen-body stage (train.freeze_base_steps): while frozen only the head trains;
+  // the body gets no gradient (autograd stops at it) and `optimizer` leaves it alone.
+  void set_body_frozen(bool frozen, AdamW& optimizer);
 
   // The validation metric that picks the best model when train.eval_metric is auto,
   // and all those metrics() reports.

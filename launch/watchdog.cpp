@@ -1,6 +1,7 @@
 #include "launch/watchdog.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 #include <cstdio>
 
@@ -62,6 +63,15 @@ void Watchdog::watch() {
     std::fflush(stderr);
     dist::abort_job(3);
   }
+}
+
+void hang_if_asked(int rank, const std::string& phase) {
+  static const std::string hang = [] {
+    const char* text = std::getenv("FTRAIN_TEST_HANG");
+    return std::string(text ? text : "");
+  }();
+  if (!hang.empty() && hang == std::to_string(rank) + ":" + phase)
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
 }
 
 }  // namespace ftrain::launch

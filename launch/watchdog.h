@@ -56,4 +56,8 @@ class Watchdog {
   std::thread thread_;
 };
 
+// For the watchdog's tests: with FTRAIN_TEST_HANG=<rank>:<phase>, that rank stops for
+// good here, as a hung process would, when it enters that phase.
+void hang_if_asked(int rank, const std::string& phase);
+
 }  // namespace ftrain::launch
