@@ -147,6 +147,7 @@ class ShardedDataParallel final : public DataParallel {
 std::unique_ptr<DataParallel> make_data_parallel(std::vector<std::pair<std::string, at::Tensor>> named_params,
                                                  Group& dp, const DataParallelOptions& options,
                                                  std::vector<std::vector<std::string>> block_param_names,
+                                                 std::vector<std::string> input_param_names,
                                                  std::unique_ptr<ZeroSharding> loaded) {
   if (options.zero < 0 || options.zero > 3)
     throw std::invalid_argument("dist.zero = " + std::to_string(options.zero) + ": expected 0, 1, 2 or 3");
@@ -156,7 +157,8 @@ std::unique_ptr<DataParallel> make_data_parallel(std::vector<std::pair<std::stri
   if (!loaded)
     // Parameters and gradients move into flat buffers, one per block; this rank's
     // optimizer sees only the slices of its shard.
-    loaded = std::make_unique<ZeroSharding>(named_params, dp, options.zero, std::move(block_param_names));
+    loaded = std::make_unique<ZeroSharding>(named_params, dp, options.zero, std::move(block_param_names),
+                                            std::move(input_param_names));
   return std::make_unique<ShardedDataParallel>(std::move(loaded), named_params, options);
 }
 

@@ -12,7 +12,8 @@
 //                         loss.backward(); after_backward();
 //   finish_gradients(); gradients() for the norm, scale_gradients() to clip;
 //   the optimizer updates local_slices(); after_step();
-// and an evaluation: before_forward(); forward under no-grad; after_evaluation().
+// and an evaluation: per batch before_forward() and a forward under no-grad; then
+// after_evaluation().
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -59,6 +60,8 @@ class DataParallel {
   // The runner to install in the model, running `inner` (e.g. activation
   // checkpointing) inside whatever the kind does around each block.
   virtual model::BlockRunner block_runner(model::BlockRunner inner) { return inner; }
+  // Before every forward pass, evaluation batches included (ZeRO-3 frees the embeddings
+  // once the first block runs).
   virtual void before_forward() {}
   // `completes_step`: this backward is the step's last micro-batch.
   virtual void before_backward(bool completes_step) { (void)completes_step; }
@@ -101,11 +104,13 @@ struct DataParallelOptions {
 
 // Applies data parallelism over `dp` to the model whose parameters (this rank's
 // tensor-parallel parts) are `named_params`. Sharded: block_param_names[i] names the
-// parameters of transformer block i, each block a unit (dist/zero.h); `loaded` is a
+// parameters of transformer block i, each block a unit, and input_param_names those
+// only the embeddings use, a unit of their own at ZeRO-3 (dist/zero.h); `loaded` is a
 // ZeroSharding the model was read straight into, if any. No communication.
 std::unique_ptr<DataParallel> make_data_parallel(std::vector<std::pair<std::string, at::Tensor>> named_params,
                                                  Group& dp, const DataParallelOptions& options,
                                                  std::vector<std::vector<std::string>> block_param_names,
+                                                 std::vector<std::string> input_param_names = {},
                                                  std::unique_ptr<ZeroSharding> loaded = nullptr);
 
 }  // namespace ftrain::dist

@@ -23,8 +23,11 @@ ShardedCausalLm load_zero3(model::CausalLmOptions options, Communicator& comm, c
     }
     std::vector<std::pair<std::string, at::Tensor>> params;
     for (const auto& item : lm.module().named_parameters()) params.emplace_back(item.key(), item.value());
+    // The embeddings are a unit of their own unless the head reads them too.
+    std::vector<std::string> input;
+    if (!lm.ties_embeddings()) input = model::input_parameter_names(lm.module());
     zero = std::make_unique<ZeroSharding>(std::move(params), comm.dp(), model::block_parameter_names(lm.module()),
-                                          ZeroSharding::Unfilled{device, at::kFloat});
+                                          ZeroSharding::Unfilled{device, at::kFloat}, std::move(input));
     ZeroSharding* target = zero.get();
     slices.take = [target](const std::string& name, const at::Tensor& part) { target->fill_shard(name, part); };
     return slices;

@@ -64,6 +64,11 @@ struct ZeroBlockHooks {
 
   static void before_block_backward(ZeroSharding& zero, size_t unit) {
     zero.progress();
+    if (zero.input_unit_ && unit == zero.num_blocks()) {
+      // The root (final norm, head) comes after the last block: its backward is done.
+      zero.reduce_unit(0, zero.overlap_);
+      zero.free_params(0);
+    }
     if (zero.stage_ == 3) {
       zero.ensure_gathered(unit);
       if (unit > 1) zero.prefetch(unit - 1);  // the block before; unit 0 is the root
@@ -79,6 +84,11 @@ struct ZeroBlockHooks {
     }
     zero.reduce_unit(unit, zero.overlap_);
     if (zero.stage_ == 3) zero.free_params(unit);
+    if (zero.input_unit_ && unit == 1 && zero.trainable(zero.units_[*zero.input_unit_])) {
+      // The embeddings' backward comes next: it may read their weights (a LayerNorm's).
+      zero.ensure_gathered(*zero.input_unit_);
+      zero.hold_grads(*zero.input_unit_);
+    }
   }
 };
 
@@ -120,7 +130,8 @@ struct AfterBlockBackward : torch::autograd::Function<AfterBlockBackward> {
 // Construction
 
 ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
-                           std::vector<std::vector<std::string>> block_param_names)
+                           std::vector<std::vector<std::string>> block_param_names,
+                           std::vector<std::string> input_param_names)
     : dp_(dp), stage_(stage), params_(std::move(named_params)) {
   if (params_.empty()) throw std::invalid_argument("ZeroSharding: no parameters");
   if (stage_ < 1 || stage_ > 3)
@@ -129,15 +140,16 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
   for (const auto& [name, p] : params_)
     if (p.scalar_type() != options.dtype().toScalarType() || p.device() != options.device())
       throw std::invalid_argument("ZeroSharding: parameter '" + name + "' differs in dtype or device");
-  build_units(block_param_names, /*with_values=*/true, options);
+  build_units(block_param_names, input_param_names, /*with_values=*/true, options);
   reset_peaks();
 }
 
 ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp,
-                           std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled)
+                           std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled,
+                           std::vector<std::string> input_param_names)
     : dp_(dp), stage_(3), params_(std::move(named_params)) {
   if (params_.empty()) throw std::invalid_argument("ZeroSharding: no parameters");
-  build_units(block_param_names, /*with_values=*/false,
+  build_units(block_param_names, input_param_names, /*with_values=*/false,
               at::TensorOptions().device(unfilled.device).dtype(unfilled.dtype));
   filled_.assign(params_.size(), false);
   reset_peaks();
@@ -167,7 +179,8 @@ std::vector<std::string> ZeroSharding::unfilled() const {
   return out;
 }
 
-void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& block_param_names, bool with_values,
+void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& block_param_names,
+                               const std::vector<std::string>& input_param_names, bool with_values,
                                const at::TensorOptions& buffer_options) {
   std::map<std::string, size_t> index_of;
   for (size_t i = 0; i < params_.size(); ++i) index_of[params_[i].first] = i;
@@ -184,8 +197,26 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
                                     std::to_string(unit_of_[found->second] - 1) + " and " + std::to_string(b));
       unit_of_[found->second] = b + 1;
     }
-  units_.resize(block_param_names.size() + 1);
+  // Without blocks there is nothing to split the root around.
+  const bool splits_input = stage_ == 3 && !input_param_names.empty() && !block_param_names.empty();
+  if (splits_input) {
+    const size_t input = block_param_names.size() + 1;
+    for (const std::string& name : input_param_names) {
+      auto found = index_of.find(name);
+      if (found == index_of.end())
+        throw std::invalid_argument("ZeroSharding: input parameter '" + name + "' is not among the parameters given");
+      if (unit_of_[found->second] != 0)
+        throw std::invalid_argument("ZeroSharding: input parameter '" + name + "' is named by block " +
+                                    std::to_string(unit_of_[found->second] - 1) + " too");
+      unit_of_[found->second] = input;
+    }
+    input_unit_ = input;
+  }
+  units_.resize(block_param_names.size() + 1 + (splits_input ? 1 : 0));
   for (size_t i = 0; i < params_.size(); ++i) units_[unit_of_[i]].params.push_back(i);
+  if (splits_input && units_.front().params.empty())
+    throw std::invalid_argument("ZeroSharding: every parameter outside the blocks is an input parameter; "
+                                "name the input parameters only when something follows the blocks");
 
   const auto options = buffer_options.requires_grad(false);
   const int64_t ranks = dp_.size();
@@ -444,17 +475,21 @@ model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
     // reduced after backward.
     if (units_.size() == 1) return inner ? inner(index, x, block) : block(x);
     const size_t u = index + 1;
-    if (u >= units_.size())
+    if (u > num_blocks())
       throw std::out_of_range("ZeroSharding::block_runner: block " + std::to_string(index) + ", but " +
-                              std::to_string(units_.size() - 1) + " blocks were given to the constructor");
+                              std::to_string(num_blocks()) + " blocks were given to the constructor");
     // In backward, a block runs only as a recomputation (activation checkpointing
     // outside this runner): its hooks free it after its own backward.
     const bool recomputing = phase_ == Phase::Backward;
     const bool gathers = stage_ == 3;
     progress();
     if (gathers) {
+      // The embeddings are done with once the first block has its input.
+      if (input_unit_ && u == 1 && !recomputing) free_params(*input_unit_);
       ensure_gathered(u);
-      if (!recomputing && u + 1 < units_.size()) prefetch(u + 1);
+      if (!recomputing && u < num_blocks()) prefetch(u + 1);
+      // The root (final norm, head) runs next when the input unit is split off.
+      if (!recomputing && input_unit_ && u == num_blocks()) prefetch(0);
     }
 
     const bool hooked = torch::GradMode::is_enabled() && (x.requires_grad() || trainable(units_[u]));
@@ -463,13 +498,22 @@ model::BlockRunner ZeroSharding::block_runner(model::BlockRunner inner) {
     at::Tensor y = inner ? inner(index, input, block) : block(input);
     if (hooked && y.requires_grad())
       y = BeforeBlockBackward::apply(y, c10::make_intrusive<ZeroBlockHooks::Owner>(*this, u));
-    if (gathers && !recomputing) free_params(u);
+    if (gathers && !recomputing) {
+      free_params(u);
+      if (input_unit_ && u == num_blocks()) ensure_gathered(0);
+    }
     return y;
   };
 }
 
 void ZeroSharding::before_forward() {
   if (stage_ != 3) return;
+  if (input_unit_) {
+    // The root is gathered at the last block, its gradients held by before_backward();
+    // the input's once block 0's backward is done.
+    ensure_gathered(*input_unit_);
+    return;
+  }
   ensure_gathered(0);
   if (torch::GradMode::is_enabled() && trainable(units_[0])) hold_grads(0);
 }
@@ -497,6 +541,12 @@ void ZeroSharding::after_backward() {
   }
   if (stage_ == 3) {
     finish_prefetch();
+    if (input_unit_) {
+      // Every micro-batch's input gradients are reduced now, as the blocks' were: a
+      // rank holds no whole embedding between backward passes.
+      reduce_unit(*input_unit_);
+      free_params(*input_unit_);
+    }
     finish_reduction();
     return;
   }

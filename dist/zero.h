@@ -31,6 +31,18 @@
 //            gradients once its backward is done. The root stays gathered, and its
 //            gradients held, from before_forward() until reduce_gradients().
 //
+// Input unit (stage 3, when the caller names the parameters used only before the first
+// block: embeddings not tied to the head). The root is then split in two, so a rank
+// never holds both the embedding and the head whole, with their gradients: for a
+// large vocabulary they are most of what a rank gathers.
+//   input: gathered by before_forward(), freed as block 0 starts; gathered again, with
+//          its gradients, once block 0's backward is done (the embedding's backward
+//          comes last), and reduce-scattered and freed by after_backward().
+//   root:  (final norm, head) gathered from the last block's forward on (prefetched as
+//          it starts); once backward reaches the last block, the root's own backward is
+//          done: its gradients are reduce-scattered and it is freed.
+// Both are gathered and reduced in every micro-batch, as blocks are.
+//
 // Overlap (set_overlap, the trainer's dist.overlap): a block's reduce-scatter is
 // started when its backward is done and waited when the next block's is (one in
 // flight), so it runs while the block before it computes its backward. The price is
@@ -38,7 +50,7 @@
 // completes before backward goes on (stages 2, 3), or runs after it (stage 1).
 //
 // Communication per step and rank, in elements (psi = parameters, padded per unit),
-// with k micro-batches:
+// with k micro-batches (without an input unit):
 //   stage 1: 2 psi (N-1)/N: the reduce-scatter of the accumulated gradients plus the
 //            all-gather of the updated parameters, the volume of a plain all-reduce
 //   stage 2: (k + 1) psi (N-1)/N: a reduce-scatter of every unit per micro-batch, one
@@ -46,6 +58,8 @@
 //   stage 3, one micro-batch: 3 psi_blocks (N-1)/N (all-gather in forward, all-gather
 //            in backward, reduce-scatter) + 2 psi_root (N-1)/N (one all-gather, one
 //            reduce-scatter); each further micro-batch adds 3 psi_blocks (N-1)/N.
+//            With an input unit, per micro-batch: 3 psi_blocks + 3 psi_input +
+//            2 psi_root, times (N-1)/N.
 //
 // A training step:
 //   model->set_block_runner(zero.block_runner(model::checkpoint_blocks()));  // once
@@ -53,7 +67,8 @@
 //                         loss.backward(); after_backward();
 //   reduce_gradients(); [gradient_square_sum, scale_gradients]; optimizer on
 //   local_slices(); gather_parameters() (stage 3: no-op); zero_grad();
-// and an evaluation: before_forward(); forward under no-grad ...; release().
+// and an evaluation: per batch before_forward() and a forward under no-grad; then
+// release().
 // At stage 3, until before_forward() the root's parameters have no memory: running the
 // model without it reads freed storage.
 #pragma once
@@ -90,8 +105,11 @@ class ZeroSharding {
   // in named_params) the parameters of transformer block i: each block is a unit, and
   // every other parameter the root unit (with none given, the whole model is one unit,
   // reduced after backward). No communication.
+  // input_param_names: at stage 3, the parameters used only before block 0 (see
+  // "Input unit" above); ignored at stages 1 and 2.
   ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
-               std::vector<std::vector<std::string>> block_param_names = {});
+               std::vector<std::vector<std::string>> block_param_names = {},
+               std::vector<std::string> input_param_names = {});
 
   // Stage 3 for a model built without its values (model::SkipInitialisation, so their
   // memory was never written): the parameters' own storage is dropped unread, and
@@ -102,7 +120,8 @@ class ZeroSharding {
     c10::ScalarType dtype;
   };
   ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp,
-               std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled);
+               std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled,
+               std::vector<std::string> input_param_names = {});
   // Copies this rank's flat range of parameter `name` out of `values` (the parameter's
   // whole value, any layout and dtype; only the elements of the range are read when it
   // is contiguous). Every parameter must be filled once before the model runs.
@@ -122,8 +141,9 @@ class ZeroSharding {
   // gathered parameters).
   model::BlockRunner block_runner(model::BlockRunner inner = {});
 
-  // Stage 3: gathers the root unit if it is freed (and, while gradients are recorded,
-  // gives it a zeroed full gradient buffer). No-op at stages 1 and 2.
+  // Before every forward pass. Stage 3: gathers the root unit if it is freed (and,
+  // while gradients are recorded, gives it a zeroed full gradient buffer); with an input
+  // unit, gathers that instead (block 0 frees it). No-op at stages 1 and 2.
   void before_forward();
   // Brackets around loss.backward(), so the runner knows a block run during backward is
   // a recomputation. `completes_step`: this backward is the step's last micro-batch
@@ -213,8 +233,11 @@ class ZeroSharding {
   };
   friend struct ZeroBlockHooks;
 
-  void build_units(const std::vector<std::vector<std::string>>& block_param_names, bool with_values,
+  void build_units(const std::vector<std::vector<std::string>>& block_param_names,
+                   const std::vector<std::string>& input_param_names, bool with_values,
                    const at::TensorOptions& options);
+  // Units 1..num_blocks() are the blocks; the input unit, if any, comes after them.
+  size_t num_blocks() const { return units_.size() - 1 - (input_unit_ ? 1 : 0); }
   bool trainable(const Unit& unit) const;
   void gather(size_t unit, bool prefetch);
   void ensure_gathered(size_t unit);
@@ -248,7 +271,8 @@ class ZeroSharding {
   std::vector<Slice> slices_;
   std::vector<bool> filled_;  // per parameter, built Unfilled: fill_shard() has run
 
-  std::vector<Unit> units_;  // the root, then block 0, 1, ...
+  std::vector<Unit> units_;  // the root, then block 0, 1, ..., then the input unit if any
+  std::optional<size_t> input_unit_;  // stage 3 with input parameters named
   std::optional<size_t> prefetching_;  // the unit whose gather is in flight
   PendingCollective prefetch_;
   std::optional<Reduction> reducing_;  // the reduce-scatter in flight

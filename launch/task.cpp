@@ -219,6 +219,11 @@ std::unique_ptr<dist::ZeroSharding> Task::take_sharding() { return std::move(sha
 
 std::vector<std::vector<std::string>> Task::block_parameter_names() { return model::block_parameter_names(module()); }
 
+std::vector<std::string> Task::input_parameter_names() {
+  if (model_->lm && model_->lm->ties_embeddings()) return {};
+  return model::input_parameter_names(module());
+}
+
 void Task::set_block_runner(const model::BlockRunner& runner) {
   const std::vector<model::TransformerBody*> bodies = model::transformer_bodies(module());
   if (bodies.size() != 1)

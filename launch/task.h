@@ -105,6 +105,9 @@ class Task {
   // The transformer blocks of the body, in order, each as the names of its parameters
   // (as module().named_parameters() names them).
   std::vector<std::vector<std::string>> block_parameter_names();
+  // The parameters only the embeddings use (none when the head reads the token
+  // embedding too): ZeRO-3 gathers them apart from the head.
+  std::vector<std::string> input_parameter_names();
   // Runs every block of the body's training forward through `runner` (ZeRO-3's
   // gathering, activation checkpointing).
   void set_block_runner(const model::BlockRunner& runner);

@@ -60,6 +60,7 @@ class CausalLm {
     int64_t vocab_size = 0;
     int64_t max_positions = 0;  // the longest sequence it can read; 0: no limit
     std::string max_positions_key;  // config.json's key for it ("n_positions")
+    bool ties_embeddings = false;   // the head's weight is the token embedding
     std::function<at::Tensor(const at::Tensor& ids, const at::Tensor& mask)> logits;
     std::function<HeadInput(const at::Tensor& ids, const at::Tensor& mask)> head_input;
     // (B, T_new) ids following those in the cache -> (B, V) logits of the last of them.
@@ -74,6 +75,9 @@ class CausalLm {
   int64_t vocab_size() const { return parts_.vocab_size; }
   int64_t max_positions() const { return parts_.max_positions; }
   const std::string& max_positions_key() const { return parts_.max_positions_key; }
+  // Whether the output layer reads the token embedding's weight (tie_word_embeddings),
+  // so the embedding is used both before the blocks and after them.
+  bool ties_embeddings() const { return parts_.ties_embeddings; }
 
   // (B, T) int64 token ids -> (B, T, V) logits. attention_mask (B, T), 1 for real
   // tokens, may be undefined for unpadded batches.

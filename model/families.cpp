@@ -132,6 +132,7 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
   parts.module = model.ptr();
   parts.vocab_size = config.vocab_size;
   parts.max_positions = Traits::max_positions(config);
+  parts.ties_embeddings = config.tie_word_embeddings;
   parts.max_positions_key = Traits::max_positions_key;
   parts.logits = [model](const at::Tensor& ids, const at::Tensor& mask) mutable {
     return Traits::forward(model, ids, mask);

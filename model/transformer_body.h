@@ -89,4 +89,19 @@ inline std::vector<std::vector<std::string>> block_parameter_names(torch::nn::Mo
   return names;
 }
 
+// The parameters registered before the first block, named as root.named_parameters()
+// names them: in paper order, the embeddings, which run before the blocks (ZeRO-3's
+// input unit, dist/zero.h). Empty for a model without blocks. Whether something after
+// the blocks reads them too (a tied head) is for the caller to know.
+inline std::vector<std::string> input_parameter_names(torch::nn::Module& root) {
+  const std::vector<std::vector<std::string>> blocks = block_parameter_names(root);
+  if (blocks.empty() || blocks.front().empty()) return {};
+  std::vector<std::string> names;
+  for (const auto& item : root.named_parameters()) {
+    if (item.key() == blocks.front().front()) break;
+    names.push_back(item.key());
+  }
+  return names;
+}
+
 }  // namespace ftrain::model

@@ -49,9 +49,9 @@ std::optional<json> Evaluator::evaluate(const std::string& split, int64_t max_sa
                           comm_.layout().dp_rank(comm_.rank()), dp_size);
   torch::NoGradGuard no_grad;
   task_.module().eval();
-  data_parallel_.before_forward();
   EvalTotals totals = task_.empty_totals();
   while (auto batch = reader.next()) {
+    data_parallel_.before_forward();
     AutocastScope autocast(comm_.device().type(), autocast_dtype_);
     task_.evaluate(task_.prepare(*batch, comm_.device()), totals);
   }

@@ -107,6 +107,19 @@ def parameter_units(shape: ModelShape, tp: int = 1) -> tuple[int, list[int]]:
     return root, [block] * shape.layers
 
 
+def zero3_units(shape: ModelShape, tp: int = 1) -> tuple[int, int, list[int]]:
+    """ZeRO-3's units: (input, root, blocks). With an untied head the embeddings (and
+    GPT-2's position embeddings) are a unit of their own, used before the first block,
+    and the root keeps the final norm and the head; tied, the input is 0 and the root is
+    parameter_units' root (dist/zero.h, "Input unit")."""
+    root, blocks = parameter_units(shape, tp)
+    if shape.tied:
+        return 0, root, blocks
+    embedding = vocab_rows(shape.vocab, tp) * shape.width
+    input_elements = embedding + (shape.positions * shape.width if shape.family == "gpt2" else 0)
+    return input_elements, root - input_elements, blocks
+
+
 def parameter_count(shape: ModelShape, tp: int = 1) -> int:
     root, blocks = parameter_units(shape, tp)
     return root + sum(blocks)
@@ -280,11 +293,24 @@ def step_traffic(shape: ModelShape, layout: Layout) -> Traffic:
         else:
             # Per block and micro-batch: all-gather for the forward, again for the
             # backward (both prefetched), reduce-scatter of its gradients (during
-            # backward with overlap); the root once per step.
-            traffic.dp_bytes = accumulation * f * padded_blocks * (2 * param + grad) + f * padded_root * (param + grad)
-            traffic.dp_calls = accumulation * 3 * len(blocks) + 2
+            # backward with overlap); the root once per step. With an untied head, per
+            # micro-batch: the input unit gathered for the forward and for its backward
+            # and reduced, the root (norm, head) gathered and reduced.
+            input_elements, tail, _ = zero3_units(shape, T)
+            if input_elements:
+                padded_input = zero_shard(input_elements, N) * N
+                padded_tail = zero_shard(tail, N) * N
+                traffic.dp_bytes = accumulation * f * ((padded_blocks + padded_input) * (2 * param + grad)
+                                                       + padded_tail * (param + grad))
+                traffic.dp_calls = accumulation * (3 * len(blocks) + 5)
+                traffic.dp_overlappable_bytes = accumulation * f * (padded_blocks * (2 * param + grad * layout.overlap)
+                                                                    + padded_tail * (param + grad * layout.overlap))
+            else:
+                traffic.dp_bytes = (accumulation * f * padded_blocks * (2 * param + grad)
+                                    + f * padded_root * (param + grad))
+                traffic.dp_calls = accumulation * 3 * len(blocks) + 2
+                traffic.dp_overlappable_bytes = accumulation * f * padded_blocks * (2 * param + grad * layout.overlap)
             traffic.dp_ring_steps = traffic.dp_calls * (N - 1)
-            traffic.dp_overlappable_bytes = accumulation * f * padded_blocks * (2 * param + grad * layout.overlap)
     # Scalars travel as 8 bytes: the step's token count and loss over dp; the gradient
     # norm's square sum over dp when ZeRO shards the gradients, over tp when split.
     scalar = 8
@@ -339,9 +365,28 @@ def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> di
         # Whole parameters; the shard's reduced gradients plus the full ones held.
         return {"parameter_bytes": FP32 * sum(full), "gradient_bytes": FP32 * (shards + held),
                 "optimizer_bytes": optimizer}
-    # Gathered at once: the root from the first forward to the gradient reduction, and
-    # two neighbouring blocks (one running, the next prefetched).
-    return {"parameter_bytes": FP32 * (shards + full[0] + pair), "gradient_bytes": FP32 * (shards + held),
+    input_elements, tail, _ = zero3_units(shape, T)
+    if not input_elements:
+        # Gathered at once: the root from the first forward to the gradient reduction,
+        # and two neighbouring blocks (one running, the next prefetched).
+        return {"parameter_bytes": FP32 * (shards + full[0] + pair), "gradient_bytes": FP32 * (shards + held),
+                "optimizer_bytes": optimizer}
+    # The root split: the input unit (embeddings) and the root (norm, head) are never
+    # gathered together. Gathered at once: the input alone (the forward's start, its
+    # backward), two neighbouring blocks, or the root with the last block (prefetched as
+    # it starts). Gradients: the root's, the input's, or a block's; with overlap each
+    # also with the unit reduced before it, still in flight.
+    units = [tail, *blocks, input_elements]
+    shards = sum(zero_shard(u, N) for u in units)
+    optimizer = 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units)
+    root_full, input_full = zero_shard(tail, N) * N, zero_shard(input_elements, N) * N
+    block_full = full[1:]
+    gathered = max(input_full, pair, root_full + block_full[-1])
+    if layout.overlap:
+        held = max(root_full + block_full[-1], pair, block_full[0] + input_full)
+    else:
+        held = max(root_full, max(block_full), input_full)
+    return {"parameter_bytes": FP32 * (shards + gathered), "gradient_bytes": FP32 * (shards + held),
             "optimizer_bytes": optimizer}
 
 
@@ -382,7 +427,9 @@ def phase_peak_bytes(shape: ModelShape, layout: Layout) -> dict[str, float]:
     psi = root + sum(blocks)
     one = FP32 * largest_tensor_elements(shape)
     if layout.zero == 3:
-        shards = sum(zero_shard(u, layout.dp) for u in [root, *blocks])
+        input_elements, tail, _ = zero3_units(shape, layout.tp)
+        units = [tail, *blocks] + ([input_elements] if input_elements else [])
+        shards = sum(zero_shard(u, layout.dp) for u in units)
         load = FP32 * 2 * shards + one
     else:
         load = FP32 * psi + one

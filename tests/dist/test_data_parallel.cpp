@@ -43,6 +43,7 @@
 #include "model/activation_checkpoint.h"
 #include "model/gpt2.h"
 #include "model/llama.h"
+#include "model/transformer_body.h"
 
 namespace dist = ftrain::dist;
 namespace model = ftrain::model;
@@ -171,6 +172,7 @@ struct RunOptions {
   bool checkpoint_outside = false;  // checkpoint_blocks(zero.block_runner()) instead
   bool whole_model_unit = false;    // no block names: stage 3 gathers the model as one unit
   bool overlap = false;             // ZeroSharding::set_overlap
+  bool split_input = false;         // stage 3: the embeddings a unit apart from the root
 };
 
 struct RunResult {
@@ -230,7 +232,8 @@ RunResult run_sharded(const ModelKind& kind, const RunOptions& options) {
   for (const auto& item : net->named_parameters()) named.emplace_back(item.key(), item.value());
   dist::ZeroSharding zero(named, dp(), options.stage,
                           options.whole_model_unit ? std::vector<std::vector<std::string>>{}
-                                                   : block_param_names(*net, kind));
+                                                   : block_param_names(*net, kind),
+                          options.split_input ? model::input_parameter_names(*net) : std::vector<std::string>{});
   zero.set_overlap(options.overlap);
   if (options.checkpoint_outside)
     kind.set_block_runner(*net, model::checkpoint_blocks(zero.block_runner()));
@@ -409,6 +412,53 @@ void check_stage3_accounting(const RunResult& run, const ModelKind& kind, const 
   BOOST_TEST(run.peak_gradient_bytes == int64_t(bytes) * (shards + root + held_blocks));
   BOOST_TEST(run.overlapped_reductions ==
              size_t(options.overlap && !options.freeze_blocks ? micro * n_blocks : 0));
+}
+
+// Stage 3 with the input unit split off the root (dist/zero.h, "Input unit"), over the
+// first step. Per micro-batch: the input gathered for the forward and again for its
+// backward, the root once, each block twice; each reduce-scattered once. Held at most
+// at once: the input alone, two neighbouring blocks, or the root with the last block;
+// gradients of one of them (with overlap, with the unit reduced before it still in
+// flight).
+void check_split_accounting(const RunResult& run, const ModelKind& kind, const RunOptions& options) {
+  auto net = kind.make();
+  const std::vector<std::string> input_names = model::input_parameter_names(*net);
+  BOOST_TEST_REQUIRE(!input_names.empty());
+  std::vector<int64_t> units = padded_unit_numels(kind);  // the root (with the input), then the blocks
+  int64_t input = 0;
+  for (const auto& item : net->named_parameters())
+    if (std::find(input_names.begin(), input_names.end(), item.key()) != input_names.end()) input += item.value().numel();
+  int64_t root = 0;
+  {
+    int64_t everything = 0, in_blocks = 0;
+    for (const auto& item : net->named_parameters()) everything += item.value().numel();
+    for (const auto& block : block_param_names(*net, kind))
+      for (const auto& name : block) in_blocks += net->named_parameters()[name].numel();
+    root = everything - in_blocks - input;
+  }
+  auto padded = [](int64_t n) { return (n + N() - 1) / N() * N(); };
+  input = padded(input);
+  root = padded(root);
+  const std::vector<int64_t> blocks(units.begin() + 1, units.end());
+  int64_t block_total = 0, largest_pair = 0, largest_block = 0, shards = (input + root) / N();
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    block_total += blocks[b];
+    shards += blocks[b] / N();
+    largest_block = std::max(largest_block, blocks[b]);
+    largest_pair = std::max(largest_pair, blocks[b] + (b + 1 < blocks.size() ? blocks[b + 1] : 0));
+  }
+  const double ring = double(N() - 1) / double(N());
+  const int64_t micro = options.micro_batches, n_blocks = static_cast<int64_t>(blocks.size());
+  BOOST_TEST(run.first_step.all_gather.bytes_sent == ring * 4.0 * double(micro * (2 * block_total + 2 * input + root)));
+  BOOST_TEST(run.first_step.reduce_scatter.bytes_sent == ring * 4.0 * double(micro * (block_total + input + root)));
+  BOOST_TEST(run.first_step.all_gather.calls == micro * (2 * n_blocks + 3));
+  BOOST_TEST(run.first_step.reduce_scatter.calls == micro * (n_blocks + 2));
+  const int64_t gathered = std::max({input, largest_pair, root + blocks.back()});
+  const int64_t held = options.overlap ? std::max({root + blocks.back(), largest_pair, blocks.front() + input})
+                                       : std::max({root, largest_block, input});
+  BOOST_TEST(run.peak_parameter_bytes == 4 * (shards + gathered));
+  BOOST_TEST(run.peak_gradient_bytes == 4 * (shards + held));
+  BOOST_TEST(run.overlapped_reductions == size_t(options.overlap ? micro * (n_blocks + 1) : 0));
 }
 
 // Stage 2's communication and memory over the first step. Every unit is reduce-scattered
@@ -867,4 +917,39 @@ BOOST_AUTO_TEST_CASE(data_parallel_slices_cover_each_parameter_once_over_the_gro
   dist::DataParallelOptions wrong;
   wrong.zero = 4;
   BOOST_CHECK_THROW(dist::make_data_parallel({}, dp(), wrong, {}), std::invalid_argument);
+}
+
+BOOST_AUTO_TEST_CASE(llama_stage3_with_the_embeddings_apart_matches_the_reference) {
+  for (bool overlap : {false, true})
+    for (int64_t micro_batches : {1, 2})
+      for (bool checkpoint : {false, true}) {
+        RunOptions options;
+        options.stage = 3;
+        options.split_input = true;
+        options.overlap = overlap;
+        options.micro_batches = micro_batches;
+        options.checkpoint = checkpoint;
+        BOOST_TEST_CONTEXT((overlap ? "overlap, " : "") << micro_batches << " micro-batches"
+                                                        << (checkpoint ? ", checkpointing" : "")) {
+          const RunResult actual = run_sharded(llama_kind(), options);
+          check_against_reference(actual, run_reference(llama_kind(), options));
+          check_split_accounting(actual, llama_kind(), options);
+        }
+      }
+}
+
+BOOST_AUTO_TEST_CASE(stage3_refuses_an_input_unit_that_leaves_the_root_empty_or_overlaps_a_block) {
+  auto net = llama_kind().make();
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  std::vector<std::string> outside_blocks;
+  const auto blocks = block_param_names(*net, llama_kind());
+  for (const auto& item : net->named_parameters()) {
+    named.emplace_back(item.key(), item.value());
+    bool in_block = false;
+    for (const auto& block : blocks) in_block |= std::find(block.begin(), block.end(), item.key()) != block.end();
+    if (!in_block) outside_blocks.push_back(item.key());
+  }
+  BOOST_CHECK_THROW(dist::ZeroSharding(named, dp(), 3, blocks, outside_blocks), std::invalid_argument);
+  BOOST_CHECK_THROW(dist::ZeroSharding(named, dp(), 3, blocks, {blocks.front().front()}), std::invalid_argument);
+  BOOST_CHECK_THROW(dist::ZeroSharding(named, dp(), 3, blocks, {"no.such.parameter"}), std::invalid_argument);
 }

@@ -179,17 +179,23 @@ def test_token_classification_entity_f1_matches_seqeval(workspace):
     assert metrics["entity_f1"] > 0.5, metrics
 
 
-def test_two_ranks_match_one_rank(workspace):
+# ZeRO-3 gathers BERT's embeddings apart from the pooler and the head, and again for
+# their backward, where the embedding LayerNorm reads its weight; the frozen-body
+# stage leaves them without gradients first.
+@pytest.mark.parametrize("zero", [2, 3])
+def test_two_ranks_match_one_rank(workspace, zero):
     one = workspace["root"] / "seq_dp1"
-    two = workspace["root"] / "seq_dp2"
+    two = workspace["root"] / f"seq_dp2_zero{zero}"
     common = {"train.steps": 12, "train.eval_every": 0, "checkpoint.export_hf": "false", "train.freeze_base_steps": 4}
-    run_ftrain(1, *args(workspace, one, "bert", "sentiment", **common))
-    run_ftrain(2, *args(workspace, two, "bert", "sentiment", **common, **{"dist.zero": 2}))
-    reference = {r["step"]: r["loss"] for r in records(one) if "loss" in r}
-    parallel = {r["step"]: r["loss"] for r in records(two) if "loss" in r}
+    if not (one / "metrics.jsonl").exists():
+        run_ftrain(1, *args(workspace, one, "bert", "sentiment", **common))
+    run_ftrain(2, *args(workspace, two, "bert", "sentiment", **common, **{"dist.zero": zero}))
+    reference = {r["step"]: r for r in records(one) if "loss" in r}
+    parallel = {r["step"]: r for r in records(two) if "loss" in r}
     assert sorted(reference) == list(range(1, 13))
     for step in reference:
-        assert parallel[step] == pytest.approx(reference[step], rel=1e-5), f"step {step}"
+        assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
+        assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
 
 
 def checkpoint_model(run, step):
