@@ -18,8 +18,13 @@
 // A randomly initialised model (options.pretrained false) takes the same path with each
 // parameter's whole initial value drawn in place of the file's tensor, one at a time
 // (model::init_gpt2_parameter, init_llama_parameter: the same values in every process).
-// Every rank reads or draws the same values, so no broadcast follows. Classifiers still
-// build the whole model first (launch/task.cpp says where).
+// Every rank reads or draws the same values, so no broadcast follows.
+//
+// A pretrained classifier takes the same path: body and head are registered, split and
+// sharded before anything is read; the body's tensors, the stored head (or a new one,
+// drawn whole: labels x hidden) and a missing BERT pooler (drawn whole: hidden x
+// hidden) go to the shards. A randomly initialised classifier is still built whole
+// first (launch/task.cpp).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -30,6 +35,7 @@
 #include "dist/tensor_parallel.h"
 #include "dist/zero.h"
 #include "model/causal_lm.h"
+#include "model/classifier.h"
 
 namespace ftrain::dist {
 
@@ -44,5 +50,14 @@ struct ShardedCausalLm {
 // model, std::invalid_argument when comm.tp() cannot split it.
 ShardedCausalLm load_zero3(model::CausalLmOptions options, Communicator& comm, c10::Device device,
                            TensorParallelPlan& plan);
+
+struct ShardedClassifier {
+  model::Classifier model;              // its parameters are views of `zero`'s buffers
+  std::unique_ptr<ZeroSharding> zero;   // stage 3, every shard filled
+};
+
+// The same for a pretrained classifier (options.pretrained must be set).
+ShardedClassifier load_zero3(model::ClassifierOptions options, Communicator& comm, c10::Device device,
+                             TensorParallelPlan& plan, model::ClassifierLoadReport* report = nullptr);
 
 }  // namespace ftrain::dist

@@ -25,7 +25,7 @@ void export_final(const Config& config, Task& task, dist::DataParallel& data_par
   const fs::path final_dir = fs::path(config.run.dir) / "final";
   const bool rank0 = comm.rank() == 0;
   const bool split = comm.layout().tp_size > 1 || !data_parallel.parameters_resident();
-  if (split && task.streams_export()) {
+  if (split) {
     dist::Group& world = comm.world();
     if (rank0) {
       task.save_streamed(final_dir, model::ExistingDirectory::overwrite, [&](const std::string& name) {
@@ -37,12 +37,8 @@ void export_final(const Config& config, Task& task, dist::DataParallel& data_par
       for (std::string name = world.broadcast(std::string(), 0); !name.empty(); name = world.broadcast(std::string(), 0))
         whole_parameter(name, data_parallel, plan, comm);
     }
-  } else {
-    model::NamedTensors whole;
-    if (split)
-      for (const auto& item : task.module().named_parameters())
-        whole.emplace_back(item.key(), whole_parameter(item.key(), data_parallel, plan, comm));
-    if (rank0) task.save(final_dir, model::ExistingDirectory::overwrite, whole);
+  } else if (rank0) {
+    task.save(final_dir, model::ExistingDirectory::overwrite);
   }
   if (!rank0) return;
   for (const char* file : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",

@@ -44,7 +44,7 @@ TaskKind kind_of(const std::string& task, const std::string& dataset_path) {
 
 struct Task::Model {
   std::optional<model::CausalLm> lm;
-  bool skeleton = false;  // built WithoutValues: the lm only describes itself
+  bool skeleton = false;  // built WithoutValues: the model only describes itself
   model::CausalLmOptions lm_options;  // to build an unsplit copy for exports
   model::ClassifierOptions classifier_options;
   std::optional<model::Classifier> classifier;
@@ -111,7 +111,18 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   options.pad_token_id = dataset.pad_id;
   model::ClassifierLoadReport report;
   model_->classifier_options = options;
-  if (!split_over) {
+  if (skeleton) {
+    options.skeleton = true;
+    model_->classifier = model::Classifier::load(options);
+    model_->skeleton = true;
+  } else if (comm && config.dist.zero == 3 && pretrained) {
+    // Each rank reads only its ZeRO-3 shard of the body and the head.
+    naming_dist_tp(*comm, [&] {
+      dist::ShardedClassifier sharded = dist::load_zero3(options, *comm, comm->device(), plan_, &report);
+      model_->classifier = std::move(sharded.model);
+      sharding_ = std::move(sharded.zero);
+    });
+  } else if (!split_over) {
     model_->classifier = model::Classifier::load(options, &report);
   } else {
     naming_dist_tp(*split_over, [&] {
@@ -333,25 +344,30 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
   return out;
 }
 
-bool Task::streams_export() const { return model_->lm.has_value(); }
-
 void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
                          const std::function<at::Tensor(const std::string& parameter)>& whole_value) const {
-  if (!model_->lm) throw std::logic_error("Task::save_streamed: a classifier is saved through save()");
   // A Task built WithoutValues is a skeleton already; otherwise one is built here.
-  std::optional<model::CausalLm> built;
-  if (!model_->skeleton) {
+  std::optional<model::CausalLm> lm;
+  std::optional<model::Classifier> classifier;
+  if (!model_->skeleton && model_->lm) {
     model::CausalLmOptions options = model_->lm_options;
     options.skeleton = true;
-    built.emplace(model::CausalLm::load(options));
+    lm.emplace(model::CausalLm::load(options));
+  } else if (!model_->skeleton) {
+    model::ClassifierOptions options = model_->classifier_options;
+    options.skeleton = true;
+    options.split = {};
+    classifier.emplace(model::Classifier::load(options));
   }
-  model::CausalLm& skeleton = built ? *built : *model_->lm;
+  if (model_->skeleton && model_->lm) lm.emplace(*model_->lm);
+  if (model_->skeleton && model_->classifier) classifier.emplace(*model_->classifier);
+  torch::nn::Module& skeleton = lm ? lm->module() : classifier->module();
   // A stored tensor is a parameter or a view of one (GPT-2's Conv1D weights transposed);
   // its storage says which, its strides and offset how.
   std::map<const void*, std::pair<std::string, at::Tensor>> viewed;
-  for (const auto& item : skeleton.module().named_parameters())
+  for (const auto& item : skeleton.named_parameters())
     viewed.emplace(item.value().storage().data(), std::pair{item.key(), item.value()});
-  skeleton.save(dir, existing, [&](const std::string& stored, const at::Tensor& described) {
+  const model::TensorValues values = [&](const std::string& stored, const at::Tensor& described) {
     auto found = viewed.find(described.storage().data());
     if (found == viewed.end())
       throw std::logic_error("Task::save_streamed: stored tensor " + stored + " is no view of a parameter");
@@ -364,40 +380,15 @@ void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirect
     // into ZeRO's flat buffer, say) need not begin at.
     return whole.as_strided(described.sizes(), described.strides(),
                             whole.storage_offset() + described.storage_offset() - param.storage_offset());
-  });
+  };
+  if (lm) lm->save(dir, existing, values);
+  else classifier->save(dir, existing, values);
 }
 
-void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing,
-                const std::vector<std::pair<std::string, at::Tensor>>& full_parameters) const {
-  if (full_parameters.empty()) {
-    if (plan_.tp_size > 1) throw std::logic_error("Task::save: a split model is saved from its gathered full parameters");
-    if (model_->lm) model_->lm->save(dir, existing);
-    else model_->classifier->save(dir, existing);
-    return;
-  }
-  // The live model is split or its parameters are sharded: an unsplit copy of the same
-  // model, freshly built, takes the full tensors and writes the usual layout.
-  auto copy_into = [&](torch::nn::Module& whole) {
-    torch::NoGradGuard no_grad;
-    auto params = whole.named_parameters();
-    for (const auto& [name, tensor] : full_parameters) {
-      if (!params.contains(name)) throw std::logic_error("Task::save: the model has no parameter " + name);
-      params[name].copy_(tensor);
-    }
-  };
-  if (model_->lm) {
-    model::CausalLmOptions options = model_->lm_options;
-    options.pretrained = false;
-    model::CausalLm whole = model::CausalLm::load(options);
-    copy_into(whole.module());
-    whole.save(dir, existing);
-  } else {
-    model::ClassifierOptions options = model_->classifier_options;
-    options.pretrained = false;
-    model::Classifier whole = model::Classifier::load(options);
-    copy_into(whole.module());
-    whole.save(dir, existing);
-  }
+void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing) const {
+  if (plan_.tp_size > 1) throw std::logic_error("Task::save: a split model is written by save_streamed()");
+  if (model_->lm) model_->lm->save(dir, existing);
+  else model_->classifier->save(dir, existing);
 }
 
 }  // namespace ftrain::launch

@@ -60,13 +60,13 @@ class Task {
   // reading only its slices of the files, so no rank holds the whole model. parallelize()
   // then returns the plan it was split by.
   // At dist.zero = 3 a causal LM is read (or, with model.init = random, drawn) straight
-  // into ZeRO-3 shards on comm.device() (dist::load_zero3): no rank holds the whole
-  // model or its whole tensor-parallel part; take_sharding() hands the shards to the
-  // trainer.
+  // into ZeRO-3 shards on comm.device() (dist::load_zero3), and so is a pretrained
+  // classifier: no rank holds the whole model or its whole tensor-parallel part;
+  // take_sharding() hands the shards to the trainer.
   Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator& comm);
   // A model that only describes itself, for save_streamed() whose values come from
-  // elsewhere (a checkpoint read tensor by tensor): a causal LM is built without values
-  // (its memory never committed); a classifier is built as model.init says.
+  // elsewhere (a checkpoint read tensor by tensor): built without values, its memory
+  // never committed.
   struct WithoutValues {};
   Task(const Config& config, const data::DatasetInfo& dataset, WithoutValues);
   ~Task();
@@ -123,20 +123,16 @@ class Task {
   // The ZeRO-3 shards the model was read into, once (null when it was read whole).
   std::unique_ptr<dist::ZeroSharding> take_sharding();
 
-  // Writes the model as a Hugging Face directory (with label names for classifiers).
-  // After parallelize(), pass every parameter's full tensor (TensorParallelPlan::gather):
-  // they are written through an unsplit copy of the model.
-  void save(const std::filesystem::path& dir, model::ExistingDirectory existing,
-            const std::vector<std::pair<std::string, at::Tensor>>& full_parameters = {}) const;
-  // A causal LM written tensor by tensor: a skeleton of the unsplit model (built without
+  // Writes the model, whole in this process, as a Hugging Face directory (with label
+  // names for classifiers). A split model is written by save_streamed().
+  void save(const std::filesystem::path& dir, model::ExistingDirectory existing) const;
+  // The model written tensor by tensor: a skeleton of the unsplit model (built without
   // values, so its memory is never committed) describes the files, and each stored
   // tensor's data is the parameter's whole value that `whole_value` returns, asked for
   // one parameter at a time in file order. With a whole_value that gathers a sharded
-  // parameter, no process ever holds more than one whole tensor. Throws
-  // std::logic_error for a classifier (saved through save()).
+  // parameter, no process ever holds more than one whole tensor.
   void save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
                      const std::function<at::Tensor(const std::string& parameter)>& whole_value) const;
-  bool streams_export() const;  // whether save_streamed() can write this task's model
 
  private:
   Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm, bool skeleton = false);

@@ -155,7 +155,17 @@ BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std
 
   if (pooler_absent) {
     auto generator = at::make_generator<at::CPUGeneratorImpl>(init_seed);
-    initialise(*model->pooler, model->config(), generator);
+    if (!slices) {
+      initialise(*model->pooler, model->config(), generator);
+    } else {
+      // The parameters may hold a part or no memory (ZeRO-3 shards): draw a whole pooler
+      // (hidden x hidden) and hand each tensor to the slices.
+      BertPooler drawn(model->config());
+      initialise(*drawn, model->config(), generator);
+      auto pooler_parameters = model->pooler->named_parameters();
+      for (const auto& item : drawn->named_parameters())
+        slices->load("pooler." + item.key(), pooler_parameters[item.key()], item.value());
+    }
     report.pooler_initialised = true;
     report.warnings.push_back(source + ": no pooler.dense.weight or pooler.dense.bias; the pooler is randomly "
                                        "initialised (normal(0, initializer_range), seed " +

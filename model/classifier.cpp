@@ -60,13 +60,14 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   const ClassifierKind kind = options.kind;
   const int64_t num_labels = static_cast<int64_t>(options.label_names.size());
   // Split before reading (ClassifierOptions::split): the body is built uninitialised,
-  // registered, and cut to this process's parts before its weights are read.
-  const bool split = options.pretrained && options.split != nullptr;
+  // registered with the head, and cut to this process's parts before its weights are
+  // read.
+  const bool split = options.pretrained && options.split != nullptr && !options.skeleton;
   ClassifierBody body = family.classifier_body({.config = raw_config,
                                                 .source = config_path.string(),
                                                 .kind = kind,
-                                                .uninitialised = split,
-                                                .pretrained = options.pretrained,
+                                                .uninitialised = split || options.skeleton,
+                                                .pretrained = options.pretrained || options.skeleton,
                                                 .seed = options.seed,
                                                 .dropout = options.dropout});
   const std::string& head_name = body.head_name;
@@ -74,7 +75,7 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
 
   ClassifierLoadReport report;
   ModelTensors stored;
-  if (options.pretrained) stored = read_model_tensors(options.path);
+  if (options.pretrained && !options.skeleton) stored = read_model_tensors(options.path);
   // Head tensors in the file go to the head; what the body's loader must not see
   // (a language-modelling head, a pooler the token classifier does not have) is dropped.
   std::map<std::string, torch::Tensor> stored_head;
@@ -97,20 +98,19 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   classifier.body_name_ = body.name;
   classifier.head_prefixes_ = {head_name + "."};
   module->register_module(body.name, body.module);
-  if (options.pretrained) {
-    classifier.module_ = module;
-    const std::optional<ParameterSlices> slices = split ? std::optional(options.split(classifier)) : std::nullopt;
+  // The head: C -> num_labels. Registered before the split, so that a split into ZeRO-3
+  // shards holds its parameters as well.
+  module->dropout = module->register_module("dropout", torch::nn::Dropout(body.head_dropout));
+  module->head = module->register_module(
+      head_name, torch::nn::Linear(torch::nn::LinearOptions(body.hidden_size, num_labels).bias(head_bias)));
+  classifier.module_ = module;
+  const std::optional<ParameterSlices> slices = split ? std::optional(options.split(classifier)) : std::nullopt;
+  if (options.pretrained && !options.skeleton) {
     for (const std::string& prefix : body.load(body_tensors, stored.source, slices ? &*slices : nullptr, report.warnings)) {
       classifier.head_prefixes_.push_back(prefix);
       report.pooler_initialised = true;
     }
   }
-
-  // The head: C -> num_labels.
-  module->dropout = module->register_module(
-      "dropout", torch::nn::Dropout(body.head_dropout));
-  module->head = module->register_module(
-      head_name, torch::nn::Linear(torch::nn::LinearOptions(body.hidden_size, num_labels).bias(head_bias)));
   {
     torch::NoGradGuard no_grad;
     const auto weight = stored_head.find(head_name + ".weight");
@@ -118,19 +118,30 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
     const bool fits = weight != stored_head.end() && weight->second.sizes() == module->head->weight.sizes() &&
                       (bias != stored_head.end()) == head_bias &&
                       (!head_bias || bias->second.sizes() == module->head->bias.sizes());
+    at::Tensor weight_value, bias_value;  // whole, in any dtype
     if (fits) {
-      module->head->weight.copy_(weight->second);
-      if (head_bias) module->head->bias.copy_(bias->second);
+      weight_value = weight->second;
+      if (head_bias) bias_value = bias->second;
     } else {
       report.head_initialised = true;
       // A generator of its own: the head is the same on every rank and whatever else was drawn.
       auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed ^ 0x5eedc1a551f1e5ULL);
-      module->head->weight.normal_(0.0, body.initializer_range, generator);
-      if (head_bias) module->head->bias.zero_();
+      weight_value = at::empty(module->head->weight.sizes(), at::kFloat).normal_(0.0, body.initializer_range, generator);
+      if (head_bias) bias_value = at::zeros(module->head->bias.sizes(), at::kFloat);
       if (weight != stored_head.end())
         report.warnings.push_back(stored.source + ": '" + head_name + ".weight' is " +
                                   c10::str(weight->second.sizes()) + " but this task has " +
                                   std::to_string(num_labels) + " labels; the head is new");
+    }
+    // Through the slices when split: the parameter may hold only a part, or no memory
+    // at all (its values in ZeRO-3 shards).
+    auto assign = [&](const std::string& name, at::Tensor& parameter, const at::Tensor& value) {
+      if (slices) slices->load(name, parameter, value);
+      else parameter.copy_(value);
+    };
+    if (!options.skeleton) {
+      assign(head_name + ".weight", module->head->weight, weight_value);
+      if (head_bias) assign(head_name + ".bias", module->head->bias, bias_value);
     }
   }
 
@@ -157,13 +168,14 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   if (kind == ClassifierKind::sequence) saved_config["problem_type"] = "single_label_classification";
   if (body.writes_pad_token_id && options.pad_token_id >= 0) saved_config["pad_token_id"] = options.pad_token_id;
   auto body_state = body.state;
-  classifier.save_ = [body_state, head, head_name, saved_config](const fs::path& dir,
-                                                                  ExistingDirectory existing) mutable {
+  classifier.save_ = [body_state, head, head_name, saved_config](const fs::path& dir, ExistingDirectory existing,
+                                                                  const TensorValues& values) mutable {
     prepare_model_directory(dir, existing);
     NamedTensors state = body_state();
     state.emplace_back(head_name + ".weight", head->weight.detach());
     if (head->bias.defined()) state.emplace_back(head_name + ".bias", head->bias.detach());
-    save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
+    if (values) save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}}, values);
+    else save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
     data::write_file_atomically(dir / "config.json", saved_config.dump(2) + "\n");
   };
 

@@ -48,9 +48,13 @@ struct ClassifierOptions {
   // With pretrained: the body is built without initialising its linear layers and
   // embeddings, the classifier (body and head registered, the head not yet set) is
   // handed to `split`, which cuts the body's parameters to this process's parts and
-  // says which part each holds, and only then is the body read, each parameter copying
-  // its part (see CausalLmOptions::split). The head is whole and set as without it.
+  // says which part each holds, and only then are the body and the head read (or the
+  // head drawn), each parameter copying its part or handing it to the slices' `take`
+  // (see CausalLmOptions::split).
   std::function<ParameterSlices(Classifier&)> split;
+  // Built without values and without reading the weights: the parameters only describe
+  // the model, for a streamed save (save() with values).
+  bool skeleton = false;
 
   // Throws std::runtime_error naming the option.
   void validate() const;
@@ -93,8 +97,12 @@ class Classifier {
   bool is_head_parameter(const std::string& name) const;
 
   // Writes config.json (architectures, id2label, label2id, num_labels, pad_token_id
-  // for decoders) and model.safetensors in the Hugging Face layout above.
-  void save(const std::filesystem::path& dir, ExistingDirectory existing) const { save_(dir, existing); }
+  // for decoders) and model.safetensors in the Hugging Face layout above. With
+  // `values`, each stored tensor's data is asked of it as it is written (a skeleton's
+  // parameters then only describe the file; see CausalLm::save).
+  void save(const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values = {}) const {
+    save_(dir, existing, values);
+  }
 
  private:
   std::shared_ptr<torch::nn::Module> module_;
@@ -105,7 +113,7 @@ class Classifier {
   int64_t vocab_size_ = 0;
   std::vector<std::string> head_prefixes_;
   std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)> logits_;
-  std::function<void(const std::filesystem::path&, ExistingDirectory)> save_;
+  std::function<void(const std::filesystem::path&, ExistingDirectory, const TensorValues&)> save_;
 };
 
 }  // namespace ftrain::model

@@ -121,7 +121,7 @@ struct CheckpointModel {
   std::unique_ptr<Task> task;
 };
 
-// skeleton: a causal LM built without values (Task::WithoutValues), for a streamed export.
+// skeleton: the model built without values (Task::WithoutValues), for a streamed export.
 CheckpointModel build_model(const fs::path& checkpoint, const ModelSources& sources, bool skeleton = false) {
   CheckpointModel out;
   out.meta = load_checkpoint(checkpoint, {});
@@ -389,13 +389,9 @@ ExportReport export_checkpoint(const fs::path& checkpoint, const fs::path& out_a
   if (!fs::is_directory(checkpoint))
     throw std::runtime_error(checkpoint.string() + ": not a directory (give a checkpoint directory, step_XXXXXXXX)");
 
-  // A causal LM is streamed: each stored tensor read from the checkpoint as the file is
-  // written, so the whole model is never in memory. A classifier is loaded whole.
+  // Streamed: each stored tensor read from the checkpoint as the file is written, so
+  // the whole model is never in memory.
   CheckpointModel model = build_model(checkpoint, sources, /*skeleton=*/true);
-  if (!model.task->streams_export()) {
-    torch::NoGradGuard no_grad;
-    load_parameters(checkpoint, *model.task);
-  }
 
   ExportReport report;
   report.step = model.meta.value("step", int64_t{0});
@@ -408,13 +404,9 @@ ExportReport export_checkpoint(const fs::path& checkpoint, const fs::path& out_a
   staging_path += ".export.tmp";
   fs::remove_all(staging_path);  // left by an export that was killed
   StagingDirectory staging(staging_path);
-  if (model.task->streams_export()) {
-    model.task->save_streamed(staging.path(), model::ExistingDirectory::refuse, [&](const std::string& name) {
-      return read_checkpoint_tensor(checkpoint, "model/" + name);
-    });
-  } else {
-    model.task->save(staging.path(), model::ExistingDirectory::refuse);
-  }
+  model.task->save_streamed(staging.path(), model::ExistingDirectory::refuse, [&](const std::string& name) {
+    return read_checkpoint_tensor(checkpoint, "model/" + name);
+  });
   for (const char* file : kTokenizerFiles) {
     const fs::path source = fs::path(model.config.model.path) / file;
     if (!fs::exists(source)) continue;

@@ -8,12 +8,13 @@ data-parallel runs against one rank; the frozen-body stage against the starting 
 the best checkpoint and early stopping against the validation history in metrics.jsonl.
 """
 import json
+import shutil
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from seqeval.metrics import f1_score as entity_f1
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, BertModel,
@@ -142,10 +143,12 @@ def hf_predictions(model_dir, auto_class, data, split):
     return logits.argmax(-1).numpy(), labels, loss.item()
 
 
-@pytest.mark.parametrize("model", ["bert", "llama"])
-def test_sequence_classification_report_matches_transformers_and_sklearn(workspace, model):
-    run = workspace["root"] / f"seq_{model}"
-    run_ftrain(2, *args(workspace, run, model, "sentiment", **{"checkpoint.keep_best": "false"}))
+# At ZeRO-3 the classifier is read straight into the shards (its new head drawn whole
+# and sharded), evaluated sharded, and final/ streamed tensor by tensor from them.
+@pytest.mark.parametrize("model,zero", [("bert", 0), ("llama", 0), ("bert", 3), ("llama", 3)])
+def test_sequence_classification_report_matches_transformers_and_sklearn(workspace, model, zero):
+    run = workspace["root"] / f"seq_{model}_zero{zero}"
+    run_ftrain(2, *args(workspace, run, model, "sentiment", **{"checkpoint.keep_best": "false", "dist.zero": zero}))
     report = json.loads((run / "test_report.json").read_text())
     assert report["step"] == 30 and report["split"] == "test" and report["task"] == "sequence_classification"
 
@@ -193,6 +196,28 @@ def test_two_ranks_match_one_rank(workspace, zero):
     reference = {r["step"]: r for r in records(one) if "loss" in r}
     parallel = {r["step"]: r for r in records(two) if "loss" in r}
     assert sorted(reference) == list(range(1, 13))
+    for step in reference:
+        assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
+        assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+
+
+def test_a_missing_pooler_is_drawn_alike_into_zero3_shards(workspace):
+    # A BERT saved without its pooler gets a new one, drawn from the seed: whole on one
+    # rank, and at ZeRO-3 drawn whole and handed to the shards. Both train alike.
+    bare = workspace["root"] / "bert_without_pooler"
+    bare.mkdir(exist_ok=True)
+    weights = load_file(workspace["bert"] / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "pooler" not in k}, bare / "model.safetensors")
+    shutil.copy(workspace["bert"] / "config.json", bare / "config.json")
+    workspace = {**workspace, "bert_without_pooler": bare}
+    common = {"train.steps": 6, "train.eval_every": 0, "checkpoint.export_hf": "false"}
+    one, sharded = workspace["root"] / "pooler_dp1", workspace["root"] / "pooler_dp2_zero3"
+    result = run_ftrain(1, *args(workspace, one, "bert_without_pooler", "sentiment", **common))
+    assert "the pooler is new" in result.stdout + result.stderr
+    run_ftrain(2, *args(workspace, sharded, "bert_without_pooler", "sentiment", **common, **{"dist.zero": 3}))
+    reference = {r["step"]: r for r in records(one) if "loss" in r}
+    parallel = {r["step"]: r for r in records(sharded) if "loss" in r}
+    assert sorted(reference) == sorted(parallel) == list(range(1, 7))
     for step in reference:
         assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
         assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
