@@ -264,4 +264,45 @@ std::vector<Batch> read_eval_batches(const std::string& path, const std::string&
   return batches;
 }
 
+namespace {
+
+// The first `columns` columns of a (rows, width) row-major buffer.
+template <typename T>
+std::vector<T> first_columns(const std::vector<T>& values, int64_t rows, int64_t width, int64_t columns) {
+  if (values.empty()) return values;
+  std::vector<T> out;
+  out.reserve(static_cast<std::size_t>(rows * columns));
+  for (int64_t row = 0; row < rows; ++row)
+    out.insert(out.end(), values.begin() + row * width, values.begin() + row * width + columns);
+  return out;
+}
+
+}  // namespace
+
+Batch cut_padding(const Batch& batch, bool labels_per_position, int64_t multiple) {
+  if (multiple < 1) throw std::invalid_argument("cut_padding: multiple must be >= 1");
+  const int64_t rows = batch.batch_size, width = batch.seq_len;
+  if (batch.attention_mask.empty()) return batch;
+  const bool tags = labels_per_position && batch.labels.size() == static_cast<std::size_t>(rows * width);
+  int64_t needed = 1;
+  for (int64_t row = 0; row < rows; ++row)
+    for (int64_t position = width - 1; position >= needed; --position) {
+      const auto at = static_cast<std::size_t>(row * width + position);
+      if (batch.attention_mask[at] != 0 || (tags && batch.labels[at] != format::kIgnoreLabel)) {
+        needed = position + 1;
+        break;
+      }
+    }
+  const int64_t columns = std::min(width, (needed + multiple - 1) / multiple * multiple);
+  if (columns == width) return batch;
+  Batch out = batch;
+  out.seq_len = columns;
+  out.input_ids = first_columns(batch.input_ids, rows, width, columns);
+  out.loss_mask = first_columns(batch.loss_mask, rows, width, columns);
+  out.attention_mask = first_columns(batch.attention_mask, rows, width, columns);
+  out.token_type_ids = first_columns(batch.token_type_ids, rows, width, columns);
+  if (tags) out.labels = first_columns(batch.labels, rows, width, columns);
+  return out;
+}
+
 }  // namespace ftrain::data

@@ -40,6 +40,9 @@ struct LoaderOptions {
   uint64_t seed = 1234;
   bool shuffle = true;  // false: rows in file order, epoch after epoch
   int prefetch = 4;     // micro-batches read ahead by a background thread; 0 = none
+  // Padded tasks (classification, token classification): each micro-batch is cut to its
+  // longest real row, rounded up to a multiple of 8, before it runs (launch/task.h).
+  bool dynamic_padding = true;
 
   // Throws std::runtime_error naming the offending key.
   void validate() const;
@@ -60,6 +63,14 @@ struct Batch {
   std::vector<int64_t> labels;
   std::vector<int64_t> sample_ids;     // dataset row of each sequence; -1 = filler row
 };
+
+// Dynamic padding: `batch` cut to the columns its rows use, up to the last position any
+// row attends to (attention_mask) or, with per-position labels, labels; rounded up to a
+// multiple of `multiple`, at most the batch's seq_len. The columns dropped are padding:
+// no real token attends to them and no label counts them, so a model run on the cut
+// batch gives the real positions the same outputs. A batch without attention_mask is
+// returned whole.
+Batch cut_padding(const Batch& batch, bool labels_per_position, int64_t multiple);
 
 // Samples of the global order consumed by completed optimizer steps.
 struct LoaderState {

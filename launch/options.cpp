@@ -143,7 +143,10 @@ std::vector<Section> describe(Config& c) {
       .add("micro_batch_size", &c.data.micro_batch_size, "sequences per rank per micro-step")
       .add("seed", &c.data.seed, "seed of the sample order")
       .add("shuffle", &c.data.shuffle, "shuffle the sample order each epoch")
-      .add("prefetch", &c.data.prefetch, "micro-batches read ahead by a background thread");
+      .add("prefetch", &c.data.prefetch, "micro-batches read ahead by a background thread")
+      .add("dynamic_padding", &c.data.dynamic_padding,
+           "classification batches: cut each micro-batch to its longest real row (a multiple of 8) "
+           "instead of running the dataset's whole seq_len");
 
   sections.emplace_back("train", "[train] the training loop");
   sections.back()

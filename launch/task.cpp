@@ -1,14 +1,14 @@
 #include "launch/task.h"
 
-#include "launch/optim/adamw.h"
-
 #include <torch/torch.h>
 
 #include <map>
+#include <numeric>
 #include <optional>
 #include <stdexcept>
 
 #include "launch/eval/metrics.h"
+#include "launch/optim/adamw.h"
 #include "dist/sharded_load.h"
 #include "launch/options.h"
 #include "model/causal_lm.h"
@@ -63,7 +63,8 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, WithoutValues
 
 Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm, bool skeleton)
     : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
-      model_(std::make_unique<Model>()), model_path_(config.model.path) {
+      model_(std::make_unique<Model>()), model_path_(config.model.path),
+      dynamic_padding_(config.data.dynamic_padding) {
   model_->name = dataset.task;
   const bool pretrained = config.model.init == ModelInit::pretrained;
   // Split over the tensor-parallel group as it is built, so each rank reads its part.
@@ -160,7 +161,14 @@ void Task::set_body_frozen(bool frozen, AdamW& optimizer) {
 std::string Task::default_metric() const { return launch::default_metric(name(), label_names_); }
 std::vector<std::string> Task::metric_names() const { return launch::metric_names(name(), label_names_); }
 
-TaskBatch Task::prepare(const data::Batch& batch, const c10::Device& device) const {
+TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) const {
+  // Padded tasks run only the columns their rows use; sequence parallelism splits the
+  // sequence over the tensor-parallel group, so it must divide the width.
+  std::optional<data::Batch> cut;
+  if (kind_ != TaskKind::causal_lm && dynamic_padding_)
+    cut = data::cut_padding(full, kind_ == TaskKind::token_classification,
+                            plan_.sequence_parallel ? std::lcm<int64_t>(8, plan_.tp_size) : 8);
+  const data::Batch& batch = cut ? *cut : full;
   const int64_t rows = batch.batch_size, width = batch.seq_len;
   TaskBatch out;
   auto ids = torch::from_blob(const_cast<int32_t*>(batch.input_ids.data()), {rows, width}, torch::kInt32);

@@ -92,6 +92,10 @@ class Task {
   std::string default_metric() const;
   std::vector<std::string> metric_names() const;
 
+  // Classification and token classification batches are cut to their longest real row
+  // (the last position with attention or a label), rounded up to a multiple of 8 (and
+  // of tp with sequence parallelism), unless data.dynamic_padding is off: the positions
+  // cut are padding, which no real token attends to and no loss counts.
   TaskBatch prepare(const data::Batch& batch, const c10::Device& device) const;
   // Sum of the loss over the batch's targets (divide by the global target count).
   at::Tensor loss_sum(const TaskBatch& batch);
@@ -147,6 +151,7 @@ class Task {
   void naming_dist_tp(dist::Communicator& comm, Split split);
 
   std::string model_path_;
+  bool dynamic_padding_ = true;  // data.dynamic_padding
   dist::TensorParallelPlan plan_;
   dist::Group* tp_ = nullptr;  // a split causal LM's group, for the vocabulary-parallel loss
   std::unique_ptr<dist::ZeroSharding> sharding_;  // read into ZeRO-3 shards, until taken

@@ -459,3 +459,54 @@ BOOST_AUTO_TEST_CASE(classification_batches_carry_labels_and_token_types) {
   const std::vector<Batch> second = read_eval_batches(path.string(), "validation", 4, -1, 1, 2);
   BOOST_TEST((second[0].labels == std::vector<int64_t>{2, 0, 1}));
 }
+
+// Dynamic padding (cut_padding): a padded batch keeps the columns up to its longest real
+// row, rounded up to the multiple, with every buffer cut alike; tags past the attended
+// positions keep their columns; a batch with nothing to cut, or without a mask, is whole.
+BOOST_AUTO_TEST_CASE(cut_padding_keeps_the_columns_the_rows_use) {
+  Batch batch;
+  batch.batch_size = 3;
+  batch.seq_len = 20;
+  const std::vector<int64_t> lengths = {5, 11, 0};  // the last row is a filler
+  for (int64_t row = 0; row < 3; ++row)
+    for (int64_t position = 0; position < 20; ++position) {
+      batch.input_ids.push_back(static_cast<int32_t>(100 * row + position));
+      batch.attention_mask.push_back(position < lengths[row] ? 1 : 0);
+      batch.token_type_ids.push_back(position % 2);
+      batch.labels.push_back(position < lengths[row] ? position % 3 : format::kIgnoreLabel);
+    }
+  batch.sample_ids = {7, 8, -1};
+
+  const Batch cut = cut_padding(batch, /*labels_per_position=*/true, 8);
+  BOOST_TEST(cut.seq_len == 16);  // 11 rounded up to 8's multiple
+  BOOST_TEST(cut.batch_size == 3);
+  BOOST_TEST(cut.sample_ids == batch.sample_ids);
+  for (int64_t row = 0; row < 3; ++row)
+    for (int64_t position = 0; position < 16; ++position) {
+      const auto at = static_cast<std::size_t>(row * 16 + position), was = static_cast<std::size_t>(row * 20 + position);
+      BOOST_TEST(cut.input_ids[at] == batch.input_ids[was]);
+      BOOST_TEST(cut.attention_mask[at] == batch.attention_mask[was]);
+      BOOST_TEST(cut.token_type_ids[at] == batch.token_type_ids[was]);
+      BOOST_TEST(cut.labels[at] == batch.labels[was]);
+    }
+  BOOST_TEST(cut_padding(batch, true, 1).seq_len == 11);
+  BOOST_TEST(cut_padding(batch, true, 16).seq_len == 16);
+  BOOST_TEST(cut_padding(batch, true, 32).seq_len == 20);  // never wider than the batch
+
+  // A tag past every attended position keeps its column (a loss would count it).
+  Batch tagged = batch;
+  tagged.labels[static_cast<std::size_t>(2 * 20 + 17)] = 1;
+  BOOST_TEST(cut_padding(tagged, true, 1).seq_len == 18);
+  // Labels per row are not positions: they keep no column.
+  Batch per_row = batch;
+  per_row.labels = {0, 1, format::kIgnoreLabel};
+  const Batch cut_rows = cut_padding(per_row, false, 8);
+  BOOST_TEST(cut_rows.seq_len == 16);
+  BOOST_TEST(cut_rows.labels == per_row.labels);
+
+  // Nothing to cut; no mask to cut by.
+  Batch unpadded = batch;
+  unpadded.attention_mask.clear();
+  BOOST_TEST(cut_padding(unpadded, true, 8).seq_len == 20);
+  BOOST_CHECK_THROW(cut_padding(batch, true, 0), std::invalid_argument);
+}

@@ -47,10 +47,10 @@ def write_dataset(path, task, label_names, splits):
             write_split(f.create_group(name), *arrays)
 
 
-def sentiment_rows(rng, count):
+def sentiment_rows(rng, count, longest=SEQ_LEN):
     """The class is which of the marker tokens 1, 2, 3 the row holds, at a random
     position among noise: learnable, but not from position or length."""
-    lengths = rng.integers(4, SEQ_LEN + 1, size=count)
+    lengths = rng.integers(4, longest + 1, size=count)
     ids = rng.integers(4, VOCAB, size=(count, SEQ_LEN))
     labels = rng.integers(0, 3, size=count)
     for row, length in enumerate(lengths):
@@ -61,10 +61,10 @@ def sentiment_rows(rng, count):
     return ids, mask, labels, types
 
 
-def ner_rows(rng, count):
+def ner_rows(rng, count, longest=SEQ_LEN):
     """Tokens 1 and 2 start PER and LOC entities, token 3 continues one; some positions
     are continuation sub-tokens (-100), as ftrain-prep writes them."""
-    lengths = rng.integers(5, SEQ_LEN + 1, size=count)
+    lengths = rng.integers(5, longest + 1, size=count)
     ids = rng.integers(4, VOCAB, size=(count, SEQ_LEN))
     labels = np.full((count, SEQ_LEN), -100, dtype=np.int64)
     for row, length in enumerate(lengths):
@@ -221,6 +221,44 @@ def test_a_missing_pooler_is_drawn_alike_into_zero3_shards(workspace):
     for step in reference:
         assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
         assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+
+
+# Dynamic padding: rows of at most 7 of the 12 positions run as 8 columns. The cut
+# columns are padding, so training and evaluation are those of full-width batches
+# (within 1e-6) and the predictions the same.
+@pytest.mark.parametrize("model,task", [("bert", "sentiment"), ("llama", "sentiment"), ("bert", "ner")])
+def test_dynamic_padding_changes_nothing_but_the_width(workspace, model, task):
+    data = workspace["root"] / f"short_{task}.h5"
+    if not data.exists():
+        rng = np.random.default_rng(1)
+        rows = (lambda count: sentiment_rows(rng, count, longest=7)) if task == "sentiment" else \
+            (lambda count: ner_rows(rng, count, longest=7))
+        write_dataset(data, "sequence_classification" if task == "sentiment" else "token_classification",
+                      SENTIMENT if task == "sentiment" else TAGS,
+                      {"train": rows(128), "validation": rows(16), "test": rows(24)})
+    workspace = {**workspace, f"short_{task}": data}
+    common = {"train.steps": 6, "train.eval_every": 3, "checkpoint.export_hf": "false",
+              "checkpoint.keep_best": "false"}
+    runs = {}
+    for dynamic in ("true", "false"):
+        runs[dynamic] = workspace["root"] / f"padding_{model}_{task}_{dynamic}"
+        run_ftrain(2, *args(workspace, runs[dynamic], model, f"short_{task}",
+                            **common, **{"data.dynamic_padding": dynamic}))
+    cut, full = ({r["step"]: r for r in records(runs[d]) if "loss" in r} for d in ("true", "false"))
+    assert sorted(cut) == sorted(full) == list(range(1, 7))
+    for step in full:
+        assert cut[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-6, abs=1e-7), f"step {step}"
+        assert cut[step]["grad_norm"] == pytest.approx(full[step]["grad_norm"], rel=1e-6), f"step {step}"
+    validation = [({k: v for k, v in r.items() if k.startswith("val_")}) for d in ("true", "false")
+                  for r in records(runs[d]) if "val_loss" in r]
+    assert len(validation) == 4
+    for cut_val, full_val in zip(validation[:2], validation[2:]):
+        assert cut_val["val_loss"] == pytest.approx(full_val["val_loss"], rel=1e-6)
+        assert cut_val["val_accuracy"] == full_val["val_accuracy"]  # the same predictions
+    reports = [json.loads((runs[d] / "test_report.json").read_text())["metrics"] for d in ("true", "false")]
+    assert reports[0]["accuracy"] == reports[1]["accuracy"] and reports[0]["macro_f1"] == reports[1]["macro_f1"]
+    if task == "ner":
+        assert reports[0]["entity_f1"] == reports[1]["entity_f1"]
 
 
 def checkpoint_model(run, step):
