@@ -1,7 +1,10 @@
 #include "dist/sharded_load.h"
 
+#include <torch/torch.h>
+
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -9,6 +12,22 @@
 
 namespace ftrain::dist {
 namespace {
+
+// Flat indices into a tensor-parallel part (of shape `part_shape`) -> flat indices into
+// the whole parameter, for a parameter split along shard.dim at the global positions
+// shard.index, and where the part holds padding (index -1: vocabulary padding rows).
+std::pair<at::Tensor, at::Tensor> global_flat_indices(const ParameterShard& shard, const std::vector<int64_t>& part_shape,
+                                                      const at::Tensor& part_index) {
+  const int64_t part_columns = part_shape.size() == 2 ? part_shape[1] : 1;
+  const int64_t global_columns = shard.global_shape.size() == 2 ? shard.global_shape[1] : 1;
+  const at::Tensor row = part_index.div(part_columns, "floor");
+  const at::Tensor column = part_index.remainder(part_columns);
+  at::Tensor position = shard.index.index_select(0, shard.dim == 0 ? row : column);
+  const at::Tensor padding = position.lt(0);
+  position = position.clamp_min(0);
+  at::Tensor global = shard.dim == 0 ? position * global_columns + column : row * global_columns + position;
+  return {global, padding};
+}
 
 // The split a loader calls once the model is built without values: tensor parallelism
 // first, then every parameter moved into a ZeroSharding built Unfilled (into `zero`),
@@ -31,6 +50,21 @@ model::ParameterSlices split_into_shards(torch::nn::Module& module, const std::f
                                         ZeroSharding::Unfilled{device, at::kFloat}, std::move(input));
   ZeroSharding* target = zero.get();
   slices.take = [target](const std::string& name, const at::Tensor& part) { target->fill_shard(name, part); };
+  // Values element by element: only this rank's flat range of its part is computed,
+  // each element asked for at its index in the whole parameter.
+  const TensorParallelPlan* split = comm.tp().size() > 1 ? &plan : nullptr;
+  slices.take_at = [target, split](const std::string& name, const model::ParameterSlices::ValuesAt& values) {
+    const auto [offset, count] = target->own_range(name);
+    const at::Tensor part_index = at::arange(offset, offset + count, at::kLong);
+    at::Tensor global_index = part_index;
+    at::Tensor padding;  // entries of the part that pad the vocabulary: 0
+    if (split)
+      if (auto found = split->sharded.find(name); found != split->sharded.end())
+        std::tie(global_index, padding) = global_flat_indices(found->second, target->parameter_shape(name), part_index);
+    at::Tensor own = values(global_index);
+    if (padding.defined()) own.masked_fill_(padding, 0.0);
+    target->fill_own_range(name, own);
+  };
   return slices;
 }
 

@@ -15,10 +15,11 @@
 //      transposed one (GPT-2's Conv1D weights) is copied whole first, one tensor at a
 //      time. Each tensor's mapped pages are given back once it is read.
 //
-// A randomly initialised model (options.pretrained false) takes the same path with each
-// parameter's whole initial value drawn in place of the file's tensor, one at a time
-// (model::init_gpt2_parameter, init_llama_parameter: the same values in every process).
-// Every rank reads or draws the same values, so no broadcast follows.
+// A randomly initialised model (options.pretrained false) takes the same path, each
+// rank computing only the elements of its shard (ParameterSlices::take_at): an
+// element's value depends on (seed, name, its index in the whole tensor) alone
+// (model/parameter_init.h), so every layout starts from the same model and no
+// broadcast follows.
 //
 // A pretrained classifier takes the same path: body and head are registered, split and
 // sharded before anything is read; the body's tensors, the stored head (or a new one,

@@ -172,6 +172,37 @@ void ZeroSharding::fill_shard(const std::string& name, const at::Tensor& values)
   if (!filled_.empty()) filled_[index] = true;
 }
 
+std::pair<int64_t, int64_t> ZeroSharding::own_range(const std::string& name) const {
+  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
+  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::own_range: no parameter '" + name + "'");
+  const auto index = static_cast<size_t>(found - params_.begin());
+  for (const Slice& slice : slices_)
+    if (slice.param_index == index) return {slice.param_offset, slice.param.numel()};
+  return {0, 0};
+}
+
+std::vector<int64_t> ZeroSharding::parameter_shape(const std::string& name) const {
+  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
+  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::parameter_shape: no parameter '" + name + "'");
+  return found->second.sizes().vec();
+}
+
+void ZeroSharding::fill_own_range(const std::string& name, const at::Tensor& values) {
+  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
+  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::fill_own_range: no parameter '" + name + "'");
+  const auto index = static_cast<size_t>(found - params_.begin());
+  torch::NoGradGuard no_grad;
+  for (const Slice& slice : slices_) {
+    if (slice.param_index != index) continue;
+    if (values.numel() != slice.param.numel())
+      throw std::invalid_argument("ZeroSharding::fill_own_range: '" + name + "' holds " +
+                                  std::to_string(slice.param.numel()) + " elements here, given " +
+                                  std::to_string(values.numel()));
+    slice.param.copy_(values.reshape({-1}));
+  }
+  if (!filled_.empty()) filled_[index] = true;
+}
+
 std::vector<std::string> ZeroSharding::unfilled() const {
   std::vector<std::string> out;
   for (size_t i = 0; i < filled_.size(); ++i)

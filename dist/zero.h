@@ -128,6 +128,12 @@ class ZeroSharding {
   void fill_shard(const std::string& name, const at::Tensor& values);
   // The parameters not filled yet, for a loader to report.
   std::vector<std::string> unfilled() const;
+  // This rank's flat range [offset, offset + count) of parameter `name` (count 0 when
+  // its shard holds none of it), and the filling of exactly that range: what a loader
+  // that computes values element by element (a random initialisation) needs.
+  std::pair<int64_t, int64_t> own_range(const std::string& name) const;
+  std::vector<int64_t> parameter_shape(const std::string& name) const;  // as given to the constructor
+  void fill_own_range(const std::string& name, const at::Tensor& values);
   ~ZeroSharding();
   ZeroSharding(const ZeroSharding&) = delete;
   ZeroSharding& operator=(const ZeroSharding&) = delete;

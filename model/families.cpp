@@ -70,9 +70,7 @@ struct Gpt2Traits {
   static constexpr const char* max_positions_key = "n_positions";
   static void override_dropout(Config& c, double p) { c.resid_pdrop = c.embd_pdrop = c.attn_pdrop = p; }
   static Model init(const Config& c, uint64_t seed) { return init_gpt2(c, seed); }
-  static void init_parameter(const Config& c, uint64_t seed, const std::string& name, at::Tensor& value) {
-    init_gpt2_parameter(c, seed, name, value);
-  }
+  static ParameterInit parameter_init(const Config& c, const std::string& name) { return gpt2_parameter_init(c, name); }
   static void save(Model& m, const fs::path& dir, ExistingDirectory e, const TensorValues& v) { save_gpt2(m, dir, e, v); }
   static std::string architecture_prefix(const Config&) { return "GPT2"; }
   // GPT2ForTokenClassification's head is `classifier` with a bias; the sequence
@@ -100,9 +98,7 @@ struct LlamaTraits {
   static constexpr const char* max_positions_key = "";
   static void override_dropout(Config& c, double p) { c.attention_dropout = p; }
   static Model init(const Config& c, uint64_t seed) { return init_llama(c, seed); }
-  static void init_parameter(const Config& c, uint64_t seed, const std::string& name, at::Tensor& value) {
-    init_llama_parameter(c, seed, name, value);
-  }
+  static ParameterInit parameter_init(const Config& c, const std::string& name) { return llama_parameter_init(c, name); }
   static void save(Model& m, const fs::path& dir, ExistingDirectory e, const TensorValues& v) { save_llama(m, dir, e, v); }
   static std::string architecture_prefix(const Config& c) {
     if (c.model_type == "mistral") return "Mistral";
@@ -150,13 +146,21 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
   };
   CausalLm lm(raw["model_type"].get<std::string>(), std::move(parts));
   if (split && !options.pretrained) {
-    // Split first, then each parameter's whole initial value is drawn (the same in every
-    // process: init_*_parameter) and only this process's part kept, one at a time.
+    // Split first, then each parameter draws only the elements this process holds (each
+    // element's value depends on (seed, name, index) alone: model/parameter_init.h); a
+    // split without take_at draws the whole value and keeps its part, one at a time.
     const ParameterSlices slices = options.split(lm);
     torch::NoGradGuard no_grad;
     for (auto& item : model->named_parameters()) {
-      at::Tensor whole = at::empty(slices.global_shape(item.key(), item.value()), at::kFloat);
-      Traits::init_parameter(config, options.seed, item.key(), whole);
+      const ParameterInit init = Traits::parameter_init(config, item.key());
+      const uint64_t key = parameter_key(options.seed, item.key());
+      const std::vector<int64_t> shape = slices.global_shape(item.key(), item.value());
+      if (slices.take_at) {
+        slices.take_at(item.key(), [&](const at::Tensor& indices) { return initial_values_at(init, key, shape, indices); });
+        continue;
+      }
+      at::Tensor whole = at::empty(shape, at::kFloat);
+      fill_initial_values(init, key, whole);
       slices.load(item.key(), item.value(), whole);
     }
   } else if (options.pretrained && !options.skeleton) {

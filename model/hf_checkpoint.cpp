@@ -82,6 +82,10 @@ ParameterSlices ParameterSlices::under(const std::string& prefix) const {
       {}};
   if (outer.take)
     inner.take = [outer, prefix](const std::string& name, const at::Tensor& part) { outer.take(prefix + name, part); };
+  if (outer.take_at)
+    inner.take_at = [outer, prefix](const std::string& name, const ValuesAt& values) {
+      outer.take_at(prefix + name, values);
+    };
   return inner;
 }
 
@@ -200,16 +204,6 @@ Gpt2 load_gpt2(const std::filesystem::path& dir) {
   return model;
 }
 
-at::Generator parameter_generator(uint64_t seed, const std::string& name) {
-  // FNV-1a over the name, mixed with the seed (splitmix64's finaliser).
-  uint64_t hash = 1469598103934665603ULL;
-  for (const unsigned char c : name) hash = (hash ^ c) * 1099511628211ULL;
-  uint64_t z = hash ^ (seed + 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return at::make_generator<at::CPUGeneratorImpl>(z ^ (z >> 31));
-}
-
 namespace {
 
 bool ends_with(const std::string& text, const std::string& suffix) {
@@ -218,26 +212,24 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 
 }  // namespace
 
-void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::string& name, at::Tensor& value) {
-  torch::NoGradGuard no_grad;
+ParameterInit gpt2_parameter_init(const Gpt2Config& config, const std::string& name) {
+  ParameterInit init;
   // LayerNorms (ln_1, ln_2, ln_f): scale 1, shift 0.
   if (name.find(".ln_") != std::string::npos) {
-    if (ends_with(name, ".weight")) value.fill_(1.0);
-    else value.zero_();
-    return;
+    init.value = ends_with(name, ".weight") ? 1.0 : 0.0;
+    return init;
   }
-  if (ends_with(name, ".bias")) {
-    value.zero_();
-    return;
-  }
+  if (ends_with(name, ".bias")) return init;
   // Weights and embeddings; the residual projections scaled down by the depth.
   const bool residual = ends_with(name, "c_proj.weight");
-  const double std = residual ? config.initializer_range / std::sqrt(2.0 * static_cast<double>(config.n_layer))
-                              : config.initializer_range;
-  // Drawn in float32 on the host whatever `value` is, so every process draws alike.
-  at::Tensor draw = at::empty(value.sizes(), at::kFloat);
-  draw.normal_(0.0, std, parameter_generator(seed, name));
-  value.copy_(draw);
+  init.kind = ParameterInit::Kind::normal;
+  init.std = residual ? config.initializer_range / std::sqrt(2.0 * static_cast<double>(config.n_layer))
+                      : config.initializer_range;
+  return init;
+}
+
+void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::string& name, at::Tensor& value) {
+  fill_initial_values(gpt2_parameter_init(config, name), parameter_key(seed, name), value);
 }
 
 Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "model/gpt2.h"
+#include "model/parameter_init.h"
 #include "model/safetensors.h"
 
 #include <cstdint>
@@ -30,6 +31,11 @@ struct ParameterSlices {
   // values are held elsewhere (ZeRO-3 shards, dist::ZeroSharding::fill_shard). Called
   // once per parameter with a view of the file that is valid only during the call.
   std::function<void(const std::string& name, const at::Tensor& part)> take;
+  // For values given element by element (a random initialisation), when set: asks
+  // `values` for the parameter's values at the global flat indices this process holds
+  // (an int64 tensor) and keeps them, so no process draws more than its own elements.
+  using ValuesAt = std::function<at::Tensor(const at::Tensor& global_flat_indices)>;
+  std::function<void(const std::string& name, const ValuesAt& values)> take_at;
 
   // Puts this process's part of `whole` into `parameter`, or hands it to `take`.
   void load(const std::string& name, at::Tensor& parameter, const at::Tensor& whole) const;
@@ -53,16 +59,14 @@ Gpt2 load_gpt2(const std::filesystem::path& dir);
 // sqrt(2 * n_layer)). The same config and seed give the same parameters.
 Gpt2 init_gpt2(const Gpt2Config& config, uint64_t seed);
 
-// The initial value of one parameter (named as the model names it, in the model's
-// layout), written into `value` (its whole shape). Each parameter draws from its own
-// generator, seeded from (seed, name) (parameter_generator), so a process that holds
-// only some parameters, or parts of them, computes the same values as one that holds
-// the whole model: what a split or sharded random initialisation needs.
-void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::string& name, at::Tensor& value);
+// How parameter `name` (as the model names it, in the model's layout) starts.
+ParameterInit gpt2_parameter_init(const Gpt2Config& config, const std::string& name);
 
-// The generator a parameter's initial values are drawn from: the same (seed, name)
-// give the same sequence in every process.
-at::Generator parameter_generator(uint64_t seed, const std::string& name);
+// The initial value of one parameter, written into `value` (its whole shape). Each
+// element's value depends only on (seed, name, its index) (model/parameter_init.h), so a
+// process that holds only some parameters, or parts of them, computes the same values
+// as one that holds the whole model, drawing only its own elements.
+void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::string& name, at::Tensor& value);
 
 // A model built without values (SkipInitialisation), then every parameter written by
 // init_parameter(config, seed, name, value): the whole-model form of a family's

@@ -148,27 +148,25 @@ Llama load_llama(const std::filesystem::path& dir) {
   return model;
 }
 
-void init_llama_parameter(const LlamaConfig& config, uint64_t seed, const std::string& name, at::Tensor& value) {
-  torch::NoGradGuard no_grad;
+ParameterInit llama_parameter_init(const LlamaConfig& config, const std::string& name) {
   auto ends_with = [&](const std::string& suffix) {
     return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
   };
+  ParameterInit init;
   if (ends_with("norm.weight")) {  // input_layernorm, post_attention_layernorm, the final norm
-    value.fill_(1.0);
-    return;
+    init.value = 1.0;
+    return init;
   }
-  if (ends_with(".bias")) {
-    value.zero_();
-    return;
-  }
-  // Drawn in float32 on the host whatever `value` is, so every process draws alike.
-  at::Tensor draw = at::empty(value.sizes(), at::kFloat);
-  draw.normal_(0.0, config.initializer_range, parameter_generator(seed, name));
-  if (ends_with("embed_tokens.weight") && config.pad_token_id) {
-    const int64_t row = *config.pad_token_id < 0 ? *config.pad_token_id + config.vocab_size : *config.pad_token_id;
-    draw[row].zero_();
-  }
-  value.copy_(draw);
+  if (ends_with(".bias")) return init;
+  init.kind = ParameterInit::Kind::normal;
+  init.std = config.initializer_range;
+  if (ends_with("embed_tokens.weight") && config.pad_token_id)
+    init.zero_row = *config.pad_token_id < 0 ? *config.pad_token_id + config.vocab_size : *config.pad_token_id;
+  return init;
+}
+
+void init_llama_parameter(const LlamaConfig& config, uint64_t seed, const std::string& name, at::Tensor& value) {
+  fill_initial_values(llama_parameter_init(config, name), parameter_key(seed, name), value);
 }
 
 Llama init_llama(const LlamaConfig& config, uint64_t seed) {

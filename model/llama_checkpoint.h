@@ -24,11 +24,13 @@ Llama load_llama(const std::filesystem::path& dir);
 
 // A model with Hugging Face's initialisation: every linear weight and the embedding
 // normal(0, initializer_range), the pad_token_id row of the embedding 0, biases 0,
-// RMSNorm scales 1. The same config and seed give the same parameters.
+// RMSNorm scales 1. The same config and seed give the same parameters (drawn per
+// element, model/parameter_init.h).
 Llama init_llama(const LlamaConfig& config, uint64_t seed);
 
-// One parameter's initial value, drawn from its own generator (parameter_generator in
-// model/hf_checkpoint.h), as init_gpt2_parameter: the same in every process.
+// How parameter `name` starts, and its whole initial value written into `value`, as
+// gpt2_parameter_init and init_gpt2_parameter: the same in every process.
+ParameterInit llama_parameter_init(const LlamaConfig& config, const std::string& name);
 void init_llama_parameter(const LlamaConfig& config, uint64_t seed, const std::string& name, at::Tensor& value);
 
 // Writes config.json and model.safetensors in Hugging Face's layout (no
