@@ -279,10 +279,10 @@ std::vector<T> first_columns(const std::vector<T>& values, int64_t rows, int64_t
 
 }  // namespace
 
-Batch cut_padding(const Batch& batch, bool labels_per_position, int64_t multiple) {
+std::optional<Batch> cut_padding(const Batch& batch, bool labels_per_position, int64_t multiple) {
   if (multiple < 1) throw std::invalid_argument("cut_padding: multiple must be >= 1");
   const int64_t rows = batch.batch_size, width = batch.seq_len;
-  if (batch.attention_mask.empty()) return batch;
+  if (batch.attention_mask.empty()) return std::nullopt;
   const bool tags = labels_per_position && batch.labels.size() == static_cast<std::size_t>(rows * width);
   int64_t needed = 1;
   for (int64_t row = 0; row < rows; ++row)
@@ -294,7 +294,7 @@ Batch cut_padding(const Batch& batch, bool labels_per_position, int64_t multiple
       }
     }
   const int64_t columns = std::min(width, (needed + multiple - 1) / multiple * multiple);
-  if (columns == width) return batch;
+  if (columns == width) return std::nullopt;
   Batch out = batch;
   out.seq_len = columns;
   out.input_ids = first_columns(batch.input_ids, rows, width, columns);

@@ -68,9 +68,9 @@ struct Batch {
 // row attends to (attention_mask) or, with per-position labels, labels; rounded up to a
 // multiple of `multiple`, at most the batch's seq_len. The columns dropped are padding:
 // no real token attends to them and no label counts them, so a model run on the cut
-// batch gives the real positions the same outputs. A batch without attention_mask is
-// returned whole.
-Batch cut_padding(const Batch& batch, bool labels_per_position, int64_t multiple);
+// batch gives the real positions the same outputs. Nothing (no copy) when no column
+// would be cut, or the batch has no attention_mask.
+std::optional<Batch> cut_padding(const Batch& batch, bool labels_per_position, int64_t multiple);
 
 // Samples of the global order consumed by completed optimizer steps.
 struct LoaderState {

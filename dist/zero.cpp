@@ -155,12 +155,18 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
   reset_peaks();
 }
 
+size_t ZeroSharding::index_of(const std::string& name, const char* caller) const {
+  auto found = param_index_.find(name);
+  if (found == param_index_.end())
+    throw std::invalid_argument(std::string("ZeroSharding::") + caller + ": no parameter '" + name + "'");
+  return found->second;
+}
+
 void ZeroSharding::fill_shard(const std::string& name, const at::Tensor& values) {
-  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
-  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::fill_shard: no parameter '" + name + "'");
-  const auto index = static_cast<size_t>(found - params_.begin());
-  if (values.sizes() != found->second.sizes())
-    throw std::invalid_argument("ZeroSharding::fill_shard: '" + name + "' is " + c10::str(found->second.sizes()) +
+  const size_t index = index_of(name, "fill_shard");
+  const at::Tensor& param = params_[index].second;
+  if (values.sizes() != param.sizes())
+    throw std::invalid_argument("ZeroSharding::fill_shard: '" + name + "' is " + c10::str(param.sizes()) +
                                 ", given " + c10::str(values.sizes()));
   torch::NoGradGuard no_grad;
   for (const Slice& slice : slices_) {
@@ -173,24 +179,18 @@ void ZeroSharding::fill_shard(const std::string& name, const at::Tensor& values)
 }
 
 std::pair<int64_t, int64_t> ZeroSharding::own_range(const std::string& name) const {
-  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
-  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::own_range: no parameter '" + name + "'");
-  const auto index = static_cast<size_t>(found - params_.begin());
+  const size_t index = index_of(name, "own_range");
   for (const Slice& slice : slices_)
     if (slice.param_index == index) return {slice.param_offset, slice.param.numel()};
   return {0, 0};
 }
 
 std::vector<int64_t> ZeroSharding::parameter_shape(const std::string& name) const {
-  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
-  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::parameter_shape: no parameter '" + name + "'");
-  return found->second.sizes().vec();
+  return params_[index_of(name, "parameter_shape")].second.sizes().vec();
 }
 
 void ZeroSharding::fill_own_range(const std::string& name, const at::Tensor& values) {
-  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
-  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::fill_own_range: no parameter '" + name + "'");
-  const auto index = static_cast<size_t>(found - params_.begin());
+  const size_t index = index_of(name, "fill_own_range");
   torch::NoGradGuard no_grad;
   for (const Slice& slice : slices_) {
     if (slice.param_index != index) continue;
@@ -213,14 +213,13 @@ std::vector<std::string> ZeroSharding::unfilled() const {
 void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& block_param_names,
                                const std::vector<std::string>& input_param_names, bool with_values,
                                const at::TensorOptions& buffer_options) {
-  std::map<std::string, size_t> index_of;
-  for (size_t i = 0; i < params_.size(); ++i) index_of[params_[i].first] = i;
+  for (size_t i = 0; i < params_.size(); ++i) param_index_[params_[i].first] = i;
   // Unit 0 is the root; block b is unit b + 1.
   unit_of_.assign(params_.size(), 0);
   for (size_t b = 0; b < block_param_names.size(); ++b)
     for (const std::string& name : block_param_names[b]) {
-      auto found = index_of.find(name);
-      if (found == index_of.end())
+      auto found = param_index_.find(name);
+      if (found == param_index_.end())
         throw std::invalid_argument("ZeroSharding: block " + std::to_string(b) + " names parameter '" + name +
                                     "', which is not among the parameters given");
       if (unit_of_[found->second] != 0)
@@ -233,8 +232,8 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
   if (splits_input) {
     const size_t input = block_param_names.size() + 1;
     for (const std::string& name : input_param_names) {
-      auto found = index_of.find(name);
-      if (found == index_of.end())
+      auto found = param_index_.find(name);
+      if (found == param_index_.end())
         throw std::invalid_argument("ZeroSharding: input parameter '" + name + "' is not among the parameters given");
       if (unit_of_[found->second] != 0)
         throw std::invalid_argument("ZeroSharding: input parameter '" + name + "' is named by block " +
@@ -681,11 +680,9 @@ std::vector<std::pair<std::string, at::Tensor>> ZeroSharding::gather_state(
 }
 
 at::Tensor ZeroSharding::gather_parameter(const std::string& name) {
-  auto found = std::find_if(params_.begin(), params_.end(), [&](const auto& item) { return item.first == name; });
-  if (found == params_.end()) throw std::invalid_argument("ZeroSharding::gather_parameter: no parameter '" + name + "'");
-  const at::Tensor& param = found->second;
+  const size_t index = index_of(name, "gather_parameter");
+  const at::Tensor& param = params_[index].second;
   if (stage_ != 3) return param.detach();
-  const auto index = static_cast<size_t>(found - params_.begin());
   torch::NoGradGuard no_grad;
   // The shards do not overlap: each element is one rank's value plus zeros.
   at::Tensor whole = shard_params_.is_cpu() ? mapped_zeros({param.numel()}, shard_params_.scalar_type())

@@ -77,6 +77,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -267,6 +268,9 @@ class ZeroSharding {
   Group& dp_;
   int stage_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
+  std::map<std::string, size_t> param_index_;  // name -> position in params_
+  // The position of parameter `name`; throws std::invalid_argument naming `caller`.
+  size_t index_of(const std::string& name, const char* caller) const;
   std::vector<int64_t> offsets_;  // of each parameter in its unit's flat space
   std::vector<size_t> unit_of_;   // the unit of each parameter
   std::vector<int64_t> slice_shard_offsets_;  // where each slice starts in this rank's shard space

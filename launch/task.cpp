@@ -164,10 +164,11 @@ std::vector<std::string> Task::metric_names() const { return launch::metric_name
 TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) const {
   // Padded tasks run only the columns their rows use; sequence parallelism splits the
   // sequence over the tensor-parallel group, so it must divide the width.
-  std::optional<data::Batch> cut;
-  if (kind_ != TaskKind::causal_lm && dynamic_padding_)
-    cut = data::cut_padding(full, kind_ == TaskKind::token_classification,
-                            plan_.sequence_parallel ? std::lcm<int64_t>(8, plan_.tp_size) : 8);
+  const std::optional<data::Batch> cut =
+      kind_ != TaskKind::causal_lm && dynamic_padding_
+          ? data::cut_padding(full, kind_ == TaskKind::token_classification,
+                              plan_.sequence_parallel ? std::lcm<int64_t>(8, plan_.tp_size) : 8)
+          : std::nullopt;
   const data::Batch& batch = cut ? *cut : full;
   const int64_t rows = batch.batch_size, width = batch.seq_len;
   TaskBatch out;
@@ -355,20 +356,18 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
 void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
                          const std::function<at::Tensor(const std::string& parameter)>& whole_value) const {
   // A Task built WithoutValues is a skeleton already; otherwise one is built here.
-  std::optional<model::CausalLm> lm;
-  std::optional<model::Classifier> classifier;
-  if (!model_->skeleton && model_->lm) {
+  std::optional<model::CausalLm> lm = model_->lm;
+  std::optional<model::Classifier> classifier = model_->classifier;
+  if (!model_->skeleton && lm) {
     model::CausalLmOptions options = model_->lm_options;
     options.skeleton = true;
-    lm.emplace(model::CausalLm::load(options));
+    lm = model::CausalLm::load(options);
   } else if (!model_->skeleton) {
     model::ClassifierOptions options = model_->classifier_options;
     options.skeleton = true;
     options.split = {};
-    classifier.emplace(model::Classifier::load(options));
+    classifier = model::Classifier::load(options);
   }
-  if (model_->skeleton && model_->lm) lm.emplace(*model_->lm);
-  if (model_->skeleton && model_->classifier) classifier.emplace(*model_->classifier);
   torch::nn::Module& skeleton = lm ? lm->module() : classifier->module();
   // A stored tensor is a parameter or a view of one (GPT-2's Conv1D weights transposed);
   // its storage says which, its strides and offset how.

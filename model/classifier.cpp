@@ -67,7 +67,7 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
                                                 .source = config_path.string(),
                                                 .kind = kind,
                                                 .uninitialised = split || options.skeleton,
-                                                .pretrained = options.pretrained || options.skeleton,
+                                                .pretrained = options.pretrained,
                                                 .seed = options.seed,
                                                 .dropout = options.dropout});
   const std::string& head_name = body.head_name;
@@ -174,8 +174,7 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
     NamedTensors state = body_state();
     state.emplace_back(head_name + ".weight", head->weight.detach());
     if (head->bias.defined()) state.emplace_back(head_name + ".bias", head->bias.detach());
-    if (values) save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}}, values);
-    else save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}});
+    save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}}, values);
     data::write_file_atomically(dir / "config.json", saved_config.dump(2) + "\n");
   };
 
