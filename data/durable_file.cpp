@@ -15,6 +15,20 @@ namespace {
   throw std::runtime_error(path.string() + ": " + what + ": " + std::strerror(errno));
 }
 
+// A short write is continued; one that cannot go on (ENOSPC, EIO) throws.
+void write_all(int fd, const void* data, size_t size, const std::filesystem::path& path, const std::string& what) {
+  const char* bytes = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t written = ::write(fd, bytes, size);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      fail(path, what);
+    }
+    bytes += written;
+    size -= static_cast<size_t>(written);
+  }
+}
+
 }  // namespace
 
 void fsync_path(const std::filesystem::path& path, bool directory) {
@@ -38,16 +52,7 @@ AtomicFile::~AtomicFile() {
 }
 
 void AtomicFile::write(const void* data, size_t size) {
-  const char* bytes = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t written = ::write(fd_, bytes, size);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      fail(path_, "write to " + tmp_path_.string() + " failed");
-    }
-    bytes += written;
-    size -= static_cast<size_t>(written);
-  }
+  write_all(fd_, data, size, path_, "write to " + tmp_path_.string() + " failed");
 }
 
 // Data reaches the disk before the rename, and the rename before we return, so a crash
@@ -61,6 +66,32 @@ void AtomicFile::commit() {
   committed_ = true;
   std::filesystem::path dir = path_.parent_path();
   fsync_path(dir.empty() ? "." : dir, true);
+}
+
+AppendFile::AppendFile(std::filesystem::path path) : path_(std::move(path)) {
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(path_, "cannot open for appending");
+}
+
+AppendFile::AppendFile(AppendFile&& other) noexcept : path_(std::move(other.path_)), fd_(other.fd_) { other.fd_ = -1; }
+
+AppendFile& AppendFile::operator=(AppendFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(other.path_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+AppendFile::~AppendFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void AppendFile::write(std::string_view bytes) {
+  if (fd_ < 0) throw std::logic_error("AppendFile::write: no file is open");
+  write_all(fd_, bytes.data(), bytes.size(), path_, "write failed");
 }
 
 void write_file_atomically(const std::filesystem::path& path, const std::string& contents) {

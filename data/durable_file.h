@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 namespace ftrain::data {
 
@@ -33,6 +34,29 @@ class AtomicFile {
   std::filesystem::path tmp_path_;
   int fd_ = -1;
   bool committed_ = false;
+};
+
+// A log that only grows (metrics.jsonl, TensorBoard event files, the supervisor's
+// attempts): opened for appending, created if missing, never truncated. Each write()
+// reaches the kernel before it returns, and a failure throws "<path>: ...: <reason>",
+// so a full disk is named as such.
+class AppendFile {
+ public:
+  AppendFile() = default;
+  explicit AppendFile(std::filesystem::path path);
+  AppendFile(AppendFile&& other) noexcept;
+  AppendFile& operator=(AppendFile&& other) noexcept;
+  AppendFile(const AppendFile&) = delete;
+  AppendFile& operator=(const AppendFile&) = delete;
+  ~AppendFile();
+
+  bool is_open() const { return fd_ >= 0; }
+  const std::filesystem::path& path() const { return path_; }
+  void write(std::string_view bytes);
+
+ private:
+  std::filesystem::path path_;
+  int fd_ = -1;
 };
 
 // Replaces `path` with `contents` through an AtomicFile. For small files such as

@@ -78,16 +78,6 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
 }
 
 
-void write_file_durably(const fs::path& path, const std::string& text) {
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error(path.string() + ": write failed (disk full?)");
-  }
-  data::fsync_path(path, false);
-}
-
 hdf5::Handle file_access() {
   hdf5::Handle props(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5Pset_file_locking(props.get(), false, true);
@@ -772,13 +762,8 @@ fs::path CheckpointStore::commit(int64_t step, const json& pieces, const json& m
   if (fs::exists(final_dir)) fs::remove_all(final_dir);
   fs::rename(staging, final_dir);
   data::fsync_path(directory_, true);
-  write_file_durably(final_dir / kMarker, json{{"step", step}}.dump() + "\n");
-  data::fsync_path(final_dir, true);
-
-  const fs::path latest_tmp = directory_ / "latest.tmp";
-  write_file_durably(latest_tmp, step_name(step) + "\n");
-  fs::rename(latest_tmp, directory_ / "latest");
-  data::fsync_path(directory_, true);
+  data::write_file_atomically(final_dir / kMarker, json{{"step", step}}.dump() + "\n");
+  data::write_file_atomically(directory_ / "latest", step_name(step) + "\n");
 
   remove_beyond_keep();
   return final_dir;
@@ -805,10 +790,7 @@ void CheckpointStore::remove_beyond_keep() {
 
 void CheckpointStore::mark_best(const fs::path& checkpoint, json record) {
   record["checkpoint"] = checkpoint.filename().string();
-  const fs::path tmp = directory_ / "best.tmp";
-  write_file_durably(tmp, record.dump() + "\n");
-  fs::rename(tmp, directory_ / "best");
-  data::fsync_path(directory_, true);
+  data::write_file_atomically(directory_ / "best", record.dump() + "\n");
   remove_beyond_keep();
 }
 

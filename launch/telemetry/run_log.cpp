@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
@@ -63,13 +64,8 @@ RunLog::~RunLog() = default;
 void RunLog::write(const json& record) {
   if (comm_.rank() != 0) return;
   // Opened at the first record, after a resume's truncate_after() replaced the file.
-  if (!out_.is_open()) {
-    const fs::path path = options_.run_dir / "metrics.jsonl";
-    out_.open(path, std::ios::app);
-    if (!out_) throw std::runtime_error(path.string() + ": cannot open for writing");
-  }
-  out_ << record.dump() << "\n";
-  out_.flush();
+  if (!out_.is_open()) out_ = data::AppendFile(options_.run_dir / "metrics.jsonl");
+  out_.write(record.dump() + "\n");
   if (tensorboard_) tensorboard_->add_record(record);
 }
 

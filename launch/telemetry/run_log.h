@@ -6,12 +6,12 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
 
 #include <nlohmann/json.hpp>
 
+#include "data/durable_file.h"
 #include "dist/comm.h"
 #include "launch/device_readback.h"
 #include "launch/telemetry/memory.h"
@@ -73,7 +73,7 @@ class RunLog {
  private:
   Options options_;
   dist::Communicator& comm_;
-  std::ofstream out_;  // rank 0
+  data::AppendFile out_;  // rank 0
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::optional<StepRecord> held_;
   std::chrono::steady_clock::time_point run_start_, last_arrival_;

@@ -98,8 +98,7 @@ TensorBoardWriter::TensorBoardWriter(const fs::path& dir) {
   path_ = dir / ("events.out.tfevents." + std::to_string(std::time(nullptr)) + "." + host_name() + "." +
                  std::to_string(::getpid()));
   // Appending all the same: nothing already written is ever truncated.
-  out_.open(path_, std::ios::binary | std::ios::app);
-  if (!out_) throw std::runtime_error(path_.string() + ": cannot open for writing (run.tensorboard)");
+  out_ = data::AppendFile(path_);
   tensorboard::Event event;
   event.set_wall_time(seconds_since_epoch());
   event.set_file_version("brain.Event:2");
@@ -125,14 +124,18 @@ void TensorBoardWriter::add_record(const json& record) {
 }
 
 void TensorBoardWriter::flush() {
-  out_.flush();
-  if (!out_) throw std::runtime_error(path_.string() + ": writing the TensorBoard event file failed (run.tensorboard)");
+  if (pending_.empty()) return;
+  std::string bytes;
+  bytes.swap(pending_);
+  out_.write(bytes);
 }
 
 void TensorBoardWriter::write_record(const std::string& data) {
   const std::string length = little_endian<uint64_t>(data.size());
-  out_ << length << little_endian<uint32_t>(masked_crc32c(length)) << data
-       << little_endian<uint32_t>(masked_crc32c(data));
+  pending_ += length;
+  pending_ += little_endian<uint32_t>(masked_crc32c(length));
+  pending_ += data;
+  pending_ += little_endian<uint32_t>(masked_crc32c(data));
 }
 
 }  // namespace ftrain::launch

@@ -9,12 +9,13 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "data/durable_file.h"
 
 namespace ftrain::launch {
 
@@ -42,7 +43,8 @@ class TensorBoardWriter {
   // The scalars of a metrics.jsonl record (tensorboard_scalars) at its "step", then a
   // flush, so that TensorBoard shows the step at once. A record without a step is skipped.
   void add_record(const nlohmann::json& record);
-  // Throws if anything written so far failed to reach the file.
+  // Writes what add_scalar() buffered; throws "<path>: write failed: <reason>" if it
+  // cannot (a full disk, for one).
   void flush();
 
   const std::filesystem::path& path() const { return path_; }
@@ -51,7 +53,8 @@ class TensorBoardWriter {
   void write_record(const std::string& data);
 
   std::filesystem::path path_;
-  std::ofstream out_;
+  data::AppendFile out_;
+  std::string pending_;  // records not yet written
 };
 
 }  // namespace ftrain::launch

@@ -24,6 +24,7 @@
 #include <sstream>
 #include <string_view>
 
+#include "data/durable_file.h"
 #include "launch/signals.h"
 
 namespace po = boost::program_options;
@@ -156,18 +157,19 @@ class AttemptLog {
   explicit AttemptLog(const std::string& path) {
     if (path.empty()) return;
     // Appended: a requeued job's supervisor continues the same history.
-    file_.open(path, std::ios::app);
-    if (!file_) throw UsageError("--log " + path + ": cannot open for appending: " + std::strerror(errno));
+    try {
+      file_ = data::AppendFile(path);
+    } catch (const std::runtime_error& error) {
+      throw UsageError(std::string("--log ") + error.what());
+    }
   }
 
   void write(const Json& record) {
-    if (!file_.is_open()) return;
-    file_ << record.dump() << '\n';
-    file_.flush();
+    if (file_.is_open()) file_.write(record.dump() + "\n");
   }
 
  private:
-  std::ofstream file_;
+  data::AppendFile file_;
 };
 
 struct Attempt {
