@@ -249,8 +249,8 @@ enum class ParameterValues {
 // as without it. The parameters those regions repeat on every rank (norms, the biases
 // of row-parallel layers) see only this rank's positions, so their gradients are summed
 // over the group as they are computed (an all-reduce per parameter). The sequence
-// length of every batch must be a multiple of the group size; forward_cached
-// (generation) is not available on a model split this way.
+// length of every batch must be a multiple of the group size; a cached
+// forward (generation) is not available on a model split this way.
 // With a tensor-parallel group of one rank the model computes as before.
 //
 // Throws std::invalid_argument, before changing anything, when the group size does not

@@ -81,7 +81,9 @@ struct Gpt2Traits {
   }
   // GPT-2 has no attention mask: it is causal, so right padding is harmless.
   static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor&) { return m->forward(ids); }
-  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor&) { return m->hidden_states(ids); }
+  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor&, KvCache* cache = nullptr) {
+    return m->hidden_states(ids, cache);
+  }
   static at::Tensor body_forward(Model& m, const at::Tensor& ids, const at::Tensor&) {
     return m->transformer->forward(ids);
   }
@@ -108,8 +110,8 @@ struct LlamaTraits {
   static std::string head_name(ClassifierKind) { return "score"; }
   static double token_head_dropout(const json& config) { return Gpt2Traits::token_head_dropout(config); }
   static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) { return m->forward(ids, mask); }
-  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor& mask) {
-    return m->hidden_states(ids, mask);
+  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor& mask, KvCache* cache = nullptr) {
+    return m->hidden_states(ids, mask, cache);
   }
   static at::Tensor body_forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) {
     return m->model->forward(ids, mask);
@@ -139,7 +141,7 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
   };
   parts.next_logits = [model](const at::Tensor& ids, KvCache& cache) mutable {
     // (B, T_new, C) -> (B, C) -> (B, V): only the last position predicts the next token.
-    return model->logits(model->hidden_states_cached(ids, cache).select(1, -1));
+    return model->logits(Traits::hidden_states(model, ids, at::Tensor(), &cache).select(1, -1));
   };
   parts.save = [model](const fs::path& dir, ExistingDirectory existing, const TensorValues& values) mutable {
     Traits::save(model, dir, existing, values);

@@ -12,6 +12,30 @@
 namespace ftrain::model {
 
 // ---------------------------------------------------------------------------------
+// The key/value cache
+
+int64_t KvCache::prepare(const std::string& model, int64_t layers, int64_t batch) {
+  if (keys.empty() && values.empty()) keys.resize(layers), values.resize(layers);
+  if (static_cast<int64_t>(keys.size()) != layers || values.size() != keys.size())
+    throw std::runtime_error(model + ": the KvCache holds " + std::to_string(keys.size()) + " layers, the model has " +
+                             std::to_string(layers));
+  const int64_t past = length();
+  if (past > 0 && keys.front().size(0) != batch)
+    throw std::runtime_error(model + ": the KvCache holds " + std::to_string(keys.front().size(0)) +
+                             " sequences, input_ids " + std::to_string(batch));
+  return past;
+}
+
+std::pair<at::Tensor, at::Tensor> KvCache::append(int64_t layer, const at::Tensor& new_keys,
+                                                  const at::Tensor& new_values) {
+  at::Tensor& k = keys.at(layer);
+  at::Tensor& v = values.at(layer);
+  k = k.defined() ? torch::cat({k, new_keys}, /*dim=*/2) : new_keys;
+  v = v.defined() ? torch::cat({v, new_values}, /*dim=*/2) : new_values;
+  return {k, v};
+}
+
+// ---------------------------------------------------------------------------------
 // Options
 
 namespace {

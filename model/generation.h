@@ -11,6 +11,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace ftrain::model {
@@ -28,6 +29,14 @@ struct KvCache {
   // T_cached: the positions read so far, which is also the position of the next token.
   int64_t length() const { return keys.empty() || !keys.front().defined() ? 0 : keys.front().size(2); }
   void clear() { keys.clear(), values.clear(); }
+
+  // Before a forward of `batch` sequences through a model of `layers` layers: sizes an
+  // empty cache, and throws "<model>: the KvCache holds ..." for one that belongs to
+  // another model or batch. Returns T_cached.
+  int64_t prepare(const std::string& model, int64_t layers, int64_t batch);
+  // Appends layer `layer`'s keys and values of the new positions, (B, nkv, T_new, hs)
+  // each, and returns those of every position so far, (B, nkv, T_cached + T_new, hs).
+  std::pair<at::Tensor, at::Tensor> append(int64_t layer, const at::Tensor& new_keys, const at::Tensor& new_values);
 };
 
 // How the next token is chosen. Keys as in Hugging Face's GenerationConfig.

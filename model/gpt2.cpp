@@ -20,7 +20,8 @@ namespace ftrain::model {
 // Attention
 
 CausalSelfAttentionImpl::CausalSelfAttentionImpl(const Gpt2Config& config, int64_t layer_index)
-    : head_dim_(config.head_dim()),
+    : layer_index_(layer_index),
+      head_dim_(config.head_dim()),
       scale_(1.0),
       attn_pdrop_(config.attn_pdrop),
       resid_pdrop_(config.resid_pdrop),
@@ -32,7 +33,18 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const Gpt2Config& config, int64
   if (config.scale_attn_by_inverse_layer_idx) scale_ /= static_cast<double>(layer_index + 1);
 }
 
-torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
+namespace {
+
+// bool (1, 1, T, T_cached + T): new position i, at T_cached + i, reads keys 0 .. T_cached + i.
+torch::Tensor causal_mask_after(int64_t past, int64_t T, const torch::Device& device) {
+  torch::Tensor key = torch::arange(past + T, torch::TensorOptions().dtype(torch::kLong).device(device));
+  torch::Tensor query = torch::arange(past, past + T, key.options()).unsqueeze(1);  // (T, 1)
+  return (key.unsqueeze(0) <= query).view({1, 1, T, past + T});
+}
+
+}  // namespace
+
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, KvCache* cache) {
   const torch::Tensor input = input_hook(x);  // every position, also when x holds some of them
   const int64_t B = input.size(0), T = input.size(1);
   // (B, T, C) -> (B, T, 3 * nh * hs) -> 3 x (B, T, nh * hs)
@@ -41,59 +53,23 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   // 3 x (B, T, nh * hs) -> 3 x (B, nh, T, hs)
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, head_dim_}).transpose(1, 2); };
   torch::Tensor q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
+  // With a cache: (B, nh, T_cached + T, hs), every position so far.
+  if (cache) std::tie(k, v) = cache->append(layer_index_, k, v);
+  const int64_t past = k.size(2) - T;
   const auto dtype = q.scalar_type();
   if (upcast_ && dtype != torch::kFloat) {
     q = q.to(torch::kFloat), k = k.to(torch::kFloat), v = v.to(torch::kFloat);
   }
-  // (B, nh, T, hs): each position attends to itself and earlier positions only.
-  torch::Tensor y = dot_product_attention(q, k, v, /*mask=*/std::nullopt, is_training() ? attn_pdrop_ : 0.0,
-                                          /*is_causal=*/true, scale_, heads_part(q));
+  // (B, nh, T, hs): each position attends to itself and earlier positions only. Without
+  // earlier positions that is the plain causal mask; a single new position reads them all.
+  std::optional<torch::Tensor> allowed;
+  if (past > 0 && T > 1) allowed = causal_mask_after(past, T, x.device());
+  torch::Tensor y = dot_product_attention(q, k, v, allowed, is_training() ? attn_pdrop_ : 0.0,
+                                          /*is_causal=*/past == 0, scale_, heads_part(q));
   // (B, nh, T, hs) -> (B, T, nh * hs)
   y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
   const torch::Tensor out = c_proj(y);
   return hashed_dropout(out, resid_pdrop_, is_training(), residual_part(out));
-}
-
-namespace {
-
-// The keys of all earlier positions: with cached keys (B, nh, T_cached, hs), keys
-// (B, nh, T_new, hs) become (B, nh, T_cached + T_new, hs).
-torch::Tensor append_to(torch::Tensor& cached, const torch::Tensor& fresh) {
-  cached = cached.defined() ? torch::cat({cached, fresh}, /*dim=*/2) : fresh;
-  return cached;
-}
-
-}  // namespace
-
-torch::Tensor CausalSelfAttentionImpl::forward_cached(const torch::Tensor& x, torch::Tensor& keys,
-                                                      torch::Tensor& values) {
-  const int64_t B = x.size(0), T = x.size(1);
-  const int64_t past = keys.defined() ? keys.size(2) : 0;
-  // (B, T, C) -> 3 x (B, T, nh * hs) -> 3 x (B, nh, T, hs)
-  auto qkv = c_attn(input_hook(x)).chunk(3, /*dim=*/-1);
-  const int64_t n_heads = qkv[0].size(-1) / head_dim_;
-  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, n_heads, head_dim_}).transpose(1, 2); };
-  torch::Tensor q = heads(qkv[0]);
-  // (B, nh, T_cached + T, hs): every position so far
-  torch::Tensor k = append_to(keys, heads(qkv[1])), v = append_to(values, heads(qkv[2]));
-  const auto dtype = q.scalar_type();
-  if (upcast_ && dtype != torch::kFloat) {
-    q = q.to(torch::kFloat), k = k.to(torch::kFloat), v = v.to(torch::kFloat);
-  }
-  // New position i is position past + i: it reads keys 0 .. past + i. Without earlier
-  // positions that is the plain causal mask; a single new position reads them all.
-  std::optional<torch::Tensor> allowed;
-  if (past > 0 && T > 1) {
-    torch::Tensor key = torch::arange(past + T, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
-    torch::Tensor query = torch::arange(past, past + T, key.options()).unsqueeze(1);  // (T, 1)
-    allowed = (key.unsqueeze(0) <= query).view({1, 1, T, past + T});  // bool (1, 1, T, T_cached + T)
-  }
-  // (B, nh, T, hs)
-  torch::Tensor y = at::scaled_dot_product_attention(q, k, v, allowed, is_training() ? attn_pdrop_ : 0.0,
-                                                     /*is_causal=*/past == 0, scale_);
-  // (B, nh, T, hs) -> (B, T, nh * hs)
-  y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
-  return hashed_dropout(c_proj(y), resid_pdrop_, is_training());
 }
 
 // ---------------------------------------------------------------------------------
@@ -154,14 +130,9 @@ std::pair<torch::Tensor, torch::Tensor> add_norm(torch::nn::LayerNorm& ln, const
 
 }  // namespace
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, KvCache* cache) {
   // y = x + attn(ln_1(x)), then y + mlp(ln_2(y)); the sum y and its norm are one step.
-  auto [y, normed] = add_norm(ln_2, x, attn(norm(ln_1, x)));
-  return y + mlp(normed);
-}
-
-torch::Tensor BlockImpl::forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values) {
-  auto [y, normed] = add_norm(ln_2, x, attn->forward_cached(norm(ln_1, x), keys, values));
+  auto [y, normed] = add_norm(ln_2, x, attn(norm(ln_1, x), cache));
   return y + mlp(normed);
 }
 
@@ -190,42 +161,22 @@ void check_input_ids(const torch::Tensor& input_ids) {
 
 }  // namespace
 
-torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids) {
+torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids, KvCache* cache) {
   check_input_ids(input_ids);
-  const int64_t T = input_ids.size(1);
-  if (T > n_positions_)
-    throw std::runtime_error("Gpt2: sequence length " + std::to_string(T) + " exceeds n_positions " +
-                             std::to_string(n_positions_));
-  torch::Tensor positions = torch::arange(T, input_ids.options());
-  // (B, T) -> (B, T, C) tokens + (T, C) positions
-  torch::Tensor x = blocks_input(hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training()));
-  x = run_blocks(x, [this](std::size_t i) -> BlockForward {
-    return [block = h->ptr<BlockImpl>(i)](const torch::Tensor& y) { return block->forward(y); };
-  });
-  return blocks_output(norm(ln_f, x));
-}
-
-torch::Tensor Gpt2TransformerImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
-  check_input_ids(input_ids);
-  const int64_t n_layer = static_cast<int64_t>(h->size());
-  if (cache.keys.empty()) cache.keys.resize(n_layer), cache.values.resize(n_layer);
-  if (static_cast<int64_t>(cache.keys.size()) != n_layer || cache.values.size() != cache.keys.size())
-    throw std::runtime_error("Gpt2: the KvCache holds " + std::to_string(cache.keys.size()) +
-                             " layers, the model has " + std::to_string(n_layer));
-  const int64_t past = cache.length(), B = input_ids.size(0), T = input_ids.size(1);
-  if (past > 0 && cache.keys.front().size(0) != B)
-    throw std::runtime_error("Gpt2: the KvCache holds " + std::to_string(cache.keys.front().size(0)) +
-                             " sequences, input_ids " + std::to_string(B));
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  const int64_t past = cache ? cache->prepare("Gpt2", static_cast<int64_t>(h->size()), B) : 0;
   if (past + T > n_positions_)
-    throw std::runtime_error("Gpt2: position " + std::to_string(past + T - 1) + " is past n_positions " +
-                             std::to_string(n_positions_) + " (" + std::to_string(past) + " cached + " +
-                             std::to_string(T) + " new tokens)");
+    throw std::runtime_error("Gpt2: sequence length " + std::to_string(past + T) + " exceeds n_positions " +
+                             std::to_string(n_positions_) +
+                             (past > 0 ? " (" + std::to_string(past) + " cached + " + std::to_string(T) + " new tokens)"
+                                       : std::string()));
   torch::Tensor positions = torch::arange(past, past + T, input_ids.options());
   // (B, T) -> (B, T, C) tokens + (T, C) positions past .. past + T - 1
-  torch::Tensor x = hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training());
-  for (int64_t i = 0; i < n_layer; ++i)
-    x = h[i]->as<BlockImpl>()->forward_cached(x, cache.keys[i], cache.values[i]);
-  return norm(ln_f, x);
+  torch::Tensor x = blocks_input(hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training()));
+  x = run_blocks(x, [this, cache](std::size_t i) -> BlockForward {
+    return [block = h->ptr<BlockImpl>(i), cache](const torch::Tensor& y) { return block->forward(y, cache); };
+  }, /*through_runner=*/cache == nullptr);
+  return blocks_output(norm(ln_f, x));
 }
 
 Gpt2Impl::Gpt2Impl(const Gpt2Config& config) : config_(config) {
@@ -239,7 +190,9 @@ Gpt2Impl::Gpt2Impl(const Gpt2Config& config) : config_(config) {
     lm_head = register_module("lm_head", Linear(torch::nn::LinearOptions(config_.n_embd, config_.vocab_size).bias(false)));
 }
 
-torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids) { return transformer(input_ids); }
+torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids, KvCache* cache) {
+  return transformer(input_ids, cache);
+}
 
 torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
   // (B, T, C) @ (V, C)^T -> (B, T, V)
@@ -247,14 +200,8 @@ torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
   return vocab_logits(head_input_hook(hidden_states), head);
 }
 
-torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids) { return logits(hidden_states(input_ids)); }
-
-torch::Tensor Gpt2Impl::hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache) {
-  return transformer->forward_cached(input_ids, cache);
-}
-
-torch::Tensor Gpt2Impl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
-  return logits(hidden_states_cached(input_ids, cache));
+torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids, KvCache* cache) {
+  return logits(hidden_states(input_ids, cache));
 }
 
 }  // namespace ftrain::model

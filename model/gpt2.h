@@ -40,11 +40,10 @@ namespace ftrain::model {
 class CausalSelfAttentionImpl : public torch::nn::Module {
  public:
   CausalSelfAttentionImpl(const Gpt2Config& config, int64_t layer_index);
-  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
-  // x (B, T_new, C) at positions T_cached, T_cached + 1, ... -> (B, T_new, C). Attends to
-  // keys and values (B, nh, T_cached, hs) of the earlier positions (undefined when there
-  // are none) and to its own, which it appends to them.
-  torch::Tensor forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values);
+  // (B, T, C) -> (B, T, C). With a cache, x holds positions T_cached, T_cached + 1, ...:
+  // they attend to the cached keys and values of the earlier positions and to their own,
+  // which are appended to this layer's entry.
+  torch::Tensor forward(const torch::Tensor& x, KvCache* cache = nullptr);
 
   InputHook input_hook;     // x on its way into c_attn
   Linear c_attn{nullptr};   // C -> 3C, [queries | keys | values]
@@ -53,6 +52,7 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   PartHook residual_part;   // the output's part of the residual stream (its dropout)
 
  private:
+  int64_t layer_index_;
   int64_t head_dim_;
   double scale_;
   double attn_pdrop_;
@@ -82,9 +82,8 @@ TORCH_MODULE(Mlp);
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const Gpt2Config& config, int64_t layer_index);
-  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
-  // (B, T_new, C) -> (B, T_new, C); keys and values as for CausalSelfAttention.
-  torch::Tensor forward_cached(const torch::Tensor& x, torch::Tensor& keys, torch::Tensor& values);
+  // (B, T, C) -> (B, T, C); the cache as for CausalSelfAttention.
+  torch::Tensor forward(const torch::Tensor& x, KvCache* cache = nullptr);
 
   torch::nn::LayerNorm ln_1{nullptr};
   CausalSelfAttention attn{nullptr};
@@ -98,10 +97,9 @@ TORCH_MODULE(Block);
 class Gpt2TransformerImpl : public TransformerBody {
  public:
   explicit Gpt2TransformerImpl(const Gpt2Config& config);
-  torch::Tensor forward(const torch::Tensor& input_ids);  // (B, T) int64 -> (B, T, C)
-  // (B, T_new) int64 -> (B, T_new, C) for the tokens that follow those in the cache,
-  // whose keys and values it appends to the cache.
-  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
+  // (B, T) int64 -> (B, T, C). With a cache, the tokens follow those already in it, at
+  // positions T_cached, T_cached + 1, ..., and their keys and values are appended to it.
+  torch::Tensor forward(const torch::Tensor& input_ids, KvCache* cache = nullptr);
 
   const Gpt2Config& config() const { return config_; }
 
@@ -125,18 +123,17 @@ class Gpt2Impl : public torch::nn::Module {
   explicit Gpt2Impl(const Gpt2Config& config);  // validates config
 
   // (B, T) int64 token ids -> (B, T, V) next-token logits.
-  torch::Tensor forward(const torch::Tensor& input_ids);
-  // (B, T) int64 token ids -> (B, T, C) hidden states after ln_f, for task heads.
-  torch::Tensor hidden_states(const torch::Tensor& input_ids);
+  //
+  // Incremental decoding passes a cache (empty at the start): input_ids are then the
+  // tokens that follow those already in it, their outputs equal those of the same
+  // positions in one forward over the whole sequence, and their keys and values are
+  // appended to it.
+  torch::Tensor forward(const torch::Tensor& input_ids, KvCache* cache = nullptr);
+  // (B, T) int64 token ids -> (B, T, C) hidden states after ln_f, for task heads; the
+  // cache as for forward.
+  torch::Tensor hidden_states(const torch::Tensor& input_ids, KvCache* cache = nullptr);
   // (B, T, C) hidden states -> (B, T, V) logits.
   torch::Tensor logits(const torch::Tensor& hidden_states);
-
-  // Incremental decoding: (B, T_new) int64 ids of the tokens that follow those already
-  // in `cache` (empty at the start) -> (B, T_new, C) hidden states or (B, T_new, V)
-  // logits, equal to those of the same positions in one forward over the whole
-  // sequence. Appends the new positions' keys and values to the cache.
-  torch::Tensor hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache);
-  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
 
   const Gpt2Config& config() const { return config_; }
 

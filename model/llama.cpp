@@ -94,8 +94,8 @@ std::pair<torch::Tensor, torch::Tensor> apply_rotary(const torch::Tensor& q, con
 // ---------------------------------------------------------------------------------
 // Attention
 
-LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& config, int64_t /*layer_index*/)
-    : head_dim_(config.head_size()), attention_dropout_(config.attention_dropout) {
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& config, int64_t layer_index)
+    : layer_index_(layer_index), head_dim_(config.head_size()), attention_dropout_(config.attention_dropout) {
   const int64_t C = config.hidden_size;
   const int64_t q_width = config.num_attention_heads * head_dim_;
   const int64_t kv_width = config.num_key_value_heads * head_dim_;
@@ -136,35 +136,20 @@ torch::Tensor attend(const torch::Tensor& q, torch::Tensor k, torch::Tensor v, c
 }  // namespace
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryAngles& angles,
-                                          const torch::Tensor& allowed) {
+                                          const torch::Tensor& allowed, KvCache* cache) {
   const torch::Tensor input = input_hook(x);  // every position, also when x holds some of them
   const int64_t B = input.size(0), T = input.size(1);
   // (B, T, C) -> (B, T, n * hs) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
   auto [q, k] = apply_rotary(heads(q_proj(input)), heads(k_proj(input)), angles);
   torch::Tensor v = heads(v_proj(input));
-  // (B, nh, T, hs)
-  torch::Tensor y = attend(q, k, v, allowed, /*causal=*/true, is_training() ? attention_dropout_ : 0.0, heads_part(q));
-  // (B, nh, T, hs) -> (B, T, nh * hs) -> (B, T, C)
-  return o_proj(y.transpose(1, 2).reshape({B, T, q.size(1) * head_dim_}));
-}
-
-torch::Tensor LlamaAttentionImpl::forward_cached(const torch::Tensor& x, const RotaryAngles& angles,
-                                                 const torch::Tensor& allowed, torch::Tensor& keys,
-                                                 torch::Tensor& values) {
-  const int64_t B = x.size(0), T = x.size(1);
-  const int64_t past = keys.defined() ? keys.size(2) : 0;
-  // (B, T, C) -> (B, n, T, hs), n = nh for queries, nkv for keys and values
-  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, -1, head_dim_}).transpose(1, 2); };
-  const torch::Tensor input = input_hook(x);
-  auto [q, k] = apply_rotary(heads(q_proj(input)), heads(k_proj(input)), angles);
-  torch::Tensor v = heads(v_proj(input));
-  // (B, nkv, T_cached + T, hs): every position so far, keys already rotated by their own angles
-  keys = past > 0 ? torch::cat({keys, k}, /*dim=*/2) : k;
-  values = past > 0 ? torch::cat({values, v}, /*dim=*/2) : v;
-  // Without earlier positions "each sees itself and those before" is the plain causal
-  // mask; with them, a single new position sees every key.
-  torch::Tensor y = attend(q, keys, values, allowed, /*causal=*/past == 0, is_training() ? attention_dropout_ : 0.0);
+  // With a cache: (B, nkv, T_cached + T, hs), every position so far, each key rotated by
+  // its own position's angles.
+  if (cache) std::tie(k, v) = cache->append(layer_index_, k, v);
+  const int64_t past = k.size(2) - T;
+  // (B, nh, T, hs). Without earlier positions "each sees itself and those before" is the
+  // plain causal mask; with them, a single new position sees every key.
+  torch::Tensor y = attend(q, k, v, allowed, /*causal=*/past == 0, is_training() ? attention_dropout_ : 0.0, heads_part(q));
   // (B, nh, T, hs) -> (B, T, nh * hs) -> (B, T, C)
   return o_proj(y.transpose(1, 2).reshape({B, T, q.size(1) * head_dim_}));
 }
@@ -199,17 +184,11 @@ LlamaBlockImpl::LlamaBlockImpl(const LlamaConfig& config, int64_t layer_index) {
   mlp = register_module("mlp", LlamaMlp(config));
 }
 
-torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed) {
+torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
+                                      KvCache* cache) {
   // h = x + attention(norm(x)), then h + mlp(norm(h)); the sum h and its norm are one step.
-  auto [h, normed] = post_attention_layernorm->forward_added(x, self_attn->forward(input_layernorm(x), angles, allowed));
-  return h + mlp(normed);
-}
-
-torch::Tensor LlamaBlockImpl::forward_cached(const torch::Tensor& x, const RotaryAngles& angles,
-                                             const torch::Tensor& allowed, torch::Tensor& keys,
-                                             torch::Tensor& values) {
   auto [h, normed] =
-      post_attention_layernorm->forward_added(x, self_attn->forward_cached(input_layernorm(x), angles, allowed, keys, values));
+      post_attention_layernorm->forward_added(x, self_attn->forward(input_layernorm(x), angles, allowed, cache));
   return h + mlp(normed);
 }
 
@@ -218,16 +197,17 @@ torch::Tensor LlamaBlockImpl::forward_cached(const torch::Tensor& x, const Rotar
 
 namespace {
 
-// bool (B or 1, 1, T, T): query q may read key k when k is not after q, lies within the
-// window, and is a token rather than padding. A padded query still reads itself, so
-// no row of the softmax is empty and padding never turns into NaN.
-torch::Tensor attention_mask_for(int64_t T, const torch::Tensor& is_token, std::optional<int64_t> window,
-                                 const torch::Device& device) {
-  torch::Tensor index = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device));
-  torch::Tensor query = index.unsqueeze(1), key = index.unsqueeze(0);  // (T, 1), (1, T)
-  torch::Tensor allowed = key <= query;                                // (T, T)
+// bool (B or 1, 1, T, T_cached + T): query q, at position T_cached + q, may read key k
+// when k is not after it, lies within the window, and is a token rather than padding
+// (is_token, (B, T), only without cached positions). A padded query still reads itself,
+// so no row of the softmax is empty and padding never turns into NaN.
+torch::Tensor attention_mask_for(int64_t past, int64_t T, const torch::Tensor& is_token,
+                                 std::optional<int64_t> window, const torch::Device& device) {
+  torch::Tensor key = torch::arange(past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
+  torch::Tensor query = torch::arange(past, past + T, key.options()).unsqueeze(1);  // (T, 1)
+  torch::Tensor allowed = key <= query;                                             // (T, T_cached + T)
   if (window) allowed = allowed & (key > query - *window);
-  allowed = allowed.view({1, 1, T, T});
+  allowed = allowed.view({1, 1, T, past + T});
   if (is_token.defined()) {
     const int64_t B = is_token.size(0);
     allowed = allowed & (is_token.view({B, 1, 1, T}) | (key == query).view({1, 1, T, T}));
@@ -241,17 +221,6 @@ void check_input_ids(const torch::Tensor& input_ids) {
                              (input_ids.defined() ? std::string(c10::toString(input_ids.scalar_type())) + " " +
                                                         c10::str(input_ids.sizes())
                                                   : std::string("an undefined tensor")));
-}
-
-// bool (1, 1, T, past + T): new query i, at position past + i, may read key k when k is
-// not after it and lies within the window.
-torch::Tensor cached_attention_mask_for(int64_t past, int64_t T, std::optional<int64_t> window,
-                                        const torch::Device& device) {
-  torch::Tensor key = torch::arange(past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
-  torch::Tensor query = torch::arange(past, past + T, key.options()).unsqueeze(1);  // (T, 1)
-  torch::Tensor allowed = key <= query;                                             // (T, past + T)
-  if (window) allowed = allowed & (key > query - *window);
-  return allowed.view({1, 1, T, past + T});
 }
 
 }  // namespace
@@ -297,13 +266,16 @@ RotaryAngles LlamaModelImpl::rotary_angles(const torch::Tensor& positions, torch
   return {angles.cos().to(dtype), angles.sin().to(dtype)};
 }
 
-torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
+torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                      KvCache* cache) {
   check_input_ids(input_ids);
-  const int64_t T = input_ids.size(1);
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const torch::Device device = input_ids.device();
+  const int64_t past = cache ? cache->prepare("Llama", static_cast<int64_t>(layers->size()), B) : 0;
 
   torch::Tensor is_token, positions;
   if (attention_mask.defined()) {
+    if (cache) throw std::runtime_error("Llama: a cached forward takes rows without padding, and no attention_mask");
     if (attention_mask.sizes() != input_ids.sizes())
       throw std::runtime_error("Llama: attention_mask must have the shape of input_ids " +
                                c10::str(input_ids.sizes()) + ", got " + c10::str(attention_mask.sizes()));
@@ -311,58 +283,29 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
     // Real tokens are numbered 0, 1, ... in each row whatever padding precedes them.
     positions = (is_token.to(torch::kLong).cumsum(/*dim=*/1) - 1).clamp_min(0);  // (B, T)
   } else {
-    positions = torch::arange(T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);  // (1, T)
+    // (1, T): positions T_cached .. T_cached + T - 1
+    positions = torch::arange(past, past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
   }
 
   torch::Tensor x = blocks_input(embed_tokens(input_ids));  // (B, T) -> (B, T, C)
   const RotaryAngles angles = rotary_angles(positions, x.scalar_type());
 
-  // One mask per distinct window; none at all for plain causal attention without padding.
+  // One mask per distinct window; none where "each position sees itself and every one
+  // before it" is the rule (plain causal attention, or one new position after cached ones).
   std::map<int64_t, torch::Tensor> masks;  // window (0: none) -> mask
   x = run_blocks(x, [&](std::size_t i) -> BlockForward {
     std::optional<int64_t> window = config_.attention_window(static_cast<int64_t>(i));
-    if (window && *window >= T) window.reset();  // the window covers the whole sequence
-    const int64_t key = window.value_or(0);
-    if (!masks.count(key))
-      masks[key] = (window || is_token.defined()) ? attention_mask_for(T, is_token, window, device) : torch::Tensor();
-    return [block = layers->ptr<LlamaBlockImpl>(i), angles, allowed = masks[key]](const torch::Tensor& y) {
-      return block->forward(y, angles, allowed);
-    };
-  });
-  return blocks_output(norm(x));
-}
-
-torch::Tensor LlamaModelImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
-  check_input_ids(input_ids);
-  const int64_t n_layers = static_cast<int64_t>(layers->size());
-  if (cache.keys.empty()) cache.keys.resize(n_layers), cache.values.resize(n_layers);
-  if (static_cast<int64_t>(cache.keys.size()) != n_layers || cache.values.size() != cache.keys.size())
-    throw std::runtime_error("Llama: the KvCache holds " + std::to_string(cache.keys.size()) +
-                             " layers, the model has " + std::to_string(n_layers));
-  const int64_t past = cache.length(), B = input_ids.size(0), T = input_ids.size(1);
-  if (past > 0 && cache.keys.front().size(0) != B)
-    throw std::runtime_error("Llama: the KvCache holds " + std::to_string(cache.keys.front().size(0)) +
-                             " sequences, input_ids " + std::to_string(B));
-  const torch::Device device = input_ids.device();
-
-  // (1, T): positions past .. past + T - 1
-  torch::Tensor positions =
-      torch::arange(past, past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
-  torch::Tensor x = embed_tokens(input_ids);  // (B, T) -> (B, T, C)
-  const RotaryAngles angles = rotary_angles(positions, x.scalar_type());
-
-  // A mask only where "each new position sees every earlier one and itself" is not the
-  // rule: several new positions after cached ones, or a window shorter than the sequence.
-  std::map<int64_t, torch::Tensor> masks;  // window (0: none) -> mask
-  for (int64_t i = 0; i < n_layers; ++i) {
-    std::optional<int64_t> window = config_.attention_window(i);
     if (window && *window >= past + T) window.reset();  // the window covers the whole sequence
     const int64_t key = window.value_or(0);
     if (!masks.count(key))
-      masks[key] = (window || (past > 0 && T > 1)) ? cached_attention_mask_for(past, T, window, device) : torch::Tensor();
-    x = layers[i]->as<LlamaBlockImpl>()->forward_cached(x, angles, masks[key], cache.keys[i], cache.values[i]);
-  }
-  return norm(x);
+      masks[key] = (window || is_token.defined() || (past > 0 && T > 1))
+                       ? attention_mask_for(past, T, is_token, window, device)
+                       : torch::Tensor();
+    return [block = layers->ptr<LlamaBlockImpl>(i), angles, allowed = masks[key], cache](const torch::Tensor& y) {
+      return block->forward(y, angles, allowed, cache);
+    };
+  }, /*through_runner=*/cache == nullptr);
+  return blocks_output(norm(x));
 }
 
 LlamaImpl::LlamaImpl(const LlamaConfig& config) : config_(config) {
@@ -377,8 +320,9 @@ LlamaImpl::LlamaImpl(const LlamaConfig& config) : config_(config) {
         "lm_head", Linear(torch::nn::LinearOptions(config_.hidden_size, config_.vocab_size).bias(false)));
 }
 
-torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
-  return model->forward(input_ids, attention_mask);
+torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                      KvCache* cache) {
+  return model->forward(input_ids, attention_mask, cache);
 }
 
 torch::Tensor LlamaImpl::logits(const torch::Tensor& hidden_states) {
@@ -387,16 +331,8 @@ torch::Tensor LlamaImpl::logits(const torch::Tensor& hidden_states) {
   return vocab_logits(head_input_hook(hidden_states), head);
 }
 
-torch::Tensor LlamaImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) {
-  return logits(hidden_states(input_ids, attention_mask));
-}
-
-torch::Tensor LlamaImpl::hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache) {
-  return model->forward_cached(input_ids, cache);
-}
-
-torch::Tensor LlamaImpl::forward_cached(const torch::Tensor& input_ids, KvCache& cache) {
-  return logits(hidden_states_cached(input_ids, cache));
+torch::Tensor LlamaImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask, KvCache* cache) {
+  return logits(hidden_states(input_ids, attention_mask, cache));
 }
 
 }  // namespace ftrain::model

@@ -64,16 +64,13 @@ struct RotaryAngles {
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   LlamaAttentionImpl(const LlamaConfig& config, int64_t layer_index);
-  // x (B, T, C), angles (B or 1, T, hs), allowed: undefined for plain causal
-  // attention, else a bool (B or 1, 1, T, T) mask of the keys each query may see.
-  torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed);
-  // x (B, T_new, C) at positions T_cached, T_cached + 1, ..., angles of those positions,
-  // allowed: undefined when each new position may see every earlier one and itself,
-  // else bool (1, 1, T_new, T_cached + T_new). Attends to keys and values
-  // (B, nkv, T_cached, hs) of the earlier positions (undefined when there are none) and
-  // to its own, which it appends to them. -> (B, T_new, C)
-  torch::Tensor forward_cached(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
-                               torch::Tensor& keys, torch::Tensor& values);
+  // x (B, T, C) -> (B, T, C), angles (B or 1, T, hs) of x's positions, allowed:
+  // undefined for plain causal attention, else a bool (B or 1, 1, T, T_cached + T) mask
+  // of the keys each query may see. With a cache, x holds positions T_cached,
+  // T_cached + 1, ...: they attend to the cached keys and values of the earlier
+  // positions and to their own, which are appended to this layer's entry.
+  torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
+                        KvCache* cache = nullptr);
 
   InputHook input_hook;    // x on its way into q_proj, k_proj and v_proj
   Linear q_proj{nullptr};  // C -> nh * hs
@@ -83,6 +80,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
   PartHook heads_part;     // the query heads this layer computes, of the model's (attention dropout)
 
  private:
+  int64_t layer_index_;
   int64_t head_dim_;
   double attention_dropout_;
 };
@@ -105,11 +103,9 @@ TORCH_MODULE(LlamaMlp);
 class LlamaBlockImpl : public torch::nn::Module {
  public:
   LlamaBlockImpl(const LlamaConfig& config, int64_t layer_index);
-  // (B, T, C) -> (B, T, C); `allowed` as for LlamaAttention.
-  torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed);
-  // (B, T_new, C) -> (B, T_new, C); the rest as for LlamaAttention::forward_cached.
-  torch::Tensor forward_cached(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
-                               torch::Tensor& keys, torch::Tensor& values);
+  // (B, T, C) -> (B, T, C); `allowed` and the cache as for LlamaAttention.
+  torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles, const torch::Tensor& allowed,
+                        KvCache* cache = nullptr);
 
   LlamaRmsNorm input_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
@@ -123,11 +119,9 @@ TORCH_MODULE(LlamaBlock);
 class LlamaModelImpl : public TransformerBody {
  public:
   explicit LlamaModelImpl(const LlamaConfig& config);
-  // (B, T) int64 -> (B, T, C). attention_mask as for LlamaImpl::forward.
-  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
-  // (B, T_new) int64 -> (B, T_new, C) for the tokens that follow those in the cache, at
-  // positions T_cached, T_cached + 1, ...; appends their keys and values to the cache.
-  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
+  // (B, T) int64 -> (B, T, C). attention_mask and the cache as for LlamaImpl::forward.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                        KvCache* cache = nullptr);
 
   const LlamaConfig& config() const { return config_; }
 
@@ -157,21 +151,22 @@ class LlamaImpl : public torch::nn::Module {
   // No position attends to padding, and positions count real tokens only (the first
   // token of a row is position 0), so each row's real positions get the logits the
   // row alone would get. Outputs at padded positions are finite but meaningless.
-  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
-  // (B, T) int64 token ids -> (B, T, C) hidden states after the final norm.
-  torch::Tensor hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
-  // (B, T, C) hidden states -> (B, T, V) logits.
-  torch::Tensor logits(const torch::Tensor& hidden_states);
-
-  // Incremental decoding: (B, T_new) int64 ids of the tokens that follow those already
-  // in `cache` (empty at the start), no padding -> (B, T_new, C) hidden states or
-  // (B, T_new, V) logits, equal to those of the same positions in one forward over the
-  // whole sequence. Appends the new positions' keys and values to the cache.
+  //
+  // Incremental decoding passes a cache (empty at the start) and no attention_mask:
+  // input_ids are then the tokens that follow those already in it, at positions
+  // T_cached, T_cached + 1, ..., their outputs equal those of the same positions in one
+  // forward over the whole sequence, and their keys and values are appended to it.
   // With "dynamic" rope scaling the angles depend on the sequence length, so keys cached
   // before a sequence outgrew max_position_embeddings keep the angles of their step
   // (as in transformers).
-  torch::Tensor hidden_states_cached(const torch::Tensor& input_ids, KvCache& cache);
-  torch::Tensor forward_cached(const torch::Tensor& input_ids, KvCache& cache);
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                        KvCache* cache = nullptr);
+  // (B, T) int64 token ids -> (B, T, C) hidden states after the final norm; the
+  // attention_mask and the cache as for forward.
+  torch::Tensor hidden_states(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                              KvCache* cache = nullptr);
+  // (B, T, C) hidden states -> (B, T, V) logits.
+  torch::Tensor logits(const torch::Tensor& hidden_states);
 
   const LlamaConfig& config() const { return config_; }
 

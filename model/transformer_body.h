@@ -51,11 +51,12 @@ class TransformerBody : public torch::nn::Module {
   // runner may call it again after the forward returned (checkpointing recomputes it).
   using BindBlock = std::function<BlockForward(std::size_t index)>;
 
-  // x through every block in order: the one loop of every family's forward.
-  at::Tensor run_blocks(at::Tensor x, const BindBlock& bind) const {
+  // x through every block in order: the one loop of every family's forward. A cached
+  // forward (generation) passes through_runner = false and runs each block directly.
+  at::Tensor run_blocks(at::Tensor x, const BindBlock& bind, bool through_runner = true) const {
     for (std::size_t i = 0; i < blocks_->size(); ++i) {
       const BlockForward block = bind(i);
-      x = block_runner_ ? block_runner_(i, x, block) : block(x);
+      x = block_runner_ && through_runner ? block_runner_(i, x, block) : block(x);
     }
     return x;
   }

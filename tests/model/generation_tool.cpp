@@ -3,7 +3,7 @@
 //
 //   generation_tool cached <model_dir> <in> <out> <prefix_length>
 //       in: input_ids (B, T). out: full (B, T, V) from one forward; stepwise, the
-//       prefix through forward_cached and then one token at a time; chunked, the prefix
+//       prefix through a cached forward and then one token at a time; chunked, the prefix
 //       and then chunks of three tokens; each (B, T, V).
 //   generation_tool generate <model_dir> <in> <out> [key=value ...]
 //       in: prompt_ids (B, T). out: new_ids (B, N).
@@ -61,15 +61,23 @@ GenerationOptions parse_option_list(const std::string& list) {
   return parse_options(args);
 }
 
+// The logits of the tokens that follow those in the cache.
+torch::Tensor cached_forward(const std::shared_ptr<Gpt2Impl>& model, const torch::Tensor& input_ids, KvCache& cache) {
+  return model->forward(input_ids, &cache);
+}
+torch::Tensor cached_forward(const std::shared_ptr<LlamaImpl>& model, const torch::Tensor& input_ids, KvCache& cache) {
+  return model->forward(input_ids, /*attention_mask=*/{}, &cache);
+}
+
 // Full, stepwise and chunked logits of one model type.
 template <class Model>
 NamedTensors cached_logits(Model& model, const torch::Tensor& input_ids, int64_t prefix_length) {
   const int64_t T = input_ids.size(1);
   auto run = [&](int64_t chunk) {
     KvCache cache;
-    std::vector<torch::Tensor> parts{model->forward_cached(input_ids.index({Slice(), Slice(0, prefix_length)}), cache)};
+    std::vector<torch::Tensor> parts{cached_forward(model, input_ids.index({Slice(), Slice(0, prefix_length)}), cache)};
     for (int64_t start = prefix_length; start < T; start += chunk)
-      parts.push_back(model->forward_cached(input_ids.index({Slice(), Slice(start, std::min(start + chunk, T))}), cache));
+      parts.push_back(cached_forward(model, input_ids.index({Slice(), Slice(start, std::min(start + chunk, T))}), cache));
     if (cache.length() != T) throw std::runtime_error("the cache holds " + std::to_string(cache.length()) + " positions");
     return torch::cat(parts, /*dim=*/1);
   };

@@ -104,6 +104,27 @@ BOOST_AUTO_TEST_CASE(forward_shapes_and_input_checks) {
   BOOST_TEST(contains(error_of([&] { model->forward(ids[0]); }), "of shape (B, T)"));
 }
 
+BOOST_AUTO_TEST_CASE(a_cache_belongs_to_one_model_and_batch) {
+  Gpt2 model = init_gpt2(small_config(), 1);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor ids = torch::randint(50, {3, 12}, torch::kLong);
+  KvCache cache;
+  torch::Tensor first = model->forward(ids.narrow(1, 0, 9), &cache);
+  BOOST_TEST(cache.length() == 9);
+  BOOST_TEST(cache.keys.size() == 2u);
+  // Cached positions then new ones equal one forward over them all.
+  torch::Tensor rest = model->forward(ids.narrow(1, 9, 3), &cache);
+  BOOST_TEST(torch::allclose(torch::cat({first, rest}, 1), model->forward(ids), 1e-5, 1e-5));
+  BOOST_TEST(contains(error_of([&] { model->forward(ids.narrow(1, 0, 5), &cache); }),
+                      "sequence length 17 exceeds n_positions 16 (12 cached + 5 new tokens)"));
+  BOOST_TEST(contains(error_of([&] { model->forward(torch::zeros({2, 1}, torch::kLong), &cache); }),
+                      "the KvCache holds 3 sequences, input_ids 2"));
+  KvCache three_layers;
+  three_layers.keys.resize(3), three_layers.values.resize(3);
+  BOOST_TEST(contains(error_of([&] { model->forward(ids, &three_layers); }), "the KvCache holds 3 layers, the model has 2"));
+}
+
 BOOST_AUTO_TEST_CASE(a_position_sees_only_earlier_tokens) {
   Gpt2 model = init_gpt2(small_config(), 2);
   model->eval();

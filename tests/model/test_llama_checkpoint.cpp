@@ -144,6 +144,9 @@ BOOST_AUTO_TEST_CASE(forward_shapes_and_input_checks) {
   BOOST_TEST(contains(error_of([&] { model->forward(ids[0]); }), "of shape (B, T)"));
   BOOST_TEST(contains(error_of([&] { model->forward(ids, torch::ones({3, 6})); }),
                       "attention_mask must have the shape of input_ids [3, 7], got [3, 6]"));
+  KvCache cache;
+  BOOST_TEST(contains(error_of([&] { model->forward(ids, torch::ones({3, 7}), &cache); }),
+                      "a cached forward takes rows without padding, and no attention_mask"));
 }
 
 BOOST_AUTO_TEST_CASE(a_position_sees_only_earlier_tokens_and_its_window) {
