@@ -789,8 +789,7 @@ void BpeTokenizer::Model::finish(const fs::path& dir, const Json* post_processor
   }
   added.prepare(normalizer);
 
-  int32_t largest = added.largest_id();
-  for (const auto& entry : vocab) largest = std::max(largest, entry.second);
+  const int32_t largest = largest_checked_id(vocab, added, file);
   token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
   for (const auto& [token, id] : vocab) token_of_id[id] = token;
   for (const auto& [id, token] : added.by_id()) token_of_id[id] = token.content;  // added tokens win

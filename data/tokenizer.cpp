@@ -155,6 +155,14 @@ void fail(const fs::path& file, const std::string& problem) {
   throw std::runtime_error(file.string() + ": " + problem);
 }
 
+void check_id_within_table(int64_t id, size_t tokens, const fs::path& file, const std::string& where) {
+  const int64_t limit = 2 * static_cast<int64_t>(tokens) + 65536;
+  if (id >= limit)
+    fail(file, where + " has id " + std::to_string(id) + ", far beyond the " + std::to_string(tokens) +
+                   " tokens the file defines (ids are read into a table, so they must stay below " +
+                   std::to_string(limit) + ")");
+}
+
 std::string shown(const Json& value) { return value.dump(-1, ' ', false, Json::error_handler_t::replace); }
 std::string shown(std::string_view text) { return shown(Json(std::string(text))); }
 std::string shown(const std::string& text) { return shown(Json(text)); }
@@ -524,6 +532,17 @@ bool AddedVocabulary::is_special(int32_t id) const {
 }
 
 int32_t AddedVocabulary::largest_id() const { return tokens_.empty() ? -1 : tokens_.rbegin()->first; }
+
+int32_t largest_checked_id(const StringMap<int32_t>& vocab, const AddedVocabulary& added, const fs::path& file) {
+  const size_t tokens = vocab.size() + added.by_id().size();
+  int32_t largest = -1;
+  for (const auto& [token, id] : vocab) {
+    if (id > largest) check_id_within_table(id, tokens, file, "model.vocab[" + shown(token) + "]");
+    largest = std::max(largest, id);
+  }
+  // Added tokens take the model's id or the next ones after it (AddedVocabulary::add).
+  return std::max(largest, added.largest_id());
+}
 
 // ---- post-processors ----
 

@@ -151,6 +151,11 @@ using Json = nlohmann::json;
 // Configuration files. Every problem is a std::runtime_error "<file>: <problem>", the
 // problem naming the key ("model.vocab[\"a\"] is ..."); `where` is the key so far.
 [[noreturn]] void fail(const std::filesystem::path& file, const std::string& problem);
+// A table indexed by token id has room for ids 0 .. the largest, so the largest may
+// pass the number of tokens the file defines only by a margin (2 x tokens + 65,536):
+// otherwise one number in a small file would size it. Throws "<file>: <where> has id
+// <id>, ..." for an id beyond that.
+void check_id_within_table(int64_t id, size_t tokens, const std::filesystem::path& file, const std::string& where);
 std::string shown(const Json& value);  // JSON text for messages, invalid UTF-8 replaced
 std::string shown(std::string_view text);
 std::string shown(const std::string& text);
@@ -252,6 +257,10 @@ class AddedVocabulary {
   std::unique_ptr<Matcher> raw_;
   std::unique_ptr<Matcher> normalized_;
 };
+
+// The largest id of a model's vocabulary and of its added tokens, the vocabulary's
+// checked with check_id_within_table (naming its token); -1 when there is none.
+int32_t largest_checked_id(const StringMap<int32_t>& vocab, const AddedVocabulary& added, const std::filesystem::path& file);
 
 // tokenizer.json's post_processor: null, TemplateProcessing, BertProcessing,
 // RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and at most one of the others.

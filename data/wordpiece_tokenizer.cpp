@@ -307,7 +307,8 @@ struct WordPieceTokenizer::Model {
                  const std::string& unk_where);
   void read_normalizer(const Json* normalizer_json, const fs::path& file);
   void read_decoder(const Json* decoder, const fs::path& file);
-  void finish(const fs::path& dir);
+  // `file`: where the vocabulary's ids came from, for errors.
+  void finish(const fs::path& dir, const fs::path& file);
 
   std::optional<int32_t> lookup(std::string_view token) const;
   void pre_tokenize(std::string_view text, std::vector<std::string_view>& words) const;
@@ -348,11 +349,10 @@ void WordPieceTokenizer::Model::read_decoder(const Json* decoder, const fs::path
   decoder_cleanup = read_bool(*decoder, "cleanup", true, file, "decoder");
 }
 
-void WordPieceTokenizer::Model::finish(const fs::path& dir) {
+void WordPieceTokenizer::Model::finish(const fs::path& dir, const fs::path& file) {
   if (bert_normalizer) normalizer = *bert_normalizer;
   added.prepare(normalizer);
-  int32_t largest = added.largest_id();
-  for (const auto& entry : vocab) largest = std::max(largest, entry.second);
+  const int32_t largest = largest_checked_id(vocab, added, file);
   token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
   for (const auto& [token, id] : vocab) token_of_id[id] = token;
   for (const auto& [id, token] : added.by_id()) token_of_id[id] = token.content;  // added tokens win
@@ -392,7 +392,7 @@ std::shared_ptr<WordPieceTokenizer::Model> WordPieceTokenizer::Model::from_token
   }
   model->read_decoder(member(root, "decoder"), file);
   if (const Json* added = member(root, "added_tokens")) model->added.read(*added, file, model->vocab);
-  model->finish(file.parent_path());
+  model->finish(file.parent_path(), file);
   const auto vocab_size = static_cast<int32_t>(model->token_of_id.size());
   model->special_template = read_post_processor(member(root, "post_processor"), file, vocab_size);
   return model;
@@ -477,7 +477,7 @@ std::shared_ptr<WordPieceTokenizer::Model> WordPieceTokenizer::Model::from_vocab
        {unk, sep, special_token("pad_token", "[PAD]"), cls, special_token("mask_token", "[MASK]")}) {
     model->added.add(AddedToken{.content = content, .normalized = false, .special = true}, model->vocab);
   }
-  model->finish(dir);
+  model->finish(dir, config_file);
   const int32_t cls_id = *model->lookup(cls), sep_id = *model->lookup(sep);
   using Part = SpecialTokenTemplate::Part;
   std::vector<Part> single = {{Part::Kind::special, {cls_id}, 0}, {Part::Kind::first_text, {}, 0},

@@ -377,6 +377,9 @@ BOOST_AUTO_TEST_CASE(bad_vocabularies_are_located) {
   check_json_error([](Json& d) { d["model"]["vocab"]["b"] = 0; }, {"model.vocab", "id 0"});
   check_json_error([](Json& d) { d["model"].erase("vocab"); }, {"\"vocab\""});
   check_json_error([](Json& d) { d["model"]["unk_token"] = "<nope>"; }, {"model.unk_token", "<nope>"});
+  // An id far beyond the tokens would size the id -> token table (2,147,483,000 ids: about 80 GB).
+  check_json_error([](Json& d) { d["model"]["vocab"]["a"] = 2147483000; },
+                   {"model.vocab[\"a\"]", "id 2147483000", "far beyond the"});
 }
 
 BOOST_AUTO_TEST_CASE(unsupported_configurations_are_refused) {

@@ -251,4 +251,7 @@ BOOST_AUTO_TEST_CASE(unsupported_configurations_are_refused) {
   check_json_error([](Json& d) { d["model"]["max_input_chars_per_word"] = -1; }, {"model.max_input_chars_per_word"});
   check_json_error([](Json& d) { d["post_processor"]["cls"] = {"[CLS]", 99}; }, {"post_processor.cls[1]", "99"});
   check_json_error([](Json& d) { d["added_tokens"][0].erase("content"); }, {"added_tokens[0]", "content"});
+  // An id far beyond the tokens would size the id -> token table (2,147,483,000 ids: about 80 GB).
+  check_json_error([](Json& d) { d["model"]["vocab"]["world"] = 2147483000; },
+                   {"model.vocab[\"world\"]", "id 2147483000", "far beyond the"});
 }
