@@ -179,15 +179,21 @@ TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) cons
   if (!batch.token_type_ids.empty())
     out.token_type_ids = to_device(host_tensor(batch.token_type_ids, rows, width).to(torch::kInt64), device);
 
+  // Checked here, on the host: on a GPU an id past an embedding table would be a
+  // device-side assert, on the CPU an index error naming no row; the causal loss also
+  // reads the ids as targets unchecked.
+  auto check_within = [&](const auto& values, int64_t size, const std::string& what, const std::string& table) {
+    for (std::size_t i = 0; i < values.size(); ++i)
+      if (static_cast<int64_t>(values[i]) < 0 || static_cast<int64_t>(values[i]) >= size)
+        throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[i / width]) + " has " + what + " " +
+                                 std::to_string(static_cast<int64_t>(values[i])) + ", outside " + table + " [0, " +
+                                 std::to_string(size) + ")");
+  };
+  check_within(batch.input_ids, vocab_size(), "token id", "the model's vocabulary");
+  const int64_t token_types = model_->classifier ? model_->classifier->type_vocab_size() : 0;
+  if (token_types > 0) check_within(batch.token_type_ids, token_types, "token type id", "the model's type_vocab_size");
+
   if (kind_ == TaskKind::causal_lm) {
-    // Checked here, on the host: on a GPU an id past the vocabulary would be a
-    // device-side assert in the embedding, and the loss reads targets unchecked.
-    const int64_t vocab = model_->lm->vocab_size();
-    for (std::size_t i = 0; i < batch.input_ids.size(); ++i)
-      if (batch.input_ids[i] < 0 || batch.input_ids[i] >= vocab)
-        throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[i / width]) + " has token id " +
-                                 std::to_string(batch.input_ids[i]) + ", outside the model's vocabulary [0, " +
-                                 std::to_string(vocab) + ")");
     out.targets = out.input_ids.slice(1, 1);
     // loss_mask marks positions whose token is a prediction target; the first token of
     // a row is never predicted, and padding never is.

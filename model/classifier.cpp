@@ -95,6 +95,7 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   classifier.kind_ = kind;
   classifier.num_labels_ = num_labels;
   classifier.vocab_size_ = body.vocab_size;
+  classifier.type_vocab_size_ = body.type_vocab_size;
   classifier.body_name_ = body.name;
   classifier.head_prefixes_ = {head_name + "."};
   module->register_module(body.name, body.module);

@@ -82,6 +82,8 @@ class Classifier {
   ClassifierKind kind() const { return kind_; }
   int64_t num_labels() const { return num_labels_; }
   int64_t vocab_size() const { return vocab_size_; }
+  // The token types (segments) the body embeds, 0 when it ignores them (decoders).
+  int64_t type_vocab_size() const { return type_vocab_size_; }
 
   // input_ids (B, T) int64; attention_mask (B, T), 1 for tokens and 0 for right
   // padding, or undefined for none; token_type_ids (B, T) int64 or undefined (bert
@@ -111,6 +113,7 @@ class Classifier {
   ClassifierKind kind_ = ClassifierKind::sequence;
   int64_t num_labels_ = 0;
   int64_t vocab_size_ = 0;
+  int64_t type_vocab_size_ = 0;
   std::vector<std::string> head_prefixes_;
   std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)> logits_;
   std::function<void(const std::filesystem::path&, ExistingDirectory, const TensorValues&)> save_;

@@ -228,6 +228,7 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
   body.name = "bert";
   body.module = bert.ptr();
   body.vocab_size = config.vocab_size;
+  body.type_vocab_size = config.type_vocab_size;
   body.hidden_size = config.hidden_size;
   body.initializer_range = config.initializer_range;
   body.config = config.to_json();

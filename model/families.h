@@ -40,6 +40,7 @@ struct ClassifierBody {
   std::string name;  // the body's name in the task model ("bert", "transformer", "model")
   std::shared_ptr<torch::nn::Module> module;
   int64_t vocab_size = 0;
+  int64_t type_vocab_size = 0;  // token types (segments) it embeds; 0: it ignores them
   int64_t hidden_size = 0;
   double initializer_range = 0.02;
   nlohmann::json config;  // config.json of the export, before the task's keys

@@ -327,3 +327,19 @@ def test_bad_task_options_are_refused(workspace):
     assert result.returncode != 0 and "train.eval_metric" in result.stderr
     result = run_ftrain(1, *args(workspace, run, "bert", "sentiment", **{"train.freeze_base_steps": 30}), check=False)
     assert result.returncode != 0 and "train.freeze_base_steps" in result.stderr
+
+
+def test_a_token_type_outside_the_model_is_named_by_row(workspace):
+    """BERT embeds type_vocab_size = 2 token types; a row with type 2 would index past
+    the table (an index error on the CPU, a device-side assert on a GPU)."""
+    rng = np.random.default_rng(1)
+    ids, mask, labels, types = sentiment_rows(rng, 64)
+    types[17, 0] = 2
+    data = workspace["root"] / "bad_types.h5"
+    write_dataset(data, "sequence_classification", SENTIMENT, {"train": (ids, mask, labels, types)})
+    run = workspace["root"] / "bad_types"
+    result = run_ftrain(2, *args(dict(workspace, bad_types=data), run, "bert", "bad_types",
+                                 **{"train.steps": 4, "train.eval_every": 0}), check=False)
+    assert result.returncode != 0
+    assert "dataset row 17 has token type id 2, outside the model's type_vocab_size [0, 2)" in result.stderr, \
+        result.stderr
