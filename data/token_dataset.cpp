@@ -151,7 +151,14 @@ std::string read_string_attribute(hid_t object, const std::string& object_path, 
     H5free_memory(value);
     return text;
   }
-  std::string text(H5Tget_size(type.get()), '\0');
+  // The size is the file's word; what the file stores for the attribute bounds it.
+  const size_t declared = H5Tget_size(type.get());
+  const hsize_t stored = H5Aget_storage_size(attribute.get());
+  if (declared > stored) {
+    throw file_error(path, "attribute '" + full + "' declares a string of " + std::to_string(declared) +
+                               " bytes, but the file stores " + std::to_string(stored) + " for it");
+  }
+  std::string text(declared, '\0');
   hdf5::Handle memory_type = hdf5::datatype(H5Tcopy(type.get()));
   if (H5Aread(attribute.get(), memory_type.get(), text.data()) < 0) {
     throw file_error(path, with_hdf5_detail("cannot read attribute '" + full + "'"));

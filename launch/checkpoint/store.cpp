@@ -133,9 +133,19 @@ std::string read_string_dataset(hid_t file, const char* name, const std::string&
   if (H5Lexists(file, name, H5P_DEFAULT) <= 0) throw std::runtime_error(where + ": no " + name + " dataset");
   hdf5::Handle dataset(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
   hdf5::Handle type(H5Dget_type(dataset.get()), H5Tclose);
-  if (!dataset.valid() || H5Tget_class(type.get()) != H5T_STRING)
-    throw std::runtime_error(where + ": " + name + " is not a string");
-  std::string value(H5Tget_size(type.get()), '\0');
+  if (!dataset.valid() || H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0)
+    throw std::runtime_error(where + ": " + name + " is not a fixed-length string");
+  hdf5::Handle space(H5Dget_space(dataset.get()), H5Sclose);
+  if (H5Sget_simple_extent_npoints(space.get()) != 1)
+    throw std::runtime_error(where + ": " + name + " holds several values, expected a single string");
+  // The size is the file's word: a corrupt one could ask for gigabytes the file does not
+  // hold. What it stores for the dataset bounds it.
+  const size_t declared = H5Tget_size(type.get());
+  const hsize_t stored = H5Dget_storage_size(dataset.get());
+  if (declared > stored)
+    throw std::runtime_error(where + ": " + name + " declares a string of " + std::to_string(declared) +
+                             " bytes, but the file stores " + std::to_string(stored) + " for it (corrupt file?)");
+  std::string value(declared, '\0');
   hdf5::Handle mem_type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(mem_type.get(), value.size());
   if (H5Dread(dataset.get(), mem_type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, value.data()) < 0)

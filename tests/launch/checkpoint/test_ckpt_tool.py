@@ -244,6 +244,24 @@ def test_corrupt_and_truncated_checkpoints_fail_verify_and_list_says_so(workspac
     assert quick["step_00000006"]["state"] == "committed"
 
 
+def test_a_string_larger_than_the_file_is_refused_before_it_is_read(workspace):
+    """The index's metadata is a fixed-length string whose size the file declares. One
+    declared as 2 GiB but never written must be refused, not allocated."""
+    run = workspace["root"] / "huge_meta"
+    shutil.copytree(workspace["lm"] / "checkpoints", run / "checkpoints")
+    index = step_dir(run, STEPS) / "state.h5"
+    with h5py.File(index, "r+") as f:
+        del f["meta"]
+        declared = h5py.h5t.C_S1.copy()
+        declared.set_size(2**31)
+        h5py.h5d.create(f.id, b"meta", declared, h5py.h5s.create(h5py.h5s.SCALAR))
+    assert index.stat().st_size < 2**20
+    result = ckpt("verify", step_dir(run, STEPS))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{index}: meta declares a string of 2147483648 bytes, but the file stores 0 for it" in result.stderr, \
+        result.stderr
+
+
 def test_usage_errors_and_refusals(workspace):
     checkpoint = step_dir(workspace["lm"], STEPS)
     for arguments in [(), ("frobnicate",), ("list",), ("list", "a", "b"), ("verify",), ("export", checkpoint),
