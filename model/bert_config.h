@@ -37,7 +37,8 @@ struct BertConfig {
   // "dtype"/"torch_dtype" are not kept: save_bert writes them.
   nlohmann::json extra = nlohmann::json::object();
 
-  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  // 0 until validate() has found a positive number of heads.
+  int64_t head_dim() const { return num_attention_heads > 0 ? hidden_size / num_attention_heads : 0; }
 
   // Throws std::runtime_error "key '<name>': <what is wrong>" for the first bad value.
   void validate() const;

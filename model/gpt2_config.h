@@ -38,7 +38,8 @@ struct Gpt2Config {
   nlohmann::json extra = nlohmann::json::object();
 
   int64_t inner_dim() const { return n_inner.value_or(4 * n_embd); }
-  int64_t head_dim() const { return n_embd / n_head; }
+  // 0 until validate() has found a positive number of heads.
+  int64_t head_dim() const { return n_head > 0 ? n_embd / n_head : 0; }
   // Whether activation_function is GELU's tanh approximation (gelu_new, gelu_pytorch_tanh).
   bool tanh_gelu() const;
 

@@ -68,7 +68,10 @@ struct LlamaConfig {
   // "architectures" and "dtype"/"torch_dtype" are not kept: save_llama writes them.
   nlohmann::json extra = nlohmann::json::object();
 
-  int64_t head_size() const { return head_dim.value_or(hidden_size / num_attention_heads); }
+  // 0 until validate() has found a positive number of heads (without head_dim).
+  int64_t head_size() const {
+    return head_dim.value_or(num_attention_heads > 0 ? hidden_size / num_attention_heads : 0);
+  }
   // Qwen2 always has query/key/value biases and never an output bias.
   bool qkv_bias() const { return model_type == "qwen2" || attention_bias; }
   bool o_bias() const { return model_type != "qwen2" && attention_bias; }
