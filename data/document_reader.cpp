@@ -86,7 +86,7 @@ bool DocumentReader::next_json(Document& document) {
     nlohmann::json object;
     try {
       object = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& error) {
+    } catch (const nlohmann::json::exception& error) {  // parse_error, or out_of_range for a number past double
       throw std::runtime_error(where + "malformed JSON (" + error.what() + ")");
     }
     if (!object.is_object()) {

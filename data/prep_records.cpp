@@ -165,7 +165,7 @@ bool RecordReader::next_json(Record& record) {
     if (is_blank(line)) continue;
     try {
       record.fields = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& error) {
+    } catch (const nlohmann::json::exception& error) {  // parse_error, or out_of_range for a number past double
       throw std::runtime_error(where(line_number_) + "malformed JSON (" + error.what() + ")");
     }
     if (!record.fields.is_object()) {
@@ -240,7 +240,7 @@ std::vector<std::string> field_list(const Record& record, const std::filesystem:
     if (text.find_first_not_of(" \t") != std::string::npos && text[text.find_first_not_of(" \t")] == '[') {
       try {
         value = nlohmann::json::parse(text);
-      } catch (const nlohmann::json::parse_error& error) {
+      } catch (const nlohmann::json::exception& error) {  // parse_error, or out_of_range for a number past double
         throw std::runtime_error(where + "is not a JSON array (" + error.what() + ")");
       }
     } else {

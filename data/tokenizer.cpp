@@ -181,7 +181,7 @@ Json read_json(const fs::path& path) {
   const std::string text = read_file(path);
   try {
     return Json::parse(text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail(path, std::string("is not valid JSON: ") + e.what());
   }
 }

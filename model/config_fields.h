@@ -31,7 +31,7 @@ inline nlohmann::json read_config_file(const std::filesystem::path& path) {
   }
   try {
     return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number past double
     throw std::runtime_error(path.string() + ": not valid JSON: " + e.what());
   }
 }

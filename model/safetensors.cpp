@@ -169,7 +169,7 @@ SafetensorsReader::SafetensorsReader(const std::filesystem::path& path) : path_(
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(mapping_->bytes() + 8, mapping_->bytes() + data_start_);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail(path, std::string("header is not valid JSON: ") + e.what());
   }
   if (!header.is_object()) fail(path, "header is JSON but not an object");
@@ -321,7 +321,7 @@ NamedTensors load_safetensors_index(const std::filesystem::path& index_path) {
   nlohmann::json index;
   try {
     index = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number past double
     fail(index_path, std::string("not valid JSON: ") + e.what());
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
