@@ -17,6 +17,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -223,6 +224,68 @@ struct Index {
   int64_t block_bytes = kCheckpointBlockBytes;
 };
 
+// The manifest is the file's word: every field a reader uses is checked here, before
+// anything is sized or indexed by it. Each tensor is a 1-D or 2-D tensor of a known
+// dtype; each piece names its file and dataset and lies inside its tensor; the pieces
+// hold exactly the tensor's values; and the bytes of a file's pieces fit in that file,
+// so a tensor is never allocated larger than the files on disk.
+void check_manifest(const json& tensors, const fs::path& dir, const std::string& where) {
+  std::set<std::string> names;
+  std::map<std::string, int64_t> bytes_in_file;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const json& tensor = tensors[i];
+    std::string at = where + ": manifest tensors[" + std::to_string(i) + "]";
+    auto fail = [&](const std::string& what) { throw std::runtime_error(at + " " + what + " (corrupt)"); };
+    auto is_string = [](const json& object, const char* key) { return object.contains(key) && object[key].is_string(); };
+    auto is_dims = [](const json& object, const char* key) {
+      if (!object.contains(key) || !object[key].is_array()) return false;
+      for (const json& d : object[key])
+        if (!d.is_number_integer() || d.get<int64_t>() < 0) return false;
+      return true;
+    };
+    if (!tensor.is_object() || !is_string(tensor, "name")) fail("has no \"name\" string");
+    at += " ('" + tensor["name"].get<std::string>() + "')";
+    if (!names.insert(tensor["name"].get<std::string>()).second) fail("repeats a tensor name");
+    if (!is_string(tensor, "dtype")) fail("has no \"dtype\" string");
+    const at::ScalarType dtype = dtype_named(tensor["dtype"].get<std::string>(), at);
+    if (!is_dims(tensor, "shape") || tensor["shape"].empty() || tensor["shape"].size() > 2)
+      fail("has no \"shape\" of 1 or 2 non-negative sizes");
+    const auto shape = tensor["shape"].get<std::vector<int64_t>>();
+    if (!tensor.contains("pieces") || !tensor["pieces"].is_array()) fail("has no \"pieces\" array");
+    int64_t covered = 0;
+    for (size_t j = 0; j < tensor["pieces"].size(); ++j) {
+      const json& piece = tensor["pieces"][j];
+      const std::string piece_at = "pieces[" + std::to_string(j) + "]";
+      if (!piece.is_object() || !is_string(piece, "file") || !is_string(piece, "dataset"))
+        fail(piece_at + " has no \"file\" and \"dataset\" strings");
+      if (!is_dims(piece, "offset") || !is_dims(piece, "shape") || piece["offset"].size() != shape.size() ||
+          piece["shape"].size() != shape.size())
+        fail(piece_at + " has no \"offset\" and \"shape\" of the tensor's " + std::to_string(shape.size()) +
+             " dimensions");
+      const auto offset = piece["offset"].get<std::vector<int64_t>>();
+      const auto extent = piece["shape"].get<std::vector<int64_t>>();
+      for (size_t d = 0; d < shape.size(); ++d)
+        if (offset[d] > shape[d] || extent[d] > shape[d] - offset[d]) fail(piece_at + " lies outside the tensor");
+      if (!piece.contains("block_crc32") || !piece["block_crc32"].is_array()) fail(piece_at + " has no block_crc32 array");
+      for (const json& crc : piece["block_crc32"])
+        if (!crc.is_number_unsigned() || crc.get<uint64_t>() > 0xFFFFFFFFull)
+          fail(piece_at + " has a block_crc32 that is not a 32-bit checksum");
+      const int64_t values = numel_of(extent);
+      covered += values;
+      bytes_in_file[piece["file"].get<std::string>()] += values * static_cast<int64_t>(c10::elementSize(dtype));
+    }
+    if (covered != numel_of(shape))
+      fail("has pieces holding " + std::to_string(covered) + " of its " + std::to_string(numel_of(shape)) + " values");
+  }
+  for (const auto& [file, bytes] : bytes_in_file) {
+    std::error_code error;
+    const uintmax_t size = fs::file_size(dir / file, error);
+    if (!error && static_cast<uintmax_t>(bytes) > size)
+      throw std::runtime_error(where + ": manifest puts " + std::to_string(bytes) + " bytes in " + file + ", which holds " +
+                               std::to_string(size) + " (corrupt)");
+  }
+}
+
 Index read_index(const fs::path& checkpoint) {
   const hdf5::QuietErrors quiet;  // failures become exceptions naming the file
   if (!fs::exists(checkpoint / kMarker))
@@ -256,6 +319,7 @@ Index read_index(const fs::path& checkpoint) {
     throw std::runtime_error(where + ": manifest block_bytes " + block_bytes.dump() +
                              " is not between 4096 and 64 MiB (corrupt)");
   index.block_bytes = block_bytes.get<int64_t>();
+  check_manifest(manifest["tensors"], checkpoint, where);
   index.tensors = manifest["tensors"];
   for (size_t i = 0; i < index.tensors.size(); ++i) index.by_name[index.tensors[i].at("name")] = i;
   return index;
