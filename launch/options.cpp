@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -361,6 +362,22 @@ void check_task_options(const Config& config, const data::DatasetInfo& dataset) 
 }
 
 // Boost's parser errors in the one format: "<origin>: <section.key>: <what is wrong>".
+// Boost.Program_options builds its messages by replacing placeholders such as %value%
+// with the offending text; text that itself holds one makes that replacement loop
+// forever. Such text is refused before Boost sees it. `lines` says whether to count
+// lines (a file) or show the word (the command line).
+void refuse_placeholders(const std::string& text, const std::string& origin, bool lines) {
+  for (const char* token : {"%value%", "%canonical_option%", "%option%", "%prefix%", "%original_token%"}) {
+    const size_t at = text.find(token);
+    if (at == std::string::npos) continue;
+    const std::string where =
+        lines ? "line " + std::to_string(1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n'))
+              : "'" + text + "'";
+    throw std::runtime_error(origin + ": " + where + ": holds '" + token +
+                             "', which ftrain cannot take in a configuration (the option parser uses it in its messages)");
+  }
+}
+
 std::runtime_error parse_error(const std::string& origin, const po::error& e) {
   const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
   if (named == nullptr) return std::runtime_error(origin + ": " + e.what());
@@ -433,6 +450,7 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
     std::vector<std::string> words;
     for (int i = 1; i < argc; ++i) {
       const std::string word = argv[i];
+      refuse_placeholders(word, "command line", /*lines=*/false);
       if (word.size() > 3 && word.rfind("--", 0) == 0 && word.back() == '=' &&
           word.find('=') == word.size() - 1) {
         words.push_back(word.substr(0, word.size() - 1));
@@ -463,8 +481,11 @@ bool parse_config(int argc, const char* const* argv, Config& config, std::string
       throw std::runtime_error(path + ": config file not found (--config)");
     std::ifstream file(path);
     if (!file) throw std::runtime_error(path + ": cannot open config file");
+    const std::string content((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    refuse_placeholders(content, path, /*lines=*/true);
+    std::istringstream text(content);
     try {
-      po::store(po::parse_config_file(file, all, /*allow_unregistered=*/false), values);
+      po::store(po::parse_config_file(text, all, /*allow_unregistered=*/false), values);
     } catch (const po::error& e) {
       throw parse_error(path, e);
     }
@@ -495,6 +516,7 @@ Config parse_config_text(const std::string& ini, const std::string& source) {
   po::options_description all("ftrain options", kHelpWidth, kHelpWidth / 2);
   for (const auto& section : sections) all.add(section.options());
   po::variables_map values;
+  refuse_placeholders(ini, source, /*lines=*/true);
   std::istringstream text(ini);
   try {
     po::store(po::parse_config_file(text, all, /*allow_unregistered=*/false), values);
