@@ -11,7 +11,7 @@ BUILD       ?= build
 JOBS        ?= $(shell nproc)
 CTEST_ARGS  ?=
 
-.PHONY: all setup configure build build-programs test demo bench clean
+.PHONY: all setup configure build build-programs test demo bench fuzz clean
 
 all: build
 
@@ -52,6 +52,21 @@ BENCH_ARGS ?=
 bench: configure
 	cmake --build $(BUILD) -j $(JOBS) --target ftrain ftrain-bench-loader ftrain-bench-checkpoint -- --no-print-directory
 	BUILD=$(BUILD) $(PYTHON) bench/compare.py $(BENCH_ARGS)
+
+# Every parser of untrusted files under libFuzzer with AddressSanitizer, for
+# FUZZ_SECONDS each (tests/fuzz/, docs/fuzzing.md). A separate clang build in
+# $(FUZZ_BUILD); each harness's corpus grows in $(FUZZ_BUILD)/corpus/<harness>, and a
+# finding leaves its input there as crash-* or leak-*.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES := fuzz_safetensors fuzz_model_config fuzz_tokenizer fuzz_token_dataset fuzz_checkpoint fuzz_options
+fuzz:
+	@FTRAIN_HOME=$(FTRAIN_HOME) scripts/setup.sh --fuzz
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTRAIN_FUZZ=ON \
+	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DFTRAIN_PYTHON=$(PYTHON)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(FUZZ_HARNESSES) -- --no-print-directory
+	FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_HARNESSES)
 
 clean:
 	rm -rf $(BUILD)

@@ -23,6 +23,10 @@ apt_packages=(
   # Slurm's mpi/pmix plugin loads libpmix.so at run time, which only libpmix-dev ships.
   slurm-wlm munge libpmix-dev
 )
+# `make fuzz` (tests/fuzz/) builds with clang and links libFuzzer from compiler-rt.
+if [[ "${1:-}" == "--fuzz" ]]; then
+  apt_packages+=(clang libclang-rt-dev)
+fi
 
 missing=()
 for pkg in "${apt_packages[@]}"; do
