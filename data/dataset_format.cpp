@@ -20,6 +20,8 @@ void DatasetInfo::validate() const {
            std::to_string(format_version));
   }
   if (seq_len < 1) reject(format::kAttrSeqLen, "must be >= 1", std::to_string(seq_len));
+  if (seq_len > format::kMaxSeqLen)
+    reject(format::kAttrSeqLen, "must be at most " + std::to_string(format::kMaxSeqLen), std::to_string(seq_len));
   if (vocab_size < 1) reject(format::kAttrVocabSize, "must be >= 1", std::to_string(vocab_size));
   if (eos_id < -1 || eos_id >= vocab_size) {
     reject(format::kAttrEosId, "must be -1 (none) or a token id below vocab_size " + std::to_string(vocab_size),

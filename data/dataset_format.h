@@ -18,6 +18,12 @@ inline constexpr std::string_view kName = "ftrain.tokens";
 // or attributes does not change it; it changes only when a reader of the old version
 // would misread a new file.
 inline constexpr int64_t kVersion = 1;
+// The longest row a reader takes: buffers are sized rows x seq_len, so the file's
+// seq_len must not size them alone. 2^20 tokens covers million-token contexts.
+inline constexpr int64_t kMaxSeqLen = int64_t{1} << 20;
+// deflate's largest expansion: a dataset may declare at most this many times the
+// bytes the file stores for it (plus a small allowance for unwritten fill).
+inline constexpr int64_t kMaxExpansion = 1032;
 
 // Root attributes.
 inline constexpr char kAttrFormat[] = "format";                 // string

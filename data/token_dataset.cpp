@@ -383,6 +383,16 @@ std::optional<Column> open_column(hid_t group, const std::string& split, const c
   }
   column.dims.resize(rank);
   H5Sget_simple_extent_dims(space.get(), column.dims.data(), nullptr);
+  // The shape is the file's word, and readers size buffers and sample orders by it: a
+  // dataset may not declare more than the bytes the file stores for it could hold,
+  // decompressed (format::kMaxExpansion), plus 1 MiB of unwritten fill.
+  const long double declared = static_cast<long double>(H5Sget_simple_extent_npoints(space.get())) * type.size;
+  const auto stored = static_cast<long double>(H5Dget_storage_size(column.dataset.get()));
+  if (declared > stored * format::kMaxExpansion + (1 << 20)) {
+    throw file_error(path, "dataset '" + column.name + "' has shape " + describe_shape(column.dims) + ", " +
+                               std::to_string(static_cast<uint64_t>(declared)) + " bytes, but the file stores " +
+                               std::to_string(static_cast<uint64_t>(stored)) + " for it (corrupt or truncated)");
+  }
   return column;
 }
 

@@ -56,6 +56,7 @@ using AttributeValue = std::variant<int64_t, std::string, double>;
 struct CraftedDataset {
   hid_t file_type;
   std::vector<hsize_t> dims;
+  bool written = true;  // false: declared, never written, so the file stores nothing for it
 };
 
 struct CraftedFile {
@@ -112,6 +113,11 @@ void write_crafted(const fs::path& path, const CraftedFile& spec) {
       }
       const hid_t id = H5Dcreate2(group, name.c_str(), dataset.file_type, space, H5P_DEFAULT, creation, H5P_DEFAULT);
       H5Pclose(creation);
+      if (!dataset.written) {
+        H5Dclose(id);
+        H5Sclose(space);
+        continue;
+      }
       const hsize_t count = std::accumulate(dataset.dims.begin(), dataset.dims.end(), hsize_t{1}, std::multiplies<>());
       std::vector<int64_t> values(count);
       for (hsize_t i = 0; i < count; ++i) values[i] = static_cast<int64_t>(i % 100);
@@ -334,6 +340,15 @@ BOOST_AUTO_TEST_CASE(malformed_files_fail_with_the_file_and_the_problem) {
        "dataset '/train/loss_mask' has shape (3, 8), expected (4, 8)"},
       {"labels shape", [](CraftedFile& f) { f.datasets["labels"] = {H5T_STD_I64LE, {5}}; },
        "dataset '/train/labels' has shape (5,), expected (4,) or (4, 8)"},
+      // Readers size buffers and sample orders by the shape: it must be backed by the file.
+      {"rows never stored",
+       [](CraftedFile& f) {
+         f.datasets["input_ids"] = {H5T_STD_I32LE, {hsize_t{1} << 30, 8}, false};
+         f.datasets.erase("loss_mask");
+       },
+       "dataset '/train/input_ids' has shape (1073741824, 8), 34359738368 bytes, but the file stores 0 for it"},
+      {"seq_len past the longest row", [](CraftedFile& f) { f.root["seq_len"] = int64_t{1} << 21; },
+       "'seq_len' must be at most 1048576"},
   };
   for (const Case& c : cases) {
     BOOST_TEST_CONTEXT(c.name) {
