@@ -59,7 +59,8 @@ bench: configure
 # finding leaves its input there as crash-* or leak-*.
 FUZZ_BUILD   ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_HARNESSES := fuzz_safetensors fuzz_model_config fuzz_tokenizer fuzz_token_dataset fuzz_checkpoint fuzz_options
+FUZZ_HARNESSES := fuzz_safetensors fuzz_model_config fuzz_tokenizer fuzz_token_dataset fuzz_token_dataset_fields \
+  fuzz_checkpoint fuzz_options
 fuzz:
 	@FTRAIN_HOME=$(FTRAIN_HOME) scripts/setup.sh --fuzz
 	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTRAIN_FUZZ=ON \
