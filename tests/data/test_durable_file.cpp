@@ -4,22 +4,15 @@
 #define BOOST_TEST_MODULE test_durable_file
 #include <boost/test/unit_test.hpp>
 
-#include <fstream>
-#include <iterator>
-
 #include "data/durable_file.h"
 #include "tests/data/dataset_fixtures.h"
 
 namespace fs = std::filesystem;
 using namespace ftrain::data;
+using ftrain::data::testing::read_text;
 using ftrain::data::testing::ScratchDir;
 
 namespace {
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 bool names(const std::exception& error, const std::string& what) {
   return std::string(error.what()).find(what) != std::string::npos;

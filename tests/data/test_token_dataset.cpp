@@ -20,14 +20,10 @@
 
 namespace fs = std::filesystem;
 using namespace ftrain::data;
+using ftrain::data::testing::read_text;
 using ftrain::data::testing::ScratchDir;
 
 namespace {
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
