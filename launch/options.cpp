@@ -364,10 +364,11 @@ void check_task_options(const Config& config, const data::DatasetInfo& dataset) 
 // Boost's parser errors in the one format: "<origin>: <section.key>: <what is wrong>".
 // Boost.Program_options builds its messages by replacing placeholders such as %value%
 // with the offending text; text that itself holds one makes that replacement loop
-// forever. Such text is refused before Boost sees it. `lines` says whether to count
+// forever. The tokens are those libboost_program_options 1.74 substitutes. Such text is refused before Boost sees it. `lines` says whether to count
 // lines (a file) or show the word (the command line).
 void refuse_placeholders(const std::string& text, const std::string& origin, bool lines) {
-  for (const char* token : {"%value%", "%canonical_option%", "%option%", "%prefix%", "%original_token%"}) {
+  for (const char* token : {"%value%", "%canonical_option%", "%option%", "%prefix%", "%original_token%",
+                            "%invalid_line%", "%valual_option%"}) {
     const size_t at = text.find(token);
     if (at == std::string::npos) continue;
     const std::string where =
