@@ -164,8 +164,16 @@ class AttemptLog {
     }
   }
 
+  // A record that cannot be written (a full disk) is reported on stderr, once, and the
+  // supervision goes on: the job matters more than its history.
   void write(const Json& record) {
-    if (file_.is_open()) file_.write(record.dump() + "\n");
+    if (!file_.is_open()) return;
+    try {
+      file_.write(record.dump() + "\n");
+    } catch (const std::runtime_error& error) {
+      say(std::string(error.what()) + "; no further records are logged");
+      file_ = data::AppendFile();
+    }
   }
 
  private:

@@ -110,6 +110,15 @@ def test_when_restarts_run_out_the_last_status_is_the_supervisors(tmp_path):
     assert "attempt 3 ended with exit status 5; no restarts left (2 used, --max-restarts); exiting with 5" in result.stderr
 
 
+def test_a_log_that_cannot_be_written_does_not_stop_the_supervision(tmp_path):
+    """/dev/full refuses every write with ENOSPC, as a full disk does."""
+    result = run(supervise("--max-restarts", 1, "--backoff", 0.05, "--log", "/dev/full",
+                           command=fake_command(tmp_path, ["exit:3", "exit:0"])))
+    assert result.returncode == 0, result.stderr
+    assert "/dev/full: write failed: No space left on device; no further records are logged" in result.stderr
+    assert result.stderr.count("no further records are logged") == 1
+
+
 def test_death_by_a_signal_is_reported_as_128_plus_the_signal(tmp_path):
     log = tmp_path / "attempts.jsonl"
     result = run(supervise("--max-restarts", 1, "--backoff", 0.05, "--log", log,
