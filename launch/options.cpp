@@ -361,24 +361,26 @@ void check_task_options(const Config& config, const data::DatasetInfo& dataset) 
   }
 }
 
-// Boost's parser errors in the one format: "<origin>: <section.key>: <what is wrong>".
 // Boost.Program_options builds its messages by replacing placeholders such as %value%
 // with the offending text; text that itself holds one makes that replacement loop
-// forever. The tokens are those libboost_program_options 1.74 substitutes. Such text is refused before Boost sees it. `lines` says whether to count
-// lines (a file) or show the word (the command line).
+// forever. Such text is refused before Boost sees it. The tokens are those
+// libboost_program_options 1.74 substitutes. `lines` says whether to count lines (a
+// file) or show the word (the command line).
 void refuse_placeholders(const std::string& text, const std::string& origin, bool lines) {
   for (const char* token : {"%value%", "%canonical_option%", "%option%", "%prefix%", "%original_token%",
                             "%invalid_line%", "%valual_option%"}) {
     const size_t at = text.find(token);
     if (at == std::string::npos) continue;
+    const auto before = text.begin() + static_cast<std::ptrdiff_t>(at);
     const std::string where =
-        lines ? "line " + std::to_string(1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n'))
-              : "'" + text + "'";
+        lines ? "line " + std::to_string(1 + std::count(text.begin(), before, '\n')) : "'" + text + "'";
     throw std::runtime_error(origin + ": " + where + ": holds '" + token +
-                             "', which ftrain cannot take in a configuration (the option parser uses it in its messages)");
+                             "', which ftrain cannot take in a configuration (the option parser uses it in its "
+                             "messages)");
   }
 }
 
+// Boost's parser errors in the one format: "<origin>: <section.key>: <what is wrong>".
 std::runtime_error parse_error(const std::string& origin, const po::error& e) {
   const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
   if (named == nullptr) return std::runtime_error(origin + ": " + e.what());

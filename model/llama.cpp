@@ -149,7 +149,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const RotaryAn
   const int64_t past = k.size(2) - T;
   // (B, nh, T, hs). Without earlier positions "each sees itself and those before" is the
   // plain causal mask; with them, a single new position sees every key.
-  torch::Tensor y = attend(q, k, v, allowed, /*causal=*/past == 0, is_training() ? attention_dropout_ : 0.0, heads_part(q));
+  torch::Tensor y =
+      attend(q, k, v, allowed, /*causal=*/past == 0, is_training() ? attention_dropout_ : 0.0, heads_part(q));
   // (B, nh, T, hs) -> (B, T, nh * hs) -> (B, T, C)
   return o_proj(y.transpose(1, 2).reshape({B, T, q.size(1) * head_dim_}));
 }

@@ -17,7 +17,8 @@ inline void read_like_the_loader(const std::filesystem::path& path) {
     const data::TokenDataset dataset(path, split);
     std::vector<int64_t> rows;
     for (int64_t row = 0; row < std::min<int64_t>(dataset.num_rows(), 4); ++row) rows.push_back(row);
-    for (int64_t row = std::max<int64_t>(4, dataset.num_rows() - 4); row < dataset.num_rows(); ++row) rows.push_back(row);
+    for (int64_t row = std::max<int64_t>(4, dataset.num_rows() - 4); row < dataset.num_rows(); ++row)
+      rows.push_back(row);
     const size_t cells = rows.size() * static_cast<size_t>(dataset.seq_len());
     std::vector<int32_t> ids(cells);
     dataset.read_rows(rows, ids.data());
