@@ -113,3 +113,77 @@ BOOST_AUTO_TEST_CASE(ranks_outside_the_world_are_refused) {
   BOOST_CHECK_THROW(layout.rank_of(4, 0), std::out_of_range);
   BOOST_CHECK_THROW(layout.rank_of(0, 2), std::out_of_range);
 }
+
+// Block placement (srun's default, mpirun --map-by slot): the same groups as make().
+BOOST_AUTO_TEST_CASE(by_node_with_block_placement_is_the_plain_layout) {
+  for (int nodes : {1, 2, 4}) {
+    for (int per_node : {1, 2, 4}) {
+      std::vector<int> node_of_rank;
+      for (int node = 0; node < nodes; ++node) node_of_rank.insert(node_of_rank.end(), per_node, node);
+      const int world = nodes * per_node;
+      for (int tp : divisors(world)) {
+        BOOST_TEST_CONTEXT(nodes << " nodes of " << per_node << ", tp " << tp) {
+          const Layout placed = Layout::by_node(node_of_rank, tp);
+          const Layout plain = Layout::make(world, tp);
+          for (int rank = 0; rank < world; ++rank) {
+            BOOST_TEST(placed.tp_group(rank) == plain.tp_group(rank));
+            BOOST_TEST(placed.dp_group(rank) == plain.dp_group(rank));
+          }
+          if (per_node % tp == 0) BOOST_TEST(placed.straddling_tp_groups() == 0);
+        }
+      }
+    }
+  }
+}
+
+// srun --distribution=cyclic on 2 nodes: ranks 0 2 on the first, 1 3 on the second.
+// Rank arithmetic would pair 0 with 1 across the nodes; by_node pairs the node's own.
+BOOST_AUTO_TEST_CASE(by_node_keeps_tp_groups_inside_nodes_under_cyclic_placement) {
+  const Layout layout = Layout::by_node({7, 3, 7, 3}, 2);
+  BOOST_TEST(layout.tp_group(0) == (std::vector<int>{0, 2}));
+  BOOST_TEST(layout.tp_group(3) == (std::vector<int>{1, 3}));
+  BOOST_TEST(layout.dp_group(0) == (std::vector<int>{0, 1}));
+  BOOST_TEST(layout.dp_group(2) == (std::vector<int>{2, 3}));
+  BOOST_TEST(layout.tp_rank(0) == 0);
+  BOOST_TEST(layout.dp_rank(0) == 0);
+  BOOST_TEST(layout.straddling_tp_groups() == 0);
+  check_partition(layout, /*tp=*/true);
+  check_partition(layout, /*tp=*/false);
+  BOOST_TEST(Layout::make(4, 2).tp_group(0) == (std::vector<int>{0, 1}));
+}
+
+// Every placement of 12 ranks on 3 nodes of 4 (a fixed pseudo-random sample): the
+// tensor-parallel groups never cross a node, rank 0 stays first, and the groups
+// partition the world.
+BOOST_AUTO_TEST_CASE(by_node_never_straddles_when_tp_divides_each_node) {
+  unsigned state = 12345;
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<int> node_of_rank;
+    for (int node = 0; node < 3; ++node) node_of_rank.insert(node_of_rank.end(), 4, node * 10);
+    for (int i = 11; i > 0; --i) {
+      state = state * 1103515245u + 12345u;
+      std::swap(node_of_rank[i], node_of_rank[(state >> 16) % (i + 1)]);
+    }
+    for (int tp : {1, 2, 4}) {
+      BOOST_TEST_CONTEXT("trial " << trial << ", tp " << tp) {
+        const Layout layout = Layout::by_node(node_of_rank, tp);
+        BOOST_TEST(layout.straddling_tp_groups() == 0);
+        for (int rank = 0; rank < 12; ++rank)
+          for (int member : layout.tp_group(rank)) BOOST_TEST(node_of_rank[member] == node_of_rank[rank]);
+        BOOST_TEST(layout.rank_of(0, 0) == 0);
+        check_partition(layout, /*tp=*/true);
+        check_partition(layout, /*tp=*/false);
+      }
+    }
+  }
+}
+
+// 3 ranks on one node and 1 on another cannot make two node-local pairs: the second
+// pair crosses, and the layout says so.
+BOOST_AUTO_TEST_CASE(by_node_counts_groups_it_cannot_keep_inside_a_node) {
+  const Layout layout = Layout::by_node({0, 0, 1, 0}, 2);
+  BOOST_TEST(layout.tp_group(0) == (std::vector<int>{0, 1}));
+  BOOST_TEST(layout.tp_group(2) == (std::vector<int>{3, 2}));
+  BOOST_TEST(layout.straddling_tp_groups() == 1);
+  BOOST_CHECK_EXCEPTION(Layout::by_node({0, 0, 1}, 2), std::invalid_argument, names_key);
+}
