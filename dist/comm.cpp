@@ -1,6 +1,7 @@
 #include "dist/comm.h"
 
 #include <climits>
+#include <cstring>
 #include <cmath>
 #include <numeric>
 #include <sstream>
@@ -647,11 +648,29 @@ Communicator Communicator::create(const CommOptions& options) {
   comm.options_ = options;
   comm.rank_ = rank;
 
+  // The node of each rank, from which ranks share memory (not from rank arithmetic:
+  // the launcher may place ranks cyclically), named by the node's lowest rank.
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
   MPI_Comm_rank(node, &comm.local_rank_);
   MPI_Comm_size(node, &comm.local_size_);
+  int node_id = rank;
+  MPI_Bcast(&node_id, 1, MPI_INT, 0, node);
   MPI_Comm_free(&node);
+  std::vector<int> node_of_rank(world_size);
+  MPI_Allgather(&node_id, 1, MPI_INT, node_of_rank.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  std::vector<char> hosts(size_t(world_size) * MPI_MAX_PROCESSOR_NAME, '\0');
+  {
+    char host[MPI_MAX_PROCESSOR_NAME] = {};
+    int length = 0;
+    MPI_Get_processor_name(host, &length);
+    MPI_Allgather(host, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, hosts.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR,
+                  MPI_COMM_WORLD);
+  }
+  for (int r = 0; r < world_size; ++r)
+    comm.hosts_.emplace_back(hosts.data() + size_t(r) * MPI_MAX_PROCESSOR_NAME,
+                             strnlen(hosts.data() + size_t(r) * MPI_MAX_PROCESSOR_NAME, MPI_MAX_PROCESSOR_NAME));
+  comm.layout_ = Layout::by_node(node_of_rank, options.tp);
 
   // A device problem may hit only some ranks; agree on it so that no rank goes on alone
   // into the collectives below.

@@ -218,6 +218,8 @@ class Communicator {
   // This rank among the ranks on its node (ranks sharing memory).
   int local_rank() const { return local_rank_; }
   int local_size() const { return local_size_; }
+  // The host name rank `rank` runs on (MPI_Get_processor_name).
+  const std::string& host(int rank) const { return hosts_.at(rank); }
 
   Group& world() { return *world_; }
   Group& tp() { return *tp_; }
@@ -240,6 +242,7 @@ class Communicator {
   int rank_ = 0;
   int local_rank_ = 0;
   int local_size_ = 1;
+  std::vector<std::string> hosts_;
   c10::Device device_{c10::kCPU};
   // Behind pointers so that references to the groups and the stats stay valid when the
   // communicator moves.

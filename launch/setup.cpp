@@ -2,8 +2,11 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <set>
 
 #include "data/durable_file.h"
 #include "launch/checkpoint/store.h"
@@ -102,6 +105,42 @@ RunParts build_run(const Config& config, dist::Communicator& comm,
   return run;
 }
 
+namespace {
+
+// One line per node: its ranks and the data-parallel ranks whose tensor-parallel groups
+// it holds, so a reader sees that tensor parallelism stays inside nodes.
+void print_placement(const dist::Communicator& comm) {
+  const dist::Layout& layout = comm.layout();
+  std::vector<std::string> order;  // host names, in layout order
+  std::map<std::string, std::pair<std::vector<int>, std::set<int>>> nodes;
+  for (int dp = 0; dp < layout.dp_size; ++dp) {
+    for (int tp = 0; tp < layout.tp_size; ++tp) {
+      const int rank = layout.rank_of(dp, tp);
+      auto [node, added] = nodes.try_emplace(comm.host(rank));
+      if (added) order.push_back(comm.host(rank));
+      node->second.first.push_back(rank);
+      node->second.second.insert(dp);
+    }
+  }
+  const size_t shown = 16;
+  for (size_t i = 0; i < order.size() && i < shown; ++i) {
+    auto& [ranks, dps] = nodes.at(order[i]);
+    std::sort(ranks.begin(), ranks.end());
+    std::cout << "ftrain: node " << order[i] << ": rank(s)";
+    for (size_t k = 0; k < ranks.size(); ++k) std::cout << (k ? "," : " ") << ranks[k];
+    std::cout << " = tp group(s) of dp rank(s)";
+    size_t k = 0;
+    for (int dp : dps) std::cout << (k++ ? "," : " ") << dp;
+    std::cout << "\n";
+  }
+  if (order.size() > shown) std::cout << "ftrain: ... and " << order.size() - shown << " more node(s)\n";
+  if (const int straddling = layout.straddling_tp_groups())
+    std::cout << "ftrain: warning: " << straddling << " tensor-parallel group(s) span two nodes: a node's rank "
+              << "count is not a multiple of dist.tp = " << layout.tp_size << "\n";
+}
+
+}  // namespace
+
 void print_banner(const Config& config, const dist::Communicator& comm, Task& task,
                   const dist::TensorParallelPlan& plan, const data::StreamingLoader& loader) {
   int64_t parameters = 0;
@@ -117,6 +156,7 @@ void print_banner(const Config& config, const dist::Communicator& comm, Task& ta
             << " tokens = " << config.data.micro_batch_size << " per rank x "
             << config.train.global_batch_size / (config.data.micro_batch_size * dp_size) << " accumulation x "
             << dp_size << " data-parallel ranks\n";
+  print_placement(comm);
   std::cout.flush();
 }
 
