@@ -2,11 +2,13 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace ftrain::dist {
 
@@ -60,6 +62,13 @@ MpiSession::~MpiSession() {
 void abort_job(int code) {
   std::fflush(stdout);
   std::fflush(stderr);
+  // MPI_Abort asks the launcher to end every rank. Where the launcher cannot be reached
+  // (this node is cut off from the others) it may never return: the process then ends
+  // itself after a grace period, and the launcher sees the others' exit.
+  std::thread([code] {
+    std::this_thread::sleep_for(std::chrono::seconds(10));
+    std::_Exit(code);
+  }).detach();
   if (mpi_running()) MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);
 }
