@@ -129,7 +129,11 @@ std::vector<Section> describe(Config& c) {
            "trace steps from this one (1-based) with the PyTorch profiler: CPU operators and CUDA kernels, to "
            "<run.dir>/profile/rank_N_steps_A-B.json (Perfetto, chrome://tracing); rank 0 prints the kernels that took the "
            "most time; 0 = off")
-      .add("profile_steps", &c.run.profile_steps, "steps traced from run.profile_from");
+      .add("profile_steps", &c.run.profile_steps, "steps traced from run.profile_from")
+      .add("log_samples", &c.run.log_samples,
+           "each data-parallel rank appends, per step, the dataset rows it trained on to "
+           "<run.dir>/samples/dp_N.jsonl ({step, start, dp_rank, dp_size, rows}; start = the step this process began "
+           "at), to check that a resumed or resharded run sees every sample once");
 
   sections.emplace_back("model", "[model] the starting weights");
   sections.back()

@@ -30,6 +30,7 @@ struct RunOptions {
   bool tensorboard = true;      // rank 0 also writes its metrics as TensorBoard event files to <dir>/tensorboard
   int64_t profile_from = 0;     // first step traced by the PyTorch profiler (1-based); 0 = off
   int64_t profile_steps = 3;    // steps traced from profile_from
+  bool log_samples = false;     // each data-parallel rank appends its steps' dataset rows to <dir>/samples/
   void validate() const;
 };
 

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <thread>
 
+#include "data/durable_file.h"
 #include "data/streaming_loader.h"
 #include "dist/data_parallel.h"
 #include "launch/checkpoint/checkpointer.h"
@@ -86,6 +87,25 @@ class Trainer {
     register_state();
     checkpointer_ = std::make_unique<Checkpointer>(fs::path(config_.run.dir) / "checkpoints", config_.checkpoint.keep,
                                                    config_.checkpoint.async, comm_.world(), registry_);
+    if (config_.run.log_samples && comm_.layout().tp_rank(comm_.rank()) == 0) {
+      const fs::path dir = fs::path(config_.run.dir) / "samples";
+      fs::create_directories(dir);
+      sample_log_ = data::AppendFile(dir / ("dp_" + std::to_string(comm_.layout().dp_rank(comm_.rank())) + ".jsonl"));
+    }
+  }
+
+  // The loader's next micro-batch; its rows are kept for run.log_samples.
+  data::Batch next_batch() {
+    data::Batch batch = loader_->next();
+    if (sample_log_.is_open()) step_rows_.insert(step_rows_.end(), batch.sample_ids.begin(), batch.sample_ids.end());
+    return batch;
+  }
+
+  void log_samples(int64_t start_step) {
+    if (!sample_log_.is_open()) return;
+    sample_log_.write(json{{"step", step_}, {"start", start_step}, {"dp_rank", comm_.layout().dp_rank(comm_.rank())},
+                           {"dp_size", dp_size()}, {"rows", step_rows_}}.dump() + "\n");
+    step_rows_.clear();
   }
 
   // What a checkpoint holds. Random state needs no saving: dropout is reseeded from
@@ -147,7 +167,7 @@ class Trainer {
   StepOutcome train_step() {
     set_body_frozen(step_ < config_.train.freeze_base_steps);
     std::vector<TaskBatch> micro_batches;
-    for (int64_t m = 0; m < grad_accum_steps(); ++m) micro_batches.push_back(task_->prepare(loader_->next(), comm_.device()));
+    for (int64_t m = 0; m < grad_accum_steps(); ++m) micro_batches.push_back(task_->prepare(next_batch(), comm_.device()));
     // The loss is normalised by the targets (tokens, or labelled rows) of the whole
     // global batch, so summing gradients over micro-batches and ranks gives the
     // gradient of the global mean, however the batch is split.
@@ -237,6 +257,7 @@ class Trainer {
                   .stepped = outcome.stepped, .tokens = tokens, .tokens_seen = tokens_seen_,
                   .first = step_ == start_step + 1});
       if (!comm_.device().is_cuda()) log_->flush();
+      log_samples(start_step);
       profiler_.after_step(step_, seconds_since(step_start));
 
       if (const auto exit_code = between_steps(start_step)) return *exit_code;
@@ -380,6 +401,8 @@ class Trainer {
   std::unique_ptr<Evaluator> evaluator_;
   StateRegistry registry_;
   std::unique_ptr<Checkpointer> checkpointer_;
+  data::AppendFile sample_log_;    // run.log_samples
+  std::vector<int64_t> step_rows_;  // this step's dataset rows, for sample_log_
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
   bool body_frozen_ = false;
