@@ -16,18 +16,12 @@ Needs root (munged runs as the munge user, slurmd as root) and Debian's slurm-wl
 munge, which scripts/setup.sh installs; skipped, saying why, where they are missing.
 Where they are all present, daemons that do not start fail the test."""
 import csv
-import ctypes
 import json
 import math
 import os
-import pwd
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,193 +29,25 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch" / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+from slurm import Cluster, requirements, start_cluster, tail  # noqa: E402
 from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus, tiny_gpt2  # noqa: E402
 from test_sweep import run_sweep, spec  # noqa: E402
 
 STEPS = 300
-DAEMONS = ("munged", "slurmctld", "slurmd")
-COMMANDS = ("srun", "sbatch", "scontrol", "scancel", "squeue", "sinfo")
-
-
-def program(name):
-    """The full path of a Slurm or munge program; the daemons live in /usr/sbin, which
-    not every PATH holds."""
-    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def terminate_with_parent():
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def tail(path, lines=20):
-    path = Path(path)
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no file)"
-
-
-class Cluster:
-    """munged with a key of its own, slurmctld and slurmd on free ports, everything
-    (state, spool, logs, pid files, the munge socket) in temporary directories, so
-    neither a system Slurm nor a system munged is touched."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-        self.processes = {}
-        # munged checks that its socket's directory is reachable by everyone and owned
-        # by its user, which pytest's private temporary directories are not.
-        self.munge_dir = Path(tempfile.mkdtemp(prefix="ftrain-munge-"))
-        munge = pwd.getpwnam("munge")
-        os.chmod(self.munge_dir, 0o755)
-        os.chown(self.munge_dir, munge.pw_uid, munge.pw_gid)
-        key = self.munge_dir / "munge.key"
-        key.write_bytes(os.urandom(1024))
-        os.chmod(key, 0o600)
-        os.chown(key, munge.pw_uid, munge.pw_gid)
-        self.munge_socket = self.munge_dir / "munge.socket"
-        self.conf = self.root / "slurm.conf"
-        for folder in ("state", "spool"):
-            (self.root / folder).mkdir()
-        cpus = os.cpu_count()
-        # CPU binding (srun --cpu-bind) needs task/affinity; where this process may not
-        # use every CPU (a cpuset container) Slurm's CPU numbers would not be ours.
-        task_plugin = "task/affinity" if len(os.sched_getaffinity(0)) == cpus else "task/none"
-        self.conf.write_text(f"""\
-ClusterName=ftraintest
-SlurmctldHost=localhost
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-# A requeued job waits for its old credential to expire before it starts again:
-# 10 s instead of the default 120 s.
-AuthInfo=socket={self.munge_socket},cred_expire=10
-StateSaveLocation={self.root}/state
-SlurmdSpoolDir={self.root}/spool
-SlurmctldPidFile={self.root}/slurmctld.pid
-SlurmdPidFile={self.root}/slurmd.pid
-SlurmctldLogFile={self.root}/slurmctld.log
-SlurmdLogFile={self.root}/slurmd.log
-MailProg=/bin/true
-MpiDefault=pmix
-ProctrackType=proctrack/linuxproc
-TaskPlugin={task_plugin}
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=5,bf_interval=5
-ReturnToService=2
-JobCompType=jobcomp/none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-""")
-        # The environment of every Slurm command and job: this cluster's config and none
-        # of the variables of a Slurm job the tests may themselves be running in.
-        self.env = {key: value for key, value in ENV.items()
-                    if not key.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_"))}
-        self.env["SLURM_CONF"] = str(self.conf)
-
-    def start_daemon(self, name, arguments, **options):
-        # A session of their own keeps Ctrl-C from them until stop() has cancelled the
-        # jobs; the parent-death signal ends them should pytest itself be killed.
-        log = open(self.root / f"{name}.out", "w")
-        self.processes[name] = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                                start_new_session=True, preexec_fn=terminate_with_parent,
-                                                **options)
-        log.close()
-
-    def start(self):
-        munge = self.munge_dir
-        self.start_daemon("munged", [program("munged"), "--foreground", f"--socket={self.munge_socket}",
-                                     f"--key-file={munge}/munge.key", f"--pid-file={munge}/munged.pid",
-                                     f"--seed-file={munge}/munged.seed", f"--log-file={munge}/munged.log"],
-                          user="munge", group="munge", extra_groups=[])
-        self.wait_for(lambda: self.munge_socket.exists(), 10, "munged to create its socket")
-        self.start_daemon("slurmctld", [program("slurmctld"), "-D"])
-        self.start_daemon("slurmd", [program("slurmd"), "-D", "-N", "localhost"])
-        self.wait_for(lambda: self.slurm("sinfo", "-h", "-o", "%t", check=False).stdout.strip() == "idle", 60,
-                      "the node to be idle")
-
-    def wait_for(self, ready, seconds, what):
-        deadline = time.time() + seconds
-        while not ready():
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail(self.root / f'{name}.out')}")
-            if time.time() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}:\n{self.logs()}")
-            time.sleep(0.2)
-
-    def logs(self):
-        return "\n".join(f"--- {name}\n{tail(path)}" for name, path in [
-            ("munged", self.munge_dir / "munged.log"), ("slurmctld", self.root / "slurmctld.log"),
-            ("slurmd", self.root / "slurmd.log")])
-
-    def slurm(self, *arguments, check=True, timeout=60, env=None, **options):
-        result = subprocess.run(arguments, capture_output=True, text=True, env={**self.env, **(env or {})},
-                                timeout=timeout, **options)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(map(str, arguments))} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}")
-        return result
-
-    def job(self, job_id):
-        """The job's fields from `scontrol show job`, e.g. JobState, Restarts."""
-        text = self.slurm("scontrol", "-o", "show", "job", job_id).stdout
-        return dict(re.findall(r"(\w+)=(\S*)", text))
-
-    def stop(self):
-        # Jobs first, so that no slurmstepd outlives slurmd; then the daemons, by pid.
-        if self.processes.get("slurmctld") and self.processes["slurmctld"].poll() is None:
-            self.slurm("scancel", "--partition=debug", check=False)
-            deadline = time.time() + 30
-            while time.time() < deadline and self.slurm("squeue", "-h", check=False).stdout.strip():
-                time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):
-            process = self.processes.get(name)
-            if process is None or process.poll() is not None:
-                continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        shutil.rmtree(self.munge_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    missing = [name for name in DAEMONS + COMMANDS if program(name) is None]
-    if missing:
-        pytest.skip(f"Slurm is not installed here ({', '.join(missing)} not found); "
-                    "scripts/setup.sh installs the Debian packages slurm-wlm and munge")
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (slurmd runs jobs as their user, munged as munge)")
+    if reason := requirements():
+        pytest.skip(reason)
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"), ENV)
     try:
-        pwd.getpwnam("munge")
-    except KeyError:
-        pytest.skip("no munge user: the Debian package munge creates it")
-    cluster = Cluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
+        start_cluster(cluster)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         # Everything it needs is here (installed, root, the munge user): a daemon that does
         # not start is a broken fixture or slurm.conf, not a missing prerequisite.
-        cluster.stop()
         pytest.fail(f"Slurm is installed and this runs as root, but the test cluster's daemons did not start: {error}")
-    except BaseException:
-        cluster.stop()
-        raise
     yield cluster
     cluster.stop()
 
@@ -283,15 +109,30 @@ def test_srun_pmix_starts_one_two_rank_job(cluster, workspace):
 @pytest.mark.parametrize("launcher,preemption", [("srun", "usr1"), ("mpirun", "usr1"), ("srun", "requeue")],
                          ids=["srun-usr1", "mpirun-usr1", "srun-scontrol-requeue"])
 def test_batch_job_is_preempted_saves_requeues_and_resumes_exactly(cluster, workspace, launcher, preemption):
+    run_dir = preempt_and_resume(cluster, workspace, launcher, preemption)
+    # Same layout as mpirun -np 2: the same losses to the last bit, dropout included.
+    assert losses(run_dir) == reference(workspace, 2)
+
+
+def preempt_and_resume(cluster, workspace, launcher, preemption, nodes=1, tasks_per_node=2, options=()):
+    """Submits slurm/ftrain.sbatch, unchanged, to `nodes` nodes; pre-empts it after step
+    5 as `preemption` says (usr1: what --signal=B:USR1@... does before the time limit,
+    SIGUSR1 to the batch shell only, and the script passes it on, sees 75 and requeues
+    the job; requeue: what an administrator's `scontrol requeue` or a pre-emption with
+    PreemptMode=REQUEUE does, SIGTERM to every process of the job and SIGKILL after
+    KillWait, and Slurm requeues the job itself); checks that the job saved, was
+    requeued once, resumed from its checkpoint and completed. Returns its run directory."""
     root = workspace["root"]
-    run_dir = root / f"sbatch_{launcher}_{preemption}"
-    log_pattern = root / f"sbatch_{launcher}_{preemption}-%j.log"
-    # The repository's script with its #SBATCH lines overridden for one node of this
-    # machine, without GPUs.
+    name = f"sbatch_{launcher}_{preemption}_{nodes}n"
+    run_dir = root / name
+    log_pattern = root / f"{name}-%j.log"
+    # The repository's script with its #SBATCH lines overridden for this cluster's
+    # nodes, without GPUs.
     submitted = cluster.slurm(
-        "sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-task=0",
-        "--time=10", f"--output={log_pattern}", SOURCE / "slurm/ftrain.sbatch", workspace["config"],
-        f"--run.dir={run_dir}", cwd=root, env={"FTRAIN": str(FTRAIN), "LAUNCHER": launcher})
+        "sbatch", "--parsable", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", "--cpus-per-task=1",
+        "--gpus-per-task=0", "--time=10", f"--output={log_pattern}", SOURCE / "slurm/ftrain.sbatch",
+        workspace["config"], f"--run.dir={run_dir}", *options, cwd=root,
+        env={"FTRAIN": str(FTRAIN), "LAUNCHER": launcher})
     job_id = submitted.stdout.strip().split(";")[0]
     log = Path(str(log_pattern).replace("%j", job_id))
 
@@ -317,6 +158,7 @@ def test_batch_job_is_preempted_saves_requeues_and_resumes_exactly(cluster, work
     # One log, appended to by both starts.
     text = log.read_text()
     assert "start 1 (SLURM_RESTART_COUNT=0)" in text and "start 2 (SLURM_RESTART_COUNT=1)" in text, text
+    assert f"{nodes * tasks_per_node} ranks on {nodes} node(s)" in text, text
     sent = "SIGUSR1" if preemption == "usr1" else "SIGTERM"
     stopped = re.search(rf"received {sent}: saved step (\d+); exiting with 75", text)
     assert stopped, text
@@ -327,14 +169,14 @@ def test_batch_job_is_preempted_saves_requeues_and_resumes_exactly(cluster, work
     assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in text, text
     assert "ftrain ended with exit status 0" in text, text
     assert job["ExitCode"] == "0:0"
-    # Same layout as mpirun -np 2: the same losses to the last bit, dropout included.
-    assert losses(run_dir) == reference(workspace)
+    return run_dir
 
 
-def reference(workspace):
-    run_dir = workspace["root"] / "uninterrupted"
+def reference(workspace, ranks, *options):
+    """The losses of an uninterrupted mpirun run of `ranks` ranks on this machine."""
+    run_dir = workspace["root"] / "_".join(["uninterrupted", str(ranks), *(o.strip("-") for o in options)])
     if not (run_dir / "metrics.jsonl").exists():
-        subprocess.run(command(2, "--config", workspace["config"], f"--run.dir={run_dir}"), check=True,
+        subprocess.run(command(ranks, "--config", workspace["config"], f"--run.dir={run_dir}", *options), check=True,
                        capture_output=True, timeout=TIMEOUT, env=ENV)
     return losses(run_dir)
 
