@@ -22,6 +22,9 @@ apt_packages=(
   # started system-wide: without /etc/slurm/slurm.conf the packages' services stay off).
   # Slurm's mpi/pmix plugin loads libpmix.so at run time, which only libpmix-dev ships.
   slurm-wlm munge libpmix-dev
+  # tests/cluster builds its nodes from network and UTS namespaces: ip, tc (iproute2),
+  # nsenter and unshare (util-linux).
+  iproute2 util-linux
 )
 # `make fuzz` (tests/fuzz/) builds with clang and links libFuzzer from compiler-rt.
 if [[ "${1:-}" == "--fuzz" ]]; then
