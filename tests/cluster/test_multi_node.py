@@ -365,9 +365,9 @@ def test_after_a_node_loss_the_job_goes_on_with_fewer_nodes_and_back_and_resumes
         cluster.slurm("scancel", "--signal=USR1", "--batch", job_id)
         wait_until(lambda: state()["Restarts"] == "1", TIMEOUT, f"the requeue: {tail(log, 30)}")
         # node2 returns as a rebooted node would, over a minute after it was found down.
-        # (Sooner, slurmctld's retry, 60 s on, of the kill it sent the step that lost
-        # node2 reaches the requeued job's first step there, which has the same job and
-        # step ids, and kills it.)
+        # (Sooner, the requeued job's first step was cancelled about 60 s after node2
+        # was marked down: it seems slurmctld's retried kill of the step that lost node2,
+        # whose job and step ids the new step shares; docs/multi-node.md.)
         time.sleep(max(0.0, down_at + 75 - time.time()))
         bring_back(cluster, network, "node2")
         wait_until(lambda: state()["JobState"] == "COMPLETED", TIMEOUT, f"the job to end: {state()} {tail(log, 30)}")
