@@ -45,8 +45,9 @@ sys.path.insert(0, str(HERE.parent / "launch"))
 sys.path.insert(0, str(HERE.parent / "launch" / "tools"))
 sys.path.insert(0, str(HERE.parent / "slurm"))
 from network import Network, prerequisites  # noqa: E402
-from slurm import Cluster, requirements, start_cluster, tail  # noqa: E402
-from ftrain_jobs import BUILD, ENV, FTRAIN, TIMEOUT, command, grad_norms, losses, prepare_corpus, tiny_gpt2  # noqa: E402
+from slurm import Cluster, requirements, started, tail  # noqa: E402
+from ftrain_jobs import (BUILD, ENV, FTRAIN, TIMEOUT, command, grad_norms, losses, prepare_corpus,  # noqa: E402
+                         sample_rows, tiny_gpt2)
 from test_slurm_cluster import STEPS as PREEMPT_STEPS, preempt_and_resume, reference  # noqa: E402,F401
 from test_slurm_cluster import workspace  # noqa: E402,F401  (the pre-emption test's job and data)
 
@@ -78,11 +79,7 @@ def network(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(network):
-    cluster = Cluster(network.root / "slurm", cluster_env(network), network=network)
-    try:
-        start_cluster(cluster)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-        pytest.fail(f"Slurm is installed and this runs as root, but the two-node cluster did not start: {error}")
+    cluster = started(Cluster(network.root / "slurm", cluster_env(network), network=network), "the two-node cluster")
     yield cluster
     cluster.stop()
 
@@ -303,22 +300,6 @@ def test_a_node_lost_ends_the_job_and_loses_no_checkpoint(cluster, network, job,
                            *options(job, after, 12), timeout=TIMEOUT)
     assert placement(result.stdout).keys() == set(NODES), result.stdout
     assert_close(after, one_node(job, "one_node_12", 12))
-
-
-def sample_rows(run_dir):
-    """{step: sorted dataset rows} of the steps that count: where processes started at
-    different steps logged the same step (the steps after a checkpoint that a lost job
-    ran and its successor ran again), the later start's."""
-    lines = []
-    for path in (Path(run_dir) / "samples").glob("dp_*.jsonl"):
-        lines += [json.loads(line) for line in path.read_text().splitlines()]
-    starts = sorted({line["start"] for line in lines})
-    rows = {}
-    for line in lines:
-        valid = max(start for start in starts if start < line["step"])
-        if line["start"] == valid:
-            rows.setdefault(line["step"], []).extend(line["rows"])
-    return {step: sorted(r) for step, r in rows.items()}
 
 
 def test_after_a_node_loss_the_job_goes_on_with_fewer_nodes_and_back_and_resumes_exactly(cluster, network, job):

@@ -57,6 +57,22 @@ def grad_norms(run_dir):
     return {r["step"]: r["grad_norm"] for r in records(run_dir) if "grad_norm" in r}
 
 
+def sample_rows(run_dir):
+    """{step: the sorted dataset rows that step trained on, over every data-parallel
+    rank}, from run.log_samples' <run.dir>/samples/dp_N.jsonl. Where processes that
+    started at different steps logged the same step (a lost process ran steps after its
+    last checkpoint, and its successor ran them again), the later start's rows count."""
+    lines = []
+    for path in (Path(run_dir) / "samples").glob("dp_*.jsonl"):
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    starts = sorted({line["start"] for line in lines})
+    rows = {}
+    for line in lines:
+        if line["start"] == max(start for start in starts if start < line["step"]):
+            rows.setdefault(line["step"], []).extend(line["rows"])
+    return {step: sorted(r) for step, r in rows.items()}
+
+
 def prepare_corpus(root, documents):
     """A generated text corpus tokenized by ftrain-prep for the tiny GPT-2 tokenizer:
     32-token rows, a tenth of the documents in validation."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftrain_jobs import grad_norms, losses, prepare_corpus, records, run_ftrain, tiny_gpt2, tiny_llama
+from ftrain_jobs import grad_norms, losses, prepare_corpus, records, run_ftrain, sample_rows, tiny_gpt2, tiny_llama
 
 STEPS = 20
 # (tp, dp, ZeRO stage): the layouts the equivalence must hold for.
@@ -193,13 +193,26 @@ def test_resume_under_another_layout(workspace, first, second):
     run_dir = workspace["root"] / f"gpt2_resume_{'_'.join(map(str, first))}_{'_'.join(map(str, second))}"
     tp, dp, zero = first
     run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **{"dist.tp": tp, "dist.zero": zero,
-                                                            "run.exit_after_steps": 7}))
+                                                            "run.exit_after_steps": 7, "run.log_samples": "true"}))
     assert sorted(losses(run_dir)) == list(range(1, 8))
     tp, dp, zero = second
     result = run_ftrain(tp * dp, *args(workspace, "gpt2", run_dir, **{"dist.tp": tp, "dist.zero": zero,
-                                                                     "run.resume": "auto"}))
+                                                                     "run.resume": "auto", "run.log_samples": "true"}))
     assert "resumed from" in result.stdout
     assert_same_training(expected, run_dir)
+    # The data position is exact: every step trained on the rows one rank's
+    # uninterrupted run trained on, and 20 steps of 8 rows, less than an epoch of the
+    # 600-document corpus, saw no row twice.
+    one_rank = workspace["root"] / "gpt2_reference_samples"
+    if not (one_rank / "samples").exists():
+        run_ftrain(1, *args(workspace, "gpt2", one_rank, **{"run.log_samples": "true",
+                                                            "checkpoint.export_hf": "false"}))
+    rows, expected_rows = sample_rows(run_dir), sample_rows(one_rank)
+    assert sorted(rows) == list(range(1, STEPS + 1))
+    assert all(len(rows[step]) == 8 for step in rows)
+    assert rows == expected_rows
+    every_row = [row for step in rows for row in rows[step]]
+    assert len(every_row) == len(set(every_row))
 
 
 @pytest.mark.parametrize("tp,dp,zero", [(1, 4, 3), (2, 2, 3)], ids=["tp1-dp4-zero3", "tp2-dp2-zero3"])
