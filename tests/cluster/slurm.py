@@ -252,6 +252,18 @@ PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE St
         shutil.rmtree(self.munge_dir, ignore_errors=True)
 
 
+def started(cluster, what):
+    """`cluster`, started, for a fixture to yield. Everything it needs is here
+    (installed, root, the munge user), so a daemon that does not start is a broken
+    fixture or slurm.conf, not a missing prerequisite: the test fails, naming `what`."""
+    import pytest
+    try:
+        start_cluster(cluster)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        pytest.fail(f"Slurm is installed and this runs as root, but {what} did not start: {error}")
+    return cluster
+
+
 def start_cluster(cluster):
     """Starts `cluster`; a daemon that does not start is a failure, raised as
     RuntimeError with the logs, after the others are stopped."""

@@ -30,7 +30,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch" / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-from slurm import Cluster, requirements, start_cluster, tail  # noqa: E402
+from slurm import Cluster, requirements, started, tail  # noqa: E402
 from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus, tiny_gpt2  # noqa: E402
 from test_sweep import run_sweep, spec  # noqa: E402
 
@@ -41,13 +41,7 @@ STEPS = 300
 def cluster(tmp_path_factory):
     if reason := requirements():
         pytest.skip(reason)
-    cluster = Cluster(tmp_path_factory.mktemp("slurm"), ENV)
-    try:
-        start_cluster(cluster)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-        # Everything it needs is here (installed, root, the munge user): a daemon that does
-        # not start is a broken fixture or slurm.conf, not a missing prerequisite.
-        pytest.fail(f"Slurm is installed and this runs as root, but the test cluster's daemons did not start: {error}")
+    cluster = started(Cluster(tmp_path_factory.mktemp("slurm"), ENV), "the test cluster's daemons")
     yield cluster
     cluster.stop()
 
