@@ -118,7 +118,8 @@ std::vector<Section> describe(Config& c) {
       .add("resume", &c.run.resume, "none | auto (newest checkpoint in run.dir) | a checkpoint directory")
       .add("exit_after_steps", &c.run.exit_after_steps,
            "save and exit after this many steps in this process (0 = run to train.steps)")
-      .add("threads", &c.run.threads, "intra-op CPU threads per rank (0 = cores / ranks on the node)")
+      .add("threads", &c.run.threads,
+           "intra-op CPU threads per rank (0 = OMP_NUM_THREADS if set, else cores / ranks on the node)")
       .add("tensorboard", &c.run.tensorboard,
            "rank 0 also writes the metrics of metrics.jsonl as TensorBoard event files to <run.dir>/tensorboard "
            "(tensorboard --logdir <run.dir>/tensorboard)")

@@ -3,10 +3,13 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <map>
 #include <set>
+#include <stdexcept>
+#include <thread>
 
 #include "data/durable_file.h"
 #include "launch/checkpoint/store.h"
@@ -141,6 +144,27 @@ void print_placement(const dist::Communicator& comm) {
 
 }  // namespace
 
+int intra_op_threads(int run_threads, int local_ranks) {
+  if (run_threads > 0) return run_threads;
+  if (const char* omp = std::getenv("OMP_NUM_THREADS"); omp != nullptr && *omp != '\0') {
+    const std::string value(omp);
+    const std::string first = value.substr(0, value.find(','));  // "4,2": 4 at the outer level
+    std::size_t used = 0;
+    int threads = 0;
+    try {
+      threads = std::stoi(first, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != first.size() || threads < 1 || threads > 4096) {
+      throw std::invalid_argument("OMP_NUM_THREADS: expected a thread count from 1 to 4096, got '" + value +
+                                  "' (or leave it unset and set run.threads)");
+    }
+    return threads;
+  }
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, local_ranks));
+}
+
 void print_banner(const Config& config, const dist::Communicator& comm, Task& task,
                   const dist::TensorParallelPlan& plan, const data::StreamingLoader& loader) {
   int64_t parameters = 0;
@@ -149,7 +173,8 @@ void print_banner(const Config& config, const dist::Communicator& comm, Task& ta
   std::cout << config.resolved_ini;
   std::cout << "ftrain: " << comm.world_size() << " rank(s), tp " << comm.layout().tp_size
             << (plan.sequence_parallel ? " (sequence parallel)" : "") << " x dp " << dp_size << ", ZeRO stage "
-            << config.dist.zero << ", device " << comm.device() << ", " << parameters << " parameters, "
+            << config.dist.zero << ", device " << comm.device() << " with " << at::get_num_threads()
+            << " CPU thread(s) per rank, " << parameters << " parameters, "
             << (config.model.init == ModelInit::random ? "RANDOMLY INITIALISED " : "pretrained ") << task.family()
             << " weights from " << config.model.path << ", task " << task.name() << "\n"
             << "ftrain: global batch " << config.train.global_batch_size << " sequences of " << loader.seq_len()

@@ -33,6 +33,11 @@ struct RunParts {
 RunParts build_run(const Config& config, dist::Communicator& comm,
                    const std::function<void(const std::string& next)>& loaded);
 
+// The intra-op CPU threads of each rank: run.threads when set; otherwise OMP_NUM_THREADS
+// (its first level) as PyTorch and ftrain.sbatch read it; otherwise the node's cores over
+// its `local_ranks`. A malformed OMP_NUM_THREADS is an error naming it.
+int intra_op_threads(int run_threads, int local_ranks);
+
 // The resolved configuration and a summary of the run (layout, model, batch), on
 // standard output.
 void print_banner(const Config& config, const dist::Communicator& comm, Task& task,

@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <thread>
 
 #include "data/durable_file.h"
 #include "data/streaming_loader.h"
@@ -412,10 +411,7 @@ class Trainer {
 }  // namespace
 
 int run_training(const Config& config, dist::Communicator& comm) {
-  const int threads = config.run.threads > 0
-                          ? config.run.threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / comm.local_size());
-  torch::set_num_threads(threads);
+  torch::set_num_threads(intra_op_threads(config.run.threads, comm.local_size()));
   return Trainer(config, comm).run();
 }
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftrain_jobs import PREP, TIMEOUT, grad_norms, losses, prepare_corpus, run_ftrain
+from ftrain_jobs import ENV, PREP, TIMEOUT, command, grad_norms, losses, prepare_corpus, run_ftrain
 from ftrain_jobs import records as metric_records
 
 
@@ -421,6 +421,34 @@ def test_fp16_overflow_skips_steps_and_halves_the_scale(workspace):
     assert steps[-1]["loss_scale"] == steps[first_taken]["loss_scale"]
     assert "skipped: gradients overflowed the fp16 loss scale" in result.stdout
     assert np.isfinite(steps[-1]["loss"]) and steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_thread_count_comes_from_run_threads_then_omp_num_threads_then_cores(workspace):
+    # ftrain.sbatch exports OMP_NUM_THREADS as the threads of each rank; run.threads
+    # overrides it; without either, the node's cores are shared among its ranks.
+    import os
+
+    def banner_threads(ranks, omp, **overrides):
+        env = {key: value for key, value in ENV.items() if key != "OMP_NUM_THREADS"}
+        if omp is not None:
+            env["OMP_NUM_THREADS"] = omp
+        run_dir = workspace["root"] / f"threads_{ranks}_{omp}_{len(overrides)}"
+        arguments = base_args(workspace, run_dir, **{"train.steps": 2, **overrides})
+        result = subprocess.run(command(ranks, *arguments), capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        assert result.returncode == 0, result.stderr
+        return int(re.search(r"with (\d+) CPU thread\(s\) per rank", result.stdout).group(1))
+
+    assert banner_threads(1, "3") == 3
+    assert banner_threads(1, "2,1") == 2
+    assert banner_threads(2, "3", **{"run.threads": 1}) == 1
+    assert banner_threads(1, None) == max(1, os.cpu_count())
+    assert banner_threads(2, None) == max(1, os.cpu_count() // 2)
+    run_dir = workspace["root"] / "threads_bad"
+    env = {**ENV, "OMP_NUM_THREADS": "many"}
+    result = subprocess.run(command(2, *base_args(workspace, run_dir)), capture_output=True, text=True,
+                            timeout=TIMEOUT, env=env)
+    assert result.returncode != 0 and "OMP_NUM_THREADS" in result.stderr and "'many'" in result.stderr
+    assert not (run_dir / "metrics.jsonl").exists()
 
 
 # --- bad input: a clear error naming the file, a non-zero exit on every rank, no hang,
