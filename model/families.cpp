@@ -152,19 +152,9 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
     // element's value depends on (seed, name, index) alone: model/parameter_init.h); a
     // split without take_at draws the whole value and keeps its part, one at a time.
     const ParameterSlices slices = options.split(lm);
-    torch::NoGradGuard no_grad;
-    for (auto& item : model->named_parameters()) {
-      const ParameterInit init = Traits::parameter_init(config, item.key());
-      const uint64_t key = parameter_key(options.seed, item.key());
-      const std::vector<int64_t> shape = slices.global_shape(item.key(), item.value());
-      if (slices.take_at) {
-        slices.take_at(item.key(), [&](const at::Tensor& indices) { return initial_values_at(init, key, shape, indices); });
-        continue;
-      }
-      at::Tensor whole = at::empty(shape, at::kFloat);
-      fill_initial_values(init, key, whole);
-      slices.load(item.key(), item.value(), whole);
-    }
+    draw_parameters(
+        *model, [&](const std::string& name) { return std::optional(Traits::parameter_init(config, name)); },
+        options.seed, &slices);
   } else if (options.pretrained && !options.skeleton) {
     // Split first when asked (CausalLmOptions::split), so each parameter reads only its part.
     const std::optional<ParameterSlices> slices = split ? std::optional(options.split(lm)) : std::nullopt;

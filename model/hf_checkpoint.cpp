@@ -94,6 +94,30 @@ void ParameterSlices::load(const std::string& name, at::Tensor& parameter, const
   else parameter.copy_(part(name, whole));
 }
 
+void draw_parameters(torch::nn::Module& module,
+                     const std::function<std::optional<ParameterInit>(const std::string& name)>& init_of,
+                     uint64_t seed, const ParameterSlices* slices) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : module.named_parameters()) {
+    const std::string& name = item.key();
+    const std::optional<ParameterInit> init = init_of(name);
+    if (!init) continue;
+    const uint64_t key = parameter_key(seed, name);
+    if (!slices) {
+      fill_initial_values(*init, key, item.value());
+      continue;
+    }
+    const std::vector<int64_t> shape = slices->global_shape(name, item.value());
+    if (slices->take_at) {
+      slices->take_at(name, [&](const at::Tensor& indices) { return initial_values_at(*init, key, shape, indices); });
+      continue;
+    }
+    at::Tensor whole = at::empty(shape, at::kFloat);
+    fill_initial_values(*init, key, whole);
+    slices->load(name, item.value(), whole);
+  }
+}
+
 void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices) {
   const Gpt2Config& config = model->config();
   std::map<std::string, torch::Tensor> parameters;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,15 @@ ParameterInit gpt2_parameter_init(const Gpt2Config& config, const std::string& n
 // process that holds only some parameters, or parts of them, computes the same values
 // as one that holds the whole model, drawing only its own elements.
 void init_gpt2_parameter(const Gpt2Config& config, uint64_t seed, const std::string& name, at::Tensor& value);
+
+// Draws the initial values of each parameter of `module` that `init_of` describes (it
+// returns nullopt for those drawn elsewhere), under `seed` (model/parameter_init.h).
+// With `slices`, the module is split: each parameter draws only the elements this
+// process holds when the slices take values element by element (take_at, ZeRO-3
+// shards), else the whole value one parameter at a time, keeping its part.
+void draw_parameters(torch::nn::Module& module,
+                     const std::function<std::optional<ParameterInit>(const std::string& name)>& init_of,
+                     uint64_t seed, const ParameterSlices* slices);
 
 // A model built without values (SkipInitialisation), then every parameter written by
 // init_parameter(config, seed, name, value): the whole-model form of a family's
