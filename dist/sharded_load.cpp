@@ -95,7 +95,6 @@ ShardedCausalLm load_zero3(model::CausalLmOptions options, Communicator& comm, c
 
 ShardedClassifier load_zero3(model::ClassifierOptions options, Communicator& comm, c10::Device device,
                              TensorParallelPlan& plan, model::ClassifierLoadReport* report) {
-  if (!options.pretrained) throw std::logic_error("load_zero3: a classifier is read into shards only when pretrained");
   std::unique_ptr<ZeroSharding> zero;
   options.split = [&](model::Classifier& classifier) {
     // A classifier's head is its own layer: the embeddings are always a unit apart.

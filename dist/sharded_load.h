@@ -21,11 +21,11 @@
 // (model/parameter_init.h), so every layout starts from the same model and no
 // broadcast follows.
 //
-// A pretrained classifier takes the same path: body and head are registered, split and
+// A classifier, pretrained or random, takes the same path: body and head are registered, split and
 // sharded before anything is read; the body's tensors, the stored head (or a new one,
 // drawn whole: labels x hidden) and a missing BERT pooler (drawn whole: hidden x
-// hidden) go to the shards. A randomly initialised classifier is still built whole
-// first (launch/task.cpp).
+// hidden) go to the shards. A randomly initialised classifier's body is drawn element
+// by element into the shards like a language model's.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -57,7 +57,7 @@ struct ShardedClassifier {
   std::unique_ptr<ZeroSharding> zero;   // stage 3, every shard filled
 };
 
-// The same for a pretrained classifier (options.pretrained must be set).
+// The same for a classifier, pretrained or randomly initialised.
 ShardedClassifier load_zero3(model::ClassifierOptions options, Communicator& comm, c10::Device device,
                              TensorParallelPlan& plan, model::ClassifierLoadReport* report = nullptr);
 

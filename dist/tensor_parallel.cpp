@@ -890,11 +890,7 @@ model::CausalLm load_tensor_parallel(model::CausalLmOptions options, Communicato
 
 model::Classifier load_tensor_parallel(model::ClassifierOptions options, Communicator& comm, TensorParallelPlan& plan,
                                        model::ClassifierLoadReport* report) {
-  if (!options.pretrained) {
-    model::Classifier model = model::Classifier::load(options, report);
-    plan = apply_tensor_parallel(model, comm);
-    return model;
-  }
+  // Pretrained or freshly drawn, each rank keeps only its part (ClassifierOptions::split).
   options.split = [&comm, &plan](model::Classifier& model) {
     plan = apply_tensor_parallel(model, comm, ParameterValues::uninitialised);
     return plan.slices();

@@ -295,7 +295,8 @@ TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator&
 // key/value heads are read by each rank holding them, a tied head is checked against
 // the embedding, and a classifier's new head (and a missing BERT pooler) is drawn from
 // the seed whole on every rank. A model that is not pretrained (options.pretrained
-// false) is initialised whole and split, as its draws are those of the whole model.
+// false) is drawn the same way: each parameter's whole value at a time, from
+// (seed, name, element), keeping this rank's part (model/parameter_init.h).
 // Throws as CausalLm::load / Classifier::load do (std::runtime_error naming the file
 // and tensors for a tensor missing or of the wrong shape) and as apply_tensor_parallel
 // does (std::invalid_argument for sizes the group does not divide).

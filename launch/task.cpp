@@ -116,8 +116,9 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
     options.skeleton = true;
     model_->classifier = model::Classifier::load(options);
     model_->skeleton = true;
-  } else if (comm && config.dist.zero == 3 && pretrained) {
-    // Each rank reads only its ZeRO-3 shard of the body and the head.
+  } else if (comm && config.dist.zero == 3) {
+    // Each rank reads (or draws, for a random init) only its ZeRO-3 shard of the body;
+    // the head, num_labels x hidden, is drawn whole and handed to the shards.
     naming_dist_tp(*comm, [&] {
       dist::ShardedClassifier sharded = dist::load_zero3(options, *comm, comm->device(), plan_, &report);
       model_->classifier = std::move(sharded.model);

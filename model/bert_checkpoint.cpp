@@ -200,6 +200,19 @@ Bert init_bert(const BertConfig& config, uint64_t seed) {
   return model;
 }
 
+ParameterInit bert_parameter_init(const BertConfig& config, const std::string& name) {
+  ParameterInit init;
+  if (name.ends_with("LayerNorm.weight")) {
+    init.value = 1.0;
+    return init;
+  }
+  if (name.ends_with(".bias")) return init;
+  init.kind = ParameterInit::Kind::normal;
+  init.std = config.initializer_range;
+  if (name.ends_with("word_embeddings.weight") && config.pad_token_id) init.zero_row = *config.pad_token_id;
+  return init;
+}
+
 void save_bert(Bert& model, const std::filesystem::path& dir, ExistingDirectory existing) {
   prepare_model_directory(dir, existing);
 

@@ -55,6 +55,12 @@ Bert load_bert(const std::filesystem::path& dir, BertLoadReport* report = nullpt
 // parameters.
 Bert init_bert(const BertConfig& config, uint64_t seed);
 
+// How BERT parameter `name` (any prefix) starts in Hugging Face's initialisation, drawn
+// element by element (model/parameter_init.h): weights and embeddings
+// normal(0, initializer_range) with the padding token's word embedding 0, biases 0,
+// LayerNorm scale 1 and shift 0.
+ParameterInit bert_parameter_init(const BertConfig& config, const std::string& name);
+
 // Writes config.json (architectures ["BertModel"]) and model.safetensors in
 // BertModel's layout (no prefix), each file replaced atomically. model.safetensors
 // takes precedence over any index file already in the directory.

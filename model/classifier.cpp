@@ -61,12 +61,12 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   const int64_t num_labels = static_cast<int64_t>(options.label_names.size());
   // Split before reading (ClassifierOptions::split): the body is built uninitialised,
   // registered with the head, and cut to this process's parts before its weights are
-  // read.
-  const bool split = options.pretrained && options.split != nullptr && !options.skeleton;
+  // read or drawn.
+  const bool split = options.split != nullptr && !options.skeleton;
   ClassifierBody body = family.classifier_body({.config = raw_config,
                                                 .source = config_path.string(),
                                                 .kind = kind,
-                                                .uninitialised = split || options.skeleton,
+                                                .uninitialised = split || options.skeleton || !options.pretrained,
                                                 .pretrained = options.pretrained,
                                                 .seed = options.seed,
                                                 .dropout = options.dropout});
@@ -111,6 +111,17 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
       classifier.head_prefixes_.push_back(prefix);
       report.pooler_initialised = true;
     }
+  } else if (!options.skeleton) {
+    // A fresh body, each element drawn from (seed, name, index): a process holding a part
+    // or a ZeRO-3 shard draws only its own elements of the one-process model.
+    const std::string body_prefix = body.name + ".";
+    draw_parameters(
+        *module,
+        [&](const std::string& name) -> std::optional<ParameterInit> {
+          if (!name.starts_with(body_prefix)) return std::nullopt;  // the head, drawn below
+          return body.parameter_init(name);
+        },
+        options.seed, slices ? &*slices : nullptr);
   }
   {
     torch::NoGradGuard no_grad;

@@ -45,12 +45,12 @@ struct ClassifierOptions {
   // Padding token written to the exported config.json for decoders, whose Hugging Face
   // classifiers find a row's last real token by it; < 0 keeps config.json's.
   int64_t pad_token_id = -1;
-  // With pretrained: the body is built without initialising its linear layers and
-  // embeddings, the classifier (body and head registered, the head not yet set) is
-  // handed to `split`, which cuts the body's parameters to this process's parts and
-  // says which part each holds, and only then are the body and the head read (or the
-  // head drawn), each parameter copying its part or handing it to the slices' `take`
-  // (see CausalLmOptions::split).
+  // The body is built without initialising its linear layers and embeddings, the
+  // classifier (body and head registered, the head not yet set) is handed to `split`,
+  // which cuts the body's parameters to this process's parts and says which part each
+  // holds, and only then are the body and the head read (or drawn: model.init = random,
+  // or a new head), each parameter copying its part or handing it to the slices' `take`
+  // or `take_at` (see CausalLmOptions::split).
   std::function<ParameterSlices(Classifier&)> split;
   // Built without values and without reading the weights: the parameters only describe
   // the model, for a streamed save (save() with values).

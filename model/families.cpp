@@ -196,6 +196,9 @@ ClassifierBody decoder_classifier_body(const ClassifierBodyRequest& request) {
     return std::vector<std::string>{};
   };
   body.state = [model]() mutable { return to_hf_state(model); };
+  // The task model names the body's parameters as the language model does
+  // ("transformer.h.0...", "model.layers.0..."): a fresh body equals a fresh LM's.
+  body.parameter_init = [config](const std::string& name) { return Traits::parameter_init(config, name); };
   const ClassifierKind kind = request.kind;
   body.features = [model, kind](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor&) mutable {
     torch::Tensor hidden = Traits::body_forward(model, ids, mask);  // (B, T, C)
@@ -240,6 +243,7 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
     warnings.push_back(source + ": no pooler weights; the pooler is new and is trained with the head");
     return std::vector<std::string>{"bert.pooler."};
   };
+  body.parameter_init = [config](const std::string& name) { return bert_parameter_init(config, name); };
   body.state = [bert]() mutable {
     NamedTensors out;
     for (auto& [name, value] : to_hf_state(bert)) out.emplace_back("bert." + name, value);

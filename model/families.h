@@ -29,8 +29,8 @@ struct ClassifierBodyRequest {
   const nlohmann::json& config;  // config.json
   std::string source;            // config.json's path, for errors
   ClassifierKind kind = ClassifierKind::sequence;
-  bool uninitialised = false;    // built without initialisation: the weights are read next, split
-  bool pretrained = true;        // the weights are read next (else: the family's own init from seed)
+  bool uninitialised = false;    // built without initialisation: the weights are read or drawn next
+  bool pretrained = true;        // the weights are read next (else: drawn by parameter_init)
   uint64_t seed = 1234;
   double dropout = -1;           // override of every dropout probability; < 0 keeps config.json's
 };
@@ -62,6 +62,9 @@ struct ClassifierBody {
   std::function<std::vector<std::string>(const NamedTensors& tensors, const std::string& source,
                                           const ParameterSlices* slices, std::vector<std::string>& warnings)>
       load;
+  // How a body parameter starts in a fresh model (model.init = random), by its name in
+  // the task model: the family's initialisation, drawn element by element.
+  std::function<ParameterInit(const std::string& name)> parameter_init;
   // The body's tensors under their names in the task model, in Hugging Face layout.
   std::function<NamedTensors()> state;
   // input_ids, attention_mask, token_type_ids -> (B, C) per sequence or (B, T, C) per token.

@@ -9,6 +9,7 @@ the best checkpoint and early stopping against the validation history in metrics
 """
 import json
 import shutil
+import subprocess
 
 import h5py
 import numpy as np
@@ -20,7 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, BertModel,
                           LlamaConfig, LlamaForCausalLM)
 
-from ftrain_jobs import records, run_ftrain
+from ftrain_jobs import BUILD, ENV, TIMEOUT, records, run_ftrain
 
 VOCAB = 64
 SEQ_LEN = 12
@@ -221,6 +222,66 @@ def test_a_missing_pooler_is_drawn_alike_into_zero3_shards(workspace):
     for step in reference:
         assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
         assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+
+
+# model.init = random: a fresh classifier's body is drawn element by element from (seed,
+# name, index), so a rank holding a tensor-parallel part or a ZeRO-3 shard draws only
+# its elements of the one-rank model, and trains like it.
+RANDOM_CLASSIFIERS = [("bert", "sentiment", 2, 1, 0), ("bert", "sentiment", 1, 2, 3), ("bert", "sentiment", 2, 2, 3),
+                      ("bert", "ner", 1, 2, 3), ("llama", "sentiment", 2, 1, 3)]
+
+
+@pytest.mark.parametrize("model,task,tp,dp,zero", RANDOM_CLASSIFIERS,
+                         ids=[f"{m}-{t}-tp{tp}-dp{dp}-zero{z}" for m, t, tp, dp, z in RANDOM_CLASSIFIERS])
+def test_a_random_classifier_is_drawn_alike_on_every_layout(workspace, model, task, tp, dp, zero):
+    common = {"model.init": "random", "train.steps": 6, "train.eval_every": 0, "checkpoint.keep_best": "false"}
+    one = workspace["root"] / f"random_{model}_{task}_one"
+    if not (one / "final").exists():
+        run_ftrain(1, *args(workspace, one, model, task, **common))
+    split = workspace["root"] / f"random_{model}_{task}_tp{tp}_dp{dp}_zero{zero}"
+    result = run_ftrain(tp * dp, *args(workspace, split, model, task, **common,
+                                       **{"dist.tp": tp, "dist.zero": zero}))
+    assert "RANDOMLY INITIALISED" in result.stdout and f"tp {tp} x dp {dp}" in result.stdout
+    reference = {r["step"]: r for r in records(one) if "loss" in r}
+    parallel = {r["step"]: r for r in records(split) if "loss" in r}
+    assert sorted(reference) == sorted(parallel) == list(range(1, 7))
+    for step in reference:
+        assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
+        assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+    expected, got = load_file(one / "final/model.safetensors"), load_file(split / "final/model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=2e-5, err_msg=name)
+
+
+def test_a_random_bert_starts_as_transformers_initialises_it(workspace):
+    # Hugging Face's BERT initialisation: LayerNorm scale 1 and shift 0, biases 0,
+    # weights and embeddings normal(0, initializer_range) with the padding token's
+    # embedding row 0. Read from step 1's checkpoint of a ZeRO-3 run whose body is
+    # frozen for that step, exported by ftrain-ckpt.
+    run, exported = workspace["root"] / "random_bert_frozen", workspace["root"] / "random_bert_step1"
+    run_ftrain(2, *args(workspace, run, "bert", "sentiment", **{
+        "model.init": "random", "train.steps": 2, "train.freeze_base_steps": 1, "train.eval_every": 0, "optim.warmup_steps": 0,
+        "checkpoint.every": 1, "checkpoint.keep_best": "false", "checkpoint.export_hf": "false", "dist.zero": 3}))
+    subprocess.run([str(BUILD / "ftrain-ckpt"), "export", str(run / "checkpoints/step_00000001"), str(exported)],
+                   check=True, capture_output=True, env=ENV, timeout=TIMEOUT)
+    weights = load_file(exported / "model.safetensors")
+    std = json.loads((workspace["bert"] / "config.json").read_text())["initializer_range"]
+    body = [name for name in weights if name.startswith("bert.")]
+    assert len(body) > 20
+    for name in body:
+        value = weights[name]
+        if name.endswith("LayerNorm.weight"):
+            np.testing.assert_array_equal(value, 1, err_msg=name)
+        elif name.endswith(".bias"):
+            np.testing.assert_array_equal(value, 0, err_msg=name)
+        else:
+            drawn = np.delete(value, PAD, axis=0) if name.endswith("word_embeddings.weight") else value
+            assert abs(drawn.std() - std) < 0.15 * std and abs(drawn.mean()) < 0.15 * std, name
+    np.testing.assert_array_equal(weights["bert.embeddings.word_embeddings.weight"][PAD], 0)
+    saved = load_file(workspace["bert"] / "model.safetensors")
+    assert not np.allclose(weights["bert.encoder.layer.0.attention.self.query.weight"],
+                           saved["encoder.layer.0.attention.self.query.weight"]), "drawn, not read"
 
 
 # Dynamic padding: rows of at most 7 of the 12 positions run as 8 columns. The cut
