@@ -48,7 +48,7 @@ from network import Network, prerequisites  # noqa: E402
 from slurm import Cluster, requirements, started, tail  # noqa: E402
 from ftrain_jobs import (BUILD, ENV, FTRAIN, TIMEOUT, command, grad_norms, losses, prepare_corpus,  # noqa: E402
                          sample_rows, tiny_gpt2)
-from test_slurm_cluster import STEPS as PREEMPT_STEPS, preempt_and_resume, reference  # noqa: E402,F401
+from test_slurm_cluster import preempt_and_resume, reference  # noqa: E402,F401
 from test_slurm_cluster import workspace  # noqa: E402,F401  (the pre-emption test's job and data)
 
 CKPT = BUILD / "ftrain-ckpt"
@@ -177,11 +177,17 @@ def test_mpirun_across_two_nodes_through_a_launch_agent(network, job):
     assert_close(run_dir, one_node(job, "one_node_12", steps))
 
 
+PREEMPT_STEPS = 300
+
+
 @pytest.mark.parametrize("launcher,preemption", [("srun", "usr1"), ("mpirun", "usr1"), ("srun", "requeue")],
                          ids=["srun-usr1", "mpirun-usr1", "srun-scontrol-requeue"])
 def test_batch_script_on_two_nodes_is_preempted_and_resumes(cluster, workspace, launcher, preemption):  # noqa: F811
-    run_dir = preempt_and_resume(cluster, workspace, launcher, preemption, nodes=2, options=["--dist.tp=2"])
-    want = reference(workspace, 4, "--dist.tp=2")
+    # Four ranks over the nodes' links step more slowly than two on one node: 300 steps
+    # have outlasted the signal in every run so far.
+    run_dir = preempt_and_resume(cluster, workspace, launcher, preemption, nodes=2, options=["--dist.tp=2"],
+                                 steps=PREEMPT_STEPS)
+    want = reference(workspace, 4, f"--train.steps={PREEMPT_STEPS}", "--dist.tp=2")
     got = losses(run_dir)
     assert sorted(got) == list(range(1, PREEMPT_STEPS + 1))
     for step, loss in want.items():

@@ -34,7 +34,9 @@ from slurm import Cluster, requirements, started, tail  # noqa: E402
 from ftrain_jobs import ENV, FTRAIN, SOURCE, TIMEOUT, command, losses, prepare_corpus, tiny_gpt2  # noqa: E402
 from test_sweep import run_sweep, spec  # noqa: E402
 
-STEPS = 300
+# Long enough that the pre-emption lands before the end: two ranks run the tiny model's
+# 300 steps in about 1 s here, and once a 300-step job ended before its SIGUSR1 arrived.
+STEPS = 1500
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_batch_job_is_preempted_saves_requeues_and_resumes_exactly(cluster, work
     assert losses(run_dir) == reference(workspace, 2)
 
 
-def preempt_and_resume(cluster, workspace, launcher, preemption, nodes=1, tasks_per_node=2, options=()):
+def preempt_and_resume(cluster, workspace, launcher, preemption, nodes=1, tasks_per_node=2, options=(), steps=STEPS):
     """Submits slurm/ftrain.sbatch, unchanged, to `nodes` nodes; pre-empts it after step
     5 as `preemption` says (usr1: what --signal=B:USR1@... does before the time limit,
     SIGUSR1 to the batch shell only, and the script passes it on, sees 75 and requeues
@@ -125,7 +127,7 @@ def preempt_and_resume(cluster, workspace, launcher, preemption, nodes=1, tasks_
     submitted = cluster.slurm(
         "sbatch", "--parsable", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", "--cpus-per-task=1",
         "--gpus-per-task=0", "--time=10", f"--output={log_pattern}", SOURCE / "slurm/ftrain.sbatch",
-        workspace["config"], f"--run.dir={run_dir}", *options, cwd=root,
+        workspace["config"], f"--run.dir={run_dir}", f"--train.steps={steps}", *options, cwd=root,
         env={"FTRAIN": str(FTRAIN), "LAUNCHER": launcher})
     job_id = submitted.stdout.strip().split(";")[0]
     log = Path(str(log_pattern).replace("%j", job_id))
@@ -157,7 +159,7 @@ def preempt_and_resume(cluster, workspace, launcher, preemption, nodes=1, tasks_
     stopped = re.search(rf"received {sent}: saved step (\d+); exiting with 75", text)
     assert stopped, text
     stopped_at = int(stopped.group(1))
-    assert 5 <= stopped_at < STEPS, "the signal should stop the run before its end"
+    assert 5 <= stopped_at < steps, "the signal should stop the run before its end"
     if preemption == "usr1":
         assert f"requeueing job {job_id} (restart 1)" in text, text
     assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in text, text
