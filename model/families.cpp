@@ -79,10 +79,13 @@ struct Gpt2Traits {
   static double token_head_dropout(const json& config) {
     return number(config, "classifier_dropout").value_or(number(config, "hidden_dropout").value_or(0.1));
   }
-  // GPT-2 has no attention mask: it is causal, so right padding is harmless.
-  static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor&) { return m->forward(ids); }
-  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor&, KvCache* cache = nullptr) {
-    return m->hidden_states(ids, cache);
+  // The language model reads a mask as packed documents (model/documents.h). A
+  // classifier's body runs without one: it is causal, so right padding is harmless.
+  static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) {
+    return m->forward(ids, nullptr, mask);
+  }
+  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor& mask, KvCache* cache = nullptr) {
+    return m->hidden_states(ids, cache, mask);
   }
   static at::Tensor body_forward(Model& m, const at::Tensor& ids, const at::Tensor&) {
     return m->transformer->forward(ids);

@@ -1,5 +1,6 @@
 #include "model/gpt2.h"
 
+#include "model/documents.h"
 #include "model/dropout.h"
 #include "model/fused_ops.h"
 #include "model/logits.h"
@@ -44,7 +45,7 @@ torch::Tensor causal_mask_after(int64_t past, int64_t T, const torch::Device& de
 
 }  // namespace
 
-torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, KvCache* cache) {
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, KvCache* cache, const torch::Tensor& allowed) {
   const torch::Tensor input = input_hook(x);  // every position, also when x holds some of them
   const int64_t B = input.size(0), T = input.size(1);
   // (B, T, C) -> (B, T, 3 * nh * hs) -> 3 x (B, T, nh * hs)
@@ -62,10 +63,12 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, KvCache* 
   }
   // (B, nh, T, hs): each position attends to itself and earlier positions only. Without
   // earlier positions that is the plain causal mask; a single new position reads them all.
-  std::optional<torch::Tensor> allowed;
-  if (past > 0 && T > 1) allowed = causal_mask_after(past, T, x.device());
-  torch::Tensor y = dot_product_attention(q, k, v, allowed, is_training() ? attn_pdrop_ : 0.0,
-                                          /*is_causal=*/past == 0, scale_, heads_part(q));
+  // Packed documents bring their own mask.
+  std::optional<torch::Tensor> mask;
+  if (allowed.defined()) mask = allowed;
+  else if (past > 0 && T > 1) mask = causal_mask_after(past, T, x.device());
+  torch::Tensor y = dot_product_attention(q, k, v, mask, is_training() ? attn_pdrop_ : 0.0,
+                                          /*is_causal=*/past == 0 && !mask, scale_, heads_part(q));
   // (B, nh, T, hs) -> (B, T, nh * hs)
   y = y.to(dtype).transpose(1, 2).reshape({B, T, n_heads * head_dim_});
   const torch::Tensor out = c_proj(y);
@@ -130,9 +133,9 @@ std::pair<torch::Tensor, torch::Tensor> add_norm(torch::nn::LayerNorm& ln, const
 
 }  // namespace
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, KvCache* cache) {
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, KvCache* cache, const torch::Tensor& allowed) {
   // y = x + attn(ln_1(x)), then y + mlp(ln_2(y)); the sum y and its norm are one step.
-  auto [y, normed] = add_norm(ln_2, x, attn(norm(ln_1, x), cache));
+  auto [y, normed] = add_norm(ln_2, x, attn(norm(ln_1, x), cache, allowed));
   return y + mlp(normed);
 }
 
@@ -161,7 +164,8 @@ void check_input_ids(const torch::Tensor& input_ids) {
 
 }  // namespace
 
-torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids, KvCache* cache) {
+torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids, KvCache* cache,
+                                           const torch::Tensor& attention_mask) {
   check_input_ids(input_ids);
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t past = cache ? cache->prepare("Gpt2", static_cast<int64_t>(h->size()), B) : 0;
@@ -170,11 +174,21 @@ torch::Tensor Gpt2TransformerImpl::forward(const torch::Tensor& input_ids, KvCac
                              std::to_string(n_positions_) +
                              (past > 0 ? " (" + std::to_string(past) + " cached + " + std::to_string(T) + " new tokens)"
                                        : std::string()));
+  // (T) positions past .. past + T - 1, or (B, T) each document's own from 0.
   torch::Tensor positions = torch::arange(past, past + T, input_ids.options());
-  // (B, T) -> (B, T, C) tokens + (T, C) positions past .. past + T - 1
+  torch::Tensor allowed;  // (B, 1, T, T) for packed documents; else the causal mask
+  if (attention_mask.defined()) {
+    if (cache) throw std::runtime_error("Gpt2: a cached forward takes rows without padding, and no attention_mask");
+    const torch::Tensor documents = document_ids(attention_mask, input_ids, "Gpt2");
+    positions = positions_within_documents(documents);
+    allowed = document_attention_mask(documents);
+  }
+  // (B, T) -> (B, T, C) tokens + positions
   torch::Tensor x = blocks_input(hashed_dropout(wte(input_ids) + wpe(positions), embd_pdrop_, is_training()));
-  x = run_blocks(x, [this, cache](std::size_t i) -> BlockForward {
-    return [block = h->ptr<BlockImpl>(i), cache](const torch::Tensor& y) { return block->forward(y, cache); };
+  x = run_blocks(x, [this, cache, allowed](std::size_t i) -> BlockForward {
+    return [block = h->ptr<BlockImpl>(i), cache, allowed](const torch::Tensor& y) {
+      return block->forward(y, cache, allowed);
+    };
   }, /*through_runner=*/cache == nullptr);
   return blocks_output(norm(ln_f, x));
 }
@@ -190,8 +204,9 @@ Gpt2Impl::Gpt2Impl(const Gpt2Config& config) : config_(config) {
     lm_head = register_module("lm_head", Linear(torch::nn::LinearOptions(config_.n_embd, config_.vocab_size).bias(false)));
 }
 
-torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids, KvCache* cache) {
-  return transformer(input_ids, cache);
+torch::Tensor Gpt2Impl::hidden_states(const torch::Tensor& input_ids, KvCache* cache,
+                                      const torch::Tensor& attention_mask) {
+  return transformer(input_ids, cache, attention_mask);
 }
 
 torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
@@ -200,8 +215,8 @@ torch::Tensor Gpt2Impl::logits(const torch::Tensor& hidden_states) {
   return vocab_logits(head_input_hook(hidden_states), head);
 }
 
-torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids, KvCache* cache) {
-  return logits(hidden_states(input_ids, cache));
+torch::Tensor Gpt2Impl::forward(const torch::Tensor& input_ids, KvCache* cache, const torch::Tensor& attention_mask) {
+  return logits(hidden_states(input_ids, cache, attention_mask));
 }
 
 }  // namespace ftrain::model

@@ -42,8 +42,9 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   CausalSelfAttentionImpl(const Gpt2Config& config, int64_t layer_index);
   // (B, T, C) -> (B, T, C). With a cache, x holds positions T_cached, T_cached + 1, ...:
   // they attend to the cached keys and values of the earlier positions and to their own,
-  // which are appended to this layer's entry.
-  torch::Tensor forward(const torch::Tensor& x, KvCache* cache = nullptr);
+  // which are appended to this layer's entry. Without a cache, `allowed` (bool
+  // (B, 1, T, T), optional) replaces the causal mask: packed documents' attention.
+  torch::Tensor forward(const torch::Tensor& x, KvCache* cache = nullptr, const torch::Tensor& allowed = {});
 
   InputHook input_hook;     // x on its way into c_attn
   Linear c_attn{nullptr};   // C -> 3C, [queries | keys | values]
@@ -82,8 +83,8 @@ TORCH_MODULE(Mlp);
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const Gpt2Config& config, int64_t layer_index);
-  // (B, T, C) -> (B, T, C); the cache as for CausalSelfAttention.
-  torch::Tensor forward(const torch::Tensor& x, KvCache* cache = nullptr);
+  // (B, T, C) -> (B, T, C); the cache and `allowed` as for CausalSelfAttention.
+  torch::Tensor forward(const torch::Tensor& x, KvCache* cache = nullptr, const torch::Tensor& allowed = {});
 
   torch::nn::LayerNorm ln_1{nullptr};
   CausalSelfAttention attn{nullptr};
@@ -99,7 +100,11 @@ class Gpt2TransformerImpl : public TransformerBody {
   explicit Gpt2TransformerImpl(const Gpt2Config& config);
   // (B, T) int64 -> (B, T, C). With a cache, the tokens follow those already in it, at
   // positions T_cached, T_cached + 1, ..., and their keys and values are appended to it.
-  torch::Tensor forward(const torch::Tensor& input_ids, KvCache* cache = nullptr);
+  // attention_mask, optional and without a cache: (B, T) document ids, 0 for padding
+  // and 1, 2, ... for the documents of a packed row (model/documents.h), each read as if
+  // alone in its row: its positions from 0, attending within itself.
+  torch::Tensor forward(const torch::Tensor& input_ids, KvCache* cache = nullptr,
+                        const torch::Tensor& attention_mask = {});
 
   const Gpt2Config& config() const { return config_; }
 
@@ -128,10 +133,13 @@ class Gpt2Impl : public torch::nn::Module {
   // tokens that follow those already in it, their outputs equal those of the same
   // positions in one forward over the whole sequence, and their keys and values are
   // appended to it.
-  torch::Tensor forward(const torch::Tensor& input_ids, KvCache* cache = nullptr);
+  // attention_mask as for Gpt2Transformer.
+  torch::Tensor forward(const torch::Tensor& input_ids, KvCache* cache = nullptr,
+                        const torch::Tensor& attention_mask = {});
   // (B, T) int64 token ids -> (B, T, C) hidden states after ln_f, for task heads; the
-  // cache as for forward.
-  torch::Tensor hidden_states(const torch::Tensor& input_ids, KvCache* cache = nullptr);
+  // cache and attention_mask as for forward.
+  torch::Tensor hidden_states(const torch::Tensor& input_ids, KvCache* cache = nullptr,
+                              const torch::Tensor& attention_mask = {});
   // (B, T, C) hidden states -> (B, T, V) logits.
   torch::Tensor logits(const torch::Tensor& hidden_states);
 

@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include "model/documents.h"
 #include "model/dropout.h"
 #include "model/fused_ops.h"
 #include "model/logits.h"
@@ -198,22 +199,15 @@ torch::Tensor LlamaBlockImpl::forward(const torch::Tensor& x, const RotaryAngles
 
 namespace {
 
-// bool (B or 1, 1, T, T_cached + T): query q, at position T_cached + q, may read key k
-// when k is not after it, lies within the window, and is a token rather than padding
-// (is_token, (B, T), only without cached positions). A padded query still reads itself,
-// so no row of the softmax is empty and padding never turns into NaN.
-torch::Tensor attention_mask_for(int64_t past, int64_t T, const torch::Tensor& is_token,
-                                 std::optional<int64_t> window, const torch::Device& device) {
+// bool (1, 1, T, T_cached + T): query q, at position T_cached + q, may read key k when k
+// is not after it and lies within the window. Rows with padding or several documents
+// take document_attention_mask instead (model/documents.h).
+torch::Tensor attention_mask_for(int64_t past, int64_t T, std::optional<int64_t> window, const torch::Device& device) {
   torch::Tensor key = torch::arange(past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
   torch::Tensor query = torch::arange(past, past + T, key.options()).unsqueeze(1);  // (T, 1)
   torch::Tensor allowed = key <= query;                                             // (T, T_cached + T)
   if (window) allowed = allowed & (key > query - *window);
-  allowed = allowed.view({1, 1, T, past + T});
-  if (is_token.defined()) {
-    const int64_t B = is_token.size(0);
-    allowed = allowed & (is_token.view({B, 1, 1, T}) | (key == query).view({1, 1, T, T}));
-  }
-  return allowed;
+  return allowed.view({1, 1, T, past + T});
 }
 
 void check_input_ids(const torch::Tensor& input_ids) {
@@ -274,15 +268,13 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
   const torch::Device device = input_ids.device();
   const int64_t past = cache ? cache->prepare("Llama", static_cast<int64_t>(layers->size()), B) : 0;
 
-  torch::Tensor is_token, positions;
+  torch::Tensor documents, positions;
   if (attention_mask.defined()) {
     if (cache) throw std::runtime_error("Llama: a cached forward takes rows without padding, and no attention_mask");
-    if (attention_mask.sizes() != input_ids.sizes())
-      throw std::runtime_error("Llama: attention_mask must have the shape of input_ids " +
-                               c10::str(input_ids.sizes()) + ", got " + c10::str(attention_mask.sizes()));
-    is_token = (attention_mask != 0).to(device);  // (B, T) bool
-    // Real tokens are numbered 0, 1, ... in each row whatever padding precedes them.
-    positions = (is_token.to(torch::kLong).cumsum(/*dim=*/1) - 1).clamp_min(0);  // (B, T)
+    // Padding (0) and documents (1, 2, ...): each document's tokens are numbered 0, 1, ...
+    // whatever precedes them in the row.
+    documents = document_ids(attention_mask, input_ids, "Llama");
+    positions = positions_within_documents(documents);  // (B, T)
   } else {
     // (1, T): positions T_cached .. T_cached + T - 1
     positions = torch::arange(past, past + T, torch::TensorOptions().dtype(torch::kLong).device(device)).unsqueeze(0);
@@ -299,9 +291,9 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const torc
     if (window && *window >= past + T) window.reset();  // the window covers the whole sequence
     const int64_t key = window.value_or(0);
     if (!masks.count(key))
-      masks[key] = (window || is_token.defined() || (past > 0 && T > 1))
-                       ? attention_mask_for(past, T, is_token, window, device)
-                       : torch::Tensor();
+      masks[key] = documents.defined()               ? document_attention_mask(documents, window)
+                   : (window || (past > 0 && T > 1)) ? attention_mask_for(past, T, window, device)
+                                                     : torch::Tensor();
     return [block = layers->ptr<LlamaBlockImpl>(i), angles, allowed = masks[key], cache](const torch::Tensor& y) {
       return block->forward(y, angles, allowed, cache);
     };

@@ -151,6 +151,8 @@ class LlamaImpl : public torch::nn::Module {
   // No position attends to padding, and positions count real tokens only (the first
   // token of a row is position 0), so each row's real positions get the logits the
   // row alone would get. Outputs at padded positions are finite but meaningless.
+  // Integer values 1, 2, ... name the documents of a packed row (model/documents.h):
+  // each is read as if alone, its positions from 0, attending within itself.
   //
   // Incremental decoding passes a cache (empty at the start) and no attention_mask:
   // input_ids are then the tokens that follow those already in it, at positions
