@@ -14,10 +14,14 @@ namespace format {
 
 // Value of the root attribute `format`; identifies the file as an ftrain token dataset.
 inline constexpr std::string_view kName = "ftrain.tokens";
-// Newest format_version this build reads and the one it writes. Adding optional datasets
-// or attributes does not change it; it changes only when a reader of the old version
-// would misread a new file.
-inline constexpr int64_t kVersion = 1;
+// Newest format_version this build reads. Adding optional datasets or attributes does
+// not change it; it changes only when a reader of the old version would misread a new
+// file. Version 1: attention_mask is 0 (padding) or 1. Version 2: attention_mask holds
+// document ids, 0 padding and 1, 2, ... the documents packed into a row (model/documents.h);
+// writers use it only for such rows, so that no older reader mistakes ids for a mask.
+inline constexpr int64_t kVersion = 2;
+inline constexpr int64_t kVersionPlain = 1;
+inline constexpr int64_t kVersionPackedDocuments = 2;
 // The longest row a reader takes: buffers are sized rows x seq_len, so the file's
 // seq_len must not size them alone. 2^20 tokens covers million-token contexts.
 inline constexpr int64_t kMaxSeqLen = int64_t{1} << 20;
@@ -73,7 +77,7 @@ inline constexpr int64_t kIgnoreLabel = -100;
 
 // The root attributes of a token dataset.
 struct DatasetInfo {
-  int64_t format_version = format::kVersion;
+  int64_t format_version = format::kVersionPlain;  // written; kVersionPackedDocuments for packed rows
   int64_t seq_len = 0;
   int64_t vocab_size = 0;
   int64_t eos_id = -1;

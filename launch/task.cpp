@@ -64,7 +64,8 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, WithoutValues
 Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm, bool skeleton)
     : kind_(kind_of(dataset.task, config.data.path)), label_names_(dataset.label_names),
       model_(std::make_unique<Model>()), model_path_(config.model.path),
-      dynamic_padding_(config.data.dynamic_padding) {
+      dynamic_padding_(config.data.dynamic_padding),
+      packed_documents_(dataset.format_version >= data::format::kVersionPackedDocuments) {
   model_->name = dataset.task;
   const bool pretrained = config.model.init == ModelInit::pretrained;
   // Split over the tensor-parallel group as it is built, so each rank reads its part.
@@ -200,8 +201,20 @@ TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) cons
     // a row is never predicted, and padding never is.
     torch::Tensor mask = batch.loss_mask.empty() ? torch::ones({rows, width - 1}, torch::kFloat32)
                                                  : host_tensor(batch.loss_mask, rows, width).slice(1, 1).to(torch::kFloat32);
-    if (!batch.attention_mask.empty())
-      mask = mask * host_tensor(batch.attention_mask, rows, width).slice(1, 1).to(torch::kFloat32);
+    if (!batch.attention_mask.empty()) {
+      if (!packed_documents_)
+        for (std::size_t i = 0; i < batch.attention_mask.size(); ++i)
+          if (batch.attention_mask[i] > 1)
+            throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[i / width]) +
+                                     " has attention_mask " + std::to_string(batch.attention_mask[i]) +
+                                     ": format_version 1 holds 0 or 1 (packed documents' ids need version 2)");
+      // Document ids (model/documents.h): 0 pads, and a packed row's documents are 1, 2,
+      // ... A token is predicted only from a position of its own document, so neither
+      // padding nor a document's first token is a target.
+      const torch::Tensor documents = host_tensor(batch.attention_mask, rows, width).to(torch::kInt64);
+      const torch::Tensor target = documents.slice(1, 1), source = documents.slice(1, 0, width - 1);
+      mask = mask * (target.gt(0) & target.eq(source)).to(torch::kFloat32);
+    }
     out.target_count = static_cast<int64_t>(mask.sum().item<double>());  // a host tensor: no device sync
     out.target_mask = to_device(mask, device);
     return out;

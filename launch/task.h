@@ -152,6 +152,7 @@ class Task {
 
   std::string model_path_;
   bool dynamic_padding_ = true;  // data.dynamic_padding
+  bool packed_documents_ = false;  // the dataset's attention_mask holds document ids (format_version 2)
   dist::TensorParallelPlan plan_;
   dist::Group* tp_ = nullptr;  // a split causal LM's group, for the vocabulary-parallel loss
   std::unique_ptr<dist::ZeroSharding> sharding_;  // read into ZeRO-3 shards, until taken

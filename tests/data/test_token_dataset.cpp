@@ -195,7 +195,7 @@ BOOST_AUTO_TEST_CASE(round_trip_every_field_across_appends_and_chunks) {
   }
 
   const DatasetInfo read_info = read_dataset_info(output);
-  BOOST_TEST(read_info.format_version == format::kVersion);
+  BOOST_TEST(read_info.format_version == format::kVersionPlain);
   BOOST_TEST(read_info.seq_len == seq_len);
   BOOST_TEST(read_info.vocab_size == 1000);
   BOOST_TEST(read_info.eos_id == 999);
@@ -304,8 +304,8 @@ BOOST_AUTO_TEST_CASE(malformed_files_fail_with_the_file_and_the_problem) {
       {"missing format", [](CraftedFile& f) { f.root.erase("format"); }, "attribute '/format' missing"},
       {"other format", [](CraftedFile& f) { f.root["format"] = std::string("other.tokens"); },
        "not an ftrain token dataset"},
-      {"newer version", [](CraftedFile& f) { f.root["format_version"] = int64_t{2}; },
-       "format_version 2 is newer than this ftrain reads (1)"},
+      {"newer version", [](CraftedFile& f) { f.root["format_version"] = int64_t{3}; },
+       "format_version 3 is newer than this ftrain reads (2)"},
       {"seq_len as string", [](CraftedFile& f) { f.root["seq_len"] = std::string("8"); },
        "attribute '/seq_len' is string, expected an integer"},
       {"seq_len as float", [](CraftedFile& f) { f.root["seq_len"] = 8.0; },
@@ -475,7 +475,7 @@ BOOST_AUTO_TEST_CASE(dataset_info_validation_names_the_attribute) {
   info.pad_id = 1000;
   BOOST_TEST(contains(error_of([&] { info.validate(); }), "'pad_id'"));
   info = small_info();
-  info.format_version = 2;
+  info.format_version = 3;
   BOOST_TEST(contains(error_of([&] { info.validate(); }), "'format_version'"));
 }
 
