@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -90,11 +91,14 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
   std::string truncation = "right";
   std::string labels;
   std::string text_pair_column;
+  std::string packing;
   po::options_description described(
       "ftrain-prep: tokenize text corpora into an ftrain HDF5 token dataset\n\n"
       "Documents are tokenized, each followed by the end-of-text token, concatenated and\n"
       "cut into rows of exactly --seq-len tokens; the tail shorter than a row is dropped.\n"
-      "Documents are assigned to splits before packing, so none straddles two splits.\n\n"
+      "Documents are assigned to splits before packing, so none straddles two splits.\n"
+      "With --packing documents, whole documents are packed into rows instead, padded, and\n"
+      "each keeps its own positions and attention (format_version 2).\n\n"
       "With --task other than causal_lm every example is one row padded to --seq-len\n"
       "(docs/dataset-format.md): sequence_classification, token_classification, instruction.\n\n"
       "Options");
@@ -124,6 +128,10 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
        "instruction: JSON key of the prompt (not trained on)")
       ("response-column", po::value(&options.task.response_column)->default_value("response"),
        "instruction: JSON key of the response (trained on, followed by EOS)")
+      ("packing", po::value(&packing),
+       "causal_lm: 'concatenate' (default: documents cut into full rows, reading across their boundaries) or "
+       "'documents' (whole documents per row with document masking; longer ones split into row-sized pieces); "
+       "instruction: 'none' (default: one example per row) or 'documents'")
       ("truncation", po::value(&truncation)->default_value("right"),
        "sequence_classification: drop tokens past --seq-len at the 'right' or the 'left' end")
       ("tokenizer,t", po::value<std::string>()->required(),
@@ -193,6 +201,18 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
     throw po::error("--truncation must be 'right' or 'left', got '" + truncation + "'");
   }
   fine_tune.truncation = truncation == "left" ? Truncation::kLeft : Truncation::kRight;
+  const bool causal = fine_tune.task == PrepTask::kCausalLm;
+  if (packing.empty()) packing = causal ? "concatenate" : "none";
+  const std::map<std::string, Packing> packings = {
+      {"none", Packing::kNone}, {"concatenate", Packing::kConcatenate}, {"documents", Packing::kDocuments}};
+  const bool allowed = causal ? packing == "concatenate" || packing == "documents"
+                              : packing == "none" || (packing == "documents" && fine_tune.task == PrepTask::kInstruction);
+  if (!allowed) {
+    throw po::error("--packing '" + packing + "' is not one --task " + task + " takes (" +
+                    (causal ? "concatenate or documents" : fine_tune.task == PrepTask::kInstruction ? "none or documents"
+                                                                                                   : "none") + ")");
+  }
+  fine_tune.packing = packings.at(packing);
   if (fine_tune.task == PrepTask::kCausalLm) {
     if (options.task.text_is_conll) throw po::error("--text-mode conll is for --task token_classification");
     return options;
@@ -250,22 +270,46 @@ struct LengthStats {
 // One split being written: its packer, buffered document indices and statistics.
 class SplitSink {
  public:
-  SplitSink(Split split, int64_t seq_len, int32_t eos_id, TokenDatasetWriter& writer)
-      : name_(kSplitNames[static_cast<int>(split)]), packer_(seq_len, eos_id), writer_(writer) {
+  // `documents`: pack whole documents with document masking (padding with pad_id) instead.
+  SplitSink(Split split, int64_t seq_len, int32_t eos_id, std::optional<int32_t> documents, TokenDatasetWriter& writer)
+      : name_(kSplitNames[static_cast<int>(split)]), packer_(seq_len, eos_id), writer_(writer), eos_id_(eos_id) {
     SplitFields fields;
     fields.document_index = true;
+    if (documents) {
+      documents_.emplace(seq_len, *documents);
+      fields.attention_mask = true;
+    }
     writer_.create_split(name_, fields);
   }
 
   void add(int64_t document_index, const std::vector<int32_t>& tokens) {
-    packer_.add_document(tokens);
     stats_.add(static_cast<int64_t>(tokens.size()));
     document_indices_.push_back(document_index);
+    if (documents_) {
+      // The document and its EOS; one longer than a row goes in row-sized pieces, each
+      // read on its own (the first token of each piece is not predicted).
+      std::vector<int32_t> text(tokens);
+      text.push_back(eos_id_);
+      const auto row = static_cast<std::size_t>(packer_.seq_len());
+      for (std::size_t start = 0; start < text.size(); start += row)
+        documents_->add(std::span(text).subspan(start, std::min(row, text.size() - start)));
+      if (documents_->ready_rows() * packer_.seq_len() >= (int64_t{1} << 23)) flush();
+      return;
+    }
+    packer_.add_document(tokens);
     // About 8M tokens per append: large writes, bounded memory.
     if (packer_.ready_rows() * packer_.seq_len() >= (int64_t{1} << 23)) flush();
   }
 
   void flush() {
+    if (documents_) {
+      const DocumentPacker::Rows rows = documents_->take_rows();
+      if (rows.num_rows > 0) writer_.append_rows(name_, RowBlock{rows.num_rows, rows.input_ids, {}, rows.attention_mask, {}, {}});
+      rows_ += rows.num_rows;
+      writer_.append_document_index(name_, document_indices_);
+      document_indices_.clear();
+      return;
+    }
     const int64_t rows = packer_.ready_rows();
     if (rows > 0) {
       const std::vector<int32_t> ids = packer_.take_rows();
@@ -277,15 +321,18 @@ class SplitSink {
   }
 
   void close() {
+    if (documents_) documents_->close_row();
     flush();
-    writer_.set_split_attribute(name_, format::kAttrNumDocuments, packer_.documents());
-    writer_.set_split_attribute(name_, format::kAttrNumTokens, packer_.tokens());
-    writer_.set_split_attribute(name_, format::kAttrDroppedTokens, packer_.pending_tokens());
+    writer_.set_split_attribute(name_, format::kAttrNumDocuments, stats_.documents);
+    writer_.set_split_attribute(name_, format::kAttrNumTokens, tokens());
+    writer_.set_split_attribute(name_, format::kAttrDroppedTokens, dropped());
   }
 
   const std::string& name() const { return name_; }
   int64_t rows() const { return rows_; }
-  const RowPacker& packer() const { return packer_; }
+  int64_t tokens() const { return documents_ ? documents_->tokens() : packer_.tokens(); }  // EOS included
+  int64_t dropped() const { return documents_ ? 0 : packer_.pending_tokens(); }
+  int64_t padding() const { return documents_ ? documents_->padding() : 0; }
   const LengthStats& stats() const { return stats_; }
 
  private:
@@ -295,6 +342,8 @@ class SplitSink {
   LengthStats stats_;
   std::vector<int64_t> document_indices_;
   int64_t rows_ = 0;
+  int32_t eos_id_;
+  std::optional<DocumentPacker> documents_;  // --packing documents
 };
 
 // Tokenizes batches of documents on several threads, returning them in input order.
@@ -383,10 +432,18 @@ void print_summary(const PrepOptions& options, const DatasetInfo& info, const st
     const LengthStats& stats = sink->stats();
     const double mean = stats.documents ? static_cast<double>(stats.tokens) / static_cast<double>(stats.documents) : 0;
     std::printf("  %-10s %10lld %14lld %10lld %8lld   %lld/%s/%lld\n", sink->name().c_str(),
-                static_cast<long long>(stats.documents), static_cast<long long>(sink->packer().tokens()),
-                static_cast<long long>(sink->rows()), static_cast<long long>(sink->packer().pending_tokens()),
+                static_cast<long long>(stats.documents), static_cast<long long>(sink->tokens()),
+                static_cast<long long>(sink->rows()), static_cast<long long>(sink->dropped()),
                 static_cast<long long>(stats.documents ? stats.shortest : 0), format_fixed(mean).c_str(),
                 static_cast<long long>(stats.longest));
+  }
+  if (options.task.packing == Packing::kDocuments) {
+    for (const SplitSink* sink : sinks) {
+      const double cells = static_cast<double>(std::max<int64_t>(sink->rows() * options.seq_len, 1));
+      std::printf("  %-10s documents packed with document masking: %lld padding tokens (%s%% of the rows)\n",
+                  sink->name().c_str(), static_cast<long long>(sink->padding()),
+                  format_fixed(100.0 * static_cast<double>(sink->padding()) / cells).c_str());
+    }
   }
   std::fflush(stdout);
 }
@@ -429,7 +486,14 @@ void run(const PrepOptions& options) {
   info.seq_len = options.seq_len;
   info.vocab_size = tokenizer.vocab_size();
   info.eos_id = *eos_id;
-  info.pad_id = -1;  // packed rows have no padding
+  // Concatenated rows have no padding; rows of whole documents are padded like the
+  // fine-tuning tasks' (the tokenizer's padding token, else its end-of-text token).
+  const std::optional<int32_t> documents =
+      options.task.packing == Packing::kDocuments
+          ? std::optional<int32_t>(tokenizer.special_ids().pad ? *tokenizer.special_ids().pad : *eos_id)
+          : std::nullopt;
+  info.pad_id = documents ? *documents : -1;
+  if (documents) info.format_version = format::kVersionPackedDocuments;
   info.tokenizer = fs::absolute(options.tokenizer).lexically_normal().string();
   info.task = format::kTaskCausalLm;
   WriterOptions writer_options;
@@ -437,11 +501,11 @@ void run(const PrepOptions& options) {
   TokenDatasetWriter writer(options.output, info, writer_options);
 
   std::map<Split, std::unique_ptr<SplitSink>> sinks;
-  sinks[Split::kTrain] = std::make_unique<SplitSink>(Split::kTrain, options.seq_len, *eos_id, writer);
+  sinks[Split::kTrain] = std::make_unique<SplitSink>(Split::kTrain, options.seq_len, *eos_id, documents, writer);
   if (with_validation) {
-    sinks[Split::kValidation] = std::make_unique<SplitSink>(Split::kValidation, options.seq_len, *eos_id, writer);
+    sinks[Split::kValidation] = std::make_unique<SplitSink>(Split::kValidation, options.seq_len, *eos_id, documents, writer);
   }
-  if (with_test) sinks[Split::kTest] = std::make_unique<SplitSink>(Split::kTest, options.seq_len, *eos_id, writer);
+  if (with_test) sinks[Split::kTest] = std::make_unique<SplitSink>(Split::kTest, options.seq_len, *eos_id, documents, writer);
 
   // Pass 2. Documents are numbered across all inputs in order: --input files, then
   // --validation-input, then --test-input; document_index stores these numbers.
@@ -490,7 +554,7 @@ void run(const PrepOptions& options) {
     if (sink->rows() == 0) {
       throw std::runtime_error("split '" + sink->name() + "' would have no rows: its " +
                                std::to_string(sink->stats().documents) + " documents hold " +
-                               std::to_string(sink->packer().tokens()) + " tokens with EOS, fewer than one row of " +
+                               std::to_string(sink->tokens()) + " tokens with EOS, fewer than one row of " +
                                std::to_string(options.seq_len) + "; add text or lower --seq-len");
     }
   }

@@ -6,6 +6,8 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
+#include <span>
 #include <stdexcept>
 
 #include "data/prep_records.h"
@@ -70,7 +72,8 @@ std::vector<int64_t> label_ids(const LabelMap& labels, const std::vector<std::st
 }
 
 struct SplitStats {
-  int64_t rows = 0;
+  int64_t rows = 0;          // examples
+  int64_t written_rows = 0;  // rows of the file: the examples, or the rows they were packed into
   int64_t truncated = 0;
   int64_t tokens = 0;  // before truncation
   int64_t shortest = std::numeric_limits<int64_t>::max();
@@ -81,8 +84,9 @@ struct SplitStats {
 // One split being written, in blocks of rows.
 class SplitRows {
  public:
-  SplitRows(Split split, const TaskPrepOptions& options, TokenDatasetWriter& writer)
+  SplitRows(Split split, const TaskPrepOptions& options, int32_t pad_id, TokenDatasetWriter& writer)
       : name_(kSplitNames[static_cast<int>(split)]), task_(options.task), writer_(writer) {
+    if (options.packing == Packing::kDocuments) packer_.emplace(options.seq_len, pad_id);
     SplitFields fields;
     fields.attention_mask = true;
     fields.document_index = true;
@@ -95,6 +99,16 @@ class SplitRows {
   }
 
   void add(int64_t index, const Example& example, int64_t row_label) {
+    if (packer_) {
+      // The example's tokens (padding follows them) go into the row being filled.
+      const auto length = static_cast<std::size_t>(
+          std::count(example.attention_mask.begin(), example.attention_mask.end(), uint8_t{1}));
+      packer_->add(std::span(example.input_ids).first(length), std::span(example.loss_mask).first(length));
+      count(example);
+      indices_.push_back(index);
+      if (packer_->ready_rows() >= 4096) flush();
+      return;
+    }
     ids_.insert(ids_.end(), example.input_ids.begin(), example.input_ids.end());
     attention_.insert(attention_.end(), example.attention_mask.begin(), example.attention_mask.end());
     if (task_ == PrepTask::kInstruction) loss_.insert(loss_.end(), example.loss_mask.begin(), example.loss_mask.end());
@@ -110,15 +124,20 @@ class SplitRows {
     }
     indices_.push_back(index);
     ++pending_;
-    ++stats_.rows;
-    stats_.truncated += example.truncated ? 1 : 0;
-    stats_.tokens += example.length;
-    stats_.shortest = std::min(stats_.shortest, example.length);
-    stats_.longest = std::max(stats_.longest, example.length);
+    count(example);
     if (pending_ >= 4096) flush();
   }
 
   void flush() {
+    if (packer_) {
+      const DocumentPacker::Rows rows = packer_->take_rows();
+      writer_.append_rows(name_, RowBlock{rows.num_rows, rows.input_ids, rows.loss_mask, rows.attention_mask, {}, {}});
+      writer_.append_document_index(name_, indices_);
+      indices_.clear();
+      stats_.written_rows += rows.num_rows;
+      return;
+    }
+    stats_.written_rows += pending_;
     writer_.append_rows(name_, RowBlock{pending_, ids_, loss_, attention_, labels_, types_});
     writer_.append_document_index(name_, indices_);
     ids_.clear(), attention_.clear(), loss_.clear(), types_.clear(), labels_.clear(), indices_.clear();
@@ -126,6 +145,7 @@ class SplitRows {
   }
 
   void close() {
+    if (packer_) packer_->close_row();
     flush();
     writer_.set_split_attribute(name_, format::kAttrNumDocuments, stats_.rows);
     writer_.set_split_attribute(name_, format::kAttrNumTokens, stats_.tokens);
@@ -136,6 +156,14 @@ class SplitRows {
   const SplitStats& stats() const { return stats_; }
 
  private:
+  void count(const Example& example) {
+    ++stats_.rows;
+    stats_.truncated += example.truncated ? 1 : 0;
+    stats_.tokens += example.length;
+    stats_.shortest = std::min(stats_.shortest, example.length);
+    stats_.longest = std::max(stats_.longest, example.length);
+  }
+
   std::string name_;
   PrepTask task_;
   TokenDatasetWriter& writer_;
@@ -144,6 +172,7 @@ class SplitRows {
   std::vector<int32_t> ids_;
   std::vector<uint8_t> attention_, loss_, types_;
   std::vector<int64_t> labels_, indices_;
+  std::optional<DocumentPacker> packer_;  // --packing documents
 };
 
 int64_t drawn_count(double fraction, int64_t records) {
@@ -163,11 +192,13 @@ void print_summary(const TaskPrepOptions& options, const DatasetInfo& info, cons
   std::printf("  tokenizer %s (vocab_size %lld, pad_id %lld), seq_len %lld, seed %llu\n", info.tokenizer.c_str(),
               static_cast<long long>(info.vocab_size), static_cast<long long>(info.pad_id),
               static_cast<long long>(info.seq_len), static_cast<unsigned long long>(options.seed));
-  std::printf("  %-10s %10s %10s   %s\n", "split", "examples", "truncated", "tokens/example min/mean/max (before truncation)");
+  std::printf("  %-10s %10s %10s %10s   %s\n", "split", "examples", "rows", "truncated",
+              "tokens/example min/mean/max (before truncation)");
   for (const SplitRows* split : splits) {
     const SplitStats& stats = split->stats();
     const double rows = static_cast<double>(std::max<int64_t>(stats.rows, 1));
-    std::printf("  %-10s %10lld %9s%%   %lld/%s/%lld\n", split->name().c_str(), static_cast<long long>(stats.rows),
+    std::printf("  %-10s %10lld %10lld %9s%%   %lld/%s/%lld\n", split->name().c_str(), static_cast<long long>(stats.rows),
+                static_cast<long long>(stats.written_rows),
                 format_fixed(100.0 * static_cast<double>(stats.truncated) / rows, "%.2f").c_str(),
                 static_cast<long long>(stats.rows ? stats.shortest : 0),
                 format_fixed(static_cast<double>(stats.tokens) / rows).c_str(), static_cast<long long>(stats.longest));
@@ -255,18 +286,19 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
   info.pad_id = *pad_id;
   info.tokenizer = fs::absolute(options.tokenizer).lexically_normal().string();
   info.task = task_attribute(options.task);
+  if (options.packing == Packing::kDocuments) info.format_version = format::kVersionPackedDocuments;
   WriterOptions writer_options;
   writer_options.overwrite = options.overwrite;
   if (has_labels(options.task)) info.label_names = labels.names();
   TokenDatasetWriter writer(options.output, info, writer_options);
 
   std::map<Split, std::unique_ptr<SplitRows>> splits;
-  splits[Split::kTrain] = std::make_unique<SplitRows>(Split::kTrain, options, writer);
+  splits[Split::kTrain] = std::make_unique<SplitRows>(Split::kTrain, options, *pad_id, writer);
   if (!options.validation_inputs.empty() || drawn_validation > 0) {
-    splits[Split::kValidation] = std::make_unique<SplitRows>(Split::kValidation, options, writer);
+    splits[Split::kValidation] = std::make_unique<SplitRows>(Split::kValidation, options, *pad_id, writer);
   }
   if (!options.test_inputs.empty() || drawn_test > 0) {
-    splits[Split::kTest] = std::make_unique<SplitRows>(Split::kTest, options, writer);
+    splits[Split::kTest] = std::make_unique<SplitRows>(Split::kTest, options, *pad_id, writer);
   }
 
   // Pass 2. Records are numbered across all inputs in order, as documents are for

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "data/row_packer.h"
 #include "data/prep_examples.h"
 
 namespace ftrain::data {
@@ -41,6 +42,7 @@ struct TaskPrepOptions {
   std::string response_column = "response";
   Truncation truncation = Truncation::kRight;
   bool text_is_conll = false;
+  Packing packing = Packing::kNone;  // kDocuments: instruction examples packed with document masking
 };
 
 // Writes the dataset and prints the summary. Throws std::runtime_error naming the file

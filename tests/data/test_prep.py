@@ -116,6 +116,59 @@ def test_jsonl_and_text_inputs_pack_exactly_like_python(corpus, tmp_path):
     assert fields[5] == f"{min(lengths)}/{np.mean(lengths):.1f}/{max(lengths)}"
 
 
+def pack_documents(tokenizer, documents, seq_len):
+    """The reference packing with document masking: tokens + EOS per document, a document
+    longer than a row in row-sized pieces, placed in order, a row closed when the next
+    piece does not fit; padded with EOS (this tokenizer has no padding token)."""
+    eos = tokenizer.token_to_id(EOS)
+    pieces = []
+    for document in documents:
+        text = encode(tokenizer, document) + [eos]
+        pieces += [text[start:start + seq_len] for start in range(0, len(text), seq_len)]
+    rows, row = [], []
+    for piece in pieces:
+        if sum(map(len, row)) + len(piece) > seq_len:
+            rows.append(row)
+            row = []
+        row.append(piece)
+    rows.append(row)
+    ids = np.full((len(rows), seq_len), eos, dtype=np.int32)
+    numbers = np.zeros((len(rows), seq_len), dtype=np.uint8)
+    for r, row in enumerate(rows):
+        at = 0
+        for number, piece in enumerate(row, start=1):
+            ids[r, at:at + len(piece)], numbers[r, at:at + len(piece)] = piece, number
+            at += len(piece)
+    return ids, numbers
+
+
+def test_packing_documents_keeps_each_whole_and_numbered(corpus, tmp_path):
+    tokenizer, documents = corpus["tokenizer"], corpus["documents"][:120]
+    # One document longer than two rows: it goes in row-sized pieces.
+    documents = documents[:5] + [" ".join(documents[5:25])] + documents[25:]
+    data = tmp_path / "docs.jsonl"
+    write_jsonl(data, [{"text": d} for d in documents])
+    output, seq_len = tmp_path / "packed.h5", 48
+    result = run_prep("--input", data, "--tokenizer", corpus["tokenizer_dir"], "--output", output, "--seq-len",
+                      seq_len, "--validation-fraction", 0, "--packing", "documents")
+    expected_ids, expected_numbers = pack_documents(tokenizer, documents, seq_len)
+    assert len(encode(tokenizer, documents[5])) > 2 * seq_len
+    with h5py.File(output, "r") as f:
+        assert f.attrs["format_version"] == 2  # attention_mask holds document numbers
+        assert f.attrs["pad_id"] == tokenizer.token_to_id(EOS)
+        train = f["train"]
+        np.testing.assert_array_equal(train["input_ids"][...], expected_ids)
+        np.testing.assert_array_equal(train["attention_mask"][...], expected_numbers)
+        assert "loss_mask" not in train
+        assert train.attrs["num_documents"] == len(documents) and train.attrs["dropped_tokens"] == 0
+    padding = int((expected_numbers == 0).sum())
+    assert f"{padding} padding tokens" in result.stdout
+    # Concatenation stays the default, and other tasks refuse the option.
+    refused = run_prep("--task", "sequence_classification", "--input", data, "--tokenizer", corpus["tokenizer_dir"],
+                       "--output", tmp_path / "no.h5", "--seq-len", 16, "--packing", "documents", check=False)
+    assert refused.returncode != 0 and "--packing" in refused.stderr and not (tmp_path / "no.h5").exists()
+
+
 def test_splits_partition_documents_and_depend_only_on_the_seed(corpus, tmp_path):
     tokenizer, documents = corpus["tokenizer"], corpus["documents"]
     jsonl = tmp_path / "all.jsonl"

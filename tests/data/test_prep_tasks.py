@@ -226,6 +226,40 @@ def test_instruction_rows_mask_the_prompt(tmp_path):
     assert truncated >= 1 and f"{100 * truncated / len(examples):.2f}%" in result.stdout
 
 
+def test_instruction_examples_packed_with_document_masking(tmp_path):
+    # The packed rows hold each example's tokens and loss mask exactly as its own padded
+    # row does, whole, in order, numbered 1, 2, ... within a row.
+    tokenizer_dir = SOURCE / "configs" / "models" / "tiny-gpt2"
+    rng = np.random.default_rng(5)
+    words = "the a cat sat on mat why how what is two plus four answer".split()
+    examples = [(" ".join(rng.choice(words, size=rng.integers(1, 12))), " " + " ".join(rng.choice(words, size=rng.integers(1, 8))))
+                for _ in range(40)]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in examples), encoding="utf-8")
+    common = ["--task", "instruction", "-i", data, "-t", tokenizer_dir, "--seq-len", 128, "--validation-fraction", 0]
+    run_prep(*common, "-o", tmp_path / "rows.h5")
+    result = run_prep(*common, "-o", tmp_path / "packed.h5", "--packing", "documents")
+    attrs, rows = read_split(tmp_path / "rows.h5", "train")
+    packed_attrs, packed = read_split(tmp_path / "packed.h5", "train")
+    assert attrs["format_version"] == 1 and packed_attrs["format_version"] == 2
+    assert len(packed["input_ids"]) < len(rows["input_ids"]) / 2, "rows of 128 should hold several examples"
+    expected = [(row[mask == 1], loss[mask == 1]) for row, mask, loss in
+                zip(rows["input_ids"], rows["attention_mask"], rows["loss_mask"])]
+    got = []
+    for ids, numbers, loss in zip(packed["input_ids"], packed["attention_mask"], packed["loss_mask"]):
+        used = numbers[numbers > 0]
+        assert list(np.unique(used)) == list(range(1, used.max() + 1)) and np.all(np.diff(used) >= 0)
+        assert np.all(numbers[len(used):] == 0) and np.all(loss[len(used):] == 0)
+        assert np.all(ids[len(used):] == packed_attrs["pad_id"])
+        for number in range(1, used.max() + 1):
+            got.append((ids[numbers == number], loss[numbers == number]))
+    assert len(got) == len(expected)
+    for (want_ids, want_loss), (got_ids, got_loss) in zip(expected, got):
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_array_equal(got_loss, want_loss)
+    assert f"train              {len(examples)}" in result.stdout
+
+
 def test_sst2_prepares(bert_dir, bert, tmp_path):
     if not (SST2 / "train.tsv").exists():
         pytest.skip(f"SST-2 not found at {SST2} (the shared datasets directory is absent); this check needs it")
