@@ -1,8 +1,9 @@
 """Packing with document masking: several documents in one row, each read as if alone
 (its positions from 0, attention within itself; docs/dataset-format.md, format_version
 2). The step of a batch of packed rows equals the step of the same documents one per
-padded row: loss, grad_norm and the updated weights, for GPT-2 and Llama, on one rank
-and split over a tensor-parallel group (with sequence parallelism for GPT-2). The
+padded row: loss, grad_norm and the updated weights, for GPT-2 and Llama, on one rank,
+split over a tensor-parallel group (with sequence parallelism for GPT-2) and over two
+data-parallel ranks (ZeRO-2, ZeRO-3). The
 documents' logits in a packed row equal those transformers gives each document alone.
 A version-1 dataset with a document id in its attention_mask is refused by row."""
 
@@ -34,6 +35,8 @@ def pack(docs):
             row = []
         row.append(doc)
     rows.append(row)
+    if len(rows) % 2:
+        rows.append([])  # an even count, for two data-parallel ranks: a row of padding adds no target
     ids = np.full((len(rows), SEQ_LEN), PAD, dtype=np.int32)
     ids_of_documents = np.zeros((len(rows), SEQ_LEN), dtype=np.uint8)
     for r, row in enumerate(rows):
@@ -96,10 +99,11 @@ def step(ws, family, data, rows, name, **overrides):
 
 
 CASES = [("gpt2", {}), ("llama", {}), ("gpt2", {"dist.tp": 2, "dist.sequence_parallel": "true"}),
-         ("llama", {"dist.tp": 2})]
+         ("llama", {"dist.tp": 2}), ("gpt2", {"dp": 2, "dist.zero": 2}), ("llama", {"dp": 2, "dist.zero": 3})]
 
 
-@pytest.mark.parametrize("family,layout", CASES, ids=["gpt2", "llama", "gpt2-tp2-sp", "llama-tp2"])
+@pytest.mark.parametrize("family,layout", CASES,
+                         ids=["gpt2", "llama", "gpt2-tp2-sp", "llama-tp2", "gpt2-dp2-zero2", "llama-dp2-zero3"])
 def test_a_packed_step_equals_the_documents_one_per_row(workspace, family, layout):
     single = workspace["root"] / f"{family}_single"
     if not (single / "final").exists():
