@@ -205,13 +205,11 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
   if (packing.empty()) packing = causal ? "concatenate" : "none";
   const std::map<std::string, Packing> packings = {
       {"none", Packing::kNone}, {"concatenate", Packing::kConcatenate}, {"documents", Packing::kDocuments}};
+  const bool instruction = fine_tune.task == PrepTask::kInstruction;
+  const std::string accepted = causal ? "concatenate or documents" : instruction ? "none or documents" : "none";
   const bool allowed = causal ? packing == "concatenate" || packing == "documents"
-                              : packing == "none" || (packing == "documents" && fine_tune.task == PrepTask::kInstruction);
-  if (!allowed) {
-    throw po::error("--packing '" + packing + "' is not one --task " + task + " takes (" +
-                    (causal ? "concatenate or documents" : fine_tune.task == PrepTask::kInstruction ? "none or documents"
-                                                                                                   : "none") + ")");
-  }
+                              : packing == "none" || (packing == "documents" && instruction);
+  if (!allowed) throw po::error("--packing '" + packing + "' is not one --task " + task + " takes (" + accepted + ")");
   fine_tune.packing = packings.at(packing);
   if (fine_tune.task == PrepTask::kCausalLm) {
     if (options.task.text_is_conll) throw po::error("--text-mode conll is for --task token_classification");
@@ -304,7 +302,8 @@ class SplitSink {
   void flush() {
     if (documents_) {
       const DocumentPacker::Rows rows = documents_->take_rows();
-      if (rows.num_rows > 0) writer_.append_rows(name_, RowBlock{rows.num_rows, rows.input_ids, {}, rows.attention_mask, {}, {}});
+      if (rows.num_rows > 0)
+        writer_.append_rows(name_, RowBlock{rows.num_rows, rows.input_ids, {}, rows.attention_mask, {}, {}});
       rows_ += rows.num_rows;
       writer_.append_document_index(name_, document_indices_);
       document_indices_.clear();
@@ -501,11 +500,12 @@ void run(const PrepOptions& options) {
   TokenDatasetWriter writer(options.output, info, writer_options);
 
   std::map<Split, std::unique_ptr<SplitSink>> sinks;
-  sinks[Split::kTrain] = std::make_unique<SplitSink>(Split::kTrain, options.seq_len, *eos_id, documents, writer);
-  if (with_validation) {
-    sinks[Split::kValidation] = std::make_unique<SplitSink>(Split::kValidation, options.seq_len, *eos_id, documents, writer);
-  }
-  if (with_test) sinks[Split::kTest] = std::make_unique<SplitSink>(Split::kTest, options.seq_len, *eos_id, documents, writer);
+  auto sink = [&](Split split) {
+    return std::make_unique<SplitSink>(split, options.seq_len, *eos_id, documents, writer);
+  };
+  sinks[Split::kTrain] = sink(Split::kTrain);
+  if (with_validation) sinks[Split::kValidation] = sink(Split::kValidation);
+  if (with_test) sinks[Split::kTest] = sink(Split::kTest);
 
   // Pass 2. Documents are numbered across all inputs in order: --input files, then
   // --validation-input, then --test-input; document_index stores these numbers.

@@ -197,8 +197,8 @@ void print_summary(const TaskPrepOptions& options, const DatasetInfo& info, cons
   for (const SplitRows* split : splits) {
     const SplitStats& stats = split->stats();
     const double rows = static_cast<double>(std::max<int64_t>(stats.rows, 1));
-    std::printf("  %-10s %10lld %10lld %9s%%   %lld/%s/%lld\n", split->name().c_str(), static_cast<long long>(stats.rows),
-                static_cast<long long>(stats.written_rows),
+    std::printf("  %-10s %10lld %10lld %9s%%   %lld/%s/%lld\n", split->name().c_str(),
+                static_cast<long long>(stats.rows), static_cast<long long>(stats.written_rows),
                 format_fixed(100.0 * static_cast<double>(stats.truncated) / rows, "%.2f").c_str(),
                 static_cast<long long>(stats.rows ? stats.shortest : 0),
                 format_fixed(static_cast<double>(stats.tokens) / rows).c_str(), static_cast<long long>(stats.longest));

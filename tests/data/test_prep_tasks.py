@@ -232,8 +232,10 @@ def test_instruction_examples_packed_with_document_masking(tmp_path):
     tokenizer_dir = SOURCE / "configs" / "models" / "tiny-gpt2"
     rng = np.random.default_rng(5)
     words = "the a cat sat on mat why how what is two plus four answer".split()
-    examples = [(" ".join(rng.choice(words, size=rng.integers(1, 12))), " " + " ".join(rng.choice(words, size=rng.integers(1, 8))))
-                for _ in range(40)]
+    def text(most):
+        return " ".join(rng.choice(words, size=rng.integers(1, most)))
+
+    examples = [(text(12), " " + text(8)) for _ in range(40)]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in examples), encoding="utf-8")
     common = ["--task", "instruction", "-i", data, "-t", tokenizer_dir, "--seq-len", 128, "--validation-fraction", 0]

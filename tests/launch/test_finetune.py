@@ -261,8 +261,9 @@ def test_a_random_bert_starts_as_transformers_initialises_it(workspace):
     # frozen for that step, exported by ftrain-ckpt.
     run, exported = workspace["root"] / "random_bert_frozen", workspace["root"] / "random_bert_step1"
     run_ftrain(2, *args(workspace, run, "bert", "sentiment", **{
-        "model.init": "random", "train.steps": 2, "train.freeze_base_steps": 1, "train.eval_every": 0, "optim.warmup_steps": 0,
-        "checkpoint.every": 1, "checkpoint.keep_best": "false", "checkpoint.export_hf": "false", "dist.zero": 3}))
+        "model.init": "random", "train.steps": 2, "train.freeze_base_steps": 1, "train.eval_every": 0,
+        "optim.warmup_steps": 0, "checkpoint.every": 1, "checkpoint.keep_best": "false",
+        "checkpoint.export_hf": "false", "dist.zero": 3}))
     subprocess.run([str(BUILD / "ftrain-ckpt"), "export", str(run / "checkpoints/step_00000001"), str(exported)],
                    check=True, capture_output=True, env=ENV, timeout=TIMEOUT)
     weights = load_file(exported / "model.safetensors")
