@@ -183,6 +183,16 @@ def test_token_classification_entity_f1_matches_seqeval(workspace):
     assert metrics["entity_f1"] > 0.5, metrics
 
 
+def assert_same_steps(reference_dir, got_dir, steps):
+    """Steps 1..steps logged by both runs, with equal losses (1e-5) and grad_norms (1e-4)."""
+    reference = {r["step"]: r for r in records(reference_dir) if "loss" in r}
+    got = {r["step"]: r for r in records(got_dir) if "loss" in r}
+    assert sorted(reference) == sorted(got) == list(range(1, steps + 1))
+    for step in reference:
+        assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
+        assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+
+
 # ZeRO-3 gathers BERT's embeddings apart from the pooler and the head, and again for
 # their backward, where the embedding LayerNorm reads its weight; the frozen-body
 # stage leaves them without gradients first.
@@ -194,12 +204,7 @@ def test_two_ranks_match_one_rank(workspace, zero):
     if not (one / "metrics.jsonl").exists():
         run_ftrain(1, *args(workspace, one, "bert", "sentiment", **common))
     run_ftrain(2, *args(workspace, two, "bert", "sentiment", **common, **{"dist.zero": zero}))
-    reference = {r["step"]: r for r in records(one) if "loss" in r}
-    parallel = {r["step"]: r for r in records(two) if "loss" in r}
-    assert sorted(reference) == list(range(1, 13))
-    for step in reference:
-        assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
-        assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+    assert_same_steps(one, two, 12)
 
 
 def test_a_missing_pooler_is_drawn_alike_into_zero3_shards(workspace):
@@ -216,12 +221,7 @@ def test_a_missing_pooler_is_drawn_alike_into_zero3_shards(workspace):
     result = run_ftrain(1, *args(workspace, one, "bert_without_pooler", "sentiment", **common))
     assert "the pooler is new" in result.stdout + result.stderr
     run_ftrain(2, *args(workspace, sharded, "bert_without_pooler", "sentiment", **common, **{"dist.zero": 3}))
-    reference = {r["step"]: r for r in records(one) if "loss" in r}
-    parallel = {r["step"]: r for r in records(sharded) if "loss" in r}
-    assert sorted(reference) == sorted(parallel) == list(range(1, 7))
-    for step in reference:
-        assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
-        assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+    assert_same_steps(one, sharded, 6)
 
 
 # model.init = random: a fresh classifier's body is drawn element by element from (seed,
@@ -242,12 +242,7 @@ def test_a_random_classifier_is_drawn_alike_on_every_layout(workspace, model, ta
     result = run_ftrain(tp * dp, *args(workspace, split, model, task, **common,
                                        **{"dist.tp": tp, "dist.zero": zero}))
     assert "RANDOMLY INITIALISED" in result.stdout and f"tp {tp} x dp {dp}" in result.stdout
-    reference = {r["step"]: r for r in records(one) if "loss" in r}
-    parallel = {r["step"]: r for r in records(split) if "loss" in r}
-    assert sorted(reference) == sorted(parallel) == list(range(1, 7))
-    for step in reference:
-        assert parallel[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
-        assert parallel[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+    assert_same_steps(one, split, 6)
     expected, got = load_file(one / "final/model.safetensors"), load_file(split / "final/model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
