@@ -202,12 +202,25 @@ TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) cons
     torch::Tensor mask = batch.loss_mask.empty() ? torch::ones({rows, width - 1}, torch::kFloat32)
                                                  : host_tensor(batch.loss_mask, rows, width).slice(1, 1).to(torch::kFloat32);
     if (!batch.attention_mask.empty()) {
-      if (!packed_documents_)
-        for (std::size_t i = 0; i < batch.attention_mask.size(); ++i)
-          if (batch.attention_mask[i] > 1)
-            throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[i / width]) +
-                                     " has attention_mask " + std::to_string(batch.attention_mask[i]) +
-                                     ": format_version 1 holds 0 or 1 (packed documents' ids need version 2)");
+      if (!packed_documents_) {
+        bool token_after_padding = false;
+        for (int64_t r = 0; r < rows; ++r) {
+          bool padded = false;
+          for (int64_t t = 0; t < width; ++t) {
+            const uint8_t value = batch.attention_mask[static_cast<std::size_t>(r * width + t)];
+            if (value > 1)
+              throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[r]) + " has attention_mask " +
+                                       std::to_string(value) +
+                                       ": format_version 1 holds 0 or 1 (packed documents' ids need version 2)");
+            if (value == 0) padded = true;
+            else if (padded) token_after_padding = true;
+          }
+        }
+        // Rows padded on the right only (as ftrain-prep writes them): causal attention
+        // never reads their padding, so the model runs without the mask, on CUDA with its
+        // fused causal kernel; the targets below still leave the padding out.
+        if (!token_after_padding) out.attention_mask = torch::Tensor();
+      }
       // Document ids (model/documents.h): 0 pads, and a packed row's documents are 1, 2,
       // ... A token is predicted only from a position of its own document, so neither
       // padding nor a document's first token is a target.

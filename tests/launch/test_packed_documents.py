@@ -48,12 +48,13 @@ def pack(docs):
     return ids, ids_of_documents
 
 
-def one_per_row(docs):
+def one_per_row(docs, left=False):
     ids = np.full((len(docs), SEQ_LEN), PAD, dtype=np.int32)
     mask = np.zeros((len(docs), SEQ_LEN), dtype=np.uint8)
     for r, doc in enumerate(docs):
-        ids[r, :len(doc)] = doc
-        mask[r, :len(doc)] = 1
+        at = SEQ_LEN - len(doc) if left else 0
+        ids[r, at:at + len(doc)] = doc
+        mask[r, at:at + len(doc)] = 1
     return ids, mask
 
 
@@ -81,6 +82,7 @@ def workspace(tmp_path_factory):
             "packed": write(root / "packed.h5", packed_ids, packed_documents, 2),
             "packed_ids": packed_ids, "packed_documents": packed_documents,
             "single": write(root / "single.h5", single_ids, single_mask, 1),
+            "left": write(root / "left.h5", *one_per_row(docs, left=True), 1),
             "gpt2": tiny_gpt2(root / "gpt2", vocab_size=VOCAB), "llama": tiny_llama(root / "llama", vocab_size=VOCAB)}
 
 
@@ -117,6 +119,18 @@ def test_a_packed_step_equals_the_documents_one_per_row(workspace, family, layou
     # noise of order lr (1e-2) times that noise's relative size; atol covers them.
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_rows_padded_on_the_left_train_like_rows_padded_on_the_right(workspace, family):
+    # Right-padded rows run without the mask (causal attention never reads their
+    # padding); left-padded ones need it, for attention and for the positions.
+    single = workspace["root"] / f"{family}_single"
+    if not (single / "final").exists():
+        step(workspace, family, "single", workspace["single_rows"], f"{family}_single")
+    left = step(workspace, family, "left", workspace["single_rows"], f"{family}_left")
+    assert losses(left)[1] == pytest.approx(losses(single)[1], rel=1e-5)
+    assert grad_norms(left)[1] == pytest.approx(grad_norms(single)[1], rel=1e-5)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
