@@ -76,6 +76,11 @@ void truncate_longest_first(std::vector<int32_t>& first, std::vector<int32_t>* s
 
 // ---- the common interface ----
 
+std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view, std::vector<CharSpan>&) const {
+  throw std::runtime_error(std::string(kind()) + " tokenizers do not report character offsets; "
+                           "only WordPiece (BERT) tokenizers do");
+}
+
 Encoding Tokenizer::encode_with_specials(std::string_view text, const EncodeOptions& options) const {
   return encode_with_template(text, std::nullopt, options);
 }
@@ -506,6 +511,45 @@ void AddedVocabulary::split(std::string_view text, const Normalizer& normalizer,
       normalized = storage.back();
     }
     normalized_->split(normalized, piece.at_text_start, pieces);
+  }
+}
+
+void AddedVocabulary::split_aligned(std::string_view text, const AlignedNormalizer& normalizer,
+                                    std::deque<std::string>& storage, std::vector<TextPiece>& pieces,
+                                    std::vector<std::vector<int64_t>>& origins) const {
+  std::vector<int64_t> char_of_byte(text.size());  // character index of each byte of text
+  for (size_t pos = 0, index = 0; pos < text.size(); ++index) {
+    const size_t length = scan_utf8(text, pos).length;
+    std::fill_n(char_of_byte.begin() + static_cast<std::ptrdiff_t>(pos), length, static_cast<int64_t>(index));
+    pos += length;
+  }
+  const auto origins_in_text = [&](std::string_view piece) {
+    const auto start = char_of_byte.begin() + (piece.data() - text.data());
+    return std::vector<int64_t>(start, start + static_cast<std::ptrdiff_t>(piece.size()));
+  };
+  std::vector<TextPiece> raw_pieces;
+  raw_->split(text, true, raw_pieces);
+  for (const TextPiece& piece : raw_pieces) {
+    if (piece.added_id || !normalizer) {
+      const size_t first = pieces.size();
+      if (piece.added_id) pieces.push_back(piece);
+      else normalized_->split(piece.text, piece.at_text_start, pieces);
+      for (size_t i = first; i < pieces.size(); ++i) origins.push_back(origins_in_text(pieces[i].text));
+      continue;
+    }
+    storage.emplace_back();
+    std::vector<int64_t> origin;  // per byte of the normalized stretch
+    normalizer(piece.text, storage.back(), origin);
+    const int64_t first_char = char_of_byte[static_cast<size_t>(piece.text.data() - text.data())];
+    const std::string_view normalized = storage.back();
+    const size_t first = pieces.size();
+    normalized_->split(normalized, piece.at_text_start, pieces);
+    for (size_t i = first; i < pieces.size(); ++i) {
+      const auto start = origin.begin() + (pieces[i].text.data() - normalized.data());
+      std::vector<int64_t> piece_origin(start, start + static_cast<std::ptrdiff_t>(pieces[i].text.size()));
+      for (int64_t& character : piece_origin) character += first_char;
+      origins.push_back(std::move(piece_origin));
+    }
   }
 }
 

@@ -30,6 +30,15 @@ struct Encoding {
   std::vector<int32_t> token_type_ids;  // one per id
 };
 
+// Where a token came from: characters [begin, end) of the encoded text, counted in
+// Unicode code points as Python indexes a str (an ill-formed UTF-8 stretch counts as
+// one): Hugging Face's offset_mapping.
+struct CharSpan {
+  int64_t begin = 0;
+  int64_t end = 0;
+  bool operator==(const CharSpan&) const = default;
+};
+
 struct EncodeOptions {
   // Put the model's special tokens around the text(s), as its template says:
   // [CLS] A [SEP] B [SEP] for BERT, <s> A for Llama 2, nothing for GPT-2.
@@ -101,6 +110,12 @@ class Tokenizer {
   // Text -> ids, no special tokens added. Added tokens (e.g. "[SEP]", "<s>") that appear
   // literally in the text become their single id.
   virtual std::vector<int32_t> encode(std::string_view text) const = 0;
+
+  // encode() with each id's characters in the text (offsets: one per id), as Hugging
+  // Face's offset_mapping gives them: an added token covers its match, a word piece the
+  // characters its normalized text came from. Throws std::runtime_error for a tokenizer
+  // that does not track offsets (only WordPiece does).
+  virtual std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<CharSpan>& offsets) const;
 
   // One text, or a pair, with the model's special tokens and token types.
   // Throws std::invalid_argument when options.max_length cannot even hold the special tokens.
@@ -239,6 +254,13 @@ class AddedVocabulary {
   // is kept in storage. With an empty normalizer the stretches point into text.
   void split(std::string_view text, const Normalizer& normalizer, std::deque<std::string>& storage,
              std::vector<TextPiece>& pieces) const;
+  // The normalizer, also appending to origin, for each byte it writes, the character of
+  // its input that byte came from (counted from 0).
+  using AlignedNormalizer = std::function<void(std::string_view text, std::string& out, std::vector<int64_t>& origin)>;
+  // split() that also says where each byte of each piece came from: origins[i] holds,
+  // for each byte of pieces[i].text, its character in text (counted as CharSpan counts).
+  void split_aligned(std::string_view text, const AlignedNormalizer& normalizer, std::deque<std::string>& storage,
+                     std::vector<TextPiece>& pieces, std::vector<std::vector<int64_t>>& origins) const;
 
   std::optional<int32_t> find(std::string_view content) const;
   // The token with this id, nullptr if none.

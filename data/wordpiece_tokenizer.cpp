@@ -128,10 +128,21 @@ uint8_t combining_class(char32_t c) {
 }
 
 // NFD: decomposition, then each run of combining marks stably sorted by combining class.
-std::u32string nfd(const std::u32string& text) {
+// With origin (one entry per character of text), the result gets entries as Hugging
+// Face aligns it: the first character of each decomposition is marked as replacing a
+// character and the others as inserted; the marks travel with the characters when they
+// are sorted, and then each replacing character takes the entry of the next character
+// of text, each inserted one the entry of the character before it.
+std::u32string nfd(const std::u32string& text, std::vector<int64_t>* origin) {
   std::u32string decomposed;
   decomposed.reserve(text.size());
-  for (char32_t c : text) append_decomposition(c, decomposed);
+  std::vector<bool> inserted;
+  for (char32_t c : text) {
+    append_decomposition(c, decomposed);
+    inserted.push_back(false);
+    inserted.resize(decomposed.size(), true);
+  }
+  std::vector<size_t> order;
   for (size_t start = 0; start < decomposed.size();) {
     if (combining_class(decomposed[start]) == 0) {
       ++start;
@@ -139,10 +150,28 @@ std::u32string nfd(const std::u32string& text) {
     }
     size_t end = start;
     while (end < decomposed.size() && combining_class(decomposed[end]) != 0) ++end;
-    std::stable_sort(decomposed.begin() + static_cast<std::ptrdiff_t>(start),
-                     decomposed.begin() + static_cast<std::ptrdiff_t>(end),
-                     [](char32_t a, char32_t b) { return combining_class(a) < combining_class(b); });
+    order.resize(end - start);
+    for (size_t i = 0; i < order.size(); ++i) order[i] = start + i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return combining_class(decomposed[a]) < combining_class(decomposed[b]);
+    });
+    const std::u32string run = decomposed.substr(start, end - start);
+    const std::vector<bool> run_inserted(inserted.begin() + static_cast<std::ptrdiff_t>(start),
+                                         inserted.begin() + static_cast<std::ptrdiff_t>(end));
+    for (size_t i = 0; i < order.size(); ++i) {
+      decomposed[start + i] = run[order[i] - start];
+      inserted[start + i] = run_inserted[order[i] - start];
+    }
     start = end;
+  }
+  if (origin && !text.empty()) {
+    std::vector<int64_t> aligned(decomposed.size());
+    size_t next = 0;  // the next character of text a replacing character takes
+    for (size_t i = 0; i < decomposed.size(); ++i) {
+      if (!inserted[i] || i == 0) aligned[i] = (*origin)[std::min(next++, text.size() - 1)];
+      else aligned[i] = aligned[i - 1];
+    }
+    origin->swap(aligned);
   }
   return decomposed;
 }
@@ -207,42 +236,71 @@ struct BertNormalizer {
   bool lowercase = true;
 
   void operator()(std::string_view text, std::string& out) const {
+    for (char32_t c : normalize(to_code_points(text), nullptr)) append_utf8(out, c);
+  }
+
+  // The same, saying for each byte appended which character of text it came from.
+  void operator()(std::string_view text, std::string& out, std::vector<int64_t>& byte_origin) const {
     std::u32string chars = to_code_points(text);
+    std::vector<int64_t> origin(chars.size());
+    for (size_t i = 0; i < origin.size(); ++i) origin[i] = static_cast<int64_t>(i);
+    chars = normalize(std::move(chars), &origin);
+    for (size_t i = 0; i < chars.size(); ++i) {
+      append_utf8(out, chars[i]);
+      byte_origin.resize(out.size(), origin[i]);
+    }
+  }
+
+  // The stages in order; with origin (one entry per character), every character written
+  // keeps the entry of the character it came from, and removed characters lose theirs.
+  std::u32string normalize(std::u32string chars, std::vector<int64_t>* origin) const {
     std::u32string next;
-    if (clean_text) {
-      next.clear();
-      for (char32_t c : chars) {
-        if (c == 0 || c == 0xFFFD || is_bert_control(c)) continue;
-        next.push_back(c == '\t' || c == '\n' || c == '\r' || is_white_space(c) ? U' ' : c);
-      }
+    std::vector<int64_t> next_origin;
+    const auto keep = [&](char32_t c, size_t from) {
+      next.push_back(c);
+      if (origin) next_origin.push_back((*origin)[from]);
+    };
+    const auto finish_stage = [&] {
       chars.swap(next);
+      next.clear();
+      if (origin) origin->swap(next_origin), next_origin.clear();
+    };
+    if (clean_text) {
+      for (size_t i = 0; i < chars.size(); ++i) {
+        const char32_t c = chars[i];
+        if (c == 0 || c == 0xFFFD || is_bert_control(c)) continue;
+        keep(c == '\t' || c == '\n' || c == '\r' || is_white_space(c) ? U' ' : c, i);
+      }
+      finish_stage();
     }
     if (handle_chinese_chars) {
-      next.clear();
-      for (char32_t c : chars) {
-        if (is_cjk_ideograph(c)) {
-          next += U' ';
-          next += c;
-          next += U' ';
+      for (size_t i = 0; i < chars.size(); ++i) {
+        if (is_cjk_ideograph(chars[i])) {
+          keep(U' ', i), keep(chars[i], i), keep(U' ', i);
         } else {
-          next.push_back(c);
+          keep(chars[i], i);
         }
       }
-      chars.swap(next);
+      finish_stage();
     }
     if (strip_accents) {
-      next.clear();
-      for (char32_t c : nfd(chars)) {
-        if (!is_non_spacing_mark(c)) next.push_back(c);
+      const std::u32string decomposed = nfd(chars, origin);
+      for (size_t i = 0; i < decomposed.size(); ++i) {
+        if (!is_non_spacing_mark(decomposed[i])) {
+          next.push_back(decomposed[i]);
+          if (origin) next_origin.push_back((*origin)[i]);
+        }
       }
-      chars.swap(next);
+      finish_stage();
     }
     if (lowercase) {
-      next.clear();
-      for (char32_t c : chars) append_lowercase(c, next);
-      chars.swap(next);
+      for (size_t i = 0; i < chars.size(); ++i) {
+        append_lowercase(chars[i], next);
+        if (origin) next_origin.resize(next.size(), (*origin)[i]);
+      }
+      finish_stage();
     }
-    for (char32_t c : chars) append_utf8(out, c);
+    return chars;
   }
 };
 
@@ -290,6 +348,7 @@ struct WordPieceTokenizer::Model {
 
   std::optional<BertNormalizer> bert_normalizer;
   AddedVocabulary::Normalizer normalizer;  // empty when there is none
+  AddedVocabulary::AlignedNormalizer aligned_normalizer;  // the same, tracking offsets
   AddedVocabulary added;
 
   bool has_decoder = true;  // without one, tokens are joined with spaces
@@ -312,7 +371,9 @@ struct WordPieceTokenizer::Model {
 
   std::optional<int32_t> lookup(std::string_view token) const;
   void pre_tokenize(std::string_view text, std::vector<std::string_view>& words) const;
-  void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
+  // spans: when given, gets each id's bytes [begin, end) in word.
+  void encode_word(std::string_view word, std::vector<int32_t>& ids,
+                   std::vector<std::pair<size_t, size_t>>* spans = nullptr) const;
 };
 
 void WordPieceTokenizer::Model::set_vocab(StringMap<int32_t> tokens, const std::string& unk_token, const fs::path& file,
@@ -350,7 +411,11 @@ void WordPieceTokenizer::Model::read_decoder(const Json* decoder, const fs::path
 }
 
 void WordPieceTokenizer::Model::finish(const fs::path& dir, const fs::path& file) {
-  if (bert_normalizer) normalizer = *bert_normalizer;
+  if (bert_normalizer) {
+    normalizer = *bert_normalizer;
+    aligned_normalizer = [options = *bert_normalizer](std::string_view text, std::string& out,
+                                                      std::vector<int64_t>& origin) { options(text, out, origin); };
+  }
   added.prepare(normalizer);
   const int32_t largest = largest_checked_id(vocab, added, file);
   token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
@@ -519,14 +584,17 @@ void WordPieceTokenizer::Model::pre_tokenize(std::string_view text, std::vector<
 }
 
 // Greedy longest match from the start of the word; continuations carry the prefix.
-void WordPieceTokenizer::Model::encode_word(std::string_view word, std::vector<int32_t>& ids) const {
+void WordPieceTokenizer::Model::encode_word(std::string_view word, std::vector<int32_t>& ids,
+                                            std::vector<std::pair<size_t, size_t>>* spans) const {
+  const auto unknown = [&] {
+    ids.push_back(unk_id);
+    if (spans) spans->emplace_back(0, word.size());
+  };
   size_t char_count = 0;
   for (size_t pos = 0; pos < word.size(); pos += scan_utf8(word, pos).length) ++char_count;
-  if (char_count > max_input_chars_per_word) {
-    ids.push_back(unk_id);
-    return;
-  }
+  if (char_count > max_input_chars_per_word) return unknown();
   const size_t first = ids.size();
+  const size_t first_span = spans ? spans->size() : 0;
   for (size_t start = 0; start < word.size();) {
     const StringMap<int32_t>& tokens = start == 0 ? vocab : continuations;
     size_t end = word.size();
@@ -540,10 +608,11 @@ void WordPieceTokenizer::Model::encode_word(std::string_view word, std::vector<i
     }
     if (!found) {
       ids.resize(first);
-      ids.push_back(unk_id);
-      return;
+      if (spans) spans->resize(first_span);
+      return unknown();
     }
     ids.push_back(*found);
+    if (spans) spans->emplace_back(start, end);
     start = end;
   }
 }
@@ -583,6 +652,41 @@ std::vector<int32_t> WordPieceTokenizer::encode(std::string_view text) const {
     words.clear();
     model_->pre_tokenize(piece.text, words);
     for (std::string_view word : words) model_->encode_word(word, ids);
+  }
+  return ids;
+}
+
+std::vector<int32_t> WordPieceTokenizer::encode_with_offsets(std::string_view text,
+                                                             std::vector<CharSpan>& offsets) const {
+  std::vector<int32_t> ids;
+  offsets.clear();
+  std::deque<std::string> storage;
+  std::vector<TextPiece> pieces;
+  std::vector<std::vector<int64_t>> origins;  // per byte of each piece: its character in text
+  model_->added.split_aligned(text, model_->aligned_normalizer, storage, pieces, origins);
+  // The characters bytes [begin, end) of a piece came from (normalization may reorder).
+  const auto span_of = [](const std::vector<int64_t>& origin, size_t begin, size_t end) {
+    const auto [low, high] = std::minmax_element(origin.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                 origin.begin() + static_cast<std::ptrdiff_t>(end));
+    return CharSpan{*low, *high + 1};
+  };
+  std::vector<std::string_view> words;
+  std::vector<std::pair<size_t, size_t>> spans;
+  for (size_t p = 0; p < pieces.size(); ++p) {
+    const TextPiece& piece = pieces[p];
+    if (piece.added_id) {
+      ids.push_back(*piece.added_id);
+      offsets.push_back(span_of(origins[p], 0, piece.text.size()));
+      continue;
+    }
+    words.clear();
+    model_->pre_tokenize(piece.text, words);
+    for (std::string_view word : words) {
+      spans.clear();
+      model_->encode_word(word, ids, &spans);
+      const auto word_start = static_cast<size_t>(word.data() - piece.text.data());
+      for (const auto& [begin, end] : spans) offsets.push_back(span_of(origins[p], word_start + begin, word_start + end));
+    }
   }
   return ids;
 }

@@ -52,6 +52,9 @@ class WordPieceTokenizer final : public Tokenizer {
   // Text -> ids, no special tokens added. Bytes that are not valid UTF-8 are read as
   // U+FFFD, which the normalizer removes when it cleans text.
   std::vector<int32_t> encode(std::string_view text) const override;
+  // encode() with each id's characters in text, through the normalizer's alignment: a
+  // word piece covers the characters its normalized bytes came from.
+  std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<CharSpan>& offsets) const override;
 
   // Ids -> text through the WordPiece decoder: continuations ("##ing") join the token
   // before them, other tokens follow a space, and with cleanup the spaces before

@@ -213,6 +213,36 @@ def test_minilm_decode(minilm, texts, tmp_path):
     assert_same(run_cpp(minilm["json"], "decode", requests, tmp_path), expected, requests)
 
 
+def reference_offsets(tokenizer, texts):
+    return [{"ids": e.ids, "offsets": [list(span) for span in e.offsets]}
+            for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_minilm_offsets(minilm, texts, tmp_path):
+    """Character offsets (what question answering maps answers with) equal tokenizers' offset_mapping."""
+    cases = texts + ["Zoë Mäkelä founded Café Nouveau (1887) in São Brás, İstanbul.", "cafe\u0301 e\u0301te\u0301 x"]
+    expected = reference_offsets(minilm["reference"], cases)
+    assert any(span[1] - span[0] > 1 and text[span[0]:span[1]] != text[span[0]:span[1]].lower()
+               for text, e in zip(cases, expected) for span in e["offsets"]), "some pieces should be cased"
+    assert any(e["offsets"] and e["offsets"][-1][1] < len(text) for text, e in zip(cases, expected))
+    assert_same(run_cpp(minilm["json"], "encode_offsets", cases, tmp_path), expected, cases)
+    assert_same(run_cpp(minilm["vocab"], "encode_offsets", cases, tmp_path), expected, cases)
+
+
+def test_offsets_refused_where_not_tracked(tmp_path):
+    """Byte-level BPE does not report offsets: asking is an error that says so, not wrong spans."""
+    gpt2 = Path(__file__).resolve().parents[2] / "configs" / "models" / "tiny-gpt2"
+    result = run_cpp_failing(gpt2, "encode_offsets", ["hello"], tmp_path)
+    assert result.returncode != 0
+    assert b"do not report character offsets" in result.stderr
+
+
+def run_cpp_failing(model_dir, mode, payload, tmp_path):
+    payload_file = tmp_path / f"{mode}-failing.json"
+    payload_file.write_text(json.dumps(payload), encoding="utf-8")
+    return run_tool(model_dir, mode, payload_file, expect_success=False)
+
+
 def test_minilm_info(minilm):
     for directory in (minilm["json"], minilm["vocab"]):
         info = run_tool(directory, "info")
@@ -348,6 +378,12 @@ def test_trained_tokenizer_json_matches(trained, texts, tmp_path):
     decode_requests = [{"ids": ids, "skip_special_tokens": skip} for ids in sequences for skip in (False, True)]
     decoded = [trained["reference"].decode(r["ids"], skip_special_tokens=r["skip_special_tokens"]) for r in decode_requests]
     assert_same(run_cpp(trained["json"], "decode", decode_requests, tmp_path), decoded, decode_requests)
+
+
+def test_trained_offsets(trained, texts, tmp_path):
+    cases = texts + ["NewWord newword NEWWORD new<keep>word  <keep>x", "Café CAFÉ cafe\u0301 ÜBER über 日本語"]
+    expected = reference_offsets(trained["reference"], cases)
+    assert_same(run_cpp(trained["json"], "encode_offsets", cases, tmp_path), expected, cases)
 
 
 def test_trained_vocab_txt_matches_bert_tokenizer(trained, texts, tmp_path):

@@ -4,6 +4,7 @@
 //   tokenize_dump DIR info                 ->  {"kind", "vocab_size", "special_ids": {...},
 //                                              "added_single", "added_pair"}
 //   tokenize_dump DIR encode INPUT         ["text", ...]  ->  [[id, ...], ...]
+//   tokenize_dump DIR encode_offsets INPUT  ["text", ...]  ->  [{"ids": [...], "offsets": [[begin, end], ...]}, ...]
 //   tokenize_dump DIR encode_specials INPUT
 //       [{"text": t, "pair": p?, "add_special_tokens": b?, "max_length": n?}, ...]
 //       ->  [{"ids": [...], "token_type_ids": [...]} or {"error": "..."}, ...]
@@ -86,6 +87,12 @@ Json run(const Tokenizer& tokenizer, const std::string& mode, const Json& input)
   for (const Json& item : input) {
     if (mode == "encode") {
       output.push_back(tokenizer.encode(item.get<std::string>()));
+    } else if (mode == "encode_offsets") {
+      std::vector<ftrain::data::CharSpan> offsets;
+      const auto ids = tokenizer.encode_with_offsets(item.get<std::string>(), offsets);
+      Json spans = Json::array();
+      for (const auto& span : offsets) spans.push_back({span.begin, span.end});
+      output.push_back({{"ids", ids}, {"offsets", spans}});
     } else if (mode == "encode_specials") {
       output.push_back(encode_with_specials(tokenizer, item));
     } else if (mode == "decode") {
@@ -115,7 +122,7 @@ int main(int argc, char** argv) {
   const bool info_mode = argc == 3 && std::string(argv[2]) == "info";
   if (argc != 4 && !info_mode) {
     std::cerr << "usage: tokenize_dump MODEL_DIR "
-                 "{encode|encode_specials|decode|normalize|pre_tokenize|token_to_id|id_to_token} INPUT.json\n"
+                 "{encode|encode_offsets|encode_specials|decode|normalize|pre_tokenize|token_to_id|id_to_token} INPUT.json\n"
                  "       tokenize_dump MODEL_DIR info\n";
     return 2;
   }
