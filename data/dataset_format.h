@@ -51,6 +51,12 @@ inline constexpr char kAttentionMask[] = "attention_mask";  // uint8 (N, seq_len
 inline constexpr char kLabels[] = "labels";                 // int64 (N) or (N, seq_len)
 inline constexpr char kDocumentIndex[] = "document_index";  // int64 (num_documents)
 inline constexpr char kTokenTypeIds[] = "token_type_ids";   // uint8 (N, seq_len), segment per position
+// Question answering (several rows, windows over the context, per example):
+inline constexpr char kOffsetMapping[] = "offset_mapping";  // int32 (N, 2 * seq_len): begin, end character
+                                                            // of each position in the context, -1 outside it
+inline constexpr char kExampleIndex[] = "example_index";    // int64 (N): the row's line of `examples`
+inline constexpr char kExamples[] = "examples";             // uint8 (bytes): JSON Lines, one per example,
+                                                            // {"id", "context", "question", "answers"}
 
 // Root attributes of classification datasets.
 inline constexpr char kAttrLabelNames[] = "label_names";  // string, JSON array, index = label id
@@ -65,10 +71,14 @@ inline constexpr char kAttrDroppedTokens[] = "dropped_tokens";  // int64, tail s
 inline constexpr char kTaskCausalLm[] = "causal_lm";
 inline constexpr char kTaskSequenceClassification[] = "sequence_classification";
 inline constexpr char kTaskTokenClassification[] = "token_classification";
+inline constexpr char kTaskQuestionAnswering[] = "question_answering";
 
 // Rows per HDF5 chunk: 64 rows of 2048 int32 tokens are 512 KiB, small enough that a
 // random row costs little extra I/O and large enough to keep the chunk index short.
 inline constexpr int64_t kDefaultRowsPerChunk = 64;
+
+// The longest `examples` text a reader takes (1 GiB): it is read whole.
+inline constexpr int64_t kMaxExamplesBytes = int64_t{1} << 30;
 
 // Label value that marks a position or row without a target (the Hugging Face convention).
 inline constexpr int64_t kIgnoreLabel = -100;

@@ -58,7 +58,8 @@ struct Batch {
   std::vector<uint8_t> attention_mask;
   // Same shape; segment of each position (BERT token types). Empty = all 0.
   std::vector<uint8_t> token_type_ids;
-  // (batch_size) class per row, or (batch_size, seq_len) tag per position; -100 = no
+  // (batch_size) class per row, (batch_size, 2) answer span (first and last position),
+  // or (batch_size, seq_len) tag per position; -100 = no
   // target. Empty = the split has no labels.
   std::vector<int64_t> labels;
   std::vector<int64_t> sample_ids;     // dataset row of each sequence; -1 = filler row

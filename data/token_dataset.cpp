@@ -460,7 +460,9 @@ struct SplitWriter {
   SplitFields fields;
   hdf5::Handle group;
   hdf5::Handle input_ids, loss_mask, attention_mask, token_type_ids, labels, document_index;
+  hdf5::Handle offset_mapping, example_index, examples;
   int64_t rows = 0;
+  int64_t example_bytes = 0;
   int64_t indexed_documents = 0;
   std::optional<int64_t> num_documents;
 };
@@ -574,6 +576,14 @@ void TokenDatasetWriter::create_split(std::string_view split, SplitFields fields
       writer->labels = create_extendable(group, format::kLabels, H5T_STD_I64LE, 1, 1, vector_chunk);
     } else if (fields.labels == LabelKind::kPerPosition) {
       writer->labels = create_extendable(group, format::kLabels, H5T_STD_I64LE, 2, seq_len, chunk_rows);
+    } else if (fields.labels == LabelKind::kSpan) {
+      writer->labels = create_extendable(group, format::kLabels, H5T_STD_I64LE, 2, 2, vector_chunk);
+    }
+    if (fields.answer_spans) {
+      writer->offset_mapping =
+          create_extendable(group, format::kOffsetMapping, H5T_STD_I32LE, 2, 2 * seq_len, chunk_rows);
+      writer->example_index = create_extendable(group, format::kExampleIndex, H5T_STD_I64LE, 1, 1, vector_chunk);
+      writer->examples = create_extendable(group, format::kExamples, H5T_STD_U8LE, 1, 1, hsize_t{1} << 16);
     }
     if (fields.document_index) {
       writer->document_index = create_extendable(group, format::kDocumentIndex, H5T_STD_I64LE, 1, 1, vector_chunk);
@@ -603,9 +613,13 @@ void TokenDatasetWriter::append_rows(std::string_view split, const RowBlock& row
   check_field(writer.fields.loss_mask, rows.loss_mask.size(), cells, format::kLossMask);
   check_field(writer.fields.attention_mask, rows.attention_mask.size(), cells, format::kAttentionMask);
   check_field(writer.fields.token_type_ids, rows.token_type_ids.size(), cells, format::kTokenTypeIds);
-  const std::size_t label_values =
-      writer.fields.labels == LabelKind::kPerPosition ? cells : static_cast<std::size_t>(rows.num_rows);
+  const std::size_t label_values = writer.fields.labels == LabelKind::kPerPosition ? cells
+                                   : writer.fields.labels == LabelKind::kSpan    ? 2 * static_cast<std::size_t>(rows.num_rows)
+                                                                                 : static_cast<std::size_t>(rows.num_rows);
   check_field(writer.fields.labels != LabelKind::kNone, rows.labels.size(), label_values, format::kLabels);
+  check_field(writer.fields.answer_spans, rows.offset_mapping.size(), 2 * cells, format::kOffsetMapping);
+  check_field(writer.fields.answer_spans, rows.example_index.size(), static_cast<std::size_t>(rows.num_rows),
+              format::kExampleIndex);
   for (std::size_t i = 0; i < cells; ++i) {
     const int32_t token = rows.input_ids[i];
     if (token < 0 || token >= info_.vocab_size) {
@@ -641,6 +655,15 @@ void TokenDatasetWriter::append_rows(std::string_view split, const RowBlock& row
     } else if (writer.fields.labels == LabelKind::kPerPosition) {
       append_block(writer.labels.get(), 2, width, old_rows, new_rows, H5T_NATIVE_INT64, rows.labels.data(),
                    prefix + format::kLabels);
+    } else if (writer.fields.labels == LabelKind::kSpan) {
+      append_block(writer.labels.get(), 2, 2, old_rows, new_rows, H5T_NATIVE_INT64, rows.labels.data(),
+                   prefix + format::kLabels);
+    }
+    if (writer.fields.answer_spans) {
+      append_block(writer.offset_mapping.get(), 2, 2 * width, old_rows, new_rows, H5T_NATIVE_INT32,
+                   rows.offset_mapping.data(), prefix + format::kOffsetMapping);
+      append_block(writer.example_index.get(), 1, 1, old_rows, new_rows, H5T_NATIVE_INT64, rows.example_index.data(),
+                   prefix + format::kExampleIndex);
     }
   } catch (const std::runtime_error& failure) {
     throw file_error(temporary_path(), failure.what());
@@ -662,6 +685,25 @@ void TokenDatasetWriter::append_document_index(std::string_view split, std::span
     throw file_error(temporary_path(), failure.what());
   }
   writer.indexed_documents += static_cast<int64_t>(indices.size());
+}
+
+void TokenDatasetWriter::append_examples(std::string_view split, std::string_view json_lines) {
+  SplitWriter& writer = state_->find(split, output_);
+  if (!writer.fields.answer_spans) {
+    throw std::invalid_argument(output_.string() + ": split '/" + writer.name + "' was created without examples");
+  }
+  if (writer.example_bytes + static_cast<int64_t>(json_lines.size()) > format::kMaxExamplesBytes) {
+    throw std::invalid_argument(output_.string() + ": split '/" + writer.name + "': the examples' text passes " +
+                                std::to_string(format::kMaxExamplesBytes) + " bytes; split the input");
+  }
+  hdf5::QuietErrors quiet;
+  try {
+    append_block(writer.examples.get(), 1, 1, static_cast<hsize_t>(writer.example_bytes), json_lines.size(),
+                 H5T_NATIVE_UINT8, json_lines.data(), "/" + writer.name + "/" + format::kExamples);
+  } catch (const std::runtime_error& failure) {
+    throw file_error(temporary_path(), failure.what());
+  }
+  writer.example_bytes += static_cast<int64_t>(json_lines.size());
 }
 
 void TokenDatasetWriter::set_split_attribute(std::string_view split, std::string_view name, int64_t value) {
@@ -700,8 +742,10 @@ void TokenDatasetWriter::finish() {
     // Objects first, so that closing the file really closes (and flushes) it; the split
     // records stay for num_rows().
     for (auto& writer : state_->splits) {
-      for (hdf5::Handle* handle : {&writer->input_ids, &writer->loss_mask, &writer->attention_mask, &writer->token_type_ids, &writer->labels,
-                                   &writer->document_index, &writer->group}) {
+      for (hdf5::Handle* handle : {&writer->input_ids, &writer->loss_mask, &writer->attention_mask,
+                                   &writer->token_type_ids, &writer->labels, &writer->document_index,
+                                   &writer->offset_mapping, &writer->example_index, &writer->examples,
+                                   &writer->group}) {
         handle->reset();
       }
     }
@@ -726,6 +770,7 @@ struct TokenDataset::Handles {
   hdf5::Handle group;
   Column input_ids;
   std::optional<Column> loss_mask, attention_mask, labels, token_type_ids;
+  std::optional<Column> offset_mapping, example_index, examples;
   LabelKind label_kind = LabelKind::kNone;
 };
 
@@ -797,9 +842,41 @@ TokenDataset::TokenDataset(const fs::path& path, std::string_view split, ReaderO
       handles_->label_kind = LabelKind::kPerRow;
     } else if (dims == ids.dims) {
       handles_->label_kind = LabelKind::kPerPosition;
+    } else if (dims.size() == 2 && dims[0] == ids.dims[0] && dims[1] == 2) {
+      handles_->label_kind = LabelKind::kSpan;
     } else {
       throw file_error(path_, "dataset '" + handles_->labels->name + "' has shape " + describe_shape(dims) +
-                                  ", expected (" + std::to_string(ids.dims[0]) + ",) or " + describe_shape(ids.dims));
+                                  ", expected (" + std::to_string(ids.dims[0]) + ",), (" +
+                                  std::to_string(ids.dims[0]) + ", 2) or " + describe_shape(ids.dims));
+    }
+  }
+  // Question answering's three go together, each of its shape.
+  handles_->offset_mapping = open_column(group, split_, format::kOffsetMapping, kInt32, cache, path_, false);
+  handles_->example_index = open_column(group, split_, format::kExampleIndex, kInt64, cache, path_, false);
+  handles_->examples = open_column(group, split_, format::kExamples, kUint8, cache, path_, false);
+  const int present = static_cast<int>(handles_->offset_mapping.has_value()) +
+                      static_cast<int>(handles_->example_index.has_value()) +
+                      static_cast<int>(handles_->examples.has_value());
+  if (present != 0 && present != 3) {
+    throw file_error(path_, "split '" + group_path + "' has only some of offset_mapping, example_index and examples");
+  }
+  if (present == 3) {
+    const std::vector<hsize_t> offsets_shape = {ids.dims[0], 2 * ids.dims[1]};
+    if (handles_->offset_mapping->dims != offsets_shape) {
+      throw file_error(path_, "dataset '" + handles_->offset_mapping->name + "' has shape " +
+                                  describe_shape(handles_->offset_mapping->dims) + ", expected " +
+                                  describe_shape(offsets_shape));
+    }
+    if (handles_->example_index->dims != std::vector<hsize_t>{ids.dims[0]}) {
+      throw file_error(path_, "dataset '" + handles_->example_index->name + "' has shape " +
+                                  describe_shape(handles_->example_index->dims) + ", expected (" +
+                                  std::to_string(ids.dims[0]) + ",)");
+    }
+    if (handles_->examples->dims.size() != 1 ||
+        static_cast<int64_t>(handles_->examples->dims[0]) > format::kMaxExamplesBytes) {
+      throw file_error(path_, "dataset '" + handles_->examples->name + "' has shape " +
+                                  describe_shape(handles_->examples->dims) + ", expected (bytes,) of at most " +
+                                  std::to_string(format::kMaxExamplesBytes));
     }
   }
 }
@@ -845,6 +922,37 @@ void TokenDataset::read_labels(std::span<const int64_t> rows, int64_t* out) cons
   if (!handles_->labels) throw file_error(path_, "split '/" + split_ + "' has no labels");
   hdf5::QuietErrors quiet;
   read_selected_rows(*handles_->labels, H5T_NATIVE_INT64, sizeof(int64_t), num_rows_, rows, out, path_);
+}
+
+bool TokenDataset::has_answer_spans() const { return handles_->examples.has_value(); }
+
+void TokenDataset::read_offset_mapping(std::span<const int64_t> rows, int32_t* out) const {
+  if (!handles_->offset_mapping) throw file_error(path_, "split '/" + split_ + "' has no offset_mapping");
+  hdf5::QuietErrors quiet;
+  read_selected_rows(*handles_->offset_mapping, H5T_NATIVE_INT32, sizeof(int32_t), num_rows_, rows, out, path_);
+}
+
+void TokenDataset::read_example_index(std::span<const int64_t> rows, int64_t* out) const {
+  if (!handles_->example_index) throw file_error(path_, "split '/" + split_ + "' has no example_index");
+  hdf5::QuietErrors quiet;
+  read_selected_rows(*handles_->example_index, H5T_NATIVE_INT64, sizeof(int64_t), num_rows_, rows, out, path_);
+}
+
+std::string TokenDataset::read_examples() const {
+  if (!handles_->examples) throw file_error(path_, "split '/" + split_ + "' has no examples");
+  const auto bytes = static_cast<int64_t>(handles_->examples->dims[0]);
+  std::string text(static_cast<std::size_t>(bytes), '\0');
+  if (bytes == 0) return text;
+  hdf5::QuietErrors quiet;
+  // One "row" of `bytes` bytes: the dataset is read in a single hyperslab.
+  hdf5::Handle file_space = hdf5::dataspace(H5Dget_space(handles_->examples->dataset.get()));
+  const hsize_t count[1] = {static_cast<hsize_t>(bytes)};
+  hdf5::Handle memory_space = hdf5::dataspace(H5Screate_simple(1, count, nullptr));
+  if (H5Dread(handles_->examples->dataset.get(), H5T_NATIVE_UINT8, memory_space.get(), file_space.get(), H5P_DEFAULT,
+              text.data()) < 0) {
+    throw file_error(path_, with_hdf5_detail("cannot read dataset '" + handles_->examples->name + "'"));
+  }
+  return text;
 }
 
 }  // namespace ftrain::data

@@ -21,7 +21,8 @@
 namespace ftrain::data {
 
 // Which optional datasets a split carries besides input_ids.
-enum class LabelKind { kNone, kPerRow, kPerPosition };  // labels (N) or (N, seq_len)
+// labels (N), (N, seq_len), or (N, 2): the first and last position of an answer span
+enum class LabelKind { kNone, kPerRow, kPerPosition, kSpan };
 
 struct SplitFields {
   bool loss_mask = false;
@@ -29,6 +30,7 @@ struct SplitFields {
   LabelKind labels = LabelKind::kNone;
   bool document_index = false;
   bool token_type_ids = false;
+  bool answer_spans = false;  // question answering: offset_mapping, example_index and examples
 };
 
 // A block of consecutive rows to append to a split. Spans of optional fields must be
@@ -40,6 +42,8 @@ struct RowBlock {
   std::span<const uint8_t> attention_mask; // (num_rows, seq_len)
   std::span<const int64_t> labels;         // (num_rows) or (num_rows, seq_len)
   std::span<const uint8_t> token_type_ids; // (num_rows, seq_len)
+  std::span<const int32_t> offset_mapping = {}; // (num_rows, 2 * seq_len)
+  std::span<const int64_t> example_index = {};  // (num_rows)
 };
 
 struct WriterOptions {
@@ -62,6 +66,8 @@ class TokenDatasetWriter {
   // Token ids must lie in [0, vocab_size); a violation throws, naming the row.
   void append_rows(std::string_view split, const RowBlock& rows);
   void append_document_index(std::string_view split, std::span<const int64_t> indices);
+  // Appends to the split's `examples` text (SplitFields::answer_spans).
+  void append_examples(std::string_view split, std::string_view json_lines);
   // Integer attribute of the split group; every split needs format::kAttrNumDocuments.
   void set_split_attribute(std::string_view split, std::string_view name, int64_t value);
   int64_t num_rows(std::string_view split) const;
@@ -122,8 +128,14 @@ class TokenDataset {
   void read_loss_mask(std::span<const int64_t> rows, uint8_t* out) const;
   void read_attention_mask(std::span<const int64_t> rows, uint8_t* out) const;
   void read_token_type_ids(std::span<const int64_t> rows, uint8_t* out) const;
-  // One value per row (LabelKind::kPerRow) or seq_len values per row.
+  // One value per row (LabelKind::kPerRow), seq_len (kPerPosition) or 2 (kSpan).
   void read_labels(std::span<const int64_t> rows, int64_t* out) const;
+  // Question answering: whether the split has offset_mapping, example_index and examples.
+  bool has_answer_spans() const;
+  void read_offset_mapping(std::span<const int64_t> rows, int32_t* out) const;  // 2 * seq_len per row
+  void read_example_index(std::span<const int64_t> rows, int64_t* out) const;
+  // The whole `examples` text (at most format::kMaxExamplesBytes).
+  std::string read_examples() const;
 
  private:
   struct Handles;
