@@ -24,6 +24,7 @@
 #include "data/tokenizer.h"
 #include "data/document_reader.h"
 #include "data/prep_records.h"
+#include "data/prep_qa.h"
 #include "data/prep_tasks.h"
 #include "data/row_packer.h"
 #include "data/sample_order.h"
@@ -100,7 +101,8 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
       "With --packing documents, whole documents are packed into rows instead, padded, and\n"
       "each keeps its own positions and attention (format_version 2).\n\n"
       "With --task other than causal_lm every example is one row padded to --seq-len\n"
-      "(docs/dataset-format.md): sequence_classification, token_classification, instruction.\n\n"
+      "(docs/dataset-format.md): sequence_classification, token_classification, instruction;\n"
+      "question_answering cuts each context into windows (--doc-stride) of one row each.\n\n"
       "Options");
   described.add_options()
       ("help,h", "print this help")
@@ -108,7 +110,8 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
        "input file, repeatable: .txt (one document per line), .jsonl (one JSON object per line), "
        ".csv or .tsv (a header row naming the columns), .conll (token<TAB>tag lines)")
       ("task", po::value(&task)->default_value("causal_lm"),
-       "causal_lm (packed documents), sequence_classification, token_classification or instruction")
+       "causal_lm (packed documents), sequence_classification, token_classification, instruction or "
+       "question_answering (SQuAD .json or .jsonl)")
       ("text-column", po::value<std::string>(),
        "column (CSV/TSV header or JSON key) holding the text; default 'text' (same as --text-key)")
       ("validation-text-column", po::value<std::string>(),
@@ -128,6 +131,14 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
        "instruction: JSON key of the prompt (not trained on)")
       ("response-column", po::value(&options.task.response_column)->default_value("response"),
        "instruction: JSON key of the response (trained on, followed by EOS)")
+      ("question-column", po::value(&options.task.question_column)->default_value("question"),
+       "question_answering: JSON Lines key of the question")
+      ("context-column", po::value(&options.task.context_column)->default_value("context"),
+       "question_answering: JSON Lines key of the context")
+      ("answers-column", po::value(&options.task.answers_column)->default_value("answers"),
+       "question_answering: JSON Lines key of the answers ({\"text\": [...], \"answer_start\": [...]})")
+      ("doc-stride", po::value(&options.task.doc_stride)->default_value(128),
+       "question_answering: tokens shared by consecutive windows over a context longer than a row")
       ("packing", po::value(&packing),
        "causal_lm: 'concatenate' (default: documents cut into full rows, reading across their boundaries) or "
        "'documents' (whole documents per row with document masking; longer ones split into row-sized pieces); "
@@ -191,10 +202,11 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
   const std::map<std::string, PrepTask> tasks = {{"causal_lm", PrepTask::kCausalLm},
                                                  {"sequence_classification", PrepTask::kSequenceClassification},
                                                  {"token_classification", PrepTask::kTokenClassification},
-                                                 {"instruction", PrepTask::kInstruction}};
+                                                 {"instruction", PrepTask::kInstruction},
+                                                 {"question_answering", PrepTask::kQuestionAnswering}};
   if (!tasks.contains(task)) {
-    throw po::error("--task must be causal_lm, sequence_classification, token_classification or instruction, got '" +
-                    task + "'");
+    throw po::error("--task must be causal_lm, sequence_classification, token_classification, instruction or "
+                    "question_answering, got '" + task + "'");
   }
   fine_tune.task = tasks.at(task);
   if (truncation != "right" && truncation != "left") {
@@ -576,6 +588,8 @@ int main(int argc, char** argv) {
   try {
     if (options->task.task == PrepTask::kCausalLm) {
       run(*options);
+    } else if (options->task.task == PrepTask::kQuestionAnswering) {
+      prepare_qa_dataset(options->task);
     } else {
       prepare_task_dataset(options->task);
     }

@@ -1,7 +1,8 @@
 #pragma once
 // ftrain-prep for the fine-tuning tasks: one padded example per row (sequence
 // classification, token classification, instruction tuning), from CSV, TSV, JSONL or
-// CoNLL inputs. Causal-LM packing stays in prep_main.cpp.
+// CoNLL inputs. Causal-LM packing stays in prep_main.cpp, question answering's windows
+// are in prep_qa.h.
 
 #include <cstdint>
 #include <filesystem>
@@ -14,7 +15,7 @@
 
 namespace ftrain::data {
 
-enum class PrepTask { kCausalLm, kSequenceClassification, kTokenClassification, kInstruction };
+enum class PrepTask { kCausalLm, kSequenceClassification, kTokenClassification, kInstruction, kQuestionAnswering };
 
 struct TaskPrepOptions {
   PrepTask task = PrepTask::kSequenceClassification;
@@ -40,6 +41,13 @@ struct TaskPrepOptions {
   std::string tags_column = "tags";
   std::string prompt_column = "prompt";
   std::string response_column = "response";
+  // Question answering (data/prep_qa.h): JSON Lines keys, and the tokens consecutive
+  // windows over a long context share.
+  std::string question_column = "question";
+  std::string context_column = "context";
+  std::string answers_column = "answers";
+  std::string id_column = "id";
+  int64_t doc_stride = 128;
   Truncation truncation = Truncation::kRight;
   bool text_is_conll = false;
   Packing packing = Packing::kNone;  // kDocuments: instruction examples packed with document masking
