@@ -80,7 +80,11 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   // (a language-modelling head, a pooler the token classifier does not have) is dropped.
   std::map<std::string, torch::Tensor> stored_head;
   NamedTensors body_tensors;
-  for (auto& [name, value] : stored.tensors) {
+  for (auto& [stored_name, value] : stored.tensors) {
+    // A body stored under another prefix (body.stored_name) is read under its own.
+    std::string name = stored_name;
+    if (!body.stored_name.empty() && name.starts_with(body.stored_name + "."))
+      name = body.name + name.substr(body.stored_name.size());
     if (name == head_name + ".weight" || name == head_name + ".bias") {
       stored_head.emplace(name, value);
       continue;
@@ -179,11 +183,20 @@ Classifier Classifier::load(const ClassifierOptions& options, ClassifierLoadRepo
   saved_config["dtype"] = "float32";
   if (kind == ClassifierKind::sequence) saved_config["problem_type"] = "single_label_classification";
   if (body.writes_pad_token_id && options.pad_token_id >= 0) saved_config["pad_token_id"] = options.pad_token_id;
+  if (kind == ClassifierKind::span) {  // the head always has two outputs: no labels to name
+    saved_config.erase("id2label");
+    saved_config.erase("label2id");
+  }
   auto body_state = body.state;
-  classifier.save_ = [body_state, head, head_name, saved_config](const fs::path& dir, ExistingDirectory existing,
-                                                                  const TensorValues& values) mutable {
+  const std::string body_name = body.name, stored_body_name = body.stored_name;
+  classifier.save_ = [body_state, head, head_name, saved_config, body_name, stored_body_name](
+                         const fs::path& dir, ExistingDirectory existing, const TensorValues& values) mutable {
     prepare_model_directory(dir, existing);
     NamedTensors state = body_state();
+    if (!stored_body_name.empty()) {
+      for (auto& [name, value] : state)
+        if (name.starts_with(body_name + ".")) name = stored_body_name + name.substr(body_name.size());
+    }
     state.emplace_back(head_name + ".weight", head->weight.detach());
     if (head->bias.defined()) state.emplace_back(head_name + ".bias", head->bias.detach());
     save_safetensors(dir / "model.safetensors", state, {{"format", "pt"}}, values);

@@ -13,6 +13,10 @@
 //   llama family  model.* + score (no bias)           model.* + score
 //                 on the last real token               on every position
 //
+// and for answer spans (question answering) every family scores every position with a
+// two-output head `qa_outputs` (bias, no dropout): bert.* (no pooler), transformer.*
+// (GPT-2, and Llama and Qwen2, whose QA models keep that name), model.* (Mistral).
+//
 // A head stored in the directory with the right number of labels is loaded; otherwise
 // the head is new and initialised normal(0, initializer_range), bias 0, from the seed.
 #pragma once
@@ -31,7 +35,9 @@
 
 namespace ftrain::model {
 
-enum class ClassifierKind { sequence, token };
+// sequence: one label per row; token: one per position; span: an answer's start and end
+// (extractive question answering), scored at every position.
+enum class ClassifierKind { sequence, token, span };
 
 class Classifier;
 
@@ -88,7 +94,8 @@ class Classifier {
   // input_ids (B, T) int64; attention_mask (B, T), 1 for tokens and 0 for right
   // padding, or undefined for none; token_type_ids (B, T) int64 or undefined (bert
   // only; decoders ignore it). Returns (B, num_labels) for sequence classification,
-  // (B, T, num_labels) for token classification.
+  // (B, T, num_labels) for token classification, (B, T, 2) start and end logits for
+  // answer spans.
   at::Tensor logits(const at::Tensor& input_ids, const at::Tensor& attention_mask = {},
                     const at::Tensor& token_type_ids = {}) const {
     return logits_(input_ids, attention_mask, token_type_ids);

@@ -40,7 +40,12 @@ std::optional<double> number(const json& config, const char* key) {
 }
 
 std::string task_architecture(const std::string& prefix, ClassifierKind kind) {
-  return prefix + (kind == ClassifierKind::sequence ? "ForSequenceClassification" : "ForTokenClassification");
+  switch (kind) {
+    case ClassifierKind::sequence: return prefix + "ForSequenceClassification";
+    case ClassifierKind::token: return prefix + "ForTokenClassification";
+    case ClassifierKind::span: return prefix + "ForQuestionAnswering";
+  }
+  return prefix;
 }
 
 // A module built the way a request asks: uninitialised (its weights are read next,
@@ -75,7 +80,10 @@ struct Gpt2Traits {
   static std::string architecture_prefix(const Config&) { return "GPT2"; }
   // GPT2ForTokenClassification's head is `classifier` with a bias; the sequence
   // classifier's is `score` without one.
-  static std::string head_name(ClassifierKind kind) { return kind == ClassifierKind::token ? "classifier" : "score"; }
+  static std::string head_name(ClassifierKind kind) {
+    return kind == ClassifierKind::span ? "qa_outputs" : kind == ClassifierKind::token ? "classifier" : "score";
+  }
+  static std::string span_body_name(const Config&) { return "transformer"; }
   static double token_head_dropout(const json& config) {
     return number(config, "classifier_dropout").value_or(number(config, "hidden_dropout").value_or(0.1));
   }
@@ -110,7 +118,9 @@ struct LlamaTraits {
     if (c.model_type == "qwen2") return "Qwen2";
     return "Llama";
   }
-  static std::string head_name(ClassifierKind) { return "score"; }
+  static std::string head_name(ClassifierKind kind) { return kind == ClassifierKind::span ? "qa_outputs" : "score"; }
+  // LlamaForQuestionAnswering and Qwen2's keep the older name of the body; Mistral's does not.
+  static std::string span_body_name(const Config& c) { return c.model_type == "mistral" ? "model" : "transformer"; }
   static double token_head_dropout(const json& config) { return Gpt2Traits::token_head_dropout(config); }
   static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) { return m->forward(ids, mask); }
   static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor& mask, KvCache* cache = nullptr) {
@@ -178,20 +188,23 @@ ClassifierBody decoder_classifier_body(const ClassifierBodyRequest& request) {
   Model model = built<Model>(config, request.uninitialised, request.pretrained, request.seed, Traits::init);
 
   body.name = Traits::body_name;
+  if (request.kind == ClassifierKind::span) body.stored_name = Traits::span_body_name(config);
   body.module = Traits::body(model).ptr();
   body.vocab_size = config.vocab_size;
   body.hidden_size = Traits::hidden_size(config);
   body.initializer_range = config.initializer_range;
   body.head_name = Traits::head_name(request.kind);
   // Decoders score the last token directly: no bias, and no dropout unless overridden.
-  body.head_bias = request.kind == ClassifierKind::token;
-  body.head_dropout = request.dropout >= 0                     ? request.dropout
-                      : request.kind == ClassifierKind::sequence ? 0.0
-                                                                 : Traits::token_head_dropout(request.config);
+  // The answer-span head has a bias and, as in Hugging Face, no dropout before it.
+  body.head_bias = request.kind != ClassifierKind::sequence;
+  body.head_dropout = request.dropout >= 0                    ? request.dropout
+                      : request.kind == ClassifierKind::token ? Traits::token_head_dropout(request.config)
+                                                              : 0.0;
   body.architecture = task_architecture(Traits::architecture_prefix(config), request.kind);
   body.writes_pad_token_id = true;
   body.unused_tensor = [](const std::string& name) {
-    return name == "lm_head.weight" || name.starts_with("classifier.") || name.starts_with("score.");
+    return name == "lm_head.weight" || name.starts_with("classifier.") || name.starts_with("score.") ||
+           name.starts_with("qa_outputs.");
   };
   body.load = [model](const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices,
                       std::vector<std::string>&) mutable {
@@ -218,7 +231,8 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
   if (request.dropout >= 0) config.hidden_dropout_prob = config.attention_probs_dropout_prob = request.dropout;
   Bert bert = built<Bert>(config, request.uninitialised, request.pretrained, request.seed, init_bert);
   const ClassifierKind kind = request.kind;
-  if (kind == ClassifierKind::token) bert->unregister_module("pooler");  // BertForTokenClassification has none
+  // BertForTokenClassification and BertForQuestionAnswering have no pooler.
+  if (kind != ClassifierKind::sequence) bert->unregister_module("pooler");
 
   ClassifierBody body;
   body.name = "bert";
@@ -228,14 +242,16 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
   body.hidden_size = config.hidden_size;
   body.initializer_range = config.initializer_range;
   body.config = config.to_json();
-  body.head_name = "classifier";
+  body.head_name = kind == ClassifierKind::span ? "qa_outputs" : "classifier";
   body.head_bias = true;
   body.head_dropout = request.dropout >= 0 ? request.dropout
-                                           : number(request.config, "classifier_dropout")
-                                                 .value_or(number(request.config, "hidden_dropout_prob").value_or(0.1));
+                      : kind == ClassifierKind::span
+                          ? 0.0  // BertForQuestionAnswering has no dropout before its head
+                          : number(request.config, "classifier_dropout")
+                                .value_or(number(request.config, "hidden_dropout_prob").value_or(0.1));
   body.architecture = task_architecture("Bert", kind);
   body.unused_tensor = [kind](const std::string& name) {
-    return kind == ClassifierKind::token && (name.starts_with("pooler.") || name.starts_with("bert.pooler."));
+    return kind != ClassifierKind::sequence && (name.starts_with("pooler.") || name.starts_with("bert.pooler."));
   };
   const uint64_t seed = request.seed;
   body.load = [bert, kind, seed](const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices,

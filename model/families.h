@@ -38,6 +38,9 @@ struct ClassifierBodyRequest {
 // A classifier's body as its family builds it, and the Hugging Face names around it.
 struct ClassifierBody {
   std::string name;  // the body's name in the task model ("bert", "transformer", "model")
+  // The body's prefix in the task model's files when it differs from `name`: Llama's
+  // and Qwen2's question-answering models call it "transformer".
+  std::string stored_name;
   std::shared_ptr<torch::nn::Module> module;
   int64_t vocab_size = 0;
   int64_t type_vocab_size = 0;  // token types (segments) it embeds; 0: it ignores them
@@ -67,7 +70,8 @@ struct ClassifierBody {
   std::function<ParameterInit(const std::string& name)> parameter_init;
   // The body's tensors under their names in the task model, in Hugging Face layout.
   std::function<NamedTensors()> state;
-  // input_ids, attention_mask, token_type_ids -> (B, C) per sequence or (B, T, C) per token.
+  // input_ids, attention_mask, token_type_ids -> (B, C) per sequence or (B, T, C) per
+  // token (token classification, answer spans).
   std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)> features;
 };
 

@@ -1,4 +1,4 @@
-// classifier_forward <model_dir> <sequence|token> <labels> <input.safetensors> <out.safetensors> [<save_dir>]
+// classifier_forward <model_dir> <sequence|token|span> <labels> <input.safetensors> <out.safetensors> [<save_dir>]
 //
 // Loads a classifier (pretrained body, head loaded or new) for the comma-separated
 // label names and runs it in eval mode on `input_ids` (int64 (B, T)) with
@@ -16,7 +16,7 @@
 
 int main(int argc, char** argv) {
   if (argc != 6 && argc != 7) {
-    std::cerr << "usage: classifier_forward <model_dir> <sequence|token> <labels> <input.safetensors> "
+    std::cerr << "usage: classifier_forward <model_dir> <sequence|token|span> <labels> <input.safetensors> "
                  "<out.safetensors> [<save_dir>]\n";
     return 2;
   }
@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
     using namespace ftrain::model;
     ClassifierOptions options;
     options.path = argv[1];
-    options.kind = std::string(argv[2]) == "token" ? ClassifierKind::token : ClassifierKind::sequence;
+    const std::string kind = argv[2];
+    options.kind = kind == "token" ? ClassifierKind::token : kind == "span" ? ClassifierKind::span : ClassifierKind::sequence;
     std::stringstream labels(argv[3]);
     for (std::string name; std::getline(labels, name, ',');) options.label_names.push_back(name);
     options.pad_token_id = 0;

@@ -1,8 +1,8 @@
 """ftrain's classifiers against Hugging Face's task models.
 
 For each family (BERT, GPT-2, Llama with grouped-query attention and untied
-embeddings), small random *ForSequenceClassification and *ForTokenClassification
-models are saved with save_pretrained; the classifier_forward tool loads them (the
+embeddings), small random *ForSequenceClassification, *ForTokenClassification and
+*ForQuestionAnswering models are saved with save_pretrained; the classifier_forward tool loads them (the
 stored head is used, not a new one), computes logits for a right-padded batch, and
 exports the classifier, which transformers must load to the same logits. A body
 without a head (BertModel, GPT2LMHeadModel, LlamaForCausalLM) gets a new head that
@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
+from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, BertConfig, BertForQuestionAnswering,
                           BertForSequenceClassification, BertForTokenClassification, BertModel, GPT2Config,
-                          GPT2ForSequenceClassification, GPT2ForTokenClassification, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification)
+                          GPT2ForQuestionAnswering, GPT2ForSequenceClassification, GPT2ForTokenClassification,
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, LlamaForQuestionAnswering,
+                          LlamaForSequenceClassification, LlamaForTokenClassification)
 
 BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 TOOL = BUILD_DIR / "tests" / "model" / "classifier_forward"
@@ -29,7 +31,8 @@ TOOL = BUILD_DIR / "tests" / "model" / "classifier_forward"
 VOCAB = 101
 T = 16
 PAD = 0  # the tool writes pad_token_id 0 into exported decoder configs
-LABELS = {"sequence": ["negative", "neutral", "positive"], "token": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]}
+LABELS = {"sequence": ["negative", "neutral", "positive"], "token": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
+          "span": ["start", "end"]}
 
 
 def bert_config(labels):
@@ -56,10 +59,18 @@ TASK_MODELS = {
     ("gpt2", "token"): (gpt2_config, GPT2ForTokenClassification),
     ("llama", "sequence"): (llama_config, LlamaForSequenceClassification),
     ("llama", "token"): (llama_config, LlamaForTokenClassification),
+    ("bert", "span"): (bert_config, BertForQuestionAnswering),
+    ("gpt2", "span"): (gpt2_config, GPT2ForQuestionAnswering),
+    ("llama", "span"): (llama_config, LlamaForQuestionAnswering),
 }
 BODIES = {"bert": (bert_config, BertModel), "gpt2": (gpt2_config, GPT2LMHeadModel),
           "llama": (llama_config, LlamaForCausalLM)}
-AUTO = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
+AUTO = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
+        "span": AutoModelForQuestionAnswering}
+# Where each family's body sits in its task model's files: Llama's question-answering
+# model keeps the older name "transformer".
+BODY_PREFIX = {("bert", k): "bert." for k in LABELS} | {("gpt2", k): "transformer." for k in LABELS} | {
+    ("llama", "sequence"): "model.", ("llama", "token"): "model.", ("llama", "span"): "transformer."}
 
 
 def randomise(model):
@@ -110,8 +121,11 @@ def run_tool(model_dir, kind, inputs, tmp_path, save_dir=None):
 def hf_logits(model, family, ids, mask, types):
     with torch.no_grad():
         if family == "bert":
-            return model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        return model(input_ids=ids, attention_mask=mask).logits
+            out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        else:
+            out = model(input_ids=ids, attention_mask=mask)
+    # A question-answering model's start and end logits are the (B, T, 2) head output.
+    return torch.stack([out.start_logits, out.end_logits], -1) if hasattr(out, "start_logits") else out.logits
 
 
 def real_positions(kind, logits, mask):
@@ -138,7 +152,9 @@ def test_task_model_logits_and_export(family, kind, tmp_path):
 
     exported = AUTO[kind].from_pretrained(tmp_path / "export").eval()
     assert type(exported).__name__ == type(model).__name__
-    assert exported.config.id2label == dict(enumerate(LABELS[kind]))
+    if kind != "span":  # a question-answering head has no labels to name
+        assert exported.config.id2label == dict(enumerate(LABELS[kind]))
+    assert set(exported.state_dict()) == set(model.state_dict())
     torch.testing.assert_close(real_positions(kind, hf_logits(exported, family, ids, mask, types), mask),
                                real_positions(kind, reference, mask), rtol=1e-4, atol=1e-4)
 
@@ -155,7 +171,8 @@ def test_body_without_head_gets_a_new_one(family, kind, tmp_path):
         inputs["token_type_ids"] = types
     ours, report = run_tool(tmp_path / "hf", kind, inputs, tmp_path, save_dir=tmp_path / "export")
     assert report["head_initialised"] is True
-    head = "classifier" if family == "bert" or (family == "gpt2" and kind == "token") else "score"
+    head = ("qa_outputs" if kind == "span" else
+            "classifier" if family == "bert" or (family == "gpt2" and kind == "token") else "score")
     assert report["head"] and all(name.startswith(head + ".") for name in report["head"]), report
 
     # The new head must be the one exported: transformers reproduces the logits.
@@ -164,11 +181,15 @@ def test_body_without_head_gets_a_new_one(family, kind, tmp_path):
                                real_positions(kind, ours, mask), rtol=1e-4, atol=1e-4)
     # And the body is the pretrained one, unchanged.
     body_prefix = {"bert": "bert.", "gpt2": "transformer.", "llama": "model."}[family]
+    exported_prefix = BODY_PREFIX[(family, kind)]
     exported_state = exported.state_dict()
+    compared = 0
     for name, value in body.state_dict().items():
-        stored = name if name.startswith(body_prefix) else body_prefix + name
+        stored = exported_prefix + (name[len(body_prefix):] if name.startswith(body_prefix) else name)
         if stored in exported_state:
             torch.testing.assert_close(exported_state[stored], value, rtol=0, atol=0)
+            compared += 1
+    assert compared >= len(exported_state) - 2 - (2 if family == "bert" and kind == "sequence" else 0)
 
 
 def test_label_count_change_gives_a_new_head(tmp_path):
