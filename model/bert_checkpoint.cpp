@@ -153,7 +153,9 @@ BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std
     release_mapped_pages(entry.second);
   }
 
-  if (pooler_absent) {
+  // A model without a pooler (token classification, question answering) has nothing
+  // to draw: the module's pooler is not among its parameters.
+  if (pooler_absent && parameters.count(kPoolerTensors.front()) > 0) {
     auto generator = at::make_generator<at::CPUGeneratorImpl>(init_seed);
     if (!slices) {
       initialise(*model->pooler, model->config(), generator);
