@@ -76,6 +76,26 @@ void truncate_longest_first(std::vector<int32_t>& first, std::vector<int32_t>* s
 
 // ---- the common interface ----
 
+std::string lowercase(std::string_view text) {
+  using namespace tokenizer_parts;
+  std::string out;
+  out.reserve(text.size());
+  for (size_t pos = 0; pos < text.size();) {
+    const Utf8Unit unit = scan_utf8(text, pos);
+    const char32_t c = unit.valid ? decode_utf8(text.substr(pos, unit.length)) : U'\uFFFD';
+    pos += unit.length;
+    if (c < 0x80) {
+      out.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c));
+    } else if (c == 0x130) {
+      append_utf8(out, U'i');
+      append_utf8(out, 0x307);
+    } else {
+      append_utf8(out, static_cast<char32_t>(u_tolower(static_cast<UChar32>(c))));
+    }
+  }
+  return out;
+}
+
 std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view, std::vector<CharSpan>&) const {
   throw std::runtime_error(std::string(kind()) + " tokenizers do not report character offsets; "
                            "only WordPiece (BERT) tokenizers do");

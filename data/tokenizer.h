@@ -157,6 +157,10 @@ class Tokenizer {
 // (other model types, a SentencePiece tokenizer.model without tokenizer.json, ...).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir);
 
+// Lower case as Python's str.lower() gives it for text without a final capital sigma:
+// Unicode's full mapping (U+0130 becomes "i" + U+0307). Ill-formed UTF-8 becomes U+FFFD.
+std::string lowercase(std::string_view text);
+
 // ---- parts shared by the tokenizer implementations ----
 
 namespace tokenizer_parts {

@@ -219,8 +219,9 @@ double perplexity(double mean_loss) {
 bool higher_is_better(const std::string& metric) {
   if (metric == "loss" || metric == "perplexity") return false;
   if (metric == "accuracy" || metric == "macro_f1" || metric == "entity_f1") return true;
+  if (metric == "exact_match" || metric == "f1") return true;
   throw std::runtime_error("train.eval_metric: unknown metric '" + metric +
-                           "'; expected one of loss, perplexity, accuracy, macro_f1, entity_f1");
+                           "'; expected one of loss, perplexity, accuracy, macro_f1, entity_f1, exact_match, f1");
 }
 
 bool has_entity_labels(const std::vector<std::string>& label_names) {
@@ -234,6 +235,7 @@ bool has_entity_labels(const std::vector<std::string>& label_names) {
 
 std::vector<std::string> metric_names(const std::string& task, const std::vector<std::string>& label_names) {
   if (task == data::format::kTaskCausalLm) return {"loss", "perplexity"};
+  if (task == data::format::kTaskQuestionAnswering) return {"loss", "exact_match", "f1"};
   if (task == data::format::kTaskTokenClassification && has_entity_labels(label_names))
     return {"loss", "accuracy", "macro_f1", "entity_f1"};
   return {"loss", "accuracy", "macro_f1"};
@@ -241,6 +243,7 @@ std::vector<std::string> metric_names(const std::string& task, const std::vector
 
 std::string default_metric(const std::string& task, const std::vector<std::string>& label_names) {
   if (task == data::format::kTaskCausalLm) return "loss";
+  if (task == data::format::kTaskQuestionAnswering) return "f1";
   if (task == data::format::kTaskTokenClassification && has_entity_labels(label_names)) return "entity_f1";
   return "accuracy";
 }

@@ -68,10 +68,11 @@ bool has_entity_labels(const std::vector<std::string>& label_names);
 
 // The metrics evaluation reports for a dataset of `task` (data/dataset_format.h's task
 // names) with `label_names`: "loss" and "perplexity" for a causal LM, "loss",
-// "accuracy", "macro_f1" for classification, and "entity_f1" too for BIO tags.
+// "accuracy", "macro_f1" for classification, and "entity_f1" too for BIO tags; "loss",
+// "exact_match", "f1" (SQuAD's, launch/eval/squad.h) for question answering.
 std::vector<std::string> metric_names(const std::string& task, const std::vector<std::string>& label_names);
 // The one validation follows (train.eval_metric = auto): "loss" for a causal LM,
-// "entity_f1" for BIO tags, else "accuracy".
+// "entity_f1" for BIO tags, "f1" for question answering, else "accuracy".
 std::string default_metric(const std::string& task, const std::vector<std::string>& label_names);
 
 // The entities of one tag sequence (tag ids index label_names), read as seqeval does by
@@ -108,8 +109,8 @@ void add_sentence(EntityCounts& counts, std::span<const int64_t> truth, std::spa
 double perplexity(double mean_loss);
 
 // For early stopping and best-checkpoint choice: whether larger values of the metric are
-// better. Names: loss, perplexity (lower is better), accuracy, macro_f1, entity_f1
-// (higher is better). Any other name throws, naming train.eval_metric.
+// better. Names: loss, perplexity (lower is better), accuracy, macro_f1, entity_f1,
+// exact_match, f1 (higher is better). Any other name throws, naming train.eval_metric.
 bool higher_is_better(const std::string& metric);
 
 }  // namespace ftrain::launch

@@ -4,6 +4,8 @@
 //   {"task": "classification", "num_labels": n, "shards": k, "truth": [...], "predicted": [...]}
 //   {"task": "entities", "label_names": [...], "shards": k,
 //    "sentences": [{"truth": [...], "predicted": [...]}, ...]}
+//   {"task": "squad", "items": [{"prediction": text, "answers": [text, ...]}, ...]}
+//       -> {"normalized": [...], "exact_match": [...], "f1": [...]} per item
 //
 // Example i is counted on shard i % k and the shards' count vectors are summed, as the
 // all-reduce of an evaluation does, before any score is computed. Entities are listed per
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "launch/eval/metrics.h"
+#include "launch/eval/squad.h"
 
 using namespace ftrain::launch;
 using nlohmann::json;
@@ -84,6 +87,18 @@ json entities(const json& input, int64_t num_shards) {
               {"true_entities", true_entities},     {"predicted_entities", predicted_entities}};
 }
 
+json squad(const json& input) {
+  json out = {{"normalized", json::array()}, {"exact_match", json::array()}, {"f1", json::array()}};
+  for (const json& item : input.at("items")) {
+    const std::string prediction = item.at("prediction");
+    const auto answers = item.at("answers").get<std::vector<std::string>>();
+    out["normalized"].push_back(squad_normalize(prediction));
+    out["exact_match"].push_back(squad_exact_match(prediction, answers));
+    out["f1"].push_back(squad_f1(prediction, answers));
+  }
+  return out;
+}
+
 }  // namespace
 
 int main() {
@@ -96,6 +111,8 @@ int main() {
       std::cout << classification(input, num_shards).dump() << "\n";
     } else if (task == "entities") {
       std::cout << entities(input, num_shards).dump() << "\n";
+    } else if (task == "squad") {
+      std::cout << squad(input).dump() << "\n";
     } else {
       throw std::runtime_error("unknown task '" + task + "'");
     }

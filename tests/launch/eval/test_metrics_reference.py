@@ -183,3 +183,41 @@ def test_label_name_without_a_tag_prefix_is_refused():
                        sentences=[dict(truth=[1, 2], predicted=[1, 2])]))
     assert result.returncode != 0
     assert "'LOC'" in result.stderr and "label_names" in result.stderr
+
+
+# ---- SQuAD's exact match and F1, against torchmetrics' copy of the official script ----
+
+SQUAD_PIECES = ["the", "The", "THE", "a", "A", "an", "An", "theory", "another", "an-", "a.", "(the)", "_the_",
+                "thé", "théâtre", "Ἀθῆναι", "İstanbul", "STRASSE", "Zoë", "São", "1887", "1,200", "12:30",
+                "don't", "“quoted”", "—", "!", "?", ",", ".", "'s", "\u00a0", "\u3000", "\t", "\n", "  ", "\u2009",
+                "naïve", "Ångström", "x_y", "e\u0301", "日本", "½", "²", "-", "&", "[", "]"]
+
+
+def random_text(rng, longest=8):
+    return "".join(rng.choice(SQUAD_PIECES) + rng.choice(["", " ", " ", "  "]) for _ in range(rng.randint(0, longest)))
+
+
+def squad_items(rng, count):
+    items = []
+    for _ in range(count):
+        answers = [random_text(rng) for _ in range(rng.randint(0, 3))]
+        prediction = rng.choice([random_text(rng), rng.choice(answers) if answers else "",
+                                 (rng.choice(answers) if answers else "") + rng.choice([" the", ".", " extra words"])])
+        items.append({"prediction": prediction, "answers": answers})
+    return items
+
+
+def test_squad_scores_match_torchmetrics():
+    import importlib
+    reference = importlib.import_module("torchmetrics.functional.text.squad")
+    items = squad_items(random.Random(11), 600)
+    ours = ftrain_metrics(dict(task="squad", items=items))
+    for i, item in enumerate(items):
+        gold = item["answers"] or [""]  # an unanswerable question's gold answer, as SQuAD v2 scores it
+        assert ours["normalized"][i] == reference._normalize_text(item["prediction"]), item
+        exact = max(float(reference._compute_exact_match_score(item["prediction"], g)) for g in gold)
+        f1 = max(float(reference._compute_f1_score(item["prediction"], g)) for g in gold)
+        assert ours["exact_match"][i] == exact, item
+        assert ours["f1"][i] == pytest.approx(f1, rel=1e-6), item  # torchmetrics computes in float32
+    assert 0.2 < sum(ours["exact_match"]) / len(items) < 0.8
+    assert any(0 < f1 < 1 for f1 in ours["f1"])
