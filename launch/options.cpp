@@ -167,8 +167,10 @@ std::vector<Section> describe(Config& c) {
       .add("eval_split", &c.train.eval_split, "split used for validation")
       .add("eval_metric", &c.train.eval_metric,
            "validation metric that chooses the best checkpoint and early stopping: auto (loss for causal LM, "
-           "accuracy for sequence classification, entity_f1 for token classification) | loss | perplexity | "
-           "accuracy | macro_f1 | entity_f1")
+           "accuracy for sequence classification, entity_f1 for token classification, f1 for question "
+           "answering) | loss | perplexity | accuracy | macro_f1 | entity_f1 | exact_match | f1")
+      .add("max_answer_tokens", &c.train.max_answer_tokens,
+           "question answering: the longest answer, in tokens, that evaluation predicts")
       .add("early_stopping_patience", &c.train.early_stopping_patience,
            "stop after this many validations in a row without improving eval_metric (0 = never)")
       .add("test_split", &c.train.test_split,
@@ -276,6 +278,7 @@ void TrainOptions::validate() const {
   require_positive("train.log_every", static_cast<double>(log_every));
   require_non_negative("train.eval_every", static_cast<double>(eval_every));
   require_non_negative("train.eval_samples", static_cast<double>(eval_samples));
+  require_positive("train.max_answer_tokens", static_cast<double>(max_answer_tokens));
   require_non_negative("train.early_stopping_patience", static_cast<double>(early_stopping_patience));
   require_non_negative("train.freeze_base_steps", static_cast<double>(freeze_base_steps));
   require_positive("train.loss_scale", loss_scale);

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "launch/eval/metrics.h"
+#include "launch/eval/squad.h"
 #include "launch/optim/adamw.h"
 #include "dist/sharded_load.h"
 #include "launch/options.h"
@@ -36,8 +37,10 @@ TaskKind kind_of(const std::string& task, const std::string& dataset_path) {
   if (task == data::format::kTaskCausalLm) return TaskKind::causal_lm;
   if (task == data::format::kTaskSequenceClassification) return TaskKind::sequence_classification;
   if (task == data::format::kTaskTokenClassification) return TaskKind::token_classification;
+  if (task == data::format::kTaskQuestionAnswering) return TaskKind::question_answering;
   throw std::runtime_error(dataset_path + ": task '" + task +
-                           "' is not one ftrain trains (causal_lm, sequence_classification, token_classification)");
+                           "' is not one ftrain trains (causal_lm, sequence_classification, token_classification, "
+                           "question_answering)");
 }
 
 }  // namespace
@@ -51,6 +54,10 @@ struct Task::Model {
   std::vector<std::string> warnings;
   bool entity_metrics = false;  // the tags are BIO-style, so entities can be scored
   std::string name;
+  // Question answering: each evaluated split's answers, read once; the longest answer.
+  std::string data_path;
+  std::map<std::string, std::shared_ptr<const AnswerSpans>> answer_spans;
+  int64_t max_answer_tokens = 30;
 };
 
 Task::Task(const Config& config, const data::DatasetInfo& dataset) : Task(config, dataset, nullptr) {}
@@ -99,13 +106,17 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
     });
     return;
   }
+  model_->data_path = config.data.path;
+  model_->max_answer_tokens = config.train.max_answer_tokens;
+  if (kind_ == TaskKind::question_answering) label_names_ = {"start", "end"};  // the head's two scores
   if (label_names_.size() < 2)
     throw std::runtime_error(config.data.path + ": a " + dataset.task +
                              " dataset needs the root attribute label_names with at least 2 names");
   model::ClassifierOptions options;
   options.path = config.model.path;
   options.kind = kind_ == TaskKind::sequence_classification ? model::ClassifierKind::sequence
-                                                              : model::ClassifierKind::token;
+                 : kind_ == TaskKind::token_classification  ? model::ClassifierKind::token
+                                                            : model::ClassifierKind::span;
   options.label_names = label_names_;
   options.pretrained = pretrained;
   options.seed = config.run.seed;
@@ -233,6 +244,8 @@ TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) cons
     return out;
   }
 
+  out.rows = batch.sample_ids;
+  if (kind_ == TaskKind::question_answering) return prepare_spans(batch, out, device);
   const bool per_row = kind_ == TaskKind::sequence_classification;
   const auto expected = static_cast<std::size_t>(per_row ? rows : rows * width);
   if (batch.labels.size() != expected)
@@ -256,6 +269,27 @@ TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) cons
   return out;
 }
 
+TaskBatch Task::prepare_spans(const data::Batch& batch, TaskBatch& out, const c10::Device& device) const {
+  const int64_t rows = batch.batch_size, width = batch.seq_len;
+  if (batch.labels.size() != static_cast<std::size_t>(2 * rows))
+    throw std::runtime_error("a question_answering batch needs a start and an end position per row; "
+                             "the dataset's labels have another shape");
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t start = batch.labels[static_cast<std::size_t>(2 * row)];
+    const int64_t end = batch.labels[static_cast<std::size_t>(2 * row + 1)];
+    if (start == data::format::kIgnoreLabel && end == data::format::kIgnoreLabel) continue;
+    // Dynamic padding keeps every attended position, where the labels are.
+    if (start < 0 || end < 0 || start >= width || end >= width)
+      throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[static_cast<std::size_t>(row)]) +
+                               " has answer positions [" + std::to_string(start) + ", " + std::to_string(end) +
+                               "], outside its " + std::to_string(width) + " attended positions");
+    ++out.target_count;
+  }
+  auto labels = torch::from_blob(const_cast<int64_t*>(batch.labels.data()), {rows, 2}, torch::kInt64);
+  out.targets = device.is_cuda() ? to_device(labels, device) : labels.to(device, torch::kInt64, false, /*copy=*/true);
+  return out;
+}
+
 namespace {
 
 // Sum of cross-entropy over targets. Logits in fp32 whatever the compute dtype.
@@ -267,6 +301,13 @@ torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor
 }
 
 }  // namespace
+
+// Question answering: per row, the mean of the start and the end position's
+// cross-entropy over the row's positions, as Hugging Face's QA models compute it.
+at::Tensor Task::span_loss_sum(const at::Tensor& logits, const at::Tensor& targets) {
+  return (cross_entropy_sum(logits.select(2, 0), targets.select(1, 0)) +
+          cross_entropy_sum(logits.select(2, 1), targets.select(1, 1))) / 2;
+}
 
 std::unique_ptr<dist::ZeroSharding> Task::take_sharding() { return std::move(sharding_); }
 
@@ -328,13 +369,22 @@ at::Tensor Task::loss_sum(const TaskBatch& batch) {
     }
     return model::linear_cross_entropy_sum(hidden, head.weight, targets, weights);
   }
+  const torch::Tensor logits =
+      model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids);
+  if (kind_ == TaskKind::question_answering) return span_loss_sum(logits, batch.targets);
   // (B, L) or (B, T, L) logits against labels with -100 where there is no target.
-  return cross_entropy_sum(model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids),
-                           batch.targets);
+  return cross_entropy_sum(logits, batch.targets);
 }
 
-EvalTotals Task::empty_totals() const {
+EvalTotals Task::empty_totals(const std::string& split) {
   EvalTotals totals;
+  totals.split = split;
+  if (kind_ == TaskKind::question_answering) {
+    auto& spans = model_->answer_spans[split];
+    if (!spans) spans = std::make_shared<const AnswerSpans>(model_->data_path, split);
+    totals.spans.assign(static_cast<std::size_t>(spans->num_rows() * AnswerSpans::kValuesPerRow), 0.0);
+    return totals;
+  }
   if (kind_ != TaskKind::causal_lm) totals.confusion.assign(label_names_.size() * label_names_.size(), 0);
   if (model_->entity_metrics) totals.entities.assign(3, 0);
   return totals;
@@ -347,6 +397,22 @@ void Task::evaluate(const TaskBatch& batch, EvalTotals& totals) {
     return;
   }
   torch::Tensor logits = model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids);
+  if (kind_ == TaskKind::question_answering) {
+    totals.loss_sum += span_loss_sum(logits, batch.targets).item<double>();
+    // Each row's best span, by the rank that evaluated it (launch/eval/squad.h).
+    const torch::Tensor scores = logits.to(torch::kCPU, torch::kFloat32).contiguous();  // (B, T, 2)
+    const torch::Tensor starts = scores.select(2, 0).contiguous(), ends = scores.select(2, 1).contiguous();
+    const AnswerSpans& spans = *model_->answer_spans.at(totals.split);
+    const int64_t width = scores.size(1);
+    for (int64_t i = 0; i < scores.size(0); ++i) {
+      const int64_t row = batch.rows[static_cast<std::size_t>(i)];
+      if (row < 0) continue;  // a filler
+      const std::span<const float> start(starts.data_ptr<float>() + i * width, static_cast<std::size_t>(width));
+      const std::span<const float> end(ends.data_ptr<float>() + i * width, static_cast<std::size_t>(width));
+      AnswerSpans::record(totals.spans, row, best_span(start, end, spans.offsets(row), model_->max_answer_tokens));
+    }
+    return;
+  }
   totals.loss_sum += cross_entropy_sum(logits, batch.targets).item<double>();
   const torch::Tensor predicted = logits.argmax(-1).to(torch::kCPU).contiguous();  // (B) or (B, T)
   const std::span<const int64_t> predictions(predicted.data_ptr<int64_t>(), static_cast<std::size_t>(predicted.numel()));
@@ -373,6 +439,14 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
     out["perplexity"] = perplexity(loss);
     return out;
   }
+  if (kind_ == TaskKind::question_answering) {
+    const AnswerSpans& spans = *model_->answer_spans.at(totals.split);
+    const AnswerSpans::Scores scores = spans.score(totals.spans, spans.has_unanswerable());
+    out["exact_match"] = scores.exact_match;
+    out["f1"] = scores.f1;
+    out["questions"] = scores.questions;
+    return out;
+  }
   ConfusionMatrix confusion(static_cast<int64_t>(label_names_.size()));
   confusion.counts() = totals.confusion;
   out["accuracy"] = confusion.accuracy();
@@ -384,6 +458,12 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
     out["entity_f1"] = entities.f1();
   }
   return out;
+}
+
+std::optional<nlohmann::json> Task::predictions(const EvalTotals& totals) const {
+  if (kind_ != TaskKind::question_answering) return std::nullopt;
+  const AnswerSpans& spans = *model_->answer_spans.at(totals.split);
+  return spans.score(totals.spans, spans.has_unanswerable()).predictions;
 }
 
 void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,

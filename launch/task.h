@@ -1,6 +1,7 @@
 // What a run trains, decided by the dataset's `task` attribute: a causal language model
-// (domain adaptation, instruction tuning with masked prompts), or a classifier of
-// sequences or tokens on top of a pretrained body. A Task owns the model and knows its
+// (domain adaptation, instruction tuning with masked prompts), a classifier of
+// sequences or tokens on top of a pretrained body, or an extractive question answerer
+// (a start and an end score at every position). A Task owns the model and knows its
 // loss, its evaluation metrics and its export.
 #pragma once
 
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,7 +29,7 @@ namespace ftrain::launch {
 
 struct Config;
 
-enum class TaskKind { causal_lm, sequence_classification, token_classification };
+enum class TaskKind { causal_lm, sequence_classification, token_classification, question_answering };
 
 // One micro-batch on the model's device.
 struct TaskBatch {
@@ -38,6 +40,7 @@ struct TaskBatch {
   at::Tensor target_mask;     // causal LM: (B, T-1) float, 1 where the position is a target
   int64_t target_count = 0;   // targets in the batch, counted on the host
   std::vector<int64_t> host_labels;  // classification: the labels, for the metrics
+  std::vector<int64_t> rows;         // the dataset row of each sequence; -1 = filler
 };
 
 // Sufficient statistics of an evaluation, summed over batches and ranks.
@@ -46,6 +49,8 @@ struct EvalTotals {
   int64_t count = 0;               // targets
   std::vector<int64_t> confusion;  // classification: num_labels^2, row = truth
   std::vector<int64_t> entities;   // token classification: true, predicted, correct
+  std::string split;               // the split evaluated
+  std::vector<double> spans;       // question answering: per row of the split (launch/eval/squad.h)
 };
 
 class AdamW;
@@ -74,7 +79,7 @@ class Task {
   Task& operator=(Task&&) noexcept;
 
   TaskKind kind() const { return kind_; }
-  const std::string& name() const;        // causal_lm | sequence_classification | token_classification
+  const std::string& name() const;  // causal_lm | sequence_classification | token_classification | question_answering
   const std::string& family() const;      // model_type of the body
   int64_t vocab_size() const;
   torch::nn::Module& module();
@@ -101,10 +106,13 @@ class Task {
   at::Tensor loss_sum(const TaskBatch& batch);
   // Forward pass in the current mode, adding loss and metric counts to `totals`.
   void evaluate(const TaskBatch& batch, EvalTotals& totals);
-  EvalTotals empty_totals() const;
-  // The metrics of summed totals: loss, and perplexity, accuracy, macro_f1 or
-  // entity_precision/recall/f1 as the task has them.
+  // Zero totals for evaluating `split` (question answering reads the split's answers).
+  EvalTotals empty_totals(const std::string& split);
+  // The metrics of summed totals: loss, and perplexity, accuracy, macro_f1,
+  // entity_precision/recall/f1 or exact_match and f1 as the task has them.
   nlohmann::json metrics(const EvalTotals& totals) const;
+  // Question answering: each question's predicted answer text by id; none otherwise.
+  std::optional<nlohmann::json> predictions(const EvalTotals& totals) const;
 
   // The transformer blocks of the body, in order, each as the names of its parameters
   // (as module().named_parameters() names them).
@@ -140,6 +148,10 @@ class Task {
 
  private:
   Task(const Config& config, const data::DatasetInfo& dataset, dist::Communicator* comm, bool skeleton = false);
+
+  // Question answering's batch (labels (B, 2)) and loss.
+  TaskBatch prepare_spans(const data::Batch& batch, TaskBatch& out, const c10::Device& device) const;
+  static at::Tensor span_loss_sum(const at::Tensor& logits, const at::Tensor& targets);
 
   struct Model;
   TaskKind kind_;

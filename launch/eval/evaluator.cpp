@@ -49,7 +49,7 @@ std::optional<json> Evaluator::evaluate(const std::string& split, int64_t max_sa
                           comm_.layout().dp_rank(comm_.rank()), dp_size);
   torch::NoGradGuard no_grad;
   task_.module().eval();
-  EvalTotals totals = task_.empty_totals();
+  EvalTotals totals = task_.empty_totals(split);
   while (auto batch = reader.next()) {
     data_parallel_.before_forward();
     AutocastScope autocast(comm_.device().type(), autocast_dtype_);
@@ -69,7 +69,21 @@ std::optional<json> Evaluator::evaluate(const std::string& split, int64_t max_sa
   std::copy_n(summed + 1, totals.confusion.size(), totals.confusion.begin());
   std::copy_n(summed + 1 + totals.confusion.size(), totals.entities.size(), totals.entities.begin());
   totals.loss_sum = comm_.dp().all_reduce(totals.loss_sum, dist::ReduceOp::Sum);
+  if (!totals.spans.empty()) {  // each row's span, filled by the one rank that evaluated it
+    at::Tensor spans = torch::from_blob(totals.spans.data(), {static_cast<int64_t>(totals.spans.size())},
+                                        torch::kFloat64);
+    comm_.dp().all_reduce(spans, dist::ReduceOp::Sum);
+    if (spans.data_ptr<double>() != totals.spans.data())
+      std::copy_n(spans.contiguous().data_ptr<double>(), totals.spans.size(), totals.spans.begin());
+  }
   if (totals.count == 0) return std::nullopt;
+  if (comm_.rank() == 0) {
+    // Question answering: what each question was answered, as run_qa's predictions.json.
+    if (const auto predictions = task_.predictions(totals)) {
+      data::write_file_atomically(std::filesystem::path(config_.run.dir) / ("predictions-" + split + ".json"),
+                                  predictions->dump(2) + "\n");
+    }
+  }
   return task_.metrics(totals);
 }
 
@@ -116,7 +130,8 @@ std::string Evaluator::describe(const json& metrics) {
   std::string line;
   char text[64];
   for (const char* key :
-       {"loss", "perplexity", "accuracy", "macro_f1", "entity_precision", "entity_recall", "entity_f1"}) {
+       {"loss", "perplexity", "accuracy", "macro_f1", "entity_precision", "entity_recall", "entity_f1", "exact_match",
+        "f1"}) {
     if (!metrics.contains(key)) continue;
     std::snprintf(text, sizeof(text), "%s%s %.4f", line.empty() ? "" : " | ", key, metrics[key].get<double>());
     line += text;
