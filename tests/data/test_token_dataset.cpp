@@ -335,7 +335,24 @@ BOOST_AUTO_TEST_CASE(malformed_files_fail_with_the_file_and_the_problem) {
       {"loss_mask shape", [](CraftedFile& f) { f.datasets["loss_mask"].dims = {3, 8}; },
        "dataset '/train/loss_mask' has shape (3, 8), expected (4, 8)"},
       {"labels shape", [](CraftedFile& f) { f.datasets["labels"] = {H5T_STD_I64LE, {5}}; },
-       "dataset '/train/labels' has shape (5,), expected (4,) or (4, 8)"},
+       "dataset '/train/labels' has shape (5,), expected (4,), (4, 2) or (4, 8)"},
+      // Question answering's three datasets come together, each of its shape.
+      {"offsets alone", [](CraftedFile& f) { f.datasets["offset_mapping"] = {H5T_STD_I32LE, {4, 16}}; },
+       "split '/train' has only some of offset_mapping, example_index and examples"},
+      {"offsets shape",
+       [](CraftedFile& f) {
+         f.datasets["offset_mapping"] = {H5T_STD_I32LE, {4, 8}};
+         f.datasets["example_index"] = {H5T_STD_I64LE, {4}};
+         f.datasets["examples"] = {H5T_STD_U8LE, {10}};
+       },
+       "dataset '/train/offset_mapping' has shape (4, 8), expected (4, 16)"},
+      {"example_index shape",
+       [](CraftedFile& f) {
+         f.datasets["offset_mapping"] = {H5T_STD_I32LE, {4, 16}};
+         f.datasets["example_index"] = {H5T_STD_I64LE, {3}};
+         f.datasets["examples"] = {H5T_STD_U8LE, {10}};
+       },
+       "dataset '/train/example_index' has shape (3,), expected (4,)"},
       // Readers size buffers and sample orders by the shape: it must be backed by the file.
       {"rows never stored",
        [](CraftedFile& f) {

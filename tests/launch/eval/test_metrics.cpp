@@ -218,6 +218,8 @@ BOOST_AUTO_TEST_CASE(metric_directions) {
   BOOST_TEST(higher_is_better("accuracy"));
   BOOST_TEST(higher_is_better("macro_f1"));
   BOOST_TEST(higher_is_better("entity_f1"));
-  BOOST_TEST(throws_naming([] { higher_is_better("f1"); },
-                           {"train.eval_metric", "'f1'", "loss", "perplexity", "accuracy", "macro_f1", "entity_f1"}));
+  BOOST_TEST(higher_is_better("exact_match"));
+  BOOST_TEST(higher_is_better("f1"));
+  BOOST_TEST(throws_naming([] { higher_is_better("bleu"); }, {"train.eval_metric", "'bleu'", "loss", "perplexity",
+                                                                "accuracy", "macro_f1", "entity_f1", "exact_match"}));
 }
