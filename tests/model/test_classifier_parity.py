@@ -23,7 +23,9 @@ from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceCla
                           BertForSequenceClassification, BertForTokenClassification, BertModel, GPT2Config,
                           GPT2ForQuestionAnswering, GPT2ForSequenceClassification, GPT2ForTokenClassification,
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, LlamaForQuestionAnswering,
-                          LlamaForSequenceClassification, LlamaForTokenClassification)
+                          LlamaForSequenceClassification, LlamaForTokenClassification, MistralConfig,
+                          MistralForCausalLM, MistralForQuestionAnswering, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen2ForQuestionAnswering)
 
 BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 TOOL = BUILD_DIR / "tests" / "model" / "classifier_forward"
@@ -52,6 +54,18 @@ def llama_config(labels):
                        tie_word_embeddings=False, pad_token_id=PAD, initializer_range=0.2, num_labels=len(labels))
 
 
+def mistral_config(labels):
+    return MistralConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=T, sliding_window=None,
+                         tie_word_embeddings=False, pad_token_id=PAD, initializer_range=0.2, num_labels=len(labels))
+
+
+def qwen2_config(labels):
+    return Qwen2Config(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=T,
+                       tie_word_embeddings=False, pad_token_id=PAD, initializer_range=0.2, num_labels=len(labels))
+
+
 TASK_MODELS = {
     ("bert", "sequence"): (bert_config, BertForSequenceClassification),
     ("bert", "token"): (bert_config, BertForTokenClassification),
@@ -62,15 +76,21 @@ TASK_MODELS = {
     ("bert", "span"): (bert_config, BertForQuestionAnswering),
     ("gpt2", "span"): (gpt2_config, GPT2ForQuestionAnswering),
     ("llama", "span"): (llama_config, LlamaForQuestionAnswering),
+    # The Llama family's QA models differ in the body's name: "transformer" for Qwen2 as
+    # for Llama, "model" for Mistral.
+    ("mistral", "span"): (mistral_config, MistralForQuestionAnswering),
+    ("qwen2", "span"): (qwen2_config, Qwen2ForQuestionAnswering),
 }
 BODIES = {"bert": (bert_config, BertModel), "gpt2": (gpt2_config, GPT2LMHeadModel),
-          "llama": (llama_config, LlamaForCausalLM)}
+          "llama": (llama_config, LlamaForCausalLM), "mistral": (mistral_config, MistralForCausalLM),
+          "qwen2": (qwen2_config, Qwen2ForCausalLM)}
 AUTO = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
         "span": AutoModelForQuestionAnswering}
 # Where each family's body sits in its task model's files: Llama's question-answering
 # model keeps the older name "transformer".
 BODY_PREFIX = {("bert", k): "bert." for k in LABELS} | {("gpt2", k): "transformer." for k in LABELS} | {
-    ("llama", "sequence"): "model.", ("llama", "token"): "model.", ("llama", "span"): "transformer."}
+    ("llama", "sequence"): "model.", ("llama", "token"): "model.", ("llama", "span"): "transformer.",
+    ("mistral", "span"): "model.", ("qwen2", "span"): "transformer."}
 
 
 def randomise(model):
@@ -180,7 +200,7 @@ def test_body_without_head_gets_a_new_one(family, kind, tmp_path):
     torch.testing.assert_close(real_positions(kind, hf_logits(exported, family, ids, mask, types), mask),
                                real_positions(kind, ours, mask), rtol=1e-4, atol=1e-4)
     # And the body is the pretrained one, unchanged.
-    body_prefix = {"bert": "bert.", "gpt2": "transformer.", "llama": "model."}[family]
+    body_prefix = {"bert": "bert.", "gpt2": "transformer."}.get(family, "model.")
     exported_prefix = BODY_PREFIX[(family, kind)]
     exported_state = exported.state_dict()
     compared = 0
