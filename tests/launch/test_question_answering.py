@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForQuestionAnswering
 
-from ftrain_jobs import PREP, SOURCE, records, run_ftrain, sample_rows
+from ftrain_jobs import PREP, SOURCE, records, run_ftrain, sample_rows, tiny_gpt2, tiny_llama
 
 # The module, not the function torchmetrics.functional.text exports under its name.
 torchmetrics_squad = importlib.import_module("torchmetrics.functional.text.squad")
@@ -198,3 +198,66 @@ def test_layouts_match_one_rank(workspace, tp, dp, zero):
     run = workspace["root"] / f"layout_tp{tp}_dp{dp}_zero{zero}"
     run_ftrain(tp * dp, *args(workspace, run, **short, **{"dist.tp": tp, "dist.zero": zero}))
     assert_same_steps(one, run, 6)
+
+
+def write_synthetic_qa(path, rng, questions, seq_len=32, vocab=1024):
+    """A question-answering dataset as docs/dataset-format.md describes it, written with
+    h5py for the decoders (whose byte-level tokenizers ftrain-prep does not take for QA):
+    each question is 1-3 windows of random tokens, each context token one character of
+    its context, the answer marked by a token pattern the model can learn."""
+    splits = {}
+    for split, count in (("train", questions), ("validation", questions // 4)):
+        ids, mask, labels, offsets, example_index, examples = [], [], [], [], [], []
+        for q in range(count):
+            context = "".join(rng.choice(list("abcdefghij")) for _ in range(rng.integers(20, 60)))
+            begin = int(rng.integers(0, len(context) - 5))
+            end = begin + int(rng.integers(1, 5))
+            examples.append({"id": f"{split}-{q}", "context": context, "question": "q",
+                             "answers": {"text": [context[begin:end]], "answer_start": [begin]}})
+            for start in range(0, len(context), 20):
+                window = range(start, min(start + 24, len(context)))
+                row = np.zeros(seq_len, np.int64)
+                row[:4] = rng.integers(10, vocab, 4)  # the question
+                row[4:4 + len(window)] = [10 + ord(context[c]) for c in window]
+                length = 4 + len(window)
+                span = [0, 0]
+                if window[0] <= begin and end - 1 <= window[-1]:
+                    span = [4 + begin - start, 4 + end - 1 - start]
+                    row[span[0]] = 5  # the marker: learnable
+                offset = np.full((seq_len, 2), -1, np.int32)
+                offset[4:length] = [[c, c + 1] for c in window]
+                ids.append(row), labels.append(span), offsets.append(offset.reshape(-1))
+                mask.append((np.arange(seq_len) < length).astype(np.uint8))
+                example_index.append(q)
+        splits[split] = (ids, mask, labels, offsets, example_index, examples)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"format": "ftrain.tokens", "format_version": 1, "seq_len": seq_len, "vocab_size": vocab,
+                        "eos_id": -1, "pad_id": 0, "tokenizer": "synthetic", "task": "question_answering"})
+        for split, (ids, mask, labels, offsets, example_index, examples) in splits.items():
+            g = f.create_group(split)
+            g.attrs["num_documents"] = len(examples)
+            g.create_dataset("input_ids", data=np.array(ids, np.int32))
+            g.create_dataset("attention_mask", data=np.array(mask, np.uint8))
+            g.create_dataset("labels", data=np.array(labels, np.int64))
+            g.create_dataset("offset_mapping", data=np.array(offsets, np.int32))
+            g.create_dataset("example_index", data=np.array(example_index, np.int64))
+            text = "".join(json.dumps(e) + "\n" for e in examples).encode()
+            g.create_dataset("examples", data=np.frombuffer(text, np.uint8))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_layouts_match_one_rank(tmp_path, family):
+    """The decoders' qa_outputs heads train alike on every layout, and evaluate."""
+    data = tmp_path / "qa.h5"
+    write_synthetic_qa(data, np.random.default_rng(1), 96)
+    model = (tiny_gpt2 if family == "gpt2" else tiny_llama)(tmp_path / family)
+    ws = {"model": model, "data": data}
+    short = {"train.steps": 6, "checkpoint.export_hf": "false", "optim.warmup_steps": 2, "optim.lr": 1e-3,
+             "data.micro_batch_size": 4}
+    one = tmp_path / "one"
+    run_ftrain(1, *args(ws, one, **short))
+    for tp, dp, zero in [(2, 1, 0), (2, 2, 3)]:
+        run = tmp_path / f"tp{tp}_dp{dp}_zero{zero}"
+        run_ftrain(tp * dp, *args(ws, run, **short, **{"dist.tp": tp, "dist.zero": zero}))
+        assert_same_steps(one, run, 6)
+    assert validation_of(one)["val_questions"] == 24
