@@ -1080,6 +1080,55 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
   return ids;
 }
 
+std::vector<int32_t> BpeTokenizer::encode_with_offsets(std::string_view text, std::vector<CharSpan>& offsets) const {
+  const Model& model = *model_;
+  if (model.symbols != Model::Symbols::bytes || model.normalizer || model.add_prefix_space) {
+    throw std::runtime_error(std::string(kind()) + " tokenizers report character offsets only when byte-level, "
+                             "without a normalizer and without add_prefix_space (GPT-2, Llama 3)");
+  }
+  std::vector<int64_t> char_of_byte(text.size());  // character index of each byte of text
+  for (size_t pos = 0, index = 0; pos < text.size(); ++index) {
+    const size_t length = scan_utf8(text, pos).length;
+    std::fill_n(char_of_byte.begin() + static_cast<std::ptrdiff_t>(pos), length, static_cast<int64_t>(index));
+    pos += length;
+  }
+  // Without a normalizer or a prefix space, every piece and word is a stretch of text.
+  const auto span_of = [&](std::string_view part, size_t begin, size_t end) {
+    const auto start = static_cast<size_t>(part.data() - text.data()) + begin;
+    const auto stop = static_cast<size_t>(part.data() - text.data()) + end;
+    return CharSpan{char_of_byte[start], char_of_byte[stop - 1] + 1};
+  };
+  std::vector<int32_t> ids;
+  offsets.clear();
+  std::deque<std::string> storage;
+  std::vector<TextPiece> pieces;
+  model.added.split(text, model.normalizer, storage, pieces);
+  std::vector<std::string_view> words;
+  for (const TextPiece& piece : pieces) {
+    if (piece.added_id) {
+      ids.push_back(*piece.added_id);
+      offsets.push_back(span_of(piece.text, 0, piece.text.size()));
+      continue;
+    }
+    words.clear();
+    model.pre_tokenize(piece, storage, words);
+    for (std::string_view word : words) {
+      const size_t first = ids.size();
+      model.encode_word(word, ids);
+      size_t begin = 0;
+      for (size_t i = first; i < ids.size(); ++i) {
+        const size_t length = model.bytes_of_id[static_cast<size_t>(ids[i])].size();
+        if (length == 0 || begin + length > word.size())
+          throw std::logic_error("BpeTokenizer::encode_with_offsets: token " + std::to_string(ids[i]) +
+                                 " does not cover the bytes of its word");
+        offsets.push_back(span_of(word, begin, begin + length));
+        begin += length;
+      }
+    }
+  }
+  return ids;
+}
+
 std::string BpeTokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
   const Model& model = *model_;
   const auto known = [&](int32_t id) {

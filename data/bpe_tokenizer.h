@@ -59,6 +59,11 @@ class BpeTokenizer final : public Tokenizer {
   // of them a piece of its own; SentencePiece-style, each byte a symbol of its own (so a
   // byte-fallback token). No input is rejected.
   std::vector<int32_t> encode(std::string_view text) const override;
+  // encode() with each id's characters in text, for byte-level BPE without a
+  // normalizer or an added prefix space (GPT-2, Llama 3): a token covers the characters
+  // its bytes belong to, a leading space included, as Hugging Face reports them without
+  // trim_offsets. Other BPE tokenizers throw std::runtime_error.
+  std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<CharSpan>& offsets) const override;
 
   // Ids -> text through the file's decoder. Ids that name no token are skipped.
   // Byte-level, byte sequences that are not valid UTF-8 (a character cut between ids)

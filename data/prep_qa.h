@@ -12,7 +12,7 @@
 // the context cut into windows of the room --seq-len leaves, consecutive windows
 // sharing --doc-stride tokens. A row's labels are the first and last position of the
 // first answer when the window holds all of it, else the [CLS] position (as for an
-// unanswerable question). One case differs from run_qa on purpose: an answer that starts
+// unanswerable question; position 0 for a tokenizer without [CLS], such as GPT-2's). One case differs from run_qa on purpose: an answer that starts
 // at a window's last context token is labelled there, where run_qa's scan runs on over
 // [SEP] and the padding and labels a position outside the context. Each row keeps its context positions' character offsets and
 // the example it came from, and the split keeps every example's id, context and answers

@@ -97,8 +97,7 @@ std::string lowercase(std::string_view text) {
 }
 
 std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view, std::vector<CharSpan>&) const {
-  throw std::runtime_error(std::string(kind()) + " tokenizers do not report character offsets; "
-                           "only WordPiece (BERT) tokenizers do");
+  throw std::runtime_error(std::string(kind()) + " tokenizers do not report character offsets");
 }
 
 Encoding Tokenizer::encode_with_specials(std::string_view text, const EncodeOptions& options) const {

@@ -114,7 +114,8 @@ class Tokenizer {
   // encode() with each id's characters in the text (offsets: one per id), as Hugging
   // Face's offset_mapping gives them: an added token covers its match, a word piece the
   // characters its normalized text came from. Throws std::runtime_error for a tokenizer
-  // that does not track offsets (only WordPiece does).
+  // that does not track offsets (WordPiece does, and byte-level BPE without a
+  // normalizer or an added prefix space).
   virtual std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<CharSpan>& offsets) const;
 
   // One text, or a pair, with the model's special tokens and token types.

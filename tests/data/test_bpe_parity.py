@@ -374,3 +374,38 @@ def test_unsupported_configurations_are_refused(trained):
     whitespace = Tokenizer.from_file(str(trained["json"] / "tokenizer.json"))
     whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
     refused(trained, "whitespace", whitespace, "pre_tokenizer.type")
+
+
+# ---- character offsets (question answering maps answers with them) ----
+
+DUMP = BUILD_DIR / "tests" / "data" / "tokenize_dump"
+
+
+def offsets_of(directory, texts, tmp_path):
+    payload = tmp_path / f"offsets-{random.random()}.json"
+    payload.write_text(json.dumps(texts), encoding="utf-8")
+    result = subprocess.run([str(DUMP), str(directory), "encode_offsets", str(payload)], capture_output=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return json.loads(result.stdout)
+
+
+def reference_offsets(tokenizer, texts):
+    return [{"ids": e.ids, "offsets": [list(span) for span in e.offsets]}
+            for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_offsets_match(trained, texts, tmp_path):
+    """Offsets of byte-level BPE, GPT-2's and Llama 3's pipelines: multi-byte characters
+    cut between tokens, leading spaces, added tokens."""
+    reference = Tokenizer.from_file(str(trained["json"] / "tokenizer.json"))
+    cases = texts + ["café naïve 日本語 😀 " + EOT + " after", " two  spaces\n\n"]
+    expected = reference_offsets(reference, cases)
+    assert any(a == b for e in expected for a, b in zip(e["offsets"], e["offsets"][1:])), \
+        "some characters should be cut between tokens"
+    assert_same_ids(offsets_of(trained["json"], cases, tmp_path), expected, cases)
+    llama3 = trained["root"] / "llama3_style"
+    if not (llama3 / "tokenizer.json").exists():
+        test_split_before_byte_level_matches(trained, texts, tmp_path)
+    reference = Tokenizer.from_file(str(llama3 / "tokenizer.json"))
+    assert_same_ids(offsets_of(llama3, cases, tmp_path), reference_offsets(reference, cases), cases)

@@ -56,11 +56,13 @@ def run_qa_features(tokenizer, examples, max_length, stride):
     prepare_validation_features keeps (None outside the context)."""
     encoded = tokenizer([e["question"].lstrip() for e in examples], [e["context"] for e in examples],
                         truncation="only_second", max_length=max_length, stride=stride,
-                        return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
+                        return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length",
+                        return_token_type_ids=True)
     rows = []
     for i, offsets in enumerate(encoded["offset_mapping"]):
         input_ids = encoded["input_ids"][i]
-        cls_index = input_ids.index(tokenizer.cls_token_id)
+        # A tokenizer without [CLS] (GPT-2) marks unanswerable windows at position 0.
+        cls_index = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id is not None else 0
         sequence_ids = encoded.sequence_ids(i)
         example = examples[encoded["overflow_to_sample_mapping"][i]]
         answers = example["answers"]
@@ -252,8 +254,18 @@ def test_question_without_room_and_stride_too_large(tmp_path, bert_dir):
     assert result.returncode == 1 and "--doc-stride 12 must be smaller than the 12 context tokens" in result.stderr
 
 
-def test_byte_level_bpe_is_refused(tmp_path):
-    result = run_prep("--task", "question_answering", "-i", TINY_SQUAD / "validation.json", "-t",
-                      SOURCE / "configs" / "models" / "tiny-gpt2", "-o", tmp_path / "qa.h5", "--seq-len", "64",
-                      check=False)
-    assert result.returncode == 1 and "do not report character offsets" in result.stderr, result.stderr
+def test_byte_level_bpe_rows_equal_transformers(tmp_path):
+    """A decoder's tokenizer (GPT-2's byte-level BPE, no special tokens): the rows are
+    question + window, padded with EOS, labelled as above with position 0 for no answer."""
+    from transformers import PreTrainedTokenizerFast
+    gpt2_dir = SOURCE / "configs" / "models" / "tiny-gpt2"
+    gpt2 = PreTrainedTokenizerFast(tokenizer_file=str(gpt2_dir / "tokenizer.json"), eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+    out = tmp_path / "qa.h5"
+    run_prep("--task", "question_answering", "-i", TINY_SQUAD / "validation.json", "--validation-fraction", "0",
+             "-t", gpt2_dir, "-o", out, "--seq-len", "96", "--doc-stride", "24")
+    _, rows, _ = read_split(out, "train")
+    reference = run_qa_features(gpt2, squad_examples(TINY_SQUAD / "validation.json"), 96, 24)
+    assert len({r["example"] for r in reference}) < len(reference), "some questions need several windows"
+    past_context = assert_rows_equal(rows, reference, 96)
+    assert past_context < len(reference) / 20

@@ -230,11 +230,15 @@ def test_minilm_offsets(minilm, texts, tmp_path):
 
 
 def test_offsets_refused_where_not_tracked(tmp_path):
-    """Byte-level BPE does not report offsets: asking is an error that says so, not wrong spans."""
+    """A byte-level BPE that adds a prefix space does not report offsets: asking is an
+    error that says so, not wrong spans."""
     gpt2 = Path(__file__).resolve().parents[2] / "configs" / "models" / "tiny-gpt2"
-    result = run_cpp_failing(gpt2, "encode_offsets", ["hello"], tmp_path)
+    document = json.loads((gpt2 / "tokenizer.json").read_text(encoding="utf-8"))
+    document["pre_tokenizer"]["add_prefix_space"] = True
+    directory = write_variant(tmp_path, "prefix_space", document)
+    result = run_cpp_failing(directory, "encode_offsets", ["hello"], tmp_path)
     assert result.returncode != 0
-    assert b"do not report character offsets" in result.stderr
+    assert b"report character offsets only when byte-level" in result.stderr
 
 
 def run_cpp_failing(model_dir, mode, payload, tmp_path):
