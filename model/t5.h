@@ -1,0 +1,151 @@
+// T5 (Raffel et al., 2020), the encoder-decoder of summarization and translation: an
+// encoder of bidirectional self-attention blocks and a decoder of causal
+// self-attention, cross-attention to the encoder's output and feed-forward blocks, each
+// sublayer x + f(rmsnorm(x)). Attention has no 1/sqrt(d) scaling and no position
+// embedding: a learned bias per head and relative-distance bucket (the first block of
+// each stack owns it, every block adds it). Feed-forward: relu (T5) or a gated GELU
+// (T5 v1.1, flan-t5). The head shares the token embedding (scaled by d_model^-0.5) or
+// has its own weight (v1.1).
+//
+// Submodule and parameter names mirror Hugging Face's T5ForConditionalGeneration
+// (shared, encoder.block.<i>.layer.0.SelfAttention.q, ..., decoder.block.<i>.layer.1.
+// EncDecAttention.k, lm_head), so checkpoints load without renaming. Linear layers and
+// the embedding are model/linear.h's, which dist/ can make tensor-parallel.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "model/hf_checkpoint.h"
+#include "model/linear.h"
+#include "model/llama.h"
+#include "model/t5_config.h"
+
+namespace ftrain::model {
+
+// T5's layer norm is RMS normalisation with a scale only: Llama's.
+using T5LayerNorm = LlamaRmsNorm;
+
+// Attention of one block: self-attention (memory undefined) or cross-attention to the
+// encoder's output. The first block of a stack holds relative_attention_bias.
+class T5AttentionImpl : public torch::nn::Module {
+ public:
+  T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool bidirectional);
+  // x (B, Tq, C), memory (B, Tk, C) or undefined, bias (1 or B, H, Tq, Tk): added to the
+  // scores (position bias and mask) -> (B, Tq, C).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias);
+  // The learned bias of every (query, key) distance: (1, H, Tq, Tk), query i at position
+  // offset + i. Only for the layer that holds relative_attention_bias.
+  torch::Tensor position_bias(int64_t query_length, int64_t key_length, int64_t offset, const c10::Device& device);
+
+  Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};  // C -> H d_kv, and back
+  torch::nn::Embedding relative_attention_bias{nullptr};  // (buckets, H), first block only
+
+ private:
+  int64_t heads_, head_dim_, buckets_, max_distance_;
+  bool bidirectional_;
+  double dropout_;
+};
+TORCH_MODULE(T5Attention);
+
+// DenseReluDense: wo(act(wi x)), or wo(act(wi_0 x) * wi_1 x) when gated.
+class T5FeedForwardImpl : public torch::nn::Module {
+ public:
+  explicit T5FeedForwardImpl(const T5Config& config);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  Linear wi{nullptr}, wi_0{nullptr}, wi_1{nullptr}, wo{nullptr};
+
+ private:
+  std::string activation_;
+  double dropout_;
+};
+TORCH_MODULE(T5FeedForward);
+
+// One sublayer, x + dropout(f(layer_norm(x))), holding SelfAttention, EncDecAttention
+// or DenseReluDense under Hugging Face's name.
+class T5SublayerImpl : public torch::nn::Module {
+ public:
+  enum class Kind { self_attention, cross_attention, feed_forward };
+  T5SublayerImpl(const T5Config& config, Kind kind, bool has_relative_attention_bias, bool bidirectional);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory = {}, const torch::Tensor& bias = {});
+
+  T5Attention attention{nullptr};  // SelfAttention or EncDecAttention
+  T5FeedForward feed_forward{nullptr};  // DenseReluDense
+  T5LayerNorm layer_norm{nullptr};
+
+ private:
+  double dropout_;
+};
+TORCH_MODULE(T5Sublayer);
+
+// A stack of blocks (encoder or decoder) and its final layer norm; the token embedding
+// is the model's `shared`, passed in.
+class T5StackImpl : public torch::nn::Module {
+ public:
+  T5StackImpl(const T5Config& config, bool is_decoder);
+  // embedded (B, T, C); mask (B, T) 1/0 or undefined; the decoder also reads the
+  // encoder's output (B, S, C) and its mask (B, S). -> (B, T, C).
+  torch::Tensor forward(const torch::Tensor& embedded, const torch::Tensor& mask, const torch::Tensor& encoder_output = {},
+                        const torch::Tensor& encoder_mask = {});
+
+  torch::nn::ModuleList block{nullptr};  // each a ModuleList `layer` of T5Sublayers
+  T5LayerNorm final_layer_norm{nullptr};
+
+ private:
+  bool is_decoder_;
+  double dropout_;
+};
+TORCH_MODULE(T5Stack);
+
+class T5Impl : public torch::nn::Module {
+ public:
+  explicit T5Impl(const T5Config& config);  // validates config
+
+  // The encoder's output for input_ids (B, S) with attention_mask (B, S) or undefined.
+  torch::Tensor encode(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
+  // Next-token logits (B, T, V) of decoder_input_ids (B, T) given the encoder's output.
+  torch::Tensor decode(const torch::Tensor& decoder_input_ids, const torch::Tensor& encoder_output,
+                       const torch::Tensor& attention_mask = {}, const torch::Tensor& decoder_attention_mask = {});
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                        const torch::Tensor& decoder_input_ids, const torch::Tensor& decoder_attention_mask = {});
+
+  // The decoder's input for labels (B, T): decoder_start_token_id, then the labels
+  // shifted right, -100 read as pad_token_id (as Hugging Face's _shift_right).
+  torch::Tensor shift_right(const torch::Tensor& labels) const;
+
+  const T5Config& config() const { return config_; }
+
+  Embedding shared{nullptr};  // (V, C), the encoder's, the decoder's and (tied) the head's
+  T5Stack encoder{nullptr}, decoder{nullptr};
+  Linear lm_head{nullptr};  // untied only
+
+ private:
+  T5Config config_;
+};
+TORCH_MODULE(T5);
+
+// Reads config.json and the weights of a Hugging Face T5 directory (model.safetensors or
+// its sharded index). Throws std::runtime_error naming the file and the tensors that do
+// not match config.json, or the config key ftrain does not support.
+T5 load_t5(const std::filesystem::path& dir);
+
+// The parameters under their Hugging Face names (lm_head only when untied).
+NamedTensors to_hf_state(T5& model);
+
+// Copies tensors named as Hugging Face stores them into the model, after checking that
+// every parameter is present once with its shape. encoder/decoder.embed_tokens.weight
+// (copies of shared.weight) and, when tied, lm_head.weight are accepted when equal to
+// shared.weight; anything else unknown is an error, all problems in one message.
+void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& source);
+
+// Writes config.json and model.safetensors in Hugging Face's layout.
+void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory existing = ExistingDirectory::refuse);
+
+}  // namespace ftrain::model
