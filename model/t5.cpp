@@ -47,6 +47,12 @@ torch::Tensor additive_mask(const torch::Tensor& mask, torch::ScalarType dtype) 
 
 }  // namespace
 
+void T5Cache::reorder(const torch::Tensor& rows) {
+  for (auto* entries : {&self, &cross})
+    for (auto& [keys, values] : *entries)
+      if (keys.defined()) keys = keys.index_select(0, rows), values = values.index_select(0, rows);
+}
+
 // ---- attention ----
 
 T5AttentionImpl::T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool bidirectional)
@@ -74,11 +80,23 @@ torch::Tensor T5AttentionImpl::position_bias(int64_t query_length, int64_t key_l
   return relative_attention_bias->forward(buckets).permute({2, 0, 1}).unsqueeze(0);  // (1, H, Tq, Tk)
 }
 
-torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias) {
+torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias,
+                                       std::pair<torch::Tensor, torch::Tensor>* cached) {
   const int64_t B = x.size(0), T = x.size(1);
   const torch::Tensor& source = memory.defined() ? memory : x;
   const auto heads = [&](const torch::Tensor& t) { return t.view({B, t.size(1), -1, head_dim_}).transpose(1, 2); };
-  const torch::Tensor attended = dot_product_attention(heads(q(x)), heads(k(source)), heads(v(source)), bias,
+  torch::Tensor keys, values;
+  if (cached && memory.defined() && cached->first.defined()) {
+    std::tie(keys, values) = *cached;  // the encoder's output does not change
+  } else {
+    keys = heads(k(source)), values = heads(v(source));
+    if (cached && !memory.defined() && cached->first.defined()) {
+      keys = torch::cat({cached->first, keys}, 2);
+      values = torch::cat({cached->second, values}, 2);
+    }
+    if (cached) *cached = {keys, values};
+  }
+  const torch::Tensor attended = dot_product_attention(heads(q(x)), keys, values, bias,
                                                        is_training() ? dropout_ : 0.0, /*is_causal=*/false, 1.0);
   return o(attended.transpose(1, 2).reshape({B, T, -1}));
 }
@@ -120,9 +138,10 @@ T5SublayerImpl::T5SublayerImpl(const T5Config& config, Kind kind, bool has_relat
   layer_norm = register_module("layer_norm", T5LayerNorm(config.d_model, config.layer_norm_epsilon));
 }
 
-torch::Tensor T5SublayerImpl::forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias) {
+torch::Tensor T5SublayerImpl::forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias,
+                                      std::pair<torch::Tensor, torch::Tensor>* cached) {
   const torch::Tensor normed = layer_norm(x);
-  const torch::Tensor out = feed_forward ? feed_forward(normed) : attention(normed, memory, bias);
+  const torch::Tensor out = feed_forward ? feed_forward(normed) : attention->forward(normed, memory, bias, cached);
   return x + hashed_dropout(out, dropout_, is_training());
 }
 
@@ -144,16 +163,19 @@ T5StackImpl::T5StackImpl(const T5Config& config, bool is_decoder)
 }
 
 torch::Tensor T5StackImpl::forward(const torch::Tensor& embedded, const torch::Tensor& mask,
-                                   const torch::Tensor& encoder_output, const torch::Tensor& encoder_mask) {
+                                   const torch::Tensor& encoder_output, const torch::Tensor& encoder_mask, T5Cache* cache) {
   const int64_t T = embedded.size(1);
   const auto sublayer = [&](int64_t b, int64_t l) {
     return block[b]->named_children()[0].value()->as<torch::nn::ModuleList>()->ptr(l)->as<T5SublayerImpl>();
   };
+  const int64_t cached = cache ? cache->length() : 0;
+  if (cache && cache->self.empty()) cache->self.resize(block->size()), cache->cross.resize(block->size());
   // The first block's bias serves every block, with the masks folded in.
-  torch::Tensor self_bias = sublayer(0, 0)->attention->position_bias(T, T, 0, embedded.device());
+  torch::Tensor self_bias = sublayer(0, 0)->attention->position_bias(T, cached + T, cached, embedded.device());
   if (is_decoder_) {
-    const torch::Tensor causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(embedded.device()))
-                                     .tril();
+    // Query i (position cached + i) sees the keys up to its own position.
+    const torch::Tensor causal =
+        torch::ones({T, cached + T}, torch::TensorOptions().dtype(torch::kBool).device(embedded.device())).tril(cached);
     self_bias = self_bias + torch::where(causal, 0.0, static_cast<double>(std::numeric_limits<float>::lowest()))
                                 .to(self_bias.scalar_type());
   }
@@ -163,8 +185,9 @@ torch::Tensor T5StackImpl::forward(const torch::Tensor& embedded, const torch::T
 
   torch::Tensor h = hashed_dropout(embedded, dropout_, is_training());
   for (size_t b = 0; b < block->size(); ++b) {
-    h = sublayer(static_cast<int64_t>(b), 0)->forward(h, {}, self_bias);
-    if (is_decoder_) h = sublayer(static_cast<int64_t>(b), 1)->forward(h, encoder_output, cross_bias);
+    h = sublayer(static_cast<int64_t>(b), 0)->forward(h, {}, self_bias, cache ? &cache->self[b] : nullptr);
+    if (is_decoder_)
+      h = sublayer(static_cast<int64_t>(b), 1)->forward(h, encoder_output, cross_bias, cache ? &cache->cross[b] : nullptr);
     h = sublayer(static_cast<int64_t>(b), is_decoder_ ? 2 : 1)->forward(h);
   }
   return hashed_dropout(final_layer_norm(h), dropout_, is_training());
@@ -186,8 +209,9 @@ torch::Tensor T5Impl::encode(const torch::Tensor& input_ids, const torch::Tensor
 }
 
 torch::Tensor T5Impl::decode(const torch::Tensor& decoder_input_ids, const torch::Tensor& encoder_output,
-                             const torch::Tensor& attention_mask, const torch::Tensor& decoder_attention_mask) {
-  torch::Tensor h = decoder(shared(decoder_input_ids), decoder_attention_mask, encoder_output, attention_mask);
+                             const torch::Tensor& attention_mask, const torch::Tensor& decoder_attention_mask,
+                             T5Cache* cache) {
+  torch::Tensor h = decoder(shared(decoder_input_ids), decoder_attention_mask, encoder_output, attention_mask, cache);
   if (config_.scale_decoder_outputs) h = h * std::pow(static_cast<double>(config_.d_model), -0.5);
   return lm_head ? lm_head(h) : torch::nn::functional::linear(h, shared->weight);
 }

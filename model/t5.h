@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "model/hf_checkpoint.h"
 #include "model/linear.h"
@@ -32,14 +34,27 @@ namespace ftrain::model {
 // T5's layer norm is RMS normalisation with a scale only: Llama's.
 using T5LayerNorm = LlamaRmsNorm;
 
+// What decoding one token at a time keeps per decoder block: the self-attention's keys
+// and values of the positions so far, and the cross-attention's of the encoder output,
+// computed once. Each (B, H, T, d_kv); empty until the first cached decode.
+struct T5Cache {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> self, cross;
+  int64_t length() const { return self.empty() || !self.front().first.defined() ? 0 : self.front().first.size(2); }
+  // Keeps, for each row, the entries of row `rows[i]` (beam search's parents).
+  void reorder(const torch::Tensor& rows);
+};
+
 // Attention of one block: self-attention (memory undefined) or cross-attention to the
 // encoder's output. The first block of a stack holds relative_attention_bias.
 class T5AttentionImpl : public torch::nn::Module {
  public:
   T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool bidirectional);
   // x (B, Tq, C), memory (B, Tk, C) or undefined, bias (1 or B, H, Tq, Tk): added to the
-  // scores (position bias and mask) -> (B, Tq, C).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias);
+  // scores (position bias and mask) -> (B, Tq, C). With `cached`, self-attention appends
+  // x's keys and values to it and attends to all of them; cross-attention computes the
+  // memory's once and reads them from it after.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias,
+                        std::pair<torch::Tensor, torch::Tensor>* cached = nullptr);
   // The learned bias of every (query, key) distance: (1, H, Tq, Tk), query i at position
   // offset + i. Only for the layer that holds relative_attention_bias.
   torch::Tensor position_bias(int64_t query_length, int64_t key_length, int64_t offset, const c10::Device& device);
@@ -74,7 +89,8 @@ class T5SublayerImpl : public torch::nn::Module {
  public:
   enum class Kind { self_attention, cross_attention, feed_forward };
   T5SublayerImpl(const T5Config& config, Kind kind, bool has_relative_attention_bias, bool bidirectional);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory = {}, const torch::Tensor& bias = {});
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory = {}, const torch::Tensor& bias = {},
+                        std::pair<torch::Tensor, torch::Tensor>* cached = nullptr);
 
   T5Attention attention{nullptr};  // SelfAttention or EncDecAttention
   T5FeedForward feed_forward{nullptr};  // DenseReluDense
@@ -91,9 +107,11 @@ class T5StackImpl : public torch::nn::Module {
  public:
   T5StackImpl(const T5Config& config, bool is_decoder);
   // embedded (B, T, C); mask (B, T) 1/0 or undefined; the decoder also reads the
-  // encoder's output (B, S, C) and its mask (B, S). -> (B, T, C).
+  // encoder's output (B, S, C) and its mask (B, S). -> (B, T, C). With a cache
+  // (decoder), the positions continue those cached and their keys and values join them;
+  // `mask` then covers every position, cached ones included.
   torch::Tensor forward(const torch::Tensor& embedded, const torch::Tensor& mask, const torch::Tensor& encoder_output = {},
-                        const torch::Tensor& encoder_mask = {});
+                        const torch::Tensor& encoder_mask = {}, T5Cache* cache = nullptr);
 
   torch::nn::ModuleList block{nullptr};  // each a ModuleList `layer` of T5Sublayers
   T5LayerNorm final_layer_norm{nullptr};
@@ -110,9 +128,11 @@ class T5Impl : public torch::nn::Module {
 
   // The encoder's output for input_ids (B, S) with attention_mask (B, S) or undefined.
   torch::Tensor encode(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {});
-  // Next-token logits (B, T, V) of decoder_input_ids (B, T) given the encoder's output.
+  // Next-token logits (B, T, V) of decoder_input_ids (B, T) given the encoder's output;
+  // with a cache, decoder_input_ids continue the positions it holds.
   torch::Tensor decode(const torch::Tensor& decoder_input_ids, const torch::Tensor& encoder_output,
-                       const torch::Tensor& attention_mask = {}, const torch::Tensor& decoder_attention_mask = {});
+                       const torch::Tensor& attention_mask = {}, const torch::Tensor& decoder_attention_mask = {},
+                       T5Cache* cache = nullptr);
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                         const torch::Tensor& decoder_input_ids, const torch::Tensor& decoder_attention_mask = {});
 

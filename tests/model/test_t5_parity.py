@@ -23,8 +23,8 @@ TOOL = BUILD_DIR / "tests" / "model" / "t5_forward"
 VOCAB = 96
 
 
-def make_config(variant):
-    common = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+def make_config(variant, decoder_layers=3):
+    common = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=decoder_layers, num_heads=4,
                   relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     if variant == "v1.0":
@@ -43,8 +43,8 @@ def randomise(model):
     return model.eval()
 
 
-def save_model(variant, directory):
-    model = randomise(T5ForConditionalGeneration(make_config(variant)))
+def save_model(variant, directory, decoder_layers=3):
+    model = randomise(T5ForConditionalGeneration(make_config(variant, decoder_layers)))
     if variant == "untied":
         # transformers 5 ties T5's head to its embedding whatever the config says; a file
         # with its own lm_head.weight (T5 v1.1 as published) is written by hand.
@@ -140,3 +140,57 @@ def test_unsupported_configs_are_refused_by_key(tmp_path, key, value, message):
     result = run_tool(tmp_path / "hf", {"input_ids": ids, "labels": labels}, tmp_path, check=False)
     assert result.returncode == 1
     assert str(tmp_path / "hf" / "config.json") in result.stderr and message in result.stderr, result.stderr
+
+
+# ---- generation: greedy and beam search token for token ----
+
+GENERATE = BUILD_DIR / "tests" / "model" / "t5_generate"
+
+
+def run_generate(model_dir, inputs, tmp_path, max_new_tokens, num_beams, length_penalty, early_stopping):
+    save_file(inputs, str(tmp_path / "gen_inputs.safetensors"))
+    stopping = {False: "heuristic", True: "on_full", "never": "never"}[early_stopping]
+    result = subprocess.run([str(GENERATE), str(model_dir), str(tmp_path / "gen_inputs.safetensors"),
+                             str(tmp_path / "gen_out.safetensors"), str(max_new_tokens), str(num_beams),
+                             str(length_penalty), stopping], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return load_file(str(tmp_path / "gen_out.safetensors"))["sequences"]
+
+
+def with_likely_eos(model, ids, mask, strength=0.8):
+    """Sharper next-token distributions (fewer near-ties), and an EOS embedding along the
+    decoder's mean output, so that sequences and beams end at different lengths."""
+    with torch.no_grad():
+        model.shared.weight.mul_(2.0)
+        decoded = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14)
+        hidden = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoded,
+                       output_hidden_states=True).decoder_hidden_states[-1]
+        direction = hidden.reshape(-1, hidden.shape[-1]).mean(0)
+        model.shared.weight[1] = strength * direction / direction.norm() * model.shared.weight.norm(dim=1).mean()
+    return model
+
+
+@pytest.mark.parametrize("variant,num_beams,length_penalty,early_stopping", [
+    ("v1.0", 1, 1.0, False),
+    ("v1.1", 1, 1.0, False),
+    ("v1.0", 3, 1.0, False),
+    ("v1.1", 4, 0.6, False),
+    ("v1.0", 3, 2.0, True),
+    ("v1.1", 3, 1.5, "never"),
+    ("v1.0", 2, -0.5, "never"),
+])
+def test_generate_matches_transformers(tmp_path, variant, num_beams, length_penalty, early_stopping):
+    # transformers' generation cache sizes the decoder's by num_layers: equal stacks here.
+    ids, mask, _ = batch(4)
+    ids, mask = ids[:, :12].contiguous(), mask[:, :12].contiguous()
+    ids[mask == 0] = 0
+    model = with_likely_eos(save_model(variant, tmp_path / "hf", decoder_layers=2), ids, mask)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    with torch.no_grad():
+        expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, num_beams=num_beams,
+                                  length_penalty=length_penalty, early_stopping=early_stopping, do_sample=False)
+    if length_penalty <= 1.0:  # a larger penalty prefers the long beams in the end
+        assert any(1 in row[1:-1] for row in expected.tolist()), "some sequences should end before max_new_tokens"
+    ours = run_generate(tmp_path / "hf", {"input_ids": ids, "attention_mask": mask}, tmp_path, 14, num_beams,
+                        length_penalty, early_stopping)
+    assert ours.tolist() == expected.tolist()
