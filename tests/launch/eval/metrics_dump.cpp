@@ -6,6 +6,8 @@
 //    "sentences": [{"truth": [...], "predicted": [...]}, ...]}
 //   {"task": "squad", "items": [{"prediction": text, "answers": [text, ...]}, ...]}
 //       -> {"normalized": [...], "exact_match": [...], "f1": [...]} per item
+//   {"task": "text", "shards": k, "pairs": [{"prediction": text, "reference": text}, ...]}
+//       -> {"rouge": [[r1, r2, rL], ...] per pair, "tokens_13a": [...], "bleu": corpus BLEU}
 //
 // Example i is counted on shard i % k and the shards' count vectors are summed, as the
 // all-reduce of an evaluation does, before any score is computed. Entities are listed per
@@ -19,6 +21,7 @@
 
 #include "launch/eval/metrics.h"
 #include "launch/eval/squad.h"
+#include "launch/eval/text_metrics.h"
 
 using namespace ftrain::launch;
 using nlohmann::json;
@@ -99,6 +102,23 @@ json squad(const json& input) {
   return out;
 }
 
+json text(const json& input, int64_t num_shards) {
+  json out = {{"rouge", json::array()}, {"tokens_13a", json::array()}};
+  std::vector<BleuCounts> shards(num_shards);
+  const json& pairs = input.at("pairs");
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const std::string prediction = pairs[i].at("prediction"), reference = pairs[i].at("reference");
+    const auto rouge = rouge_f(prediction, reference);
+    out["rouge"].push_back(json::array({rouge[0], rouge[1], rouge[2]}));
+    out["tokens_13a"].push_back(bleu_13a(prediction));
+    shards[i % num_shards].add(prediction, reference);
+  }
+  std::vector<std::vector<int64_t>> buffers;
+  for (const auto& shard : shards) buffers.push_back(shard.as_vector());
+  out["bleu"] = BleuCounts::from_vector(sum_elementwise(buffers)).score();
+  return out;
+}
+
 }  // namespace
 
 int main() {
@@ -111,6 +131,8 @@ int main() {
       std::cout << classification(input, num_shards).dump() << "\n";
     } else if (task == "entities") {
       std::cout << entities(input, num_shards).dump() << "\n";
+    } else if (task == "text") {
+      std::cout << text(input, num_shards).dump() << "\n";
     } else if (task == "squad") {
       std::cout << squad(input).dump() << "\n";
     } else {

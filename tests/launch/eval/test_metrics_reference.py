@@ -221,3 +221,50 @@ def test_squad_scores_match_torchmetrics():
         assert ours["f1"][i] == pytest.approx(f1, rel=1e-6), item  # torchmetrics computes in float32
     assert 0.2 < sum(ours["exact_match"]) / len(items) < 0.8
     assert any(0 < f1 < 1 for f1 in ours["f1"])
+
+
+# ---- ROUGE and BLEU of generated text, against rouge-score and sacreBLEU ----
+
+TEXT_PIECES = ["the", "cat", "sat", "on", "a", "mat", "The", "CAT", "Cat's", "dog", "ran", "1,200", "3.5", "2020-21",
+               "e-mail", "U.S.", "co-op", "(quoted)", "\"say\"", "it's", "&amp;", "&lt;b&gt;", "$100", "50%", "x/y",
+               "naïve", "café", "Straße", "日本", "—", "...", "!", "?", ",", ".", ";", ":", "-", "--", "end.", "A.B.",
+               "\t", "  ", "\n", "under_score", "hello-\nworld", "<skipped>", "#tag", "@user", "[x]", "{y}", "~z"]
+
+
+def random_sentence(rng, longest=16):
+    return " ".join(rng.choice(TEXT_PIECES) for _ in range(rng.randint(0, longest)))
+
+
+def text_pairs(rng, count):
+    pairs = []
+    for _ in range(count):
+        reference = random_sentence(rng)
+        words = reference.split(" ")
+        # Predictions that share words with the reference, in and out of order.
+        prediction = " ".join(w for w in words if rng.random() < 0.7) + " " + random_sentence(rng, 4)
+        pairs.append({"prediction": rng.choice([prediction, random_sentence(rng), reference]), "reference": reference})
+    return pairs
+
+
+def test_rouge_and_bleu_match_rouge_score_and_sacrebleu():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    pairs = text_pairs(random.Random(21), 400)
+    ours = ftrain_metrics(dict(task="text", shards=3, pairs=pairs))
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    tokenize = Tokenizer13a()
+    for pair, rouge, tokens in zip(pairs, ours["rouge"], ours["tokens_13a"]):
+        expected = scorer.score(pair["reference"], pair["prediction"])
+        assert rouge == pytest.approx([expected[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")], abs=1e-12), pair
+        assert tokens == tokenize(pair["prediction"]), pair
+    assert any(0 < r[1] < 1 for r in ours["rouge"]) and any(r[2] == 1 for r in ours["rouge"])
+    bleu = sacrebleu.corpus_bleu([p["prediction"] for p in pairs], [[p["reference"] for p in pairs]])
+    assert ours["bleu"] == pytest.approx(bleu.score, abs=1e-9)
+    assert 5 < ours["bleu"] < 95
+    # Few pairs: orders without any match take sacreBLEU's exponential smoothing.
+    few = pairs[:3]
+    ours_few = ftrain_metrics(dict(task="text", shards=2, pairs=few))["bleu"]
+    assert ours_few == pytest.approx(sacrebleu.corpus_bleu([p["prediction"] for p in few],
+                                                           [[p["reference"] for p in few]]).score, abs=1e-9)
