@@ -32,6 +32,10 @@ void DatasetInfo::validate() const {
            std::to_string(pad_id));
   }
   if (task.empty()) reject(format::kAttrTask, "must name the task (e.g. causal_lm)", "an empty string");
+  if (target_len < 0 || target_len > format::kMaxSeqLen)
+    reject(format::kAttrTargetLen, "must be between 1 and " + std::to_string(format::kMaxSeqLen), std::to_string(target_len));
+  if ((task == format::kTaskSeq2Seq) != (target_len > 0))
+    reject(format::kAttrTargetLen, "is required by task seq2seq and only by it", std::to_string(target_len));
 }
 
 }  // namespace ftrain::data

@@ -38,6 +38,7 @@ inline constexpr char kAttrEosId[] = "eos_id";                  // int64, -1 if 
 inline constexpr char kAttrPadId[] = "pad_id";                  // int64, -1 if none
 inline constexpr char kAttrTokenizer[] = "tokenizer";           // string, path or description
 inline constexpr char kAttrTask[] = "task";                     // string, e.g. "causal_lm"
+inline constexpr char kAttrTargetLen[] = "target_len";          // int64, seq2seq: label positions per row
 
 // Split groups directly under the root.
 inline constexpr char kSplitTrain[] = "train";
@@ -72,6 +73,7 @@ inline constexpr char kTaskCausalLm[] = "causal_lm";
 inline constexpr char kTaskSequenceClassification[] = "sequence_classification";
 inline constexpr char kTaskTokenClassification[] = "token_classification";
 inline constexpr char kTaskQuestionAnswering[] = "question_answering";
+inline constexpr char kTaskSeq2Seq[] = "seq2seq";
 
 // Rows per HDF5 chunk: 64 rows of 2048 int32 tokens are 512 KiB, small enough that a
 // random row costs little extra I/O and large enough to keep the chunk index short.
@@ -96,6 +98,9 @@ struct DatasetInfo {
   std::string task = format::kTaskCausalLm;
   // Classification datasets: label id i is label_names[i]. Empty for other tasks.
   std::vector<std::string> label_names;
+  // Sequence-to-sequence datasets: the target's positions per row (labels (N, target_len));
+  // 0 for other tasks.
+  int64_t target_len = 0;
 
   // Throws std::runtime_error naming the attribute that is out of range.
   void validate() const;

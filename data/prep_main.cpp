@@ -25,6 +25,7 @@
 #include "data/document_reader.h"
 #include "data/prep_records.h"
 #include "data/prep_qa.h"
+#include "data/prep_seq2seq.h"
 #include "data/prep_tasks.h"
 #include "data/row_packer.h"
 #include "data/sample_order.h"
@@ -110,8 +111,8 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
        "input file, repeatable: .txt (one document per line), .jsonl (one JSON object per line), "
        ".csv or .tsv (a header row naming the columns), .conll (token<TAB>tag lines)")
       ("task", po::value(&task)->default_value("causal_lm"),
-       "causal_lm (packed documents), sequence_classification, token_classification, instruction or "
-       "question_answering (SQuAD .json or .jsonl)")
+       "causal_lm (packed documents), sequence_classification, token_classification, instruction, "
+       "question_answering (SQuAD .json or .jsonl) or seq2seq (source and target texts)")
       ("text-column", po::value<std::string>(),
        "column (CSV/TSV header or JSON key) holding the text; default 'text' (same as --text-key)")
       ("validation-text-column", po::value<std::string>(),
@@ -139,6 +140,14 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
        "question_answering: JSON Lines key of the answers ({\"text\": [...], \"answer_start\": [...]})")
       ("doc-stride", po::value(&options.task.doc_stride)->default_value(128),
        "question_answering: tokens shared by consecutive windows over a context longer than a row")
+      ("source-column", po::value(&options.task.source_column)->default_value("source"),
+       "seq2seq: column of the source text (a.b for a nested JSON key, e.g. translation.en)")
+      ("target-column", po::value(&options.task.target_column)->default_value("target"),
+       "seq2seq: column of the target text (e.g. translation.de)")
+      ("source-prefix", po::value(&options.task.source_prefix),
+       "seq2seq: text put before every source, e.g. 'summarize: ' or 'translate English to German: '")
+      ("target-len", po::value(&options.task.target_len)->default_value(128),
+       "seq2seq: tokens of the target kept (the source keeps --seq-len)")
       ("packing", po::value(&packing),
        "causal_lm: 'concatenate' (default: documents cut into full rows, reading across their boundaries) or "
        "'documents' (whole documents per row with document masking; longer ones split into row-sized pieces); "
@@ -203,10 +212,11 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
                                                  {"sequence_classification", PrepTask::kSequenceClassification},
                                                  {"token_classification", PrepTask::kTokenClassification},
                                                  {"instruction", PrepTask::kInstruction},
-                                                 {"question_answering", PrepTask::kQuestionAnswering}};
+                                                 {"question_answering", PrepTask::kQuestionAnswering},
+                                                 {"seq2seq", PrepTask::kSeq2Seq}};
   if (!tasks.contains(task)) {
-    throw po::error("--task must be causal_lm, sequence_classification, token_classification, instruction or "
-                    "question_answering, got '" + task + "'");
+    throw po::error("--task must be causal_lm, sequence_classification, token_classification, instruction, "
+                    "question_answering or seq2seq, got '" + task + "'");
   }
   fine_tune.task = tasks.at(task);
   if (truncation != "right" && truncation != "left") {
@@ -590,6 +600,8 @@ int main(int argc, char** argv) {
       run(*options);
     } else if (options->task.task == PrepTask::kQuestionAnswering) {
       prepare_qa_dataset(options->task);
+    } else if (options->task.task == PrepTask::kSeq2Seq) {
+      prepare_seq2seq_dataset(options->task);
     } else {
       prepare_task_dataset(options->task);
     }

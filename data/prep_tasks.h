@@ -15,7 +15,14 @@
 
 namespace ftrain::data {
 
-enum class PrepTask { kCausalLm, kSequenceClassification, kTokenClassification, kInstruction, kQuestionAnswering };
+enum class PrepTask {
+  kCausalLm,
+  kSequenceClassification,
+  kTokenClassification,
+  kInstruction,
+  kQuestionAnswering,
+  kSeq2Seq
+};
 
 struct TaskPrepOptions {
   PrepTask task = PrepTask::kSequenceClassification;
@@ -48,6 +55,12 @@ struct TaskPrepOptions {
   std::string answers_column = "answers";
   std::string id_column = "id";
   int64_t doc_stride = 128;
+  // Sequence to sequence (data/prep_seq2seq.h): columns (a.b for nested keys), the
+  // source's prefix, and the target's length (the source's is seq_len).
+  std::string source_column = "source";
+  std::string target_column = "target";
+  std::string source_prefix;
+  int64_t target_len = 128;
   Truncation truncation = Truncation::kRight;
   bool text_is_conll = false;
   Packing packing = Packing::kNone;  // kDocuments: instruction examples packed with document masking

@@ -75,10 +75,7 @@ Batch read_batch(const TokenDataset& dataset, std::span<const int64_t> rows) {
     dataset.read_token_type_ids(rows, batch.token_type_ids.data());
   }
   if (dataset.labels() != LabelKind::kNone) {
-    const std::size_t per_row = dataset.labels() == LabelKind::kPerRow ? 1
-                                : dataset.labels() == LabelKind::kSpan  ? 2
-                                                                        : static_cast<std::size_t>(batch.seq_len);
-    batch.labels.resize(rows.size() * per_row);
+    batch.labels.resize(rows.size() * static_cast<std::size_t>(dataset.label_width()));
     dataset.read_labels(rows, batch.labels.data());
   }
   return batch;
@@ -248,7 +245,7 @@ std::optional<Batch> EvalReader::next() {
       if (!is_filler[i]) continue;
       batch.sample_ids[i] = -1;
       std::fill_n(batch.loss_mask.begin() + static_cast<std::ptrdiff_t>(i * seq_len), seq_len, uint8_t{0});
-      const std::size_t per_row = batch.labels.size() / rows.size();  // 1, 2 (answer spans) or seq_len
+      const std::size_t per_row = batch.labels.size() / rows.size();  // TokenDataset::label_width()
       std::fill_n(batch.labels.begin() + static_cast<std::ptrdiff_t>(i * per_row), per_row, format::kIgnoreLabel);
     }
   }

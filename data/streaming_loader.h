@@ -59,6 +59,7 @@ struct Batch {
   // Same shape; segment of each position (BERT token types). Empty = all 0.
   std::vector<uint8_t> token_type_ids;
   // (batch_size) class per row, (batch_size, 2) answer span (first and last position),
+  // (batch_size, target_len) a sequence-to-sequence target,
   // or (batch_size, seq_len) tag per position; -100 = no
   // target. Empty = the split has no labels.
   std::vector<int64_t> labels;

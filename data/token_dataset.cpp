@@ -245,6 +245,8 @@ DatasetInfo read_root_attributes(hid_t file, const fs::path& path) {
   info.pad_id = read_int_attribute(file, "/", format::kAttrPadId, path);
   info.tokenizer = read_string_attribute(file, "/", format::kAttrTokenizer, path);
   info.task = read_string_attribute(file, "/", format::kAttrTask, path);
+  if (H5Aexists(file, format::kAttrTargetLen) > 0)
+    info.target_len = read_int_attribute(file, "/", format::kAttrTargetLen, path);
   if (H5Aexists(file, format::kAttrLabelNames) > 0) {
     const std::string text = read_string_attribute(file, "/", format::kAttrLabelNames, path);
     const auto names = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -519,6 +521,7 @@ TokenDatasetWriter::TokenDatasetWriter(fs::path output, DatasetInfo info, Writer
     write_int_attribute(root, format::kAttrPadId, info_.pad_id);
     write_string_attribute(root, format::kAttrTokenizer, info_.tokenizer);
     write_string_attribute(root, format::kAttrTask, info_.task);
+    if (info_.target_len > 0) write_int_attribute(root, format::kAttrTargetLen, info_.target_len);
     if (!info_.label_names.empty()) {
       write_string_attribute(root, format::kAttrLabelNames, nlohmann::json(info_.label_names).dump());
       write_int_attribute(root, format::kAttrNumLabels, static_cast<int64_t>(info_.label_names.size()));
@@ -578,6 +581,9 @@ void TokenDatasetWriter::create_split(std::string_view split, SplitFields fields
       writer->labels = create_extendable(group, format::kLabels, H5T_STD_I64LE, 2, seq_len, chunk_rows);
     } else if (fields.labels == LabelKind::kSpan) {
       writer->labels = create_extendable(group, format::kLabels, H5T_STD_I64LE, 2, 2, vector_chunk);
+    } else if (fields.labels == LabelKind::kTarget) {
+      writer->labels = create_extendable(group, format::kLabels, H5T_STD_I64LE, 2,
+                                         static_cast<hsize_t>(info_.target_len), chunk_rows);
     }
     if (fields.answer_spans) {
       writer->offset_mapping =
@@ -613,9 +619,11 @@ void TokenDatasetWriter::append_rows(std::string_view split, const RowBlock& row
   check_field(writer.fields.loss_mask, rows.loss_mask.size(), cells, format::kLossMask);
   check_field(writer.fields.attention_mask, rows.attention_mask.size(), cells, format::kAttentionMask);
   check_field(writer.fields.token_type_ids, rows.token_type_ids.size(), cells, format::kTokenTypeIds);
-  const std::size_t label_values = writer.fields.labels == LabelKind::kPerPosition ? cells
-                                   : writer.fields.labels == LabelKind::kSpan    ? 2 * static_cast<std::size_t>(rows.num_rows)
-                                                                                 : static_cast<std::size_t>(rows.num_rows);
+  const std::size_t label_values =
+      writer.fields.labels == LabelKind::kPerPosition ? cells
+      : writer.fields.labels == LabelKind::kSpan      ? 2 * static_cast<std::size_t>(rows.num_rows)
+      : writer.fields.labels == LabelKind::kTarget    ? static_cast<std::size_t>(rows.num_rows * info_.target_len)
+                                                      : static_cast<std::size_t>(rows.num_rows);
   check_field(writer.fields.labels != LabelKind::kNone, rows.labels.size(), label_values, format::kLabels);
   check_field(writer.fields.answer_spans, rows.offset_mapping.size(), 2 * cells, format::kOffsetMapping);
   check_field(writer.fields.answer_spans, rows.example_index.size(), static_cast<std::size_t>(rows.num_rows),
@@ -658,6 +666,9 @@ void TokenDatasetWriter::append_rows(std::string_view split, const RowBlock& row
     } else if (writer.fields.labels == LabelKind::kSpan) {
       append_block(writer.labels.get(), 2, 2, old_rows, new_rows, H5T_NATIVE_INT64, rows.labels.data(),
                    prefix + format::kLabels);
+    } else if (writer.fields.labels == LabelKind::kTarget) {
+      append_block(writer.labels.get(), 2, static_cast<hsize_t>(info_.target_len), old_rows, new_rows,
+                   H5T_NATIVE_INT64, rows.labels.data(), prefix + format::kLabels);
     }
     if (writer.fields.answer_spans) {
       append_block(writer.offset_mapping.get(), 2, 2 * width, old_rows, new_rows, H5T_NATIVE_INT32,
@@ -838,7 +849,13 @@ TokenDataset::TokenDataset(const fs::path& path, std::string_view split, ReaderO
   handles_->labels = open_column(group, split_, format::kLabels, kInt64, cache, path_, false);
   if (handles_->labels) {
     const auto& dims = handles_->labels->dims;
-    if (dims.size() == 1 && dims[0] == ids.dims[0]) {
+    if (info_.target_len > 0) {  // seq2seq: exactly (N, target_len)
+      if (dims != std::vector<hsize_t>{ids.dims[0], static_cast<hsize_t>(info_.target_len)})
+        throw file_error(path_, "dataset '" + handles_->labels->name + "' has shape " + describe_shape(dims) +
+                                    ", expected (" + std::to_string(ids.dims[0]) + ", " +
+                                    std::to_string(info_.target_len) + ") (attribute '/target_len')");
+      handles_->label_kind = LabelKind::kTarget;
+    } else if (dims.size() == 1 && dims[0] == ids.dims[0]) {
       handles_->label_kind = LabelKind::kPerRow;
     } else if (dims == ids.dims) {
       handles_->label_kind = LabelKind::kPerPosition;
@@ -922,6 +939,17 @@ void TokenDataset::read_labels(std::span<const int64_t> rows, int64_t* out) cons
   if (!handles_->labels) throw file_error(path_, "split '/" + split_ + "' has no labels");
   hdf5::QuietErrors quiet;
   read_selected_rows(*handles_->labels, H5T_NATIVE_INT64, sizeof(int64_t), num_rows_, rows, out, path_);
+}
+
+int64_t TokenDataset::label_width() const {
+  switch (handles_->label_kind) {
+    case LabelKind::kNone: return 0;
+    case LabelKind::kPerRow: return 1;
+    case LabelKind::kSpan: return 2;
+    case LabelKind::kTarget: return info_.target_len;
+    case LabelKind::kPerPosition: return info_.seq_len;
+  }
+  return 0;
 }
 
 bool TokenDataset::has_answer_spans() const { return handles_->examples.has_value(); }

@@ -21,8 +21,9 @@
 namespace ftrain::data {
 
 // Which optional datasets a split carries besides input_ids.
-// labels (N), (N, seq_len), or (N, 2): the first and last position of an answer span
-enum class LabelKind { kNone, kPerRow, kPerPosition, kSpan };
+// labels (N), (N, seq_len), (N, 2): the first and last position of an answer span, or
+// (N, target_len): a sequence-to-sequence target
+enum class LabelKind { kNone, kPerRow, kPerPosition, kSpan, kTarget };
 
 struct SplitFields {
   bool loss_mask = false;
@@ -40,7 +41,7 @@ struct RowBlock {
   std::span<const int32_t> input_ids;      // (num_rows, seq_len)
   std::span<const uint8_t> loss_mask;      // (num_rows, seq_len)
   std::span<const uint8_t> attention_mask; // (num_rows, seq_len)
-  std::span<const int64_t> labels;         // (num_rows) or (num_rows, seq_len)
+  std::span<const int64_t> labels;         // (num_rows), (num_rows, 2), (num_rows, seq_len) or (num_rows, target_len)
   std::span<const uint8_t> token_type_ids; // (num_rows, seq_len)
   std::span<const int32_t> offset_mapping = {}; // (num_rows, 2 * seq_len)
   std::span<const int64_t> example_index = {};  // (num_rows)
@@ -128,8 +129,10 @@ class TokenDataset {
   void read_loss_mask(std::span<const int64_t> rows, uint8_t* out) const;
   void read_attention_mask(std::span<const int64_t> rows, uint8_t* out) const;
   void read_token_type_ids(std::span<const int64_t> rows, uint8_t* out) const;
-  // One value per row (LabelKind::kPerRow), seq_len (kPerPosition) or 2 (kSpan).
+  // One value per row (LabelKind::kPerRow), seq_len (kPerPosition), 2 (kSpan) or
+  // target_len (kTarget): label_width() values.
   void read_labels(std::span<const int64_t> rows, int64_t* out) const;
+  int64_t label_width() const;
   // Question answering: whether the split has offset_mapping, example_index and examples.
   bool has_answer_spans() const;
   void read_offset_mapping(std::span<const int64_t> rows, int32_t* out) const;  // 2 * seq_len per row
