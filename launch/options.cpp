@@ -168,9 +168,12 @@ std::vector<Section> describe(Config& c) {
       .add("eval_metric", &c.train.eval_metric,
            "validation metric that chooses the best checkpoint and early stopping: auto (loss for causal LM, "
            "accuracy for sequence classification, entity_f1 for token classification, f1 for question "
-           "answering) | loss | perplexity | accuracy | macro_f1 | entity_f1 | exact_match | f1")
+           "answering, loss for seq2seq) | loss | perplexity | accuracy | macro_f1 | entity_f1 | exact_match | f1 | "
+           "rouge1 | rouge2 | rougeL | bleu")
       .add("max_answer_tokens", &c.train.max_answer_tokens,
            "question answering: the longest answer, in tokens, that evaluation predicts")
+      .add("eval_num_beams", &c.train.eval_num_beams,
+           "seq2seq: beam width of the generation that evaluation scores (1 = greedy)")
       .add("early_stopping_patience", &c.train.early_stopping_patience,
            "stop after this many validations in a row without improving eval_metric (0 = never)")
       .add("test_split", &c.train.test_split,
@@ -279,6 +282,7 @@ void TrainOptions::validate() const {
   require_non_negative("train.eval_every", static_cast<double>(eval_every));
   require_non_negative("train.eval_samples", static_cast<double>(eval_samples));
   require_positive("train.max_answer_tokens", static_cast<double>(max_answer_tokens));
+  require_positive("train.eval_num_beams", static_cast<double>(eval_num_beams));
   require_non_negative("train.early_stopping_patience", static_cast<double>(early_stopping_patience));
   require_non_negative("train.freeze_base_steps", static_cast<double>(freeze_base_steps));
   require_positive("train.loss_scale", loss_scale);
@@ -347,9 +351,18 @@ std::runtime_error located(const Config& config, const std::exception& e) {
 
 void check_task_options(const Config& config, const data::DatasetInfo& dataset) {
   const bool causal_lm = dataset.task == data::format::kTaskCausalLm;
-  if (causal_lm && config.train.freeze_base_steps > 0)
-    fail("train.freeze_base_steps", "a causal language model has no new head to train alone; set it to 0 (" +
-                                        config.data.path + " is a causal_lm dataset)");
+  const bool seq2seq = dataset.task == data::format::kTaskSeq2Seq;
+  if ((causal_lm || seq2seq) && config.train.freeze_base_steps > 0)
+    fail("train.freeze_base_steps", "a " + std::string(causal_lm ? "causal" : "sequence-to-sequence") +
+                                        " language model has no new head to train alone; set it to 0 (" +
+                                        config.data.path + " is a " + dataset.task + " dataset)");
+  // The encoder-decoder trains data-parallel, with its whole model on every rank.
+  if (seq2seq && config.dist.tp > 1)
+    fail("dist.tp", "sequence-to-sequence models (T5) are not split by tensor parallelism yet; use dist.tp = 1");
+  if (seq2seq && config.dist.zero == 3)
+    fail("dist.zero", "sequence-to-sequence models (T5) are not sharded by ZeRO-3 yet; use stage 0, 1 or 2");
+  if (seq2seq && config.train.activation_checkpointing)
+    fail("train.activation_checkpointing", "is not available for sequence-to-sequence models (T5) yet");
   const std::string& metric = config.train.eval_metric;
   if (metric == "auto") return;
   if (metric == "entity_f1" && dataset.task == data::format::kTaskTokenClassification) {

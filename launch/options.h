@@ -65,6 +65,7 @@ struct TrainOptions {
   std::string eval_split = "validation";
   std::string eval_metric = "auto";     // see launch/eval/metrics.h higher_is_better; auto = by task
   int64_t max_answer_tokens = 30;       // question answering: the longest answer span evaluation predicts
+  int64_t eval_num_beams = 1;           // seq2seq: beams of the generation evaluation scores (1 = greedy)
   int64_t early_stopping_patience = 0;  // validations without improvement before stopping; 0 = never
   std::string test_split = "test";      // evaluated once at the end; empty = never
   int64_t freeze_base_steps = 0;        // classification: head-only steps before full fine-tuning

@@ -9,6 +9,10 @@
 
 #include "launch/eval/metrics.h"
 #include "launch/eval/squad.h"
+#include "launch/eval/text_metrics.h"
+#include "data/tokenizer.h"
+#include "data/token_dataset.h"
+#include "model/seq2seq_lm.h"
 #include "launch/optim/adamw.h"
 #include "dist/sharded_load.h"
 #include "launch/options.h"
@@ -38,9 +42,10 @@ TaskKind kind_of(const std::string& task, const std::string& dataset_path) {
   if (task == data::format::kTaskSequenceClassification) return TaskKind::sequence_classification;
   if (task == data::format::kTaskTokenClassification) return TaskKind::token_classification;
   if (task == data::format::kTaskQuestionAnswering) return TaskKind::question_answering;
+  if (task == data::format::kTaskSeq2Seq) return TaskKind::seq2seq;
   throw std::runtime_error(dataset_path + ": task '" + task +
                            "' is not one ftrain trains (causal_lm, sequence_classification, token_classification, "
-                           "question_answering)");
+                           "question_answering, seq2seq)");
 }
 
 }  // namespace
@@ -58,6 +63,13 @@ struct Task::Model {
   std::string data_path;
   std::map<std::string, std::shared_ptr<const AnswerSpans>> answer_spans;
   int64_t max_answer_tokens = 30;
+  // Sequence to sequence: the encoder-decoder, the target length, the beams evaluation
+  // generates with, and the dataset's tokenizer (read at the first evaluation) for text.
+  std::optional<model::Seq2SeqLm> s2s;
+  int64_t target_len = 0;
+  int64_t eval_num_beams = 1;
+  std::string tokenizer_path;
+  std::shared_ptr<const data::Tokenizer> tokenizer;
 };
 
 Task::Task(const Config& config, const data::DatasetInfo& dataset) : Task(config, dataset, nullptr) {}
@@ -108,6 +120,15 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   }
   model_->data_path = config.data.path;
   model_->max_answer_tokens = config.train.max_answer_tokens;
+  if (kind_ == TaskKind::seq2seq) {
+    // Whole on every rank: validate_for refused tensor parallelism and ZeRO-3.
+    model_->s2s = model::Seq2SeqLm::load({config.model.path, pretrained, config.run.seed, config.model.dropout});
+    model_->target_len = dataset.target_len;
+    model_->eval_num_beams = config.train.eval_num_beams;
+    model_->tokenizer_path = dataset.tokenizer;
+    model_->skeleton = skeleton;
+    return;
+  }
   if (kind_ == TaskKind::question_answering) label_names_ = {"start", "end"};  // the head's two scores
   if (label_names_.size() < 2)
     throw std::runtime_error(config.data.path + ": a " + dataset.task +
@@ -153,9 +174,15 @@ Task::Task(Task&&) noexcept = default;
 Task& Task::operator=(Task&&) noexcept = default;
 
 const std::string& Task::name() const { return model_->name; }
-const std::string& Task::family() const { return model_->lm ? model_->lm->family() : model_->classifier->family(); }
-int64_t Task::vocab_size() const { return model_->lm ? model_->lm->vocab_size() : model_->classifier->vocab_size(); }
-torch::nn::Module& Task::module() { return model_->lm ? model_->lm->module() : model_->classifier->module(); }
+const std::string& Task::family() const {
+  return model_->lm ? model_->lm->family() : model_->s2s ? model_->s2s->family() : model_->classifier->family();
+}
+int64_t Task::vocab_size() const {
+  return model_->lm ? model_->lm->vocab_size() : model_->s2s ? model_->s2s->vocab_size() : model_->classifier->vocab_size();
+}
+torch::nn::Module& Task::module() {
+  return model_->lm ? model_->lm->module() : model_->s2s ? model_->s2s->module() : model_->classifier->module();
+}
 std::vector<std::string> Task::load_warnings() const { return model_->warnings; }
 
 bool Task::is_head_parameter(const std::string& name) const {
@@ -246,6 +273,7 @@ TaskBatch Task::prepare(const data::Batch& full, const c10::Device& device) cons
 
   out.rows = batch.sample_ids;
   if (kind_ == TaskKind::question_answering) return prepare_spans(batch, out, device);
+  if (kind_ == TaskKind::seq2seq) return prepare_targets(batch, out, device);
   const bool per_row = kind_ == TaskKind::sequence_classification;
   const auto expected = static_cast<std::size_t>(per_row ? rows : rows * width);
   if (batch.labels.size() != expected)
@@ -290,6 +318,25 @@ TaskBatch Task::prepare_spans(const data::Batch& batch, TaskBatch& out, const c1
   return out;
 }
 
+TaskBatch Task::prepare_targets(const data::Batch& batch, TaskBatch& out, const c10::Device& device) const {
+  const int64_t rows = batch.batch_size, width = model_->target_len;
+  if (batch.labels.size() != static_cast<std::size_t>(rows * width))
+    throw std::runtime_error("a seq2seq batch needs " + std::to_string(width) +
+                             " target positions per row (target_len); the dataset's labels have another shape");
+  for (std::size_t i = 0; i < batch.labels.size(); ++i) {
+    const int64_t label = batch.labels[i];
+    if (label == data::format::kIgnoreLabel) continue;
+    if (label < 0 || label >= vocab_size())
+      throw std::runtime_error("dataset row " + std::to_string(batch.sample_ids[i / static_cast<std::size_t>(width)]) +
+                               " has target token " + std::to_string(label) + ", outside the model's vocabulary [0, " +
+                               std::to_string(vocab_size()) + ")");
+    ++out.target_count;
+  }
+  auto labels = torch::from_blob(const_cast<int64_t*>(batch.labels.data()), {rows, width}, torch::kInt64);
+  out.targets = device.is_cuda() ? to_device(labels, device) : labels.to(device, torch::kInt64, false, /*copy=*/true);
+  return out;
+}
+
 namespace {
 
 // Sum of cross-entropy over targets. Logits in fp32 whatever the compute dtype.
@@ -320,6 +367,9 @@ std::vector<std::string> Task::input_parameter_names() {
 
 void Task::set_block_runner(const model::BlockRunner& runner) {
   const std::vector<model::TransformerBody*> bodies = model::transformer_bodies(module());
+  // T5's stacks are no TransformerBody: with no blocks listed (block_parameter_names()),
+  // data parallelism handles its gradients after the backward pass, and nothing runs per block.
+  if (bodies.empty() && model_->s2s) return;
   if (bodies.size() != 1)
     throw std::logic_error("Task::set_block_runner: expected one transformer body, found " +
                            std::to_string(bodies.size()));
@@ -369,6 +419,8 @@ at::Tensor Task::loss_sum(const TaskBatch& batch) {
     }
     return model::linear_cross_entropy_sum(hidden, head.weight, targets, weights);
   }
+  if (model_->s2s)  // teacher forcing: the decoder reads the targets shifted right
+    return cross_entropy_sum(model_->s2s->logits(batch.input_ids, batch.attention_mask, batch.targets), batch.targets);
   const torch::Tensor logits =
       model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids);
   if (kind_ == TaskKind::question_answering) return span_loss_sum(logits, batch.targets);
@@ -385,6 +437,11 @@ EvalTotals Task::empty_totals(const std::string& split) {
     totals.spans.assign(static_cast<std::size_t>(spans->num_rows() * AnswerSpans::kValuesPerRow), 0.0);
     return totals;
   }
+  if (kind_ == TaskKind::seq2seq) {
+    const int64_t rows = data::TokenDataset(model_->data_path, split).num_rows();
+    totals.generated.assign(static_cast<std::size_t>(rows * (1 + model_->target_len)), 0);
+    return totals;
+  }
   if (kind_ != TaskKind::causal_lm) totals.confusion.assign(label_names_.size() * label_names_.size(), 0);
   if (model_->entity_metrics) totals.entities.assign(3, 0);
   return totals;
@@ -394,6 +451,11 @@ void Task::evaluate(const TaskBatch& batch, EvalTotals& totals) {
   totals.count += batch.target_count;
   if (model_->lm) {
     totals.loss_sum += loss_sum(batch).item<double>();
+    return;
+  }
+  if (model_->s2s) {
+    totals.loss_sum += loss_sum(batch).item<double>();
+    evaluate_generation(batch, totals);
     return;
   }
   torch::Tensor logits = model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids);
@@ -439,6 +501,23 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
     out["perplexity"] = perplexity(loss);
     return out;
   }
+  if (kind_ == TaskKind::seq2seq) {
+    std::array<double, 3> rouge{};
+    BleuCounts bleu;
+    const auto texts = generated_texts(totals);
+    for (const auto& [prediction, reference] : texts) {
+      const auto f = rouge_f(prediction, reference);
+      for (size_t i = 0; i < 3; ++i) rouge[i] += f[i];
+      bleu.add(prediction, reference);
+    }
+    const double n = static_cast<double>(std::max<size_t>(texts.size(), 1));
+    out["rouge1"] = 100 * rouge[0] / n;
+    out["rouge2"] = 100 * rouge[1] / n;
+    out["rougeL"] = 100 * rouge[2] / n;
+    out["bleu"] = bleu.score();
+    out["generated"] = static_cast<int64_t>(texts.size());
+    return out;
+  }
   if (kind_ == TaskKind::question_answering) {
     const AnswerSpans& spans = *model_->answer_spans.at(totals.split);
     const AnswerSpans::Scores scores = spans.score(totals.spans, spans.has_unanswerable());
@@ -460,7 +539,63 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
   return out;
 }
 
+void Task::evaluate_generation(const TaskBatch& batch, EvalTotals& totals) {
+  model::Seq2SeqGenerationOptions options;
+  options.max_new_tokens = model_->target_len;
+  options.num_beams = model_->eval_num_beams;
+  const torch::Tensor generated = model_->s2s->generate(batch.input_ids, batch.attention_mask, options);  // (B, 1 + N)
+  const int64_t width = 1 + model_->target_len;
+  const auto tokens = generated.accessor<int64_t, 2>();
+  for (int64_t i = 0; i < generated.size(0); ++i) {
+    const int64_t row = batch.rows[static_cast<std::size_t>(i)];
+    if (row < 0) continue;  // a filler
+    int64_t* out = totals.generated.data() + row * width;
+    out[0] = 1;
+    // The tokens after the start token; the table is all-reduced, so the ids are kept + 1
+    // and 0 marks the end.
+    for (int64_t t = 1; t < generated.size(1); ++t) out[t] = tokens[i][t] + 1;
+  }
+}
+
+std::vector<std::array<std::string, 2>> Task::generated_texts(const EvalTotals& totals) const {
+  if (!model_->tokenizer) {
+    if (!std::filesystem::is_directory(model_->tokenizer_path))
+      throw std::runtime_error(model_->data_path + ": its tokenizer " + model_->tokenizer_path +
+                               " (attribute 'tokenizer') is needed to score generated text, and is not there");
+    model_->tokenizer = data::load_tokenizer(model_->tokenizer_path);
+  }
+  const data::Tokenizer& tokenizer = *model_->tokenizer;
+  const data::TokenDataset dataset(model_->data_path, totals.split);
+  const int64_t width = 1 + model_->target_len;
+  std::vector<std::array<std::string, 2>> texts;
+  const auto eos = tokenizer.special_ids().eos;
+  for (int64_t row = 0; row < dataset.num_rows(); ++row) {
+    const int64_t* entry = totals.generated.data() + row * width;
+    if (entry[0] == 0) continue;
+    std::vector<int32_t> predicted;
+    for (int64_t t = 1; t < width && entry[t] > 0; ++t) {
+      const auto id = static_cast<int32_t>(entry[t] - 1);
+      if (eos && id == *eos) break;
+      predicted.push_back(id);
+    }
+    std::vector<int64_t> labels(static_cast<std::size_t>(model_->target_len));
+    const std::vector<int64_t> rows = {row};
+    dataset.read_labels(rows, labels.data());
+    std::vector<int32_t> reference;
+    for (const int64_t label : labels)
+      if (label != data::format::kIgnoreLabel) reference.push_back(static_cast<int32_t>(label));
+    texts.push_back({tokenizer.decode(predicted, true), tokenizer.decode(reference, true)});
+  }
+  return texts;
+}
+
 std::optional<nlohmann::json> Task::predictions(const EvalTotals& totals) const {
+  if (kind_ == TaskKind::seq2seq) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& [prediction, reference] : generated_texts(totals))
+      out.push_back({{"prediction", prediction}, {"reference", reference}});
+    return out;
+  }
   if (kind_ != TaskKind::question_answering) return std::nullopt;
   const AnswerSpans& spans = *model_->answer_spans.at(totals.split);
   return spans.score(totals.spans, spans.has_unanswerable()).predictions;
@@ -468,6 +603,9 @@ std::optional<nlohmann::json> Task::predictions(const EvalTotals& totals) const 
 
 void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
                          const std::function<at::Tensor(const std::string& parameter)>& whole_value) const {
+  if (model_->s2s)
+    throw std::runtime_error("a sequence-to-sequence model is written whole (Task::save); streaming its export from "
+                             "shards is not supported yet");
   // A Task built WithoutValues is a skeleton already; otherwise one is built here.
   std::optional<model::CausalLm> lm = model_->lm;
   std::optional<model::Classifier> classifier = model_->classifier;
@@ -507,6 +645,7 @@ void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirect
 
 void Task::save(const std::filesystem::path& dir, model::ExistingDirectory existing) const {
   if (plan_.tp_size > 1) throw std::logic_error("Task::save: a split model is written by save_streamed()");
+  if (model_->s2s) return model_->s2s->save(dir, existing);
   if (model_->lm) model_->lm->save(dir, existing);
   else model_->classifier->save(dir, existing);
 }

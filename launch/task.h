@@ -1,7 +1,8 @@
 // What a run trains, decided by the dataset's `task` attribute: a causal language model
 // (domain adaptation, instruction tuning with masked prompts), a classifier of
-// sequences or tokens on top of a pretrained body, or an extractive question answerer
-// (a start and an end score at every position). A Task owns the model and knows its
+// sequences or tokens on top of a pretrained body, an extractive question answerer
+// (a start and an end score at every position), or an encoder-decoder (summarization,
+// translation) evaluated on the text it generates. A Task owns the model and knows its
 // loss, its evaluation metrics and its export.
 #pragma once
 
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -29,14 +31,15 @@ namespace ftrain::launch {
 
 struct Config;
 
-enum class TaskKind { causal_lm, sequence_classification, token_classification, question_answering };
+enum class TaskKind { causal_lm, sequence_classification, token_classification, question_answering, seq2seq };
 
 // One micro-batch on the model's device.
 struct TaskBatch {
   at::Tensor input_ids;       // (B, T) int64
   at::Tensor attention_mask;  // (B, T) int64, or undefined for unpadded rows
   at::Tensor token_type_ids;  // (B, T) int64, or undefined
-  at::Tensor targets;         // causal LM: (B, T-1) next tokens; classification: (B) or (B, T) labels, -100 = none
+  at::Tensor targets;         // causal LM: (B, T-1) next tokens; classification: (B) or (B, T) labels, -100 = none;
+                              // question answering: (B, 2) positions; seq2seq: (B, target_len) target tokens
   at::Tensor target_mask;     // causal LM: (B, T-1) float, 1 where the position is a target
   int64_t target_count = 0;   // targets in the batch, counted on the host
   std::vector<int64_t> host_labels;  // classification: the labels, for the metrics
@@ -51,6 +54,7 @@ struct EvalTotals {
   std::vector<int64_t> entities;   // token classification: true, predicted, correct
   std::string split;               // the split evaluated
   std::vector<double> spans;       // question answering: per row of the split (launch/eval/squad.h)
+  std::vector<int64_t> generated;  // seq2seq: per row of the split, 1 when evaluated, then its generated tokens
 };
 
 class AdamW;
@@ -152,6 +156,11 @@ class Task {
   // Question answering's batch (labels (B, 2)) and loss.
   TaskBatch prepare_spans(const data::Batch& batch, TaskBatch& out, const c10::Device& device) const;
   static at::Tensor span_loss_sum(const at::Tensor& logits, const at::Tensor& targets);
+  // Sequence to sequence: the batch (labels (B, target_len)), evaluation by generation,
+  // and the texts of the evaluated rows (prediction, reference).
+  TaskBatch prepare_targets(const data::Batch& batch, TaskBatch& out, const c10::Device& device) const;
+  void evaluate_generation(const TaskBatch& batch, EvalTotals& totals);
+  std::vector<std::array<std::string, 2>> generated_texts(const EvalTotals& totals) const;
 
   struct Model;
   TaskKind kind_;

@@ -13,6 +13,8 @@
 #include "model/linear.h"
 #include "model/llama.h"
 #include "model/llama_checkpoint.h"
+#include "model/seq2seq_generation.h"
+#include "model/t5.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -275,6 +277,31 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
   return body;
 }
 
+// ---------------------------------------------------------------------------------
+// T5: an encoder-decoder only, so the sequence-to-sequence model alone.
+
+Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const json& raw, const std::string& source) {
+  T5Config config = T5Config::from_json(raw, source);
+  if (options.dropout >= 0) config.dropout_rate = options.dropout;
+  T5 model = built<T5>(config, false, options.pretrained, options.seed, init_t5);
+  if (options.pretrained) {
+    const ModelTensors stored = read_model_tensors(options.path);
+    load_hf_state(model, stored.tensors, stored.source);
+  }
+  Seq2SeqLm::Parts parts;
+  parts.module = model.ptr();
+  parts.vocab_size = config.vocab_size;
+  parts.pad_token_id = config.pad_token_id;
+  parts.logits = [model](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& labels) mutable {
+    return model->forward(ids, mask, model->shift_right(labels));
+  };
+  parts.generate = [model](const at::Tensor& ids, const at::Tensor& mask, const Seq2SeqGenerationOptions& o) mutable {
+    return generate(model, ids, mask, o);
+  };
+  parts.save = [model](const fs::path& dir, ExistingDirectory existing) mutable { save_t5(model, dir, existing); };
+  return Seq2SeqLm(raw["model_type"].get<std::string>(), std::move(parts));
+}
+
 std::string joined(const std::vector<std::string>& items) {
   std::string out;
   for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
@@ -289,6 +316,7 @@ const std::vector<ModelFamily>& model_families() {
       {"gpt2", {"gpt2"}, decoder_lm<Gpt2Traits>, decoder_classifier_body<Gpt2Traits>},
       {"llama", {"llama", "mistral", "qwen2"}, decoder_lm<LlamaTraits>, decoder_classifier_body<LlamaTraits>},
       {"bert", {"bert"}, nullptr, bert_classifier_body},
+      {"t5", {"t5", "mt5"}, nullptr, nullptr, t5_seq2seq},
   };
   return families;
 }

@@ -21,6 +21,7 @@
 #include "model/causal_lm.h"
 #include "model/classifier.h"
 #include "model/hf_checkpoint.h"
+#include "model/seq2seq_lm.h"
 
 namespace ftrain::model {
 
@@ -81,8 +82,11 @@ struct ModelFamily {
   // The causal language model; empty for encoder-only families. `config` is config.json.
   std::function<CausalLm(const CausalLmOptions& options, const nlohmann::json& config, const std::string& source)>
       causal_lm;
-  // The body of a sequence or token classifier.
+  // The body of a sequence or token classifier; empty for encoder-decoders.
   std::function<ClassifierBody(const ClassifierBodyRequest& request)> classifier_body;
+  // The encoder-decoder; empty for the others.
+  std::function<Seq2SeqLm(const Seq2SeqLmOptions& options, const nlohmann::json& config, const std::string& source)>
+      seq2seq = {};
 };
 
 // Every family, in registry order.

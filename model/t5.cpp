@@ -292,6 +292,28 @@ void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& so
   for (const auto& [name, value] : found) parameters.at(name).copy_(value);
 }
 
+ParameterInit t5_parameter_init(const T5Config& config, const std::string& name) {
+  const double f = config.initializer_factor;
+  const auto normal = [](double std) { return ParameterInit{.kind = ParameterInit::Kind::normal, .std = std}; };
+  const auto ends = [&](const char* suffix) { return name.ends_with(suffix); };
+  const auto d = [](int64_t v) { return static_cast<double>(v); };
+  if (ends("layer_norm.weight")) return ParameterInit{.kind = ParameterInit::Kind::constant, .value = 1.0};
+  if (name == "shared.weight" || name == "lm_head.weight") return normal(f);
+  if (ends(".q.weight")) return normal(f * std::pow(d(config.d_model) * d(config.d_kv), -0.5));
+  if (ends(".k.weight") || ends(".v.weight") || ends("relative_attention_bias.weight"))
+    return normal(f * std::pow(d(config.d_model), -0.5));
+  if (ends(".o.weight")) return normal(f * std::pow(d(config.inner_dim()), -0.5));
+  if (ends(".wi.weight") || ends(".wi_0.weight") || ends(".wi_1.weight")) return normal(f * std::pow(d(config.d_model), -0.5));
+  if (ends(".wo.weight")) return normal(f * std::pow(d(config.d_ff), -0.5));
+  throw std::logic_error("t5_parameter_init: no rule for parameter '" + name + "'");
+}
+
+T5 init_t5(const T5Config& config, uint64_t seed) {
+  return init_each_parameter<T5>(config, seed, [](const T5Config& c, uint64_t s, const std::string& name, at::Tensor& value) {
+    fill_initial_values(t5_parameter_init(c, name), parameter_key(s, name), value);
+  });
+}
+
 T5 load_t5(const std::filesystem::path& dir) {
   const std::filesystem::path config_path = dir / "config.json";
   const T5Config config = T5Config::from_json(read_config_file(config_path), config_path.string());

@@ -27,6 +27,7 @@
 #include "model/hf_checkpoint.h"
 #include "model/linear.h"
 #include "model/llama.h"
+#include "model/parameter_init.h"
 #include "model/t5_config.h"
 
 namespace ftrain::model {
@@ -164,6 +165,15 @@ NamedTensors to_hf_state(T5& model);
 // (copies of shared.weight) and, when tied, lm_head.weight are accepted when equal to
 // shared.weight; anything else unknown is an error, all problems in one message.
 void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& source);
+
+// How parameter `name` starts in a fresh T5, as transformers initialises it (with
+// initializer_factor f): the embedding and an untied head normal(0, f); q
+// normal(0, f (d_model d_kv)^-0.5), k, v and the relative bias normal(0, f d_model^-0.5),
+// o normal(0, f (H d_kv)^-0.5); wi, wi_0, wi_1 normal(0, f d_model^-0.5), wo
+// normal(0, f d_ff^-0.5); layer norms 1.
+ParameterInit t5_parameter_init(const T5Config& config, const std::string& name);
+// A fresh T5, each element drawn from (seed, name, index) (model/parameter_init.h).
+T5 init_t5(const T5Config& config, uint64_t seed);
 
 // Writes config.json and model.safetensors in Hugging Face's layout.
 void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory existing = ExistingDirectory::refuse);

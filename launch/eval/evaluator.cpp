@@ -62,12 +62,15 @@ std::optional<json> Evaluator::evaluate(const std::string& split, int64_t max_sa
   std::vector<int64_t> counts = {totals.count};
   counts.insert(counts.end(), totals.confusion.begin(), totals.confusion.end());
   counts.insert(counts.end(), totals.entities.begin(), totals.entities.end());
+  counts.insert(counts.end(), totals.generated.begin(), totals.generated.end());  // each row from one rank
   at::Tensor packed = torch::tensor(counts, torch::kInt64);
   comm_.dp().all_reduce(packed, dist::ReduceOp::Sum);
   const int64_t* summed = packed.data_ptr<int64_t>();
   totals.count = summed[0];
   std::copy_n(summed + 1, totals.confusion.size(), totals.confusion.begin());
   std::copy_n(summed + 1 + totals.confusion.size(), totals.entities.size(), totals.entities.begin());
+  std::copy_n(summed + 1 + totals.confusion.size() + totals.entities.size(), totals.generated.size(),
+              totals.generated.begin());
   totals.loss_sum = comm_.dp().all_reduce(totals.loss_sum, dist::ReduceOp::Sum);
   if (!totals.spans.empty()) {  // each row's span, filled by the one rank that evaluated it
     at::Tensor spans = torch::from_blob(totals.spans.data(), {static_cast<int64_t>(totals.spans.size())},
@@ -78,7 +81,8 @@ std::optional<json> Evaluator::evaluate(const std::string& split, int64_t max_sa
   }
   if (totals.count == 0) return std::nullopt;
   if (comm_.rank() == 0) {
-    // Question answering: what each question was answered, as run_qa's predictions.json.
+    // Question answering: what each question was answered, as run_qa's predictions.json;
+    // sequence to sequence: each evaluated row's generated text and its reference.
     if (const auto predictions = task_.predictions(totals)) {
       data::write_file_atomically(std::filesystem::path(config_.run.dir) / ("predictions-" + split + ".json"),
                                   predictions->dump(2) + "\n");
@@ -131,7 +135,7 @@ std::string Evaluator::describe(const json& metrics) {
   char text[64];
   for (const char* key :
        {"loss", "perplexity", "accuracy", "macro_f1", "entity_precision", "entity_recall", "entity_f1", "exact_match",
-        "f1"}) {
+        "f1", "rouge1", "rouge2", "rougeL", "bleu"}) {
     if (!metrics.contains(key)) continue;
     std::snprintf(text, sizeof(text), "%s%s %.4f", line.empty() ? "" : " | ", key, metrics[key].get<double>());
     line += text;

@@ -220,8 +220,10 @@ bool higher_is_better(const std::string& metric) {
   if (metric == "loss" || metric == "perplexity") return false;
   if (metric == "accuracy" || metric == "macro_f1" || metric == "entity_f1") return true;
   if (metric == "exact_match" || metric == "f1") return true;
+  if (metric == "rouge1" || metric == "rouge2" || metric == "rougeL" || metric == "bleu") return true;
   throw std::runtime_error("train.eval_metric: unknown metric '" + metric +
-                           "'; expected one of loss, perplexity, accuracy, macro_f1, entity_f1, exact_match, f1");
+                           "'; expected one of loss, perplexity, accuracy, macro_f1, entity_f1, exact_match, f1, "
+                           "rouge1, rouge2, rougeL, bleu");
 }
 
 bool has_entity_labels(const std::vector<std::string>& label_names) {
@@ -236,13 +238,14 @@ bool has_entity_labels(const std::vector<std::string>& label_names) {
 std::vector<std::string> metric_names(const std::string& task, const std::vector<std::string>& label_names) {
   if (task == data::format::kTaskCausalLm) return {"loss", "perplexity"};
   if (task == data::format::kTaskQuestionAnswering) return {"loss", "exact_match", "f1"};
+  if (task == data::format::kTaskSeq2Seq) return {"loss", "rouge1", "rouge2", "rougeL", "bleu"};
   if (task == data::format::kTaskTokenClassification && has_entity_labels(label_names))
     return {"loss", "accuracy", "macro_f1", "entity_f1"};
   return {"loss", "accuracy", "macro_f1"};
 }
 
 std::string default_metric(const std::string& task, const std::vector<std::string>& label_names) {
-  if (task == data::format::kTaskCausalLm) return "loss";
+  if (task == data::format::kTaskCausalLm || task == data::format::kTaskSeq2Seq) return "loss";
   if (task == data::format::kTaskQuestionAnswering) return "f1";
   if (task == data::format::kTaskTokenClassification && has_entity_labels(label_names)) return "entity_f1";
   return "accuracy";

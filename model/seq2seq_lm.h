@@ -1,0 +1,68 @@
+// An encoder-decoder language model as the training loop sees it (T5, for summarization
+// and translation): teacher-forced logits for a loss, generation for evaluation, and a
+// Hugging Face export. Built by the family registry (model/families.h) from model.path.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "model/hf_checkpoint.h"
+#include "model/seq2seq_generation.h"
+
+namespace ftrain::model {
+
+struct Seq2SeqLmOptions {
+  std::filesystem::path path;  // Hugging Face model directory
+  bool pretrained = true;      // load the safetensors; false: fresh init from config.json
+  uint64_t seed = 1234;        // init seed when not pretrained
+  double dropout = -1;         // override dropout_rate; < 0 keeps config.json's
+};
+
+class Seq2SeqLm {
+ public:
+  // What a family provides.
+  struct Parts {
+    std::shared_ptr<torch::nn::Module> module;
+    int64_t vocab_size = 0;
+    int64_t pad_token_id = 0;
+    // input_ids (B, S), attention_mask (B, S) or undefined, labels (B, T) with -100 ->
+    // (B, T, V): each position's next-token logits, the decoder reading the labels
+    // shifted right.
+    std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)> logits;
+    std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const Seq2SeqGenerationOptions&)> generate;
+    std::function<void(const std::filesystem::path&, ExistingDirectory)> save;
+  };
+
+  Seq2SeqLm(std::string family, Parts parts) : family_(std::move(family)), parts_(std::move(parts)) {}
+
+  // Reads config.json and builds the family it names. Throws std::runtime_error naming
+  // the file for a model_type no family reads as an encoder-decoder.
+  static Seq2SeqLm load(const Seq2SeqLmOptions& options);
+
+  torch::nn::Module& module() { return *parts_.module; }
+  const std::string& family() const { return family_; }
+  int64_t vocab_size() const { return parts_.vocab_size; }
+  int64_t pad_token_id() const { return parts_.pad_token_id; }
+
+  at::Tensor logits(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& labels) const {
+    return parts_.logits(input_ids, attention_mask, labels);
+  }
+  // (B, 1 + N) on the CPU, as model/seq2seq_generation.h's generate().
+  at::Tensor generate(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                      const Seq2SeqGenerationOptions& options) const {
+    return parts_.generate(input_ids, attention_mask, options);
+  }
+  void save(const std::filesystem::path& dir, ExistingDirectory existing) const { parts_.save(dir, existing); }
+
+ private:
+  std::string family_;
+  Parts parts_;
+};
+
+}  // namespace ftrain::model
