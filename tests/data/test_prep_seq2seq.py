@@ -113,3 +113,27 @@ def test_bad_rows_are_named_and_keep_the_output(tmp_path, tokenizers, record, me
     assert result.returncode == 1
     assert f"{data}{message}" in result.stderr, result.stderr
     assert out.read_bytes() == b"earlier output"
+
+
+def test_the_python_writer_equals_ftrain_prep(tmp_path, tokenizers):
+    """scripts/seq2seq_to_h5.py (for T5's Unigram tokenizers, which ftrain-prep does not
+    read yet) writes what ftrain-prep writes for a tokenizer both read."""
+    import sys
+    directory, _ = tokenizers["bert"]
+    records = translation_records(random.Random(9), 25)
+    write_jsonl(tmp_path / "train.jsonl", records)
+    write_jsonl(tmp_path / "dev.jsonl", records[:7])
+    common = ["--seq-len", "24", "--target-len", "12", "--source-column", "translation.en",
+              "--target-column", "translation.de", "--source-prefix", "translate: "]
+    run_prep("--task", "seq2seq", "-i", tmp_path / "train.jsonl", "--validation-input", tmp_path / "dev.jsonl",
+             "-t", directory, "-o", tmp_path / "prep.h5", *common)
+    subprocess.run([sys.executable, str(SOURCE / "scripts" / "seq2seq_to_h5.py"), "--tokenizer", str(directory),
+                    "--output", str(tmp_path / "script.h5"), "--input", str(tmp_path / "train.jsonl"),
+                    "--validation-input", str(tmp_path / "dev.jsonl"), *common], check=True, capture_output=True,
+                   timeout=120)
+    with h5py.File(tmp_path / "prep.h5", "r") as a, h5py.File(tmp_path / "script.h5", "r") as b:
+        for key in ("task", "seq_len", "target_len", "vocab_size", "pad_id", "eos_id"):
+            assert a.attrs[key] == b.attrs[key], key
+        for split in ("train", "validation"):
+            for name in ("input_ids", "attention_mask", "labels", "document_index"):
+                assert a[split][name][()].tolist() == b[split][name][()].tolist(), (split, name)
