@@ -332,8 +332,21 @@ TaskBatch Task::prepare_targets(const data::Batch& batch, TaskBatch& out, const 
                                std::to_string(vocab_size()) + ")");
     ++out.target_count;
   }
-  auto labels = torch::from_blob(const_cast<int64_t*>(batch.labels.data()), {rows, width}, torch::kInt64);
-  out.targets = device.is_cuda() ? to_device(labels, device) : labels.to(device, torch::kInt64, false, /*copy=*/true);
+  torch::Tensor labels = torch::from_blob(const_cast<int64_t*>(batch.labels.data()), {rows, width}, torch::kInt64);
+  if (dynamic_padding_) {
+    // The decoder is causal and -100 has no loss: the columns after every row's last
+    // target change nothing, so they are cut (rounded up to a multiple of 8).
+    int64_t needed = 1;
+    for (int64_t row = 0; row < rows; ++row)
+      for (int64_t t = width - 1; t >= needed; --t)
+        if (batch.labels[static_cast<std::size_t>(row * width + t)] != data::format::kIgnoreLabel) {
+          needed = t + 1;
+          break;
+        }
+    labels = labels.slice(1, 0, std::min(width, (needed + 7) / 8 * 8));
+  }
+  out.targets = device.is_cuda() ? to_device(labels.contiguous(), device)
+                                 : labels.to(device, torch::kInt64, false, /*copy=*/true).contiguous();
   return out;
 }
 

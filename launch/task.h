@@ -101,10 +101,11 @@ class Task {
   std::string default_metric() const;
   std::vector<std::string> metric_names() const;
 
-  // Classification and token classification batches are cut to their longest real row
-  // (the last position with attention or a label), rounded up to a multiple of 8 (and
-  // of tp with sequence parallelism), unless data.dynamic_padding is off: the positions
-  // cut are padding, which no real token attends to and no loss counts.
+  // Classification, token classification, question answering and seq2seq batches are
+  // cut to their longest real row (the last position with attention or a label; for
+  // seq2seq the source by attention and the target by its last label), rounded up to a
+  // multiple of 8 (and of tp with sequence parallelism), unless data.dynamic_padding is
+  // off: the positions cut are padding, which no real token attends to and no loss counts.
   TaskBatch prepare(const data::Batch& batch, const c10::Device& device) const;
   // Sum of the loss over the batch's targets (divide by the global target count).
   at::Tensor loss_sum(const TaskBatch& batch);

@@ -157,6 +157,21 @@ def test_data_parallel_matches_one_rank(workspace, zero):
     assert validation_of(two)["val_bleu"] == pytest.approx(validation_of(one)["val_bleu"], abs=1e-9)
 
 
+def test_dynamic_padding_changes_nothing_but_the_width(workspace):
+    """Sources cut by attention and targets by their last label: the same steps as full rows."""
+    short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false"}
+    one = workspace["root"] / "one_rank"
+    if not (one / "metrics.jsonl").exists():
+        run_ftrain(1, *args(workspace, one, **short))
+    full = workspace["root"] / "full_width"
+    run_ftrain(1, *args(workspace, full, **short, **{"data.dynamic_padding": "false"}))
+    reference = {r["step"]: r for r in records(one) if "loss" in r}
+    for r in records(full):
+        if "loss" in r:
+            assert r["loss"] == pytest.approx(reference[r["step"]]["loss"], rel=1e-6), r["step"]
+            assert r["grad_norm"] == pytest.approx(reference[r["step"]]["grad_norm"], rel=1e-5), r["step"]
+
+
 @pytest.mark.parametrize("option,message", [
     ({"dist.tp": 2}, "dist.tp: sequence-to-sequence models (T5) are not split by tensor parallelism yet"),
     ({"dist.zero": 3}, "dist.zero: sequence-to-sequence models (T5) are not sharded by ZeRO-3 yet"),
