@@ -66,6 +66,7 @@ struct Task::Model {
   // Sequence to sequence: the encoder-decoder, the target length, the beams evaluation
   // generates with, and the dataset's tokenizer (read at the first evaluation) for text.
   std::optional<model::Seq2SeqLm> s2s;
+  model::Seq2SeqLmOptions s2s_options;  // to build a skeleton for streamed exports
   int64_t target_len = 0;
   int64_t eval_num_beams = 1;
   std::string tokenizer_path;
@@ -121,8 +122,10 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   model_->data_path = config.data.path;
   model_->max_answer_tokens = config.train.max_answer_tokens;
   if (kind_ == TaskKind::seq2seq) {
-    // Whole on every rank: validate_for refused tensor parallelism and ZeRO-3.
-    model_->s2s = model::Seq2SeqLm::load({config.model.path, pretrained, config.run.seed, config.model.dropout});
+    // Whole on every rank as it is read (validate_for refused tensor parallelism); at
+    // ZeRO-3 data parallelism shards it afterwards.
+    model_->s2s_options = {config.model.path, pretrained, config.run.seed, config.model.dropout, skeleton};
+    model_->s2s = model::Seq2SeqLm::load(model_->s2s_options);
     model_->target_len = dataset.target_len;
     model_->eval_num_beams = config.train.eval_num_beams;
     model_->tokenizer_path = dataset.tokenizer;
@@ -616,13 +619,15 @@ std::optional<nlohmann::json> Task::predictions(const EvalTotals& totals) const 
 
 void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,
                          const std::function<at::Tensor(const std::string& parameter)>& whole_value) const {
-  if (model_->s2s)
-    throw std::runtime_error("a sequence-to-sequence model is written whole (Task::save); streaming its export from "
-                             "shards is not supported yet");
   // A Task built WithoutValues is a skeleton already; otherwise one is built here.
   std::optional<model::CausalLm> lm = model_->lm;
   std::optional<model::Classifier> classifier = model_->classifier;
-  if (!model_->skeleton && lm) {
+  std::optional<model::Seq2SeqLm> s2s = model_->s2s;
+  if (!model_->skeleton && s2s) {
+    model::Seq2SeqLmOptions options = model_->s2s_options;
+    options.skeleton = true;
+    s2s = model::Seq2SeqLm::load(options);
+  } else if (!model_->skeleton && lm) {
     model::CausalLmOptions options = model_->lm_options;
     options.skeleton = true;
     lm = model::CausalLm::load(options);
@@ -632,7 +637,7 @@ void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirect
     options.split = {};
     classifier = model::Classifier::load(options);
   }
-  torch::nn::Module& skeleton = lm ? lm->module() : classifier->module();
+  torch::nn::Module& skeleton = s2s ? s2s->module() : lm ? lm->module() : classifier->module();
   // A stored tensor is a parameter or a view of one (GPT-2's Conv1D weights transposed);
   // its storage says which, its strides and offset how.
   std::map<const void*, std::pair<std::string, at::Tensor>> viewed;
@@ -652,7 +657,8 @@ void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirect
     return whole.as_strided(described.sizes(), described.strides(),
                             whole.storage_offset() + described.storage_offset() - param.storage_offset());
   };
-  if (lm) lm->save(dir, existing, values);
+  if (s2s) s2s->save(dir, existing, values);
+  else if (lm) lm->save(dir, existing, values);
   else classifier->save(dir, existing, values);
 }
 

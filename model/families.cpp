@@ -283,8 +283,8 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
 Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const json& raw, const std::string& source) {
   T5Config config = T5Config::from_json(raw, source);
   if (options.dropout >= 0) config.dropout_rate = options.dropout;
-  T5 model = built<T5>(config, false, options.pretrained, options.seed, init_t5);
-  if (options.pretrained) {
+  T5 model = built<T5>(config, options.skeleton, options.pretrained, options.seed, init_t5);
+  if (options.pretrained && !options.skeleton) {
     const ModelTensors stored = read_model_tensors(options.path);
     load_hf_state(model, stored.tensors, stored.source);
   }
@@ -298,7 +298,9 @@ Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const json& raw, const std
   parts.generate = [model](const at::Tensor& ids, const at::Tensor& mask, const Seq2SeqGenerationOptions& o) mutable {
     return generate(model, ids, mask, o);
   };
-  parts.save = [model](const fs::path& dir, ExistingDirectory existing) mutable { save_t5(model, dir, existing); };
+  parts.save = [model](const fs::path& dir, ExistingDirectory existing, const TensorValues& values) mutable {
+    save_t5(model, dir, existing, values);
+  };
   return Seq2SeqLm(raw["model_type"].get<std::string>(), std::move(parts));
 }
 

@@ -22,6 +22,9 @@ struct Seq2SeqLmOptions {
   bool pretrained = true;      // load the safetensors; false: fresh init from config.json
   uint64_t seed = 1234;        // init seed when not pretrained
   double dropout = -1;         // override dropout_rate; < 0 keeps config.json's
+  // Built without values and without reading the weights: the parameters only describe
+  // the model, for a streamed save (save() with values).
+  bool skeleton = false;
 };
 
 class Seq2SeqLm {
@@ -36,7 +39,7 @@ class Seq2SeqLm {
     // shifted right.
     std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)> logits;
     std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const Seq2SeqGenerationOptions&)> generate;
-    std::function<void(const std::filesystem::path&, ExistingDirectory)> save;
+    std::function<void(const std::filesystem::path&, ExistingDirectory, const TensorValues&)> save;
   };
 
   Seq2SeqLm(std::string family, Parts parts) : family_(std::move(family)), parts_(std::move(parts)) {}
@@ -58,7 +61,11 @@ class Seq2SeqLm {
                       const Seq2SeqGenerationOptions& options) const {
     return parts_.generate(input_ids, attention_mask, options);
   }
-  void save(const std::filesystem::path& dir, ExistingDirectory existing) const { parts_.save(dir, existing); }
+  // Writes config.json and model.safetensors; with `values`, each stored tensor's data is
+  // asked of it as it is written (a skeleton's parameters only describe the file).
+  void save(const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values = {}) const {
+    parts_.save(dir, existing, values);
+  }
 
  private:
   std::string family_;

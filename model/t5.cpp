@@ -323,9 +323,9 @@ T5 load_t5(const std::filesystem::path& dir) {
   return model;
 }
 
-void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory existing) {
+void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values) {
   prepare_model_directory(dir, existing);
-  save_safetensors(dir / "model.safetensors", to_hf_state(model), {{"format", "pt"}});
+  save_safetensors(dir / "model.safetensors", to_hf_state(model), {{"format", "pt"}}, values);
   data::write_file_atomically(dir / "config.json", model->config().to_json().dump(2) + "\n");
 }
 

@@ -176,6 +176,8 @@ ParameterInit t5_parameter_init(const T5Config& config, const std::string& name)
 T5 init_t5(const T5Config& config, uint64_t seed);
 
 // Writes config.json and model.safetensors in Hugging Face's layout.
-void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory existing = ExistingDirectory::refuse);
+// With `values`, each tensor's data is asked of it as it is written (see save_gpt2).
+void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory existing = ExistingDirectory::refuse,
+             const TensorValues& values = {});
 
 }  // namespace ftrain::model
