@@ -522,7 +522,7 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
     BleuCounts bleu;
     const auto texts = generated_texts(totals);
     for (const auto& [prediction, reference] : texts) {
-      const auto f = rouge_f(prediction, reference);
+      const auto f = rouge_f(prediction, reference, /*stem=*/true);  // as run_summarization scores
       for (size_t i = 0; i < 3; ++i) rouge[i] += f[i];
       bleu.add(prediction, reference);
     }

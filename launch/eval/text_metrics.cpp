@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 
 #include "data/tokenizer.h"
@@ -74,9 +75,164 @@ std::string collapse_spaces(std::string_view text) {
   return out;
 }
 
+// ---- the Porter stemmer, NLTK's variant ----
+
+bool is_vowel(char c) { return c == 'a' || c == 'e' || c == 'i' || c == 'o' || c == 'u'; }
+
+// Whether each letter is a consonant: not a vowel, and a y only after a vowel (or first).
+std::vector<bool> consonants(std::string_view word) {
+  std::vector<bool> flags(word.size());
+  for (size_t i = 0; i < word.size(); ++i)
+    flags[i] = is_vowel(word[i]) ? false : word[i] == 'y' ? (i == 0 || !flags[i - 1]) : true;
+  return flags;
+}
+
+bool consonant_at(std::string_view word, size_t i) { return consonants(word.substr(0, i + 1))[i]; }
+
+// m: the number of vowel-consonant sequences, [C](VC)^m[V].
+int measure(std::string_view stem) {
+  const std::vector<bool> flags = consonants(stem);
+  int m = 0;
+  for (size_t i = 1; i < flags.size(); ++i) m += !flags[i - 1] && flags[i] ? 1 : 0;
+  return m;
+}
+
+bool contains_vowel(std::string_view stem) {
+  const std::vector<bool> flags = consonants(stem);
+  return std::find(flags.begin(), flags.end(), false) != flags.end();
+}
+
+bool ends_double_consonant(std::string_view word) {
+  return word.size() >= 2 && word[word.size() - 1] == word[word.size() - 2] && consonant_at(word, word.size() - 1);
+}
+
+// *o: consonant-vowel-consonant, the last not w, x or y; NLTK also takes a 2-letter vowel-consonant.
+bool ends_cvc(std::string_view word) {
+  const size_t n = word.size();
+  if (n >= 3 && consonant_at(word, n - 3) && !consonant_at(word, n - 2) && consonant_at(word, n - 1) &&
+      word[n - 1] != 'w' && word[n - 1] != 'x' && word[n - 1] != 'y')
+    return true;
+  return n == 2 && !consonant_at(word, 0) && consonant_at(word, 1);
+}
+
+struct Rule {
+  std::string_view suffix;  // "*d": a double consonant
+  std::string replacement;
+  std::function<bool(std::string_view stem)> condition;  // empty: always
+};
+
+// The first rule whose suffix the word has decides: replaced when its condition holds,
+// the word unchanged otherwise.
+std::string apply_rules(const std::string& word, const std::vector<Rule>& rules) {
+  for (const Rule& rule : rules) {
+    if (rule.suffix == "*d" && ends_double_consonant(word)) {
+      const std::string stem = word.substr(0, word.size() - 2);
+      return !rule.condition || rule.condition(stem) ? stem + rule.replacement : word;
+    }
+    if (word.ends_with(rule.suffix)) {
+      const std::string stem = word.substr(0, word.size() - rule.suffix.size());
+      return !rule.condition || rule.condition(stem) ? stem + rule.replacement : word;
+    }
+  }
+  return word;
+}
+
+bool positive(std::string_view stem) { return measure(stem) > 0; }
+bool above_one(std::string_view stem) { return measure(stem) > 1; }
+
+std::string step1a(const std::string& word) {
+  if (word.ends_with("ies") && word.size() == 4) return word.substr(0, 1) + "ie";
+  return apply_rules(word, {{"sses", "ss", {}}, {"ies", "i", {}}, {"ss", "ss", {}}, {"s", "", {}}});
+}
+
+std::string step1b(const std::string& word) {
+  if (word.ends_with("ied")) return word.substr(0, word.size() - 3) + (word.size() == 4 ? "ie" : "i");
+  if (word.ends_with("eed")) {
+    const std::string stem = word.substr(0, word.size() - 3);
+    return measure(stem) > 0 ? stem + "ee" : word;
+  }
+  std::string stem;
+  bool removed = false;
+  for (const std::string_view suffix : {std::string_view("ed"), std::string_view("ing")}) {
+    if (word.ends_with(suffix) && contains_vowel(std::string_view(word).substr(0, word.size() - suffix.size()))) {
+      stem = word.substr(0, word.size() - suffix.size());
+      removed = true;
+      break;
+    }
+  }
+  if (!removed) return word;
+  const char last = stem.back();
+  return apply_rules(stem, {{"at", "ate", {}},
+                            {"bl", "ble", {}},
+                            {"iz", "ize", {}},
+                            {"*d", std::string(1, last), [last](std::string_view) {
+                               return last != 'l' && last != 's' && last != 'z';
+                             }},
+                            {"", "e", [](std::string_view s) { return measure(s) == 1 && ends_cvc(s); }}});
+}
+
+std::string step1c(const std::string& word) {
+  return apply_rules(word, {{"y", "i", [](std::string_view s) { return s.size() > 1 && consonant_at(s, s.size() - 1); }}});
+}
+
+std::string step2(const std::string& word) {
+  if (word.ends_with("alli") && positive(std::string_view(word).substr(0, word.size() - 4)))
+    return step2(word.substr(0, word.size() - 4) + "al");
+  const std::string logi_stem = word.size() >= 3 ? word.substr(0, word.size() - 3) : "";
+  return apply_rules(word, {{"ational", "ate", positive}, {"tional", "tion", positive}, {"enci", "ence", positive},
+                            {"anci", "ance", positive},   {"izer", "ize", positive},     {"bli", "ble", positive},
+                            {"alli", "al", positive},     {"entli", "ent", positive},    {"eli", "e", positive},
+                            {"ousli", "ous", positive},   {"ization", "ize", positive},  {"ation", "ate", positive},
+                            {"ator", "ate", positive},    {"alism", "al", positive},     {"iveness", "ive", positive},
+                            {"fulness", "ful", positive}, {"ousness", "ous", positive},  {"aliti", "al", positive},
+                            {"iviti", "ive", positive},   {"biliti", "ble", positive},   {"fulli", "ful", positive},
+                            {"logi", "log", [logi_stem](std::string_view) { return positive(logi_stem); }}});
+}
+
+std::string step3(const std::string& word) {
+  return apply_rules(word, {{"icate", "ic", positive}, {"ative", "", positive}, {"alize", "al", positive},
+                            {"iciti", "ic", positive}, {"ical", "ic", positive}, {"ful", "", positive},
+                            {"ness", "", positive}});
+}
+
+std::string step4(const std::string& word) {
+  return apply_rules(word, {{"al", "", above_one},   {"ance", "", above_one}, {"ence", "", above_one},
+                            {"er", "", above_one},   {"ic", "", above_one},   {"able", "", above_one},
+                            {"ible", "", above_one}, {"ant", "", above_one},  {"ement", "", above_one},
+                            {"ment", "", above_one}, {"ent", "", above_one},
+                            {"ion", "", [](std::string_view s) {
+                               return measure(s) > 1 && !s.empty() && (s.back() == 's' || s.back() == 't');
+                             }},
+                            {"ou", "", above_one},   {"ism", "", above_one},  {"ate", "", above_one},
+                            {"iti", "", above_one},  {"ous", "", above_one},  {"ive", "", above_one},
+                            {"ize", "", above_one}});
+}
+
+std::string step5(const std::string& word) {
+  std::string out = word;
+  if (out.ends_with("e")) {
+    const std::string stem = out.substr(0, out.size() - 1);
+    if (measure(stem) > 1 || (measure(stem) == 1 && !ends_cvc(stem))) out = stem;
+  }
+  if (out.ends_with("ll") && measure(std::string_view(out).substr(0, out.size() - 1)) > 1) out.pop_back();
+  return out;
+}
+
 }  // namespace
 
-std::vector<std::string> rouge_tokens(std::string_view text) {
+std::string porter_stem(std::string_view word) {
+  static const std::map<std::string, std::string, std::less<>> kIrregular = {
+      {"sky", "sky"},         {"skies", "sky"},     {"dying", "die"},     {"lying", "lie"},       {"tying", "tie"},
+      {"news", "news"},       {"innings", "inning"}, {"inning", "inning"}, {"outings", "outing"}, {"outing", "outing"},
+      {"cannings", "canning"}, {"canning", "canning"}, {"howe", "howe"},   {"proceed", "proceed"}, {"exceed", "exceed"},
+      {"succeed", "succeed"}};
+  if (const auto found = kIrregular.find(word); found != kIrregular.end()) return found->second;
+  std::string stem(word);
+  if (stem.size() <= 2) return stem;
+  return step5(step4(step3(step2(step1c(step1b(step1a(stem)))))));
+}
+
+std::vector<std::string> rouge_tokens(std::string_view text, bool stem) {
   std::vector<std::string> tokens;
   std::string current;
   for (const char c : data::lowercase(text)) {
@@ -88,11 +244,14 @@ std::vector<std::string> rouge_tokens(std::string_view text) {
     }
   }
   if (!current.empty()) tokens.push_back(std::move(current));
+  if (stem)
+    for (std::string& token : tokens)
+      if (token.size() > 3) token = porter_stem(token);
   return tokens;
 }
 
-std::array<double, 3> rouge_f(std::string_view prediction, std::string_view reference) {
-  const std::vector<std::string> predicted = rouge_tokens(prediction), expected = rouge_tokens(reference);
+std::array<double, 3> rouge_f(std::string_view prediction, std::string_view reference, bool stem) {
+  const std::vector<std::string> predicted = rouge_tokens(prediction, stem), expected = rouge_tokens(reference, stem);
   std::array<double, 3> out{};
   for (size_t n = 1; n <= 2; ++n) {
     const auto a = ngrams(predicted, n), b = ngrams(expected, n);

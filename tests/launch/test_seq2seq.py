@@ -111,7 +111,7 @@ def test_generated_texts_and_scores_match_transformers(workspace, trained):
     assert [p["reference"] for p in ours] == references
 
     metrics = validation_of(trained)
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
     for key in ("rouge1", "rouge2", "rougeL"):
         assert metrics[f"val_{key}"] == pytest.approx(100 * np.mean([s[key].fmeasure for s in scores]), abs=1e-9)

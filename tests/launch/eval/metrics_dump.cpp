@@ -7,7 +7,9 @@
 //   {"task": "squad", "items": [{"prediction": text, "answers": [text, ...]}, ...]}
 //       -> {"normalized": [...], "exact_match": [...], "f1": [...]} per item
 //   {"task": "text", "shards": k, "pairs": [{"prediction": text, "reference": text}, ...]}
-//       -> {"rouge": [[r1, r2, rL], ...] per pair, "tokens_13a": [...], "bleu": corpus BLEU}
+//       -> {"rouge": [[r1, r2, rL], ...] per pair, "rouge_stemmed": [...], "tokens_13a": [...],
+//           "bleu": corpus BLEU}
+//   {"task": "stem", "words": [...]}  ->  {"stems": [...]} (the Porter stemmer)
 //
 // Example i is counted on shard i % k and the shards' count vectors are summed, as the
 // all-reduce of an evaluation does, before any score is computed. Entities are listed per
@@ -110,6 +112,8 @@ json text(const json& input, int64_t num_shards) {
     const std::string prediction = pairs[i].at("prediction"), reference = pairs[i].at("reference");
     const auto rouge = rouge_f(prediction, reference);
     out["rouge"].push_back(json::array({rouge[0], rouge[1], rouge[2]}));
+    const auto stemmed = rouge_f(prediction, reference, /*stem=*/true);
+    out["rouge_stemmed"].push_back(json::array({stemmed[0], stemmed[1], stemmed[2]}));
     out["tokens_13a"].push_back(bleu_13a(prediction));
     shards[i % num_shards].add(prediction, reference);
   }
@@ -131,6 +135,10 @@ int main() {
       std::cout << classification(input, num_shards).dump() << "\n";
     } else if (task == "entities") {
       std::cout << entities(input, num_shards).dump() << "\n";
+    } else if (task == "stem") {
+      json stems = json::array();
+      for (const auto& word : input.at("words")) stems.push_back(porter_stem(word.get<std::string>()));
+      std::cout << json{{"stems", stems}}.dump() << "\n";
     } else if (task == "text") {
       std::cout << text(input, num_shards).dump() << "\n";
     } else if (task == "squad") {

@@ -255,9 +255,12 @@ def test_rouge_and_bleu_match_rouge_score_and_sacrebleu():
     ours = ftrain_metrics(dict(task="text", shards=3, pairs=pairs))
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
     tokenize = Tokenizer13a()
-    for pair, rouge, tokens in zip(pairs, ours["rouge"], ours["tokens_13a"]):
+    stemming = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for pair, rouge, stemmed, tokens in zip(pairs, ours["rouge"], ours["rouge_stemmed"], ours["tokens_13a"]):
         expected = scorer.score(pair["reference"], pair["prediction"])
         assert rouge == pytest.approx([expected[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")], abs=1e-12), pair
+        expected = stemming.score(pair["reference"], pair["prediction"])
+        assert stemmed == pytest.approx([expected[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")], abs=1e-12), pair
         assert tokens == tokenize(pair["prediction"]), pair
     assert any(0 < r[1] < 1 for r in ours["rouge"]) and any(r[2] == 1 for r in ours["rouge"])
     bleu = sacrebleu.corpus_bleu([p["prediction"] for p in pairs], [[p["reference"] for p in pairs]])
@@ -268,3 +271,31 @@ def test_rouge_and_bleu_match_rouge_score_and_sacrebleu():
     ours_few = ftrain_metrics(dict(task="text", shards=2, pairs=few))["bleu"]
     assert ours_few == pytest.approx(sacrebleu.corpus_bleu([p["prediction"] for p in few],
                                                            [[p["reference"] for p in few]]).score, abs=1e-9)
+
+
+STEMS = ["caress", "pony", "ti", "cat", "feed", "agre", "plaster", "bl", "motor", "s", "conflat", "troubl", "siz",
+         "hop", "tann", "fall", "hiss", "fizz", "fail", "fil", "happ", "sk", "relat", "condit", "valen", "hesit",
+         "digit", "conform", "radic", "differ", "vil", "analog", "vietnam", "predic", "oper", "feud", "decis",
+         "hope", "callous", "formal", "sensitiv", "sensibl", "triplic", "form", "electr", "electric", "good",
+         "revival", "allow", "infer", "airlin", "gyroscop", "adjust", "depend", "adopt", "homolog", "commun",
+         "activ", "angular", "effect", "bowdler", "gener", "control", "roll", "rate", "ceas", "ye", "toy", "syzyg",
+         "y", "by", "tre", "oat", "ivy", "orrer", "spi", "fli", "tri", "enjoy", "news", "inn", "out", "cann",
+         "proc", "exc", "succ", "dy", "ly", "ty", "archaeolog", "hopefull", "fulli", "eye", "abl", "ozon", "wa"]
+SUFFIXES = ["", "s", "es", "ies", "sses", "ed", "ied", "eed", "ing", "ings", "y", "ly", "ily", "ational", "tional",
+            "enci", "anci", "izer", "bli", "abli", "alli", "entli", "eli", "ousli", "ization", "ation", "ator",
+            "alism", "iveness", "fulness", "ousness", "aliti", "iviti", "biliti", "fulli", "logi", "icate", "ative",
+            "alize", "iciti", "ical", "ful", "ness", "al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement",
+            "ment", "ent", "sion", "tion", "ion", "ou", "ism", "ate", "iti", "ous", "ive", "ize", "e", "ll", "ness"]
+
+
+def test_porter_stemmer_matches_nltk():
+    from nltk.stem.porter import PorterStemmer
+    rng = random.Random(33)
+    words = sorted({stem + suffix for stem in STEMS for suffix in SUFFIXES} |
+                   {"".join(rng.choice("aeiouybcdlmnrst") for _ in range(rng.randint(1, 12))) for _ in range(3000)} |
+                   {"sky", "skies", "dying", "lying", "tying", "innings", "outings", "cannings", "howe", "proceed"})
+    ours = ftrain_metrics(dict(task="stem", words=words))["stems"]
+    reference = PorterStemmer()
+    differing = [(w, o, reference.stem(w)) for w, o in zip(words, ours) if o != reference.stem(w)]
+    assert not differing, f"{len(differing)} of {len(words)} differ, first: {differing[:5]}"
+    assert sum(o != w for w, o in zip(words, ours)) > len(words) / 3, "most words should be stemmed"
