@@ -1,6 +1,7 @@
 #include "dist/tensor_parallel.h"
 
 #include "model/families.h"
+#include "model/t5.h"
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -812,6 +813,70 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
 }
 
 // ---------------------------------------------------------------------------------
+// T5
+
+namespace {
+
+TensorParallelPlan split_t5(torch::nn::Module& module, Communicator& comm, ParameterValues values) {
+  model::T5 t5(std::dynamic_pointer_cast<model::T5Impl>(module.shared_from_this()));
+  Group& group = comm.tp();
+  const int64_t N = group.size(), r = group.rank();
+  const model::T5Config& config = t5->config();
+  const std::string refused = refusal("T5", group.size());
+  if (config.num_heads % N != 0)
+    throw std::invalid_argument(refused + "num_heads " + std::to_string(config.num_heads) + " is not a multiple of " +
+                                std::to_string(N) + " (attention is split by heads)");
+  if (config.d_ff % N != 0)
+    throw std::invalid_argument(refused + "d_ff " + std::to_string(config.d_ff) + " is not a multiple of " +
+                                std::to_string(N));
+  if (comm.options().sequence_parallel)
+    throw std::invalid_argument(refused + "sequence parallelism is not available for T5");
+  Cutting plan = cutting_for(comm, values);
+  torch::NoGradGuard no_grad;
+  const int64_t heads = config.num_heads / N, width = heads * config.d_kv, hidden = config.d_ff / N;
+  for (auto [stack_name, stack] : {std::pair{std::string("encoder."), t5->encoder},
+                                    std::pair{std::string("decoder."), t5->decoder}}) {
+    for (size_t b = 0; b < stack->block->size(); ++b) {
+      auto* layers = stack->block[b]->named_children()[0].value()->as<torch::nn::ModuleList>();
+      for (size_t l = 0; l < layers->size(); ++l) {
+        auto& sublayer = *layers->ptr(l)->as<model::T5SublayerImpl>();
+        const std::string name = stack_name + "block." + std::to_string(b) + ".layer." + std::to_string(l) + ".";
+        if (sublayer.attention) {
+          auto& attention = *sublayer.attention;
+          const bool cross = l == 1;  // the decoder's second sublayer
+          const std::string prefix = name + (cross ? "EncDecAttention." : "SelfAttention.");
+          attention.input_hook = into_split_layers(plan, group);
+          attention.heads_part = heads_of_rank(group);
+          if (cross) attention.memory_hook = into_split_layers(plan, group);
+          shard_rows(plan, attention.q, prefix + "q", r * width, width, group, {.copy_input = false});
+          shard_rows(plan, attention.k, prefix + "k", r * width, width, group, {.copy_input = false});
+          shard_rows(plan, attention.v, prefix + "v", r * width, width, group, {.copy_input = false});
+          shard_columns(plan, attention.o, prefix + "o", r * width, width, group);
+          if (attention.relative_attention_bias)
+            cut(plan, prefix + "relative_attention_bias.weight", attention.relative_attention_bias->weight, 1,
+                range(r * heads, heads));
+        } else {
+          auto& ff = *sublayer.feed_forward;
+          const std::string prefix = name + "DenseReluDense.";
+          ff.input_hook = into_split_layers(plan, group);
+          ff.hidden_part = {"hidden units of rank " + std::to_string(r) + " of " + std::to_string(N),
+                            [&group](const at::Tensor& h) {
+                              return model::SliceOf{.dim = h.dim() - 1, .offset = group.rank() * h.size(-1),
+                                                    .whole = group.size() * h.size(-1)};
+                            }};
+          for (auto [layer, what] : {std::pair{&ff.wi, "wi"}, std::pair{&ff.wi_0, "wi_0"}, std::pair{&ff.wi_1, "wi_1"}})
+            if (*layer) shard_rows(plan, *layer, prefix + what, r * hidden, hidden, group, {.copy_input = false});
+          shard_columns(plan, ff.wo, prefix + "wo", r * hidden, hidden, group);
+        }
+      }
+    }
+  }
+  return plan.plan;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------
 // The registry of splits, one line per family of model/families.cpp.
 
 namespace {
@@ -825,6 +890,7 @@ struct FamilySplit {
   std::function<TensorParallelPlan(torch::nn::Module& body, const std::string& prefix, Communicator& comm,
                                    ParameterValues values)>
       classifier_body;
+  std::function<TensorParallelPlan(torch::nn::Module& model, Communicator& comm, ParameterValues values)> seq2seq = {};
 };
 
 template <typename Model>
@@ -852,6 +918,7 @@ const FamilySplit& family_split(const std::string& model_type) {
       {"gpt2", split_lm<model::Gpt2>, split_decoder_body<model::Gpt2TransformerImpl, split_gpt2_body>},
       {"llama", split_lm<model::Llama>, split_decoder_body<model::LlamaModelImpl, split_llama_body>},
       {"bert", nullptr, split_bert_body},
+      {"t5", nullptr, nullptr, split_t5},
   };
   const model::ModelFamily& family = model::model_family({{"model_type", model_type}}, "apply_tensor_parallel");
   for (const FamilySplit& split : splits)
@@ -874,6 +941,13 @@ TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator&
   if (!split.classifier_body)
     throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " classifier has no body that can be split");
   return split.classifier_body(*body, model.body_name() + ".", comm, values);
+}
+
+TensorParallelPlan apply_tensor_parallel(model::Seq2SeqLm& model, Communicator& comm, ParameterValues values) {
+  const FamilySplit& split = family_split(model.family());
+  if (!split.seq2seq)
+    throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " encoder-decoder cannot be split");
+  return split.seq2seq(model.module(), comm, values);
 }
 
 // ---------------------------------------------------------------------------------

@@ -33,6 +33,7 @@
 #include "model/gpt2.h"
 #include "model/linear.h"
 #include "model/llama.h"
+#include "model/seq2seq_lm.h"
 
 namespace ftrain::dist {
 
@@ -281,6 +282,14 @@ TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm,
 // the language model: blocks by heads and MLP width, the token embedding by vocabulary
 // rows), and its head, which reads the whole hidden states, stays whole on every rank.
 TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm,
+                                         ParameterValues values = ParameterValues::sliced);
+
+// An encoder-decoder (T5): every attention layer (self-attention of both stacks and the
+// decoder's cross-attention) split by heads (q, k, v column-parallel, o row-parallel,
+// each first block's relative_attention_bias by its head columns), the feed-forward's wi
+// (or wi_0 and wi_1) column- and wo row-parallel; the shared embedding, the head and the
+// layer norms whole on every rank, so the logits are whole. No sequence parallelism.
+TensorParallelPlan apply_tensor_parallel(model::Seq2SeqLm& model, Communicator& comm,
                                          ParameterValues values = ParameterValues::sliced);
 
 // Sharded loading: a pretrained model read split over comm.tp(), each rank reading

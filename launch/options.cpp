@@ -356,9 +356,8 @@ void check_task_options(const Config& config, const data::DatasetInfo& dataset) 
     fail("train.freeze_base_steps", "a " + std::string(causal_lm ? "causal" : "sequence-to-sequence") +
                                         " language model has no new head to train alone; set it to 0 (" +
                                         config.data.path + " is a " + dataset.task + " dataset)");
-  // The encoder-decoder trains data-parallel only (ZeRO-3 gathers it whole for a step).
-  if (seq2seq && config.dist.tp > 1)
-    fail("dist.tp", "sequence-to-sequence models (T5) are not split by tensor parallelism yet; use dist.tp = 1");
+  if (seq2seq && config.dist.tp > 1 && config.dist.sequence_parallel)
+    fail("dist.sequence_parallel", "is not available for sequence-to-sequence models (T5); turn it off");
   if (seq2seq && config.train.activation_checkpointing)
     fail("train.activation_checkpointing", "is not available for sequence-to-sequence models (T5) yet");
   const std::string& metric = config.train.eval_metric;

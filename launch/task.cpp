@@ -410,6 +410,10 @@ dist::TensorParallelPlan Task::parallelize(dist::Communicator& comm) {
 }
 
 dist::TensorParallelPlan Task::split(dist::Communicator& comm) {
+  if (model_->s2s) {  // whole logits: the usual loss
+    plan_ = dist::apply_tensor_parallel(*model_->s2s, comm);
+    return plan_;
+  }
   if (model_->lm) {
     plan_ = dist::apply_tensor_parallel(*model_->lm, comm);
     tp_ = &comm.tp();  // the loss reads vocabulary-parallel logits

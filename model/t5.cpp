@@ -85,19 +85,22 @@ torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tens
   const int64_t B = x.size(0), T = x.size(1);
   const torch::Tensor& source = memory.defined() ? memory : x;
   const auto heads = [&](const torch::Tensor& t) { return t.view({B, t.size(1), -1, head_dim_}).transpose(1, 2); };
+  const torch::Tensor input = input_hook(x);
   torch::Tensor keys, values;
   if (cached && memory.defined() && cached->first.defined()) {
     std::tie(keys, values) = *cached;  // the encoder's output does not change
   } else {
-    keys = heads(k(source)), values = heads(v(source));
+    const torch::Tensor from = memory.defined() ? memory_hook(source) : input;
+    keys = heads(k(from)), values = heads(v(from));
     if (cached && !memory.defined() && cached->first.defined()) {
       keys = torch::cat({cached->first, keys}, 2);
       values = torch::cat({cached->second, values}, 2);
     }
     if (cached) *cached = {keys, values};
   }
-  const torch::Tensor attended = dot_product_attention(heads(q(x)), keys, values, bias,
-                                                       is_training() ? dropout_ : 0.0, /*is_causal=*/false, 1.0);
+  const torch::Tensor queries = heads(q(input));
+  const torch::Tensor attended = dot_product_attention(queries, keys, values, bias, is_training() ? dropout_ : 0.0,
+                                                       /*is_causal=*/false, 1.0, heads_part(queries));
   return o(attended.transpose(1, 2).reshape({B, T, -1}));
 }
 
@@ -121,8 +124,9 @@ torch::Tensor T5FeedForwardImpl::forward(const torch::Tensor& x) {
     if (activation_ == "silu") return torch::silu(h);
     return torch::gelu(h, activation_ == "gelu_tanh" ? "tanh" : "none");
   };
-  const torch::Tensor hidden = wi_0 ? act(wi_0(x)) * wi_1(x) : act(wi(x));
-  return wo(hashed_dropout(hidden, dropout_, is_training()));
+  const torch::Tensor input = input_hook(x);
+  const torch::Tensor hidden = wi_0 ? act(wi_0(input)) * wi_1(input) : act(wi(input));
+  return wo(hashed_dropout(hidden, dropout_, is_training(), hidden_part(hidden)));
 }
 
 // ---- sublayers, blocks and stacks ----

@@ -62,6 +62,9 @@ class T5AttentionImpl : public torch::nn::Module {
 
   Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};  // C -> H d_kv, and back
   torch::nn::Embedding relative_attention_bias{nullptr};  // (buckets, H), first block only
+  InputHook input_hook;   // x on its way into q (and k, v in self-attention)
+  InputHook memory_hook;  // the encoder's output on its way into k and v (cross-attention)
+  PartHook heads_part;    // the heads this layer computes, of the model's (attention dropout)
 
  private:
   int64_t heads_, head_dim_, buckets_, max_distance_;
@@ -77,6 +80,8 @@ class T5FeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   Linear wi{nullptr}, wi_0{nullptr}, wi_1{nullptr}, wo{nullptr};
+  InputHook input_hook;  // x on its way into wi (or wi_0 and wi_1)
+  PartHook hidden_part;  // the hidden units this layer computes, of the model's (dropout)
 
  private:
   std::string activation_;

@@ -140,35 +140,55 @@ def test_beam_search_evaluation_matches_transformers(workspace, trained):
     assert [p["prediction"] for p in ours] == tokenizer.batch_decode(generated, skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("zero", [0, 2, 3])
-def test_data_parallel_matches_one_rank(workspace, zero):
+@pytest.mark.parametrize("tp,dp,zero", [(1, 2, 0), (1, 2, 2), (1, 2, 3), (2, 1, 0), (2, 2, 1)])
+def test_layouts_match_one_rank(workspace, tp, dp, zero):
+    """Data parallelism at every ZeRO stage and tensor parallelism (encoder, decoder and
+    cross-attention split by heads, feed-forwards by width) train as one rank does."""
     short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false"}
     one = workspace["root"] / "one_rank"
     if not (one / "metrics.jsonl").exists():
         run_ftrain(1, *args(workspace, one, **short))
-    two = workspace["root"] / f"dp2_zero{zero}"
-    run_ftrain(2, *args(workspace, two, **short, **{"dist.zero": zero}))
+    run = workspace["root"] / f"tp{tp}_dp{dp}_zero{zero}"
+    run_ftrain(tp * dp, *args(workspace, run, **short, **{"dist.tp": tp, "dist.zero": zero}))
     reference = {r["step"]: r for r in records(one) if "loss" in r}
-    got = {r["step"]: r for r in records(two) if "loss" in r}
+    got = {r["step"]: r for r in records(run) if "loss" in r}
     assert sorted(reference) == sorted(got) == list(range(1, 7))
     for step in reference:
         assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), step
         assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), step
-    assert validation_of(two)["val_bleu"] == pytest.approx(validation_of(one)["val_bleu"], abs=1e-9)
+    assert validation_of(run)["val_bleu"] == pytest.approx(validation_of(one)["val_bleu"], abs=1e-6)
 
 
-def test_zero3_export_streams_the_same_model(workspace):
-    """At ZeRO-3 final/ is written tensor by tensor from the shards: the same weights as
-    one rank's, and transformers loads them."""
+def test_dropout_is_the_same_under_tensor_parallelism(workspace):
+    """Hashed dropout on attention probabilities and feed-forward units draws, on each
+    rank, its heads' and units' part of the one-rank mask."""
+    short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false", "model.dropout": 0.2}
+    one, split = workspace["root"] / "dropout_one", workspace["root"] / "dropout_tp2"
+    run_ftrain(1, *args(workspace, one, **short))
+    run_ftrain(2, *args(workspace, split, **short, **{"dist.tp": 2}))
+    reference = {r["step"]: r for r in records(one) if "loss" in r}
+    for r in records(split):
+        if "loss" in r:
+            assert r["loss"] == pytest.approx(reference[r["step"]]["loss"], rel=1e-5), r["step"]
+            assert r["grad_norm"] == pytest.approx(reference[r["step"]]["grad_norm"], rel=1e-4), r["step"]
+
+
+@pytest.mark.parametrize("tp,dp,zero", [(1, 2, 3), (2, 1, 0)])
+def test_sharded_exports_stream_the_same_model(workspace, tp, dp, zero):
+    """At ZeRO-3 and under tensor parallelism final/ is written tensor by tensor from the
+    shards and parts: the same weights as one rank's, and transformers loads them."""
     from safetensors.torch import load_file
     short = {"train.steps": 4, "optim.warmup_steps": 2, "run.log_samples": "false", "train.eval_samples": 8}
-    one, sharded = workspace["root"] / "export_one", workspace["root"] / "export_zero3"
-    run_ftrain(1, *args(workspace, one, **short))
-    run_ftrain(2, *args(workspace, sharded, **short, **{"dist.zero": 3}))
+    one, sharded = workspace["root"] / "export_one", workspace["root"] / f"export_tp{tp}_dp{dp}_zero{zero}"
+    if not (one / "final").exists():
+        run_ftrain(1, *args(workspace, one, **short))
+    run_ftrain(tp * dp, *args(workspace, sharded, **short, **{"dist.tp": tp, "dist.zero": zero}))
     a, b = load_file(str(one / "final" / "model.safetensors")), load_file(str(sharded / "final" / "model.safetensors"))
     assert sorted(a) == sorted(b) and "shared.weight" in a
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+        # Adam normalises gradients: a last-bit difference of summation order moves a few
+        # near-zero-gradient weights by up to ~lr x 1e-2 in 4 steps.
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
     T5ForConditionalGeneration.from_pretrained(sharded / "final")
 
 
@@ -187,10 +207,8 @@ def test_dynamic_padding_changes_nothing_but_the_width(workspace):
             assert r["grad_norm"] == pytest.approx(reference[r["step"]]["grad_norm"], rel=1e-5), r["step"]
 
 
-@pytest.mark.parametrize("option,message", [
-    ({"dist.tp": 2}, "dist.tp: sequence-to-sequence models (T5) are not split by tensor parallelism yet"),
-])
-def test_layouts_not_supported_yet_are_refused(workspace, option, message):
-    result = run_ftrain(2, *args(workspace, workspace["root"] / "refused", **option), check=False)
+def test_sequence_parallelism_is_refused(workspace):
+    result = run_ftrain(2, *args(workspace, workspace["root"] / "refused",
+                                 **{"dist.tp": 2, "dist.sequence_parallel": "true"}), check=False)
     assert result.returncode != 0
-    assert message in result.stdout + result.stderr
+    assert "dist.sequence_parallel: is not available for sequence-to-sequence models (T5)" in result.stdout + result.stderr
