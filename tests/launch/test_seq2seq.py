@@ -207,6 +207,26 @@ def test_dynamic_padding_changes_nothing_but_the_width(workspace):
             assert r["grad_norm"] == pytest.approx(reference[r["step"]]["grad_norm"], rel=1e-5), r["step"]
 
 
+def test_a_checkpoint_resumes_on_another_layout(workspace):
+    """Saved at tp 2 after step 3, resumed at dp 2 ZeRO-3: steps 4-6 as one rank runs them."""
+    short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false"}
+    one = workspace["root"] / "one_rank"
+    if not (one / "metrics.jsonl").exists():
+        run_ftrain(1, *args(workspace, one, **short))
+    run = workspace["root"] / "resharded"
+    run_ftrain(2, *args(workspace, run, **short, **{"dist.tp": 2, "checkpoint.every": 3, "checkpoint.keep": 2}))
+    checkpoint = run / "checkpoints" / "step_00000003"
+    assert checkpoint.is_dir()
+    resumed = workspace["root"] / "resumed"
+    run_ftrain(2, *args(workspace, resumed, **short, **{"dist.zero": 3, "run.resume": checkpoint}))
+    reference = {r["step"]: r for r in records(one) if "loss" in r}
+    got = {r["step"]: r for r in records(resumed) if "loss" in r}
+    assert sorted(got) == [4, 5, 6]
+    for step in got:
+        assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), step
+        assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), step
+
+
 def test_sequence_parallelism_is_refused(workspace):
     result = run_ftrain(2, *args(workspace, workspace["root"] / "refused",
                                  **{"dist.tp": 2, "dist.sequence_parallel": "true"}), check=False)
