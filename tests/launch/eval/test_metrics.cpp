@@ -220,6 +220,8 @@ BOOST_AUTO_TEST_CASE(metric_directions) {
   BOOST_TEST(higher_is_better("entity_f1"));
   BOOST_TEST(higher_is_better("exact_match"));
   BOOST_TEST(higher_is_better("f1"));
-  BOOST_TEST(throws_naming([] { higher_is_better("bleu"); }, {"train.eval_metric", "'bleu'", "loss", "perplexity",
-                                                                "accuracy", "macro_f1", "entity_f1", "exact_match"}));
+  for (const char* metric : {"rouge1", "rouge2", "rougeL", "bleu"}) BOOST_TEST(higher_is_better(metric));
+  BOOST_TEST(throws_naming([] { higher_is_better("meteor"); },
+                           {"train.eval_metric", "'meteor'", "loss", "perplexity", "accuracy", "macro_f1", "entity_f1",
+                            "exact_match", "rougeL", "bleu"}));
 }
