@@ -47,7 +47,7 @@ BOOST_AUTO_TEST_CASE(patience_zero_never_stops) {
 }
 
 BOOST_AUTO_TEST_CASE(an_unknown_metric_is_refused) {
-  BOOST_CHECK_THROW(EarlyStopping("bleu", 1), std::exception);
+  BOOST_CHECK_THROW(EarlyStopping("meteor", 1), std::exception);
 }
 
 BOOST_AUTO_TEST_CASE(the_state_survives_a_checkpoint_of_the_same_metric_only) {
