@@ -28,7 +28,7 @@
 #include "data/prep_seq2seq.h"
 #include "data/prep_tasks.h"
 #include "data/row_packer.h"
-#include "data/sample_order.h"
+#include "data/prep_splits.h"
 #include "data/token_dataset.h"
 
 namespace fs = std::filesystem;
@@ -270,8 +270,7 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
 
 // ---------------------------------------------------------------------------------------
 
-enum class Split { kTrain, kValidation, kTest };
-constexpr const char* kSplitNames[] = {format::kSplitTrain, format::kSplitValidation, format::kSplitTest};
+using Split = PrepSplit;
 
 struct LengthStats {
   int64_t documents = 0;
@@ -292,7 +291,7 @@ class SplitSink {
  public:
   // `documents`: pack whole documents with document masking (padding with pad_id) instead.
   SplitSink(Split split, int64_t seq_len, int32_t eos_id, std::optional<int32_t> documents, TokenDatasetWriter& writer)
-      : name_(kSplitNames[static_cast<int>(split)]), packer_(seq_len, eos_id), writer_(writer), eos_id_(eos_id) {
+      : name_(split_name(split)), packer_(seq_len, eos_id), writer_(writer), eos_id_(eos_id) {
     SplitFields fields;
     fields.document_index = true;
     if (documents) {
@@ -429,12 +428,6 @@ int64_t count_documents(const std::vector<fs::path>& files, const DocumentReader
   return count;
 }
 
-// Documents drawn for a held-out split: at least one when its fraction is positive.
-int64_t drawn_count(double fraction, int64_t documents) {
-  if (fraction <= 0) return 0;
-  return std::max<int64_t>(1, std::llround(fraction * static_cast<double>(documents)));
-}
-
 std::string format_fixed(double value) {
   char text[32];
   std::snprintf(text, sizeof(text), "%.1f", value);
@@ -470,10 +463,7 @@ void print_summary(const PrepOptions& options, const DatasetInfo& info, const st
 }
 
 void run(const PrepOptions& options) {
-  std::error_code error;
-  if (fs::exists(options.output, error) && !options.overwrite) {
-    throw std::runtime_error(options.output.string() + ": already exists; pass --overwrite to replace it");
-  }
+  check_output_free(options.output, options.overwrite);
   // Any tokenizer a model directory holds (byte-level BPE, SentencePiece-style BPE,
   // WordPiece); documents are separated by the model's end-of-text token.
   const std::unique_ptr<Tokenizer> loaded = load_tokenizer(options.tokenizer);
@@ -493,15 +483,12 @@ void run(const PrepOptions& options) {
   if (input_documents == 0) {
     throw std::runtime_error("no documents in --input (every line was blank or every text empty)");
   }
-  const int64_t drawn_validation = drawn_count(options.drawn_validation_fraction(), input_documents);
-  const int64_t drawn_test = drawn_count(options.drawn_test_fraction(), input_documents);
-  if (drawn_validation + drawn_test >= input_documents) {
-    throw std::runtime_error("--input has " + std::to_string(input_documents) + " documents; " +
-                             std::to_string(drawn_validation) + " for validation and " + std::to_string(drawn_test) +
-                             " for test would leave none for training");
-  }
-  const bool with_validation = !options.validation_inputs.empty() || drawn_validation > 0;
-  const bool with_test = !options.test_inputs.empty() || drawn_test > 0;
+  // Documents are numbered across all inputs in order: --input files, then
+  // --validation-input, then --test-input; document_index stores these numbers.
+  const SplitAssignment assignment(input_documents, options.drawn_validation_fraction(), options.drawn_test_fraction(),
+                                   options.seed, "documents");
+  const bool with_validation = !options.validation_inputs.empty() || assignment.draws(Split::kValidation);
+  const bool with_test = !options.test_inputs.empty() || assignment.draws(Split::kTest);
 
   DatasetInfo info;
   info.seq_len = options.seq_len;
@@ -529,15 +516,7 @@ void run(const PrepOptions& options) {
   if (with_validation) sinks[Split::kValidation] = sink(Split::kValidation);
   if (with_test) sinks[Split::kTest] = sink(Split::kTest);
 
-  // Pass 2. Documents are numbered across all inputs in order: --input files, then
-  // --validation-input, then --test-input; document_index stores these numbers.
-  const SampleOrder assignment(input_documents, options.seed);
-  auto split_of_input = [&](int64_t index) {
-    const int64_t position = assignment.position_of(index, 0);
-    if (position < drawn_validation) return Split::kValidation;
-    if (position < drawn_validation + drawn_test) return Split::kTest;
-    return Split::kTrain;
-  };
+  // Pass 2.
   const ParallelEncoder encoder(tokenizer, options.threads);
   int64_t next_index = 0;
   std::vector<Document> pending;
@@ -546,7 +525,7 @@ void run(const PrepOptions& options) {
     const auto encoded = encoder.encode(pending);
     for (std::size_t i = 0; i < pending.size(); ++i) {
       const int64_t index = next_index++;
-      const Split split = pending_split[i] ? *pending_split[i] : split_of_input(index);
+      const Split split = pending_split[i] ? *pending_split[i] : assignment.of(index);
       sinks.at(split)->add(index, encoded[i]);
     }
     pending.clear();

@@ -12,7 +12,7 @@
 #include <stdexcept>
 
 #include "data/prep_records.h"
-#include "data/sample_order.h"
+#include "data/prep_splits.h"
 #include "data/token_dataset.h"
 
 namespace fs = std::filesystem;
@@ -21,8 +21,7 @@ using nlohmann::json;
 namespace ftrain::data {
 namespace {
 
-enum class Split { kTrain, kValidation, kTest };
-constexpr const char* kSplitNames[] = {format::kSplitTrain, format::kSplitValidation, format::kSplitTest};
+using Split = PrepSplit;
 
 struct Answer {
   std::string text;
@@ -209,7 +208,7 @@ struct SplitStats {
 class QaSplit {
  public:
   QaSplit(Split split, const TaskPrepOptions& options, TokenDatasetWriter& writer)
-      : name_(kSplitNames[static_cast<int>(split)]), seq_len_(options.seq_len), writer_(writer) {
+      : name_(split_name(split)), seq_len_(options.seq_len), writer_(writer) {
     SplitFields fields;
     fields.attention_mask = true;
     fields.token_type_ids = true;
@@ -356,18 +355,10 @@ void add_windows(const Tokenizer& tokenizer, const TaskPrepOptions& options, int
   if (windows > 1) split.count_split_example();
 }
 
-int64_t drawn_count(double fraction, int64_t records) {
-  if (fraction <= 0) return 0;
-  return std::max<int64_t>(1, std::llround(fraction * static_cast<double>(records)));
-}
-
 }  // namespace
 
 void prepare_qa_dataset(const TaskPrepOptions& options) {
-  std::error_code error;
-  if (fs::exists(options.output, error) && !options.overwrite) {
-    throw std::runtime_error(options.output.string() + ": already exists; pass --overwrite to replace it");
-  }
+  check_output_free(options.output, options.overwrite);
   if (options.doc_stride < 0) throw std::runtime_error("--doc-stride must be >= 0");
   const std::unique_ptr<Tokenizer> loaded = load_tokenizer(options.tokenizer);
   const Tokenizer& tokenizer = *loaded;
@@ -393,14 +384,8 @@ void prepare_qa_dataset(const TaskPrepOptions& options) {
       ++held_out_examples;
     });
   }
-  if (input_examples == 0) throw std::runtime_error("no questions in --input");
-  const int64_t drawn_validation = drawn_count(options.validation_fraction, input_examples);
-  const int64_t drawn_test = drawn_count(options.test_fraction, input_examples);
-  if (drawn_validation + drawn_test >= input_examples) {
-    throw std::runtime_error("--input has " + std::to_string(input_examples) + " questions; " +
-                             std::to_string(drawn_validation) + " for validation and " + std::to_string(drawn_test) +
-                             " for test would leave none for training");
-  }
+  const SplitAssignment assignment(input_examples, options.validation_fraction, options.test_fraction, options.seed,
+                                   "questions");
 
   DatasetInfo info;
   info.seq_len = options.seq_len;
@@ -415,15 +400,14 @@ void prepare_qa_dataset(const TaskPrepOptions& options) {
 
   std::map<Split, std::unique_ptr<QaSplit>> splits;
   splits[Split::kTrain] = std::make_unique<QaSplit>(Split::kTrain, options, writer);
-  if (!options.validation_inputs.empty() || drawn_validation > 0) {
+  if (!options.validation_inputs.empty() || assignment.draws(Split::kValidation)) {
     splits[Split::kValidation] = std::make_unique<QaSplit>(Split::kValidation, options, writer);
   }
-  if (!options.test_inputs.empty() || drawn_test > 0) {
+  if (!options.test_inputs.empty() || assignment.draws(Split::kTest)) {
     splits[Split::kTest] = std::make_unique<QaSplit>(Split::kTest, options, writer);
   }
 
   // Pass 2: questions numbered across all inputs in order (document_index).
-  const SampleOrder assignment(input_examples, options.seed);
   int64_t next_index = 0;
   auto encode_files = [&](const std::vector<fs::path>& files, std::optional<Split> given) {
     for_each_example(files, options, [&](const QaExample& example) {
@@ -432,9 +416,7 @@ void prepare_qa_dataset(const TaskPrepOptions& options) {
       if (given) {
         split = *given;
       } else {
-        const int64_t position = assignment.position_of(index, 0);
-        if (position < drawn_validation) split = Split::kValidation;
-        else if (position < drawn_validation + drawn_test) split = Split::kTest;
+        split = assignment.of(index);
       }
       QaSplit& rows = *splits.at(split);
       rows.add_example(index, example);

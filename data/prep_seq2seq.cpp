@@ -11,7 +11,7 @@
 #include <stdexcept>
 
 #include "data/prep_records.h"
-#include "data/sample_order.h"
+#include "data/prep_splits.h"
 #include "data/token_dataset.h"
 
 namespace fs = std::filesystem;
@@ -19,8 +19,7 @@ namespace fs = std::filesystem;
 namespace ftrain::data {
 namespace {
 
-enum class Split { kTrain, kValidation, kTest };
-constexpr const char* kSplitNames[] = {format::kSplitTrain, format::kSplitValidation, format::kSplitTest};
+using Split = PrepSplit;
 
 // The text of column `key` of a record; "a.b" reads key b of the object under a (the
 // `datasets` translation layout, {"translation": {"en": ..., "de": ...}}).
@@ -50,7 +49,7 @@ struct SplitStats {
 class Seq2SeqSplit {
  public:
   Seq2SeqSplit(Split split, const TaskPrepOptions& options, int32_t pad_id, TokenDatasetWriter& writer)
-      : name_(kSplitNames[static_cast<int>(split)]),
+      : name_(split_name(split)),
         seq_len_(options.seq_len),
         target_len_(options.target_len),
         pad_id_(pad_id),
@@ -112,18 +111,10 @@ class Seq2SeqSplit {
   std::vector<int64_t> labels_, records_;
 };
 
-int64_t drawn_count(double fraction, int64_t records) {
-  if (fraction <= 0) return 0;
-  return std::max<int64_t>(1, std::llround(fraction * static_cast<double>(records)));
-}
-
 }  // namespace
 
 void prepare_seq2seq_dataset(const TaskPrepOptions& options) {
-  std::error_code error;
-  if (fs::exists(options.output, error) && !options.overwrite) {
-    throw std::runtime_error(options.output.string() + ": already exists; pass --overwrite to replace it");
-  }
+  check_output_free(options.output, options.overwrite);
   if (options.target_len < 1) throw std::runtime_error("--target-len must be >= 1");
   const std::unique_ptr<Tokenizer> loaded = load_tokenizer(options.tokenizer);
   const Tokenizer& tokenizer = *loaded;
@@ -157,14 +148,8 @@ void prepare_seq2seq_dataset(const TaskPrepOptions& options) {
   };
   const int64_t input_records = check(options.inputs);
   const int64_t held_out = check(options.validation_inputs) + check(options.test_inputs);
-  if (input_records == 0) throw std::runtime_error("no records in --input");
-  const int64_t drawn_validation = drawn_count(options.validation_fraction, input_records);
-  const int64_t drawn_test = drawn_count(options.test_fraction, input_records);
-  if (drawn_validation + drawn_test >= input_records) {
-    throw std::runtime_error("--input has " + std::to_string(input_records) + " records; " +
-                             std::to_string(drawn_validation) + " for validation and " + std::to_string(drawn_test) +
-                             " for test would leave none for training");
-  }
+  const SplitAssignment assignment(input_records, options.validation_fraction, options.test_fraction, options.seed,
+                                   "records");
 
   DatasetInfo info;
   info.seq_len = options.seq_len;
@@ -180,12 +165,11 @@ void prepare_seq2seq_dataset(const TaskPrepOptions& options) {
 
   std::map<Split, std::unique_ptr<Seq2SeqSplit>> splits;
   splits[Split::kTrain] = std::make_unique<Seq2SeqSplit>(Split::kTrain, options, *pad_id, writer);
-  if (!options.validation_inputs.empty() || drawn_validation > 0)
+  if (!options.validation_inputs.empty() || assignment.draws(Split::kValidation))
     splits[Split::kValidation] = std::make_unique<Seq2SeqSplit>(Split::kValidation, options, *pad_id, writer);
-  if (!options.test_inputs.empty() || drawn_test > 0)
+  if (!options.test_inputs.empty() || assignment.draws(Split::kTest))
     splits[Split::kTest] = std::make_unique<Seq2SeqSplit>(Split::kTest, options, *pad_id, writer);
 
-  const SampleOrder assignment(input_records, options.seed);
   int64_t next_index = 0;
   const auto encode_files = [&](const std::vector<fs::path>& files, std::optional<Split> given) {
     for (const fs::path& file : files) {
@@ -197,9 +181,7 @@ void prepare_seq2seq_dataset(const TaskPrepOptions& options) {
         if (given) {
           split = *given;
         } else {
-          const int64_t position = assignment.position_of(index, 0);
-          if (position < drawn_validation) split = Split::kValidation;
-          else if (position < drawn_validation + drawn_test) split = Split::kTest;
+          split = assignment.of(index);
         }
         const std::string source = options.source_prefix + column_text(record, file, options.source_column, "--source-column");
         const std::string target = column_text(record, file, options.target_column, "--target-column");

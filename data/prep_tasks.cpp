@@ -11,7 +11,7 @@
 #include <stdexcept>
 
 #include "data/prep_records.h"
-#include "data/sample_order.h"
+#include "data/prep_splits.h"
 #include "data/token_dataset.h"
 
 namespace fs = std::filesystem;
@@ -20,8 +20,7 @@ namespace ftrain::data {
 
 namespace {
 
-enum class Split { kTrain, kValidation, kTest };
-constexpr const char* kSplitNames[] = {format::kSplitTrain, format::kSplitValidation, format::kSplitTest};
+using Split = PrepSplit;
 
 const char* task_attribute(PrepTask task) {
   switch (task) {
@@ -85,7 +84,7 @@ struct SplitStats {
 class SplitRows {
  public:
   SplitRows(Split split, const TaskPrepOptions& options, int32_t pad_id, TokenDatasetWriter& writer)
-      : name_(kSplitNames[static_cast<int>(split)]), task_(options.task), writer_(writer) {
+      : name_(split_name(split)), task_(options.task), writer_(writer) {
     if (options.packing == Packing::kDocuments) packer_.emplace(options.seq_len, pad_id);
     SplitFields fields;
     fields.attention_mask = true;
@@ -175,11 +174,6 @@ class SplitRows {
   std::optional<DocumentPacker> packer_;  // --packing documents
 };
 
-int64_t drawn_count(double fraction, int64_t records) {
-  if (fraction <= 0) return 0;
-  return std::max<int64_t>(1, std::llround(fraction * static_cast<double>(records)));
-}
-
 std::string format_fixed(double value, const char* format = "%.1f") {
   char text[32];
   std::snprintf(text, sizeof(text), format, value);
@@ -221,10 +215,7 @@ void print_summary(const TaskPrepOptions& options, const DatasetInfo& info, cons
 }  // namespace
 
 void prepare_task_dataset(const TaskPrepOptions& options) {
-  std::error_code error;
-  if (fs::exists(options.output, error) && !options.overwrite) {
-    throw std::runtime_error(options.output.string() + ": already exists; pass --overwrite to replace it");
-  }
+  check_output_free(options.output, options.overwrite);
   const std::unique_ptr<Tokenizer> loaded = load_tokenizer(options.tokenizer);
   const Tokenizer& tokenizer = *loaded;
   const SpecialTokenIds& specials = tokenizer.special_ids();
@@ -270,14 +261,8 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
   if (options.labels) check_labels(options.inputs, true);
   const int64_t validation_records = check_labels(options.validation_inputs, false);
   const int64_t test_records = check_labels(options.test_inputs, false);
-  if (input_records == 0) throw std::runtime_error("no records in --input");
-  const int64_t drawn_validation = drawn_count(options.validation_fraction, input_records);
-  const int64_t drawn_test = drawn_count(options.test_fraction, input_records);
-  if (drawn_validation + drawn_test >= input_records) {
-    throw std::runtime_error("--input has " + std::to_string(input_records) + " records; " +
-                             std::to_string(drawn_validation) + " for validation and " + std::to_string(drawn_test) +
-                             " for test would leave none for training");
-  }
+  const SplitAssignment assignment(input_records, options.validation_fraction, options.test_fraction, options.seed,
+                                   "records");
 
   DatasetInfo info;
   info.seq_len = options.seq_len;
@@ -294,16 +279,15 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
 
   std::map<Split, std::unique_ptr<SplitRows>> splits;
   splits[Split::kTrain] = std::make_unique<SplitRows>(Split::kTrain, options, *pad_id, writer);
-  if (!options.validation_inputs.empty() || drawn_validation > 0) {
+  if (!options.validation_inputs.empty() || assignment.draws(Split::kValidation)) {
     splits[Split::kValidation] = std::make_unique<SplitRows>(Split::kValidation, options, *pad_id, writer);
   }
-  if (!options.test_inputs.empty() || drawn_test > 0) {
+  if (!options.test_inputs.empty() || assignment.draws(Split::kTest)) {
     splits[Split::kTest] = std::make_unique<SplitRows>(Split::kTest, options, *pad_id, writer);
   }
 
   // Pass 2. Records are numbered across all inputs in order, as documents are for
   // causal-LM packing; document_index stores these numbers.
-  const SampleOrder assignment(input_records, options.seed);
   int64_t next_index = 0;
   auto encode_files = [&](const std::vector<fs::path>& files, std::optional<Split> given) {
     const std::string& text_column =
@@ -316,9 +300,7 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
       if (given) {
         split = *given;
       } else {
-        const int64_t position = assignment.position_of(index, 0);
-        if (position < drawn_validation) split = Split::kValidation;
-        else if (position < drawn_validation + drawn_test) split = Split::kTest;
+        split = assignment.of(index);
       }
       Example example;
       int64_t row_label = format::kIgnoreLabel;

@@ -137,3 +137,16 @@ def test_the_python_writer_equals_ftrain_prep(tmp_path, tokenizers):
         for split in ("train", "validation"):
             for name in ("input_ids", "attention_mask", "labels", "document_index"):
                 assert a[split][name][()].tolist() == b[split][name][()].tolist(), (split, name)
+
+
+def test_drawn_splits_must_leave_training_records(tmp_path, tokenizers):
+    """The split assignment every task shares (data/prep_splits.h) refuses fractions that
+    would take every --input record, before anything is written."""
+    directory, _ = tokenizers["bert"]
+    data = tmp_path / "three.jsonl"
+    write_jsonl(data, [{"source": f"s{i}", "target": f"t{i}"} for i in range(3)])
+    result = run_prep("--task", "seq2seq", "-i", data, "--validation-fraction", "0.5", "--test-fraction", "0.4",
+                      "-t", directory, "-o", tmp_path / "out.h5", "--seq-len", 8, "--target-len", 8, check=False)
+    assert result.returncode == 1
+    assert "--input has 3 records; 2 for validation and 1 for test would leave none for training" in result.stderr
+    assert not (tmp_path / "out.h5").exists()
