@@ -61,6 +61,25 @@ def grad_norms(run_dir):
     return {r["step"]: r["grad_norm"] for r in records(run_dir) if "grad_norm" in r}
 
 
+def validation_of(run_dir):
+    """The last validation record of a run's metrics.jsonl."""
+    return [r for r in records(run_dir) if "val_loss" in r][-1]
+
+
+def assert_same_steps(reference_dir, got_dir, steps, loss_rel=1e-5, grad_norm_rel=1e-4):
+    """The run in got_dir logged exactly `steps` (a count from step 1, or the step
+    numbers), each with the reference run's loss and gradient norm within the
+    tolerances: the equivalence every layout test asserts."""
+    import pytest
+    expected = list(range(1, steps + 1)) if isinstance(steps, int) else list(steps)
+    reference = {r["step"]: r for r in records(reference_dir) if "loss" in r}
+    got = {r["step"]: r for r in records(got_dir) if "loss" in r}
+    assert sorted(got) == expected and set(expected) <= set(reference)
+    for step in expected:
+        assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=loss_rel), f"step {step}"
+        assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=grad_norm_rel), f"step {step}"
+
+
 def sample_rows(run_dir):
     """{step: the sorted dataset rows that step trained on, over every data-parallel
     rank}, from run.log_samples' <run.dir>/samples/dp_N.jsonl. Where processes that

@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, BertModel,
                           LlamaConfig, LlamaForCausalLM)
 
-from ftrain_jobs import BUILD, ENV, TIMEOUT, records, run_ftrain
+from ftrain_jobs import BUILD, ENV, TIMEOUT, assert_same_steps, records, run_ftrain
 
 VOCAB = 64
 SEQ_LEN = 12
@@ -181,16 +181,6 @@ def test_token_classification_entity_f1_matches_seqeval(workspace):
     assert metrics["accuracy"] == pytest.approx(accuracy_score(truth[keep], predicted[keep]), abs=1e-9)
     assert metrics["loss"] == pytest.approx(loss, rel=1e-4)
     assert metrics["entity_f1"] > 0.5, metrics
-
-
-def assert_same_steps(reference_dir, got_dir, steps):
-    """Steps 1..steps logged by both runs, with equal losses (1e-5) and grad_norms (1e-4)."""
-    reference = {r["step"]: r for r in records(reference_dir) if "loss" in r}
-    got = {r["step"]: r for r in records(got_dir) if "loss" in r}
-    assert sorted(reference) == sorted(got) == list(range(1, steps + 1))
-    for step in reference:
-        assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
-        assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
 
 
 # ZeRO-3 gathers BERT's embeddings apart from the pooler and the head, and again for

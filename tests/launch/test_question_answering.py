@@ -19,7 +19,8 @@ import pytest
 import torch
 from transformers import AutoModelForQuestionAnswering
 
-from ftrain_jobs import PREP, SOURCE, records, run_ftrain, sample_rows, tiny_gpt2, tiny_llama
+from ftrain_jobs import (PREP, SOURCE, assert_same_steps, records, run_ftrain, sample_rows, tiny_gpt2, tiny_llama,
+                         validation_of)
 
 # The module, not the function torchmetrics.functional.text exports under its name.
 torchmetrics_squad = importlib.import_module("torchmetrics.functional.text.squad")
@@ -52,10 +53,6 @@ def args(ws, run_dir, **overrides):
     }
     options.update(overrides)
     return [f"--{key}={value}" for key, value in options.items()]
-
-
-def validation_of(run):
-    return [r for r in records(run) if "val_f1" in r][-1]
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +176,8 @@ def test_training_loss_is_transformers_loss(workspace, untrained):
     assert logged["loss"] == pytest.approx(loss, rel=1e-5)
 
 
-def assert_same_steps(reference_dir, got_dir, steps):
-    reference = {r["step"]: r for r in records(reference_dir) if "loss" in r}
-    got = {r["step"]: r for r in records(got_dir) if "loss" in r}
-    assert sorted(reference) == sorted(got) == list(range(1, steps + 1))
-    for step in reference:
-        assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), f"step {step}"
-        assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), f"step {step}"
+def assert_same_steps_and_f1(reference_dir, got_dir, steps):
+    assert_same_steps(reference_dir, got_dir, steps)
     assert validation_of(got_dir)["val_f1"] == pytest.approx(validation_of(reference_dir)["val_f1"], abs=1e-6)
 
 
@@ -197,7 +189,7 @@ def test_layouts_match_one_rank(workspace, tp, dp, zero):
         run_ftrain(1, *args(workspace, one, **short))
     run = workspace["root"] / f"layout_tp{tp}_dp{dp}_zero{zero}"
     run_ftrain(tp * dp, *args(workspace, run, **short, **{"dist.tp": tp, "dist.zero": zero}))
-    assert_same_steps(one, run, 6)
+    assert_same_steps_and_f1(one, run, 6)
 
 
 def write_synthetic_qa(path, rng, questions, seq_len=32, vocab=1024):
@@ -259,5 +251,5 @@ def test_decoder_layouts_match_one_rank(tmp_path, family):
     for tp, dp, zero in [(2, 1, 0), (2, 2, 3)]:
         run = tmp_path / f"tp{tp}_dp{dp}_zero{zero}"
         run_ftrain(tp * dp, *args(ws, run, **short, **{"dist.tp": tp, "dist.zero": zero}))
-        assert_same_steps(one, run, 6)
+        assert_same_steps_and_f1(one, run, 6)
     assert validation_of(one)["val_questions"] == 24

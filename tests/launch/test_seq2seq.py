@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from ftrain_jobs import PREP, SOURCE, records, run_ftrain, sample_rows
+from ftrain_jobs import PREP, SOURCE, assert_same_steps, records, run_ftrain, sample_rows, validation_of
 
 TOKENIZER = SOURCE / "configs" / "models" / "tiny-gpt2"
 WORDS = "red green blue cat dog fish one two three river stone".split()
@@ -68,10 +68,6 @@ def hf_loss(model_dir, rows, which):
         out = model(input_ids=torch.from_numpy(rows["input_ids"][which].astype(np.int64)),
                     attention_mask=torch.from_numpy(rows["attention_mask"][which].astype(np.int64)), labels=labels)
     return out.loss.item()
-
-
-def validation_of(run):
-    return [r for r in records(run) if "val_loss" in r][-1]
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +146,7 @@ def test_layouts_match_one_rank(workspace, tp, dp, zero):
         run_ftrain(1, *args(workspace, one, **short))
     run = workspace["root"] / f"tp{tp}_dp{dp}_zero{zero}"
     run_ftrain(tp * dp, *args(workspace, run, **short, **{"dist.tp": tp, "dist.zero": zero}))
-    reference = {r["step"]: r for r in records(one) if "loss" in r}
-    got = {r["step"]: r for r in records(run) if "loss" in r}
-    assert sorted(reference) == sorted(got) == list(range(1, 7))
-    for step in reference:
-        assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), step
-        assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), step
+    assert_same_steps(one, run, 6)
     assert validation_of(run)["val_bleu"] == pytest.approx(validation_of(one)["val_bleu"], abs=1e-6)
 
 
@@ -166,11 +157,7 @@ def test_dropout_is_the_same_under_tensor_parallelism(workspace):
     one, split = workspace["root"] / "dropout_one", workspace["root"] / "dropout_tp2"
     run_ftrain(1, *args(workspace, one, **short))
     run_ftrain(2, *args(workspace, split, **short, **{"dist.tp": 2}))
-    reference = {r["step"]: r for r in records(one) if "loss" in r}
-    for r in records(split):
-        if "loss" in r:
-            assert r["loss"] == pytest.approx(reference[r["step"]]["loss"], rel=1e-5), r["step"]
-            assert r["grad_norm"] == pytest.approx(reference[r["step"]]["grad_norm"], rel=1e-4), r["step"]
+    assert_same_steps(one, split, 6)
 
 
 @pytest.mark.parametrize("tp,dp,zero", [(1, 2, 3), (2, 1, 0)])
@@ -200,11 +187,7 @@ def test_dynamic_padding_changes_nothing_but_the_width(workspace):
         run_ftrain(1, *args(workspace, one, **short))
     full = workspace["root"] / "full_width"
     run_ftrain(1, *args(workspace, full, **short, **{"data.dynamic_padding": "false"}))
-    reference = {r["step"]: r for r in records(one) if "loss" in r}
-    for r in records(full):
-        if "loss" in r:
-            assert r["loss"] == pytest.approx(reference[r["step"]]["loss"], rel=1e-6), r["step"]
-            assert r["grad_norm"] == pytest.approx(reference[r["step"]]["grad_norm"], rel=1e-5), r["step"]
+    assert_same_steps(one, full, 6, loss_rel=1e-6, grad_norm_rel=1e-5)
 
 
 def test_a_checkpoint_resumes_on_another_layout(workspace):
@@ -219,12 +202,7 @@ def test_a_checkpoint_resumes_on_another_layout(workspace):
     assert checkpoint.is_dir()
     resumed = workspace["root"] / "resumed"
     run_ftrain(2, *args(workspace, resumed, **short, **{"dist.zero": 3, "run.resume": checkpoint}))
-    reference = {r["step"]: r for r in records(one) if "loss" in r}
-    got = {r["step"]: r for r in records(resumed) if "loss" in r}
-    assert sorted(got) == [4, 5, 6]
-    for step in got:
-        assert got[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5), step
-        assert got[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-4), step
+    assert_same_steps(one, resumed, [4, 5, 6])
 
 
 def test_sequence_parallelism_is_refused(workspace):
