@@ -487,8 +487,6 @@ void run(const PrepOptions& options) {
   // --validation-input, then --test-input; document_index stores these numbers.
   const SplitAssignment assignment(input_documents, options.drawn_validation_fraction(), options.drawn_test_fraction(),
                                    options.seed, "documents");
-  const bool with_validation = !options.validation_inputs.empty() || assignment.draws(Split::kValidation);
-  const bool with_test = !options.test_inputs.empty() || assignment.draws(Split::kTest);
 
   DatasetInfo info;
   info.seq_len = options.seq_len;
@@ -509,12 +507,8 @@ void run(const PrepOptions& options) {
   TokenDatasetWriter writer(options.output, info, writer_options);
 
   std::map<Split, std::unique_ptr<SplitSink>> sinks;
-  auto sink = [&](Split split) {
-    return std::make_unique<SplitSink>(split, options.seq_len, *eos_id, documents, writer);
-  };
-  sinks[Split::kTrain] = sink(Split::kTrain);
-  if (with_validation) sinks[Split::kValidation] = sink(Split::kValidation);
-  if (with_test) sinks[Split::kTest] = sink(Split::kTest);
+  for (const Split split : assignment.splits(!options.validation_inputs.empty(), !options.test_inputs.empty()))
+    sinks[split] = std::make_unique<SplitSink>(split, options.seq_len, *eos_id, documents, writer);
 
   // Pass 2.
   const ParallelEncoder encoder(tokenizer, options.threads);

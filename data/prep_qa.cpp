@@ -399,25 +399,15 @@ void prepare_qa_dataset(const TaskPrepOptions& options) {
   TokenDatasetWriter writer(options.output, info, writer_options);
 
   std::map<Split, std::unique_ptr<QaSplit>> splits;
-  splits[Split::kTrain] = std::make_unique<QaSplit>(Split::kTrain, options, writer);
-  if (!options.validation_inputs.empty() || assignment.draws(Split::kValidation)) {
-    splits[Split::kValidation] = std::make_unique<QaSplit>(Split::kValidation, options, writer);
-  }
-  if (!options.test_inputs.empty() || assignment.draws(Split::kTest)) {
-    splits[Split::kTest] = std::make_unique<QaSplit>(Split::kTest, options, writer);
-  }
+  for (const Split split : assignment.splits(!options.validation_inputs.empty(), !options.test_inputs.empty()))
+    splits[split] = std::make_unique<QaSplit>(split, options, writer);
 
   // Pass 2: questions numbered across all inputs in order (document_index).
   int64_t next_index = 0;
   auto encode_files = [&](const std::vector<fs::path>& files, std::optional<Split> given) {
     for_each_example(files, options, [&](const QaExample& example) {
       const int64_t index = next_index++;
-      Split split = Split::kTrain;
-      if (given) {
-        split = *given;
-      } else {
-        split = assignment.of(index);
-      }
+      const Split split = given ? *given : assignment.of(index);
       QaSplit& rows = *splits.at(split);
       rows.add_example(index, example);
       add_windows(tokenizer, options, *pad_id, example, rows);

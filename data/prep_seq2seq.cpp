@@ -164,11 +164,8 @@ void prepare_seq2seq_dataset(const TaskPrepOptions& options) {
   TokenDatasetWriter writer(options.output, info, writer_options);
 
   std::map<Split, std::unique_ptr<Seq2SeqSplit>> splits;
-  splits[Split::kTrain] = std::make_unique<Seq2SeqSplit>(Split::kTrain, options, *pad_id, writer);
-  if (!options.validation_inputs.empty() || assignment.draws(Split::kValidation))
-    splits[Split::kValidation] = std::make_unique<Seq2SeqSplit>(Split::kValidation, options, *pad_id, writer);
-  if (!options.test_inputs.empty() || assignment.draws(Split::kTest))
-    splits[Split::kTest] = std::make_unique<Seq2SeqSplit>(Split::kTest, options, *pad_id, writer);
+  for (const Split split : assignment.splits(!options.validation_inputs.empty(), !options.test_inputs.empty()))
+    splits[split] = std::make_unique<Seq2SeqSplit>(split, options, *pad_id, writer);
 
   int64_t next_index = 0;
   const auto encode_files = [&](const std::vector<fs::path>& files, std::optional<Split> given) {
@@ -177,12 +174,7 @@ void prepare_seq2seq_dataset(const TaskPrepOptions& options) {
       Record record;
       while (reader.next(record)) {
         const int64_t index = next_index++;
-        Split split = Split::kTrain;
-        if (given) {
-          split = *given;
-        } else {
-          split = assignment.of(index);
-        }
+        const Split split = given ? *given : assignment.of(index);
         const std::string source = options.source_prefix + column_text(record, file, options.source_column, "--source-column");
         const std::string target = column_text(record, file, options.target_column, "--target-column");
         const auto full_length = [&](const std::string& text) {

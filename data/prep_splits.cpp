@@ -59,4 +59,11 @@ bool SplitAssignment::draws(PrepSplit split) const {
   return split == PrepSplit::kValidation ? validation_ > 0 : split == PrepSplit::kTest ? test_ > 0 : true;
 }
 
+std::vector<PrepSplit> SplitAssignment::splits(bool validation_files, bool test_files) const {
+  std::vector<PrepSplit> out = {PrepSplit::kTrain};
+  if (validation_files || draws(PrepSplit::kValidation)) out.push_back(PrepSplit::kValidation);
+  if (test_files || draws(PrepSplit::kTest)) out.push_back(PrepSplit::kTest);
+  return out;
+}
+
 }  // namespace ftrain::data

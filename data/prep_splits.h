@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "data/sample_order.h"
 
@@ -31,6 +32,8 @@ class SplitAssignment {
   PrepSplit of(int64_t index) const;
   // Whether some --input records are drawn for `split`.
   bool draws(PrepSplit split) const;
+  // The splits the output has: train, and each held-out split given as files or drawn.
+  std::vector<PrepSplit> splits(bool validation_files, bool test_files) const;
 
  private:
   SampleOrder order_;

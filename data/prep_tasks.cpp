@@ -278,13 +278,8 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
   TokenDatasetWriter writer(options.output, info, writer_options);
 
   std::map<Split, std::unique_ptr<SplitRows>> splits;
-  splits[Split::kTrain] = std::make_unique<SplitRows>(Split::kTrain, options, *pad_id, writer);
-  if (!options.validation_inputs.empty() || assignment.draws(Split::kValidation)) {
-    splits[Split::kValidation] = std::make_unique<SplitRows>(Split::kValidation, options, *pad_id, writer);
-  }
-  if (!options.test_inputs.empty() || assignment.draws(Split::kTest)) {
-    splits[Split::kTest] = std::make_unique<SplitRows>(Split::kTest, options, *pad_id, writer);
-  }
+  for (const Split split : assignment.splits(!options.validation_inputs.empty(), !options.test_inputs.empty()))
+    splits[split] = std::make_unique<SplitRows>(split, options, *pad_id, writer);
 
   // Pass 2. Records are numbered across all inputs in order, as documents are for
   // causal-LM packing; document_index stores these numbers.
@@ -296,12 +291,7 @@ void prepare_task_dataset(const TaskPrepOptions& options) {
                                                                       : options.text_column;
     for_each_record(files, reader, [&](const fs::path& file, const Record& record) {
       const int64_t index = next_index++;
-      Split split = Split::kTrain;
-      if (given) {
-        split = *given;
-      } else {
-        split = assignment.of(index);
-      }
+      const Split split = given ? *given : assignment.of(index);
       Example example;
       int64_t row_label = format::kIgnoreLabel;
       if (options.task == PrepTask::kSequenceClassification) {

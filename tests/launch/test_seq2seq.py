@@ -70,6 +70,21 @@ def hf_loss(model_dir, rows, which):
     return out.loss.item()
 
 
+def transformers_texts(model_dir, rows, num_beams):
+    """What transformers generates for the split's sources, decoded by its tokenizer
+    (special tokens skipped), and the references (the labels) decoded alike."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER / "tokenizer.json"), eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>")
+    model = T5ForConditionalGeneration.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        generated = model.generate(input_ids=torch.from_numpy(rows["input_ids"].astype(np.int64)),
+                                   attention_mask=torch.from_numpy(rows["attention_mask"].astype(np.int64)),
+                                   max_new_tokens=16, num_beams=num_beams, do_sample=False)
+    references = [[t for t in row if t != -100] for row in rows["labels"].tolist()]
+    return (tokenizer.batch_decode(generated, skip_special_tokens=True),
+            tokenizer.batch_decode(references, skip_special_tokens=True))
+
+
 @pytest.fixture(scope="module")
 def trained(workspace):
     run = workspace["root"] / "trained"
@@ -92,16 +107,7 @@ def test_generated_texts_and_scores_match_transformers(workspace, trained):
     import sacrebleu
 
     rows = split_rows(workspace["data"], "validation")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER / "tokenizer.json"), eos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>")
-    model = T5ForConditionalGeneration.from_pretrained(trained / "final").eval()
-    with torch.no_grad():
-        generated = model.generate(input_ids=torch.from_numpy(rows["input_ids"].astype(np.int64)),
-                                   attention_mask=torch.from_numpy(rows["attention_mask"].astype(np.int64)),
-                                   max_new_tokens=16, num_beams=1, do_sample=False)
-    predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
-    references = tokenizer.batch_decode([[t for t in row if t != -100] for row in rows["labels"].tolist()],
-                                        skip_special_tokens=True)
+    predictions, references = transformers_texts(trained / "final", rows, num_beams=1)
     ours = json.loads((trained / "predictions-validation.json").read_text())
     assert [p["prediction"] for p in ours] == predictions
     assert [p["reference"] for p in ours] == references
@@ -124,16 +130,9 @@ def test_beam_search_evaluation_matches_transformers(workspace, trained):
     # Resume the trained model's weights as a starting point: one more step at a tiny rate.
     run_ftrain(1, *args(workspace, run, **{"model.path": trained / "final", "train.steps": 1, "optim.lr": 1e-30,
                                            "optim.min_lr": 0, "optim.warmup_steps": 0, "train.eval_num_beams": 3}))
-    rows = split_rows(workspace["data"], "validation")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER / "tokenizer.json"), eos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>")
-    model = T5ForConditionalGeneration.from_pretrained(run / "final").eval()
-    with torch.no_grad():
-        generated = model.generate(input_ids=torch.from_numpy(rows["input_ids"].astype(np.int64)),
-                                   attention_mask=torch.from_numpy(rows["attention_mask"].astype(np.int64)),
-                                   max_new_tokens=16, num_beams=3, do_sample=False)
+    predictions, _ = transformers_texts(run / "final", split_rows(workspace["data"], "validation"), num_beams=3)
     ours = json.loads((run / "predictions-validation.json").read_text())
-    assert [p["prediction"] for p in ours] == tokenizer.batch_decode(generated, skip_special_tokens=True)
+    assert [p["prediction"] for p in ours] == predictions
 
 
 @pytest.mark.parametrize("tp,dp,zero", [(1, 2, 0), (1, 2, 2), (1, 2, 3), (2, 1, 0), (2, 2, 1)])
