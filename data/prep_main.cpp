@@ -136,6 +136,8 @@ std::optional<PrepOptions> parse_options(int argc, char** argv) {
        "question_answering: JSON Lines key of the question")
       ("context-column", po::value(&options.task.context_column)->default_value("context"),
        "question_answering: JSON Lines key of the context")
+      ("id-column", po::value(&options.task.id_column)->default_value("id"),
+       "question_answering: JSON Lines key of the question's id (optional; named in errors and predictions)")
       ("answers-column", po::value(&options.task.answers_column)->default_value("answers"),
        "question_answering: JSON Lines key of the answers ({\"text\": [...], \"answer_start\": [...]})")
       ("doc-stride", po::value(&options.task.doc_stride)->default_value(128),

@@ -99,7 +99,8 @@ void for_each_example(const std::vector<fs::path>& files, const TaskPrepOptions&
       while (reader.next(record)) {
         QaExample example;
         example.where = file.string() + ":" + std::to_string(record.line);
-        if (record.fields.contains(options.id_column)) example.id = text_of(record.fields[options.id_column], example.where + ": " + options.id_column);
+        if (record.fields.contains(options.id_column))
+          example.id = text_of(record.fields[options.id_column], example.where + ": " + options.id_column);
         example.context = field_text(record, file, options.context_column, "--context-column");
         example.question = field_text(record, file, options.question_column, "--question-column");
         example.answers = read_answers(member(record.fields, options.answers_column, example.where), example.where);

@@ -512,7 +512,7 @@ void Task::evaluate(const TaskBatch& batch, EvalTotals& totals) {
   }
 }
 
-nlohmann::json Task::metrics(const EvalTotals& totals) const {
+nlohmann::json Task::metrics(const EvalTotals& totals, nlohmann::json* predictions) const {
   nlohmann::json out;
   const double loss = totals.count > 0 ? totals.loss_sum / static_cast<double>(totals.count) : 0.0;
   out["loss"] = loss;
@@ -525,10 +525,12 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
     std::array<double, 3> rouge{};
     BleuCounts bleu;
     const auto texts = generated_texts(totals);
+    if (predictions) *predictions = nlohmann::json::array();
     for (const auto& [prediction, reference] : texts) {
       const auto f = rouge_f(prediction, reference, /*stem=*/true);  // as run_summarization scores
       for (size_t i = 0; i < 3; ++i) rouge[i] += f[i];
       bleu.add(prediction, reference);
+      if (predictions) predictions->push_back({{"prediction", prediction}, {"reference", reference}});
     }
     const double n = static_cast<double>(std::max<size_t>(texts.size(), 1));
     out["rouge1"] = 100 * rouge[0] / n;
@@ -540,7 +542,8 @@ nlohmann::json Task::metrics(const EvalTotals& totals) const {
   }
   if (kind_ == TaskKind::question_answering) {
     const AnswerSpans& spans = *model_->answer_spans.at(totals.split);
-    const AnswerSpans::Scores scores = spans.score(totals.spans, spans.has_unanswerable());
+    AnswerSpans::Scores scores = spans.score(totals.spans, spans.has_unanswerable());
+    if (predictions) *predictions = std::move(scores.predictions);
     out["exact_match"] = scores.exact_match;
     out["f1"] = scores.f1;
     out["questions"] = scores.questions;
@@ -585,40 +588,29 @@ std::vector<std::array<std::string, 2>> Task::generated_texts(const EvalTotals& 
     model_->tokenizer = data::load_tokenizer(model_->tokenizer_path);
   }
   const data::Tokenizer& tokenizer = *model_->tokenizer;
-  const data::TokenDataset dataset(model_->data_path, totals.split);
-  const int64_t width = 1 + model_->target_len;
+  const int64_t width = 1 + model_->target_len, target_len = model_->target_len;
+  std::vector<int64_t> rows;  // the evaluated ones
+  for (int64_t row = 0; row < static_cast<int64_t>(totals.generated.size()) / width; ++row)
+    if (totals.generated[static_cast<std::size_t>(row * width)] != 0) rows.push_back(row);
+  std::vector<int64_t> labels(rows.size() * static_cast<std::size_t>(target_len));
+  data::TokenDataset(model_->data_path, totals.split).read_labels(rows, labels.data());  // one read for all
   std::vector<std::array<std::string, 2>> texts;
   const auto eos = tokenizer.special_ids().eos;
-  for (int64_t row = 0; row < dataset.num_rows(); ++row) {
-    const int64_t* entry = totals.generated.data() + row * width;
-    if (entry[0] == 0) continue;
-    std::vector<int32_t> predicted;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const int64_t* entry = totals.generated.data() + rows[i] * width;
+    std::vector<int32_t> predicted, reference;
     for (int64_t t = 1; t < width && entry[t] > 0; ++t) {
       const auto id = static_cast<int32_t>(entry[t] - 1);
       if (eos && id == *eos) break;
       predicted.push_back(id);
     }
-    std::vector<int64_t> labels(static_cast<std::size_t>(model_->target_len));
-    const std::vector<int64_t> rows = {row};
-    dataset.read_labels(rows, labels.data());
-    std::vector<int32_t> reference;
-    for (const int64_t label : labels)
+    for (int64_t t = 0; t < target_len; ++t) {
+      const int64_t label = labels[i * static_cast<std::size_t>(target_len) + static_cast<std::size_t>(t)];
       if (label != data::format::kIgnoreLabel) reference.push_back(static_cast<int32_t>(label));
+    }
     texts.push_back({tokenizer.decode(predicted, true), tokenizer.decode(reference, true)});
   }
   return texts;
-}
-
-std::optional<nlohmann::json> Task::predictions(const EvalTotals& totals) const {
-  if (kind_ == TaskKind::seq2seq) {
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& [prediction, reference] : generated_texts(totals))
-      out.push_back({{"prediction", prediction}, {"reference", reference}});
-    return out;
-  }
-  if (kind_ != TaskKind::question_answering) return std::nullopt;
-  const AnswerSpans& spans = *model_->answer_spans.at(totals.split);
-  return spans.score(totals.spans, spans.has_unanswerable()).predictions;
 }
 
 void Task::save_streamed(const std::filesystem::path& dir, model::ExistingDirectory existing,

@@ -114,10 +114,11 @@ class Task {
   // Zero totals for evaluating `split` (question answering reads the split's answers).
   EvalTotals empty_totals(const std::string& split);
   // The metrics of summed totals: loss, and perplexity, accuracy, macro_f1,
-  // entity_precision/recall/f1 or exact_match and f1 as the task has them.
-  nlohmann::json metrics(const EvalTotals& totals) const;
-  // Question answering: each question's predicted answer text by id; none otherwise.
-  std::optional<nlohmann::json> predictions(const EvalTotals& totals) const;
+  // entity_precision/recall/f1, exact_match and f1, or ROUGE and BLEU as the task has
+  // them. With `predictions`, the same pass also fills it with what was predicted:
+  // question answering's answer text by question id, seq2seq's [{prediction,
+  // reference}]; it stays null for the other tasks.
+  nlohmann::json metrics(const EvalTotals& totals, nlohmann::json* predictions = nullptr) const;
 
   // The transformer blocks of the body, in order, each as the names of its parameters
   // (as module().named_parameters() names them).

@@ -80,15 +80,15 @@ std::optional<json> Evaluator::evaluate(const std::string& split, int64_t max_sa
       std::copy_n(spans.contiguous().data_ptr<double>(), totals.spans.size(), totals.spans.begin());
   }
   if (totals.count == 0) return std::nullopt;
-  if (comm_.rank() == 0) {
-    // Question answering: what each question was answered, as run_qa's predictions.json;
-    // sequence to sequence: each evaluated row's generated text and its reference.
-    if (const auto predictions = task_.predictions(totals)) {
-      data::write_file_atomically(std::filesystem::path(config_.run.dir) / ("predictions-" + split + ".json"),
-                                  predictions->dump(2) + "\n");
-    }
+  // Question answering and seq2seq: what was predicted, as run_qa's predictions.json and
+  // run_summarization's generated_predictions, written by rank 0.
+  nlohmann::json predictions;
+  json metrics = task_.metrics(totals, comm_.rank() == 0 ? &predictions : nullptr);
+  if (!predictions.is_null()) {
+    data::write_file_atomically(std::filesystem::path(config_.run.dir) / ("predictions-" + split + ".json"),
+                                predictions.dump(2) + "\n");
   }
-  return task_.metrics(totals);
+  return metrics;
 }
 
 bool Evaluator::validate(int64_t step) {
