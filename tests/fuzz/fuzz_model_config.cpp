@@ -1,5 +1,5 @@
 // A model's config.json: the registry picks the family by model_type, and that family's
-// parser reads the rest (GPT-2, the Llama family, BERT).
+// parser reads the rest (GPT-2, the Llama family, BERT, T5).
 #include <nlohmann/json.hpp>
 
 #include <functional>
@@ -9,6 +9,7 @@
 #include "model/families.h"
 #include "model/gpt2_config.h"
 #include "model/llama_config.h"
+#include "model/t5_config.h"
 #include "tests/fuzz/fuzz_support.h"
 
 using namespace ftrain::model;
@@ -20,6 +21,7 @@ const std::map<std::string, std::function<void(const nlohmann::json&, const std:
     {"gpt2", [](const nlohmann::json& c, const std::string& s) { Gpt2Config::from_json(c, s); }},
     {"llama", [](const nlohmann::json& c, const std::string& s) { LlamaConfig::from_json(c, s); }},
     {"bert", [](const nlohmann::json& c, const std::string& s) { BertConfig::from_json(c, s); }},
+    {"t5", [](const nlohmann::json& c, const std::string& s) { T5Config::from_json(c, s); }},
 };
 
 }  // namespace

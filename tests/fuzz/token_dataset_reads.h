@@ -27,8 +27,15 @@ inline void read_like_the_loader(const std::filesystem::path& path) {
     if (dataset.has_attention_mask()) dataset.read_attention_mask(rows, bytes.data());
     if (dataset.has_token_type_ids()) dataset.read_token_type_ids(rows, bytes.data());
     if (dataset.labels() != data::LabelKind::kNone) {
-      std::vector<int64_t> labels(cells);
+      std::vector<int64_t> labels(rows.size() * static_cast<size_t>(dataset.label_width()));
       dataset.read_labels(rows, labels.data());
+    }
+    if (dataset.has_answer_spans()) {  // question answering's evaluation reads these
+      std::vector<int32_t> offsets(2 * cells);
+      dataset.read_offset_mapping(rows, offsets.data());
+      std::vector<int64_t> examples(rows.size());
+      dataset.read_example_index(rows, examples.data());
+      (void)dataset.read_examples();
     }
   }
 }
