@@ -145,14 +145,6 @@ void for_each_example(const std::vector<fs::path>& files, const TaskPrepOptions&
   }
 }
 
-// Byte offset of each character of text, and one past the end.
-std::vector<std::size_t> character_starts(std::string_view text) {
-  std::vector<std::size_t> starts;
-  for (std::size_t pos = 0; pos < text.size(); pos += tokenizer_parts::scan_utf8(text, pos).length) starts.push_back(pos);
-  starts.push_back(text.size());
-  return starts;
-}
-
 void check_example(const QaExample& example) {
   if (example.context.find_first_not_of(" \t\r\n") == std::string::npos) fail(example, "context is empty");
   const std::vector<std::size_t> starts = character_starts(example.context);

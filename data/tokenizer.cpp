@@ -96,6 +96,32 @@ std::string lowercase(std::string_view text) {
   return out;
 }
 
+std::string collapse_whitespace(std::string_view text) {
+  using namespace tokenizer_parts;
+  std::string out;
+  bool pending = false;
+  for (size_t pos = 0; pos < text.size();) {
+    const Utf8Unit unit = scan_utf8(text, pos);
+    const char32_t c = unit.valid ? decode_utf8(text.substr(pos, unit.length)) : U'\uFFFD';
+    if (is_white_space(c) || (c >= 0x1C && c <= 0x1F)) {
+      pending = !out.empty();
+    } else {
+      if (pending) out.push_back(' ');
+      pending = false;
+      out.append(text.substr(pos, unit.length));
+    }
+    pos += unit.length;
+  }
+  return out;
+}
+
+std::vector<std::size_t> character_starts(std::string_view text) {
+  std::vector<std::size_t> starts;
+  for (size_t pos = 0; pos < text.size(); pos += tokenizer_parts::scan_utf8(text, pos).length) starts.push_back(pos);
+  starts.push_back(text.size());
+  return starts;
+}
+
 std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view, std::vector<CharSpan>&) const {
   throw std::runtime_error(std::string(kind()) + " tokenizers do not report character offsets");
 }

@@ -161,6 +161,13 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir
 // Lower case as Python's str.lower() gives it for text without a final capital sigma:
 // Unicode's full mapping (U+0130 becomes "i" + U+0307). Ill-formed UTF-8 becomes U+FFFD.
 std::string lowercase(std::string_view text);
+// Python's " ".join(text.split()): runs of whitespace (Unicode's White_Space and the
+// ASCII separators U+001C..U+001F, as str.isspace()) become one space, none at the ends.
+std::string collapse_whitespace(std::string_view text);
+// The byte where each character of text starts (ill-formed UTF-8 counted as
+// tokenizer_parts::scan_utf8 counts it), then text.size(): character i is bytes
+// [starts[i], starts[i + 1]), counted as Python indexes a str.
+std::vector<std::size_t> character_starts(std::string_view text);
 
 // ---- parts shared by the tokenizer implementations ----
 

@@ -125,24 +125,6 @@ at::Tensor TokenSampler::next(const at::Tensor& logits) {
 // ---------------------------------------------------------------------------------
 // The generation loop
 
-namespace {
-
-// Puts a module in eval mode for the lifetime of the guard, then back in its former mode.
-class EvalModeGuard {
- public:
-  explicit EvalModeGuard(torch::nn::Module& module) : module_(module), was_training_(module.is_training()) {
-    module_.eval();
-  }
-  ~EvalModeGuard() { module_.train(was_training_); }
-  EvalModeGuard(const EvalModeGuard&) = delete;
-  EvalModeGuard& operator=(const EvalModeGuard&) = delete;
-
- private:
-  torch::nn::Module& module_;
-  bool was_training_;
-};
-
-}  // namespace
 
 at::Tensor generate(CausalLm& model, const at::Tensor& prompt_ids, const GenerationOptions& options) {
   options.validate();

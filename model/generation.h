@@ -6,6 +6,7 @@
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
 
 #include <cstdint>
 #include <functional>
@@ -17,6 +18,22 @@
 namespace ftrain::model {
 
 class CausalLm;
+
+// Puts a module in eval mode for the lifetime of the guard, then back in its former
+// mode (generation runs without dropout, whatever mode the model was in).
+class EvalModeGuard {
+ public:
+  explicit EvalModeGuard(torch::nn::Module& module) : module_(module), was_training_(module.is_training()) {
+    module_.eval();
+  }
+  ~EvalModeGuard() { module_.train(was_training_); }
+  EvalModeGuard(const EvalModeGuard&) = delete;
+  EvalModeGuard& operator=(const EvalModeGuard&) = delete;
+
+ private:
+  torch::nn::Module& module_;
+  bool was_training_;
+};
 
 // The keys and values every attention layer has computed for the positions read so
 // far, so that later tokens attend to them without running those positions again.

@@ -1,5 +1,7 @@
 #include "model/seq2seq_generation.h"
 
+#include "model/generation.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -9,19 +11,6 @@ namespace ftrain::model {
 namespace {
 
 constexpr double kExcluded = -1.0e9;  // the score that keeps a candidate out, as transformers uses
-
-// Restores the model's training mode when generation ends, however it ends.
-class EvalMode {
- public:
-  explicit EvalMode(T5& model) : model_(model), training_(model->is_training()) { model_->eval(); }
-  ~EvalMode() { model_->train(training_); }
-  EvalMode(const EvalMode&) = delete;
-  EvalMode& operator=(const EvalMode&) = delete;
-
- private:
-  T5& model_;
-  bool training_;
-};
 
 // Picks `index` (B, k) along dimension 1 of `t` (B, n, ...).
 torch::Tensor gather_beams(const torch::Tensor& t, const torch::Tensor& index) {
@@ -143,7 +132,7 @@ at::Tensor generate(T5& model, const at::Tensor& input_ids, const at::Tensor& at
                     const Seq2SeqGenerationOptions& options) {
   options.validate();
   torch::NoGradGuard no_grad;
-  EvalMode eval(model);
+  EvalModeGuard eval(*model);
   const torch::Tensor encoded = model->encode(input_ids, attention_mask);
   const int64_t max_length = 1 + options.max_new_tokens;
   if (options.num_beams == 1) return greedy(model, encoded, attention_mask, max_length);

@@ -17,8 +17,6 @@ namespace {
 using data::tokenizer_parts::decode_utf8;
 using data::tokenizer_parts::scan_utf8;
 
-// Python's str.isspace(): Unicode's White_Space and the four ASCII separators.
-bool is_space(char32_t c) { return data::tokenizer_parts::is_white_space(c) || (c >= 0x1C && c <= 0x1F); }
 // A character of Python's \w.
 bool is_word(char32_t c) { return c == '_' || data::tokenizer_parts::is_alphanumeric(c); }
 
@@ -97,18 +95,7 @@ std::string squad_normalize(std::string_view text) {
     spaced.append(stripped, chars[i].begin, chars[i].end - chars[i].begin);
     ++i;
   }
-  std::string out;
-  bool pending_space = false;
-  for (const Character& c : characters(spaced)) {
-    if (is_space(c.code)) {
-      pending_space = !out.empty();
-      continue;
-    }
-    if (pending_space) out.push_back(' ');
-    pending_space = false;
-    out.append(spaced, c.begin, c.end - c.begin);
-  }
-  return out;
+  return data::collapse_whitespace(spaced);
 }
 
 double squad_exact_match(std::string_view prediction, const std::vector<std::string>& answers) {
@@ -177,7 +164,9 @@ AnswerSpans::AnswerSpans(const std::string& path, const std::string& split) {
     questions_.push_back(std::move(question));
     start = end + 1;
   }
-  const auto characters_in = [](const std::string& context) { return static_cast<int64_t>(characters(context).size()); };
+  const auto characters_in = [](const std::string& context) {
+    return static_cast<int64_t>(data::character_starts(context).size()) - 1;
+  };
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t question = example_of_row_[static_cast<std::size_t>(row)];
     if (question < 0 || question >= static_cast<int64_t>(questions_.size()))
@@ -241,9 +230,9 @@ AnswerSpans::Scores AnswerSpans::score(std::span<const double> values, bool null
     const Question& question = questions_[i];
     std::string answer;
     if (best[i].found && !(null_answers && best[i].null_score > best[i].score)) {
-      const std::vector<Character> chars = characters(question.context);
-      const std::size_t begin = chars[static_cast<std::size_t>(best[i].begin)].begin;
-      const std::size_t end = best[i].end > 0 ? chars[static_cast<std::size_t>(best[i].end - 1)].end : begin;
+      const std::vector<std::size_t> starts = data::character_starts(question.context);
+      const std::size_t begin = starts[static_cast<std::size_t>(best[i].begin)];
+      const std::size_t end = starts[static_cast<std::size_t>(best[i].end)];
       answer = question.context.substr(begin, end - begin);
     }
     exact += squad_exact_match(answer, question.answers);

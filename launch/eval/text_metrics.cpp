@@ -10,9 +10,6 @@
 namespace ftrain::launch {
 namespace {
 
-using data::tokenizer_parts::decode_utf8;
-using data::tokenizer_parts::scan_utf8;
-
 double f_measure(double matches, double predicted, double reference) {
   const double precision = predicted > 0 ? matches / predicted : 0.0;
   const double recall = reference > 0 ? matches / reference : 0.0;
@@ -55,25 +52,6 @@ std::string replaced(std::string text, std::string_view from, std::string_view t
 }
 
 bool digit(char c) { return c >= '0' && c <= '9'; }
-
-// Python's str.split() then " ".join: runs of whitespace become one space, none at the ends.
-std::string collapse_spaces(std::string_view text) {
-  std::string out;
-  bool pending = false;
-  for (size_t pos = 0; pos < text.size();) {
-    const auto unit = scan_utf8(text, pos);
-    const char32_t c = unit.valid ? decode_utf8(text.substr(pos, unit.length)) : U'\uFFFD';
-    if (data::tokenizer_parts::is_white_space(c) || (c >= 0x1C && c <= 0x1F)) {
-      pending = !out.empty();
-    } else {
-      if (pending) out.push_back(' ');
-      pending = false;
-      out.append(text.substr(pos, unit.length));
-    }
-    pos += unit.length;
-  }
-  return out;
-}
 
 // ---- the Porter stemmer, NLTK's variant ----
 
@@ -320,7 +298,7 @@ std::string bleu_13a(std::string_view line) {
       out.push_back(text[i]);
     }
   }
-  return collapse_spaces(out);
+  return data::collapse_whitespace(out);
 }
 
 void BleuCounts::add(std::string_view prediction, std::string_view reference) {
