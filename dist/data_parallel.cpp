@@ -132,6 +132,9 @@ class ShardedDataParallel final : public DataParallel {
   void after_evaluation() override { zero_->release(); }
   void after_load() override { zero_->gather_parameters(); }
   at::Tensor whole_parameter(const std::string& name) override { return zero_->gather_parameter(name); }
+  const ZeroSharding::RowShards* vocabulary_rows(const std::string& name) const override {
+    return zero_->row_shards(name);
+  }
 
   HeldBytes peak_held_bytes() const override {
     return HeldBytes{zero_->peak_parameter_bytes(), zero_->peak_gradient_bytes()};
@@ -148,6 +151,7 @@ std::unique_ptr<DataParallel> make_data_parallel(std::vector<std::pair<std::stri
                                                  Group& dp, const DataParallelOptions& options,
                                                  std::vector<std::vector<std::string>> block_param_names,
                                                  std::vector<std::string> input_param_names,
+                                                 std::vector<std::string> vocabulary_param_names,
                                                  std::unique_ptr<ZeroSharding> loaded) {
   if (options.zero < 0 || options.zero > 3)
     throw std::invalid_argument("dist.zero = " + std::to_string(options.zero) + ": expected 0, 1, 2 or 3");
@@ -158,7 +162,7 @@ std::unique_ptr<DataParallel> make_data_parallel(std::vector<std::pair<std::stri
     // Parameters and gradients move into flat buffers, one per block; this rank's
     // optimizer sees only the slices of its shard.
     loaded = std::make_unique<ZeroSharding>(named_params, dp, options.zero, std::move(block_param_names),
-                                            std::move(input_param_names));
+                                            std::move(input_param_names), std::move(vocabulary_param_names));
   return std::make_unique<ShardedDataParallel>(std::move(loaded), named_params, options);
 }
 

@@ -27,11 +27,10 @@
 #include <vector>
 
 #include "dist/comm.h"
+#include "dist/zero.h"
 #include "model/block_runner.h"
 
 namespace ftrain::dist {
-
-class ZeroSharding;
 
 // What this rank's optimizer updates, and what its checkpoint saves, of one parameter:
 // the whole parameter (replicated), or a flat range of it (sharded).
@@ -82,6 +81,13 @@ class DataParallel {
   // After a checkpoint was read into local_slices(): the parameters whole again.
   // Collective.
   virtual void after_load() {}
+  // ZeRO-3's vocabulary matrix `name`, sharded by rows (dist/streamed_vocab.h computes
+  // the embedding and the head's loss from it), or nullptr where the model reads the
+  // parameter itself.
+  virtual const ZeroSharding::RowShards* vocabulary_rows(const std::string& name) const {
+    (void)name;
+    return nullptr;
+  }
   // Parameter `name`'s whole value (its tensor-parallel part), on every rank.
   // Collective where parameters are sharded; one tensor's memory.
   virtual at::Tensor whole_parameter(const std::string& name) = 0;
@@ -104,13 +110,15 @@ struct DataParallelOptions {
 
 // Applies data parallelism over `dp` to the model whose parameters (this rank's
 // tensor-parallel parts) are `named_params`. Sharded: block_param_names[i] names the
-// parameters of transformer block i, each block a unit, and input_param_names those
-// only the embeddings use, a unit of their own at ZeRO-3 (dist/zero.h); `loaded` is a
-// ZeroSharding the model was read straight into, if any. No communication.
+// parameters of transformer block i, each block a unit, input_param_names those only
+// the embeddings use, a unit of their own at ZeRO-3, and vocabulary_param_names the
+// matrices ZeRO-3 streams by rows (dist/zero.h); `loaded` is a ZeroSharding the model
+// was read straight into, if any. No communication.
 std::unique_ptr<DataParallel> make_data_parallel(std::vector<std::pair<std::string, at::Tensor>> named_params,
                                                  Group& dp, const DataParallelOptions& options,
                                                  std::vector<std::vector<std::string>> block_param_names,
                                                  std::vector<std::string> input_param_names = {},
+                                                 std::vector<std::string> vocabulary_param_names = {},
                                                  std::unique_ptr<ZeroSharding> loaded = nullptr);
 
 }  // namespace ftrain::dist

@@ -1,5 +1,7 @@
 #include "dist/sharded_load.h"
 
+#include "dist/streamed_vocab.h"
+
 #include <torch/torch.h>
 
 #include <stdexcept>
@@ -31,10 +33,10 @@ std::pair<at::Tensor, at::Tensor> global_flat_indices(const ParameterShard& shar
 
 // The split a loader calls once the model is built without values: tensor parallelism
 // first, then every parameter moved into a ZeroSharding built Unfilled (into `zero`),
-// whose fill_shard receives each parameter's part as it is read. `input` names the
-// parameters only the embeddings use (ZeRO-3's input unit).
+// whose fill_shard receives each parameter's part as it is read. `units` names the
+// parameters only the embeddings use and the vocabulary matrices (dist/zero.h).
 model::ParameterSlices split_into_shards(torch::nn::Module& module, const std::function<TensorParallelPlan()>& split_tp,
-                                         Communicator& comm, c10::Device device, std::vector<std::string> input,
+                                         Communicator& comm, c10::Device device, ZeroUnitNames units,
                                          TensorParallelPlan& plan, std::unique_ptr<ZeroSharding>& zero) {
   model::ParameterSlices slices;
   if (comm.tp().size() > 1) {
@@ -47,7 +49,8 @@ model::ParameterSlices split_into_shards(torch::nn::Module& module, const std::f
   std::vector<std::pair<std::string, at::Tensor>> params;
   for (const auto& item : module.named_parameters()) params.emplace_back(item.key(), item.value());
   zero = std::make_unique<ZeroSharding>(std::move(params), comm.dp(), model::block_parameter_names(module),
-                                        ZeroSharding::Unfilled{device, at::kFloat}, std::move(input));
+                                        ZeroSharding::Unfilled{device, at::kFloat}, std::move(units.input),
+                                        std::move(units.vocabulary));
   ZeroSharding* target = zero.get();
   slices.take = [target](const std::string& name, const at::Tensor& part) { target->fill_shard(name, part); };
   // Values element by element: only this rank's flat range of its part is computed,
@@ -81,12 +84,9 @@ ShardedCausalLm load_zero3(model::CausalLmOptions options, Communicator& comm, c
                            TensorParallelPlan& plan) {
   std::unique_ptr<ZeroSharding> zero;
   options.split = [&](model::CausalLm& lm) {
-    // The embeddings are a unit of their own unless the head reads them too.
-    std::vector<std::string> input;
-    if (!lm.ties_embeddings()) input = model::input_parameter_names(lm.module());
     return split_into_shards(
         lm.module(), [&] { return apply_tensor_parallel(lm, comm, ParameterValues::uninitialised); }, comm, device,
-        std::move(input), plan, zero);
+        zero3_unit_names(lm.module(), lm.head_weight_name(), lm.ties_embeddings(), comm.tp().size()), plan, zero);
   };
   model::CausalLm lm = model::CausalLm::load(options);
   check_filled(*zero, options.path);
@@ -100,7 +100,7 @@ ShardedClassifier load_zero3(model::ClassifierOptions options, Communicator& com
     // A classifier's head is its own layer: the embeddings are always a unit apart.
     return split_into_shards(
         classifier.module(), [&] { return apply_tensor_parallel(classifier, comm, ParameterValues::uninitialised); },
-        comm, device, model::input_parameter_names(classifier.module()), plan, zero);
+        comm, device, zero3_unit_names(classifier.module(), "", false, comm.tp().size()), plan, zero);
   };
   model::Classifier classifier = model::Classifier::load(options, report);
   check_filled(*zero, options.path);

@@ -131,7 +131,8 @@ struct AfterBlockBackward : torch::autograd::Function<AfterBlockBackward> {
 
 ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
                            std::vector<std::vector<std::string>> block_param_names,
-                           std::vector<std::string> input_param_names)
+                           std::vector<std::string> input_param_names,
+                           std::vector<std::string> vocabulary_param_names)
     : dp_(dp), stage_(stage), params_(std::move(named_params)) {
   if (params_.empty()) throw std::invalid_argument("ZeroSharding: no parameters");
   if (stage_ < 1 || stage_ > 3)
@@ -140,16 +141,17 @@ ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named
   for (const auto& [name, p] : params_)
     if (p.scalar_type() != options.dtype().toScalarType() || p.device() != options.device())
       throw std::invalid_argument("ZeroSharding: parameter '" + name + "' differs in dtype or device");
-  build_units(block_param_names, input_param_names, /*with_values=*/true, options);
+  build_units(block_param_names, std::move(input_param_names), vocabulary_param_names, /*with_values=*/true, options);
   reset_peaks();
 }
 
 ZeroSharding::ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp,
                            std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled,
-                           std::vector<std::string> input_param_names)
+                           std::vector<std::string> input_param_names,
+                           std::vector<std::string> vocabulary_param_names)
     : dp_(dp), stage_(3), params_(std::move(named_params)) {
   if (params_.empty()) throw std::invalid_argument("ZeroSharding: no parameters");
-  build_units(block_param_names, input_param_names, /*with_values=*/false,
+  build_units(block_param_names, std::move(input_param_names), vocabulary_param_names, /*with_values=*/false,
               at::TensorOptions().device(unfilled.device).dtype(unfilled.dtype));
   filled_.assign(params_.size(), false);
   reset_peaks();
@@ -210,8 +212,15 @@ std::vector<std::string> ZeroSharding::unfilled() const {
   return out;
 }
 
+const ZeroSharding::RowShards* ZeroSharding::row_shards(const std::string& name) const {
+  for (const RowShards& rows : row_shards_)
+    if (rows.name == name) return &rows;
+  return nullptr;
+}
+
 void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& block_param_names,
-                               const std::vector<std::string>& input_param_names, bool with_values,
+                               std::vector<std::string> input_param_names,
+                               const std::vector<std::string>& vocabulary_param_names, bool with_values,
                                const at::TensorOptions& buffer_options) {
   for (size_t i = 0; i < params_.size(); ++i) param_index_[params_[i].first] = i;
   // Unit 0 is the root; block b is unit b + 1.
@@ -227,8 +236,30 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
                                     std::to_string(unit_of_[found->second] - 1) + " and " + std::to_string(b));
       unit_of_[found->second] = b + 1;
     }
+  num_blocks_ = block_param_names.size();
   // Without blocks there is nothing to split the root around.
-  const bool splits_input = stage_ == 3 && !input_param_names.empty() && !block_param_names.empty();
+  const bool streams = stage_ == 3 && !block_param_names.empty();
+  std::vector<size_t> vocabulary;  // parameter indices, one unit each
+  if (streams) {
+    for (const std::string& name : vocabulary_param_names) {
+      auto found = param_index_.find(name);
+      if (found == param_index_.end())
+        throw std::invalid_argument("ZeroSharding: vocabulary parameter '" + name +
+                                    "' is not among the parameters given");
+      const at::Tensor& p = params_[found->second].second;
+      if (p.dim() != 2 || unit_of_[found->second] != 0)
+        throw std::invalid_argument("ZeroSharding: vocabulary parameter '" + name + "' must be a (V, C) matrix "
+                                    "outside the blocks, got " + c10::str(p.sizes()));
+      if (std::find(vocabulary.begin(), vocabulary.end(), found->second) == vocabulary.end())
+        vocabulary.push_back(found->second);
+    }
+    std::erase_if(input_param_names, [&](const std::string& name) {
+      auto found = param_index_.find(name);
+      return found != param_index_.end() &&
+             std::find(vocabulary.begin(), vocabulary.end(), found->second) != vocabulary.end();
+    });
+  }
+  const bool splits_input = streams && !input_param_names.empty();
   if (splits_input) {
     const size_t input = block_param_names.size() + 1;
     for (const std::string& name : input_param_names) {
@@ -242,7 +273,9 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
     }
     input_unit_ = input;
   }
-  units_.resize(block_param_names.size() + 1 + (splits_input ? 1 : 0));
+  const size_t first_vocabulary = block_param_names.size() + 1 + (splits_input ? 1 : 0);
+  for (size_t v = 0; v < vocabulary.size(); ++v) unit_of_[vocabulary[v]] = first_vocabulary + v;
+  units_.resize(first_vocabulary + vocabulary.size());
   for (size_t i = 0; i < params_.size(); ++i) units_[unit_of_[i]].params.push_back(i);
   if (splits_input && units_.front().params.empty())
     throw std::invalid_argument("ZeroSharding: every parameter outside the blocks is an input parameter; "
@@ -258,6 +291,12 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
       total += params_[i].second.numel();
     }
     unit.shard_numel = (total + ranks - 1) / ranks;
+    if (&unit - units_.data() >= static_cast<std::ptrdiff_t>(first_vocabulary)) {
+      // Whole rows per rank: R = ceil(V / N) rows of C.
+      const at::Tensor& p = params_[unit.params.front()].second;
+      unit.shard_numel = (p.size(0) + ranks - 1) / ranks * p.size(1);
+      unit.streamed = true;
+    }
     unit.shard_offset = shard_numel_;
     shard_numel_ += unit.shard_numel;
   }
@@ -323,6 +362,15 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
       slice_shard_offsets_.push_back(at);
     }
   }
+  for (size_t u = first_vocabulary; u < units_.size(); ++u) {
+    const Unit& unit = units_[u];
+    const auto& [name, p] = params_[unit.params.front()];
+    const int64_t cols = p.size(1), rows_per_rank = unit.shard_numel / cols;
+    row_shards_.push_back(RowShards{name, &dp_, p, p.size(0), cols, rows_per_rank,
+                                    shard_params_.narrow(0, unit.shard_offset, unit.shard_numel).view({rows_per_rank, cols}),
+                                    shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel).view({rows_per_rank, cols}),
+                                    std::nullopt});
+  }
   parameter_bytes_ = 0;
   if (stage_ == 3) {
     parameter_bytes_ = bytes_of(shard_params_);
@@ -365,6 +413,9 @@ void ZeroSharding::reset_peaks() {
 
 void ZeroSharding::gather(size_t u, bool in_background) {
   Unit& unit = units_[u];
+  if (unit.streamed)
+    throw std::logic_error("ZeroSharding: '" + params_[unit.params.front()].first +
+                           "' streams by rows and is never gathered whole");
   allocate_storage(unit.full_params);
   unit.gathered = true;
   count_parameters(bytes_of(unit.full_params));

@@ -43,6 +43,15 @@
 //          done: its gradients are reduce-scattered and it is freed.
 // Both are gathered and reduced in every micro-batch, as blocks are.
 //
+// Vocabulary units (stage 3, when the caller names the matrices indexed by token id: the
+// token embedding, an untied head). Each such (V, C) parameter is a unit of its own,
+// padded to N * R rows (R = ceil(V / N)) so that rank d's shard is rows [d R, (d+1) R).
+// It is never gathered whole: dist/streamed_vocab.h looks tokens up and computes the
+// head's loss shard by shard, broadcasting each rank's rows in turn, and sends each
+// rank the gradient of its rows with a reduce. Its gradients go straight into the shard
+// gradients during backward. A vocabulary matrix used twice (tied to the head) streams
+// for both uses.
+//
 // Overlap (set_overlap, the trainer's dist.overlap): a block's reduce-scatter is
 // started when its backward is done and waited when the next block's is (one in
 // flight), so it runs while the block before it computes its backward. The price is
@@ -59,7 +68,10 @@
 //            in backward, reduce-scatter) + 2 psi_root (N-1)/N (one all-gather, one
 //            reduce-scatter); each further micro-batch adds 3 psi_blocks (N-1)/N.
 //            With an input unit, per micro-batch: 3 psi_blocks + 3 psi_input +
-//            2 psi_root, times (N-1)/N.
+//            2 psi_root, times (N-1)/N. A vocabulary unit of psi_v elements (padded
+//            to whole rows) adds, per micro-batch, psi_v (N-1)/N per use in a forward
+//            pass (the embedding, the head), once more for the head's backward, and
+//            psi_v (N-1)/N per use for the reduces of its gradients.
 //
 // A training step:
 //   model->set_block_runner(zero.block_runner(model::checkpoint_blocks()));  // once
@@ -107,10 +119,13 @@ class ZeroSharding {
   // every other parameter the root unit (with none given, the whole model is one unit,
   // reduced after backward). No communication.
   // input_param_names: at stage 3, the parameters used only before block 0 (see
-  // "Input unit" above); ignored at stages 1 and 2.
+  // "Input unit" above); ignored at stages 1 and 2. vocabulary_param_names: at stage 3
+  // with blocks, the (V, C) matrices that stream by rows ("Vocabulary units"); they
+  // leave the input unit and the root. Ignored otherwise.
   ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp, int stage,
                std::vector<std::vector<std::string>> block_param_names = {},
-               std::vector<std::string> input_param_names = {});
+               std::vector<std::string> input_param_names = {},
+               std::vector<std::string> vocabulary_param_names = {});
 
   // Stage 3 for a model built without its values (model::SkipInitialisation, so their
   // memory was never written): the parameters' own storage is dropped unread, and
@@ -122,7 +137,8 @@ class ZeroSharding {
   };
   ZeroSharding(std::vector<std::pair<std::string, at::Tensor>> named_params, Group& dp,
                std::vector<std::vector<std::string>> block_param_names, Unfilled unfilled,
-               std::vector<std::string> input_param_names = {});
+               std::vector<std::string> input_param_names = {},
+               std::vector<std::string> vocabulary_param_names = {});
   // Copies this rank's flat range of parameter `name` out of `values` (the parameter's
   // whole value, any layout and dtype; only the elements of the range are read when it
   // is contiguous). Every parameter must be filled once before the model runs.
@@ -141,6 +157,23 @@ class ZeroSharding {
 
   const std::vector<Slice>& local_slices() const { return slices_; }
   int stage() const { return stage_; }
+
+  // A vocabulary matrix sharded by rows (see "Vocabulary units"), as
+  // dist/streamed_vocab.h reads it. Views stay valid for the object's life.
+  struct RowShards {
+    std::string name;
+    Group* group = nullptr;
+    at::Tensor param;       // the model's parameter (whether it trains: param.requires_grad())
+    int64_t rows = 0;       // V
+    int64_t cols = 0;       // C
+    int64_t rows_per_rank = 0;  // R: rank d holds rows [d R, (d+1) R); those at V or past it are padding
+    at::Tensor shard;       // (R, C) this rank's rows
+    at::Tensor grad;        // (R, C) their reduced gradient; backward adds into it
+    std::optional<c10::ScalarType> reduce_dtype;  // what the gradients travel in; none: theirs
+  };
+  // The vocabulary matrix `name`, or nullptr when it is not one (not named, or not
+  // stage 3 with blocks).
+  const RowShards* row_shards(const std::string& name) const;
 
   // The runner to install in the model (set_block_runner); block i of the runner is
   // block_param_names[i]. It runs `inner` (e.g. checkpoint_blocks()) inside the hooks
@@ -176,7 +209,10 @@ class ZeroSharding {
 
   // The dtype gradients are reduce-scattered in (e.g. bf16 for fp32 gradients, to
   // halve the bytes); the shard gradients keep the parameters' dtype. None: theirs.
-  void set_reduce_dtype(std::optional<c10::ScalarType> dtype) { reduce_dtype_ = dtype; }
+  void set_reduce_dtype(std::optional<c10::ScalarType> dtype) {
+    reduce_dtype_ = dtype;
+    for (RowShards& rows : row_shards_) rows.reduce_dtype = dtype;
+  }
 
   // Sum of squares of the reduced gradients over the whole model (collective).
   double gradient_square_sum();
@@ -229,6 +265,7 @@ class ZeroSharding {
     bool gathered = false;       // full_params has memory (its gather may be in flight)
     bool grads_held = false;     // full_grads has memory
     bool reduced = false;        // stage 1: reduce-scattered (or started) this step
+    bool streamed = false;       // a vocabulary unit: never gathered, reduced by rows
   };
   // A unit's reduce-scatter in flight.
   struct Reduction {
@@ -241,10 +278,11 @@ class ZeroSharding {
   friend struct ZeroBlockHooks;
 
   void build_units(const std::vector<std::vector<std::string>>& block_param_names,
-                   const std::vector<std::string>& input_param_names, bool with_values,
-                   const at::TensorOptions& options);
-  // Units 1..num_blocks() are the blocks; the input unit, if any, comes after them.
-  size_t num_blocks() const { return units_.size() - 1 - (input_unit_ ? 1 : 0); }
+                   std::vector<std::string> input_param_names, const std::vector<std::string>& vocabulary_param_names,
+                   bool with_values, const at::TensorOptions& options);
+  // Units 1..num_blocks() are the blocks; the input unit, if any, comes after them, then
+  // the vocabulary units.
+  size_t num_blocks() const { return num_blocks_; }
   bool trainable(const Unit& unit) const;
   void gather(size_t unit, bool prefetch);
   void ensure_gathered(size_t unit);
@@ -283,6 +321,8 @@ class ZeroSharding {
 
   std::vector<Unit> units_;  // the root, then block 0, 1, ..., then the input unit if any
   std::optional<size_t> input_unit_;  // stage 3 with input parameters named
+  size_t num_blocks_ = 0;
+  std::vector<RowShards> row_shards_;  // one per vocabulary unit
   std::optional<size_t> prefetching_;  // the unit whose gather is in flight
   PendingCollective prefetch_;
   std::optional<Reduction> reducing_;  // the reduce-scatter in flight

@@ -80,9 +80,11 @@ RunParts build_run(const Config& config, dist::Communicator& comm,
   for (auto& item : run.task->module().named_parameters()) named_params.emplace_back(item.key(), item.value());
   const dist::DataParallelOptions options{config.dist.zero, config.dist.overlap, config.dist.bucket_bytes(),
                                           reduce_dtype(config)};
-  run.data_parallel =
-      dist::make_data_parallel(std::move(named_params), comm.dp(), options, run.task->block_parameter_names(),
-                               run.task->input_parameter_names(), std::move(read_into_shards));
+  dist::ZeroUnitNames units = run.task->zero3_unit_names();
+  run.data_parallel = dist::make_data_parallel(std::move(named_params), comm.dp(), options,
+                                               run.task->block_parameter_names(), std::move(units.input),
+                                               std::move(units.vocabulary), std::move(read_into_shards));
+  run.task->stream_vocabulary(*run.data_parallel);
   std::vector<AdamWSlot> slots;
   for (const dist::LocalSlice& slice : run.data_parallel->local_slices())
     slots.push_back(AdamWSlot{slice.name, slice.param, slice.grad, slice.is_matrix});

@@ -376,9 +376,18 @@ std::unique_ptr<dist::ZeroSharding> Task::take_sharding() { return std::move(sha
 
 std::vector<std::vector<std::string>> Task::block_parameter_names() { return model::block_parameter_names(module()); }
 
-std::vector<std::string> Task::input_parameter_names() {
-  if (model_->lm && model_->lm->ties_embeddings()) return {};
-  return model::input_parameter_names(module());
+dist::ZeroUnitNames Task::zero3_unit_names() {
+  if (model_->s2s) return {};
+  const bool ties = model_->lm && model_->lm->ties_embeddings();
+  return dist::zero3_unit_names(module(), model_->lm ? model_->lm->head_weight_name() : "", ties, plan_.tp_size);
+}
+
+void Task::stream_vocabulary(const dist::DataParallel& data_parallel) {
+  if (model_->s2s) return;
+  if (const auto embedding = model::token_embedding(module()))
+    if (const auto* rows = data_parallel.vocabulary_rows(embedding->weight_name))
+      embedding->layer->set_style(dist::streamed_embedding(*rows, embedding->layer->options.padding_idx()));
+  if (model_->lm) head_rows_ = data_parallel.vocabulary_rows(model_->lm->head_weight_name());
 }
 
 void Task::set_block_runner(const model::BlockRunner& runner) {
@@ -432,6 +441,8 @@ at::Tensor Task::loss_sum(const TaskBatch& batch) {
     const int64_t T = head.hidden.size(1);
     const at::Tensor hidden = head.hidden.slice(1, 0, T - 1).reshape({-1, head.hidden.size(-1)});  // (B (T-1), C)
     const at::Tensor targets = batch.targets.reshape({-1}), weights = batch.target_mask.reshape({-1});
+    if (head_rows_)  // ZeRO-3: the head streams by rows over the data-parallel group
+      return dist::streamed_linear_cross_entropy_sum(*head_rows_, hidden, targets, weights);
     if (tp_) {
       // Each rank holds V_pad / N rows of the head; no rank computes every logit.
       const model::VocabShards shards = dist::vocab_shards(*tp_, model_->lm->vocab_size());

@@ -22,6 +22,8 @@
 
 #include "data/streaming_loader.h"
 #include "dist/comm.h"
+#include "dist/data_parallel.h"
+#include "dist/streamed_vocab.h"
 #include "dist/tensor_parallel.h"
 #include "dist/zero.h"
 #include "model/block_runner.h"
@@ -123,9 +125,14 @@ class Task {
   // The transformer blocks of the body, in order, each as the names of its parameters
   // (as module().named_parameters() names them).
   std::vector<std::vector<std::string>> block_parameter_names();
-  // The parameters only the embeddings use (none when the head reads the token
-  // embedding too): ZeRO-3 gathers them apart from the head.
-  std::vector<std::string> input_parameter_names();
+  // How ZeRO-3 cuts the model besides its blocks: the parameters only the embeddings
+  // use, and the vocabulary matrices it streams by rows (dist/streamed_vocab.h). Call
+  // after parallelize().
+  dist::ZeroUnitNames zero3_unit_names();
+  // Where data parallelism holds a vocabulary matrix by rows (ZeRO-3), the token
+  // embedding and the language-modelling loss compute from those rows
+  // (dist/streamed_vocab.h). `data_parallel` must outlive the task's use.
+  void stream_vocabulary(const dist::DataParallel& data_parallel);
   // Runs every block of the body's training forward through `runner` (ZeRO-3's
   // gathering, activation checkpointing).
   void set_block_runner(const model::BlockRunner& runner);
@@ -178,6 +185,7 @@ class Task {
   bool packed_documents_ = false;  // the dataset's attention_mask holds document ids (format_version 2)
   dist::TensorParallelPlan plan_;
   dist::Group* tp_ = nullptr;  // a split causal LM's group, for the vocabulary-parallel loss
+  const dist::ZeroSharding::RowShards* head_rows_ = nullptr;  // a streamed head (ZeRO-3)
   std::unique_ptr<dist::ZeroSharding> sharding_;  // read into ZeRO-3 shards, until taken
 };
 

@@ -61,6 +61,7 @@ class CausalLm {
     int64_t max_positions = 0;  // the longest sequence it can read; 0: no limit
     std::string max_positions_key;  // config.json's key for it ("n_positions")
     bool ties_embeddings = false;   // the head's weight is the token embedding
+    std::string head_weight_name;   // the head weight's parameter name (tied: the embedding's)
     std::function<at::Tensor(const at::Tensor& ids, const at::Tensor& mask)> logits;
     std::function<HeadInput(const at::Tensor& ids, const at::Tensor& mask)> head_input;
     // (B, T_new) ids following those in the cache -> (B, V) logits of the last of them.
@@ -78,6 +79,8 @@ class CausalLm {
   // Whether the output layer reads the token embedding's weight (tie_word_embeddings),
   // so the embedding is used both before the blocks and after them.
   bool ties_embeddings() const { return parts_.ties_embeddings; }
+  // The parameter name of the output layer's weight (tied: the token embedding's).
+  const std::string& head_weight_name() const { return parts_.head_weight_name; }
 
   // (B, T) int64 token ids -> (B, T, V) logits. attention_mask (B, T), 1 for real
   // tokens, may be undefined for unpadded batches.

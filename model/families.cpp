@@ -146,6 +146,11 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
   parts.vocab_size = config.vocab_size;
   parts.max_positions = Traits::max_positions(config);
   parts.ties_embeddings = config.tie_word_embeddings;
+  {
+    const at::Tensor& head = config.tie_word_embeddings ? Traits::embedding(model) : model->lm_head->weight;
+    for (const auto& item : model->named_parameters())
+      if (item.value().is_same(head)) parts.head_weight_name = item.key();
+  }
   parts.max_positions_key = Traits::max_positions_key;
   parts.logits = [model](const at::Tensor& ids, const at::Tensor& mask) mutable {
     return Traits::forward(model, ids, mask);

@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -103,6 +104,24 @@ inline std::vector<std::string> input_parameter_names(torch::nn::Module& root) {
     names.push_back(item.key());
   }
   return names;
+}
+
+// The token embedding of a model with blocks: its one model::Embedding, with its
+// weight's name in `root`. Empty when there are no blocks or not exactly one such layer.
+struct TokenEmbedding {
+  std::string weight_name;
+  EmbeddingImpl* layer = nullptr;
+};
+inline std::optional<TokenEmbedding> token_embedding(torch::nn::Module& root) {
+  if (block_parameter_names(root).empty()) return std::nullopt;
+  std::optional<TokenEmbedding> found;
+  for (const auto& item : root.named_modules()) {
+    auto* layer = dynamic_cast<EmbeddingImpl*>(item.value().get());
+    if (!layer) continue;
+    if (found) return std::nullopt;
+    found = TokenEmbedding{item.key().empty() ? "weight" : item.key() + ".weight", layer};
+  }
+  return found;
 }
 
 }  // namespace ftrain::model

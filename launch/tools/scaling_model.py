@@ -107,17 +107,47 @@ def parameter_units(shape: ModelShape, tp: int = 1) -> tuple[int, list[int]]:
     return root, [block] * shape.layers
 
 
-def zero3_units(shape: ModelShape, tp: int = 1) -> tuple[int, int, list[int]]:
-    """ZeRO-3's units: (input, root, blocks). With an untied head the embeddings (and
-    GPT-2's position embeddings) are a unit of their own, used before the first block,
-    and the root keeps the final norm and the head; tied, the input is 0 and the root is
-    parameter_units' root (dist/zero.h, "Input unit")."""
+@dataclass(frozen=True)
+class Zero3Units:
+    """ZeRO-3's units (dist/zero.h): `input`, the elements used only before the first
+    block (a unit of its own when nonzero); `root`, the rest outside the blocks; the
+    blocks; and the vocabulary matrices that stream by rows, (V, C) each, never
+    gathered whole."""
+    input: int
+    root: int
+    blocks: list[int]
+    vocabulary: list[tuple[int, int]]
+
+    def vocabulary_shard(self, dp: int) -> int:
+        """Elements per rank of the vocabulary units: ceil(V / N) whole rows each."""
+        return sum(-(-rows // dp) * columns for rows, columns in self.vocabulary)
+
+
+# Passes over a vocabulary matrix per micro-batch, each one call per rank of the group:
+# broadcasts (the embedding's look-up, the head's forward and its backward) and reduces
+# (the embedding's gradient, the head's). Tied or untied, the total is the same: one
+# matrix used three and two times, or two matrices of the same size used (1, 1) and
+# (2, 1) times.
+VOCABULARY_BROADCASTS, VOCABULARY_REDUCES = 3, 2
+
+
+def zero3_units(shape: ModelShape, tp: int = 1) -> Zero3Units:
+    """ZeRO-3's units. Without tensor parallelism the token embedding and an untied head
+    stream by rows ("Vocabulary units"): the input unit keeps GPT-2's position
+    embeddings (none for the Llama family) and the root the final norm. Under tensor
+    parallelism an untied head's embeddings are the input unit and the root keeps the
+    final norm and the head; tied, the input is 0 and the root is parameter_units' root
+    (dist/zero.h, "Input unit")."""
     root, blocks = parameter_units(shape, tp)
+    C = shape.width
+    positions = shape.positions * C if shape.family == "gpt2" else 0
+    if tp == 1:
+        vocabulary = [(shape.vocab, C)] * (1 if shape.tied else 2)
+        return Zero3Units(positions, root - positions - shape.vocab * C * len(vocabulary), blocks, vocabulary)
     if shape.tied:
-        return 0, root, blocks
-    embedding = vocab_rows(shape.vocab, tp) * shape.width
-    input_elements = embedding + (shape.positions * shape.width if shape.family == "gpt2" else 0)
-    return input_elements, root - input_elements, blocks
+        return Zero3Units(0, root, blocks, [])
+    input_elements = vocab_rows(shape.vocab, tp) * C + positions
+    return Zero3Units(input_elements, root - input_elements, blocks, [])
 
 
 def parameter_count(shape: ModelShape, tp: int = 1) -> int:
@@ -296,7 +326,8 @@ def step_traffic(shape: ModelShape, layout: Layout) -> Traffic:
             # backward with overlap); the root once per step. With an untied head, per
             # micro-batch: the input unit gathered for the forward and for its backward
             # and reduced, the root (norm, head) gathered and reduced.
-            input_elements, tail, _ = zero3_units(shape, T)
+            z = zero3_units(shape, T)
+            input_elements, tail = z.input, z.root
             if input_elements:
                 padded_input = zero_shard(input_elements, N) * N
                 padded_tail = zero_shard(tail, N) * N
@@ -306,10 +337,19 @@ def step_traffic(shape: ModelShape, layout: Layout) -> Traffic:
                 traffic.dp_overlappable_bytes = accumulation * f * (padded_blocks * (2 * param + grad * layout.overlap)
                                                                     + padded_tail * (param + grad * layout.overlap))
             else:
+                padded_tail = zero_shard(tail, N) * N
                 traffic.dp_bytes = (accumulation * f * padded_blocks * (2 * param + grad)
-                                    + f * padded_root * (param + grad))
+                                    + f * padded_tail * (param + grad))
                 traffic.dp_calls = accumulation * 3 * len(blocks) + 2
                 traffic.dp_overlappable_bytes = accumulation * f * padded_blocks * (2 * param + grad * layout.overlap)
+            if z.vocabulary:
+                # Each vocabulary pass is one broadcast or reduce per rank, each rank's rows
+                # once: (N-1)/N of the matrix padded to whole rows. They run in the loss
+                # and the embedding, between blocks: none overlaps.
+                matrix = z.vocabulary_shard(N) * N // len(z.vocabulary)
+                traffic.dp_bytes += accumulation * f * matrix * (VOCABULARY_BROADCASTS * param
+                                                                 + VOCABULARY_REDUCES * grad)
+                traffic.dp_calls += accumulation * (VOCABULARY_BROADCASTS + VOCABULARY_REDUCES) * N
             traffic.dp_ring_steps = traffic.dp_calls * (N - 1)
     # Scalars travel as 8 bytes: the step's token count and loss over dp; the gradient
     # norm's square sum over dp when ZeRO shards the gradients, over tp when split.
@@ -365,11 +405,26 @@ def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> di
         # Whole parameters; the shard's reduced gradients plus the full ones held.
         return {"parameter_bytes": FP32 * sum(full), "gradient_bytes": FP32 * (shards + held),
                 "optimizer_bytes": optimizer}
-    input_elements, tail, _ = zero3_units(shape, T)
+    z = zero3_units(shape, T)
+    input_elements, tail = z.input, z.root
+    if z.vocabulary:
+        # The vocabulary units hold their rows' shard and are never gathered whole.
+        vocabulary_elements = [rows * columns for rows, columns in z.vocabulary]
+        shards_of = [-(-rows // N) * columns for rows, columns in z.vocabulary]
+        vocabulary_shards = sum(shards_of)
+        vocabulary_optimizer = 2 * FP32 * sum(max(0, min(shard, elements - dp_rank * shard))
+                                              for shard, elements in zip(shards_of, vocabulary_elements))
+    else:
+        vocabulary_shards = vocabulary_optimizer = 0
     if not input_elements:
         # Gathered at once: the root from the first forward to the gradient reduction,
         # and two neighbouring blocks (one running, the next prefetched).
-        return {"parameter_bytes": FP32 * (shards + full[0] + pair), "gradient_bytes": FP32 * (shards + held),
+        units = [tail, *blocks]
+        shards = sum(zero_shard(u, N) for u in units) + vocabulary_shards
+        optimizer = 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units) + vocabulary_optimizer
+        root_full = zero_shard(tail, N) * N
+        held = root_full + (pair if layout.overlap else max(full[1:], default=0))
+        return {"parameter_bytes": FP32 * (shards + root_full + pair), "gradient_bytes": FP32 * (shards + held),
                 "optimizer_bytes": optimizer}
     # The root split: the input unit (embeddings) and the root (norm, head) are never
     # gathered together. Gathered at once: the input alone (the forward's start, its
@@ -377,8 +432,8 @@ def training_state_bytes(shape: ModelShape, layout: Layout, rank: int = 0) -> di
     # it starts). Gradients: the root's, the input's, or a block's; with overlap each
     # also with the unit reduced before it, still in flight.
     units = [tail, *blocks, input_elements]
-    shards = sum(zero_shard(u, N) for u in units)
-    optimizer = 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units)
+    shards = sum(zero_shard(u, N) for u in units) + vocabulary_shards
+    optimizer = 2 * FP32 * sum(own_elements(u, N, dp_rank) for u in units) + vocabulary_optimizer
     root_full, input_full = zero_shard(tail, N) * N, zero_shard(input_elements, N) * N
     block_full = full[1:]
     gathered = max(input_full, pair, root_full + block_full[-1])
@@ -427,9 +482,9 @@ def phase_peak_bytes(shape: ModelShape, layout: Layout) -> dict[str, float]:
     psi = root + sum(blocks)
     one = FP32 * largest_tensor_elements(shape)
     if layout.zero == 3:
-        input_elements, tail, _ = zero3_units(shape, layout.tp)
-        units = [tail, *blocks] + ([input_elements] if input_elements else [])
-        shards = sum(zero_shard(u, layout.dp) for u in units)
+        z = zero3_units(shape, layout.tp)
+        units = [z.root, *blocks] + ([z.input] if z.input else [])
+        shards = sum(zero_shard(u, layout.dp) for u in units) + z.vocabulary_shard(layout.dp)
         load = FP32 * 2 * shards + one
     else:
         load = FP32 * psi + one
