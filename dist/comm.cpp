@@ -131,7 +131,7 @@ std::size_t CommOptions::bucket_bytes() const {
 
 double CommStats::total_bytes_sent() const {
   return all_reduce.bytes_sent + reduce_scatter.bytes_sent + all_gather.bytes_sent +
-         broadcast.bytes_sent + reduce.bytes_sent;
+         broadcast.bytes_sent;
 }
 
 void CommStats::reset() { *this = CommStats{}; }
@@ -553,40 +553,6 @@ void Group::broadcast(at::Tensor& t, int root) {
   // The ring starts at the root; its last rank, the one before the root, forwards nothing.
   const bool last_on_ring = rank_ == (root + size_ - 1) % size_;
   count(stats_->broadcast, size_ > 1 && !last_on_ring ? double(t.numel() * t.element_size()) : 0.0);
-}
-
-void Group::reduce(at::Tensor& t, int root, ReduceOp op) {
-  constexpr const char* kOp = "reduce";
-  check_tensor(t, kOp, "the tensor");
-  check_reduce(where(kOp), t, op);
-  if (root < 0 || root >= size_) {
-    throw std::invalid_argument(where(kOp) + "root " + std::to_string(root) +
-                                " is not a rank of this group of " + std::to_string(size_));
-  }
-  const bool is_root = rank_ == root;
-  if (t.is_cuda()) {
-    at::Tensor work = t.contiguous();
-    device_collectives(kOp).reduce(work, root, op);
-    if (is_root && !work.is_same(t)) t.copy_(work);
-    count(stats_->reduce, is_root ? 0.0 : double(t.numel() * t.element_size()));
-    return;
-  }
-  at::Tensor work = is_half(t.scalar_type()) ? t.to(at::kFloat).contiguous() : t.contiguous();
-  const MPI_Datatype type = mpi_reduce_type(work.scalar_type());
-  const std::int64_t numel = work.numel();
-  char* data = bytes_of(work);
-  for (std::int64_t start = 0; start < numel; start += kMaxMpiCount) {
-    const int n = static_cast<int>(std::min(kMaxMpiCount, numel - start));
-    char* chunk = data + start * work.element_size();
-    check_mpi(MPI_Reduce(is_root ? MPI_IN_PLACE : chunk, is_root ? chunk : nullptr, n, type, mpi_op(op), root,
-                         comm_),
-              kOp);
-  }
-  if (is_root) {
-    if (op == ReduceOp::Avg) work.div_(size_);
-    if (!work.is_same(t)) t.copy_(work);
-  }
-  count(stats_->reduce, is_root ? 0.0 : double(numel * work.element_size()));
 }
 
 double Group::all_reduce(double value, ReduceOp op) {

@@ -52,8 +52,6 @@ const char* to_string(ReduceOp op);
 //   reduce_scatter    (N-1)/N B
 //   all_gather        (N-1)/N B
 //   broadcast       B, except the rank just before the root on the ring, which sends 0
-//   reduce          B, except the root, which sends 0 (every other rank passes on its
-//                   partial sum once, along a chain or up a tree)
 // Bytes on the wire: bf16/fp16 reductions over MPI travel as fp32 (4 bytes an element);
 // everything else travels in its own type. Scalar all-reduces count as 8-byte ones.
 struct CollectiveStats {
@@ -66,7 +64,6 @@ struct CommStats {
   CollectiveStats reduce_scatter;
   CollectiveStats all_gather;
   CollectiveStats broadcast;
-  CollectiveStats reduce;
 
   double total_bytes_sent() const;
   void reset();
@@ -167,10 +164,6 @@ class Group {
   PendingCollective start_all_gather(at::Tensor& out, const at::Tensor& in);
   // t = root's t on every rank; root is a rank of this group.
   void broadcast(at::Tensor& t, int root);
-  // On `root`, t = op over ranks of t (Sum, Avg, Max, Min); elsewhere t is left as it
-  // was. Any layout. ZeRO-3 sends each rank the gradient of the vocabulary rows it owns
-  // this way (dist/streamed_vocab.h).
-  void reduce(at::Tensor& t, int root, ReduceOp op = ReduceOp::Sum);
 
   double all_reduce(double value, ReduceOp op);
   std::int64_t all_reduce(std::int64_t value, ReduceOp op);  // Avg refused

@@ -149,13 +149,6 @@ class NcclCollectives final : public DeviceCollectives {
     });
   }
 
-  void reduce(at::Tensor& t, int root, ReduceOp op) override {
-    const ncclDataType_t type = reduce_type(t, "reduce");
-    launch("reduce", nullptr, [&](cudaStream_t stream) {
-      return ncclReduce(t.data_ptr(), t.data_ptr(), t.numel(), type, nccl_op(op), root, comm_, stream);
-    });
-  }
-
  private:
   [[noreturn]] void fail(const char* op, const std::string& what) const {
     throw std::runtime_error(who_ + ": " + op + ": " + what);

@@ -37,7 +37,6 @@ class DeviceCollectives {
                               std::unique_ptr<DeviceWork>* deferred) = 0;
   virtual void all_gather(at::Tensor& out, const at::Tensor& in, std::unique_ptr<DeviceWork>* deferred) = 0;
   virtual void broadcast(at::Tensor& t, int root) = 0;
-  virtual void reduce(at::Tensor& t, int root, ReduceOp op) = 0;
 };
 
 #ifdef FTRAIN_WITH_NCCL

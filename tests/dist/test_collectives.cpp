@@ -352,41 +352,6 @@ BOOST_AUTO_TEST_CASE(broadcast_from_the_last_rank) {
                         [](const std::invalid_argument& e) { return mentions(e, "broadcast"); });
 }
 
-// Rank q contributes i + q at position i: the root receives the sum (or mean, maximum),
-// every other rank keeps what it had. Each rank is the root once.
-BOOST_AUTO_TEST_CASE(reduce_to_each_root) {
-  const int n = comm().world_size();
-  const int r = comm().rank();
-  for (int root = 0; root < n; ++root) {
-    for (at::ScalarType type : {at::kFloat, at::kDouble, at::kBFloat16}) {
-      BOOST_TEST_CONTEXT("root " << root << ", " << c10::toString(type)) {
-        at::Tensor t = (at::arange(6, at::kDouble) + r).to(on_device(type));
-        comm().world().reduce(t, root);
-        std::vector<double> expected;
-        for (int i = 0; i < 6; ++i) expected.push_back(r == root ? n * i + n * (n - 1) / 2.0 : i + r);
-        BOOST_TEST(values(t) == expected, boost::test_tools::per_element());
-      }
-    }
-    at::Tensor most = (at::arange(4, at::kDouble) * (r + 1)).to(on_device(at::kFloat));
-    comm().world().reduce(most, root, ReduceOp::Max);
-    at::Tensor mean = at::full({3}, double(r), on_device(at::kFloat));
-    comm().world().reduce(mean, root, ReduceOp::Avg);
-    if (r == root) {
-      BOOST_TEST(values(most) == std::vector<double>({0.0, double(n), 2.0 * n, 3.0 * n}), boost::test_tools::per_element());
-      BOOST_TEST(values(mean) == std::vector<double>(3, (n - 1) / 2.0), boost::test_tools::per_element());
-    }
-  }
-  // A non-contiguous view: the root's elements land in place.
-  at::Tensor grid = at::ones({4, 6}, on_device(at::kFloat));
-  at::Tensor column = grid.select(1, 2);
-  comm().world().reduce(column, 0);
-  if (r == 0) BOOST_TEST(values(grid.select(1, 2)) == std::vector<double>(4, double(n)), boost::test_tools::per_element());
-  BOOST_TEST(values(grid.select(1, 1)) == std::vector<double>(4, 1.0), boost::test_tools::per_element());
-  at::Tensor t = at::zeros({2}, on_device(at::kFloat));
-  BOOST_CHECK_EXCEPTION(comm().world().reduce(t, n), std::invalid_argument,
-                        [](const std::invalid_argument& e) { return mentions(e, "reduce"); });
-}
-
 // Rank r contributes r + 0.5 and r^2.
 BOOST_AUTO_TEST_CASE(scalar_all_reduce) {
   const int n = comm().world_size();
@@ -604,8 +569,7 @@ BOOST_AUTO_TEST_CASE(overlapped_reduction_starts_during_backward_and_matches_red
 }
 
 // N ranks, B bytes: all_reduce 2 (N-1)/N B; reduce_scatter and all_gather (N-1)/N B of
-// the full buffer; broadcast B except on the rank before the root, and (N-1) B in all;
-// reduce B except on the root.
+// the full buffer; broadcast B except on the rank before the root, and (N-1) B in all.
 BOOST_AUTO_TEST_CASE(stats_follow_the_ring_formulas) {
   const int n = comm().world_size();
   const int r = comm().rank();
@@ -648,15 +612,6 @@ BOOST_AUTO_TEST_CASE(stats_follow_the_ring_formulas) {
                      stats.all_gather.bytes_sent + broadcast_bytes,
              boost::test_tools::tolerance(1e-12));
   BOOST_TEST(world.all_reduce(broadcast_bytes, ReduceOp::Sum) == (n - 1) * 4000.0);
-
-  // reduce: B from every rank but the root.
-  world.reduce(t, root);
-  BOOST_TEST(stats.reduce.calls == 1);
-  BOOST_TEST(stats.reduce.bytes_sent == (r != root ? 4000.0 : 0.0));
-  BOOST_TEST(stats.total_bytes_sent() ==
-                 stats.all_reduce.bytes_sent + stats.reduce_scatter.bytes_sent + stats.all_gather.bytes_sent +
-                     broadcast_bytes + stats.reduce.bytes_sent,
-             boost::test_tools::tolerance(1e-12));
 
   stats.reset();
   BOOST_TEST(stats.all_reduce.calls == 0);
