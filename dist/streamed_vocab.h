@@ -1,18 +1,21 @@
-// ZeRO-3's vocabulary matrices used without gathering them (dist/zero.h, "Vocabulary
-// units"): the token embedding's look-up and the language-modelling head's
-// cross-entropy, computed shard by shard.
+// ZeRO-3's vocabulary matrices used without gathering them whole (dist/zero.h,
+// "Vocabulary units"): the token embedding's look-up and the language-modelling head's
+// cross-entropy, computed window by window.
 //
-// For k = 0 .. N-1 in turn, rank k broadcasts its R rows (vocabulary ids k R ..
-// k R + R - 1); every rank uses them on its own tokens, then drops them. In backward
-// every rank computes the gradient of those rows from its own tokens, and a reduce sums
-// it onto rank k, which adds it to its shard's gradient. Beside its own shard a rank
-// holds one shard of rows and one of their gradient at a time, so the whole (V, C)
+// Rank k owns rows k R .. k R + R - 1 (R = ceil(V / N)). Window w is the w-th slice of
+// Rw rows of every owner's R: one all-gather brings it to every rank (N Rw rows, owner
+// k's rows of window w at k Rw), which uses it on its own tokens and drops it. In
+// backward every rank builds its gradient of the window's rows from its own tokens, and
+// one reduce-scatter sums it onto the owners, each adding its part to its shard's
+// gradient. The windows are as few as keep one under RowShards::window_bytes (64 MiB, or
+// the largest block if it is smaller: dist/zero.h, kStreamWindowBytes), so a rank
+// holds one window of rows and one of their gradient beside its shard: the whole (V, C)
 // matrix and its gradient never exist in any process, however large the vocabulary.
-// The bytes are those of gathering and reduce-scattering the matrix, plus, for the head,
-// one more pass of broadcasts in backward, since its weight is needed again there.
+// Per pass the bytes are those of gathering (or reduce-scattering) the matrix once, in
+// W collectives whatever N is. The head needs the rows twice (forward, backward).
 //
-// The head's loss uses the online log-sum-exp: each shard's logits update a running
-// maximum and sum per row, so only (rows, R) logits exist at a time.
+// The head's loss uses the online log-sum-exp: each window's logits update a running
+// maximum and sum per row, so only (rows, N Rw) logits exist at a time.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -28,6 +31,7 @@
 #include "model/linear.h"
 
 namespace ftrain::dist {
+
 
 // How ZeRO-3 cuts a model with blocks besides its blocks (dist/zero.h): the parameters
 // only the embeddings use (the input unit) and the vocabulary matrices that stream.
@@ -46,7 +50,10 @@ ZeroUnitNames zero3_unit_names(torch::nn::Module& root, const std::string& head_
 // The style for the token embedding whose weight `rows` holds: (...) int64 ids ->
 // (..., C), as torch's embedding computes it; with padding_idx that row's gradient stays
 // zero, as torch's does. `rows` must outlive the model's use of the style.
-model::EmbeddingStyle streamed_embedding(const ZeroSharding::RowShards& rows, std::optional<int64_t> padding_idx);
+// window_bytes: the windows' size limit; 0, the default, is rows.window_bytes (tests
+// make it small to get many windows).
+model::EmbeddingStyle streamed_embedding(const ZeroSharding::RowShards& rows, std::optional<int64_t> padding_idx,
+                                         int64_t window_bytes = 0);
 
 // model::linear_cross_entropy_sum for the head whose weight `rows` holds: hidden (N, C),
 // targets (N) int64 or ignore_index, row_weights (N) or undefined. Equal to it within
@@ -54,6 +61,6 @@ model::EmbeddingStyle streamed_embedding(const ZeroSharding::RowShards& rows, st
 // its gradient goes to the owners' shards in backward.
 at::Tensor streamed_linear_cross_entropy_sum(const ZeroSharding::RowShards& rows, const at::Tensor& hidden,
                                              const at::Tensor& targets, const at::Tensor& row_weights,
-                                             int64_t ignore_index = -100);
+                                             int64_t ignore_index = -100, int64_t window_bytes = 0);
 
 }  // namespace ftrain::dist

@@ -362,6 +362,9 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
       slice_shard_offsets_.push_back(at);
     }
   }
+  int64_t largest_block = 0;  // bytes of the largest block gathered whole (and of its gradients)
+  for (size_t u = 1; u <= num_blocks_; ++u)
+    largest_block = std::max(largest_block, units_[u].shard_numel * ranks * static_cast<int64_t>(options.dtype().itemsize()));
   for (size_t u = first_vocabulary; u < units_.size(); ++u) {
     const Unit& unit = units_[u];
     const auto& [name, p] = params_[unit.params.front()];
@@ -369,7 +372,7 @@ void ZeroSharding::build_units(const std::vector<std::vector<std::string>>& bloc
     row_shards_.push_back(RowShards{name, &dp_, p, p.size(0), cols, rows_per_rank,
                                     shard_params_.narrow(0, unit.shard_offset, unit.shard_numel).view({rows_per_rank, cols}),
                                     shard_grads_.narrow(0, unit.shard_offset, unit.shard_numel).view({rows_per_rank, cols}),
-                                    std::nullopt});
+                                    std::nullopt, std::min(kStreamWindowBytes, largest_block / 4)});
   }
   parameter_bytes_ = 0;
   if (stage_ == 3) {

@@ -47,10 +47,9 @@
 // token embedding, an untied head). Each such (V, C) parameter is a unit of its own,
 // padded to N * R rows (R = ceil(V / N)) so that rank d's shard is rows [d R, (d+1) R).
 // It is never gathered whole: dist/streamed_vocab.h looks tokens up and computes the
-// head's loss shard by shard, broadcasting each rank's rows in turn, and sends each
-// rank the gradient of its rows with a reduce. Its gradients go straight into the shard
-// gradients during backward. A vocabulary matrix used twice (tied to the head) streams
-// for both uses.
+// head's loss window by window (the same slice of every rank's rows, all-gathered),
+// and reduce-scatters each window's gradient into the shard gradients during backward.
+// A vocabulary matrix used twice (tied to the head) streams for both uses.
 //
 // Overlap (set_overlap, the trainer's dist.overlap): a block's reduce-scatter is
 // started when its backward is done and waited when the next block's is (one in
@@ -69,9 +68,9 @@
 //            reduce-scatter); each further micro-batch adds 3 psi_blocks (N-1)/N.
 //            With an input unit, per micro-batch: 3 psi_blocks + 3 psi_input +
 //            2 psi_root, times (N-1)/N. A vocabulary unit of psi_v elements (padded
-//            to whole rows) adds, per micro-batch, psi_v (N-1)/N per use in a forward
+//            to whole windows) adds, per micro-batch, psi_v (N-1)/N per use in a forward
 //            pass (the embedding, the head), once more for the head's backward, and
-//            psi_v (N-1)/N per use for the reduces of its gradients.
+//            psi_v (N-1)/N per use for the reduce-scatters of its gradients.
 //
 // A training step:
 //   model->set_block_runner(zero.block_runner(model::checkpoint_blocks()));  // once
@@ -99,6 +98,14 @@
 #include "model/block_runner.h"
 
 namespace ftrain::dist {
+
+// The most bytes one gathered window of a vocabulary matrix holds ("Vocabulary units"):
+// 64 MiB, and no more than a quarter of the largest block's full parameters, so that a
+// window and its gradient hold half what a gathered block and its gradients do (unless
+// one row of every rank is more). The head's windows run at the start of the backward
+// pass, when the activations are at their largest.
+// launch/tools/scaling_model.py counts with the same.
+inline constexpr int64_t kStreamWindowBytes = int64_t{64} << 20;
 
 class ZeroSharding {
  public:
@@ -170,6 +177,7 @@ class ZeroSharding {
     at::Tensor shard;       // (R, C) this rank's rows
     at::Tensor grad;        // (R, C) their reduced gradient; backward adds into it
     std::optional<c10::ScalarType> reduce_dtype;  // what the gradients travel in; none: theirs
+    int64_t window_bytes = kStreamWindowBytes;  // the most a gathered window holds
   };
   // The vocabulary matrix `name`, or nullptr when it is not one (not named, or not
   // stage 3 with blocks).

@@ -123,12 +123,25 @@ class Zero3Units:
         return sum(-(-rows // dp) * columns for rows, columns in self.vocabulary)
 
 
-# Passes over a vocabulary matrix per micro-batch, each one call per rank of the group:
-# broadcasts (the embedding's look-up, the head's forward and its backward) and reduces
-# (the embedding's gradient, the head's). Tied or untied, the total is the same: one
-# matrix used three and two times, or two matrices of the same size used (1, 1) and
-# (2, 1) times.
-VOCABULARY_BROADCASTS, VOCABULARY_REDUCES = 3, 2
+# Passes over a vocabulary matrix per micro-batch: all-gathers (the embedding's look-up,
+# the head's forward and its backward) and reduce-scatters (the embedding's gradient,
+# the head's), each pass one collective per window. Tied or untied, the total is the
+# same: one matrix used three and two times, or two matrices of the same size used
+# (1, 1) and (2, 1) times.
+VOCABULARY_GATHERS, VOCABULARY_REDUCTIONS = 3, 2
+# The most bytes of one gathered window (dist/zero.h, kStreamWindowBytes), unless a
+# quarter of the largest block gathered whole is less.
+STREAM_WINDOW_BYTES = 64 * 2**20
+
+
+def stream_windows(rows: int, columns: int, dp: int, window_bytes: int = STREAM_WINDOW_BYTES) -> tuple[int, int]:
+    """(W, Rw): the windows a vocabulary matrix of (rows, columns) streams in over dp
+    ranks, each at most window_bytes (ftrain: 64 MiB or a quarter of the largest block
+    gathered whole, whichever is less), and the rows of each owner in one window
+    (dist/streamed_vocab.cpp)."""
+    per_rank = -(-rows // dp)
+    count = min(max(1, -(-dp * per_rank * columns * FP32 // window_bytes)), per_rank)
+    return count, -(-per_rank // count)
 
 
 def zero3_units(shape: ModelShape, tp: int = 1) -> Zero3Units:
@@ -343,13 +356,16 @@ def step_traffic(shape: ModelShape, layout: Layout) -> Traffic:
                 traffic.dp_calls = accumulation * 3 * len(blocks) + 2
                 traffic.dp_overlappable_bytes = accumulation * f * padded_blocks * (2 * param + grad * layout.overlap)
             if z.vocabulary:
-                # Each vocabulary pass is one broadcast or reduce per rank, each rank's rows
-                # once: (N-1)/N of the matrix padded to whole rows. They run in the loss
-                # and the embedding, between blocks: none overlaps.
-                matrix = z.vocabulary_shard(N) * N // len(z.vocabulary)
-                traffic.dp_bytes += accumulation * f * matrix * (VOCABULARY_BROADCASTS * param
-                                                                 + VOCABULARY_REDUCES * grad)
-                traffic.dp_calls += accumulation * (VOCABULARY_BROADCASTS + VOCABULARY_REDUCES) * N
+                # Each vocabulary pass gathers or reduce-scatters the matrix once, window by
+                # window: (N-1)/N of N W Rw rows. They run in the loss and the embedding,
+                # between blocks: none overlaps.
+                rows, columns = z.vocabulary[0]
+                largest_block = max((zero_shard(b, N) * N * FP32 for b in blocks), default=STREAM_WINDOW_BYTES)
+                windows, window_rows = stream_windows(rows, columns, N, min(STREAM_WINDOW_BYTES, largest_block // 4))
+                matrix = N * windows * window_rows * columns
+                traffic.dp_bytes += accumulation * f * matrix * (VOCABULARY_GATHERS * param
+                                                                 + VOCABULARY_REDUCTIONS * grad)
+                traffic.dp_calls += accumulation * (VOCABULARY_GATHERS + VOCABULARY_REDUCTIONS) * windows
             traffic.dp_ring_steps = traffic.dp_calls * (N - 1)
     # Scalars travel as 8 bytes: the step's token count and loss over dp; the gradient
     # norm's square sum over dp when ZeRO shards the gradients, over tp when split.

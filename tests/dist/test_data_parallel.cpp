@@ -957,11 +957,11 @@ BOOST_AUTO_TEST_CASE(stage3_refuses_an_input_unit_that_leaves_the_root_empty_or_
 }
 
 // ---------------------------------------------------------------------------------
-// Vocabulary matrices streamed by rows (dist/streamed_vocab.h), against the whole
-// matrix: a vocabulary of 37 rows (uneven for 2, 3 and 4 ranks, so the last rank holds
-// padding rows), different tokens on every rank, the padding token in them, ignored
-// targets and weighted rows. The gradient a rank's shard receives must be the rows of
-// the whole matrix's gradient summed over ranks.
+// Vocabulary matrices streamed by windows of rows (dist/streamed_vocab.h), against the
+// whole matrix: a vocabulary of 37 rows (uneven for 2, 3 and 4 ranks, so the last rank
+// holds padding rows), different tokens on every rank, the padding token in them,
+// ignored targets and weighted rows. The gradient a rank's shard receives must be the
+// rows of the whole matrix's gradient summed over ranks.
 
 namespace {
 
@@ -1008,6 +1008,9 @@ BOOST_AUTO_TEST_CASE(a_vocabulary_matrix_is_sharded_by_whole_rows_and_never_gath
   BOOST_TEST(v.rows->rows_per_rank == (kVocabRows + N() - 1) / N());
   BOOST_TEST(relative_error(v.rows->shard, v.own_rows(v.whole)) == 0.0);
   BOOST_TEST(v.zero->row_shards("block") == nullptr);
+  // Windows no larger than a quarter of the largest block gathered whole (3 elements,
+  // padded to N).
+  BOOST_TEST(v.rows->window_bytes == std::min(dist::kStreamWindowBytes, (3 + N() - 1) / N() * N() * 4 / 4));
   // Not at stages 1 and 2, nor without blocks: then the matrix is an ordinary parameter.
   std::vector<std::pair<std::string, at::Tensor>> named{{"vocab", v.whole.clone()}, {"block", v.block.clone()}};
   BOOST_TEST(dist::ZeroSharding(named, dp(), 2, {{"block"}}, {}, {"vocab"}).row_shards("vocab") == nullptr);
@@ -1015,62 +1018,76 @@ BOOST_AUTO_TEST_CASE(a_vocabulary_matrix_is_sharded_by_whole_rows_and_never_gath
   BOOST_CHECK_THROW(dist::ZeroSharding(named, dp(), 3, {{"block"}}, {}, {"block"}), std::invalid_argument);
 }
 
+// One window (the default), windows of 3 rows of every owner (the last one short), and
+// windows of one row.
+std::vector<int64_t> window_sizes() { return {0, N() * 3 * kCols * 4, 1}; }
+
 BOOST_AUTO_TEST_CASE(streamed_embedding_equals_the_whole_table_with_its_gradient) {
-  torch::manual_seed(12);
-  StreamedVocabulary v;
-  torch::manual_seed(100 + R());  // every rank looks up its own tokens
-  at::Tensor ids = at::randint(0, kVocabRows, {3, 5}, at::kLong);
-  ids[0][0] = kPadding;
-  ids[2][4] = kVocabRows - 1;  // the last row, held by the last rank
-  const at::Tensor upstream = at::randn({3, 5, kCols});
+  for (const int64_t window_bytes : window_sizes()) {
+    BOOST_TEST_CONTEXT("windows of " << window_bytes << " bytes") {
+      torch::manual_seed(12);
+      StreamedVocabulary v;
+      torch::manual_seed(100 + R());  // every rank looks up its own tokens
+      at::Tensor ids = at::randint(0, kVocabRows, {3, 5}, at::kLong);
+      ids[0][0] = kPadding;
+      ids[2][4] = kVocabRows - 1;  // the last row, held by the last rank
+      const at::Tensor upstream = at::randn({3, 5, kCols});
 
-  const model::EmbeddingStyle style = dist::streamed_embedding(*v.rows, kPadding);
-  const at::Tensor got = style.forward(ids, v.rows->param);
-  BOOST_TEST(relative_error(got, F::embedding(ids, v.whole)) == 0.0);
-  (got * upstream).sum().backward();
+      const model::EmbeddingStyle style = dist::streamed_embedding(*v.rows, kPadding, window_bytes);
+      const at::Tensor got = style.forward(ids, v.rows->param);
+      BOOST_TEST(relative_error(got, F::embedding(ids, v.whole)) == 0.0);
+      (got * upstream).sum().backward();
 
-  at::Tensor table = v.whole.clone().requires_grad_(true);
-  (F::embedding(ids, table, F::EmbeddingFuncOptions().padding_idx(kPadding)) * upstream).sum().backward();
-  const at::Tensor expected = summed_over_ranks(table.grad().clone());
-  BOOST_TEST(expected[kPadding].abs().sum().item<double>() == 0.0);
-  BOOST_TEST(relative_error(v.rows->grad, v.own_rows(expected)) < 1e-6);
-  // Under no_grad nothing is sent back.
-  {
-    torch::NoGradGuard no_grad;
-    v.rows->grad.zero_();
-    BOOST_TEST(!style.forward(ids, v.rows->param).requires_grad());
+      at::Tensor table = v.whole.clone().requires_grad_(true);
+      (F::embedding(ids, table, F::EmbeddingFuncOptions().padding_idx(kPadding)) * upstream).sum().backward();
+      const at::Tensor expected = summed_over_ranks(table.grad().clone());
+      BOOST_TEST(expected[kPadding].abs().sum().item<double>() == 0.0);
+      BOOST_TEST(relative_error(v.rows->grad, v.own_rows(expected)) < 1e-6);
+      // Under no_grad nothing is sent back.
+      {
+        torch::NoGradGuard no_grad;
+        v.rows->grad.zero_();
+        BOOST_TEST(!style.forward(ids, v.rows->param).requires_grad());
+      }
+      BOOST_TEST(v.rows->grad.abs().sum().item<double>() == 0.0);
+    }
   }
-  BOOST_TEST(v.rows->grad.abs().sum().item<double>() == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(streamed_head_loss_equals_the_fused_loss_with_its_gradients) {
-  torch::manual_seed(13);
-  StreamedVocabulary v;
-  torch::manual_seed(200 + R());
-  const int64_t n = 9;
-  at::Tensor hidden = at::randn({n, kCols}).requires_grad_(true);
-  at::Tensor targets = at::randint(0, kVocabRows, {n}, at::kLong);
-  targets[1] = -100;
-  targets[2] = kVocabRows - 1;
-  const at::Tensor weights = at::rand({n});
+  for (const int64_t window_bytes : window_sizes()) {
+    BOOST_TEST_CONTEXT("windows of " << window_bytes << " bytes") {
+      torch::manual_seed(13);
+      StreamedVocabulary v;
+      torch::manual_seed(200 + R());
+      const int64_t n = 9;
+      at::Tensor hidden = at::randn({n, kCols}).requires_grad_(true);
+      at::Tensor targets = at::randint(0, kVocabRows, {n}, at::kLong);
+      targets[1] = -100;
+      targets[2] = kVocabRows - 1;
+      const at::Tensor weights = at::rand({n});
 
-  const at::Tensor got = dist::streamed_linear_cross_entropy_sum(*v.rows, hidden, targets, weights);
-  got.backward();
-  at::Tensor reference_hidden = hidden.detach().clone().requires_grad_(true);
-  at::Tensor head = v.whole.clone().requires_grad_(true);
-  const at::Tensor expected = model::linear_cross_entropy_sum(reference_hidden, head, targets, weights);
-  expected.backward();
-  BOOST_TEST(got.item<double>() == expected.item<double>(), boost::test_tools::tolerance(1e-6));
-  BOOST_TEST(relative_error(hidden.grad(), reference_hidden.grad()) < 1e-5);
-  BOOST_TEST(relative_error(v.rows->grad, v.own_rows(summed_over_ranks(head.grad().clone()))) < 1e-5);
+      const at::Tensor got = dist::streamed_linear_cross_entropy_sum(*v.rows, hidden, targets, weights, -100,
+                                                                     window_bytes);
+      got.backward();
+      at::Tensor reference_hidden = hidden.detach().clone().requires_grad_(true);
+      at::Tensor head = v.whole.clone().requires_grad_(true);
+      const at::Tensor expected = model::linear_cross_entropy_sum(reference_hidden, head, targets, weights);
+      expected.backward();
+      BOOST_TEST(got.item<double>() == expected.item<double>(), boost::test_tools::tolerance(1e-6));
+      BOOST_TEST(relative_error(hidden.grad(), reference_hidden.grad()) < 1e-5);
+      BOOST_TEST(relative_error(v.rows->grad, v.own_rows(summed_over_ranks(head.grad().clone()))) < 1e-5);
 
-  // A frozen head: the hidden states' gradient alone, nothing reduced into the shard.
-  v.rows->grad.zero_();
-  v.rows->param.requires_grad_(false);
-  hidden.mutable_grad() = at::Tensor();
-  dist::streamed_linear_cross_entropy_sum(*v.rows, hidden, targets, weights).backward();
-  BOOST_TEST(relative_error(hidden.grad(), reference_hidden.grad()) < 1e-5);
-  BOOST_TEST(v.rows->grad.abs().sum().item<double>() == 0.0);
-  BOOST_CHECK_THROW(dist::streamed_linear_cross_entropy_sum(*v.rows, hidden, at::full({n}, kVocabRows, at::kLong), {}),
-                    std::invalid_argument);
+      // A frozen head: the hidden states' gradient alone, nothing reduced into the shard.
+      v.rows->grad.zero_();
+      v.rows->param.requires_grad_(false);
+      hidden.mutable_grad() = at::Tensor();
+      dist::streamed_linear_cross_entropy_sum(*v.rows, hidden, targets, weights, -100, window_bytes).backward();
+      BOOST_TEST(relative_error(hidden.grad(), reference_hidden.grad()) < 1e-5);
+      BOOST_TEST(v.rows->grad.abs().sum().item<double>() == 0.0);
+      BOOST_CHECK_THROW(
+          dist::streamed_linear_cross_entropy_sum(*v.rows, hidden, at::full({n}, kVocabRows, at::kLong), {}),
+          std::invalid_argument);
+    }
+  }
 }

@@ -160,8 +160,8 @@ def test_comm_bytes_follow_the_documented_formulas():
     # parallel and ZeRO-1 send 2 psi (N-1)/N elements, ZeRO-2 k psi + psi (N-1)/N with k
     # micro-batches, ZeRO-3 per micro-batch 3 (psi_blocks + psi_input) + 2 psi_root +
     # 5 psi_vocabulary (N-1)/N (the tied embedding streams by rows: three passes of
-    # broadcasts, two of reduces), tensor parallelism 2 (T-1)/T ((4L+2) B S C + 3 B (S-1));
-    # plus 8-byte scalars.
+    # all-gathers, two of reduce-scatters, in windows no larger than a block),
+    # tensor parallelism 2 (T-1)/T ((4L+2) B S C + 3 B (S-1)); plus 8-byte scalars.
     shape = tiny_gpt2()
     psi = 173824
     assert sm.parameter_count(shape) == psi
@@ -174,8 +174,15 @@ def test_comm_bytes_follow_the_documented_formulas():
     assert root == 1024 * 64 + 128 * 64 + 2 * 64 and blocks == [49984, 49984]
     zero3 = sm.Layout(ranks=4, zero=3, micro_batch_size=1, global_batch_size=8, seq_len=32)
     padded_root = -(-root // 4) * 4
-    positions, norm, vocabulary = 128 * 64, 2 * 64, 1024 * 64  # V = 1024 rows divide by 4
+    positions, norm = 128 * 64, 2 * 64
     assert sm.zero3_units(shape) == sm.Zero3Units(positions, norm, blocks, [(1024, 64)])
+    # Its windows are at most a quarter of a block's bytes (49984 x 4 / 4): 256 rows a
+    # rank in 6 windows of 43, so the matrix is padded to 4 x 6 x 43 rows.
+    assert sm.stream_windows(1024, 64, 4, 49984) == (6, 43)
+    vocabulary = 4 * 6 * 43 * 64
+    # A vocabulary of 50257 x 4096 fp32 over 8 ranks: 6283 rows a rank, 785 MiB in all,
+    # in 13 windows of at most 64 MiB (484 rows of every rank's, the last one 475).
+    assert sm.stream_windows(50257, 4096, 8) == (13, 484)
     per_micro_batch = 3 * (sum(blocks) + positions) + 2 * norm + 5 * vocabulary
     expected = 2 * per_micro_batch * 0.75 * 4 + 3 * 2 * 0.75 * 8
     assert sm.comm_bytes_per_step(shape, zero3) == pytest.approx(expected, rel=1e-12)
