@@ -99,6 +99,7 @@ class ShardedDataParallel final : public DataParallel {
       : zero_(std::move(zero)) {
     zero_->set_reduce_dtype(options.reduce_dtype);
     zero_->set_overlap(options.overlap);
+    zero_->set_prefetch(options.prefetch);
     std::map<std::string, std::vector<int64_t>> shapes;
     for (const auto& [name, param] : named_params) shapes[name] = param.sizes().vec();
     for (const ZeroSharding::Slice& slice : zero_->local_slices())

@@ -104,6 +104,7 @@ class DataParallel {
 struct DataParallelOptions {
   int zero = 0;                  // dist.zero: 0 replicated, 1-3 the ZeRO stage
   bool overlap = true;           // dist.overlap
+  bool prefetch = true;          // dist.prefetch, ZeRO-3 only
   std::size_t bucket_bytes = 0;  // dist.bucket_mb, replicated only
   std::optional<c10::ScalarType> reduce_dtype;  // train.reduce_dtype; none: the gradients'
 };

@@ -448,7 +448,7 @@ void ZeroSharding::ensure_gathered(size_t u) {
 }
 
 void ZeroSharding::prefetch(size_t u) {
-  if (units_[u].gathered) return;
+  if (!prefetch_enabled_ || units_[u].gathered) return;
   // One gather in flight at a time; every rank starts and waits for them in the same order.
   finish_prefetch();
   gather(u, /*in_background=*/true);

@@ -205,6 +205,10 @@ class ZeroSharding {
   // Start each block's reduce-scatter when its backward is done and let it run during
   // the next block's backward (default: off, each completes before backward goes on).
   void set_overlap(bool overlap) { overlap_ = overlap; }
+  // Stage 3: gather the next block (forward) or the one before (backward) while a block
+  // computes (default: on). Off, a rank holds one gathered block at a time, and each
+  // gather waits.
+  void set_prefetch(bool prefetch) { prefetch_enabled_ = prefetch; }
   // Reduce-scatters started inside backward passes and waited later, since zero_grad().
   std::size_t overlapped_reductions() const { return overlapped_reductions_; }
 
@@ -335,6 +339,7 @@ class ZeroSharding {
   PendingCollective prefetch_;
   std::optional<Reduction> reducing_;  // the reduce-scatter in flight
   bool overlap_ = false;
+  bool prefetch_enabled_ = true;
   bool reduce_in_backward_ = false;  // stage 1: this backward completes the step
   std::size_t overlapped_reductions_ = 0;
   Phase phase_ = Phase::Forward;

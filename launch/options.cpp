@@ -234,7 +234,10 @@ std::vector<Section> describe(Config& c) {
            "transformer block's reduce-scatter (ZeRO 1-3) as soon as backward has produced it")
       .add("zero", &c.dist.zero,
            "ZeRO stage over data-parallel ranks: 0 replicated, 1 sharded optimizer state, 2 + sharded gradients, "
-           "3 + sharded parameters (gathered per transformer block)");
+           "3 + sharded parameters (gathered per transformer block)")
+      .add("prefetch", &c.dist.prefetch,
+           "ZeRO-3: gather the next transformer block's parameters while the current one computes (forward and "
+           "backward); false holds one gathered block instead of two, for the least memory");
   return sections;
 }
 

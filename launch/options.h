@@ -91,6 +91,7 @@ struct CheckpointOptions {
 // [dist]: the communicator's options (dist/comm.h) and the ZeRO stage (dist/zero.h).
 struct DistOptions : dist::CommOptions {
   int zero = 0;  // 0 replicated; 1 sharded optimizer state; 2 + sharded gradients; 3 + sharded parameters
+  bool prefetch = true;  // ZeRO-3: gather the next block while the current one computes
   void validate() const;
 };
 

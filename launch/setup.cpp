@@ -78,8 +78,8 @@ RunParts build_run(const Config& config, dist::Communicator& comm,
   run.plan = run.task->parallelize(comm);
   std::vector<std::pair<std::string, at::Tensor>> named_params;
   for (auto& item : run.task->module().named_parameters()) named_params.emplace_back(item.key(), item.value());
-  const dist::DataParallelOptions options{config.dist.zero, config.dist.overlap, config.dist.bucket_bytes(),
-                                          reduce_dtype(config)};
+  const dist::DataParallelOptions options{config.dist.zero, config.dist.overlap, config.dist.prefetch,
+                                          config.dist.bucket_bytes(), reduce_dtype(config)};
   dist::ZeroUnitNames units = run.task->zero3_unit_names();
   run.data_parallel = dist::make_data_parallel(std::move(named_params), comm.dp(), options,
                                                run.task->block_parameter_names(), std::move(units.input),

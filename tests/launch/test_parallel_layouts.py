@@ -382,6 +382,29 @@ def test_zero3_memory_is_a_shard_plus_the_working_set(workspace):
         assert total <= 4 * 4 * (psi + padded["vocabulary"] - units["vocabulary"]) / ranks + 2 * 4 * working + 64
 
 
+def test_zero3_without_prefetch_trains_the_same_holding_one_block(workspace):
+    # dist.prefetch = false: each block is gathered when it runs, never beside the next
+    # one, so the parameters held at once besides the shards are the largest of the
+    # input unit, one block and the root; training is unchanged.
+    from safetensors.numpy import load_file
+    ranks = 4
+    units = {}
+    for name, tensor in load_file(workspace["gpt2"] / "model.safetensors").items():
+        parts = name.split(".")
+        unit = f"block{parts[2]}" if parts[1] == "h" else {"wte": "vocabulary", "wpe": "input"}.get(parts[1], "root")
+        units[unit] = units.get(unit, 0) + (-(-tensor.shape[0] // ranks) * ranks * tensor.shape[1]
+                                            if unit == "vocabulary" else tensor.size)
+    padded = {unit: -(-n // ranks) * ranks for unit, n in units.items()}
+    shards = sum(padded.values()) // ranks
+    run_dir = workspace["root"] / "gpt2_dp4_zero3_no_prefetch"
+    run_ftrain(ranks, *args(workspace, "gpt2", run_dir, **{"dist.zero": 3, "dist.prefetch": "false"}))
+    assert_same_training(reference(workspace, "gpt2"), run_dir)
+    [record] = [r for r in records(run_dir) if "memory" in r]
+    one_at_a_time = max(padded["input"], padded["block0"], padded["block1"], padded["root"])
+    for entry in record["memory"]:
+        assert entry["parameter_bytes"] == 4 * (shards + one_at_a_time)
+
+
 @pytest.fixture(scope="module")
 def sentiment(workspace):
     """A tiny BERT (vocabulary 1030: padded shards at tp 4) and a labelled dataset whose
