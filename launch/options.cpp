@@ -218,7 +218,8 @@ std::vector<Section> describe(Config& c) {
            "says, and finish (test report, export) with its weights")
       .add("async", &c.checkpoint.async,
            "write checkpoints in the background: training waits only while each rank copies its part to host "
-           "memory");
+           "memory; false writes them before training goes on, and on CPU ranks straight from where the state "
+           "lies, with no second copy of it");
 
   sections.emplace_back("dist", "[dist] ranks, groups and devices");
   sections.back()

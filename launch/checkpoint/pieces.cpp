@@ -34,7 +34,7 @@ HeldTensor HeldTensor::whole(std::string name, const at::Tensor& values, int wri
   return held;
 }
 
-std::vector<Piece> pieces_to_write(const HeldTensor& held) {
+std::vector<Piece> pieces_to_write(const HeldTensor& held, PieceCopies copies) {
   auto fail = [&](const std::string& what) {
     throw std::invalid_argument("checkpoint: tensor '" + held.name + "' " + what);
   };
@@ -139,8 +139,12 @@ std::vector<Piece> pieces_to_write(const HeldTensor& held) {
       piece.offset = {b.global_row, b.global_col};
       piece.shape = {b.height, b.width};
     }
-    piece.data = torch::empty(piece.shape, flat.options().device(at::kCPU));
-    piece.data.view({b.height, b.width}).copy_(view);
+    if (copies == PieceCopies::where_needed && view.is_cpu() && view.is_contiguous()) {
+      piece.data = view.view(piece.shape);
+    } else {
+      piece.data = torch::empty(piece.shape, flat.options().device(at::kCPU));
+      piece.data.view({b.height, b.width}).copy_(view);
+    }
     pieces.push_back(std::move(piece));
   }
   return pieces;

@@ -33,16 +33,22 @@ struct HeldTensor {
   static HeldTensor whole(std::string name, const at::Tensor& values, int writers = 1, int writer = 0);
 };
 
-// One rectangular block of a global tensor: global coordinates and a host copy.
+// One rectangular block of a global tensor: global coordinates and its host values.
 struct Piece {
   std::vector<int64_t> offset;  // where the block starts in the global tensor
   std::vector<int64_t> shape;   // its extent; data has this shape
-  at::Tensor data;              // contiguous CPU copy, the tensor's dtype
+  at::Tensor data;              // contiguous CPU values, the tensor's dtype: a copy, or a view (see below)
 };
 
-// The blocks this rank writes of `held`, copied to host memory. Empty blocks and
-// padding are left out. Throws std::invalid_argument naming the tensor for shapes the
-// format cannot take (0 or more than 2 dimensions, an index of the wrong length).
-std::vector<Piece> pieces_to_write(const HeldTensor& held);
+// Whether pieces_to_write copies the blocks: always (a save in the background, which
+// the next step must not change under it), or only where no contiguous host view of
+// them exists (a save written before training goes on: on the CPU a rank's shard is
+// then written from where it lies, and the save holds no second copy of the state).
+enum class PieceCopies { always, where_needed };
+
+// The blocks this rank writes of `held`, on the host. Empty blocks and padding are left
+// out. Throws std::invalid_argument naming the tensor for shapes the format cannot take
+// (0 or more than 2 dimensions, an index of the wrong length).
+std::vector<Piece> pieces_to_write(const HeldTensor& held, PieceCopies copies = PieceCopies::always);
 
 }  // namespace ftrain::launch

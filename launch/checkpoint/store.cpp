@@ -625,14 +625,15 @@ int64_t PreparedRankFile::bytes() const {
   return total;
 }
 
-PreparedRankFile prepare_rank_file(const fs::path& dir, int rank, int64_t step, const std::vector<HeldTensor>& held) {
+PreparedRankFile prepare_rank_file(const fs::path& dir, int rank, int64_t step, const std::vector<HeldTensor>& held,
+                                   PieceCopies copies) {
   const hdf5::QuietErrors quiet;  // failures become exceptions naming the file
   PreparedRankFile out;
   out.path = dir / rank_file_name(rank);
   out.rank = rank;
   out.step = step;
   for (const HeldTensor& tensor : held) {
-    auto pieces = pieces_to_write(tensor);
+    auto pieces = pieces_to_write(tensor, copies);
     for (size_t k = 0; k < pieces.size(); ++k) {
       PreparedRankFile::Entry entry;
       entry.tensor = tensor.name;

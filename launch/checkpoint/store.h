@@ -61,9 +61,11 @@ struct PreparedRankFile {
 };
 
 // Creates `dir`/rank_RRRRR.h5 with a dataset for each piece this rank writes of `held`
-// and copies those pieces to host memory. After it returns, `held` may change.
+// and copies those pieces to host memory. After it returns, `held` may change, unless
+// `copies` is where_needed: then pieces already on the host are read where they lie by
+// write_rank_file, and `held` must not change until it has returned.
 PreparedRankFile prepare_rank_file(const std::filesystem::path& dir, int rank, int64_t step,
-                                   const std::vector<HeldTensor>& held);
+                                   const std::vector<HeldTensor>& held, PieceCopies copies = PieceCopies::always);
 
 // Writes the pieces' bytes into their places and fsyncs the file. Uses no HDF5 and no
 // LibTorch operations, so it may run on a background thread. Returns the manifest

@@ -54,7 +54,9 @@ void CheckpointWriter::start(int64_t step, const std::vector<HeldTensor>& held, 
   in_flight->meta = std::move(meta);
   try {
     in_flight->file =
-        std::make_shared<PreparedRankFile>(prepare_rank_file(store_.staging_directory(step), world_.rank(), step, held));
+        // A save written before training goes on needs no copy of what is on the host.
+        std::make_shared<PreparedRankFile>(prepare_rank_file(store_.staging_directory(step), world_.rank(), step, held,
+                                                             async_ ? PieceCopies::always : PieceCopies::where_needed));
   } catch (const std::exception& e) {
     error = e.what();
   }

@@ -172,3 +172,37 @@ BOOST_AUTO_TEST_CASE(shapes_the_format_cannot_take_are_refused_by_name) {
   HeldTensor bad_writer = whole(reference({2, 3}), 2, 2);
   BOOST_CHECK_THROW(pieces_to_write(bad_writer), std::invalid_argument);
 }
+
+// A save written before training goes on reads host blocks where they lie: contiguous
+// ones (whole rows, a row's run) are views of the held values, sharing their memory;
+// a block of runs inside rows, which no view covers contiguously, is still copied. The
+// default copies every block.
+BOOST_AUTO_TEST_CASE(a_save_that_waits_reads_contiguous_host_blocks_in_place) {
+  const at::Tensor global = reference({4, 6});
+  const HeldTensor rows = whole(global, 1, 0);
+  const auto in_place = pieces_to_write(rows, PieceCopies::where_needed);
+  BOOST_REQUIRE(in_place.size() == 1u);
+  BOOST_TEST(in_place[0].data.data_ptr() == global.data_ptr());
+  BOOST_TEST(torch::equal(in_place[0].data, global));
+  const auto copied = pieces_to_write(rows);
+  BOOST_REQUIRE(copied.size() == 1u);
+  BOOST_TEST(copied[0].data.data_ptr() != global.data_ptr());
+  BOOST_TEST(torch::equal(copied[0].data, global));
+
+  // Columns 0-2 and 4-5 of a part that pads column 3: blocks of rows x runs, strided.
+  HeldTensor padded = whole(part_of(global, 1, {0, 1, 2, -1, 4, 5}), 1, 0);
+  padded.split_dim = 1;
+  padded.index = torch::tensor({0, 1, 2, -1, 4, 5}, torch::kLong);
+  padded.global_shape = {4, 6};
+  const auto blocks = pieces_to_write(padded, PieceCopies::where_needed);
+  BOOST_TEST(blocks.size() == 2u);
+  at::Tensor assembled = torch::zeros_like(global);
+  for (const Piece& piece : blocks) {
+    BOOST_TEST(piece.data.is_contiguous());
+    BOOST_TEST(piece.data.data_ptr() != padded.values.data_ptr());
+    assembled.narrow(0, piece.offset[0], piece.shape[0]).narrow(1, piece.offset[1], piece.shape[1]).copy_(piece.data);
+  }
+  at::Tensor expected = global.clone();
+  expected.select(1, 3).zero_();
+  BOOST_TEST(torch::equal(assembled, expected));
+}
