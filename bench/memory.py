@@ -3,8 +3,8 @@ data-parallel size, as a multiple of the model's fp32 bytes M, beside the sharde
 training state the layout predicts. Prints one Markdown table and writes it, with every
 measurement, to the output directory.
 
-    bench/memory.py [--model gpt2-124m|llama-124m|gpt2-26m] [--stages 0,1,2,3]
-                    [--dp 1,2,4,8] [--out DIR]
+    bench/memory.py [--model gpt2-124m|llama-124m|gpt2-26m|tinyllama-1.1b] [--stages 0,1,2,3]
+                    [--dp 1,2,4,8] [--out DIR] [--set KEY=VALUE ...]
 
 Each cell is one job on CPU ranks (oversubscribed): 2 steps saved at the end and
 exported, then resumed for a third step. A rank's peak in a phase is its resident set's
@@ -13,7 +13,9 @@ table shows the largest over the ranks minus the same job on a tiny GPT-2, which
 holds what LibTorch, MPI and the allocator cost whatever the model. The predicted
 column is the training state per rank: weights, gradients and two AdamW moments,
 16 psi bytes, divided as the stage divides them (ZeRO-1: the moments; ZeRO-2: also the
-gradients; ZeRO-3: everything). The last two columns are the bytes the resume read
+gradients; ZeRO-3: everything). --set passes ftrain options to both jobs (for the
+1.1B model: --set dist.prefetch=false --set dist.overlap=false
+--set train.activation_checkpointing=true, the least memory). The last two columns are the bytes the resume read
 (the most on any rank, from /proc/self/io, minus the tiny GPT-2's) and what its part
 of the saved weights and AdamW moments is: all 3 M at ZeRO-0, its shard at ZeRO 1-3.
 """
@@ -47,13 +49,17 @@ def make_model(name, directory):
     if name == "gpt2-26m":  # tests/launch/telemetry/test_memory_phases.py's shape
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=1024, n_positions=128, n_embd=512,
                                                                      n_layer=8, n_head=8))
+    elif name == "tinyllama-1.1b":  # TinyLlama-1.1B's shape, random weights (4.4 GB in fp32)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+            num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False))
     elif name == "llama-124m":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
             num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=False))
     else:
         raise SystemExit(f"bench/memory.py: unknown model '{name}'")
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, safe_serialization=True, max_shard_size="20GB")  # one file
 
 
 def predicted(stage, dp):
@@ -74,7 +80,7 @@ def predicted_read(stage, dp):
     return 3.0 / dp if stage >= 1 else 3.0
 
 
-def run_job(work, model, data, stage, dp):
+def run_job(work, model, data, stage, dp, extra_options=()):
     """{phase: the largest peak over the ranks} of one job and its resumption, or None
     when ftrain refuses the layout."""
     run_dir = work / "runs" / f"{model.name}-zero{stage}-dp{dp}"
@@ -85,7 +91,7 @@ def run_job(work, model, data, stage, dp):
     options = [f"--run.dir={run_dir}", f"--model.path={model}", "--model.dropout=0", f"--data.path={data}",
                "--data.micro_batch_size=1", f"--train.global_batch_size={dp}", "--train.eval_every=0",
                "--train.test_split=", "--checkpoint.at_end=true", "--checkpoint.export_hf=true",
-               f"--dist.zero={stage}", "--run.threads=1"]
+               f"--dist.zero={stage}", "--run.threads=1", *extra_options]
     peaks = {}
     for steps, extra in ((2, []), (3, ["--run.resume=auto"])):
         command = [MPIEXEC, "-np", str(dp), "--bind-to", "none", str(BUILD / "ftrain"), *options,
@@ -110,7 +116,10 @@ def run_job(work, model, data, stage, dp):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="gpt2-124m", choices=["gpt2-124m", "llama-124m", "gpt2-26m"])
+    parser.add_argument("--model", default="gpt2-124m",
+                        choices=["gpt2-124m", "llama-124m", "gpt2-26m", "tinyllama-1.1b"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an ftrain option for every job, e.g. dist.prefetch=false")
     parser.add_argument("--stages", default="0,1,2,3")
     parser.add_argument("--dp", default="1,2,4,8")
     parser.add_argument("--out", type=Path, default=SOURCE / "build" / "bench-memory")
@@ -133,8 +142,9 @@ def main():
     rows, raw = [], {}
     for stage in stages:
         for dp in dps:
-            big = run_job(work, model, data, stage, dp)
-            small = run_job(work, tiny, tiny_data, stage, dp) if big is not None else None
+            extra = [f"--{option}" for option in args.set]
+            big = run_job(work, model, data, stage, dp, extra)
+            small = run_job(work, tiny, tiny_data, stage, dp, extra) if big is not None else None
             raw[f"zero{stage}-dp{dp}"] = {"model": big, "tiny": small}
             if big is None:
                 rows.append(f"| {stage} | {dp} | refused | " + " | ".join("" for _ in (*PHASES, 1, 2)) + " |")
