@@ -376,6 +376,16 @@ std::unique_ptr<dist::ZeroSharding> Task::take_sharding() { return std::move(sha
 
 std::vector<std::vector<std::string>> Task::block_parameter_names() { return model::block_parameter_names(module()); }
 
+int64_t global_target_count(const std::vector<TaskBatch>& batches, dist::Group& dp, const std::string& data_path) {
+  int64_t local = 0;
+  for (const TaskBatch& batch : batches) local += batch.target_count;
+  const int64_t global = dp.all_reduce(local, dist::ReduceOp::Sum);
+  if (global == 0)
+    throw std::runtime_error(data_path +
+                             ": a global batch has no targets (tokens with loss_mask 1, or labels other than -100)");
+  return global;
+}
+
 dist::ZeroUnitNames Task::zero3_unit_names() {
   if (model_->s2s) return {};
   const bool ties = model_->lm && model_->lm->ties_embeddings();

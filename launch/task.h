@@ -61,6 +61,12 @@ struct EvalTotals {
 
 class AdamW;
 
+// The targets (tokens with loss_mask 1, labels other than -100) of a global batch: this
+// rank's micro-batches summed over the data-parallel group. Collective. Throws
+// std::runtime_error naming `data_path` when there are none, since the loss would
+// divide by zero.
+int64_t global_target_count(const std::vector<TaskBatch>& batches, dist::Group& dp, const std::string& data_path);
+
 class Task {
  public:
   // Builds the model the dataset's task asks for from model.path. Throws

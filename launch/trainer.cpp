@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <iostream>
 
-#include "data/durable_file.h"
 #include "data/streaming_loader.h"
 #include "dist/data_parallel.h"
 #include "launch/checkpoint/checkpointer.h"
@@ -26,6 +25,7 @@
 #include "launch/telemetry/memory.h"
 #include "launch/telemetry/profiler.h"
 #include "launch/telemetry/run_log.h"
+#include "launch/telemetry/sample_log.h"
 #include "launch/watchdog.h"
 
 namespace fs = std::filesystem;
@@ -86,25 +86,14 @@ class Trainer {
     register_state();
     checkpointer_ = std::make_unique<Checkpointer>(fs::path(config_.run.dir) / "checkpoints", config_.checkpoint.keep,
                                                    config_.checkpoint.async, comm_.world(), registry_);
-    if (config_.run.log_samples && comm_.layout().tp_rank(comm_.rank()) == 0) {
-      const fs::path dir = fs::path(config_.run.dir) / "samples";
-      fs::create_directories(dir);
-      sample_log_ = data::AppendFile(dir / ("dp_" + std::to_string(comm_.layout().dp_rank(comm_.rank())) + ".jsonl"));
-    }
+    samples_ = std::make_unique<SampleLog>(config_.run.dir, config_.run.log_samples, comm_.layout(), comm_.rank());
   }
 
   // The loader's next micro-batch; its rows are kept for run.log_samples.
   data::Batch next_batch() {
     data::Batch batch = loader_->next();
-    if (sample_log_.is_open()) step_rows_.insert(step_rows_.end(), batch.sample_ids.begin(), batch.sample_ids.end());
+    samples_->add(batch.sample_ids);
     return batch;
-  }
-
-  void log_samples(int64_t start_step) {
-    if (!sample_log_.is_open()) return;
-    sample_log_.write(json{{"step", step_}, {"start", start_step}, {"dp_rank", comm_.layout().dp_rank(comm_.rank())},
-                           {"dp_size", dp_size()}, {"rows", step_rows_}}.dump() + "\n");
-    step_rows_.clear();
   }
 
   // What a checkpoint holds. Random state needs no saving: dropout is reseeded from
@@ -170,7 +159,7 @@ class Trainer {
     // The loss is normalised by the targets (tokens, or labelled rows) of the whole
     // global batch, so summing gradients over micro-batches and ranks gives the
     // gradient of the global mean, however the batch is split.
-    const int64_t global_targets = count_global_targets(micro_batches);
+    const int64_t global_targets = global_target_count(micro_batches, comm_.dp(), config_.data.path);
     torch::manual_seed(dropout_seed());
     at::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(comm_.device()));
     {
@@ -202,16 +191,6 @@ class Trainer {
     if (stepped) optimizer_->step(lr);
     data_parallel_->after_step();
     return StepOutcome{loss_sum / static_cast<double>(global_targets), grad_norm, lr, loss_scale, stepped};
-  }
-
-  int64_t count_global_targets(const std::vector<TaskBatch>& batches) {
-    int64_t local = 0;
-    for (const TaskBatch& batch : batches) local += batch.target_count;
-    const int64_t global = comm_.dp().all_reduce(local, dist::ReduceOp::Sum);
-    if (global == 0)
-      throw std::runtime_error(config_.data.path +
-                               ": a global batch has no targets (tokens with loss_mask 1, or labels other than -100)");
-    return global;
   }
 
   // Dropout masks differ per data-parallel rank and step but depend on nothing else,
@@ -256,7 +235,7 @@ class Trainer {
                   .stepped = outcome.stepped, .tokens = tokens, .tokens_seen = tokens_seen_,
                   .first = step_ == start_step + 1});
       if (!comm_.device().is_cuda()) log_->flush();
-      log_samples(start_step);
+      samples_->end_step(step_, start_step);
       profiler_.after_step(step_, seconds_since(step_start));
 
       if (const auto exit_code = between_steps(start_step)) return *exit_code;
@@ -400,8 +379,7 @@ class Trainer {
   std::unique_ptr<Evaluator> evaluator_;
   StateRegistry registry_;
   std::unique_ptr<Checkpointer> checkpointer_;
-  data::AppendFile sample_log_;    // run.log_samples
-  std::vector<int64_t> step_rows_;  // this step's dataset rows, for sample_log_
+  std::unique_ptr<SampleLog> samples_;  // run.log_samples
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
   bool body_frozen_ = false;
