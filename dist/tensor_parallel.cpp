@@ -987,6 +987,7 @@ model::ParameterSlices TensorParallelPlan::slices() const {
                                       ", the model's is " + c10::str(c10::IntArrayRef(found->second.global_shape)));
         return slice_of(found->second, whole);
       },
+      {},
       {}};
 }
 

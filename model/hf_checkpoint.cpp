@@ -79,6 +79,7 @@ ParameterSlices ParameterSlices::under(const std::string& prefix) const {
   ParameterSlices inner{
       [outer, prefix](const std::string& name, const at::Tensor& local) { return outer.global_shape(prefix + name, local); },
       [outer, prefix](const std::string& name, const at::Tensor& whole) { return outer.part(prefix + name, whole); },
+      {},
       {}};
   if (outer.take)
     inner.take = [outer, prefix](const std::string& name, const at::Tensor& part) { outer.take(prefix + name, part); };
