@@ -1,7 +1,7 @@
 #include "data/bpe_tokenizer.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
+#include "data/regex.h"
+#include "data/sentencepiece_text.h"
 
 #include <nlohmann/json.hpp>
 
@@ -20,6 +20,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace tokenizer_parts;
+using sentencepiece::byte_token;
+using sentencepiece::Metaspace;
 
 constexpr std::string_view kEndOfText = "<|endoftext|>";
 
@@ -136,74 +138,6 @@ const ByteAlphabet& byte_alphabet() {
   return alphabet;
 }
 
-// ---- regular expressions ----
-
-class Regex {
- public:
-  // Patterns are UTF-8 with Unicode properties for \p, \s and friends. Bytes that are not
-  // valid UTF-8 are allowed in subjects and match nothing.
-  Regex(std::string_view pattern, const fs::path& file, const std::string& key, uint32_t options = 0) {
-    int error = 0;
-    PCRE2_SIZE error_offset = 0;
-    code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                              PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF | options, &error,
-                              &error_offset, nullptr));
-    if (!code_) {
-      std::array<PCRE2_UCHAR, 256> message{};
-      pcre2_get_error_message(error, message.data(), message.size());
-      fail(file, key + " is not a pattern PCRE2 accepts: " + reinterpret_cast<const char*>(message.data()) +
-                     " at offset " + std::to_string(error_offset));
-    }
-    // Without JIT support pcre2_match interprets the pattern instead: slower, same result.
-    pcre2_jit_compile(code_.get(), PCRE2_JIT_COMPLETE);
-  }
-
-  // Cuts text into the matches and the stretches between them, keeping both as pieces in
-  // order (Hugging Face's "Isolated" split). Empty matches only mark a cut.
-  void split(std::string_view text, std::vector<std::string_view>& pieces) const {
-    MatchData match_data(pcre2_match_data_create_from_pattern(code_.get(), nullptr));
-    if (!match_data) throw std::bad_alloc();
-    const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-    const PCRE2_SIZE* bounds = pcre2_get_ovector_pointer(match_data.get());
-    size_t piece_start = 0;
-    size_t search_from = 0;
-    while (search_from <= text.size()) {
-      const int rc = pcre2_match(code_.get(), subject, text.size(), search_from, 0, match_data.get(), nullptr);
-      if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) throw_match_error(rc);
-      const size_t match_start = bounds[0], match_end = bounds[1];
-      if (match_start > piece_start) pieces.push_back(text.substr(piece_start, match_start - piece_start));
-      if (match_end > match_start) {
-        pieces.push_back(text.substr(match_start, match_end - match_start));
-        search_from = match_end;
-      } else {
-        if (match_start == text.size()) break;
-        search_from = match_start + scan_utf8(text, match_start).length;
-      }
-      piece_start = match_end;
-    }
-    if (piece_start < text.size()) pieces.push_back(text.substr(piece_start));
-  }
-
- private:
-  struct CodeFree {
-    void operator()(pcre2_code* code) const { pcre2_code_free(code); }
-  };
-  struct MatchDataFree {
-    void operator()(pcre2_match_data* data) const { pcre2_match_data_free(data); }
-  };
-  using MatchData = std::unique_ptr<pcre2_match_data, MatchDataFree>;
-
-  [[noreturn]] static void throw_match_error(int rc) {
-    std::array<PCRE2_UCHAR, 256> message{};
-    pcre2_get_error_message(rc, message.data(), message.size());
-    throw std::runtime_error(std::string("BpeTokenizer: pre-tokenizer pattern failed: ") +
-                             reinterpret_cast<const char*>(message.data()));
-  }
-
-  std::unique_ptr<pcre2_code, CodeFree> code_;
-};
-
 // ---- word cache ----
 
 // BPE results of recent pieces. Natural text repeats its words, so most pieces are found
@@ -305,164 +239,6 @@ std::vector<MergeEntry> read_merges_txt(const fs::path& file) {
   return entries;
 }
 
-// ---- SentencePiece-style text ----
-
-constexpr std::string_view kMetaspace = "\xE2\x96\x81";  // "▁", U+2581
-
-// Appends text with every occurrence of from (not empty) replaced by to, left to right.
-void replace_all(std::string_view text, std::string_view from, std::string_view to, std::string& out) {
-  size_t pos = 0;
-  for (size_t found = text.find(from); found != std::string_view::npos; found = text.find(from, pos)) {
-    out.append(text.substr(pos, found - pos));
-    out.append(to);
-    pos = found + from.size();
-  }
-  out.append(text.substr(pos));
-}
-
-// One step of a normalizer: Prepend(content), which leaves empty text empty, or
-// Replace(pattern, content) of a literal string.
-struct NormalizerStep {
-  enum class Kind { prepend, replace };
-  Kind kind = Kind::prepend;
-  std::string pattern = {};
-  std::string content = {};
-};
-
-void normalize(const std::vector<NormalizerStep>& steps, std::string_view text, std::string& out) {
-  std::string current(text), next;
-  for (const NormalizerStep& step : steps) {
-    if (step.kind == NormalizerStep::Kind::prepend) {
-      if (!current.empty()) current.insert(0, step.content);
-    } else {
-      next.clear();
-      replace_all(current, step.pattern, step.content, next);
-      current.swap(next);
-    }
-  }
-  out += current;
-}
-
-// Where the Metaspace pre-tokenizer puts its "▁" in front of a piece that lacks one:
-// always, only on the piece that starts the text, or never.
-enum class PrependScheme { always, first, never };
-
-struct Metaspace {
-  std::string replacement = std::string(kMetaspace);  // one character
-  PrependScheme prepend_scheme = PrependScheme::always;
-  bool split = true;  // cut before every replacement character
-};
-
-// One step of a SentencePiece-style decoder, applied to the list of token strings.
-struct DecoderStep {
-  enum class Kind { replace, byte_fallback, fuse, strip, metaspace };
-  Kind kind = Kind::fuse;
-  std::string pattern = {};  // replace: the literal replaced
-  std::string content = {};  // replace: its replacement; strip: the character removed
-  size_t start = 0;          // strip: at most this many characters from the start
-  size_t stop = 0;           //        and this many from the end
-  Metaspace metaspace = {};
-};
-
-// The byte a "<0xXX>" token stands for, read as ByteFallback does (two hex digits, or a
-// '+' and one, as Rust's u8::from_str_radix allows).
-std::optional<unsigned char> byte_token_value(std::string_view token) {
-  if (token.size() != 6 || !token.starts_with("<0x") || !token.ends_with('>')) return std::nullopt;
-  std::string_view digits = token.substr(3, 2);
-  if (digits[0] == '+') digits.remove_prefix(1);
-  unsigned value = 0;
-  for (char digit : digits) {
-    const auto c = static_cast<unsigned char>(digit);
-    if (!std::isxdigit(c)) return std::nullopt;
-    value = value * 16 + (std::isdigit(c) ? c - '0' : std::tolower(c) - 'a' + 10);
-  }
-  return static_cast<unsigned char>(value);
-}
-
-std::string byte_token(unsigned char byte) {
-  constexpr std::string_view kHex = "0123456789ABCDEF";
-  return std::string("<0x") + kHex[byte >> 4] + kHex[byte & 0xF] + ">";
-}
-
-// The characters of a token (UTF-8 units), for steps that count characters.
-std::vector<std::string_view> characters(std::string_view text) {
-  std::vector<std::string_view> chars;
-  for (size_t pos = 0; pos < text.size();) {
-    const size_t length = scan_utf8(text, pos).length;
-    chars.push_back(text.substr(pos, length));
-    pos += length;
-  }
-  return chars;
-}
-
-void run_decoder_step(const DecoderStep& step, std::vector<std::string>& tokens) {
-  switch (step.kind) {
-    case DecoderStep::Kind::replace:
-      for (std::string& token : tokens) {
-        std::string replaced;
-        replace_all(token, step.pattern, step.content, replaced);
-        token.swap(replaced);
-      }
-      break;
-    case DecoderStep::Kind::byte_fallback: {
-      // A run of byte tokens becomes its text when the bytes are valid UTF-8, else one
-      // U+FFFD per byte.
-      std::vector<std::string> decoded;
-      std::string run;
-      size_t run_length = 0;
-      const auto flush = [&] {
-        if (run_length == 0) return;
-        if (replace_invalid_utf8(run) == run) {
-          decoded.push_back(run);
-        } else {
-          decoded.insert(decoded.end(), run_length, "\xEF\xBF\xBD");
-        }
-        run.clear();
-        run_length = 0;
-      };
-      for (std::string& token : tokens) {
-        if (const auto byte = byte_token_value(token)) {
-          run += static_cast<char>(*byte);
-          ++run_length;
-        } else {
-          flush();
-          decoded.push_back(std::move(token));
-        }
-      }
-      flush();
-      tokens.swap(decoded);
-      break;
-    }
-    case DecoderStep::Kind::fuse: {
-      std::string joined;
-      for (const std::string& token : tokens) joined += token;
-      tokens.assign(1, std::move(joined));
-      break;
-    }
-    case DecoderStep::Kind::strip:
-      for (std::string& token : tokens) {
-        const std::vector<std::string_view> chars = characters(token);
-        size_t first = 0, last = chars.size();
-        while (first < step.start && first < chars.size() && chars[first] == step.content) ++first;
-        while (chars.size() - last < step.stop && last > first && chars[last - 1] == step.content) --last;
-        std::string stripped;
-        for (size_t i = first; i < last; ++i) stripped += chars[i];
-        token.swap(stripped);
-      }
-      break;
-    case DecoderStep::Kind::metaspace:
-      // The first token loses its replacement characters (the prepended space) unless
-      // nothing was prepended; elsewhere they become spaces.
-      for (size_t i = 0; i < tokens.size(); ++i) {
-        const bool drop = i == 0 && step.metaspace.prepend_scheme != PrependScheme::never;
-        std::string decoded;
-        replace_all(tokens[i], step.metaspace.replacement, drop ? "" : " ", decoded);
-        tokens[i].swap(decoded);
-      }
-      break;
-  }
-}
-
 }  // namespace
 
 // ---- the model ----
@@ -494,11 +270,10 @@ struct BpeTokenizer::Model {
   std::optional<Regex> byte_level_split;
 
   // SentencePiece-style normalization, pre-tokenization and decoding.
-  std::vector<NormalizerStep> normalizer_steps;
+  sentencepiece::Normalizer sentencepiece_normalizer;
   AddedVocabulary::Normalizer normalizer;  // empty when there are no steps
   std::optional<Metaspace> metaspace;
-  bool has_decoder = false;  // without one, tokens are joined with spaces
-  std::vector<DecoderStep> decoder_steps;
+  sentencepiece::Decoder decoder;  // without one, tokens are joined with spaces
 
   std::vector<std::optional<std::string>> token_of_id;
   std::vector<std::string> bytes_of_id;  // byte-level decoding
@@ -519,10 +294,8 @@ struct BpeTokenizer::Model {
   void read_pre_tokenizer(const Json& pre_tokenizer, const fs::path& file);
   void read_byte_level(const Json& byte_level, const fs::path& file, const std::string& where);
   void read_split(const Json& split, const fs::path& file, const std::string& where);
-  static Metaspace read_metaspace(const Json& metaspace, const fs::path& file, const std::string& where);
-  void read_normalizer(const Json& normalizer_json, const fs::path& file, const std::string& where);
+  void read_normalizer(const Json& normalizer_json, const fs::path& file);
   void read_decoder(const Json* decoder, const fs::path& file);
-  void read_decoder_step(const Json& step, const fs::path& file, const std::string& where);
   void finish(const fs::path& dir, const Json* post_processor, const fs::path& file);
 
   void pre_tokenize(const TextPiece& piece, std::deque<std::string>& storage,
@@ -531,7 +304,6 @@ struct BpeTokenizer::Model {
   void byte_symbols(std::string_view word, std::vector<int32_t>& symbols) const;
   void character_symbols(std::string_view word, std::vector<int32_t>& symbols) const;
   void merge_symbols(const std::vector<int32_t>& initial, std::vector<int32_t>& ids) const;
-  std::string decode_tokens(std::vector<std::string> tokens) const;
 };
 
 // A merge's rank is its position in the list: earlier merges apply first.
@@ -621,35 +393,6 @@ void BpeTokenizer::Model::read_split(const Json& split, const fs::path& file, co
   }
 }
 
-// Metaspace as pre-tokenizer or decoder: replacement, prepend_scheme ("always" when
-// absent) and split, or the older add_prefix_space (false meaning "never").
-Metaspace BpeTokenizer::Model::read_metaspace(const Json& json, const fs::path& file, const std::string& where) {
-  Metaspace metaspace;
-  const auto replacement = read_optional_string(json, "replacement", file, where);
-  if (!replacement || replacement->empty() || scan_utf8(*replacement, 0).length != replacement->size() ||
-      !scan_utf8(*replacement, 0).valid) {
-    fail(file, where + ".replacement is " + (replacement ? shown(*replacement) : "missing") + ", not one character");
-  }
-  metaspace.replacement = *replacement;
-  const auto scheme = read_optional_string(json, "prepend_scheme", file, where);
-  if (!scheme || *scheme == "always") {
-    metaspace.prepend_scheme = PrependScheme::always;
-  } else if (*scheme == "first") {
-    metaspace.prepend_scheme = PrependScheme::first;
-  } else if (*scheme == "never") {
-    metaspace.prepend_scheme = PrependScheme::never;
-  } else {
-    fail(file, where + ".prepend_scheme is " + shown(*scheme) + ", not \"always\", \"first\" or \"never\"");
-  }
-  if (!read_bool(json, "add_prefix_space", true, file, where)) {
-    if (metaspace.prepend_scheme != PrependScheme::never) {
-      fail(file, where + ".add_prefix_space is false but prepend_scheme is not \"never\"");
-    }
-  }
-  metaspace.split = read_bool(json, "split", true, file, where);
-  return metaspace;
-}
-
 void BpeTokenizer::Model::read_pre_tokenizer(const Json& pre_tokenizer, const fs::path& file) {
   const std::string where = "pre_tokenizer";
   if (pre_tokenizer.is_null()) {
@@ -663,7 +406,7 @@ void BpeTokenizer::Model::read_pre_tokenizer(const Json& pre_tokenizer, const fs
   }
   if (type == "Metaspace") {
     symbols = Symbols::characters;
-    metaspace = read_metaspace(pre_tokenizer, file, where);
+    metaspace = Metaspace::read(pre_tokenizer, file, where);
     return;
   }
   if (type != "Sequence") {
@@ -687,92 +430,22 @@ void BpeTokenizer::Model::read_pre_tokenizer(const Json& pre_tokenizer, const fs
   }
 }
 
-void BpeTokenizer::Model::read_normalizer(const Json& json, const fs::path& file, const std::string& where) {
-  if (json.is_null()) return;
-  const std::string type = type_of(json, file, where);
-  if (symbols == Symbols::bytes) {
-    fail(file, where + " is " + shown(type) + "; a ByteLevel pre-tokenizer takes no normalizer");
+void BpeTokenizer::Model::read_normalizer(const Json& json, const fs::path& file) {
+  if (!json.is_null() && symbols == Symbols::bytes) {
+    fail(file, "normalizer is " + shown(type_of(json, file, "normalizer")) + "; a ByteLevel pre-tokenizer takes no normalizer");
   }
-  if (type == "Sequence") {
-    const Json* steps = member(json, "normalizers");
-    if (!steps || !steps->is_array()) fail(file, where + ".normalizers is not an array");
-    for (size_t i = 0; i < steps->size(); ++i) {
-      read_normalizer((*steps)[i], file, where + ".normalizers[" + std::to_string(i) + "]");
-    }
-  } else if (type == "Prepend") {
-    const auto content = read_optional_string(json, "prepend", file, where);
-    if (!content) fail(file, where + " has no \"prepend\"");
-    normalizer_steps.push_back({NormalizerStep::Kind::prepend, "", *content});
-  } else if (type == "Replace") {
-    const Json* pattern = member(json, "pattern");
-    const auto literal = pattern ? read_optional_string(*pattern, "String", file, where + ".pattern") : std::nullopt;
-    if (!literal || literal->empty()) {
-      fail(file, where + ".pattern is " + (pattern ? shown(*pattern) : "missing") +
-                     "; only a non-empty {\"String\": ...} pattern is supported");
-    }
-    const auto content = read_optional_string(json, "content", file, where);
-    if (!content) fail(file, where + " has no \"content\"");
-    normalizer_steps.push_back({NormalizerStep::Kind::replace, *literal, *content});
-  } else {
-    fail(file, where + ".type is " + shown(type) +
-                   "; SentencePiece-style BPE supports Prepend and Replace normalizers, alone or in a Sequence");
-  }
+  sentencepiece_normalizer = sentencepiece::Normalizer::read(json, file);
 }
 
-void BpeTokenizer::Model::read_decoder_step(const Json& step, const fs::path& file, const std::string& where) {
-  const std::string type = type_of(step, file, where);
-  DecoderStep decoded;
-  if (type == "Sequence") {
-    const Json* steps = member(step, "decoders");
-    if (!steps || !steps->is_array()) fail(file, where + ".decoders is not an array");
-    for (size_t i = 0; i < steps->size(); ++i) {
-      read_decoder_step((*steps)[i], file, where + ".decoders[" + std::to_string(i) + "]");
-    }
-    return;
-  }
-  if (type == "Replace") {
-    const Json* pattern = member(step, "pattern");
-    const auto literal = pattern ? read_optional_string(*pattern, "String", file, where + ".pattern") : std::nullopt;
-    if (!literal || literal->empty()) {
-      fail(file, where + ".pattern is " + (pattern ? shown(*pattern) : "missing") +
-                     "; only a non-empty {\"String\": ...} pattern is supported");
-    }
-    const auto content = read_optional_string(step, "content", file, where);
-    if (!content) fail(file, where + " has no \"content\"");
-    decoded = {DecoderStep::Kind::replace, *literal, *content};
-  } else if (type == "ByteFallback") {
-    decoded.kind = DecoderStep::Kind::byte_fallback;
-  } else if (type == "Fuse") {
-    decoded.kind = DecoderStep::Kind::fuse;
-  } else if (type == "Strip") {
-    const auto content = read_optional_string(step, "content", file, where);
-    if (!content || content->empty() || scan_utf8(*content, 0).length != content->size()) {
-      fail(file, where + ".content is " + (content ? shown(*content) : "missing") + ", not one character");
-    }
-    decoded = {DecoderStep::Kind::strip, "", *content, read_count(step, "start", 0, file, where),
-               read_count(step, "stop", 0, file, where)};
-  } else if (type == "Metaspace") {
-    decoded.kind = DecoderStep::Kind::metaspace;
-    decoded.metaspace = read_metaspace(step, file, where);
-  } else if (type == "ByteLevel") {
-    fail(file, where + ".type is \"ByteLevel\", which decodes byte-level BPE; this tokenizer's pre_tokenizer "
-                       "is not ByteLevel");
-  } else {
-    fail(file, where + ".type is " + shown(type) +
-                   "; SentencePiece-style BPE supports Replace, ByteFallback, Fuse, Strip and Metaspace decoders");
-  }
-  decoder_steps.push_back(std::move(decoded));
-}
-
-void BpeTokenizer::Model::read_decoder(const Json* decoder, const fs::path& file) {
-  has_decoder = decoder && !decoder->is_null();
-  if (!has_decoder) return;  // byte-level decoding is the only sensible one without a decoder
+void BpeTokenizer::Model::read_decoder(const Json* json, const fs::path& file) {
+  if (!json || json->is_null()) return;
   if (symbols == Symbols::bytes) {
-    const std::string type = type_of(*decoder, file, "decoder");
+    // Byte-level decoding is the only sensible one, with or without a decoder.
+    const std::string type = type_of(*json, file, "decoder");
     if (type != "ByteLevel") fail(file, "decoder.type is " + shown(type) + "; a ByteLevel pre-tokenizer needs a ByteLevel decoder");
     return;
   }
-  read_decoder_step(*decoder, file, "decoder");
+  decoder = sentencepiece::Decoder::read(json, file);
 }
 
 // Ids of tokens and of the bytes that decoding writes, the template and the special tokens.
@@ -784,9 +457,7 @@ void BpeTokenizer::Model::finish(const fs::path& dir, const Json* post_processor
     const auto fallback = vocab.find(byte_token(static_cast<unsigned char>(byte)));
     fallback_ids[byte] = fallback == vocab.end() ? -1 : fallback->second;
   }
-  if (!normalizer_steps.empty()) {
-    normalizer = [steps = normalizer_steps](std::string_view text, std::string& out) { normalize(steps, text, out); };
-  }
+  if (!sentencepiece_normalizer.empty()) normalizer = sentencepiece_normalizer;
   added.prepare(normalizer);
 
   const int32_t largest = largest_checked_id(vocab, added, file);
@@ -828,7 +499,7 @@ std::shared_ptr<BpeTokenizer::Model> BpeTokenizer::Model::from_tokenizer_json(co
   if (!pre_tokenizer) fail(file, "has no \"pre_tokenizer\"");
   model->read_pre_tokenizer(*pre_tokenizer, file);
   model->read_model(*model_json, file);
-  if (const Json* normalizer = member(root, "normalizer")) model->read_normalizer(*normalizer, file, "normalizer");
+  if (const Json* normalizer = member(root, "normalizer")) model->read_normalizer(*normalizer, file);
   model->read_decoder(member(root, "decoder"), file);
   if (const Json* added = member(root, "added_tokens")) model->added.read(*added, file, model->vocab);
   model->finish(file.parent_path(), member(root, "post_processor"), file);
@@ -857,24 +528,7 @@ void BpeTokenizer::Model::pre_tokenize(const TextPiece& piece, std::deque<std::s
       words.push_back(piece.text);
       return;
     }
-    std::string& text = storage.emplace_back();
-    replace_all(piece.text, " ", metaspace->replacement, text);
-    const bool prepend = metaspace->prepend_scheme == PrependScheme::always ||
-                         (metaspace->prepend_scheme == PrependScheme::first && piece.at_text_start);
-    if (prepend && !text.starts_with(metaspace->replacement)) text.insert(0, metaspace->replacement);
-    if (!metaspace->split) {
-      words.push_back(text);
-      return;
-    }
-    // Each replacement character starts a new word.
-    const std::string_view view = text;
-    size_t start = 0;
-    for (size_t found = view.find(metaspace->replacement, 1); found != std::string_view::npos;
-         found = view.find(metaspace->replacement, found + 1)) {
-      words.push_back(view.substr(start, found - start));
-      start = found;
-    }
-    words.push_back(view.substr(start));
+    metaspace->pre_tokenize(piece.text, piece.at_text_start, storage, words);
     return;
   }
   std::vector<std::string_view> current{piece.text};
@@ -1023,17 +677,6 @@ void BpeTokenizer::Model::merge_symbols(const std::vector<int32_t>& initial, std
   }
 }
 
-std::string BpeTokenizer::Model::decode_tokens(std::vector<std::string> tokens) const {
-  std::string text;
-  if (!has_decoder) {
-    for (size_t i = 0; i < tokens.size(); ++i) text += (i ? " " : "") + tokens[i];
-    return text;
-  }
-  for (const DecoderStep& step : decoder_steps) run_decoder_step(step, tokens);
-  for (const std::string& token : tokens) text += token;
-  return text;
-}
-
 // ---- public interface ----
 
 BpeTokenizer::BpeTokenizer(std::shared_ptr<const Model> model) : model_(std::move(model)) {}
@@ -1149,7 +792,7 @@ std::string BpeTokenizer::decode(std::span<const int32_t> ids, bool skip_special
     const std::string* added = model.added.decoded_form(id);
     tokens.push_back(added ? *added : *model.token_of_id[id]);
   }
-  return model.decode_tokens(std::move(tokens));
+  return model.decoder.decode(std::move(tokens));
 }
 
 int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(model_->token_of_id.size()); }

@@ -233,8 +233,10 @@ BOOST_AUTO_TEST_CASE(metaspace_without_split_merges_across_words) {
 BOOST_AUTO_TEST_CASE(unsupported_configurations_are_refused) {
   check_json_error([](Json& d) { d["normalizer"]["normalizers"][0] = {{"type", "NFKC"}}; },
                    {"normalizer.normalizers[0].type", "NFKC"});
-  check_json_error([](Json& d) { d["normalizer"]["normalizers"][1]["pattern"] = {{"Regex", "\\s"}}; },
-                   {"normalizer.normalizers[1].pattern", "String"});
+  check_json_error([](Json& d) { d["normalizer"]["normalizers"][1]["pattern"] = {{"Regex", "(unclosed"}}; },
+                   {"normalizer.normalizers[1].pattern.Regex", "PCRE2"});
+  check_json_error([](Json& d) { d["normalizer"]["normalizers"][1]["pattern"] = {{"String", ""}}; },
+                   {"normalizer.normalizers[1].pattern", "non-empty"});
   check_json_error([](Json& d) { d["normalizer"]["normalizers"][0].erase("prepend"); },
                    {"normalizer.normalizers[0]", "\"prepend\""});
   check_json_error([](Json& d) { d["decoder"]["decoders"][1] = {{"type", "ByteLevel"}}; },

