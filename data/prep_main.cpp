@@ -467,7 +467,7 @@ void print_summary(const PrepOptions& options, const DatasetInfo& info, const st
 void run(const PrepOptions& options) {
   check_output_free(options.output, options.overwrite);
   // Any tokenizer a model directory holds (byte-level BPE, SentencePiece-style BPE,
-  // WordPiece); documents are separated by the model's end-of-text token.
+  // Unigram, WordPiece); documents are separated by the model's end-of-text token.
   const std::unique_ptr<Tokenizer> loaded = load_tokenizer(options.tokenizer);
   const Tokenizer& tokenizer = *loaded;
   std::optional<int32_t> eos_id =

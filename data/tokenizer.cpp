@@ -1,6 +1,7 @@
 #include "data/tokenizer.h"
 
 #include "data/bpe_tokenizer.h"
+#include "data/unigram_tokenizer.h"
 #include "data/wordpiece_tokenizer.h"
 
 #include <nlohmann/json.hpp>
@@ -180,8 +181,11 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& model_dir) {
     if (*type == "WordPiece") {
       return std::make_unique<WordPieceTokenizer>(WordPieceTokenizer::from_tokenizer_json(tokenizer_json, document));
     }
+    if (*type == "Unigram") {
+      return std::make_unique<UnigramTokenizer>(UnigramTokenizer::from_tokenizer_json(tokenizer_json, document));
+    }
     fail(tokenizer_json, "model.type is " + shown(*type) +
-                             "; supported are \"BPE\" (byte-level or SentencePiece-style) and \"WordPiece\"");
+                             "; supported are \"BPE\" (byte-level or SentencePiece-style), \"Unigram\" and \"WordPiece\"");
   }
   if (fs::exists(model_dir / "vocab.txt", error)) {
     return std::make_unique<WordPieceTokenizer>(WordPieceTokenizer::from_directory(model_dir));

@@ -104,7 +104,7 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // "byte-level BPE", "SentencePiece-style BPE" or "WordPiece".
+  // "byte-level BPE", "SentencePiece-style BPE", "Unigram" or "WordPiece".
   virtual std::string_view kind() const = 0;
 
   // Text -> ids, no special tokens added. Added tokens (e.g. "[SEP]", "<s>") that appear
@@ -149,9 +149,8 @@ class Tokenizer {
 };
 
 // The tokenizer of a Hugging Face model directory:
-//   tokenizer.json            its model.type (BPE or WordPiece) and, for BPE, its
-//                             pre-tokenizer: ByteLevel (GPT-2, Llama 3) or
-//                             Metaspace / Prepend+Replace normalizer (Llama 2);
+//   tokenizer.json            its model.type: BPE, byte-level (GPT-2, Llama 3) or
+//                             SentencePiece-style (Llama 2); Unigram (T5); WordPiece;
 //   vocab.txt                 BERT's WordPiece, options from tokenizer_config.json;
 //   vocab.json + merges.txt   GPT-2's byte-level BPE.
 // Throws std::runtime_error naming the file and key of anything it does not support

@@ -181,14 +181,17 @@ BOOST_AUTO_TEST_CASE(special_tokens_follow_tokenizer_config) {
 // ---- and refuses what it cannot read, naming the file ----
 
 BOOST_AUTO_TEST_CASE(unsupported_directories_are_refused) {
-  TempDir empty, sentencepiece_model, unigram, untyped, lonely_vocab;
+  TempDir empty, sentencepiece_model, unigram, word_level, untyped, lonely_vocab;
   check_refused(empty.path() / "absent", {(empty.path() / "absent").string(), "does not exist"});
   check_refused(empty.path(), {empty.path().string(), "tokenizer.json", "vocab.txt"});
   const auto model_file = sentencepiece_model.write("tokenizer.model", "\x0a\x05");
   check_refused(sentencepiece_model.path(), {model_file.string(), "SentencePiece", "tokenizer.json"});
   const auto unigram_file = unigram.write(
-      "tokenizer.json", R"({"model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]}, "pre_tokenizer": null})");
-  check_refused(unigram.path(), {unigram_file.string(), "model.type", "Unigram"});
+      "tokenizer.json", R"({"model": {"type": "Unigram", "unk_id": null, "vocab": [["<unk>", 0.0]]}, "pre_tokenizer": null})");
+  check_refused(unigram.path(), {unigram_file.string(), "model.unk_id"});
+  const auto word_level_file = word_level.write(
+      "tokenizer.json", R"({"model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}, "pre_tokenizer": null})");
+  check_refused(word_level.path(), {word_level_file.string(), "model.type", "WordLevel", "Unigram"});
   const auto untyped_file = untyped.write("tokenizer.json", R"({"model": {"vocab": {"a": 0}}})");
   check_refused(untyped.path(), {untyped_file.string(), "model", "type"});
   lonely_vocab.write("vocab.json", R"({"a": 0})");

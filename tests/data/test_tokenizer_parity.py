@@ -182,12 +182,6 @@ def test_unsupported_directories_are_refused(tmp_path):
     empty.mkdir()
     assert str(empty) in refusal(empty)
 
-    unigram = tmp_path / "unigram"
-    unigram.mkdir()
-    Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], unk_id=0)).save(str(unigram / "tokenizer.json"))
-    message = refusal(unigram)
-    assert str(unigram / "tokenizer.json") in message and "model.type" in message and "Unigram" in message
-
     word_level = tmp_path / "word_level"
     word_level.mkdir()
     Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(word_level / "tokenizer.json"))

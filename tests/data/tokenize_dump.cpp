@@ -18,6 +18,7 @@
 
 #include "data/bpe_tokenizer.h"
 #include "data/tokenizer.h"
+#include "data/unigram_tokenizer.h"
 #include "data/wordpiece_tokenizer.h"
 
 #include <nlohmann/json.hpp>
@@ -32,6 +33,7 @@ namespace {
 using Json = nlohmann::json;
 using ftrain::data::BpeTokenizer;
 using ftrain::data::Tokenizer;
+using ftrain::data::UnigramTokenizer;
 using ftrain::data::WordPieceTokenizer;
 
 Json read_json(const std::string& path) {
@@ -84,6 +86,7 @@ Json run(const Tokenizer& tokenizer, const std::string& mode, const Json& input)
   Json output = Json::array();
   const auto* wordpiece = dynamic_cast<const WordPieceTokenizer*>(&tokenizer);
   const auto* bpe = dynamic_cast<const BpeTokenizer*>(&tokenizer);
+  const auto* unigram = dynamic_cast<const UnigramTokenizer*>(&tokenizer);
   for (const Json& item : input) {
     if (mode == "encode") {
       output.push_back(tokenizer.encode(item.get<std::string>()));
@@ -100,9 +103,11 @@ Json run(const Tokenizer& tokenizer, const std::string& mode, const Json& input)
       output.push_back(tokenizer.decode(ids, item.value("skip_special_tokens", false)));
     } else if (mode == "normalize" && wordpiece) {
       output.push_back(wordpiece->normalize(item.get<std::string>()));
-    } else if (mode == "pre_tokenize" && (wordpiece || bpe)) {
-      output.push_back(wordpiece ? wordpiece->pre_tokenize(item.get<std::string>())
-                                 : bpe->pre_tokenize(item.get<std::string>()));
+    } else if (mode == "pre_tokenize" && (wordpiece || bpe || unigram)) {
+      const std::string text = item.get<std::string>();
+      output.push_back(wordpiece ? wordpiece->pre_tokenize(text)
+                       : bpe     ? bpe->pre_tokenize(text)
+                                 : unigram->pre_tokenize(text));
     } else if (mode == "token_to_id") {
       output.push_back(optional_id(tokenizer.token_to_id(item.get<std::string>())));
     } else if (mode == "id_to_token") {

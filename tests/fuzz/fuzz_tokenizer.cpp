@@ -1,4 +1,4 @@
-// A tokenizer.json, BPE or WordPiece (load_tokenizer picks by model.type), then one
+// A tokenizer.json, BPE, Unigram or WordPiece (load_tokenizer picks by model.type), then one
 // encode and decode through whatever it describes.
 #include "data/tokenizer.h"
 #include "tests/fuzz/fuzz_support.h"
