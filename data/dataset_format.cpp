@@ -13,6 +13,12 @@ namespace {
 
 }  // namespace
 
+Packing DatasetInfo::packing() const {
+  if (format_version == format::kVersionPackedDocuments) return Packing::kDocuments;
+  if (task == format::kTaskCausalLm && pad_id < 0) return Packing::kConcatenate;
+  return Packing::kNone;
+}
+
 void DatasetInfo::validate() const {
   if (format_version < 1 || format_version > format::kVersion) {
     reject(format::kAttrFormatVersion,

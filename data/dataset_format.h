@@ -87,6 +87,12 @@ inline constexpr int64_t kIgnoreLabel = -100;
 
 }  // namespace format
 
+// How rows hold examples (ftrain-prep --packing, ftrain's data.packing): one example
+// each (none), documents concatenated and cut at seq_len with no boundary kept
+// (concatenate, continued pretraining), or whole documents packed with their boundaries
+// kept for document masking (documents).
+enum class Packing { kNone, kConcatenate, kDocuments };
+
 // The root attributes of a token dataset.
 struct DatasetInfo {
   int64_t format_version = format::kVersionPlain;  // written; kVersionPackedDocuments for packed rows
@@ -104,6 +110,10 @@ struct DatasetInfo {
 
   // Throws std::runtime_error naming the attribute that is out of range.
   void validate() const;
+
+  // What the attributes say of the rows: format_version 2 is documents; a causal-LM
+  // dataset without padding (pad_id -1) is concatenated; anything else is one example a row.
+  Packing packing() const;
 };
 
 }  // namespace ftrain::data

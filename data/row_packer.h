@@ -16,11 +16,9 @@
 #include <span>
 #include <vector>
 
-namespace ftrain::data {
+#include "data/dataset_format.h"  // Packing
 
-// ftrain-prep --packing: rows of one example each (none), documents concatenated and
-// cut (concatenate), or whole documents packed with their boundaries kept (documents).
-enum class Packing { kNone, kConcatenate, kDocuments };
+namespace ftrain::data {
 
 class RowPacker {
  public:

@@ -43,6 +43,9 @@ struct LoaderOptions {
   // Padded tasks (classification, token classification): each micro-batch is cut to its
   // longest real row, rounded up to a multiple of 8, before it runs (launch/task.h).
   bool dynamic_padding = true;
+  // data.packing: how the dataset's rows must hold their examples; nullopt (auto) takes
+  // them as ftrain-prep packed them. Checked against the dataset by launch's validate_for.
+  std::optional<Packing> packing;
 
   // Throws std::runtime_error naming the offending key.
   void validate() const;

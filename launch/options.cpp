@@ -9,6 +9,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -34,6 +35,11 @@ const Names<ModelInit> kModelInits = {{"pretrained", ModelInit::pretrained}, {"r
 const Names<Precision> kPrecisions = {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}, {"fp16", Precision::fp16}};
 const Names<ReduceDtype> kReduceDtypes = {{"fp32", ReduceDtype::fp32}, {"bf16", ReduceDtype::bf16}};
 const Names<Decay> kDecays = {{"cosine", Decay::cosine}, {"linear", Decay::linear}, {"constant", Decay::constant}};
+using Packing = std::optional<data::Packing>;
+const Names<Packing> kPackings = {{"auto", std::nullopt},
+                                  {"none", data::Packing::kNone},
+                                  {"concatenate", data::Packing::kConcatenate},
+                                  {"documents", data::Packing::kDocuments}};
 
 template <typename E>
 std::string name_of(const Names<E>& names, E value) {
@@ -152,7 +158,11 @@ std::vector<Section> describe(Config& c) {
       .add("prefetch", &c.data.prefetch, "micro-batches read ahead by a background thread")
       .add("dynamic_padding", &c.data.dynamic_padding,
            "classification batches: cut each micro-batch to its longest real row (a multiple of 8) "
-           "instead of running the dataset's whole seq_len");
+           "instead of running the dataset's whole seq_len")
+      .choice("packing", &c.data.packing, kPackings,
+              "how the dataset's rows must hold their examples (ftrain-prep --packing): one each, documents "
+              "concatenated without boundaries (continued pretraining), or whole documents with document masking; "
+              "auto takes what the dataset holds");
 
   sections.emplace_back("train", "[train] the training loop");
   sections.back()
@@ -447,6 +457,11 @@ void validate_for(const Config& config, const dist::Layout& layout, const data::
                " tokens long, not a multiple of dist.tp = " + to_text(layout.tp_size) +
                "; prepare the data with a seq_len divisible by " + to_text(layout.tp_size) +
                ", or turn sequence parallelism off");
+    if (config.data.packing && *config.data.packing != dataset.packing())
+      fail("data.packing", "is " + name_of(kPackings, config.data.packing) + ", but " + config.data.path +
+                               " holds rows packed as '" + name_of(kPackings, Packing(dataset.packing())) +
+                               "'; prepare it with ftrain-prep --packing " + name_of(kPackings, config.data.packing) +
+                               ", or set data.packing = auto");
     check_task_options(config, dataset);
   } catch (const std::exception& e) {
     throw located(config, e);

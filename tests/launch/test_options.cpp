@@ -1,9 +1,11 @@
 #define BOOST_TEST_MODULE launch_options
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -110,6 +112,7 @@ BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
   check({"--dist.device=tpu"}, "dist.device");
   check({"--dist.zero=4"}, "dist.zero");
   check({"--train.precision=fp8"}, "train.precision");
+  check({"--data.packing=packed"}, "data.packing");
   check({"--train.reduce_dtype=fp16"}, "train.reduce_dtype");
   check({"--train.steps=0"}, "train.steps");
   check({"--run.profile_from=-1"}, "run.profile_from");
@@ -162,6 +165,28 @@ BOOST_AUTO_TEST_CASE(options_are_checked_against_the_layout_and_the_dataset) {
   const std::string sequence = error_for(config, 4, 4, lm);
   BOOST_TEST(sequence.rfind("command line: dist.sequence_parallel: ", 0) == 0, sequence);
   BOOST_TEST(sequence.find("30 tokens") != std::string::npos, sequence);
+
+  // data.packing against what the dataset's attributes say of its rows.
+  auto documents = lm, instructions = lm;
+  documents.format_version = ftrain::data::format::kVersionPackedDocuments;
+  documents.pad_id = instructions.pad_id = 0;  // lm: causal, unpadded, so concatenated
+  const auto sentiment_rows = dataset_of("sequence_classification", {"neg", "pos"});
+  const std::vector<const ftrain::data::DatasetInfo*> datasets = {&lm, &documents, &instructions, &sentiment_rows};
+  for (const auto* dataset : datasets) BOOST_TEST(error_for(config, 4, 1, *dataset) == "");  // auto takes any
+  const std::map<std::string, std::vector<const ftrain::data::DatasetInfo*>> fitting = {
+      {"documents", {&documents}}, {"concatenate", {&lm}}, {"none", {&instructions, &sentiment_rows}}};
+  for (const auto& [packing, fits] : fitting) {
+    BOOST_REQUIRE(parsed({"--data.packing=" + packing}));
+    for (const auto* dataset : datasets) {
+      const std::string error = error_for(config, 4, 1, *dataset);
+      if (std::find(fits.begin(), fits.end(), dataset) != fits.end()) {
+        BOOST_TEST(error == "", packing + ": " + error);
+      } else {
+        BOOST_TEST(error.rfind("command line: data.packing: is " + packing + ", but ", 0) == 0, error);
+        BOOST_TEST(error.find("ftrain-prep --packing " + packing) != std::string::npos, error);
+      }
+    }
+  }
 
   BOOST_REQUIRE(parsed({"--train.freeze_base_steps=2"}));
   BOOST_TEST(error_for(config, 1, 1, lm).rfind("command line: train.freeze_base_steps: ", 0) == 0);
