@@ -243,7 +243,7 @@ std::vector<MergeEntry> read_merges_txt(const fs::path& file) {
 
 // ---- the model ----
 
-struct BpeTokenizer::Model {
+struct BpeTokenizer::Model : TokenTable {
   struct MergeRule {
     int32_t rank;
     int32_t merged_id;
@@ -253,7 +253,6 @@ struct BpeTokenizer::Model {
   enum class Symbols { bytes, characters };
 
   Symbols symbols = Symbols::bytes;
-  StringMap<int32_t> vocab;  // the BPE model's tokens
   std::unordered_map<uint64_t, MergeRule> merges;
   std::array<int32_t, 256> byte_ids{};      // bytes: id of each byte's character, -1 if not in vocab
   std::array<int32_t, 256> fallback_ids{};  // characters: id of "<0xXX>", -1 if not in vocab
@@ -261,8 +260,6 @@ struct BpeTokenizer::Model {
   std::optional<int32_t> unk_id;
   bool fuse_unk = false;
   bool ignore_merges = false;  // a piece that is itself a token skips merging
-
-  AddedVocabulary added;
 
   // Byte-level pre-tokenization.
   std::vector<Regex> splits;  // Split pre-tokenizers, in order, before ByteLevel
@@ -275,10 +272,7 @@ struct BpeTokenizer::Model {
   std::optional<Metaspace> metaspace;
   sentencepiece::Decoder decoder;  // without one, tokens are joined with spaces
 
-  std::vector<std::optional<std::string>> token_of_id;
   std::vector<std::string> bytes_of_id;  // byte-level decoding
-  SpecialTokenTemplate special_template;
-  SpecialTokenIds special_ids;
 
   mutable WordCache cache;
 
@@ -458,12 +452,7 @@ void BpeTokenizer::Model::finish(const fs::path& dir, const Json* post_processor
     fallback_ids[byte] = fallback == vocab.end() ? -1 : fallback->second;
   }
   if (!sentencepiece_normalizer.empty()) normalizer = sentencepiece_normalizer;
-  added.prepare(normalizer);
-
-  const int32_t largest = largest_checked_id(vocab, added, file);
-  token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
-  for (const auto& [token, id] : vocab) token_of_id[id] = token;
-  for (const auto& [id, token] : added.by_id()) token_of_id[id] = token.content;  // added tokens win
+  index(normalizer, file);
   if (symbols == Symbols::bytes) {
     bytes_of_id.assign(token_of_id.size(), std::string());
     for (size_t id = 0; id < token_of_id.size(); ++id) {
@@ -472,11 +461,7 @@ void BpeTokenizer::Model::finish(const fs::path& dir, const Json* post_processor
   }
 
   special_template = read_post_processor(post_processor, file, static_cast<int32_t>(token_of_id.size()));
-  const TokenLookup lookup = [this](std::string_view token) -> std::optional<int32_t> {
-    if (const auto id = added.find(token)) return id;
-    if (const auto it = vocab.find(token); it != vocab.end()) return it->second;
-    return std::nullopt;
-  };
+  const TokenLookup lookup = [this](std::string_view token) { return find(token); };
   SpecialTokenIds defaults;
   defaults.unk = unk_id;
   if (symbols == Symbols::bytes) {
@@ -705,22 +690,11 @@ std::string_view BpeTokenizer::kind() const { return byte_level() ? "byte-level 
 bool BpeTokenizer::byte_level() const { return model_->symbols == Model::Symbols::bytes; }
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
-  std::vector<int32_t> ids;
-  ids.reserve(text.size() / 3 + 1);
-  std::deque<std::string> storage;
-  std::vector<TextPiece> pieces;
-  model_->added.split(text, model_->normalizer, storage, pieces);
-  std::vector<std::string_view> words;
-  for (const TextPiece& piece : pieces) {
-    if (piece.added_id) {
-      ids.push_back(*piece.added_id);
-      continue;
-    }
-    words.clear();
-    model_->pre_tokenize(piece, storage, words);
-    for (std::string_view word : words) model_->encode_word(word, ids);
-  }
-  return ids;
+  const Model& model = *model_;
+  return model.encode(
+      text, model.normalizer,
+      [&](const TextPiece& stretch, auto& storage, auto& words) { model.pre_tokenize(stretch, storage, words); },
+      [&](std::string_view word, std::vector<int32_t>& ids) { model.encode_word(word, ids); });
 }
 
 std::vector<int32_t> BpeTokenizer::encode_with_offsets(std::string_view text, std::vector<CharSpan>& offsets) const {
@@ -785,32 +759,10 @@ std::string BpeTokenizer::decode(std::span<const int32_t> ids, bool skip_special
     }
     return replace_invalid_utf8(bytes);
   }
-  std::vector<std::string> tokens;
-  tokens.reserve(ids.size());
-  for (const int32_t id : ids) {
-    if (!known(id)) continue;
-    const std::string* added = model.added.decoded_form(id);
-    tokens.push_back(added ? *added : *model.token_of_id[id]);
-  }
-  return model.decoder.decode(std::move(tokens));
+  return model.decoder.decode(model.decoded_tokens(ids, skip_special_tokens));
 }
 
-int32_t BpeTokenizer::vocab_size() const { return static_cast<int32_t>(model_->token_of_id.size()); }
-
-std::optional<int32_t> BpeTokenizer::token_to_id(std::string_view token) const {
-  if (const auto id = model_->added.find(token)) return id;
-  if (const auto it = model_->vocab.find(token); it != model_->vocab.end()) return it->second;
-  return std::nullopt;
-}
-
-std::optional<std::string> BpeTokenizer::id_to_token(int32_t id) const {
-  if (id < 0 || static_cast<size_t>(id) >= model_->token_of_id.size()) return std::nullopt;
-  return model_->token_of_id[id];
-}
-
-const SpecialTokenIds& BpeTokenizer::special_ids() const { return model_->special_ids; }
-
-const SpecialTokenTemplate& BpeTokenizer::special_template() const { return model_->special_template; }
+const TokenTable& BpeTokenizer::table() const { return *model_; }
 
 std::optional<int32_t> BpeTokenizer::eos_id() const { return model_->special_ids.eos; }
 

@@ -123,6 +123,20 @@ std::vector<std::size_t> character_starts(std::string_view text) {
   return starts;
 }
 
+int32_t Tokenizer::vocab_size() const { return static_cast<int32_t>(table().token_of_id.size()); }
+
+std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const { return table().find(token); }
+
+std::optional<std::string> Tokenizer::id_to_token(int32_t id) const {
+  const auto& token_of_id = table().token_of_id;
+  if (id < 0 || static_cast<size_t>(id) >= token_of_id.size()) return std::nullopt;
+  return token_of_id[id];
+}
+
+const SpecialTokenIds& Tokenizer::special_ids() const { return table().special_ids; }
+
+const SpecialTokenTemplate& Tokenizer::special_template() const { return table().special_template; }
+
 std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view, std::vector<CharSpan>&) const {
   throw std::runtime_error(std::string(kind()) + " tokenizers do not report character offsets");
 }
@@ -626,7 +640,8 @@ bool AddedVocabulary::is_special(int32_t id) const {
 
 int32_t AddedVocabulary::largest_id() const { return tokens_.empty() ? -1 : tokens_.rbegin()->first; }
 
-int32_t largest_checked_id(const StringMap<int32_t>& vocab, const AddedVocabulary& added, const fs::path& file) {
+void TokenTable::index(const AddedVocabulary::Normalizer& normalizer, const fs::path& file) {
+  added.prepare(normalizer);
   const size_t tokens = vocab.size() + added.by_id().size();
   int32_t largest = -1;
   for (const auto& [token, id] : vocab) {
@@ -634,7 +649,48 @@ int32_t largest_checked_id(const StringMap<int32_t>& vocab, const AddedVocabular
     largest = std::max(largest, id);
   }
   // Added tokens take the model's id or the next ones after it (AddedVocabulary::add).
-  return std::max(largest, added.largest_id());
+  largest = std::max(largest, added.largest_id());
+  token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
+  for (const auto& [token, id] : vocab) token_of_id[id] = token;
+  for (const auto& [id, token] : added.by_id()) token_of_id[id] = token.content;  // added tokens win
+}
+
+std::optional<int32_t> TokenTable::find(std::string_view token) const {
+  if (const auto id = added.find(token)) return id;
+  if (const auto it = vocab.find(token); it != vocab.end()) return it->second;
+  return std::nullopt;
+}
+
+std::vector<int32_t> TokenTable::encode(std::string_view text, const AddedVocabulary::Normalizer& normalizer,
+                                        const WordSplitter& split_words, const WordEncoder& encode_word) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 1);
+  std::deque<std::string> storage;
+  std::vector<TextPiece> pieces;
+  added.split(text, normalizer, storage, pieces);
+  std::vector<std::string_view> words;
+  for (const TextPiece& piece : pieces) {
+    if (piece.added_id) {
+      ids.push_back(*piece.added_id);
+      continue;
+    }
+    words.clear();
+    split_words(piece, storage, words);
+    for (std::string_view word : words) encode_word(word, ids);
+  }
+  return ids;
+}
+
+std::vector<std::string> TokenTable::decoded_tokens(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (const int32_t id : ids) {
+    if (id < 0 || static_cast<size_t>(id) >= token_of_id.size() || !token_of_id[id]) continue;
+    if (skip_special_tokens && added.is_special(id)) continue;
+    const std::string* decoded = added.decoded_form(id);
+    tokens.push_back(decoded ? *decoded : *token_of_id[id]);
+  }
+  return tokens;
 }
 
 // ---- post-processors ----

@@ -97,6 +97,10 @@ class SpecialTokenTemplate {
 // one rounded down). With no second sequence the first is cut to max_length.
 void truncate_longest_first(std::vector<int32_t>& first, std::vector<int32_t>* second, size_t max_length);
 
+namespace tokenizer_parts {
+struct TokenTable;
+}
+
 // Every tokenizer produces the same ids as Hugging Face `tokenizers` for the same files.
 // Implementations are immutable after loading: every const member may be called from
 // several threads at once.
@@ -129,19 +133,22 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids) const { return decode(ids, false); }
 
   // One more than the largest id, added tokens included: the rows an embedding needs.
-  virtual int32_t vocab_size() const = 0;
+  int32_t vocab_size() const;
   // Looks a token up in its stored form ("Ġthe", "▁the", "##ing"); added tokens first.
-  virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;
+  std::optional<int32_t> token_to_id(std::string_view token) const;
   // The stored form of a token; nullopt for ids that name none.
-  virtual std::optional<std::string> id_to_token(int32_t id) const = 0;
+  std::optional<std::string> id_to_token(int32_t id) const;
 
-  virtual const SpecialTokenIds& special_ids() const = 0;
-  virtual const SpecialTokenTemplate& special_template() const = 0;
+  const SpecialTokenIds& special_ids() const;
+  const SpecialTokenTemplate& special_template() const;
 
  protected:
   Tokenizer() = default;
   Tokenizer(const Tokenizer&) = default;
   Tokenizer& operator=(const Tokenizer&) = default;
+
+  // The tokens the lookups above answer from.
+  virtual const tokenizer_parts::TokenTable& table() const = 0;
 
  private:
   Encoding encode_with_template(std::string_view text, const std::optional<std::string_view>& pair,
@@ -291,9 +298,34 @@ class AddedVocabulary {
   std::unique_ptr<Matcher> normalized_;
 };
 
-// The largest id of a model's vocabulary and of its added tokens, the vocabulary's
-// checked with check_id_within_table (naming its token); -1 when there is none.
-int32_t largest_checked_id(const StringMap<int32_t>& vocab, const AddedVocabulary& added, const std::filesystem::path& file);
+// The tokens a tokenizer knows, its model's and the added ones, with the special tokens
+// and the template: what every tokenizer looks up the same way. Each tokenizer's model
+// derives from it.
+struct TokenTable {
+  StringMap<int32_t> vocab;  // the model's tokens
+  AddedVocabulary added;
+  std::vector<std::optional<std::string>> token_of_id;  // filled by index()
+  SpecialTokenTemplate special_template;
+  SpecialTokenIds special_ids;
+
+  // Prepares the added tokens for matching (normalizer may be empty) and fills
+  // token_of_id, added tokens over the model's. The vocabulary's largest id is checked
+  // with check_id_within_table, naming its token in `file`.
+  void index(const AddedVocabulary::Normalizer& normalizer, const std::filesystem::path& file);
+  // Added tokens first, then the model's.
+  std::optional<int32_t> find(std::string_view token) const;
+  // Encoding as every tokenizer runs it: the added tokens in text become their ids, and
+  // each normalized stretch between them is cut into words by split_words, each word
+  // then encoded by encode_word. Words may point into the stretch or into storage.
+  using WordSplitter =
+      std::function<void(const TextPiece& stretch, std::deque<std::string>& storage, std::vector<std::string_view>& words)>;
+  using WordEncoder = std::function<void(std::string_view word, std::vector<int32_t>& ids)>;
+  std::vector<int32_t> encode(std::string_view text, const AddedVocabulary::Normalizer& normalizer,
+                              const WordSplitter& split_words, const WordEncoder& encode_word) const;
+  // What decoding starts from: the stored form of each id, added tokens in their decoded
+  // form; ids that name no token are skipped, and so are special tokens when asked.
+  std::vector<std::string> decoded_tokens(std::span<const int32_t> ids, bool skip_special_tokens) const;
+};
 
 // tokenizer.json's post_processor: null, TemplateProcessing, BertProcessing,
 // RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and at most one of the others.

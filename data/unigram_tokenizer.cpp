@@ -56,25 +56,18 @@ class PieceTrie {
 
 }  // namespace
 
-struct UnigramTokenizer::Model {
-  std::vector<std::string> pieces;
-  std::vector<double> scores;
-  StringMap<int32_t> vocab;
+struct UnigramTokenizer::Model : TokenTable {
+  std::vector<double> scores;  // of each piece, by id
   PieceTrie trie;
   double unknown_score = 0.0;
   int32_t unk_id = 0;
   bool byte_fallback = false;
 
-  AddedVocabulary added;
   sentencepiece::Normalizer normalizer;
   AddedVocabulary::Normalizer normalize;  // empty when the normalizer is
   bool whitespace_split = false;
   std::optional<Metaspace> metaspace;
   sentencepiece::Decoder decoder;
-
-  std::vector<std::optional<std::string>> token_of_id;
-  SpecialTokenTemplate special_template;
-  SpecialTokenIds special_ids;
 
   static std::shared_ptr<Model> from_tokenizer_json(const fs::path& file, const Json& root);
   void read_model(const Json& model, const fs::path& file);
@@ -107,20 +100,19 @@ void UnigramTokenizer::Model::read_model(const Json& model, const fs::path& file
     if (replace_invalid_utf8(piece) != piece) fail(file, where + " is not valid UTF-8");
     if (!std::isfinite(score)) fail(file, where + " has score " + shown(entry[1]) + ", not a finite number");
     const auto id = static_cast<int32_t>(i);
-    if (const auto [it, added] = vocab.try_emplace(piece, id); !added) {
+    if (const auto [it, inserted] = vocab.try_emplace(piece, id); !inserted) {
       fail(file, where + " " + shown(piece) + " repeats model.vocab[" + std::to_string(it->second) + "]");
     }
     trie.insert(piece, id);
     lowest = std::min(lowest, score);
-    pieces.push_back(std::move(piece));
     scores.push_back(score);
   }
   unknown_score = lowest - kUnknownPenalty;
   const Json* unk = member(model, "unk_id");
   if (!unk || unk->is_null()) fail(file, "model.unk_id is missing; a Unigram model needs an unknown piece");
   unk_id = read_id(*unk, file, "model.unk_id");
-  if (static_cast<size_t>(unk_id) >= pieces.size()) {
-    fail(file, "model.unk_id is " + std::to_string(unk_id) + ", past the " + std::to_string(pieces.size()) + " pieces");
+  if (static_cast<size_t>(unk_id) >= scores.size()) {
+    fail(file, "model.unk_id is " + std::to_string(unk_id) + ", past the " + std::to_string(scores.size()) + " pieces");
   }
   byte_fallback = read_bool(model, "byte_fallback", false, file, "model");
 }
@@ -151,18 +143,10 @@ void UnigramTokenizer::Model::read_pre_tokenizer(const Json& json, const fs::pat
 
 void UnigramTokenizer::Model::finish(const fs::path& dir, const Json* post_processor, const fs::path& file) {
   if (!normalizer.empty()) normalize = normalizer;
-  added.prepare(normalize);
-  const int32_t largest = std::max(static_cast<int32_t>(pieces.size()) - 1, added.largest_id());
-  token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
-  for (size_t id = 0; id < pieces.size(); ++id) token_of_id[id] = pieces[id];
-  for (const auto& [id, token] : added.by_id()) token_of_id[id] = token.content;  // added tokens win
+  index(normalize, file);
 
   special_template = read_post_processor(post_processor, file, static_cast<int32_t>(token_of_id.size()));
-  const TokenLookup lookup = [this](std::string_view token) -> std::optional<int32_t> {
-    if (const auto id = added.find(token)) return id;
-    if (const auto it = vocab.find(token); it != vocab.end()) return it->second;
-    return std::nullopt;
-  };
+  const TokenLookup lookup = [this](std::string_view token) { return find(token); };
   SpecialTokenIds defaults;
   defaults.unk = unk_id;
   defaults.bos = lookup("<s>");
@@ -305,55 +289,19 @@ UnigramTokenizer UnigramTokenizer::from_tokenizer_json(const fs::path& file, con
 
 std::string_view UnigramTokenizer::kind() const { return "Unigram"; }
 
-std::vector<int32_t> UnigramTokenizer::encode(std::string_view raw_text) const {
+std::vector<int32_t> UnigramTokenizer::encode(std::string_view text) const {
   const Model& model = *model_;
-  const std::string text = replace_invalid_utf8(raw_text);
-  std::vector<int32_t> ids;
-  std::deque<std::string> storage;
-  std::vector<TextPiece> pieces;
-  model.added.split(text, model.normalize, storage, pieces);
-  std::vector<std::string_view> words;
-  for (const TextPiece& piece : pieces) {
-    if (piece.added_id) {
-      ids.push_back(*piece.added_id);
-      continue;
-    }
-    words.clear();
-    model.pre_tokenize(piece, storage, words);
-    for (std::string_view word : words) model.encode_word(word, ids);
-  }
-  return ids;
+  return model.encode(
+      replace_invalid_utf8(text), model.normalize,
+      [&](const TextPiece& stretch, auto& storage, auto& words) { model.pre_tokenize(stretch, storage, words); },
+      [&](std::string_view word, std::vector<int32_t>& ids) { model.encode_word(word, ids); });
 }
 
 std::string UnigramTokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
-  const Model& model = *model_;
-  std::vector<std::string> tokens;
-  tokens.reserve(ids.size());
-  for (const int32_t id : ids) {
-    if (id < 0 || static_cast<size_t>(id) >= model.token_of_id.size() || !model.token_of_id[id]) continue;
-    if (skip_special_tokens && model.added.is_special(id)) continue;
-    const std::string* added = model.added.decoded_form(id);
-    tokens.push_back(added ? *added : *model.token_of_id[id]);
-  }
-  return model.decoder.decode(std::move(tokens));
+  return model_->decoder.decode(model_->decoded_tokens(ids, skip_special_tokens));
 }
 
-int32_t UnigramTokenizer::vocab_size() const { return static_cast<int32_t>(model_->token_of_id.size()); }
-
-std::optional<int32_t> UnigramTokenizer::token_to_id(std::string_view token) const {
-  if (const auto id = model_->added.find(token)) return id;
-  if (const auto it = model_->vocab.find(token); it != model_->vocab.end()) return it->second;
-  return std::nullopt;
-}
-
-std::optional<std::string> UnigramTokenizer::id_to_token(int32_t id) const {
-  if (id < 0 || static_cast<size_t>(id) >= model_->token_of_id.size()) return std::nullopt;
-  return model_->token_of_id[id];
-}
-
-const SpecialTokenIds& UnigramTokenizer::special_ids() const { return model_->special_ids; }
-
-const SpecialTokenTemplate& UnigramTokenizer::special_template() const { return model_->special_template; }
+const TokenTable& UnigramTokenizer::table() const { return *model_; }
 
 std::vector<std::string> UnigramTokenizer::pre_tokenize(std::string_view raw_text) const {
   const std::string text = replace_invalid_utf8(raw_text);

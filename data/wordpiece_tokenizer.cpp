@@ -339,8 +339,7 @@ std::string cleanup(std::string token) {
 
 // ---- the model ----
 
-struct WordPieceTokenizer::Model {
-  StringMap<int32_t> vocab;
+struct WordPieceTokenizer::Model : TokenTable {
   StringMap<int32_t> continuations;  // tokens that start with the prefix, keyed without it
   std::string prefix = "##";
   int32_t unk_id = 0;
@@ -349,15 +348,10 @@ struct WordPieceTokenizer::Model {
   std::optional<BertNormalizer> bert_normalizer;
   AddedVocabulary::Normalizer normalizer;  // empty when there is none
   AddedVocabulary::AlignedNormalizer aligned_normalizer;  // the same, tracking offsets
-  AddedVocabulary added;
 
   bool has_decoder = true;  // without one, tokens are joined with spaces
   std::string decoder_prefix = "##";
   bool decoder_cleanup = true;
-
-  std::vector<std::optional<std::string>> token_of_id;
-  SpecialTokenTemplate special_template;
-  SpecialTokenIds special_ids;
 
   static std::shared_ptr<Model> from_tokenizer_json(const fs::path& file, const Json& root);
   static std::shared_ptr<Model> from_vocab_txt(const fs::path& dir);
@@ -369,7 +363,6 @@ struct WordPieceTokenizer::Model {
   // `file`: where the vocabulary's ids came from, for errors.
   void finish(const fs::path& dir, const fs::path& file);
 
-  std::optional<int32_t> lookup(std::string_view token) const;
   void pre_tokenize(std::string_view text, std::vector<std::string_view>& words) const;
   // spans: when given, gets each id's bytes [begin, end) in word.
   void encode_word(std::string_view word, std::vector<int32_t>& ids,
@@ -416,19 +409,15 @@ void WordPieceTokenizer::Model::finish(const fs::path& dir, const fs::path& file
     aligned_normalizer = [options = *bert_normalizer](std::string_view text, std::string& out,
                                                       std::vector<int64_t>& origin) { options(text, out, origin); };
   }
-  added.prepare(normalizer);
-  const int32_t largest = largest_checked_id(vocab, added, file);
-  token_of_id.assign(static_cast<size_t>(largest) + 1, std::nullopt);
-  for (const auto& [token, id] : vocab) token_of_id[id] = token;
-  for (const auto& [id, token] : added.by_id()) token_of_id[id] = token.content;  // added tokens win
+  index(normalizer, file);
 
   SpecialTokenIds defaults;
   defaults.unk = unk_id;
-  defaults.cls = lookup("[CLS]");
-  defaults.sep = lookup("[SEP]");
-  defaults.pad = lookup("[PAD]");
-  defaults.mask = lookup("[MASK]");
-  special_ids = read_special_token_ids(dir, [this](std::string_view token) { return lookup(token); }, defaults);
+  defaults.cls = find("[CLS]");
+  defaults.sep = find("[SEP]");
+  defaults.pad = find("[PAD]");
+  defaults.mask = find("[MASK]");
+  special_ids = read_special_token_ids(dir, [this](std::string_view token) { return find(token); }, defaults);
 }
 
 std::shared_ptr<WordPieceTokenizer::Model> WordPieceTokenizer::Model::from_tokenizer_json(const fs::path& file,
@@ -543,7 +532,7 @@ std::shared_ptr<WordPieceTokenizer::Model> WordPieceTokenizer::Model::from_vocab
     model->added.add(AddedToken{.content = content, .normalized = false, .special = true}, model->vocab);
   }
   model->finish(dir, config_file);
-  const int32_t cls_id = *model->lookup(cls), sep_id = *model->lookup(sep);
+  const int32_t cls_id = *model->find(cls), sep_id = *model->find(sep);
   using Part = SpecialTokenTemplate::Part;
   std::vector<Part> single = {{Part::Kind::special, {cls_id}, 0}, {Part::Kind::first_text, {}, 0},
                               {Part::Kind::special, {sep_id}, 0}};
@@ -552,12 +541,6 @@ std::shared_ptr<WordPieceTokenizer::Model> WordPieceTokenizer::Model::from_vocab
   pair.push_back({Part::Kind::special, {sep_id}, 1});
   model->special_template = SpecialTokenTemplate(std::move(single), std::move(pair));
   return model;
-}
-
-std::optional<int32_t> WordPieceTokenizer::Model::lookup(std::string_view token) const {
-  if (const auto id = added.find(token)) return id;
-  if (const auto it = vocab.find(token); it != vocab.end()) return it->second;
-  return std::nullopt;
 }
 
 // BERT's pre-tokenizer: whitespace separates words and is dropped; each punctuation
@@ -639,21 +622,11 @@ WordPieceTokenizer WordPieceTokenizer::from_tokenizer_json(const fs::path& file,
 std::string_view WordPieceTokenizer::kind() const { return "WordPiece"; }
 
 std::vector<int32_t> WordPieceTokenizer::encode(std::string_view text) const {
-  std::vector<int32_t> ids;
-  std::deque<std::string> storage;
-  std::vector<TextPiece> pieces;
-  model_->added.split(text, model_->normalizer, storage, pieces);
-  std::vector<std::string_view> words;
-  for (const TextPiece& piece : pieces) {
-    if (piece.added_id) {
-      ids.push_back(*piece.added_id);
-      continue;
-    }
-    words.clear();
-    model_->pre_tokenize(piece.text, words);
-    for (std::string_view word : words) model_->encode_word(word, ids);
-  }
-  return ids;
+  const Model& model = *model_;
+  return model.encode(
+      text, model.normalizer,
+      [&](const TextPiece& stretch, auto&, auto& words) { model.pre_tokenize(stretch.text, words); },
+      [&](std::string_view word, std::vector<int32_t>& ids) { model.encode_word(word, ids); });
 }
 
 std::vector<int32_t> WordPieceTokenizer::encode_with_offsets(std::string_view text,
@@ -695,11 +668,7 @@ std::string WordPieceTokenizer::decode(std::span<const int32_t> ids, bool skip_s
   const Model& model = *model_;
   std::string text;
   size_t count = 0;
-  for (const int32_t id : ids) {
-    if (id < 0 || static_cast<size_t>(id) >= model.token_of_id.size() || !model.token_of_id[id]) continue;
-    if (skip_special_tokens && model.added.is_special(id)) continue;
-    const std::string* added = model.added.decoded_form(id);
-    std::string token = added ? *added : *model.token_of_id[id];
+  for (std::string& token : model.decoded_tokens(ids, skip_special_tokens)) {
     if (!model.has_decoder) {
       text += (count++ ? " " : "") + token;
       continue;
@@ -712,18 +681,7 @@ std::string WordPieceTokenizer::decode(std::span<const int32_t> ids, bool skip_s
   return text;
 }
 
-int32_t WordPieceTokenizer::vocab_size() const { return static_cast<int32_t>(model_->token_of_id.size()); }
-
-std::optional<int32_t> WordPieceTokenizer::token_to_id(std::string_view token) const { return model_->lookup(token); }
-
-std::optional<std::string> WordPieceTokenizer::id_to_token(int32_t id) const {
-  if (id < 0 || static_cast<size_t>(id) >= model_->token_of_id.size()) return std::nullopt;
-  return model_->token_of_id[id];
-}
-
-const SpecialTokenIds& WordPieceTokenizer::special_ids() const { return model_->special_ids; }
-
-const SpecialTokenTemplate& WordPieceTokenizer::special_template() const { return model_->special_template; }
+const TokenTable& WordPieceTokenizer::table() const { return *model_; }
 
 std::string WordPieceTokenizer::normalize(std::string_view text) const {
   if (!model_->normalizer) return std::string(text);

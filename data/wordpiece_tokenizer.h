@@ -62,11 +62,6 @@ class WordPieceTokenizer final : public Tokenizer {
   using Tokenizer::decode;
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const override;
 
-  int32_t vocab_size() const override;
-  std::optional<int32_t> token_to_id(std::string_view token) const override;
-  std::optional<std::string> id_to_token(int32_t id) const override;
-  const SpecialTokenIds& special_ids() const override;
-  const SpecialTokenTemplate& special_template() const override;
 
   // Stage 2 alone on text without added tokens.
   std::string normalize(std::string_view text) const;
@@ -74,6 +69,8 @@ class WordPieceTokenizer final : public Tokenizer {
   std::vector<std::string> pre_tokenize(std::string_view text) const;
 
  private:
+  const tokenizer_parts::TokenTable& table() const override;
+
   struct Model;
   explicit WordPieceTokenizer(std::shared_ptr<const Model> model);
   std::shared_ptr<const Model> model_;

