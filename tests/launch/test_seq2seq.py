@@ -1,6 +1,7 @@
 """Sequence-to-sequence fine-tuning end to end: a random T5 v1.1 (gated GELU, own head)
 saved by transformers learns to reverse word sequences, prepared by ftrain-prep
---task seq2seq with the repository's tiny GPT-2 tokenizer, under mpirun.
+--task seq2seq with the repository's tiny GPT-2 tokenizer, under mpirun; and a T5 with
+T5's own tokenizer (SentencePiece Unigram) from data to generated text.
 
 Checked against independent references: the training loss against transformers' T5 on
 the rows the step logged; the generated validation texts against transformers'
@@ -11,6 +12,7 @@ runs against one rank; layouts not supported yet refused by key.
 import json
 import random
 import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -19,6 +21,9 @@ import torch
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from ftrain_jobs import PREP, SOURCE, assert_same_steps, records, run_ftrain, sample_rows, validation_of
+
+sys.path.insert(0, str(SOURCE / "tests" / "data"))
+from unigram_models import corpus, write_t5_directory  # noqa: E402
 
 TOKENIZER = SOURCE / "configs" / "models" / "tiny-gpt2"
 WORDS = "red green blue cat dog fish one two three river stone".split()
@@ -209,3 +214,45 @@ def test_sequence_parallelism_is_refused(workspace):
                                  **{"dist.tp": 2, "dist.sequence_parallel": "true"}), check=False)
     assert result.returncode != 0
     assert "dist.sequence_parallel: is not available for sequence-to-sequence models (T5)" in result.stdout + result.stderr
+
+
+def test_t5_with_its_unigram_tokenizer_from_data_to_text(tmp_path):
+    """ftrain-prep tokenizes with a T5 Unigram tokenizer (unigram_models.py), and the
+    evaluation decodes what the model generates with it: the texts equal transformers'
+    generate() decoded by transformers' tokenizer, the references its decoding of the labels."""
+    tokenizer_dir = tmp_path / "t5_tokenizer"
+    reference = write_t5_directory(tokenizer_dir)
+    with open(tmp_path / "pairs.jsonl", "w", encoding="utf-8") as f:
+        for line in corpus(random.Random(4), 48):
+            f.write(json.dumps({"source": line, "target": " ".join(reversed(line.split()))}, ensure_ascii=False) + "\n")
+    data = tmp_path / "pairs.h5"
+    subprocess.run([str(PREP), "--task", "seq2seq", "-i", str(tmp_path / "pairs.jsonl"), "-t", str(tokenizer_dir),
+                    "-o", str(data), "--seq-len", "24", "--target-len", "16", "--validation-fraction", "0.25",
+                    "--source-prefix", "summarize: "], check=True, capture_output=True, timeout=120)
+    torch.manual_seed(1)
+    config = T5Config(vocab_size=reference.get_vocab_size(), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5", safe_serialization=True)
+    run = tmp_path / "run"
+    run_ftrain(1, *args({"model": tmp_path / "t5", "data": data}, run, **{
+        "train.steps": 40, "train.global_batch_size": 8, "run.log_samples": "false"}))
+
+    rows = split_rows(data, "validation")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_dir / "tokenizer.json"), eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    sources = [tokenizer.decode([t for t in row if t != 0], skip_special_tokens=True) for row in rows["input_ids"]]
+    assert all(source.startswith("summarize:") for source in sources), sources[:2]
+    model = T5ForConditionalGeneration.from_pretrained(run / "final").eval()
+    with torch.no_grad():
+        generated = model.generate(input_ids=torch.from_numpy(rows["input_ids"].astype(np.int64)),
+                                   attention_mask=torch.from_numpy(rows["attention_mask"].astype(np.int64)),
+                                   max_new_tokens=16, num_beams=1, do_sample=False)
+    predictions = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    references = tokenizer.batch_decode([[t for t in row if t != -100] for row in rows["labels"].tolist()],
+                                        skip_special_tokens=True)
+    ours = json.loads((run / "predictions-validation.json").read_text(encoding="utf-8"))
+    assert [p["prediction"] for p in ours] == predictions
+    assert [p["reference"] for p in ours] == references
+    # Trained a little, the model writes different texts of several words: decoding is exercised.
+    assert len(set(predictions)) > 3 and any(len(p.split()) > 1 for p in predictions), predictions
