@@ -69,6 +69,7 @@ struct Task::Model {
   model::Seq2SeqLmOptions s2s_options;  // to build a skeleton for streamed exports
   int64_t target_len = 0;
   int64_t eval_num_beams = 1;
+  std::function<bool(bool)> continue_together;  // ZeRO-3: every data-parallel rank decodes as many steps
   std::string tokenizer_path;
   std::shared_ptr<const data::Tokenizer> tokenizer;
 };
@@ -122,12 +123,19 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   model_->data_path = config.data.path;
   model_->max_answer_tokens = config.train.max_answer_tokens;
   if (kind_ == TaskKind::seq2seq) {
-    // Whole on every rank as it is read (validate_for refused tensor parallelism); at
-    // ZeRO-3 data parallelism shards it afterwards.
+    // Whole on every rank as it is read; tensor parallelism splits it afterwards, and at
+    // ZeRO-3 data parallelism shards it block by block.
     model_->s2s_options = {config.model.path, pretrained, config.run.seed, config.model.dropout, skeleton};
     model_->s2s = model::Seq2SeqLm::load(model_->s2s_options);
     model_->target_len = dataset.target_len;
     model_->eval_num_beams = config.train.eval_num_beams;
+    if (comm && config.dist.zero == 3 && comm->dp().size() > 1) {
+      // Each decoding step gathers every block from the data-parallel group.
+      dist::Group* dp = &comm->dp();
+      model_->continue_together = [dp](bool mine) {
+        return dp->all_reduce(static_cast<std::int64_t>(mine), dist::ReduceOp::Max) != 0;
+      };
+    }
     model_->tokenizer_path = dataset.tokenizer;
     model_->skeleton = skeleton;
     return;
@@ -401,14 +409,15 @@ void Task::stream_vocabulary(const dist::DataParallel& data_parallel) {
 }
 
 void Task::set_block_runner(const model::BlockRunner& runner) {
-  const std::vector<model::TransformerBody*> bodies = model::transformer_bodies(module());
-  // T5's stacks are no TransformerBody: with no blocks listed (block_parameter_names()),
-  // data parallelism handles its gradients after the backward pass, and nothing runs per block.
-  if (bodies.empty() && model_->s2s) return;
-  if (bodies.size() != 1)
-    throw std::logic_error("Task::set_block_runner: expected one transformer body, found " +
-                           std::to_string(bodies.size()));
-  bodies.front()->set_block_runner(runner);
+  // Block indices run over every body in order (T5: the encoder's blocks, then the
+  // decoder's), as block_parameter_names() lists them.
+  std::size_t first = 0;
+  for (model::TransformerBody* body : model::transformer_bodies(module())) {
+    body->set_block_runner([runner, first](std::size_t index, const at::Tensor& x, const model::BlockForward& block) {
+      return runner(first + index, x, block);
+    });
+    first += body->num_blocks();
+  }
 }
 
 template <typename Split>
@@ -587,6 +596,7 @@ void Task::evaluate_generation(const TaskBatch& batch, EvalTotals& totals) {
   model::Seq2SeqGenerationOptions options;
   options.max_new_tokens = model_->target_len;
   options.num_beams = model_->eval_num_beams;
+  options.continue_together = model_->continue_together;
   const torch::Tensor generated = model_->s2s->generate(batch.input_ids, batch.attention_mask, options);  // (B, 1 + N)
   const int64_t width = 1 + model_->target_len;
   const auto tokens = generated.accessor<int64_t, 2>();

@@ -139,8 +139,8 @@ class Task {
   // embedding and the language-modelling loss compute from those rows
   // (dist/streamed_vocab.h). `data_parallel` must outlive the task's use.
   void stream_vocabulary(const dist::DataParallel& data_parallel);
-  // Runs every block of the body's training forward through `runner` (ZeRO-3's
-  // gathering, activation checkpointing).
+  // Runs every block of the model's bodies through `runner` (ZeRO-3's gathering,
+  // activation checkpointing), numbered over the bodies in order.
   void set_block_runner(const model::BlockRunner& runner);
 
   // Splits the model over comm.tp() (dist::apply_tensor_parallel), unless it was split

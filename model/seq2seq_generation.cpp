@@ -23,7 +23,14 @@ torch::Tensor gather_beams(const torch::Tensor& t, const torch::Tensor& index) {
   return t.gather(1, expanded.expand(shape));
 }
 
-at::Tensor greedy(T5& model, const torch::Tensor& encoded, const torch::Tensor& mask, int64_t max_length) {
+// Whether to decode another step: this process's answer, agreed with the others' when
+// they generate together.
+bool decode_again(bool this_one, const Seq2SeqGenerationOptions& options) {
+  return options.continue_together ? options.continue_together(this_one) : this_one;
+}
+
+at::Tensor greedy(T5& model, const torch::Tensor& encoded, const torch::Tensor& mask, int64_t max_length,
+                  const Seq2SeqGenerationOptions& options) {
   const T5Config& config = model->config();
   const int64_t B = encoded.size(0);
   torch::Tensor sequences = torch::full({B, 1}, config.decoder_start_token_id, torch::kLong);
@@ -36,7 +43,7 @@ at::Tensor greedy(T5& model, const torch::Tensor& encoded, const torch::Tensor& 
     next = next * unfinished + config.pad_token_id * (1 - unfinished);
     sequences = torch::cat({sequences, next.unsqueeze(1)}, 1);
     unfinished = unfinished * next.ne(config.eos_token_id).to(torch::kLong);
-    if (unfinished.max().item<int64_t>() == 0) break;
+    if (!decode_again(unfinished.max().item<int64_t>() != 0, options)) break;
   }
   return sequences;
 }
@@ -113,7 +120,9 @@ at::Tensor beam_search(T5& model, const torch::Tensor& encoded_once, const torch
         torch::where(finished, std::get<0>(beam_scores.min(1, true)).expand({B, K}), torch::full({B, K}, kExcluded));
     improvable = improvable.logical_and(best_running.gt(worst_finished).any(-1, true));
     const bool all_full = finished.all().item<bool>() && options.early_stopping == EarlyStopping::on_full;
-    if (!improvable.any().item<bool>() || all_full || stops.all().item<bool>()) break;
+    if (length >= max_length) break;  // every candidate stopped: the same step for every process
+    const bool done = !improvable.any().item<bool>() || all_full || stops.all().item<bool>();
+    if (!decode_again(!done, options)) break;
   }
   // The best finished beam of each row, cut to the longest one returned.
   const int64_t generated = parents.select(1, 0).ne(-1).sum(1).max().item<int64_t>();
@@ -135,7 +144,7 @@ at::Tensor generate(T5& model, const at::Tensor& input_ids, const at::Tensor& at
   EvalModeGuard eval(*model);
   const torch::Tensor encoded = model->encode(input_ids, attention_mask);
   const int64_t max_length = 1 + options.max_new_tokens;
-  if (options.num_beams == 1) return greedy(model, encoded, attention_mask, max_length);
+  if (options.num_beams == 1) return greedy(model, encoded, attention_mask, max_length, options);
   return beam_search(model, encoded, attention_mask, max_length, options);
 }
 

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "model/t5.h"
@@ -22,6 +23,13 @@ struct Seq2SeqGenerationOptions {
   // soon as num_beams beams have finished, `never` once none can at the longest length.
   enum class EarlyStopping { heuristic, on_full, never };
   EarlyStopping early_stopping = EarlyStopping::heuristic;
+
+  // Given whether this process would decode one more step, whether every process that
+  // generates alongside it does: set where each step communicates (ZeRO-3 gathers every
+  // block from the data-parallel group), so that all take the same number of steps.
+  // Steps taken after a process's own rows are done change none of its results. Empty:
+  // the process decides alone.
+  std::function<bool(bool this_one_continues)> continue_together;
 
   // Throws std::runtime_error "<key> <what is wrong>".
   void validate() const;

@@ -152,7 +152,7 @@ torch::Tensor T5SublayerImpl::forward(const torch::Tensor& x, const torch::Tenso
 T5StackImpl::T5StackImpl(const T5Config& config, bool is_decoder)
     : is_decoder_(is_decoder), dropout_(config.dropout_rate) {
   using Kind = T5SublayerImpl::Kind;
-  block = register_module("block", torch::nn::ModuleList());
+  block = register_blocks("block");
   const int64_t blocks = is_decoder ? config.num_decoder_layers : config.num_layers;
   for (int64_t i = 0; i < blocks; ++i) {
     torch::nn::ModuleList layer;
@@ -164,18 +164,20 @@ T5StackImpl::T5StackImpl(const T5Config& config, bool is_decoder)
     block->push_back(holder);
   }
   final_layer_norm = register_module("final_layer_norm", T5LayerNorm(config.d_model, config.layer_norm_epsilon));
+  if (blocks > 0) mark_read_by_every_block(0, "layer.0.SelfAttention.relative_attention_bias.weight");
+}
+
+T5SublayerImpl& T5StackImpl::sublayer(std::size_t block_index, std::size_t layer) const {
+  return *block->ptr(block_index)->named_children()[0].value()->as<torch::nn::ModuleList>()->ptr(layer)->as<T5SublayerImpl>();
 }
 
 torch::Tensor T5StackImpl::forward(const torch::Tensor& embedded, const torch::Tensor& mask,
                                    const torch::Tensor& encoder_output, const torch::Tensor& encoder_mask, T5Cache* cache) {
   const int64_t T = embedded.size(1);
-  const auto sublayer = [&](int64_t b, int64_t l) {
-    return block[b]->named_children()[0].value()->as<torch::nn::ModuleList>()->ptr(l)->as<T5SublayerImpl>();
-  };
   const int64_t cached = cache ? cache->length() : 0;
   if (cache && cache->self.empty()) cache->self.resize(block->size()), cache->cross.resize(block->size());
   // The first block's bias serves every block, with the masks folded in.
-  torch::Tensor self_bias = sublayer(0, 0)->attention->position_bias(T, cached + T, cached, embedded.device());
+  torch::Tensor self_bias = sublayer(0, 0).attention->position_bias(T, cached + T, cached, embedded.device());
   if (is_decoder_) {
     // Query i (position cached + i) sees the keys up to its own position.
     const torch::Tensor causal =
@@ -187,13 +189,16 @@ torch::Tensor T5StackImpl::forward(const torch::Tensor& embedded, const torch::T
   torch::Tensor cross_bias;
   if (is_decoder_ && encoder_mask.defined()) cross_bias = additive_mask(encoder_mask, self_bias.scalar_type());
 
-  torch::Tensor h = hashed_dropout(embedded, dropout_, is_training());
-  for (size_t b = 0; b < block->size(); ++b) {
-    h = sublayer(static_cast<int64_t>(b), 0)->forward(h, {}, self_bias, cache ? &cache->self[b] : nullptr);
-    if (is_decoder_)
-      h = sublayer(static_cast<int64_t>(b), 1)->forward(h, encoder_output, cross_bias, cache ? &cache->cross[b] : nullptr);
-    h = sublayer(static_cast<int64_t>(b), is_decoder_ ? 2 : 1)->forward(h);
-  }
+  // Block b: self-attention, cross-attention (decoder), feed-forward. Cached forwards go
+  // through the runner too, so that ZeRO-3 gathers each block for generation.
+  const BindBlock bind = [this, self_bias, cross_bias, encoder_output, cache](std::size_t b) -> BlockForward {
+    return [this, b, self_bias, cross_bias, encoder_output, cache](const torch::Tensor& x) {
+      torch::Tensor h = sublayer(b, 0).forward(x, {}, self_bias, cache ? &cache->self[b] : nullptr);
+      if (is_decoder_) h = sublayer(b, 1).forward(h, encoder_output, cross_bias, cache ? &cache->cross[b] : nullptr);
+      return sublayer(b, is_decoder_ ? 2 : 1).forward(h);
+    };
+  };
+  const torch::Tensor h = run_blocks(hashed_dropout(embedded, dropout_, is_training()), bind);
   return hashed_dropout(final_layer_norm(h), dropout_, is_training());
 }
 

@@ -29,6 +29,7 @@
 #include "model/llama.h"
 #include "model/parameter_init.h"
 #include "model/t5_config.h"
+#include "model/transformer_body.h"
 
 namespace ftrain::model {
 
@@ -108,8 +109,11 @@ class T5SublayerImpl : public torch::nn::Module {
 TORCH_MODULE(T5Sublayer);
 
 // A stack of blocks (encoder or decoder) and its final layer norm; the token embedding
-// is the model's `shared`, passed in.
-class T5StackImpl : public torch::nn::Module {
+// is the model's `shared`, passed in. The blocks run through the body's loop, so dist/
+// reaches them as it reaches any family's (ZeRO-3 gathers them one by one), cached
+// forwards (generation) included. The first block's relative bias serves every block:
+// it is marked read_by_every_block, so it sits in no block's unit.
+class T5StackImpl : public TransformerBody {
  public:
   T5StackImpl(const T5Config& config, bool is_decoder);
   // embedded (B, T, C); mask (B, T) 1/0 or undefined; the decoder also reads the
@@ -123,6 +127,8 @@ class T5StackImpl : public torch::nn::Module {
   T5LayerNorm final_layer_norm{nullptr};
 
  private:
+  T5SublayerImpl& sublayer(std::size_t block_index, std::size_t layer) const;
+
   bool is_decoder_;
   double dropout_;
 };

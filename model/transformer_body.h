@@ -4,7 +4,7 @@
 // The loop is where dist/ and activation checkpointing reach the blocks from outside
 // (model/block_runner.h): with a runner installed, block i runs as runner(i, x, block),
 // otherwise as block(x), with the same result. GPT-2's transformer, the Llama family's
-// model and BERT's encoder derive from TransformerBody, so code that wraps the blocks
+// model, BERT's encoder and T5's two stacks derive from TransformerBody, so code that wraps the blocks
 // finds any family's body as a TransformerBody and never asks which family it is.
 #pragma once
 
@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,7 +30,8 @@ namespace ftrain::model {
 class TransformerBody : public torch::nn::Module {
  public:
   // The forward runs block i as runner(i, x, block) from now on; an empty runner
-  // restores the plain loop. Cached (generation) forwards never use it.
+  // restores the plain loop. The decoders' cached forwards (generation) skip it; T5's
+  // stacks run theirs through it, so that ZeRO-3 gathers each block as it decodes.
   void set_block_runner(BlockRunner runner) { block_runner_ = std::move(runner); }
 
   // The blocks in order (h.0, h.1, ... or layers.0, ...).
@@ -41,11 +43,22 @@ class TransformerBody : public torch::nn::Module {
   InputHook blocks_input;   // the embeddings on their way into the first block
   InputHook blocks_output;  // the body's output on its way out
 
+  // Whether parameter `name` (as block `index` names it) is one that a block holds but
+  // every block reads: T5's relative position bias, held by the first block and turned
+  // into a bias before the loop. It belongs to no block's unit (block_parameter_names).
+  bool read_by_every_block(std::size_t index, const std::string& name) const {
+    return read_by_every_block_.count({index, name}) != 0;
+  }
+
  protected:
   // Registers the (empty) list of blocks under `name`, Hugging Face's name for it.
   torch::nn::ModuleList register_blocks(const std::string& name) {
     blocks_ = register_module(name, torch::nn::ModuleList());
     return blocks_;
+  }
+
+  void mark_read_by_every_block(std::size_t index, std::string name) {
+    read_by_every_block_.emplace(index, std::move(name));
   }
 
   // Block i with whatever else it needs (rotary angles, masks) bound in by value: the
@@ -65,6 +78,7 @@ class TransformerBody : public torch::nn::Module {
  private:
   torch::nn::ModuleList blocks_{nullptr};
   BlockRunner block_runner_;
+  std::set<std::pair<std::size_t, std::string>> read_by_every_block_;
 };
 
 // The transformer bodies inside `root`, wherever its family put them (a classifier's
@@ -77,15 +91,18 @@ inline std::vector<TransformerBody*> transformer_bodies(torch::nn::Module& root)
 }
 
 // The names of each block's parameters as root.named_parameters() gives them, block by
-// block: the units that ZeRO gathers and reduces together.
+// block, over every body in order (an encoder's blocks, then a decoder's): the units that
+// ZeRO gathers and reduces together. Parameters read by every block are left out.
 inline std::vector<std::vector<std::string>> block_parameter_names(torch::nn::Module& root) {
   std::map<const void*, std::string> name_of;
   for (const auto& item : root.named_parameters()) name_of[item.value().unsafeGetTensorImpl()] = item.key();
   std::vector<std::vector<std::string>> names;
   for (TransformerBody* body : transformer_bodies(root)) {
-    for (const auto& block : body->blocks()) {
+    const std::vector<std::shared_ptr<torch::nn::Module>> blocks = body->blocks();
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
       names.emplace_back();
-      for (const auto& p : block->parameters()) names.back().push_back(name_of.at(p.unsafeGetTensorImpl()));
+      for (const auto& item : blocks[i]->named_parameters())
+        if (!body->read_by_every_block(i, item.key())) names.back().push_back(name_of.at(item.value().unsafeGetTensorImpl()));
     }
   }
   return names;

@@ -154,6 +154,41 @@ def test_layouts_match_one_rank(workspace, tp, dp, zero):
     assert validation_of(run)["val_bleu"] == pytest.approx(validation_of(one)["val_bleu"], abs=1e-6)
 
 
+def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace):
+    """At ZeRO-3 T5's encoder and decoder blocks are units of their own, gathered one at a
+    time (dist.prefetch = false); the root holds the embedding, the head, the final norms
+    and each stack's relative position bias, which every block reads. Bookkeeping, so
+    computed: besides the shards, the parameters held at once are the root and the largest
+    block, never the whole model. Beam-search evaluation, whose decoding steps gather the
+    blocks on both ranks, writes what one rank writes."""
+    from safetensors.numpy import load_file
+    ranks = 2
+    units = {}
+    for name, tensor in load_file(workspace["model"] / "model.safetensors").items():
+        parts = name.split(".")
+        in_block = parts[0] in ("encoder", "decoder") and parts[1] == "block"
+        unit = f"{parts[0]}{parts[2]}" if in_block and "relative_attention_bias" not in name else "root"
+        if name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+            continue  # copies of shared.weight in the file, not parameters
+        units[unit] = units.get(unit, 0) + tensor.size
+    padded = {unit: -(-n // ranks) * ranks for unit, n in units.items()}
+    blocks = [n for unit, n in padded.items() if unit != "root"]
+    assert len(blocks) == 4
+    shards = sum(padded.values()) // ranks
+    options = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false",
+               "train.eval_num_beams": 3, "train.eval_samples": 8}
+    one, sharded = workspace["root"] / "beams_one", workspace["root"] / "beams_zero3"
+    run_ftrain(1, *args(workspace, one, **options))
+    run_ftrain(ranks, *args(workspace, sharded, **options, **{"dist.zero": 3, "dist.prefetch": "false"}))
+    assert_same_steps(one, sharded, 6)
+    read = [json.loads((run / "predictions-validation.json").read_text()) for run in (one, sharded)]
+    assert read[0] == read[1] and len(read[0]) == 8
+    [record] = [r for r in records(sharded) if "memory" in r]
+    for entry in record["memory"]:
+        assert entry["parameter_bytes"] == 4 * (shards + padded["root"] + max(blocks))
+    assert 4 * (padded["root"] + max(blocks)) < 4 * sum(padded.values()) / 2  # far from whole
+
+
 def test_dropout_is_the_same_under_tensor_parallelism(workspace):
     """Hashed dropout on attention probabilities and feed-forward units draws, on each
     rank, its heads' and units' part of the one-rank mask."""
