@@ -107,4 +107,17 @@ ShardedClassifier load_zero3(model::ClassifierOptions options, Communicator& com
   return ShardedClassifier{std::move(classifier), std::move(zero)};
 }
 
+ShardedSeq2SeqLm load_zero3(model::Seq2SeqLmOptions options, Communicator& comm, c10::Device device,
+                            TensorParallelPlan& plan) {
+  std::unique_ptr<ZeroSharding> zero;
+  options.split = [&](model::Seq2SeqLm& s2s) {
+    return split_into_shards(
+        s2s.module(), [&] { return apply_tensor_parallel(s2s, comm, ParameterValues::uninitialised); }, comm, device,
+        ZeroUnitNames{}, plan, zero);
+  };
+  model::Seq2SeqLm s2s = model::Seq2SeqLm::load(options);
+  check_filled(*zero, options.path);
+  return ShardedSeq2SeqLm{std::move(s2s), std::move(zero)};
+}
+
 }  // namespace ftrain::dist

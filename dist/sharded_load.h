@@ -37,6 +37,7 @@
 #include "dist/zero.h"
 #include "model/causal_lm.h"
 #include "model/classifier.h"
+#include "model/seq2seq_lm.h"
 
 namespace ftrain::dist {
 
@@ -60,5 +61,15 @@ struct ShardedClassifier {
 // The same for a classifier, pretrained or randomly initialised.
 ShardedClassifier load_zero3(model::ClassifierOptions options, Communicator& comm, c10::Device device,
                              TensorParallelPlan& plan, model::ClassifierLoadReport* report = nullptr);
+
+struct ShardedSeq2SeqLm {
+  model::Seq2SeqLm model;               // its parameters are views of `zero`'s buffers
+  std::unique_ptr<ZeroSharding> zero;   // stage 3, every shard filled
+};
+
+// The same for an encoder-decoder (T5): each encoder and decoder block a unit, the root
+// everything else (the embedding is read by both stacks and the head, so nothing streams).
+ShardedSeq2SeqLm load_zero3(model::Seq2SeqLmOptions options, Communicator& comm, c10::Device device,
+                            TensorParallelPlan& plan);
 
 }  // namespace ftrain::dist

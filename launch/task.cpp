@@ -123,10 +123,19 @@ Task::Task(const Config& config, const data::DatasetInfo& dataset, dist::Communi
   model_->data_path = config.data.path;
   model_->max_answer_tokens = config.train.max_answer_tokens;
   if (kind_ == TaskKind::seq2seq) {
-    // Whole on every rank as it is read; tensor parallelism splits it afterwards, and at
-    // ZeRO-3 data parallelism shards it block by block.
-    model_->s2s_options = {config.model.path, pretrained, config.run.seed, config.model.dropout, skeleton};
-    model_->s2s = model::Seq2SeqLm::load(model_->s2s_options);
+    model_->s2s_options = {config.model.path, pretrained, config.run.seed, config.model.dropout, skeleton, {}};
+    if (comm && config.dist.zero == 3 && !skeleton) {
+      // Each rank reads (or draws) only its ZeRO-3 shard: each encoder and decoder block
+      // a unit, the rest the root.
+      naming_dist_tp(*comm, [&] {
+        dist::ShardedSeq2SeqLm sharded = dist::load_zero3(model_->s2s_options, *comm, comm->device(), plan_);
+        model_->s2s = std::move(sharded.model);
+        sharding_ = std::move(sharded.zero);
+      });
+    } else {
+      // Whole on every rank as it is read; tensor parallelism splits it afterwards.
+      model_->s2s = model::Seq2SeqLm::load(model_->s2s_options);
+    }
     model_->target_len = dataset.target_len;
     model_->eval_num_beams = config.train.eval_num_beams;
     if (comm && config.dist.zero == 3 && comm->dp().size() > 1) {

@@ -288,11 +288,8 @@ ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
 Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const json& raw, const std::string& source) {
   T5Config config = T5Config::from_json(raw, source);
   if (options.dropout >= 0) config.dropout_rate = options.dropout;
-  T5 model = built<T5>(config, options.skeleton, options.pretrained, options.seed, init_t5);
-  if (options.pretrained && !options.skeleton) {
-    const ModelTensors stored = read_model_tensors(options.path);
-    load_hf_state(model, stored.tensors, stored.source);
-  }
+  const bool split = options.split != nullptr && !options.skeleton;
+  T5 model = built<T5>(config, split || options.skeleton, options.pretrained, options.seed, init_t5);
   Seq2SeqLm::Parts parts;
   parts.module = model.ptr();
   parts.vocab_size = config.vocab_size;
@@ -306,7 +303,19 @@ Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const json& raw, const std
   parts.save = [model](const fs::path& dir, ExistingDirectory existing, const TensorValues& values) mutable {
     save_t5(model, dir, existing, values);
   };
-  return Seq2SeqLm(raw["model_type"].get<std::string>(), std::move(parts));
+  Seq2SeqLm s2s(raw["model_type"].get<std::string>(), std::move(parts));
+  if (split && !options.pretrained) {
+    // As decoder_lm: each process draws only the elements it holds.
+    const ParameterSlices slices = options.split(s2s);
+    draw_parameters(
+        *model, [&](const std::string& name) { return std::optional(t5_parameter_init(config, name)); },
+        options.seed, &slices);
+  } else if (options.pretrained && !options.skeleton) {
+    const std::optional<ParameterSlices> slices = split ? std::optional(options.split(s2s)) : std::nullopt;
+    const ModelTensors stored = read_model_tensors(options.path);
+    load_hf_state(model, stored.tensors, stored.source, slices ? &*slices : nullptr);
+  }
+  return s2s;
 }
 
 std::string joined(const std::vector<std::string>& items) {

@@ -17,6 +17,8 @@
 
 namespace ftrain::model {
 
+class Seq2SeqLm;
+
 struct Seq2SeqLmOptions {
   std::filesystem::path path;  // Hugging Face model directory
   bool pretrained = true;      // load the safetensors; false: fresh init from config.json
@@ -25,6 +27,10 @@ struct Seq2SeqLmOptions {
   // Built without values and without reading the weights: the parameters only describe
   // the model, for a streamed save (save() with values).
   bool skeleton = false;
+  // As CausalLmOptions::split: the model is built without initialising its values,
+  // split (its parameters cut to this process's parts, or handed to ZeRO-3 shards), and
+  // only then read or drawn, each parameter taking only its part. dist::load_zero3 sets it.
+  std::function<ParameterSlices(Seq2SeqLm&)> split = {};
 };
 
 class Seq2SeqLm {

@@ -244,7 +244,7 @@ NamedTensors to_hf_state(T5& model) {
   return state;
 }
 
-void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& source) {
+void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices) {
   std::map<std::string, torch::Tensor> parameters;
   for (const auto& item : model->named_parameters()) parameters.emplace(item.key(), item.value());
   std::map<std::string, torch::Tensor> found;
@@ -263,9 +263,11 @@ void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& so
       unexpected.push_back("'" + name + "'");
       continue;
     }
-    if (value.sizes() != parameter->second.sizes()) {
+    const std::vector<int64_t> expected =
+        slices ? slices->global_shape(name, parameter->second) : parameter->second.sizes().vec();
+    if (value.sizes() != c10::IntArrayRef(expected)) {
       misshaped.push_back("'" + name + "' is " + c10::str(value.sizes()) + ", expected " +
-                          c10::str(parameter->second.sizes()));
+                          c10::str(c10::IntArrayRef(expected)));
       continue;
     }
     if (!found.emplace(name, value).second) duplicated.push_back("'" + name + "'");
@@ -298,7 +300,14 @@ void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& so
     throw std::runtime_error(message);
   }
   torch::NoGradGuard no_grad;
-  for (const auto& [name, value] : found) parameters.at(name).copy_(value);
+  for (const auto& [name, value] : found) {
+    if (slices) {
+      slices->load(name, parameters.at(name), value);
+      release_mapped_pages(value);
+    } else {
+      parameters.at(name).copy_(value);
+    }
+  }
 }
 
 ParameterInit t5_parameter_init(const T5Config& config, const std::string& name) {

@@ -174,8 +174,11 @@ NamedTensors to_hf_state(T5& model);
 // Copies tensors named as Hugging Face stores them into the model, after checking that
 // every parameter is present once with its shape. encoder/decoder.embed_tokens.weight
 // (copies of shared.weight) and, when tied, lm_head.weight are accepted when equal to
-// shared.weight; anything else unknown is an error, all problems in one message.
-void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& source);
+// shared.weight; anything else unknown is an error, all problems in one message. With
+// `slices`, each parameter takes only its part of the stored tensor (global shapes are
+// checked), and each file tensor's pages are given back once it is copied.
+void load_hf_state(T5& model, const NamedTensors& tensors, const std::string& source,
+                   const ParameterSlices* slices = nullptr);
 
 // How parameter `name` starts in a fresh T5, as transformers initialises it (with
 // initializer_factor f): the embedding and an untied head normal(0, f); q

@@ -140,7 +140,7 @@ def test_beam_search_evaluation_matches_transformers(workspace, trained):
     assert [p["prediction"] for p in ours] == predictions
 
 
-@pytest.mark.parametrize("tp,dp,zero", [(1, 2, 0), (1, 2, 2), (1, 2, 3), (2, 1, 0), (2, 2, 1)])
+@pytest.mark.parametrize("tp,dp,zero", [(1, 2, 0), (1, 2, 2), (1, 2, 3), (2, 1, 0), (2, 2, 1), (2, 2, 3)])
 def test_layouts_match_one_rank(workspace, tp, dp, zero):
     """Data parallelism at every ZeRO stage and tensor parallelism (encoder, decoder and
     cross-attention split by heads, feed-forwards by width) train as one rank does."""
@@ -187,6 +187,17 @@ def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace):
     for entry in record["memory"]:
         assert entry["parameter_bytes"] == 4 * (shards + padded["root"] + max(blocks))
     assert 4 * (padded["root"] + max(blocks)) < 4 * sum(padded.values()) / 2  # far from whole
+
+
+@pytest.mark.parametrize("init", ["pretrained", "random"])
+def test_zero3_loads_and_draws_each_shard_as_one_rank(workspace, init):
+    """At ZeRO-3 each rank reads from the file (or draws, from the seed) only the elements
+    of its shards, block by block; the model it trains is the one one rank loads whole."""
+    short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false", "model.init": init}
+    one, sharded = workspace["root"] / f"{init}_one", workspace["root"] / f"{init}_zero3_dp2"
+    run_ftrain(1, *args(workspace, one, **short))
+    run_ftrain(2, *args(workspace, sharded, **short, **{"dist.zero": 3}))
+    assert_same_steps(one, sharded, 6)
 
 
 def test_dropout_is_the_same_under_tensor_parallelism(workspace):
