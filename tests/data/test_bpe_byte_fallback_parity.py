@@ -11,16 +11,13 @@ added tokens. The C++ side runs through the tokenize_dump tool, built beside thi
 
 import copy
 import json
-import os
 import random
-import subprocess
-from pathlib import Path
 
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
-TOOL = BUILD_DIR / "tests" / "data" / "tokenize_dump"
+from tokenize_dump_client import TOOL, assert_same, info, run_cpp
+
 SPECIALS = ["<unk>", "<s>", "</s>"]
 BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]
 
@@ -143,24 +140,6 @@ def directories(tmp_path_factory):
     return result
 
 
-def run_tool(model_dir, *args):
-    result = subprocess.run([str(TOOL), str(model_dir), *map(str, args)], capture_output=True, timeout=120)
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    return json.loads(result.stdout)
-
-
-def run_cpp(model_dir, mode, payload, tmp_path):
-    payload_file = tmp_path / f"{mode}-{random.random()}.json"
-    payload_file.write_text(json.dumps(payload), encoding="utf-8")
-    return run_tool(model_dir, mode, payload_file)
-
-
-def assert_same(actual, expected, inputs):
-    assert len(actual) == len(expected)
-    mismatches = [(i, a, e) for i, a, e in zip(inputs, actual, expected) if a != e]
-    assert not mismatches, f"{len(mismatches)} of {len(inputs)} differ, first: {mismatches[0]!r}"
-
-
 def reference_ids(tokenizer, texts):
     return [encoding.ids for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
@@ -174,7 +153,7 @@ def test_encode_matches(directories, texts, tmp_path, variant):
     directory, reference = directories[variant]
     expected = reference_ids(reference, texts)
     assert_same(run_cpp(directory, "encode", texts, tmp_path), expected, texts)
-    assert run_tool(directory, "info")["vocab_size"] == reference.get_vocab_size()
+    assert info(directory)["vocab_size"] == reference.get_vocab_size()
 
 
 def test_byte_fallback_and_unknowns_are_exercised(directories, texts):
@@ -254,8 +233,8 @@ def test_added_tokens_match(directories, texts, tmp_path):
 
 def test_info_names_llama_special_tokens(directories):
     directory, reference = directories["llama2"]
-    info = run_tool(directory, "info")
-    assert info["kind"] == "SentencePiece-style BPE"
-    ids = info["special_ids"]
+    described = info(directory)
+    assert described["kind"] == "SentencePiece-style BPE"
+    ids = described["special_ids"]
     assert (ids["bos"], ids["eos"], ids["unk"]) == tuple(reference.token_to_id(t) for t in ["<s>", "</s>", "<unk>"])
-    assert (info["added_single"], info["added_pair"]) == (1, 2)
+    assert (described["added_single"], described["added_pair"]) == (1, 2)

