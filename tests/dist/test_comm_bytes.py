@@ -1,7 +1,7 @@
 """comm_bytes, which ftrain counts from each collective's size, against the bytes Open
 MPI's point-to-point layer actually sent, measured by its monitoring component
-(pml_monitoring_enable, printed per rank and peer at MPI_Finalize, on standard output
-under mpirun). Collectives reach
+(pml_monitoring_enable, printed per rank and peer at MPI_Finalize, each rank's output
+kept in a file of its own). Collectives reach
 that layer as the messages their algorithm sends, so the count is checked against what
 moved between the processes.
 
@@ -48,14 +48,18 @@ def workspace(tmp_path_factory):
     return {"root": root, "data": prepare_corpus(root, 200), "model": tiny_gpt2(root / "model")}
 
 
-def sent_by_rank(output):
+def sent_by_rank(output_dir):
     """{rank: bytes it sent to every peer}, from the monitoring lines 'E|I <tab> rank
-    <tab> peer <tab> N bytes <tab> ...' (E: user point-to-point, I: inside collectives)."""
+    <tab> peer <tab> N bytes <tab> ...' (E: user point-to-point, I: inside collectives)
+    that each rank prints at MPI_Finalize. Each rank's output is read from its own file
+    (mpirun --output-filename): on one shared pipe, lines of ranks finishing together can
+    interleave and a rank's count come out short."""
     sent = {}
-    for line in output.splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 4 and fields[0] in ("E", "I") and (match := re.fullmatch(r"(\d+) bytes", fields[3])):
-            sent[int(fields[1])] = sent.get(int(fields[1]), 0) + int(match.group(1))
+    for path in sorted(output_dir.glob("*/rank.*/std*")):
+        for line in path.read_text(errors="replace").splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 4 and fields[0] in ("E", "I") and (match := re.fullmatch(r"(\d+) bytes", fields[3])):
+                sent[int(fields[1])] = sent.get(int(fields[1]), 0) + int(match.group(1))
     return sent
 
 
@@ -66,10 +70,12 @@ def monitored_run(ws, name, steps, layout):
                "train.eval_every": 0, "optim.warmup_steps": 0, "checkpoint.every": 0, "checkpoint.at_end": "false",
                "checkpoint.export_hf": "false", **layout}
     env = {**ENV, "OMPI_MCA_pml_monitoring_enable": "1", "OMPI_MCA_pml_monitoring_enable_output": "1"}
-    result = subprocess.run(command(RANKS, *as_options(options)), capture_output=True, text=True, timeout=TIMEOUT,
-                            env=env)
+    output_dir = ws["root"] / f"{name}_{steps}_output"
+    mpirun, *rest = command(RANKS, *as_options(options))
+    result = subprocess.run([mpirun, "--output-filename", str(output_dir), *rest], capture_output=True, text=True,
+                            timeout=TIMEOUT, env=env)
     assert result.returncode == 0, result.stderr
-    sent = sent_by_rank(result.stdout + result.stderr)
+    sent = sent_by_rank(output_dir)
     assert sorted(sent) == list(range(RANKS)), f"no monitoring output for every rank:\n{result.stderr[-3000:]}"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     counted = {r["comm_bytes"] for r in records if "comm_bytes" in r}
