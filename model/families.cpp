@@ -133,6 +133,25 @@ struct LlamaTraits {
   }
 };
 
+// The values of a model built without them, for a causal or sequence-to-sequence
+// model: `handle` wraps `model`, and options.split (when `split`) cuts it first, so each
+// parameter gets only the part this process holds. Random: each element's value depends
+// on (seed, name, index) alone (model/parameter_init.h), so a process draws only its
+// elements; a split without take_at draws the whole value and keeps its part, one
+// parameter at a time. Pretrained: each parameter reads only its part of the files.
+template <typename Model, typename Handle, typename Options, typename InitOf>
+void fill_values(Model& model, Handle& handle, const Options& options, bool split, const InitOf& init_of) {
+  if (split && !options.pretrained) {
+    const ParameterSlices slices = options.split(handle);
+    draw_parameters(
+        *model, [&](const std::string& name) { return std::optional(init_of(name)); }, options.seed, &slices);
+  } else if (options.pretrained && !options.skeleton) {
+    const std::optional<ParameterSlices> slices = split ? std::optional(options.split(handle)) : std::nullopt;
+    const ModelTensors stored = read_model_tensors(options.path);
+    load_hf_state(model, stored.tensors, stored.source, slices ? &*slices : nullptr);
+  }
+}
+
 template <typename Traits>
 CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::string& source) {
   using Model = typename Traits::Model;
@@ -167,20 +186,8 @@ CausalLm decoder_lm(const CausalLmOptions& options, const json& raw, const std::
     Traits::save(model, dir, existing, values);
   };
   CausalLm lm(raw["model_type"].get<std::string>(), std::move(parts));
-  if (split && !options.pretrained) {
-    // Split first, then each parameter draws only the elements this process holds (each
-    // element's value depends on (seed, name, index) alone: model/parameter_init.h); a
-    // split without take_at draws the whole value and keeps its part, one at a time.
-    const ParameterSlices slices = options.split(lm);
-    draw_parameters(
-        *model, [&](const std::string& name) { return std::optional(Traits::parameter_init(config, name)); },
-        options.seed, &slices);
-  } else if (options.pretrained && !options.skeleton) {
-    // Split first when asked (CausalLmOptions::split), so each parameter reads only its part.
-    const std::optional<ParameterSlices> slices = split ? std::optional(options.split(lm)) : std::nullopt;
-    const ModelTensors stored = read_model_tensors(options.path);
-    load_hf_state(model, stored.tensors, stored.source, slices ? &*slices : nullptr);
-  }
+  fill_values(model, lm, options, split,
+              [&](const std::string& name) { return Traits::parameter_init(config, name); });
   return lm;
 }
 
@@ -304,17 +311,7 @@ Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const json& raw, const std
     save_t5(model, dir, existing, values);
   };
   Seq2SeqLm s2s(raw["model_type"].get<std::string>(), std::move(parts));
-  if (split && !options.pretrained) {
-    // As decoder_lm: each process draws only the elements it holds.
-    const ParameterSlices slices = options.split(s2s);
-    draw_parameters(
-        *model, [&](const std::string& name) { return std::optional(t5_parameter_init(config, name)); },
-        options.seed, &slices);
-  } else if (options.pretrained && !options.skeleton) {
-    const std::optional<ParameterSlices> slices = split ? std::optional(options.split(s2s)) : std::nullopt;
-    const ModelTensors stored = read_model_tensors(options.path);
-    load_hf_state(model, stored.tensors, stored.source, slices ? &*slices : nullptr);
-  }
+  fill_values(model, s2s, options, split, [&](const std::string& name) { return t5_parameter_init(config, name); });
   return s2s;
 }
 
