@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   // comes and goes once a step, would otherwise leave a hole the heap never gives back
   // (GPT-2 124M at ZeRO-3 on 8 ranks: 0.7 fp32 models more per rank in every step,
   // bench/RESULTS.md), and its page faults are small beside the step that made it.
+  // run.host_memory = release maps far smaller blocks too (below).
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   ftrain::dist::MpiSession mpi(argc, argv);
@@ -38,6 +39,13 @@ int main(int argc, char** argv) {
     if (!ftrain::launch::parse_config(argc, argv, config, help)) {
       if (rank == 0) std::cout << help;
       return 0;
+    }
+    if (config.run.host_memory == ftrain::launch::HostMemory::release) {
+      // Every block of 128 KiB or more is mapped from the kernel and unmapped when
+      // freed, so a step's transients leave the process and only small objects stay in
+      // the heap, where blocks of other sizes no longer fragment it. A page fault per
+      // 4 KiB written is the price (bench/RESULTS.md, "run.host_memory").
+      mallopt(M_MMAP_THRESHOLD, 128 << 10);
     }
     auto comm = ftrain::dist::Communicator::create(config.dist);
     return ftrain::launch::run_training(config, comm);

@@ -32,6 +32,7 @@ template <typename E>
 using Names = std::vector<std::pair<const char*, E>>;
 
 const Names<ModelInit> kModelInits = {{"pretrained", ModelInit::pretrained}, {"random", ModelInit::random}};
+const Names<HostMemory> kHostMemory = {{"reuse", HostMemory::reuse}, {"release", HostMemory::release}};
 const Names<Precision> kPrecisions = {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}, {"fp16", Precision::fp16}};
 const Names<ReduceDtype> kReduceDtypes = {{"fp32", ReduceDtype::fp32}, {"bf16", ReduceDtype::bf16}};
 const Names<Decay> kDecays = {{"cosine", Decay::cosine}, {"linear", Decay::linear}, {"constant", Decay::constant}};
@@ -140,7 +141,12 @@ std::vector<Section> describe(Config& c) {
       .add("log_samples", &c.run.log_samples,
            "each data-parallel rank appends, per step, the dataset rows it trained on to "
            "<run.dir>/samples/dp_N.jsonl ({step, start, dp_rank, dp_size, rows}; start = the step this process began "
-           "at), to check that a resumed or resharded run sees every sample once");
+           "at), to check that a resumed or resharded run sees every sample once")
+      .choice("host_memory", &c.run.host_memory, kHostMemory,
+              "host memory a step frees: kept in the heap for the next step (the fastest steps on the CPU), or every "
+              "block of 128 KiB or more given back to the system (the lowest resident peak: with ZeRO-3 and "
+              "dist.prefetch = false, dist.overlap = false, train.activation_checkpointing = true, "
+              "checkpoint.async = false, the least memory ftrain can train in)");
 
   sections.emplace_back("model", "[model] the starting weights");
   sections.back()

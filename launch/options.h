@@ -19,6 +19,12 @@
 
 namespace ftrain::launch {
 
+// run.host_memory: what becomes of host memory a step frees.
+enum class HostMemory {
+  reuse,    // kept in the heap, where the next step reuses it: the fastest steps on the CPU
+  release,  // blocks of 128 KiB or more given back to the system: the lowest resident peak
+};
+
 // [run]: where the run lives and how it starts.
 struct RunOptions {
   std::string dir;              // run directory: config, metrics, checkpoints
@@ -31,6 +37,7 @@ struct RunOptions {
   int64_t profile_from = 0;     // first step traced by the PyTorch profiler (1-based); 0 = off
   int64_t profile_steps = 3;    // steps traced from profile_from
   bool log_samples = false;     // each data-parallel rank appends its steps' dataset rows to <dir>/samples/
+  HostMemory host_memory = HostMemory::reuse;  // where freed host memory goes (launch/main.cpp)
   void validate() const;
 };
 

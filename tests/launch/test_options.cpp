@@ -113,6 +113,7 @@ BOOST_AUTO_TEST_CASE(inconsistent_combinations_name_the_key) {
   check({"--dist.zero=4"}, "dist.zero");
   check({"--train.precision=fp8"}, "train.precision");
   check({"--data.packing=packed"}, "data.packing");
+  check({"--run.host_memory=free"}, "run.host_memory");
   check({"--train.reduce_dtype=fp16"}, "train.reduce_dtype");
   check({"--train.steps=0"}, "train.steps");
   check({"--run.profile_from=-1"}, "run.profile_from");
@@ -278,9 +279,10 @@ BOOST_AUTO_TEST_CASE(resolved_ini_reads_back_as_the_same_config) {
   // What a checkpoint stores is enough to rebuild the run's configuration.
   auto ini = write_ini("resolved", kMinimal + "[train]\nsteps = 7\ntest_split =\n[checkpoint]\nexport_hf = false\n");
   Config original;
-  BOOST_REQUIRE(parse({"--config", ini.string(), "--optim.lr=2e-4"}, original));
+  BOOST_REQUIRE(parse({"--config", ini.string(), "--optim.lr=2e-4", "--run.host_memory=release"}, original));
   const Config rebuilt = ftrain::launch::parse_config_text(original.resolved_ini, "checkpoint step_7");
   BOOST_TEST(rebuilt.resolved_ini == original.resolved_ini);
+  BOOST_TEST((rebuilt.run.host_memory == ftrain::launch::HostMemory::release));
   BOOST_TEST(rebuilt.train.steps == 7);
   BOOST_TEST(rebuilt.train.test_split.empty());
   BOOST_TEST(!rebuilt.checkpoint.export_hf);
