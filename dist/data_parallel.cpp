@@ -132,6 +132,7 @@ class ShardedDataParallel final : public DataParallel {
   }
   void after_evaluation() override { zero_->release(); }
   void after_load() override { zero_->gather_parameters(); }
+  void release_gradients() override { zero_->release_gradients(); }
   at::Tensor whole_parameter(const std::string& name) override { return zero_->gather_parameter(name); }
   const ZeroSharding::RowShards* vocabulary_rows(const std::string& name) const override {
     return zero_->row_shards(name);

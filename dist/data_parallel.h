@@ -88,6 +88,10 @@ class DataParallel {
     (void)name;
     return nullptr;
   }
+  // Training is over: frees the memory of the gradients where the kind holds them apart
+  // from the parameters (sharded: an export may have it). Nothing may read or
+  // accumulate gradients afterwards. No communication.
+  virtual void release_gradients() {}
   // Parameter `name`'s whole value (its tensor-parallel part), on every rank.
   // Collective where parameters are sharded; one tensor's memory.
   virtual at::Tensor whole_parameter(const std::string& name) = 0;

@@ -649,6 +649,26 @@ void ZeroSharding::release() {
   for (size_t u = 0; u < units_.size(); ++u) free_params(u);
 }
 
+void ZeroSharding::release_gradients() {
+  finish_reduction();
+  if (stage_ == 1) {
+    for (Unit& unit : units_) {
+      count_gradients(-static_cast<std::int64_t>(unit.full_grads.storage().nbytes()));
+      release_storage(unit.full_grads);
+    }
+    return;
+  }
+  for (size_t u = 0; u < units_.size(); ++u) {
+    if (!units_[u].grads_held) continue;
+    release_storage(units_[u].full_grads);
+    units_[u].grads_held = false;
+    count_gradients(-bytes_of(units_[u].full_grads));
+  }
+  if (!shard_grads_.defined()) return;
+  count_gradients(-static_cast<std::int64_t>(shard_grads_.storage().nbytes()));
+  release_storage(shard_grads_);
+}
+
 // ---------------------------------------------------------------------------------
 // After backward
 

@@ -218,6 +218,10 @@ class ZeroSharding {
   void reduce_gradients();
   // Stage 3: frees every gathered unit (after an evaluation). No-op at stages 1 and 2.
   void release();
+  // Training is over: frees the gradients' memory (stages 2, 3: the shard's reduced
+  // gradients; stage 1: every unit's full gradients), for an export to have it. Nothing
+  // may read or accumulate gradients afterwards. No communication.
+  void release_gradients();
 
   // The dtype gradients are reduce-scattered in (e.g. bf16 for fp32 gradients, to
   // halve the bytes); the shard gradients keep the parameters' dtype. None: theirs.

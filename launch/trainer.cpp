@@ -327,9 +327,11 @@ class Trainer {
     }
     const int64_t weights_step = best ? early.best_step() : step_;
     evaluator_->test(weights_step);
-    // Training is over and its checkpoints committed: the optimizer's moments are not
-    // needed again, and the export may have their memory (half of ZeRO-3's state).
+    // Training is over and its checkpoints committed: the optimizer's moments and the
+    // gradients are not needed again, and the export may have their memory (three
+    // quarters of ZeRO-3's state).
     optimizer_.reset();
+    data_parallel_->release_gradients();
     enter_phase("export");
     Watchdog::Scope watched(watchdog_, "exporting the model to " + config_.run.dir + "/final and ending the run");
     if (config_.checkpoint.export_hf) export_final(config_, *task_, *data_parallel_, plan_, comm_, weights_step);
