@@ -15,7 +15,8 @@ column is the training state per rank: weights, gradients and two AdamW moments,
 16 psi bytes, divided as the stage divides them (ZeRO-1: the moments; ZeRO-2: also the
 gradients; ZeRO-3: everything). --set passes ftrain options to both jobs (for the
 1.1B model: --set dist.prefetch=false --set dist.overlap=false
---set train.activation_checkpointing=true, the least memory). The last two columns are the bytes the resume read
+--set train.activation_checkpointing=true --set checkpoint.async=false
+--set run.host_memory=release, the least memory). The last two columns are the bytes the resume read
 (the most on any rank, from /proc/self/io, minus the tiny GPT-2's) and what its part
 of the saved weights and AdamW moments is: all 3 M at ZeRO-0, its shard at ZeRO 1-3.
 """
