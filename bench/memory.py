@@ -3,21 +3,21 @@ data-parallel size, as a multiple of the model's fp32 bytes M, beside the sharde
 training state the layout predicts. Prints one Markdown table and writes it, with every
 measurement, to the output directory.
 
-    bench/memory.py [--model gpt2-124m|llama-124m|gpt2-26m|tinyllama-1.1b] [--stages 0,1,2,3]
+    bench/memory.py [--model gpt2-124m|llama-124m|gpt2-26m|tinyllama-1.1b|t5-small] [--stages 0,1,2,3]
                     [--dp 1,2,4,8] [--out DIR] [--set KEY=VALUE ...]
 
 Each cell is one job on CPU ranks (oversubscribed): 2 steps saved at the end and
 exported, then resumed for a third step. A rank's peak in a phase is its resident set's
 high-water mark in that phase (metrics.jsonl's memory_phases, read from /proc); the
-table shows the largest over the ranks minus the same job on a tiny GPT-2, which
-holds what LibTorch, MPI and the allocator cost whatever the model. The predicted
+table shows the largest over the ranks minus the same job on a tiny GPT-2 (a tiny T5
+for T5), which holds what LibTorch, MPI and the allocator cost whatever the model. The predicted
 column is the training state per rank: weights, gradients and two AdamW moments,
 16 psi bytes, divided as the stage divides them (ZeRO-1: the moments; ZeRO-2: also the
 gradients; ZeRO-3: everything). --set passes ftrain options to both jobs (for the
 1.1B model: --set dist.prefetch=false --set dist.overlap=false
 --set train.activation_checkpointing=true --set checkpoint.async=false
 --set run.host_memory=release, the least memory). The last two columns are the bytes the resume read
-(the most on any rank, from /proc/self/io, minus the tiny GPT-2's) and what its part
+(the most on any rank, from /proc/self/io, minus the tiny model's) and what its part
 of the saved weights and AdamW moments is: all 3 M at ZeRO-0, its shard at ZeRO 1-3.
 """
 import argparse
@@ -54,6 +54,14 @@ def make_model(name, directory):
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
             num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False))
+    elif name == "t5-tiny":
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=1024, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
+            pad_token_id=0, eos_token_id=1))
+    elif name == "t5-small":  # t5-small's shape (T5 v1.0: one embedding shared by both stacks and the head)
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8, decoder_start_token_id=0,
+            pad_token_id=0, eos_token_id=1))
     elif name == "llama-124m":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
@@ -61,6 +69,25 @@ def make_model(name, directory):
     else:
         raise SystemExit(f"bench/memory.py: unknown model '{name}'")
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="20GB")  # one file
+
+
+def make_seq2seq_data(path, vocab_size, seq_len, target_len, rows):
+    """A sequence-to-sequence dataset (docs/dataset-format.md) of random token rows."""
+    import h5py
+    import numpy as np
+    if path.exists():
+        return
+    rng = np.random.default_rng(0)
+    tmp = path.with_suffix(".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(format="ftrain.tokens", format_version=1, seq_len=seq_len, vocab_size=vocab_size, eos_id=1,
+                       pad_id=0, tokenizer="random tokens (bench/memory.py)", task="seq2seq", target_len=target_len)
+        split = f.create_group("train")
+        split.attrs["num_documents"] = rows
+        split["input_ids"] = rng.integers(2, vocab_size, (rows, seq_len), dtype=np.int32)
+        split["attention_mask"] = np.ones((rows, seq_len), dtype=np.uint8)
+        split["labels"] = rng.integers(2, vocab_size, (rows, target_len), dtype=np.int64)
+    tmp.rename(path)
 
 
 def predicted(stage, dp):
@@ -118,7 +145,7 @@ def run_job(work, model, data, stage, dp, extra_options=()):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gpt2-124m",
-                        choices=["gpt2-124m", "llama-124m", "gpt2-26m", "tinyllama-1.1b"])
+                        choices=["gpt2-124m", "llama-124m", "gpt2-26m", "tinyllama-1.1b", "t5-small"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an ftrain option for every job, e.g. dist.prefetch=false")
     parser.add_argument("--stages", default="0,1,2,3")
@@ -130,15 +157,21 @@ def main():
     work = args.out
     work.mkdir(parents=True, exist_ok=True)
 
-    model, tiny = work / args.model, work / "gpt2-tiny"
+    # The baseline runs the same code: a tiny T5 for T5, a tiny GPT-2 otherwise.
+    seq2seq = args.model.startswith("t5")
+    model, tiny = work / args.model, work / ("t5-tiny" if seq2seq else "gpt2-tiny")
     make_model(args.model, model)
-    make_model("gpt2-tiny", tiny)
+    make_model(tiny.name, tiny)
     parameters, _, _, vocab = compare.model_shape(model)
     model_bytes = 4 * parameters
-    data = work / f"tokens-{vocab}.h5"
-    compare.make_data(data, "causal_lm", vocab, SEQ_LEN, 256)
-    tiny_data = work / "tokens-1024.h5"
-    compare.make_data(tiny_data, "causal_lm", 1024, SEQ_LEN, 256)
+    if seq2seq:
+        data, tiny_data = work / f"pairs-{vocab}.h5", work / "pairs-1024.h5"
+        make_seq2seq_data(data, vocab, SEQ_LEN, SEQ_LEN // 2, 256)
+        make_seq2seq_data(tiny_data, 1024, SEQ_LEN, SEQ_LEN // 2, 256)
+    else:
+        data, tiny_data = work / f"tokens-{vocab}.h5", work / "tokens-1024.h5"
+        compare.make_data(data, "causal_lm", vocab, SEQ_LEN, 256)
+        compare.make_data(tiny_data, "causal_lm", 1024, SEQ_LEN, 256)
 
     rows, raw = [], {}
     for stage in stages:
