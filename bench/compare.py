@@ -104,7 +104,9 @@ def model_shape(directory):
 
 def make_data(path, task, vocab_size, seq_len, rows):
     """An ftrain dataset (docs/dataset-format.md) of random token rows; classification
-    rows get random labels of two classes. Speed does not depend on the token values."""
+    rows get random labels of two classes, seq2seq rows a random target of seq_len / 2
+    tokens (T5's ids: padding 0, end of text 1). Speed does not depend on the token
+    values."""
     import h5py
     import numpy as np
     if path.exists():
@@ -112,17 +114,24 @@ def make_data(path, task, vocab_size, seq_len, rows):
     rng = np.random.default_rng(0)
     tmp = path.with_suffix(".tmp")
     with h5py.File(tmp, "w") as f:
+        seq2seq = task == "seq2seq"
         f.attrs.update(format="ftrain.tokens", format_version=1, seq_len=seq_len, vocab_size=vocab_size,
-                       eos_id=-1, pad_id=-1, tokenizer="random tokens (bench/compare.py)", task=task)
+                       eos_id=1 if seq2seq else -1, pad_id=0 if seq2seq else -1,
+                       tokenizer="random tokens (bench/compare.py)", task=task)
         if task == "sequence_classification":
             f.attrs.update(label_names=json.dumps(["negative", "positive"]), num_labels=2)
+        if seq2seq:
+            f.attrs["target_len"] = seq_len // 2
         split = f.create_group("train")
         split.attrs["num_documents"] = rows
         # BERT vocabularies keep their first ids for special tokens; stay above them.
-        low = 1000 if task == "sequence_classification" else 0
+        low = 1000 if task == "sequence_classification" else 2 if seq2seq else 0
         split["input_ids"] = rng.integers(low, vocab_size, (rows, seq_len), dtype=np.int32)
         if task == "sequence_classification":
             split["labels"] = rng.integers(0, 2, rows, dtype=np.int64)
+        if seq2seq:
+            split["attention_mask"] = np.ones((rows, seq_len), dtype=np.uint8)
+            split["labels"] = rng.integers(low, vocab_size, (rows, seq_len // 2), dtype=np.int64)
     tmp.rename(path)
 
 

@@ -10,8 +10,8 @@ Each cell is one job on CPU ranks (oversubscribed): 2 steps saved at the end and
 exported, then resumed for a third step. A rank's peak in a phase is its resident set's
 high-water mark in that phase (metrics.jsonl's memory_phases, read from /proc); the
 table shows the largest over the ranks minus the same job on a tiny GPT-2 (a tiny T5
-for T5), which holds what LibTorch, MPI and the allocator cost whatever the model. The predicted
-column is the training state per rank: weights, gradients and two AdamW moments,
+for T5), which holds what LibTorch, MPI and the allocator cost whatever the model. The
+predicted column is the training state per rank: weights, gradients and two AdamW moments,
 16 psi bytes, divided as the stage divides them (ZeRO-1: the moments; ZeRO-2: also the
 gradients; ZeRO-3: everything). --set passes ftrain options to both jobs (for the
 1.1B model: --set dist.prefetch=false --set dist.overlap=false
@@ -69,25 +69,6 @@ def make_model(name, directory):
     else:
         raise SystemExit(f"bench/memory.py: unknown model '{name}'")
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="20GB")  # one file
-
-
-def make_seq2seq_data(path, vocab_size, seq_len, target_len, rows):
-    """A sequence-to-sequence dataset (docs/dataset-format.md) of random token rows."""
-    import h5py
-    import numpy as np
-    if path.exists():
-        return
-    rng = np.random.default_rng(0)
-    tmp = path.with_suffix(".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update(format="ftrain.tokens", format_version=1, seq_len=seq_len, vocab_size=vocab_size, eos_id=1,
-                       pad_id=0, tokenizer="random tokens (bench/memory.py)", task="seq2seq", target_len=target_len)
-        split = f.create_group("train")
-        split.attrs["num_documents"] = rows
-        split["input_ids"] = rng.integers(2, vocab_size, (rows, seq_len), dtype=np.int32)
-        split["attention_mask"] = np.ones((rows, seq_len), dtype=np.uint8)
-        split["labels"] = rng.integers(2, vocab_size, (rows, target_len), dtype=np.int64)
-    tmp.rename(path)
 
 
 def predicted(stage, dp):
@@ -164,14 +145,10 @@ def main():
     make_model(tiny.name, tiny)
     parameters, _, _, vocab = compare.model_shape(model)
     model_bytes = 4 * parameters
-    if seq2seq:
-        data, tiny_data = work / f"pairs-{vocab}.h5", work / "pairs-1024.h5"
-        make_seq2seq_data(data, vocab, SEQ_LEN, SEQ_LEN // 2, 256)
-        make_seq2seq_data(tiny_data, 1024, SEQ_LEN, SEQ_LEN // 2, 256)
-    else:
-        data, tiny_data = work / f"tokens-{vocab}.h5", work / "tokens-1024.h5"
-        compare.make_data(data, "causal_lm", vocab, SEQ_LEN, 256)
-        compare.make_data(tiny_data, "causal_lm", 1024, SEQ_LEN, 256)
+    task, prefix = ("seq2seq", "pairs") if seq2seq else ("causal_lm", "tokens")
+    data, tiny_data = work / f"{prefix}-{vocab}.h5", work / f"{prefix}-1024.h5"
+    compare.make_data(data, task, vocab, SEQ_LEN, 256)
+    compare.make_data(tiny_data, task, 1024, SEQ_LEN, 256)
 
     rows, raw = [], {}
     for stage in stages:
