@@ -304,6 +304,11 @@ Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const json& raw, const std
   parts.logits = [model](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& labels) mutable {
     return model->forward(ids, mask, model->shift_right(labels));
   };
+  parts.head_input = [model](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& labels) mutable {
+    return model->head_input(model->shift_right(labels), model->encode(ids, mask), mask);
+  };
+  parts.head_weight_name = config.tie_word_embeddings ? "shared.weight" : "lm_head.weight";
+  parts.ties_embeddings = config.tie_word_embeddings;
   parts.generate = [model](const at::Tensor& ids, const at::Tensor& mask, const Seq2SeqGenerationOptions& o) mutable {
     return generate(model, ids, mask, o);
   };

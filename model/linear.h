@@ -24,6 +24,7 @@
 #include <utility>
 
 #include "model/dropout.h"
+#include "model/logits.h"
 
 namespace ftrain::model {
 
@@ -127,11 +128,13 @@ class Linear : public torch::nn::ModuleHolder<torch::nn::LinearImpl> {
   LinearImpl* styled() const { return dynamic_cast<LinearImpl*>(ptr().get()); }
 };
 
-// How the token embedding looks rows up in its (sharded) weight:
-// (...) int64 ids -> (..., C).
+// How the token embedding looks rows up in its (sharded) weight: (...) int64 ids ->
+// (..., C); and, for a head tied to it, how it scores hidden states against every row:
+// (..., C) -> (..., V). A style without `logits` serves look-ups only.
 struct EmbeddingStyle {
   std::string name;
   std::function<torch::Tensor(const torch::Tensor& ids, const torch::Tensor& weight)> forward;
+  std::function<torch::Tensor(const torch::Tensor& hidden, const torch::Tensor& weight)> logits = {};
 };
 
 // A token embedding, as torch::nn::EmbeddingImpl unless a style was set.
@@ -150,6 +153,15 @@ class EmbeddingImpl : public torch::nn::EmbeddingImpl {
   torch::Tensor forward(const torch::Tensor& ids) {
     if (style_.forward) return style_.forward(ids, weight);
     return torch::nn::EmbeddingImpl::forward(ids);
+  }
+
+  // The tied head's logits: (..., C) hidden states -> (..., V), hidden W^T.
+  // Throws std::logic_error when the style looks rows up but cannot score them.
+  torch::Tensor logits(const torch::Tensor& hidden) {
+    if (style_.logits) return style_.logits(hidden, weight);
+    if (style_.forward)
+      throw std::logic_error("ftrain::model::Embedding: " + style_.name + " serves look-ups only, not a tied head");
+    return vocab_logits(hidden, weight);
   }
 
   // Throws std::logic_error when a style is already set.

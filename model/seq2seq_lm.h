@@ -44,6 +44,11 @@ class Seq2SeqLm {
     // (B, T, V): each position's next-token logits, the decoder reading the labels
     // shifted right.
     std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)> logits;
+    // The same inputs -> (B, T, C): what the head reads to give those logits, for a loss
+    // that computes the head itself (ZeRO-3 streams its rows: dist/streamed_vocab.h).
+    std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)> head_input;
+    std::string head_weight_name;  // the head's (V, C) weight, the embedding's when tied
+    bool ties_embeddings = false;
     std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const Seq2SeqGenerationOptions&)> generate;
     std::function<void(const std::filesystem::path&, ExistingDirectory, const TensorValues&)> save;
   };
@@ -58,9 +63,14 @@ class Seq2SeqLm {
   const std::string& family() const { return family_; }
   int64_t vocab_size() const { return parts_.vocab_size; }
   int64_t pad_token_id() const { return parts_.pad_token_id; }
+  const std::string& head_weight_name() const { return parts_.head_weight_name; }
+  bool ties_embeddings() const { return parts_.ties_embeddings; }
 
   at::Tensor logits(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& labels) const {
     return parts_.logits(input_ids, attention_mask, labels);
+  }
+  at::Tensor head_input(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& labels) const {
+    return parts_.head_input(input_ids, attention_mask, labels);
   }
   // (B, 1 + N) on the CPU, as model/seq2seq_generation.h's generate().
   at::Tensor generate(const at::Tensor& input_ids, const at::Tensor& attention_mask,

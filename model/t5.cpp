@@ -217,12 +217,20 @@ torch::Tensor T5Impl::encode(const torch::Tensor& input_ids, const torch::Tensor
   return encoder(shared(input_ids), attention_mask);
 }
 
+torch::Tensor T5Impl::head_input(const torch::Tensor& decoder_input_ids, const torch::Tensor& encoder_output,
+                                 const torch::Tensor& attention_mask, const torch::Tensor& decoder_attention_mask,
+                                 T5Cache* cache) {
+  torch::Tensor h = decoder(shared(decoder_input_ids), decoder_attention_mask, encoder_output, attention_mask, cache);
+  if (config_.scale_decoder_outputs) h = h * std::pow(static_cast<double>(config_.d_model), -0.5);
+  return h;
+}
+
+torch::Tensor T5Impl::head(const torch::Tensor& hidden) { return lm_head ? lm_head(hidden) : shared->logits(hidden); }
+
 torch::Tensor T5Impl::decode(const torch::Tensor& decoder_input_ids, const torch::Tensor& encoder_output,
                              const torch::Tensor& attention_mask, const torch::Tensor& decoder_attention_mask,
                              T5Cache* cache) {
-  torch::Tensor h = decoder(shared(decoder_input_ids), decoder_attention_mask, encoder_output, attention_mask, cache);
-  if (config_.scale_decoder_outputs) h = h * std::pow(static_cast<double>(config_.d_model), -0.5);
-  return lm_head ? lm_head(h) : torch::nn::functional::linear(h, shared->weight);
+  return head(head_input(decoder_input_ids, encoder_output, attention_mask, decoder_attention_mask, cache));
 }
 
 torch::Tensor T5Impl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,

@@ -145,6 +145,13 @@ class T5Impl : public torch::nn::Module {
   torch::Tensor decode(const torch::Tensor& decoder_input_ids, const torch::Tensor& encoder_output,
                        const torch::Tensor& attention_mask = {}, const torch::Tensor& decoder_attention_mask = {},
                        T5Cache* cache = nullptr);
+  // What decode() hands the head: the decoder's output (B, T, C), scaled by d_model^-0.5
+  // when the head is tied (scale_decoder_outputs).
+  torch::Tensor head_input(const torch::Tensor& decoder_input_ids, const torch::Tensor& encoder_output,
+                           const torch::Tensor& attention_mask = {}, const torch::Tensor& decoder_attention_mask = {},
+                           T5Cache* cache = nullptr);
+  // (..., C) -> (..., V): lm_head, or the embedding's rows when tied.
+  torch::Tensor head(const torch::Tensor& hidden);
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                         const torch::Tensor& decoder_input_ids, const torch::Tensor& decoder_attention_mask = {});
 
