@@ -67,8 +67,9 @@ struct ShardedSeq2SeqLm {
   std::unique_ptr<ZeroSharding> zero;   // stage 3, every shard filled
 };
 
-// The same for an encoder-decoder (T5): each encoder and decoder block a unit, the root
-// everything else (the embedding is read by both stacks and the head, so nothing streams).
+// The same for an encoder-decoder (T5): each encoder and decoder block a unit, the
+// shared embedding and an untied head streamed by rows (dist/streamed_vocab.h), the root
+// everything else.
 ShardedSeq2SeqLm load_zero3(model::Seq2SeqLmOptions options, Communicator& comm, c10::Device device,
                             TensorParallelPlan& plan);
 

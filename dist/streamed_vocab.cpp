@@ -247,6 +247,12 @@ ZeroUnitNames zero3_unit_names(torch::nn::Module& root, const std::string& head_
   return names;
 }
 
+ZeroUnitNames zero3_seq2seq_unit_names(torch::nn::Module& root, const std::string& head_weight_name, int tp_size) {
+  ZeroUnitNames names = zero3_unit_names(root, head_weight_name, /*ties_embeddings=*/true, tp_size);
+  names.input.clear();  // the decoder reads the embedding after the encoder's blocks
+  return names;
+}
+
 model::EmbeddingStyle streamed_embedding(const ZeroSharding::RowShards& rows, std::optional<int64_t> padding_idx,
                                          int64_t window_bytes) {
   const Rows* shards = &rows;
@@ -254,7 +260,58 @@ model::EmbeddingStyle streamed_embedding(const ZeroSharding::RowShards& rows, st
   return model::EmbeddingStyle{"streamed by rows over the data-parallel group (ZeRO-3)",
                                [shards, padding, window_bytes](const at::Tensor& ids, const at::Tensor&) {
                                  return StreamedEmbedding::apply(ids, anchor(*shards), shards, padding, window_bytes);
+                               },
+                               [shards, window_bytes](const at::Tensor& hidden, const at::Tensor&) {
+                                 return streamed_logits(*shards, hidden, window_bytes);
                                }};
+}
+
+at::Tensor streamed_logits(const ZeroSharding::RowShards& rows, const at::Tensor& hidden, int64_t window_bytes) {
+  if (!hidden.defined() || hidden.dim() < 1 || hidden.size(-1) != rows.cols)
+    throw std::invalid_argument("streamed_logits: hidden (..., " + std::to_string(rows.cols) + ") expected for '" +
+                                rows.name + "', got " +
+                                (hidden.defined() ? c10::str(hidden.sizes()) : std::string("undefined")));
+  if (torch::GradMode::is_enabled() && (hidden.requires_grad() || trains(rows)))
+    throw std::logic_error("streamed_logits: the logits of '" + rows.name +
+                           "' have no gradient; a loss streams the head (streamed_linear_cross_entropy_sum)");
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const c10::DeviceType device = hidden.device().type();
+  const c10::ScalarType compute_dtype =
+      at::autocast::is_autocast_enabled(device) ? at::autocast::get_autocast_dtype(device) : rows.shard.scalar_type();
+  const Windows windows(rows, window_bytes);
+  const at::Tensor h = hidden.reshape({-1, rows.cols}).to(compute_dtype);
+  at::Tensor out = at::empty({h.size(0), rows.rows}, h.options());
+  for (int64_t w = 0; w < windows.count; ++w) {
+    const at::Tensor weight = windows.gather(rows, w).to(compute_dtype);
+    // Window row k Rw + j is vocabulary id k R + w Rw + j (dropped where it is padding).
+    const at::Tensor index = at::arange(weight.size(0), hidden.options().dtype(at::kLong));
+    const at::Tensor ids = at::div(index, windows.rows, "floor") * rows.rows_per_rank + w * windows.rows +
+                           index.remainder(windows.rows);
+    const at::Tensor real = windows.real(rows, w, hidden.options());
+    out.index_copy_(1, ids.masked_select(real), at::mm(h, weight.index_select(0, index.masked_select(real)).t()));
+  }
+  std::vector<int64_t> shape = hidden.sizes().vec();
+  shape.back() = rows.rows;
+  return out.view(shape);
+}
+
+model::LinearStyle streamed_head(const ZeroSharding::RowShards& rows) {
+  const Rows* shards = &rows;
+  return model::LinearStyle{"streamed by rows over the data-parallel group (ZeRO-3)",
+                            [shards](const at::Tensor& input, const at::Tensor&, const at::Tensor& bias) {
+                              if (bias.defined() && bias.numel() > 0)
+                                throw std::logic_error("streamed_head: '" + shards->name + "' has a bias");
+                              return streamed_logits(*shards, input);
+                            }};
+}
+
+bool stream_head(torch::nn::Module& root, const ZeroSharding::RowShards& rows) {
+  for (const auto& module : root.modules())
+    if (auto* layer = dynamic_cast<model::LinearImpl*>(module.get()); layer && layer->weight.is_same(rows.param)) {
+      layer->set_style(streamed_head(rows));
+      return true;
+    }
+  return false;
 }
 
 at::Tensor streamed_linear_cross_entropy_sum(const ZeroSharding::RowShards& rows, const at::Tensor& hidden,

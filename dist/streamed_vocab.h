@@ -46,14 +46,32 @@ struct ZeroUnitNames {
 };
 ZeroUnitNames zero3_unit_names(torch::nn::Module& root, const std::string& head_weight_name, bool ties_embeddings,
                                int tp_size);
+// The same for an encoder-decoder (T5): both stacks read the token embedding, and so
+// does a tied head, so the embedding and an untied head stream and there is no input
+// unit; with tp_size > 1, nothing streams and the embedding stays in the root.
+ZeroUnitNames zero3_seq2seq_unit_names(torch::nn::Module& root, const std::string& head_weight_name, int tp_size);
 
 // The style for the token embedding whose weight `rows` holds: (...) int64 ids ->
 // (..., C), as torch's embedding computes it; with padding_idx that row's gradient stays
-// zero, as torch's does. `rows` must outlive the model's use of the style.
+// zero, as torch's does. Its tied-head logits are streamed_logits. `rows` must outlive
+// the model's use of the style.
 // window_bytes: the windows' size limit; 0, the default, is rows.window_bytes (tests
 // make it small to get many windows).
 model::EmbeddingStyle streamed_embedding(const ZeroSharding::RowShards& rows, std::optional<int64_t> padding_idx,
                                          int64_t window_bytes = 0);
+
+// hidden (..., C) -> (..., V): its logits against every row of the matrix `rows` holds,
+// one window at a time (each rank computes its own rows' logits, whole). For evaluation
+// and generation: it has no gradient, and throws std::logic_error where one is being
+// recorded (a loss streams the head with streamed_linear_cross_entropy_sum).
+at::Tensor streamed_logits(const ZeroSharding::RowShards& rows, const at::Tensor& hidden, int64_t window_bytes = 0);
+
+// The style for an untied head (a model::Linear without bias) whose weight `rows` holds:
+// streamed_logits.
+model::LinearStyle streamed_head(const ZeroSharding::RowShards& rows);
+// Sets that style on the model::Linear of `root` whose weight `rows` holds; false when
+// no such layer is found.
+bool stream_head(torch::nn::Module& root, const ZeroSharding::RowShards& rows);
 
 // model::linear_cross_entropy_sum for the head whose weight `rows` holds: hidden (N, C),
 // targets (N) int64 or ignore_index, row_weights (N) or undefined. Equal to it within

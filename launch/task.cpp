@@ -404,17 +404,22 @@ int64_t global_target_count(const std::vector<TaskBatch>& batches, dist::Group& 
 }
 
 dist::ZeroUnitNames Task::zero3_unit_names() {
-  if (model_->s2s) return {};
+  if (model_->s2s) return dist::zero3_seq2seq_unit_names(module(), model_->s2s->head_weight_name(), plan_.tp_size);
   const bool ties = model_->lm && model_->lm->ties_embeddings();
   return dist::zero3_unit_names(module(), model_->lm ? model_->lm->head_weight_name() : "", ties, plan_.tp_size);
 }
 
 void Task::stream_vocabulary(const dist::DataParallel& data_parallel) {
-  if (model_->s2s) return;
   if (const auto embedding = model::token_embedding(module()))
     if (const auto* rows = data_parallel.vocabulary_rows(embedding->weight_name))
       embedding->layer->set_style(dist::streamed_embedding(*rows, embedding->layer->options.padding_idx()));
   if (model_->lm) head_rows_ = data_parallel.vocabulary_rows(model_->lm->head_weight_name());
+  if (model_->s2s) {
+    head_rows_ = data_parallel.vocabulary_rows(model_->s2s->head_weight_name());
+    // Generation reads logits: an untied head computes them window by window too.
+    if (head_rows_ && !model_->s2s->ties_embeddings() && !dist::stream_head(module(), *head_rows_))
+      throw std::logic_error("stream_vocabulary: no linear layer holds '" + head_rows_->name + "'");
+  }
 }
 
 void Task::set_block_runner(const model::BlockRunner& runner) {
@@ -478,8 +483,14 @@ at::Tensor Task::loss_sum(const TaskBatch& batch) {
     }
     return model::linear_cross_entropy_sum(hidden, head.weight, targets, weights);
   }
-  if (model_->s2s)  // teacher forcing: the decoder reads the targets shifted right
+  if (model_->s2s) {  // teacher forcing: the decoder reads the targets shifted right
+    if (head_rows_) {  // ZeRO-3: the head streams by rows over the data-parallel group
+      const at::Tensor hidden = model_->s2s->head_input(batch.input_ids, batch.attention_mask, batch.targets);
+      return dist::streamed_linear_cross_entropy_sum(*head_rows_, hidden.reshape({-1, hidden.size(-1)}),
+                                                     batch.targets.reshape({-1}), at::Tensor());
+    }
     return cross_entropy_sum(model_->s2s->logits(batch.input_ids, batch.attention_mask, batch.targets), batch.targets);
+  }
   const torch::Tensor logits =
       model_->classifier->logits(batch.input_ids, batch.attention_mask, batch.token_type_ids);
   if (kind_ == TaskKind::question_answering) return span_loss_sum(logits, batch.targets);

@@ -1054,6 +1054,40 @@ BOOST_AUTO_TEST_CASE(streamed_embedding_equals_the_whole_table_with_its_gradient
   }
 }
 
+BOOST_AUTO_TEST_CASE(streamed_logits_equal_the_whole_product_and_refuse_a_gradient) {
+  for (const int64_t window_bytes : window_sizes()) {
+    BOOST_TEST_CONTEXT("windows of " << window_bytes << " bytes") {
+      torch::manual_seed(14);
+      StreamedVocabulary v;
+      torch::manual_seed(300 + R());  // every rank scores its own hidden states
+      const at::Tensor hidden = at::randn({2, 3, kCols});
+      const at::Tensor expected = at::matmul(hidden, v.whole.t());
+      {
+        torch::NoGradGuard no_grad;
+        const at::Tensor got = dist::streamed_logits(*v.rows, hidden, window_bytes);
+        BOOST_TEST(got.sizes() == expected.sizes());
+        BOOST_TEST(relative_error(got, expected) < 1e-6);
+        // The same through the embedding's tied head and an untied head's style.
+        const model::EmbeddingStyle tied = dist::streamed_embedding(*v.rows, kPadding, window_bytes);
+        BOOST_TEST(relative_error(tied.logits(hidden, v.rows->param), expected) < 1e-6);
+        if (window_bytes == 0)
+          BOOST_TEST(relative_error(dist::streamed_head(*v.rows).forward(hidden, v.rows->param, {}), expected) < 1e-6);
+      }
+      // While a gradient is recorded the logits would have none: refused.
+      BOOST_CHECK_THROW(dist::streamed_logits(*v.rows, hidden, window_bytes), std::logic_error);
+      BOOST_CHECK_THROW(dist::streamed_logits(*v.rows, at::randn({2, kCols + 1}), window_bytes),
+                        std::invalid_argument);
+    }
+  }
+  // An embedding without a style scores against its own table; one whose style only
+  // looks rows up refuses to serve as a tied head.
+  model::Embedding plain(kVocabRows, kCols);
+  const at::Tensor h = at::randn({4, kCols});
+  BOOST_TEST(relative_error(plain->logits(h).detach(), at::matmul(h, plain->weight.detach().t())) < 1e-6);
+  plain->set_style({"looked up only", [](const at::Tensor& ids, const at::Tensor& w) { return F::embedding(ids, w); }});
+  BOOST_CHECK_THROW(plain->logits(h), std::logic_error);
+}
+
 BOOST_AUTO_TEST_CASE(streamed_head_loss_equals_the_fused_loss_with_its_gradients) {
   for (const int64_t window_bytes : window_sizes()) {
     BOOST_TEST_CONTEXT("windows of " << window_bytes << " bytes") {

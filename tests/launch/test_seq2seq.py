@@ -1,5 +1,5 @@
-"""Sequence-to-sequence fine-tuning end to end: a random T5 v1.1 (gated GELU, own head)
-saved by transformers learns to reverse word sequences, prepared by ftrain-prep
+"""Sequence-to-sequence fine-tuning end to end: a random T5 v1.1 (gated GELU; its head
+tied to the embedding, as transformers 5 saves it) learns to reverse word sequences, prepared by ftrain-prep
 --task seq2seq with the repository's tiny GPT-2 tokenizer, under mpirun; and a T5 with
 T5's own tokenizer (SentencePiece Unigram) from data to generated text.
 
@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from ftrain_jobs import PREP, SOURCE, assert_same_steps, records, run_ftrain, sample_rows, validation_of
@@ -46,8 +47,17 @@ def workspace(tmp_path_factory):
                       relative_attention_num_buckets=8, relative_attention_max_distance=16,
                       feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=0)
-    T5ForConditionalGeneration(config).save_pretrained(root / "t5", safe_serialization=True)
-    return {"root": root, "data": data, "model": root / "t5"}
+    model = T5ForConditionalGeneration(config)
+    model.save_pretrained(root / "t5", safe_serialization=True)
+    # transformers 5 ties T5's head whatever the config says: a file with its own
+    # lm_head.weight (T5 v1.1 as published) is written by hand.
+    untied = root / "t5_untied"
+    untied.mkdir()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if "embed_tokens" not in k}
+    state["lm_head.weight"] = torch.randn(config.vocab_size, config.d_model) * config.d_model ** -0.5
+    save_file(state, str(untied / "model.safetensors"), metadata={"format": "pt"})
+    (untied / "config.json").write_text(json.dumps({**model.config.to_dict(), "tie_word_embeddings": False}))
+    return {"root": root, "data": data, "model": root / "t5", "untied": untied}
 
 
 def args(ws, run_dir, **overrides):
@@ -154,30 +164,39 @@ def test_layouts_match_one_rank(workspace, tp, dp, zero):
     assert validation_of(run)["val_bleu"] == pytest.approx(validation_of(one)["val_bleu"], abs=1e-6)
 
 
-def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace):
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace, head):
     """At ZeRO-3 T5's encoder and decoder blocks are units of their own, gathered one at a
-    time (dist.prefetch = false); the root holds the embedding, the head, the final norms
-    and each stack's relative position bias, which every block reads. Bookkeeping, so
+    time (dist.prefetch = false); the shared embedding and an untied head are sharded by rows
+    and never gathered whole (dist/streamed_vocab.h); the root holds the final norms and
+    each stack's relative position bias, which every block reads. Bookkeeping, so
     computed: besides the shards, the parameters held at once are the root and the largest
-    block, never the whole model. Beam-search evaluation, whose decoding steps gather the
-    blocks on both ranks, writes what one rank writes."""
+    block, never the whole model nor the embedding. Beam-search evaluation, whose decoding
+    steps gather the blocks and stream the embedding and head on both ranks, writes what
+    one rank writes."""
     from safetensors.numpy import load_file
     ranks = 2
+    model = workspace["model" if head == "tied" else "untied"]
+    config = json.loads((model / "config.json").read_text())
+    vocab, width = config["vocab_size"], config["d_model"]
     units = {}
-    for name, tensor in load_file(workspace["model"] / "model.safetensors").items():
+    for name, tensor in load_file(model / "model.safetensors").items():
         parts = name.split(".")
+        if parts[-2] in ("shared", "embed_tokens", "lm_head"):
+            continue  # the streamed matrices, counted below
         in_block = parts[0] in ("encoder", "decoder") and parts[1] == "block"
         unit = f"{parts[0]}{parts[2]}" if in_block and "relative_attention_bias" not in name else "root"
-        if name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
-            continue  # copies of shared.weight in the file, not parameters
         units[unit] = units.get(unit, 0) + tensor.size
     padded = {unit: -(-n // ranks) * ranks for unit, n in units.items()}
     blocks = [n for unit, n in padded.items() if unit != "root"]
     assert len(blocks) == 4
-    shards = sum(padded.values()) // ranks
+    # shared.weight and an untied lm_head.weight: ceil(V / N) whole rows per rank each
+    matrices = 1 if config["tie_word_embeddings"] else 2
+    assert matrices == (1 if head == "tied" else 2)
+    shards = sum(padded.values()) // ranks + matrices * -(-vocab // ranks) * width
     options = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false",
-               "train.eval_num_beams": 3, "train.eval_samples": 8}
-    one, sharded = workspace["root"] / "beams_one", workspace["root"] / "beams_zero3"
+               "train.eval_num_beams": 3, "train.eval_samples": 8, "model.path": model}
+    one, sharded = workspace["root"] / f"beams_one_{head}", workspace["root"] / f"beams_zero3_{head}"
     run_ftrain(1, *args(workspace, one, **options))
     run_ftrain(ranks, *args(workspace, sharded, **options, **{"dist.zero": 3, "dist.prefetch": "false"}))
     assert_same_steps(one, sharded, 6)
@@ -186,7 +205,9 @@ def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace):
     [record] = [r for r in records(sharded) if "memory" in r]
     for entry in record["memory"]:
         assert entry["parameter_bytes"] == 4 * (shards + padded["root"] + max(blocks))
-    assert 4 * (padded["root"] + max(blocks)) < 4 * sum(padded.values()) / 2  # far from whole
+    gathered = padded["root"] + max(blocks)
+    assert gathered < vocab * width  # less than the embedding alone
+    assert gathered < (sum(padded.values()) + matrices * vocab * width) / 4  # far from whole
 
 
 @pytest.mark.parametrize("init", ["pretrained", "random"])
