@@ -167,7 +167,7 @@ def main():
             print(rows[-1], flush=True)
 
     load = os.getloadavg()
-    table = [f"Peak resident memory per rank by phase, minus a tiny GPT-2's, in fp32 models of {args.model} "
+    table = [f"Peak resident memory per rank by phase, minus a tiny {'T5' if seq2seq else 'GPT-2'}'s, in fp32 models of {args.model} "
              f"(M = {model_bytes / 2**20:.0f} MiB, {parameters / 1e6:.1f}M parameters); CPU ranks on {compare.machine()}, "
              f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.",
              "",
