@@ -378,8 +378,6 @@ void check_task_options(const Config& config, const data::DatasetInfo& dataset) 
                                         config.data.path + " is a " + dataset.task + " dataset)");
   if (seq2seq && config.dist.tp > 1 && config.dist.sequence_parallel)
     fail("dist.sequence_parallel", "is not available for sequence-to-sequence models (T5); turn it off");
-  if (seq2seq && config.train.activation_checkpointing)
-    fail("train.activation_checkpointing", "is not available for sequence-to-sequence models (T5) yet");
   const std::string& metric = config.train.eval_metric;
   if (metric == "auto") return;
   if (metric == "entity_f1" && dataset.task == data::format::kTaskTokenClassification) {

@@ -6,6 +6,7 @@
 #include <torch/custom_class.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -100,11 +101,13 @@ struct Recompute : torch::CustomClassHolder {
   AutocastState autocast;
 };
 
-// Forward: the block under no-grad, keeping only its input. Backward: the block again
-// with gradients, from the same random state and autocast state, then backward
-// through it, which accumulates the block's parameter gradients and gives the input's.
+// Forward: the block under no-grad, keeping only its input (and its reads). Backward:
+// the block again with gradients, from the same random state and autocast state, on
+// detached copies of its input and reads, then backward through it, which accumulates
+// the block's parameter gradients and gives those of the input and the reads.
 struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, c10::intrusive_ptr<Recompute> recompute) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList reads,
+                            c10::intrusive_ptr<Recompute> recompute) {
     recompute->rng = RngState::capture(x.device());
     recompute->autocast = AutocastState::capture(x.device().type());
     at::Tensor y;
@@ -123,14 +126,20 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       }
       at::autocast::set_autocast_cache_enabled(cache);
     }
-    ctx->save_for_backward({x});
+    std::vector<at::Tensor> saved{x};
+    saved.insert(saved.end(), reads.begin(), reads.end());
+    ctx->save_for_backward(saved);
     ctx->saved_data["recompute"] = c10::IValue::make_capsule(std::move(recompute));
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto* recompute = static_cast<Recompute*>(ctx->saved_data.at("recompute").toCapsule().get());
-    at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    const variable_list saved = ctx->get_saved_variables();
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    std::vector<at::Tensor> reads;
+    for (std::size_t i = 1; i < saved.size(); ++i)
+      reads.push_back(saved[i].detach().requires_grad_(ctx->needs_input_grad(i)));
     at::Tensor y;
     {
       const RngState now = RngState::capture(x.device());
@@ -138,13 +147,17 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       {
         AutocastAs autocast(recompute->autocast);
         torch::AutoGradMode grad(true);
-        y = recompute->block(x);
+        y = recompute->block.reading(reads)(x);
       }
       now.restore();
     }
-    // Accumulates into the parameters' .grad as a plain backward would, and into x.grad.
+    // Accumulates into the parameters' .grad as a plain backward would, into x.grad and
+    // into the reads' .grad.
     if (y.requires_grad()) torch::autograd::backward({y}, {grads[0]});
-    return {x.grad(), at::Tensor()};
+    variable_list out{x.grad()};
+    for (const at::Tensor& read : reads) out.push_back(read.grad());
+    out.emplace_back();  // the recompute capsule
+    return out;
   }
 };
 
@@ -152,12 +165,18 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
 
 BlockRunner checkpoint_blocks(BlockRunner inner) {
   return [inner = std::move(inner)](std::size_t index, const at::Tensor& x, const BlockForward& block) -> at::Tensor {
-    BlockForward run = inner ? BlockForward([inner, index, block](const at::Tensor& y) { return inner(index, y, block); })
-                             : block;
-    if (!torch::GradMode::is_enabled() || !x.requires_grad()) return run(x);
+    BlockForward run = block;
+    if (inner)
+      run = BlockForward(block.reads, [inner, index, block](const at::Tensor& y, const std::vector<at::Tensor>& reads) {
+        return inner(index, y, block.reading(reads));
+      });
+    const bool reads_need_grad =
+        std::any_of(run.reads.begin(), run.reads.end(), [](const at::Tensor& t) { return t.requires_grad(); });
+    if (!torch::GradMode::is_enabled() || !(x.requires_grad() || reads_need_grad)) return run(x);
     auto recompute = c10::make_intrusive<Recompute>();
+    const std::vector<at::Tensor> reads = run.reads;
     recompute->block = std::move(run);
-    return CheckpointFunction::apply(x, std::move(recompute));
+    return CheckpointFunction::apply(x, at::TensorList(reads), std::move(recompute));
   };
 }
 

@@ -26,8 +26,13 @@ namespace ftrain::model {
 // parameters before the forward and before the block's backward, which is where the
 // recomputation runs.
 //
-// A block is checkpointed only while gradients are being recorded and its input
-// requires grad (the autograd function that recomputes it hangs off the input's
+// A block's reads (model/block_runner.h: T5's position bias and encoder output) are
+// kept with its input; the recomputation runs on detached copies of both and hands
+// their gradients back, so the backward never reaches past them into the graph that
+// made them.
+//
+// A block is checkpointed only while gradients are being recorded and its input or one
+// of its reads requires grad (the autograd function that recomputes it hangs off their
 // graph); otherwise it runs as usual, so gradients are right in every case and
 // evaluation under no-grad costs nothing extra.
 BlockRunner checkpoint_blocks(BlockRunner inner = {});

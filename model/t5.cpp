@@ -190,13 +190,17 @@ torch::Tensor T5StackImpl::forward(const torch::Tensor& embedded, const torch::T
   if (is_decoder_ && encoder_mask.defined()) cross_bias = additive_mask(encoder_mask, self_bias.scalar_type());
 
   // Block b: self-attention, cross-attention (decoder), feed-forward. Cached forwards go
-  // through the runner too, so that ZeRO-3 gathers each block for generation.
-  const BindBlock bind = [this, self_bias, cross_bias, encoder_output, cache](std::size_t b) -> BlockForward {
-    return [this, b, self_bias, cross_bias, encoder_output, cache](const torch::Tensor& x) {
-      torch::Tensor h = sublayer(b, 0).forward(x, {}, self_bias, cache ? &cache->self[b] : nullptr);
-      if (is_decoder_) h = sublayer(b, 1).forward(h, encoder_output, cross_bias, cache ? &cache->cross[b] : nullptr);
+  // through the runner too, so that ZeRO-3 gathers each block for generation. The bias
+  // (made from a parameter) and the encoder's output are the block's reads: gradients
+  // flow back into them from every block.
+  std::vector<torch::Tensor> reads{self_bias};
+  if (is_decoder_) reads.push_back(encoder_output);
+  const BindBlock bind = [this, reads, cross_bias, cache](std::size_t b) -> BlockForward {
+    return BlockForward(reads, [this, b, cross_bias, cache](const torch::Tensor& x, const std::vector<torch::Tensor>& read) {
+      torch::Tensor h = sublayer(b, 0).forward(x, {}, read[0], cache ? &cache->self[b] : nullptr);
+      if (is_decoder_) h = sublayer(b, 1).forward(h, read[1], cross_bias, cache ? &cache->cross[b] : nullptr);
       return sublayer(b, is_decoder_ ? 2 : 1).forward(h);
-    };
+    });
   };
   const torch::Tensor h = run_blocks(hashed_dropout(embedded, dropout_, is_training()), bind);
   return hashed_dropout(final_layer_norm(h), dropout_, is_training());

@@ -250,6 +250,27 @@ def test_sharded_exports_stream_the_same_model(workspace, tp, dp, zero):
     T5ForConditionalGeneration.from_pretrained(sharded / "final")
 
 
+@pytest.mark.parametrize("tp,dp,zero", [(1, 1, 0), (1, 2, 3), (2, 1, 0)])
+def test_activation_checkpointing_trains_the_same(workspace, tp, dp, zero):
+    """Each encoder and decoder block recomputed in the backward pass, with dropout on (the
+    masks must be drawn again the same): the losses, gradient norms and final weights of
+    the same layout without checkpointing. The blocks' reads (the position bias, the
+    encoder's output) get their gradients from the recomputed blocks."""
+    from safetensors.numpy import load_file
+    short = {"train.steps": 6, "run.log_samples": "false", "model.dropout": 0.1, "train.eval_samples": 8,
+             "dist.tp": tp, "dist.zero": zero}
+    runs = {}
+    for checkpointing in ("false", "true"):
+        runs[checkpointing] = workspace["root"] / f"ac_{checkpointing}_tp{tp}_dp{dp}_zero{zero}"
+        run_ftrain(tp * dp, *args(workspace, runs[checkpointing], **short,
+                                  **{"train.activation_checkpointing": checkpointing}))
+    assert_same_steps(runs["false"], runs["true"], 6, loss_rel=1e-6, grad_norm_rel=1e-5)
+    a, b = (load_file(runs[c] / "final" / "model.safetensors") for c in ("false", "true"))
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_dynamic_padding_changes_nothing_but_the_width(workspace):
     """Sources cut by attention and targets by their last label: the same steps as full rows."""
     short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false"}

@@ -1,5 +1,5 @@
 // Activation checkpointing (model/activation_checkpoint.h) through the block runners
-// of tiny GPT-2, Llama and BERT models with dropout: the loss and every parameter
+// of tiny GPT-2, Llama, BERT and T5 models with dropout: the loss and every parameter
 // gradient must be those of the plain model, for one micro-batch and for gradients
 // accumulated over two, in fp32 and under CPU bf16 autocast. Equal masks in the
 // recomputation are what makes this hold with dropout on.
@@ -19,6 +19,7 @@
 #include "model/bert.h"
 #include "model/gpt2.h"
 #include "model/llama.h"
+#include "model/t5.h"
 
 namespace model = ftrain::model;
 namespace F = torch::nn::functional;
@@ -230,4 +231,65 @@ BOOST_AUTO_TEST_CASE(bert_gradients_with_checkpointing_equal_those_without) {
         return (out.last_hidden_state * weights).mean() + out.pooler_output.pow(2).mean();
       },
       51, 3);
+}
+
+// T5's blocks read more than their input: the position bias, made from the first
+// block's parameter, and in the decoder the encoder's output. Their gradients, from
+// every block, must reach the bias parameter and the encoder as without checkpointing.
+BOOST_AUTO_TEST_CASE(t5_gradients_with_checkpointing_equal_those_without) {
+  for (const std::string variant : {"relu tied", "gated untied"}) {
+    BOOST_TEST_CONTEXT(variant) {
+      model::T5Config config;
+      config.vocab_size = 51;
+      config.d_model = 32;
+      config.d_kv = 8;
+      config.d_ff = 48;
+      config.num_layers = 2;
+      config.num_decoder_layers = 3;
+      config.num_heads = 4;
+      config.relative_attention_num_buckets = 8;
+      config.relative_attention_max_distance = 16;
+      config.dropout_rate = 0.1;
+      if (variant == "gated untied") {
+        config.feed_forward_proj = "gated-gelu";
+        config.tie_word_embeddings = false;
+        config.scale_decoder_outputs = false;
+      }
+      torch::manual_seed(15);
+      model::T5 net(config);
+      torch::manual_seed(7);
+      const torch::Tensor source = torch::randint(2, 51, {2, 11}), labels = torch::randint(2, 51, {2, 9});
+      torch::Tensor mask = torch::ones_like(source);
+      mask[1].slice(0, 7).zero_();
+      const auto step = [&](model::BlockRunner runner) {
+        net->train();
+        net->zero_grad();
+        // Numbered over both stacks, as the trainer numbers them.
+        net->encoder->set_block_runner(runner);
+        net->decoder->set_block_runner([runner](std::size_t i, const at::Tensor& x, const model::BlockForward& block) {
+          return runner ? runner(i + 2, x, block) : block(x);
+        });
+        torch::manual_seed(1234);
+        const torch::Tensor logits = net->forward(source, mask, net->shift_right(labels));
+        const torch::Tensor loss = F::cross_entropy(logits.reshape({-1, 51}), labels.reshape({-1}));
+        loss.backward();
+        Step out;
+        out.losses.push_back(loss.item<double>());
+        for (const auto& item : net->named_parameters())
+          out.grads.emplace_back(item.key(), item.value().grad().defined() ? item.value().grad().clone() : torch::Tensor());
+        net->encoder->set_block_runner({});
+        net->decoder->set_block_runner({});
+        return out;
+      };
+      const Step plain = step({});
+      int checkpointed = 0;
+      const Step recomputed = step(counting_checkpoint(checkpointed));
+      BOOST_TEST(checkpointed == 5);
+      check_same(recomputed, plain, 1e-6);
+      // The bias parameters and the encoder got their gradients from the blocks.
+      for (const auto& [name, grad] : recomputed.grads)
+        if (name.find("relative_attention_bias") != std::string::npos || name.rfind("encoder.block.0", 0) == 0)
+          BOOST_TEST((grad.defined() && grad.abs().sum().item<double>() > 0), name);
+    }
+  }
 }
