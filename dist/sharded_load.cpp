@@ -113,7 +113,7 @@ ShardedSeq2SeqLm load_zero3(model::Seq2SeqLmOptions options, Communicator& comm,
   options.split = [&](model::Seq2SeqLm& s2s) {
     return split_into_shards(
         s2s.module(), [&] { return apply_tensor_parallel(s2s, comm, ParameterValues::uninitialised); }, comm, device,
-        zero3_seq2seq_unit_names(s2s.module(), s2s.head_weight_name(), comm.tp().size()), plan, zero);
+        zero3_seq2seq_unit_names(s2s.module(), s2s.head_weight_name()), plan, zero);
   };
   model::Seq2SeqLm s2s = model::Seq2SeqLm::load(options);
   check_filled(*zero, options.path);

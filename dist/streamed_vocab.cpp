@@ -247,8 +247,10 @@ ZeroUnitNames zero3_unit_names(torch::nn::Module& root, const std::string& head_
   return names;
 }
 
-ZeroUnitNames zero3_seq2seq_unit_names(torch::nn::Module& root, const std::string& head_weight_name, int tp_size) {
-  ZeroUnitNames names = zero3_unit_names(root, head_weight_name, /*ties_embeddings=*/true, tp_size);
+ZeroUnitNames zero3_seq2seq_unit_names(torch::nn::Module& root, const std::string& head_weight_name) {
+  // Tensor parallelism splits T5's blocks only: its embedding and head are whole in
+  // every tensor-parallel part, so they stream whatever the layout.
+  ZeroUnitNames names = zero3_unit_names(root, head_weight_name, /*ties_embeddings=*/true, /*tp_size=*/1);
   names.input.clear();  // the decoder reads the embedding after the encoder's blocks
   return names;
 }

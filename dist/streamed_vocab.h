@@ -48,8 +48,8 @@ ZeroUnitNames zero3_unit_names(torch::nn::Module& root, const std::string& head_
                                int tp_size);
 // The same for an encoder-decoder (T5): both stacks read the token embedding, and so
 // does a tied head, so the embedding and an untied head stream and there is no input
-// unit; with tp_size > 1, nothing streams and the embedding stays in the root.
-ZeroUnitNames zero3_seq2seq_unit_names(torch::nn::Module& root, const std::string& head_weight_name, int tp_size);
+// unit. Tensor parallelism leaves both whole, so they stream at any tp.
+ZeroUnitNames zero3_seq2seq_unit_names(torch::nn::Module& root, const std::string& head_weight_name);
 
 // The style for the token embedding whose weight `rows` holds: (...) int64 ids ->
 // (..., C), as torch's embedding computes it; with padding_idx that row's gradient stays

@@ -404,7 +404,7 @@ int64_t global_target_count(const std::vector<TaskBatch>& batches, dist::Group& 
 }
 
 dist::ZeroUnitNames Task::zero3_unit_names() {
-  if (model_->s2s) return dist::zero3_seq2seq_unit_names(module(), model_->s2s->head_weight_name(), plan_.tp_size);
+  if (model_->s2s) return dist::zero3_seq2seq_unit_names(module(), model_->s2s->head_weight_name());
   const bool ties = model_->lm && model_->lm->ties_embeddings();
   return dist::zero3_unit_names(module(), model_->lm ? model_->lm->head_weight_name() : "", ties, plan_.tp_size);
 }

@@ -164,18 +164,18 @@ def test_layouts_match_one_rank(workspace, tp, dp, zero):
     assert validation_of(run)["val_bleu"] == pytest.approx(validation_of(one)["val_bleu"], abs=1e-6)
 
 
-@pytest.mark.parametrize("head", ["tied", "untied"])
-def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace, head):
+@pytest.mark.parametrize("head,tp", [("tied", 1), ("untied", 1), ("tied", 2)])
+def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace, head, tp):
     """At ZeRO-3 T5's encoder and decoder blocks are units of their own, gathered one at a
     time (dist.prefetch = false); the shared embedding and an untied head are sharded by rows
-    and never gathered whole (dist/streamed_vocab.h); the root holds the final norms and
-    each stack's relative position bias, which every block reads. Bookkeeping, so
-    computed: besides the shards, the parameters held at once are the root and the largest
-    block, never the whole model nor the embedding. Beam-search evaluation, whose decoding
-    steps gather the blocks and stream the embedding and head on both ranks, writes what
-    one rank writes."""
+    and never gathered whole (dist/streamed_vocab.h), under tensor parallelism too, which
+    leaves them whole in every part; the root holds the final norms and each stack's
+    relative position bias, which every block reads. Bookkeeping, so computed: besides the
+    shards, the parameters held at once are the root and the largest block, never the
+    whole model nor the embedding. Beam-search evaluation, whose decoding steps gather the
+    blocks and stream the embedding and head on every rank, writes what one rank writes."""
     from safetensors.numpy import load_file
-    ranks = 2
+    dp = 2
     model = workspace["model" if head == "tied" else "untied"]
     config = json.loads((model / "config.json").read_text())
     vocab, width = config["vocab_size"], config["d_model"]
@@ -186,23 +186,29 @@ def test_zero3_gathers_one_block_at_a_time_and_generates_as_one_rank(workspace, 
             continue  # the streamed matrices, counted below
         in_block = parts[0] in ("encoder", "decoder") and parts[1] == "block"
         unit = f"{parts[0]}{parts[2]}" if in_block and "relative_attention_bias" not in name else "root"
-        units[unit] = units.get(unit, 0) + tensor.size
-    padded = {unit: -(-n // ranks) * ranks for unit, n in units.items()}
+        # Tensor parallelism splits attention by heads and feed-forwards by width; the
+        # layer norms stay whole.
+        split = "layer_norm" not in name
+        units[unit] = units.get(unit, 0) + (tensor.size // tp if split else tensor.size)
+    padded = {unit: -(-n // dp) * dp for unit, n in units.items()}
     blocks = [n for unit, n in padded.items() if unit != "root"]
     assert len(blocks) == 4
-    # shared.weight and an untied lm_head.weight: ceil(V / N) whole rows per rank each
+    # shared.weight and an untied lm_head.weight: ceil(V / dp) whole rows per rank each
     matrices = 1 if config["tie_word_embeddings"] else 2
     assert matrices == (1 if head == "tied" else 2)
-    shards = sum(padded.values()) // ranks + matrices * -(-vocab // ranks) * width
+    shards = sum(padded.values()) // dp + matrices * -(-vocab // dp) * width
     options = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false",
                "train.eval_num_beams": 3, "train.eval_samples": 8, "model.path": model}
-    one, sharded = workspace["root"] / f"beams_one_{head}", workspace["root"] / f"beams_zero3_{head}"
-    run_ftrain(1, *args(workspace, one, **options))
-    run_ftrain(ranks, *args(workspace, sharded, **options, **{"dist.zero": 3, "dist.prefetch": "false"}))
+    one, sharded = workspace["root"] / f"beams_one_{head}", workspace["root"] / f"beams_zero3_{head}_tp{tp}"
+    if not (one / "metrics.jsonl").exists():
+        run_ftrain(1, *args(workspace, one, **options))
+    run_ftrain(tp * dp, *args(workspace, sharded, **options, **{"dist.zero": 3, "dist.prefetch": "false",
+                                                                  "dist.tp": tp}))
     assert_same_steps(one, sharded, 6)
     read = [json.loads((run / "predictions-validation.json").read_text()) for run in (one, sharded)]
     assert read[0] == read[1] and len(read[0]) == 8
     [record] = [r for r in records(sharded) if "memory" in r]
+    assert len(record["memory"]) == tp * dp
     for entry in record["memory"]:
         assert entry["parameter_bytes"] == 4 * (shards + padded["root"] + max(blocks))
     gathered = padded["root"] + max(blocks)
