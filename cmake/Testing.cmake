@@ -13,24 +13,51 @@ set(FTRAIN_MPI_ENV
   OMPI_MCA_btl_vader_single_copy_mechanism=none
   OMP_NUM_THREADS=1)
 
-# ftrain_unit_test(NAME SOURCES a.cpp ... LIBS ...)
-function(ftrain_unit_test name)
-  cmake_parse_arguments(T "" "" "SOURCES;LIBS" ${ARGN})
-  add_executable(${name} ${T_SOURCES})
-  target_link_libraries(${name} PRIVATE ${T_LIBS} ftrain_flags Boost::unit_test_framework)
+# The executable of one or more Boost.Test sources, started from LibTorch's precompiled
+# header when it links a library built on LibTorch.
+function(_ftrain_test_executable name sources libs)
+  add_executable(${name} ${sources})
+  target_link_libraries(${name} PRIVATE ${libs} ftrain_flags Boost::unit_test_framework)
   target_compile_definitions(${name} PRIVATE BOOST_TEST_DYN_LINK)
-  # Tests of the libraries built on LibTorch start from its precompiled header.
   set(_torch_libs ftrain_model ftrain_dist ftrain_tensor_parallel ftrain_launch ftrain_checkpoint ftrain_optim
       ftrain_ckpt_tool)
-  foreach(lib IN LISTS T_LIBS)
+  foreach(lib IN LISTS libs)
     if(lib IN_LIST _torch_libs)
       ftrain_torch_pch(${name})
       break()
     endif()
   endforeach()
-  add_test(NAME ${name} COMMAND ${name})
+endfunction()
+
+function(_ftrain_unit_ctest name)
+  add_test(NAME ${name} COMMAND ${ARGN})
   set_tests_properties(${name} PROPERTIES LABELS unit
     ENVIRONMENT "FTRAIN_SOURCE_DIR=${PROJECT_SOURCE_DIR};FTRAIN_BUILD_DIR=${PROJECT_BINARY_DIR};OMP_NUM_THREADS=1")
+endfunction()
+
+# ftrain_unit_test(NAME SOURCES a.cpp ... LIBS ...): a test program of its own, whose
+# source defines BOOST_TEST_MODULE (the dist/ tests, run under mpirun too, and the
+# CUDA kernels' tests, which take arguments).
+function(ftrain_unit_test name)
+  cmake_parse_arguments(T "" "" "SOURCES;LIBS" ${ARGN})
+  _ftrain_test_executable(${name} "${T_SOURCES}" "${T_LIBS}")
+  _ftrain_unit_ctest(${name} ${name})
+endfunction()
+
+# ftrain_unit_tests(PROGRAM SOURCES test_a.cpp test_b.cpp ... LIBS ...): a folder's unit
+# tests in one program, so that it is linked once. Each source is the Boost.Test suite
+# named after its file (BOOST_AUTO_TEST_SUITE(test_a)) and the ctest test of that name,
+# which runs that suite alone; a source without its suite fails ("no test cases matching
+# filter"), it is never skipped.
+function(ftrain_unit_tests program)
+  cmake_parse_arguments(T "" "" "SOURCES;LIBS" ${ARGN})
+  set(_main ${CMAKE_CURRENT_BINARY_DIR}/${program}_main.cpp)
+  file(CONFIGURE OUTPUT ${_main} CONTENT "#define BOOST_TEST_MODULE ${program}\n#include <boost/test/unit_test.hpp>\n")
+  _ftrain_test_executable(${program} "${T_SOURCES};${_main}" "${T_LIBS}")
+  foreach(source IN LISTS T_SOURCES)
+    get_filename_component(suite ${source} NAME_WE)
+    _ftrain_unit_ctest(${suite} ${program} --run_test=${suite})
+  endforeach()
 endfunction()
 
 # ftrain_mpi_test(NAME NP n COMMAND exe args...) runs an already-built target or script

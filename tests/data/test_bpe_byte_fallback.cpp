@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE bpe_byte_fallback
 #include <boost/test/unit_test.hpp>
 
 #include "data/bpe_tokenizer.h"
@@ -10,6 +9,8 @@
 #include <initializer_list>
 #include <string>
 #include <vector>
+
+BOOST_AUTO_TEST_SUITE(test_bpe_byte_fallback)
 
 namespace {
 
@@ -263,3 +264,5 @@ BOOST_AUTO_TEST_CASE(unsupported_configurations_are_refused) {
   check_json_error([](Json& d) { d["post_processor"]["pair"].erase(3); }, {"post_processor.pair", "$B"});
   check_json_error([](Json& d) { d["post_processor"] = {{"type", "Unknown"}}; }, {"post_processor.type", "Unknown"});
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_bpe_byte_fallback

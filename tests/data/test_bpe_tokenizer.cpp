@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE bpe_tokenizer
 #include <boost/test/unit_test.hpp>
 
 #include "data/bpe_tokenizer.h"
@@ -14,6 +13,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+BOOST_AUTO_TEST_SUITE(test_bpe_tokenizer)
 
 namespace {
 
@@ -432,3 +433,5 @@ BOOST_AUTO_TEST_CASE(bad_vocab_and_merges_files) {
   dir.write("vocab.json", "not json");
   check_error(dir.path(), {vocab.string(), "not valid JSON"});
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_bpe_tokenizer

@@ -1,11 +1,12 @@
 // AtomicFile and AppendFile (data/durable_file.h): what each leaves on disk, and that a
 // write the kernel refuses is reported with its reason. /dev/full refuses every write
 // with ENOSPC, as a full disk does.
-#define BOOST_TEST_MODULE test_durable_file
 #include <boost/test/unit_test.hpp>
 
 #include "data/durable_file.h"
 #include "tests/data/dataset_fixtures.h"
+
+BOOST_AUTO_TEST_SUITE(test_durable_file)
 
 namespace fs = std::filesystem;
 using namespace ftrain::data;
@@ -62,3 +63,5 @@ BOOST_AUTO_TEST_CASE(atomic_file_replaces_whole_or_not_at_all) {
   BOOST_TEST(read_text(path) == "step_3\n");
   BOOST_TEST(!fs::exists(dir.path() / "latest.tmp"));
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_durable_file

@@ -1,7 +1,6 @@
 // SampleOrder: each epoch is a permutation of [0, N) for every N (checked exhaustively
 // against a sorted range), the inverse is exact, seeds and epochs give different orders,
 // and the order looks random by simple statistics.
-#define BOOST_TEST_MODULE test_sample_order
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
@@ -10,6 +9,8 @@
 #include <vector>
 
 #include "data/sample_order.h"
+
+BOOST_AUTO_TEST_SUITE(test_sample_order)
 
 using ftrain::data::SampleOrder;
 
@@ -140,3 +141,5 @@ BOOST_AUTO_TEST_CASE(huge_sample_counts_need_no_memory) {
   const int64_t sample = largest.at(123);
   BOOST_TEST(largest.position_of(sample, 0) == 123);
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_sample_order

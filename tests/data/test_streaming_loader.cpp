@@ -3,7 +3,6 @@
 // global batch), that state/restore continues exactly (also under another dp layout),
 // that read-ahead changes nothing, and that evaluation covers each row once. Every batch
 // is also checked against the dataset's arithmetic content.
-#define BOOST_TEST_MODULE test_streaming_loader
 #include <boost/test/unit_test.hpp>
 
 #include <hdf5.h>
@@ -16,6 +15,8 @@
 #include "data/sample_order.h"
 #include "data/streaming_loader.h"
 #include "tests/data/dataset_fixtures.h"
+
+BOOST_AUTO_TEST_SUITE(test_streaming_loader)
 
 namespace fs = std::filesystem;
 using namespace ftrain::data;
@@ -518,3 +519,5 @@ BOOST_AUTO_TEST_CASE(cut_padding_keeps_the_columns_the_rows_use) {
   BOOST_TEST(!cut_padding(unpadded, true, 8).has_value());
   BOOST_CHECK_THROW(cut_padding(batch, true, 0), std::invalid_argument);
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_streaming_loader

@@ -2,7 +2,6 @@
 // written by the raw HDF5 C API (as another tool would), every malformed-file case and
 // the no-overwrite guarantee. Also RowPacker and DocumentReader, the pieces ftrain-prep
 // builds rows with.
-#define BOOST_TEST_MODULE test_token_dataset
 #include <boost/test/unit_test.hpp>
 
 #include <hdf5.h>
@@ -17,6 +16,8 @@
 #include "data/row_packer.h"
 #include "data/token_dataset.h"
 #include "tests/data/dataset_fixtures.h"
+
+BOOST_AUTO_TEST_SUITE(test_token_dataset)
 
 namespace fs = std::filesystem;
 using namespace ftrain::data;
@@ -607,3 +608,5 @@ BOOST_AUTO_TEST_CASE(jsonl_documents_and_errors_name_file_and_line) {
   message = error_of([&] { DocumentReader(dir / "corpus.csv"); });
   BOOST_TEST(contains(message, "unsupported input type '.csv'"), message);
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_token_dataset

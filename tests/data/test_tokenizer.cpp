@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE tokenizer
 #include <boost/test/unit_test.hpp>
 
 #include "data/bpe_tokenizer.h"
@@ -12,6 +11,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+BOOST_AUTO_TEST_SUITE(test_tokenizer)
 
 namespace {
 
@@ -201,3 +202,5 @@ BOOST_AUTO_TEST_CASE(unsupported_directories_are_refused) {
   const auto file = empty.write("file", "");
   check_refused(file, {file.string(), "not a directory"});
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_tokenizer

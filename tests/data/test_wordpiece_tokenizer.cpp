@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE wordpiece_tokenizer
 #include <boost/test/unit_test.hpp>
 
 #include "data/wordpiece_tokenizer.h"
@@ -10,6 +9,8 @@
 #include <initializer_list>
 #include <string>
 #include <vector>
+
+BOOST_AUTO_TEST_SUITE(test_wordpiece_tokenizer)
 
 namespace {
 
@@ -255,3 +256,5 @@ BOOST_AUTO_TEST_CASE(unsupported_configurations_are_refused) {
   check_json_error([](Json& d) { d["model"]["vocab"]["world"] = 2147483000; },
                    {"model.vocab[\"world\"]", "id 2147483000", "far beyond the"});
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_wordpiece_tokenizer

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE launch_options
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
@@ -10,6 +9,8 @@
 #include <vector>
 
 #include "launch/options.h"
+
+BOOST_AUTO_TEST_SUITE(test_options)
 
 namespace fs = std::filesystem;
 using ftrain::launch::Config;
@@ -297,3 +298,5 @@ BOOST_AUTO_TEST_CASE(resolved_ini_reads_back_as_the_same_config) {
   BOOST_TEST(error.find("checkpoint step_7") != std::string::npos);
   BOOST_TEST(error.find("train.bogus") != std::string::npos);
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_options

@@ -1,10 +1,11 @@
-#define BOOST_TEST_MODULE launch_precision
 #include <boost/test/unit_test.hpp>
 
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "launch/precision.h"
+
+BOOST_AUTO_TEST_SUITE(test_precision)
 
 using namespace ftrain::launch;
 
@@ -60,3 +61,5 @@ BOOST_AUTO_TEST_CASE(loss_scale_halves_on_overflow_and_doubles_after_the_window)
   BOOST_TEST(off.scale() == 1);
   BOOST_TEST(off.update(false));  // without scaling every step is taken
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_precision

@@ -3,7 +3,6 @@
 // gradient must be those of the plain model, for one micro-batch and for gradients
 // accumulated over two, in fp32 and under CPU bf16 autocast. Equal masks in the
 // recomputation are what makes this hold with dropout on.
-#define BOOST_TEST_MODULE test_activation_checkpoint
 #include <boost/test/unit_test.hpp>
 
 #include <ATen/autocast_mode.h>
@@ -20,6 +19,8 @@
 #include "model/gpt2.h"
 #include "model/llama.h"
 #include "model/t5.h"
+
+BOOST_AUTO_TEST_SUITE(test_activation_checkpoint)
 
 namespace model = ftrain::model;
 namespace F = torch::nn::functional;
@@ -293,3 +294,5 @@ BOOST_AUTO_TEST_CASE(t5_gradients_with_checkpointing_equal_those_without) {
     }
   }
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_activation_checkpoint

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE test_bert_checkpoint
 #include <boost/test/unit_test.hpp>
 
 #include "model/bert_checkpoint.h"
@@ -11,6 +10,8 @@
 #include <string>
 
 #include <unistd.h>
+
+BOOST_AUTO_TEST_SUITE(test_bert_checkpoint)
 
 namespace fs = std::filesystem;
 using namespace ftrain::model;
@@ -426,3 +427,5 @@ BOOST_AUTO_TEST_CASE(sharded_checkpoints_load) {
   Bert loaded = load_bert(dir.path);
   BOOST_TEST(same_parameters(model, loaded));
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_bert_checkpoint

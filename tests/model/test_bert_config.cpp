@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE test_bert_config
 #include <boost/test/unit_test.hpp>
 
 #include "model/bert.h"
@@ -8,6 +7,8 @@
 #include <string>
 
 #include <unistd.h>
+
+BOOST_AUTO_TEST_SUITE(test_bert_config)
 
 namespace fs = std::filesystem;
 using ftrain::model::BertConfig;
@@ -243,3 +244,5 @@ BOOST_AUTO_TEST_CASE(the_model_validates_its_config) {
     BOOST_TEST(std::string(e.what()).find("key 'num_attention_heads'") != std::string::npos);
   }
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_bert_config

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE model_dropout
 #include <boost/test/unit_test.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -10,6 +9,8 @@
 #include <vector>
 
 #include "model/dropout.h"
+
+BOOST_AUTO_TEST_SUITE(test_dropout)
 
 using ftrain::model::hashed_dropout;
 using ftrain::model::hashed_dropout_keep_mask;
@@ -215,3 +216,5 @@ BOOST_AUTO_TEST_CASE(attention_over_some_heads_drops_as_the_whole) {
                                               0.4, /*is_causal=*/true);
   BOOST_TEST(!torch::allclose(unplaced, whole.narrow(1, 2, 2), 1e-6, 1e-7), "without `heads` the mask is another");
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_dropout

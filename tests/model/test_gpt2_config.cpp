@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE test_gpt2_config
 #include <boost/test/unit_test.hpp>
 
 #include "model/gpt2.h"
@@ -8,6 +7,8 @@
 #include <string>
 
 #include <unistd.h>
+
+BOOST_AUTO_TEST_SUITE(test_gpt2_config)
 
 namespace fs = std::filesystem;
 using ftrain::model::Gpt2Config;
@@ -209,3 +210,5 @@ BOOST_AUTO_TEST_CASE(the_model_validates_its_config) {
     BOOST_TEST(std::string(e.what()).find("key 'n_head'") != std::string::npos);
   }
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_gpt2_config

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE test_hf_checkpoint
 #include <boost/test/unit_test.hpp>
 
 #include "model/hf_checkpoint.h"
@@ -11,6 +10,8 @@
 #include <string>
 
 #include <unistd.h>
+
+BOOST_AUTO_TEST_SUITE(test_hf_checkpoint)
 
 namespace fs = std::filesystem;
 using namespace ftrain::model;
@@ -383,3 +384,5 @@ BOOST_AUTO_TEST_CASE(counter_based_initial_values_are_normal_and_independent_of_
   BOOST_TEST(torch::equal(initial_values_at(ones, key, {4}, torch::arange(4)), torch::ones({4})));
   BOOST_CHECK_THROW(initial_values_at(init, key, {10, 7}, torch::arange(3).to(torch::kInt)), std::invalid_argument);
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_hf_checkpoint

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE test_llama_checkpoint
 #include <boost/test/unit_test.hpp>
 
 #include "model/llama_checkpoint.h"
@@ -11,6 +10,8 @@
 #include <string>
 
 #include <unistd.h>
+
+BOOST_AUTO_TEST_SUITE(test_llama_checkpoint)
 
 namespace fs = std::filesystem;
 using namespace ftrain::model;
@@ -370,3 +371,5 @@ BOOST_AUTO_TEST_CASE(directory_problems_are_named) {
   std::ofstream(dir.path / "config.json") << small_config().to_json().dump();
   BOOST_TEST(contains(load_error(dir.path), dir.path.string() + ": has neither model.safetensors nor"));
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_llama_checkpoint

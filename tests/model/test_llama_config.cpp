@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE test_llama_config
 #include <boost/test/unit_test.hpp>
 
 #include "model/llama.h"
@@ -8,6 +7,8 @@
 #include <string>
 
 #include <unistd.h>
+
+BOOST_AUTO_TEST_SUITE(test_llama_config)
 
 namespace fs = std::filesystem;
 using ftrain::model::LlamaConfig;
@@ -388,3 +389,5 @@ BOOST_AUTO_TEST_CASE(the_model_validates_its_config) {
     BOOST_TEST(std::string(e.what()).find("key 'rope_scaling.rope_type' is 'ntk'") != std::string::npos);
   }
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_llama_config

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE test_safetensors
 #include <boost/test/unit_test.hpp>
 
 #include "model/safetensors.h"
@@ -13,6 +12,8 @@
 
 #include <sys/resource.h>
 #include <unistd.h>
+
+BOOST_AUTO_TEST_SUITE(test_safetensors)
 
 namespace fs = std::filesystem;
 using namespace ftrain::model;
@@ -358,3 +359,5 @@ BOOST_AUTO_TEST_CASE(streamed_values_are_asked_for_one_at_a_time_in_file_order) 
   BOOST_TEST(read_bytes(path) == before);
   BOOST_TEST(!fs::exists(path.string() + ".tmp"));
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_safetensors

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE launch_checkpoint
 #include <boost/test/unit_test.hpp>
 
 #include <torch/torch.h>
@@ -12,6 +11,8 @@
 
 #include "launch/checkpoint/registry.h"
 #include "launch/checkpoint/store.h"
+
+BOOST_AUTO_TEST_SUITE(test_checkpoint)
 
 namespace fs = std::filesystem;
 using namespace ftrain::launch;
@@ -485,3 +486,5 @@ BOOST_AUTO_TEST_CASE(the_registry_saves_every_part_and_gives_each_its_own_back) 
   wrong.add_tensors("model", [&] { return std::vector<HeldTensor>{HeldTensor::whole("optim/w", weight)}; });
   BOOST_CHECK_THROW(wrong.tensors(), std::logic_error);
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_checkpoint

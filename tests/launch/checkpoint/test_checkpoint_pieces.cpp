@@ -1,7 +1,6 @@
 // Which pieces each rank writes (launch/checkpoint/pieces.h), checked by simulating
 // every rank of a layout and assembling their pieces: each element of the global
 // tensor must be written exactly once, with its value.
-#define BOOST_TEST_MODULE launch_checkpoint_pieces
 #include <boost/test/unit_test.hpp>
 
 #include <torch/torch.h>
@@ -9,6 +8,8 @@
 #include <vector>
 
 #include "launch/checkpoint/pieces.h"
+
+BOOST_AUTO_TEST_SUITE(test_checkpoint_pieces)
 
 using namespace ftrain::launch;
 
@@ -206,3 +207,5 @@ BOOST_AUTO_TEST_CASE(a_save_that_waits_reads_contiguous_host_blocks_in_place) {
   expected.select(1, 3).zero_();
   BOOST_TEST(torch::equal(assembled, expected));
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_checkpoint_pieces

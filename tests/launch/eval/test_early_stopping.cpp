@@ -1,11 +1,12 @@
 // Early stopping and the best validation: which evaluation is best for metrics where
 // lower or higher is better, when patience runs out, and the state checkpoints carry.
-#define BOOST_TEST_MODULE early_stopping
 #include <boost/test/unit_test.hpp>
 
 #include <stdexcept>
 
 #include "launch/eval/early_stopping.h"
+
+BOOST_AUTO_TEST_SUITE(test_early_stopping)
 
 using ftrain::launch::EarlyStopping;
 
@@ -73,3 +74,5 @@ BOOST_AUTO_TEST_CASE(the_state_survives_a_checkpoint_of_the_same_metric_only) {
   BOOST_TEST(other.bad_evaluations() == 0);
   BOOST_TEST(other.state() == nlohmann::json({{"metric", "macro_f1"}, {"bad_evaluations", 0}}));
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_early_stopping

@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE launch_metrics
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
@@ -8,6 +7,8 @@
 #include <vector>
 
 #include "launch/eval/metrics.h"
+
+BOOST_AUTO_TEST_SUITE(test_metrics)
 
 using namespace ftrain::launch;
 namespace tt = boost::test_tools;
@@ -225,3 +226,5 @@ BOOST_AUTO_TEST_CASE(metric_directions) {
                            {"train.eval_metric", "'meteor'", "loss", "perplexity", "accuracy", "macro_f1", "entity_f1",
                             "exact_match", "rougeL", "bleu"}));
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_metrics

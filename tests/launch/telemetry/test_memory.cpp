@@ -1,7 +1,6 @@
 // The per-phase peaks are the process's own: memory touched inside a phase raises
 // that phase's peak by at least its size, and the next phase starts from what is
 // resident then, not from the largest peak so far.
-#define BOOST_TEST_MODULE launch_memory
 #include <boost/test/unit_test.hpp>
 
 #include <sys/mman.h>
@@ -14,6 +13,8 @@
 #include <vector>
 
 #include "launch/telemetry/memory.h"
+
+BOOST_AUTO_TEST_SUITE(test_memory)
 
 using ftrain::launch::PhaseMemory;
 using ftrain::launch::PhasePeak;
@@ -137,3 +138,5 @@ BOOST_AUTO_TEST_CASE(each_phase_counts_the_bytes_it_read) {
   BOOST_TEST(find(peaks, "quiet").read_bytes < kMiB / 4);
   std::remove(path.c_str());
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_memory

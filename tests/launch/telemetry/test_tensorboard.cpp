@@ -1,4 +1,3 @@
-#define BOOST_TEST_MODULE launch_tensorboard
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
@@ -14,6 +13,8 @@
 
 #include "launch/telemetry/tensorboard.h"
 #include "launch/telemetry/tensorboard.pb.h"
+
+BOOST_AUTO_TEST_SUITE(test_tensorboard)
 
 namespace fs = std::filesystem;
 using ftrain::launch::crc32c;
@@ -189,3 +190,5 @@ BOOST_AUTO_TEST_CASE(an_unwritable_directory_names_the_option) {
   }
   fs::remove_all(dir.parent_path());
 }
+
+BOOST_AUTO_TEST_SUITE_END()  // test_tensorboard
