@@ -62,6 +62,28 @@ model::BertConfig tiny_bert() {
   return config;
 }
 
+// T5 v1.0 (relu, head tied and scaled) or v1.1 (gated GELU, its own head): two encoder
+// and three decoder blocks.
+model::T5Config tiny_t5(bool gated_untied) {
+  model::T5Config config;
+  config.vocab_size = 51;
+  config.d_model = 32;
+  config.d_kv = 8;
+  config.d_ff = 48;
+  config.num_layers = 2;
+  config.num_decoder_layers = 3;
+  config.num_heads = 4;
+  config.relative_attention_num_buckets = 8;
+  config.relative_attention_max_distance = 16;
+  config.dropout_rate = 0.1;
+  if (gated_untied) {
+    config.feed_forward_proj = "gated-gelu";
+    config.tie_word_embeddings = false;
+    config.scale_decoder_outputs = false;
+  }
+  return config;
+}
+
 // CPU autocast to `dtype` while alive, as the trainer's forward runs.
 class CpuAutocast {
  public:
@@ -240,24 +262,8 @@ BOOST_AUTO_TEST_CASE(bert_gradients_with_checkpointing_equal_those_without) {
 BOOST_AUTO_TEST_CASE(t5_gradients_with_checkpointing_equal_those_without) {
   for (const std::string variant : {"relu tied", "gated untied"}) {
     BOOST_TEST_CONTEXT(variant) {
-      model::T5Config config;
-      config.vocab_size = 51;
-      config.d_model = 32;
-      config.d_kv = 8;
-      config.d_ff = 48;
-      config.num_layers = 2;
-      config.num_decoder_layers = 3;
-      config.num_heads = 4;
-      config.relative_attention_num_buckets = 8;
-      config.relative_attention_max_distance = 16;
-      config.dropout_rate = 0.1;
-      if (variant == "gated untied") {
-        config.feed_forward_proj = "gated-gelu";
-        config.tie_word_embeddings = false;
-        config.scale_decoder_outputs = false;
-      }
       torch::manual_seed(15);
-      model::T5 net(config);
+      model::T5 net(tiny_t5(variant == "gated untied"));
       torch::manual_seed(7);
       const torch::Tensor source = torch::randint(2, 51, {2, 11}), labels = torch::randint(2, 51, {2, 9});
       torch::Tensor mask = torch::ones_like(source);
