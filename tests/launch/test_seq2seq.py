@@ -329,6 +329,22 @@ def test_a_checkpoint_resumes_on_another_layout(workspace):
     assert_same_steps(one, resumed, [4, 5, 6])
 
 
+def test_a_zero3_checkpoint_resumes_on_another_layout(workspace):
+    """Saved at dp 2 ZeRO-3 after step 3 (the embedding as row shards), resumed at tp 2:
+    steps 4-6 as one rank runs them."""
+    short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false"}
+    one = workspace["root"] / "one_rank"
+    if not (one / "metrics.jsonl").exists():
+        run_ftrain(1, *args(workspace, one, **short))
+    run = workspace["root"] / "saved_zero3"
+    run_ftrain(2, *args(workspace, run, **short, **{"dist.zero": 3, "checkpoint.every": 3, "checkpoint.keep": 2}))
+    checkpoint = run / "checkpoints" / "step_00000003"
+    assert checkpoint.is_dir()
+    resumed = workspace["root"] / "resumed_tp2"
+    run_ftrain(2, *args(workspace, resumed, **short, **{"dist.tp": 2, "run.resume": checkpoint}))
+    assert_same_steps(one, resumed, [4, 5, 6])
+
+
 def test_sequence_parallelism_is_refused(workspace):
     result = run_ftrain(2, *args(workspace, workspace["root"] / "refused",
                                  **{"dist.tp": 2, "dist.sequence_parallel": "true"}), check=False)
