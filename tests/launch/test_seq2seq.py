@@ -329,20 +329,31 @@ def test_a_checkpoint_resumes_on_another_layout(workspace):
     assert_same_steps(one, resumed, [4, 5, 6])
 
 
-def test_a_zero3_checkpoint_resumes_on_another_layout(workspace):
+def test_a_zero3_checkpoint_resumes_on_another_layout_and_exports(workspace):
     """Saved at dp 2 ZeRO-3 after step 3 (the embedding as row shards), resumed at tp 2:
-    steps 4-6 as one rank runs them."""
-    short = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false"}
-    one = workspace["root"] / "one_rank"
-    if not (one / "metrics.jsonl").exists():
-        run_ftrain(1, *args(workspace, one, **short))
-    run = workspace["root"] / "saved_zero3"
-    run_ftrain(2, *args(workspace, run, **short, **{"dist.zero": 3, "checkpoint.every": 3, "checkpoint.keep": 2}))
-    checkpoint = run / "checkpoints" / "step_00000003"
-    assert checkpoint.is_dir()
+    steps 4-6 as one rank runs them. ftrain-ckpt exports that checkpoint as the weights
+    one rank's checkpoint of step 3 holds, and transformers loads it."""
+    from safetensors.torch import load_file
+    saving = {"train.steps": 6, "checkpoint.export_hf": "false", "run.log_samples": "false",
+              "checkpoint.every": 3, "checkpoint.keep": 2}
+    one, run = workspace["root"] / "saved_one", workspace["root"] / "saved_zero3"
+    run_ftrain(1, *args(workspace, one, **saving))
+    run_ftrain(2, *args(workspace, run, **saving, **{"dist.zero": 3}))
     resumed = workspace["root"] / "resumed_tp2"
-    run_ftrain(2, *args(workspace, resumed, **short, **{"dist.tp": 2, "run.resume": checkpoint}))
+    run_ftrain(2, *args(workspace, resumed, **saving, **{"dist.tp": 2,
+                                                         "run.resume": run / "checkpoints" / "step_00000003"}))
     assert_same_steps(one, resumed, [4, 5, 6])
+
+    exported = {}
+    for name, source in (("one", one), ("zero3", run)):
+        out = workspace["root"] / f"ckpt_export_{name}"
+        subprocess.run([str(PREP.parent / "ftrain-ckpt"), "export", str(source / "checkpoints" / "step_00000003"),
+                        str(out), "--force"], check=True, capture_output=True, timeout=120)
+        exported[name] = load_file(str(out / "model.safetensors"))
+    assert sorted(exported["one"]) == sorted(exported["zero3"]) and "shared.weight" in exported["one"]
+    for name, value in exported["one"].items():
+        torch.testing.assert_close(exported["zero3"][name], value, rtol=1e-3, atol=1e-4)
+    T5ForConditionalGeneration.from_pretrained(workspace["root"] / "ckpt_export_zero3")
 
 
 def test_sequence_parallelism_is_refused(workspace):
