@@ -10,11 +10,12 @@
 #include "model/config_fields.h"
 #include "model/generation.h"
 #include "model/gpt2.h"
+#include "model/gpt2_checkpoint.h"
 #include "model/linear.h"
 #include "model/llama.h"
 #include "model/llama_checkpoint.h"
 #include "model/seq2seq_generation.h"
-#include "model/t5.h"
+#include "model/t5_checkpoint.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;

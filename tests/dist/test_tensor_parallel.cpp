@@ -31,7 +31,7 @@
 #include "mpi_job.h"
 #include "dist/tensor_parallel.h"
 #include "model/bert_checkpoint.h"
-#include "model/hf_checkpoint.h"
+#include "model/gpt2_checkpoint.h"
 #include "model/llama_checkpoint.h"
 
 namespace dist = ftrain::dist;

@@ -32,7 +32,7 @@
 #include "model/bert_checkpoint.h"
 #include "model/causal_lm.h"
 #include "model/classifier.h"
-#include "model/hf_checkpoint.h"
+#include "model/gpt2_checkpoint.h"
 #include "model/llama_checkpoint.h"
 #include "model/safetensors.h"
 

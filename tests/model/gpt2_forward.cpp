@@ -4,7 +4,7 @@
 // (int64 (B, T)) and writes `logits` (B, T, V) and `loss`: the mean next-token
 // cross-entropy of logits[:, :-1] against input_ids[:, 1:]. With save_dir, also saves
 // the loaded model there. test_gpt2_parity.py compares all of it with transformers.
-#include "model/hf_checkpoint.h"
+#include "model/gpt2_checkpoint.h"
 #include "model/safetensors.h"
 
 #include <torch/torch.h>

@@ -2,7 +2,7 @@
 //
 // Initialises a GPT-2 with init_gpt2 and saves it as a Hugging Face directory, so
 // test_gpt2_parity.py can compare its statistics with transformers' initialisation.
-#include "model/hf_checkpoint.h"
+#include "model/gpt2_checkpoint.h"
 
 #include <iostream>
 #include <string>

@@ -6,7 +6,7 @@
 // right. Writes `logits` (B, T, V), `encoder_output` (B, S, C) and, with labels, `loss`
 // (the mean cross-entropy over labels other than -100). With save_dir, also saves the
 // model there. test_t5_parity.py compares it all with transformers.
-#include "model/t5.h"
+#include "model/t5_checkpoint.h"
 #include "model/safetensors.h"
 
 #include <torch/torch.h>

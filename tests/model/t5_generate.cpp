@@ -6,6 +6,7 @@
 // transformers' generate().
 #include "model/safetensors.h"
 #include "model/seq2seq_generation.h"
+#include "model/t5_checkpoint.h"
 
 #include <iostream>
 #include <string>

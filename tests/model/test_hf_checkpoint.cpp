@@ -1,6 +1,6 @@
 #include <boost/test/unit_test.hpp>
 
-#include "model/hf_checkpoint.h"
+#include "model/gpt2_checkpoint.h"
 
 #include <torch/torch.h>
 
