@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "data/durable_file.h"
+#include "model/family_builders.h"
 
 namespace ftrain::model {
 
@@ -230,5 +231,63 @@ void save_bert(Bert& model, const std::filesystem::path& dir, ExistingDirectory 
                                             : c10::toString(dtype);
   data::write_file_atomically(dir / "config.json", config.dump(2) + "\n");
 }
+
+// ---------------------------------------------------------------------------------
+// The family's entry in the registry (model/families.h): how ftrain builds it.
+
+namespace {
+
+ClassifierBody bert_classifier_body(const ClassifierBodyRequest& request) {
+  BertConfig config = BertConfig::from_json(request.config, request.source);
+  if (request.dropout >= 0) config.hidden_dropout_prob = config.attention_probs_dropout_prob = request.dropout;
+  Bert bert = built<Bert>(config, request.uninitialised, request.pretrained, request.seed, init_bert);
+  const ClassifierKind kind = request.kind;
+  // BertForTokenClassification and BertForQuestionAnswering have no pooler.
+  if (kind != ClassifierKind::sequence) bert->unregister_module("pooler");
+
+  ClassifierBody body;
+  body.name = "bert";
+  body.module = bert.ptr();
+  body.vocab_size = config.vocab_size;
+  body.type_vocab_size = config.type_vocab_size;
+  body.hidden_size = config.hidden_size;
+  body.initializer_range = config.initializer_range;
+  body.config = config.to_json();
+  body.head_name = kind == ClassifierKind::span ? "qa_outputs" : "classifier";
+  body.head_bias = true;
+  body.head_dropout = request.dropout >= 0 ? request.dropout
+                      : kind == ClassifierKind::span
+                          ? 0.0  // BertForQuestionAnswering has no dropout before its head
+                          : config_number(request.config, "classifier_dropout")
+                                .value_or(config_number(request.config, "hidden_dropout_prob").value_or(0.1));
+  body.architecture = task_architecture("Bert", kind);
+  body.unused_tensor = [kind](const std::string& name) {
+    return kind != ClassifierKind::sequence && (name.starts_with("pooler.") || name.starts_with("bert.pooler."));
+  };
+  const uint64_t seed = request.seed;
+  body.load = [bert, kind, seed](const NamedTensors& tensors, const std::string& source, const ParameterSlices* slices,
+                                 std::vector<std::string>& warnings) mutable {
+    const std::optional<ParameterSlices> under = slices ? std::optional(slices->under("bert.")) : std::nullopt;
+    const BertLoadReport loaded = load_hf_state(bert, tensors, source, seed, under ? &*under : nullptr);
+    if (!loaded.pooler_initialised || kind != ClassifierKind::sequence) return std::vector<std::string>{};
+    warnings.push_back(source + ": no pooler weights; the pooler is new and is trained with the head");
+    return std::vector<std::string>{"bert.pooler."};
+  };
+  body.parameter_init = [config](const std::string& name) { return bert_parameter_init(config, name); };
+  body.state = [bert]() mutable {
+    NamedTensors out;
+    for (auto& [name, value] : to_hf_state(bert)) out.emplace_back("bert." + name, value);
+    return out;
+  };
+  body.features = [bert, kind](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& types) mutable {
+    BertOutput out = bert->forward(ids, mask, types);
+    return kind == ClassifierKind::sequence ? out.pooler_output : out.last_hidden_state;
+  };
+  return body;
+}
+
+}  // namespace
+
+ModelFamily bert_family() { return {"bert", {"bert"}, nullptr, bert_classifier_body}; }
 
 }  // namespace ftrain::model

@@ -79,4 +79,8 @@ NamedTensors to_hf_state(Bert& model);
 BertLoadReport load_hf_state(Bert& model, const NamedTensors& tensors, const std::string& source,
                              uint64_t init_seed = 0, const ParameterSlices* slices = nullptr);
 
+struct ModelFamily;
+// BERT's entry in the registry of model families (model/families.h).
+ModelFamily bert_family();
+
 }  // namespace ftrain::model

@@ -3,9 +3,11 @@
 // build, how its weights are read and written, what its task heads are called) is
 // looked up here; nothing else in ftrain asks which family a model is.
 //
-// A family is its model files (the module, its Hugging Face checkpoint code) plus one
-// entry in families.cpp; dist/tensor_parallel.cpp keeps the matching registry of how
-// each family is split.
+// A family is three files: its math (<family>.cpp), its config.json
+// (<family>_config.cpp) and its Hugging Face mapping (<family>_checkpoint.cpp), which
+// ends with the family's entry, <family>_family(), built from model/family_builders.h.
+// The registry in families.cpp holds one line per family; dist/tensor_parallel.cpp
+// keeps the matching registry of how each family is split.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "data/durable_file.h"
+#include "model/family_builders.h"
 
 namespace ftrain::model {
 
@@ -201,6 +202,53 @@ void save_gpt2(Gpt2& model, const std::filesystem::path& dir, ExistingDirectory 
                   : dtype == torch::kDouble ? "float64"
                                             : c10::toString(dtype);
   data::write_file_atomically(dir / "config.json", config.dump(2) + "\n");
+}
+
+// ---------------------------------------------------------------------------------
+// The family's entry in the registry (model/families.h): how ftrain builds it.
+
+namespace {
+
+struct Gpt2Traits {
+  using Config = Gpt2Config;
+  using Model = Gpt2;
+  static constexpr const char* body_name = "transformer";
+  static auto& body(Model& m) { return m->transformer; }
+  static const at::Tensor& embedding(Model& m) { return m->transformer->wte->weight; }
+  static int64_t hidden_size(const Config& c) { return c.n_embd; }
+  static int64_t max_positions(const Config& c) { return c.n_positions; }
+  static constexpr const char* max_positions_key = "n_positions";
+  static void override_dropout(Config& c, double p) { c.resid_pdrop = c.embd_pdrop = c.attn_pdrop = p; }
+  static Model init(const Config& c, uint64_t seed) { return init_gpt2(c, seed); }
+  static ParameterInit parameter_init(const Config& c, const std::string& name) { return gpt2_parameter_init(c, name); }
+  static void save(Model& m, const std::filesystem::path& dir, ExistingDirectory e, const TensorValues& v) {
+    save_gpt2(m, dir, e, v);
+  }
+  static std::string architecture_prefix(const Config&) { return "GPT2"; }
+  // GPT2ForTokenClassification's head is `classifier` with a bias; the sequence
+  // classifier's is `score` without one.
+  static std::string head_name(ClassifierKind kind) {
+    return kind == ClassifierKind::span ? "qa_outputs" : kind == ClassifierKind::token ? "classifier" : "score";
+  }
+  static std::string span_body_name(const Config&) { return "transformer"; }
+  static double token_head_dropout(const nlohmann::json& config) { return decoder_token_head_dropout(config); }
+  // The language model reads a mask as packed documents (model/documents.h). A
+  // classifier's body runs without one: it is causal, so right padding is harmless.
+  static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) {
+    return m->forward(ids, nullptr, mask);
+  }
+  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor& mask, KvCache* cache = nullptr) {
+    return m->hidden_states(ids, cache, mask);
+  }
+  static at::Tensor body_forward(Model& m, const at::Tensor& ids, const at::Tensor&) {
+    return m->transformer->forward(ids);
+  }
+};
+
+}  // namespace
+
+ModelFamily gpt2_family() {
+  return {"gpt2", {"gpt2"}, decoder_lm<Gpt2Traits>, decoder_classifier_body<Gpt2Traits>};
 }
 
 }  // namespace ftrain::model

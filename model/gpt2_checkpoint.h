@@ -59,4 +59,8 @@ NamedTensors to_hf_state(Gpt2& model);
 void load_hf_state(Gpt2& model, const NamedTensors& tensors, const std::string& source,
                    const ParameterSlices* slices = nullptr);
 
+struct ModelFamily;
+// GPT-2's entry in the registry of model families (model/families.h).
+ModelFamily gpt2_family();
+
 }  // namespace ftrain::model

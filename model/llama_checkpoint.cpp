@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "data/durable_file.h"
+#include "model/family_builders.h"
 
 namespace ftrain::model {
 
@@ -183,6 +184,50 @@ void save_llama(Llama& model, const std::filesystem::path& dir, ExistingDirector
   config.erase("torch_dtype");
   config["dtype"] = dtype_name(state.front().second.scalar_type());
   data::write_file_atomically(dir / "config.json", config.dump(2) + "\n");
+}
+
+// ---------------------------------------------------------------------------------
+// The family's entry in the registry (model/families.h): how ftrain builds it.
+
+namespace {
+
+struct LlamaTraits {
+  using Config = LlamaConfig;
+  using Model = Llama;
+  static constexpr const char* body_name = "model";
+  static auto& body(Model& m) { return m->model; }
+  static const at::Tensor& embedding(Model& m) { return m->model->embed_tokens->weight; }
+  static int64_t hidden_size(const Config& c) { return c.hidden_size; }
+  static int64_t max_positions(const Config&) { return 0; }  // rotary: no table to outgrow
+  static constexpr const char* max_positions_key = "";
+  static void override_dropout(Config& c, double p) { c.attention_dropout = p; }
+  static Model init(const Config& c, uint64_t seed) { return init_llama(c, seed); }
+  static ParameterInit parameter_init(const Config& c, const std::string& name) { return llama_parameter_init(c, name); }
+  static void save(Model& m, const std::filesystem::path& dir, ExistingDirectory e, const TensorValues& v) {
+    save_llama(m, dir, e, v);
+  }
+  static std::string architecture_prefix(const Config& c) {
+    if (c.model_type == "mistral") return "Mistral";
+    if (c.model_type == "qwen2") return "Qwen2";
+    return "Llama";
+  }
+  static std::string head_name(ClassifierKind kind) { return kind == ClassifierKind::span ? "qa_outputs" : "score"; }
+  // LlamaForQuestionAnswering and Qwen2's keep the older name of the body; Mistral's does not.
+  static std::string span_body_name(const Config& c) { return c.model_type == "mistral" ? "model" : "transformer"; }
+  static double token_head_dropout(const nlohmann::json& config) { return decoder_token_head_dropout(config); }
+  static at::Tensor forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) { return m->forward(ids, mask); }
+  static at::Tensor hidden_states(Model& m, const at::Tensor& ids, const at::Tensor& mask, KvCache* cache = nullptr) {
+    return m->hidden_states(ids, mask, cache);
+  }
+  static at::Tensor body_forward(Model& m, const at::Tensor& ids, const at::Tensor& mask) {
+    return m->model->forward(ids, mask);
+  }
+};
+
+}  // namespace
+
+ModelFamily llama_family() {
+  return {"llama", {"llama", "mistral", "qwen2"}, decoder_lm<LlamaTraits>, decoder_classifier_body<LlamaTraits>};
 }
 
 }  // namespace ftrain::model

@@ -53,4 +53,8 @@ NamedTensors to_hf_state(Llama& model);
 void load_hf_state(Llama& model, const NamedTensors& tensors, const std::string& source,
                    const ParameterSlices* slices = nullptr);
 
+struct ModelFamily;
+// The Llama family's entry in the registry of model families (model/families.h).
+ModelFamily llama_family();
+
 }  // namespace ftrain::model

@@ -9,6 +9,8 @@
 
 #include "data/durable_file.h"
 #include "model/config_fields.h"
+#include "model/family_builders.h"
+#include "model/seq2seq_generation.h"
 
 namespace ftrain::model {
 
@@ -120,5 +122,42 @@ void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory exis
   save_safetensors(dir / "model.safetensors", to_hf_state(model), {{"format", "pt"}}, values);
   data::write_file_atomically(dir / "config.json", model->config().to_json().dump(2) + "\n");
 }
+
+// ---------------------------------------------------------------------------------
+// The family's entry in the registry (model/families.h): how ftrain builds it.
+
+namespace {
+
+Seq2SeqLm t5_seq2seq(const Seq2SeqLmOptions& options, const nlohmann::json& raw, const std::string& source) {
+  T5Config config = T5Config::from_json(raw, source);
+  if (options.dropout >= 0) config.dropout_rate = options.dropout;
+  const bool split = options.split != nullptr && !options.skeleton;
+  T5 model = built<T5>(config, split || options.skeleton, options.pretrained, options.seed, init_t5);
+  Seq2SeqLm::Parts parts;
+  parts.module = model.ptr();
+  parts.vocab_size = config.vocab_size;
+  parts.pad_token_id = config.pad_token_id;
+  parts.logits = [model](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& labels) mutable {
+    return model->forward(ids, mask, model->shift_right(labels));
+  };
+  parts.head_input = [model](const at::Tensor& ids, const at::Tensor& mask, const at::Tensor& labels) mutable {
+    return model->head_input(model->shift_right(labels), model->encode(ids, mask), mask);
+  };
+  parts.head_weight_name = config.tie_word_embeddings ? "shared.weight" : "lm_head.weight";
+  parts.ties_embeddings = config.tie_word_embeddings;
+  parts.generate = [model](const at::Tensor& ids, const at::Tensor& mask, const Seq2SeqGenerationOptions& o) mutable {
+    return generate(model, ids, mask, o);
+  };
+  parts.save = [model](const std::filesystem::path& dir, ExistingDirectory existing, const TensorValues& values) mutable {
+    save_t5(model, dir, existing, values);
+  };
+  Seq2SeqLm s2s(raw["model_type"].get<std::string>(), std::move(parts));
+  fill_values(model, s2s, options, split, [&](const std::string& name) { return t5_parameter_init(config, name); });
+  return s2s;
+}
+
+}  // namespace
+
+ModelFamily t5_family() { return {"t5", {"t5", "mt5"}, nullptr, nullptr, t5_seq2seq}; }
 
 }  // namespace ftrain::model

@@ -45,4 +45,8 @@ T5 init_t5(const T5Config& config, uint64_t seed);
 void save_t5(T5& model, const std::filesystem::path& dir, ExistingDirectory existing = ExistingDirectory::refuse,
              const TensorValues& values = {});
 
+struct ModelFamily;
+// T5's entry in the registry of model families (model/families.h).
+ModelFamily t5_family();
+
 }  // namespace ftrain::model
