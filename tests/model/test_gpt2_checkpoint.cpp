@@ -11,7 +11,7 @@
 
 #include <unistd.h>
 
-BOOST_AUTO_TEST_SUITE(test_hf_checkpoint)
+BOOST_AUTO_TEST_SUITE(test_gpt2_checkpoint)
 
 namespace fs = std::filesystem;
 using namespace ftrain::model;
@@ -23,7 +23,7 @@ struct TempDir {
   TempDir() {
     static int counter = 0;
     path = fs::temp_directory_path() /
-           ("ftrain_test_hf_checkpoint_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+           ("ftrain_test_gpt2_checkpoint_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
     fs::remove_all(path);
   }
   ~TempDir() { fs::remove_all(path); }
@@ -385,4 +385,4 @@ BOOST_AUTO_TEST_CASE(counter_based_initial_values_are_normal_and_independent_of_
   BOOST_CHECK_THROW(initial_values_at(init, key, {10, 7}, torch::arange(3).to(torch::kInt)), std::invalid_argument);
 }
 
-BOOST_AUTO_TEST_SUITE_END()  // test_hf_checkpoint
+BOOST_AUTO_TEST_SUITE_END()  // test_gpt2_checkpoint
