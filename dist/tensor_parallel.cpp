@@ -1,7 +1,7 @@
 #include "dist/tensor_parallel.h"
 
+#include "dist/splits/cutting.h"
 #include "model/families.h"
-#include "model/t5.h"
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -404,524 +404,20 @@ model::VocabShards vocab_shards(Group& group, int64_t vocab_size) {
 }
 
 // ---------------------------------------------------------------------------------
-// Whole models
+// The registry of splits, one line per family of model/families.cpp; each family's
+// split is its own file in dist/splits/.
 
 namespace {
 
-at::Tensor range(int64_t start, int64_t count) { return at::arange(start, start + count, at::kLong); }
-
-// The entries `shard.index` of `full` along `shard.dim`, zeros where the index is -1.
-at::Tensor shard_along(const ParameterShard& shard, const at::Tensor& full) {
-  const at::Tensor index = shard.index.to(full.device());
-  at::Tensor local = full.index_select(shard.dim, index.clamp_min(0));
-  std::vector<int64_t> mask_shape(full.dim(), 1);
-  mask_shape[shard.dim] = index.numel();
-  return local * (index >= 0).view(mask_shape).to(local.scalar_type());
-}
-
-// Replaces a parameter's values with `value` (a slice of them, or a padded copy),
-// keeping the tensor the module registered, so named_parameters() and the module's
-// member see the shard.
-void replace_with(at::Tensor& parameter, const at::Tensor& value) {
-  at::Tensor shard = value.contiguous().clone();
-  parameter.mutable_grad().reset();
-  parameter.set_data(shard);
-}
-
-// The entries `shard.index` of `whole` along `shard.dim`: a view when they are one
-// run of real entries (most splits), else shard_along's copy.
-at::Tensor slice_of(const ParameterShard& shard, const at::Tensor& whole) {
-  const int64_t count = shard.index.numel();
-  if (count > 0) {
-    const int64_t first = shard.index[0].item<int64_t>();
-    if (first >= 0 && at::equal(shard.index, range(first, count))) return whole.narrow(shard.dim, first, count);
-  }
-  return shard_along(shard, whole);
-}
-
-// A plan being made, and what cutting does with the values.
-struct Cutting {
-  TensorParallelPlan plan;
-  ParameterValues values = ParameterValues::sliced;
-};
-
-Cutting cutting_for(Communicator& comm, ParameterValues values) {
-  return Cutting{.plan = {.tp_size = comm.tp().size(),
-                          .sequence_parallel = comm.options().sequence_parallel && comm.tp().size() > 1,
-                          .sharded = {}},
-                 .values = values};
-}
-
-// Where an activation enters column-parallel layers: copied, or with sequence
-// parallelism gathered along the sequence.
-model::InputHook into_split_layers(const Cutting& plan, Group& group) {
-  return plan.plan.sequence_parallel ? gather_from_sequence_region_hook(group) : copy_to_tp_region_hook(group);
-}
-
-// Heads [r n, (r + 1) n) of the model's N n, for attention probabilities (B, n, T, T)
-// computed from queries (B, n, T, hs).
-model::PartHook heads_of_rank(Group& group) {
-  return {"heads of rank " + std::to_string(group.rank()) + " of " + std::to_string(group.size()),
-          [&group](const at::Tensor& q) {
-            return model::SliceOf{.dim = 1, .offset = group.rank() * q.size(1), .whole = group.size() * q.size(1)};
-          }};
-}
-
-// Positions [r t, (r + 1) t) of the model's N t, for (B, t, ...) activations.
-model::PartHook positions_of_rank(Group& group) {
-  return {"positions of rank " + std::to_string(group.rank()) + " of " + std::to_string(group.size()),
-          [&group](const at::Tensor& x) {
-            return model::SliceOf{.dim = 1, .offset = group.rank() * x.size(1), .whole = group.size() * x.size(1)};
-          }};
-}
-
-// The parameters of `module` (named prefix + their name) that the plan leaves whole
-// see only this rank's positions under sequence parallelism: each gets a hook that sums
-// its gradient over the group as it is computed, before anything else (data-parallel
-// buckets, ZeRO) reads it. Parameters that are frozen now keep no hook.
-void sum_gradients_over_sequence(torch::nn::Module& module, const std::string& prefix, const Cutting& plan,
-                                 Group& group) {
-  for (auto& item : module.named_parameters()) {
-    if (plan.plan.sharded.count(prefix + item.key()) || !item.value().requires_grad()) continue;
-    item.value().register_hook([&group](const at::Tensor& grad) {
-      at::Tensor sum = grad.clone(at::MemoryFormat::Contiguous);
-      group.all_reduce(sum);
-      return sum;
-    });
-  }
-}
-
-// Cuts parameter `name` to the entries `index` (global indices, -1 for padding) along
-// `dim` and records how, so the whole tensor can be rebuilt from the ranks' parts.
-void cut(Cutting& cutting, const std::string& name, at::Tensor& parameter, int64_t dim, at::Tensor index,
-         int replicas = 1) {
-  ParameterShard shard{dim, index, parameter.sizes().vec(), replicas};
-  if (cutting.values == ParameterValues::sliced) {
-    replace_with(parameter, shard_along(shard, parameter));
-  } else {
-    // The whole tensor was never written; its part is allocated, not written either.
-    std::vector<int64_t> local = parameter.sizes().vec();
-    local[dim] = index.numel();
-    parameter.mutable_grad().reset();
-    parameter.set_data(at::empty(local, parameter.options()));
-  }
-  cutting.plan.sharded[name] = std::move(shard);
-}
-
-model::LinearImpl& own_linear(model::Linear& layer, const std::string& name) {
-  model::LinearImpl* impl = layer.styled();
-  if (!impl)
-    throw std::invalid_argument("apply_tensor_parallel: " + name +
-                                " is a plain torch::nn::Linear, which cannot be made parallel");
-  if (impl->style().forward)
-    throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl->style().name);
-  return *impl;
-}
-
-// Column-parallel: rows [start, start + count) of W (out, in) and of b.
-void shard_rows(Cutting& plan, model::Linear& layer, const std::string& name, int64_t start, int64_t count,
-                Group& group, const ColumnParallelOptions& options) {
-  model::LinearImpl& impl = own_linear(layer, name);
-  cut(plan, name + ".weight", impl.weight, 0, range(start, count), options.replicas);
-  if (impl.bias.defined()) cut(plan, name + ".bias", impl.bias, 0, range(start, count), options.replicas);
-  impl.options.out_features(count);
-  impl.set_style(column_parallel(group, options));
-}
-
-// Row-parallel: columns [start, start + count) of W (out, in); b whole.
-void shard_columns(Cutting& plan, model::Linear& layer, const std::string& name, int64_t start,
-                   int64_t count, Group& group) {
-  model::LinearImpl& impl = own_linear(layer, name);
-  cut(plan, name + ".weight", impl.weight, 1, range(start, count));
-  impl.options.in_features(count);
-  impl.set_style(row_parallel(group, {.sequence_parallel = plan.plan.sequence_parallel}));
-}
-
-// The global rows of this rank's part of a (V, C) table, -1 for the zero rows past V:
-// (V, C) -> (V_pad / N, C).
-at::Tensor vocab_rows(const VocabShard& shard) {
-  at::Tensor rows = range(shard.start, shard.rows);
-  return rows.masked_fill(rows >= shard.vocab_size, -1);
-}
-
-void shard_embedding(Cutting& plan, model::Embedding& embedding, const std::string& name,
-                     const VocabShard& shard, Group& group) {
-  model::EmbeddingImpl& impl = *embedding;
-  if (impl.style().forward) throw std::invalid_argument("apply_tensor_parallel: " + name + " is already " + impl.style().name);
-  std::optional<int64_t> padding;
-  if (auto global = impl.options.padding_idx(); global && shard.holds(*global)) padding = *global - shard.start;
-  cut(plan, name + ".weight", impl.weight, 0, vocab_rows(shard));
-  impl.options.num_embeddings(shard.rows);
-  impl.options.padding_idx(padding);
-  impl.set_style(vocab_parallel_embedding(group, shard, padding));
-}
-
-// The head (V, C) when it is not the embedding: rows as the embedding's; its input
-// goes through head_input_hook, so the layer itself does not copy.
-void shard_head(Cutting& plan, model::Linear& head, const VocabShard& shard, Group& group) {
-  model::LinearImpl& impl = own_linear(head, "lm_head");
-  cut(plan, "lm_head.weight", impl.weight, 0, vocab_rows(shard));
-  impl.options.out_features(shard.rows);
-  impl.set_style(column_parallel(group, {.copy_input = false}));
-}
-
-std::string refusal(const std::string& family, int tp) {
-  return "apply_tensor_parallel: " + family + " over a tensor-parallel group of " + std::to_string(tp) + " ranks: ";
-}
-
-void check_unsharded(const at::Tensor& weight, std::vector<int64_t> expected, const std::string& name,
-                     const std::string& prefix) {
-  if (weight.sizes() != c10::IntArrayRef(expected))
-    throw std::invalid_argument(prefix + name + " is " + c10::str(weight.sizes()) + ", not the full " +
-                                c10::str(c10::IntArrayRef(expected)) + "; the model is already sharded");
-}
-
-}  // namespace
-
-namespace {
-
-// GPT-2's body (GPT2Model, registered under `prefix`, "transformer."): the blocks split
-// by heads and MLP width, wte by vocabulary rows. `check_also` runs after the body's
-// own checks and before anything is changed, for the parts around the body.
-void split_gpt2_body(model::Gpt2TransformerImpl& body, const std::string& prefix, Group& group, Cutting& plan,
-                     const std::function<void()>& check_also, GatheredFor output_reader) {
-  const int64_t N = group.size(), r = group.rank();
-  const model::Gpt2Config& config = body.config();
-  const int64_t C = config.n_embd, inner = config.inner_dim();
-  const std::string refused = refusal("GPT-2", group.size());
-  if (config.n_head % N != 0)
-    throw std::invalid_argument(refused + "n_head " + std::to_string(config.n_head) +
-                                " is not a multiple of " + std::to_string(N) + " (attention is split by heads)");
-  if (inner % N != 0)
-    throw std::invalid_argument(refused + "the MLP width (n_inner) " + std::to_string(inner) +
-                                " is not a multiple of " + std::to_string(N));
-  check_unsharded(body.wte->weight, {config.vocab_size, C}, prefix + "wte.weight", refused);
-  // Every layer is checked before any is changed.
-  for (size_t i = 0; i < body.h->size(); ++i) {
-    auto& block = *body.h[i]->as<model::BlockImpl>();
-    const std::string layer = prefix + "h." + std::to_string(i) + ".";
-    for (auto [layer_ref, name] : {std::pair{&block.attn->c_attn, "attn.c_attn"}, std::pair{&block.attn->c_proj, "attn.c_proj"},
-                                   std::pair{&block.mlp->c_fc, "mlp.c_fc"}, std::pair{&block.mlp->c_proj, "mlp.c_proj"}})
-      own_linear(*layer_ref, layer + name);  // throws for a layer that cannot be sharded
-  }
-  if (check_also) check_also();
-
-  torch::NoGradGuard no_grad;
-  const int64_t width = C / N;  // this rank's heads: n_head / N of them, head_dim each
-  for (size_t i = 0; i < body.h->size(); ++i) {
-    auto& block = *body.h[i]->as<model::BlockImpl>();
-    const std::string layer = prefix + "h." + std::to_string(i) + ".";
-    auto& attn = *block.attn;
-    // c_attn (3C, C) is [queries; keys; values]: this rank's heads of each, (3C / N, C).
-    {
-      model::LinearImpl& impl = own_linear(attn.c_attn, layer + "attn.c_attn");
-      const at::Tensor heads = at::cat({range(r * width, width), range(C + r * width, width),
-                                        range(2 * C + r * width, width)});
-      cut(plan, layer + "attn.c_attn.weight", impl.weight, 0, heads);
-      if (impl.bias.defined()) cut(plan, layer + "attn.c_attn.bias", impl.bias, 0, heads);
-      impl.options.out_features(3 * width);
-      impl.set_style(column_parallel(group, {.copy_input = false}));
-    }
-    attn.input_hook = into_split_layers(plan, group);
-    attn.heads_part = heads_of_rank(group);
-    shard_columns(plan, attn.c_proj, layer + "attn.c_proj", r * width, width, group);
-
-    auto& mlp = *block.mlp;
-    mlp.input_hook = into_split_layers(plan, group);
-    shard_rows(plan, mlp.c_fc, layer + "mlp.c_fc", r * (inner / N), inner / N, group, {.copy_input = false});
-    shard_columns(plan, mlp.c_proj, layer + "mlp.c_proj", r * (inner / N), inner / N, group);
-    if (plan.plan.sequence_parallel) {
-      attn.residual_part = positions_of_rank(group);
-      mlp.residual_part = positions_of_rank(group);
-      sum_gradients_over_sequence(block, layer, plan, group);
-    }
-  }
-  const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(plan, body.wte, prefix + "wte", shard, group);
-  if (plan.plan.sequence_parallel) {
-    body.blocks_input = scatter_to_sequence_region_hook(group);
-    body.blocks_output = gather_from_sequence_region_hook(group, output_reader);
-    sum_gradients_over_sequence(*body.ln_f, prefix + "ln_f.", plan, group);
-  }
-}
-
-// The Llama family's body (LlamaModel, registered under `prefix`, "model."), as
-// split_gpt2_body.
-void split_llama_body(model::LlamaModelImpl& body, const std::string& prefix, Group& group, Cutting& plan,
-                      const std::function<void()>& check_also, GatheredFor output_reader) {
-  const int64_t N = group.size(), r = group.rank();
-  const model::LlamaConfig& config = body.config();
-  const int64_t heads = config.num_attention_heads, kv_heads = config.num_key_value_heads;
-  const int64_t hs = config.head_size(), inner = config.intermediate_size;
-  const std::string refused = refusal(config.model_type, group.size());
-  if (heads % N != 0)
-    throw std::invalid_argument(refused + "num_attention_heads " + std::to_string(heads) + " is not a multiple of " +
-                                std::to_string(N) + " (attention is split by heads)");
-  if (kv_heads % N != 0 && N % kv_heads != 0)
-    throw std::invalid_argument(refused + "num_key_value_heads " + std::to_string(kv_heads) +
-                                " is neither a multiple nor a divisor of " + std::to_string(N) +
-                                " (key/value heads are split, or each rank keeps the one its query heads use)");
-  if (inner % N != 0)
-    throw std::invalid_argument(refused + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
-                                std::to_string(N));
-  check_unsharded(body.embed_tokens->weight, {config.vocab_size, config.hidden_size}, prefix + "embed_tokens.weight",
-                  refused);
-  // Every layer is checked before any is changed.
-  for (size_t i = 0; i < body.layers->size(); ++i) {
-    auto& block = *body.layers[i]->as<model::LlamaBlockImpl>();
-    const std::string layer = prefix + "layers." + std::to_string(i) + ".";
-    for (auto [layer_ref, name] : {std::pair{&block.self_attn->q_proj, "self_attn.q_proj"},
-                                   std::pair{&block.self_attn->k_proj, "self_attn.k_proj"},
-                                   std::pair{&block.self_attn->v_proj, "self_attn.v_proj"},
-                                   std::pair{&block.self_attn->o_proj, "self_attn.o_proj"},
-                                   std::pair{&block.mlp->gate_proj, "mlp.gate_proj"},
-                                   std::pair{&block.mlp->up_proj, "mlp.up_proj"},
-                                   std::pair{&block.mlp->down_proj, "mlp.down_proj"}})
-      own_linear(*layer_ref, layer + name);
-  }
-  if (check_also) check_also();
-
-  // Rank r computes query heads [r nh / N, (r + 1) nh / N). Query head j reads key/value
-  // head j / (nh / nkv), so r's key/value heads are [r nkv / N, (r + 1) nkv / N) when N
-  // divides nkv, else the single head r / (N / nkv), which N / nkv ranks share.
-  const int64_t q_heads = heads / N;
-  const int64_t local_kv_heads = kv_heads % N == 0 ? kv_heads / N : 1;
-  const int64_t first_kv_head = kv_heads % N == 0 ? r * local_kv_heads : r / (N / kv_heads);
-  const int replicas = kv_heads % N == 0 ? 1 : static_cast<int>(N / kv_heads);
-
-  torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < body.layers->size(); ++i) {
-    auto& block = *body.layers[i]->as<model::LlamaBlockImpl>();
-    const std::string layer = prefix + "layers." + std::to_string(i) + ".";
-    auto& attn = *block.self_attn;
-    attn.input_hook = into_split_layers(plan, group);
-    attn.heads_part = heads_of_rank(group);
-    shard_rows(plan, attn.q_proj, layer + "self_attn.q_proj", r * q_heads * hs, q_heads * hs, group, {.copy_input = false});
-    const ColumnParallelOptions kv = {.copy_input = false, .replicas = replicas};
-    shard_rows(plan, attn.k_proj, layer + "self_attn.k_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
-    shard_rows(plan, attn.v_proj, layer + "self_attn.v_proj", first_kv_head * hs, local_kv_heads * hs, group, kv);
-    shard_columns(plan, attn.o_proj, layer + "self_attn.o_proj", r * q_heads * hs, q_heads * hs, group);
-
-    auto& mlp = *block.mlp;
-    mlp.input_hook = into_split_layers(plan, group);
-    shard_rows(plan, mlp.gate_proj, layer + "mlp.gate_proj", r * (inner / N), inner / N, group, {.copy_input = false});
-    shard_rows(plan, mlp.up_proj, layer + "mlp.up_proj", r * (inner / N), inner / N, group, {.copy_input = false});
-    shard_columns(plan, mlp.down_proj, layer + "mlp.down_proj", r * (inner / N), inner / N, group);
-    if (plan.plan.sequence_parallel) sum_gradients_over_sequence(block, layer, plan, group);
-  }
-  const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(plan, body.embed_tokens, prefix + "embed_tokens", shard, group);
-  if (plan.plan.sequence_parallel) {
-    body.blocks_input = scatter_to_sequence_region_hook(group);
-    body.blocks_output = gather_from_sequence_region_hook(group, output_reader);
-    sum_gradients_over_sequence(*body.norm, prefix + "norm.", plan, group);
-  }
-}
-
-}  // namespace
-
-namespace {
-
-// A language model of either family: its body split by `split_body`, an untied head
-// split by vocabulary rows like the embedding, and the head's input entering the
-// tensor-parallel region.
-template <typename Model, typename Body, typename SplitBody>
-TensorParallelPlan split_language_model(Model& model, Body& body, const std::string& prefix, Communicator& comm,
-                                        ParameterValues values, SplitBody split_body) {
-  Group& group = comm.tp();
-  Cutting plan = cutting_for(comm, values);
-  const bool untied = !model->config().tie_word_embeddings;
-  // With sequence parallelism the body's output is gathered for the head, whose
-  // gradients are its vocabulary shard's part: gathering's backward sums them.
-  split_body(body, prefix, group, plan, [&] {
-    if (untied) own_linear(model->lm_head, "lm_head");
-  }, GatheredFor::tensor_parallel);
-  torch::NoGradGuard no_grad;
-  if (untied) shard_head(plan, model->lm_head, VocabShard::of(model->config().vocab_size, group.size(), group.rank()), group);
-  if (!plan.plan.sequence_parallel) model->head_input_hook = copy_to_tp_region_hook(group);
-  return plan.plan;
-}
-
-}  // namespace
-
-TensorParallelPlan apply_tensor_parallel(model::Gpt2& model, Communicator& comm, ParameterValues values) {
-  return split_language_model(model, *model->transformer, "transformer.", comm, values, split_gpt2_body);
-}
-
-TensorParallelPlan apply_tensor_parallel(model::Llama& model, Communicator& comm, ParameterValues values) {
-  return split_language_model(model, *model->model, "model.", comm, values, split_llama_body);
-}
-
-TensorParallelPlan apply_tensor_parallel(model::Bert& model, Communicator& comm, const std::string& prefix,
-                                         ParameterValues values) {
-  Group& group = comm.tp();
-  const int64_t N = group.size(), r = group.rank();
-  const model::BertConfig& config = model->config();
-  const int64_t C = config.hidden_size, inner = config.intermediate_size;
-  const std::string refused = refusal("BERT", group.size());
-  if (config.num_attention_heads % N != 0)
-    throw std::invalid_argument(refused + "num_attention_heads " + std::to_string(config.num_attention_heads) +
-                                " is not a multiple of " + std::to_string(N) + " (attention is split by heads)");
-  if (inner % N != 0)
-    throw std::invalid_argument(refused + "intermediate_size " + std::to_string(inner) + " is not a multiple of " +
-                                std::to_string(N));
-  check_unsharded(model->embeddings->word_embeddings->weight, {config.vocab_size, C},
-                  prefix + "embeddings.word_embeddings.weight", refused);
-  for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
-    auto& layer = *model->encoder->layer[i]->as<model::BertLayerImpl>();
-    const std::string name = prefix + "encoder.layer." + std::to_string(i) + ".";
-    auto& self = *layer.attention->self;
-    for (auto [layer_ref, what] : {std::pair{&self.query, "attention.self.query"}, std::pair{&self.key, "attention.self.key"},
-                                   std::pair{&self.value, "attention.self.value"},
-                                   std::pair{&layer.attention->output->dense, "attention.output.dense"},
-                                   std::pair{&layer.intermediate->dense, "intermediate.dense"},
-                                   std::pair{&layer.output->dense, "output.dense"}})
-      own_linear(*layer_ref, name + what);
-  }
-
-  Cutting plan = cutting_for(comm, values);
-  const bool sequence = plan.plan.sequence_parallel;
-  torch::NoGradGuard no_grad;
-  const int64_t width = C / N;  // this rank's heads
-  for (size_t i = 0; i < model->encoder->layer->size(); ++i) {
-    auto& layer = *model->encoder->layer[i]->as<model::BertLayerImpl>();
-    const std::string name = prefix + "encoder.layer." + std::to_string(i) + ".";
-    auto& self = *layer.attention->self;
-    self.input_hook = into_split_layers(plan, group);
-    self.heads_part = heads_of_rank(group);
-    shard_rows(plan, self.query, name + "attention.self.query", r * width, width, group, {.copy_input = false});
-    shard_rows(plan, self.key, name + "attention.self.key", r * width, width, group, {.copy_input = false});
-    shard_rows(plan, self.value, name + "attention.self.value", r * width, width, group, {.copy_input = false});
-    shard_columns(plan, layer.attention->output->dense, name + "attention.output.dense", r * width, width, group);
-    shard_rows(plan, layer.intermediate->dense, name + "intermediate.dense", r * (inner / N), inner / N, group,
-               {.sequence_parallel = sequence});
-    shard_columns(plan, layer.output->dense, name + "output.dense", r * (inner / N), inner / N, group);
-    if (sequence) {
-      layer.attention->output->residual_part = positions_of_rank(group);
-      layer.output->residual_part = positions_of_rank(group);
-      sum_gradients_over_sequence(layer, name, plan, group);
-    }
-  }
-  const VocabShard shard = VocabShard::of(config.vocab_size, group.size(), group.rank());
-  shard_embedding(plan, model->embeddings->word_embeddings, prefix + "embeddings.word_embeddings", shard, group);
-  if (sequence) {
-    // The encoder's output goes to the pooler and the classifier's head, whole on every rank.
-    model->encoder->blocks_input = scatter_to_sequence_region_hook(group);
-    model->encoder->blocks_output = gather_from_sequence_region_hook(group, GatheredFor::replicated);
-  }
-  return plan.plan;
-}
-
-// ---------------------------------------------------------------------------------
-// T5
-
-namespace {
-
-TensorParallelPlan split_t5(torch::nn::Module& module, Communicator& comm, ParameterValues values) {
-  model::T5 t5(std::dynamic_pointer_cast<model::T5Impl>(module.shared_from_this()));
-  Group& group = comm.tp();
-  const int64_t N = group.size(), r = group.rank();
-  const model::T5Config& config = t5->config();
-  const std::string refused = refusal("T5", group.size());
-  if (config.num_heads % N != 0)
-    throw std::invalid_argument(refused + "num_heads " + std::to_string(config.num_heads) + " is not a multiple of " +
-                                std::to_string(N) + " (attention is split by heads)");
-  if (config.d_ff % N != 0)
-    throw std::invalid_argument(refused + "d_ff " + std::to_string(config.d_ff) + " is not a multiple of " +
-                                std::to_string(N));
-  if (comm.options().sequence_parallel)
-    throw std::invalid_argument(refused + "sequence parallelism is not available for T5");
-  Cutting plan = cutting_for(comm, values);
-  torch::NoGradGuard no_grad;
-  const int64_t heads = config.num_heads / N, width = heads * config.d_kv, hidden = config.d_ff / N;
-  for (auto [stack_name, stack] : {std::pair{std::string("encoder."), t5->encoder},
-                                    std::pair{std::string("decoder."), t5->decoder}}) {
-    for (size_t b = 0; b < stack->block->size(); ++b) {
-      auto* layers = stack->block[b]->named_children()[0].value()->as<torch::nn::ModuleList>();
-      for (size_t l = 0; l < layers->size(); ++l) {
-        auto& sublayer = *layers->ptr(l)->as<model::T5SublayerImpl>();
-        const std::string name = stack_name + "block." + std::to_string(b) + ".layer." + std::to_string(l) + ".";
-        if (sublayer.attention) {
-          auto& attention = *sublayer.attention;
-          const bool cross = l == 1;  // the decoder's second sublayer
-          const std::string prefix = name + (cross ? "EncDecAttention." : "SelfAttention.");
-          attention.input_hook = into_split_layers(plan, group);
-          attention.heads_part = heads_of_rank(group);
-          if (cross) attention.memory_hook = into_split_layers(plan, group);
-          shard_rows(plan, attention.q, prefix + "q", r * width, width, group, {.copy_input = false});
-          shard_rows(plan, attention.k, prefix + "k", r * width, width, group, {.copy_input = false});
-          shard_rows(plan, attention.v, prefix + "v", r * width, width, group, {.copy_input = false});
-          shard_columns(plan, attention.o, prefix + "o", r * width, width, group);
-          if (attention.relative_attention_bias)
-            cut(plan, prefix + "relative_attention_bias.weight", attention.relative_attention_bias->weight, 1,
-                range(r * heads, heads));
-        } else {
-          auto& ff = *sublayer.feed_forward;
-          const std::string prefix = name + "DenseReluDense.";
-          ff.input_hook = into_split_layers(plan, group);
-          ff.hidden_part = {"hidden units of rank " + std::to_string(r) + " of " + std::to_string(N),
-                            [&group](const at::Tensor& h) {
-                              return model::SliceOf{.dim = h.dim() - 1, .offset = group.rank() * h.size(-1),
-                                                    .whole = group.size() * h.size(-1)};
-                            }};
-          for (auto [layer, what] : {std::pair{&ff.wi, "wi"}, std::pair{&ff.wi_0, "wi_0"}, std::pair{&ff.wi_1, "wi_1"}})
-            if (*layer) shard_rows(plan, *layer, prefix + what, r * hidden, hidden, group, {.copy_input = false});
-          shard_columns(plan, ff.wo, prefix + "wo", r * hidden, hidden, group);
-        }
-      }
-    }
-  }
-  return plan.plan;
-}
-
-}  // namespace
-
-// ---------------------------------------------------------------------------------
-// The registry of splits, one line per family of model/families.cpp.
-
-namespace {
-
-// How a family is split: as a language model, and as a classifier's body registered
-// under `prefix` (its hidden states whole on every rank, so the head reads them as it
-// would unsplit). An empty member: the family has no such model.
-struct FamilySplit {
-  std::string family;
-  std::function<TensorParallelPlan(torch::nn::Module& model, Communicator& comm, ParameterValues values)> causal_lm;
-  std::function<TensorParallelPlan(torch::nn::Module& body, const std::string& prefix, Communicator& comm,
-                                   ParameterValues values)>
-      classifier_body;
-  std::function<TensorParallelPlan(torch::nn::Module& model, Communicator& comm, ParameterValues values)> seq2seq = {};
-};
-
-template <typename Model>
-TensorParallelPlan split_lm(torch::nn::Module& module, Communicator& comm, ParameterValues values) {
-  Model model(std::dynamic_pointer_cast<typename Model::ContainedType>(module.shared_from_this()));
-  return apply_tensor_parallel(model, comm, values);
-}
-
-template <typename Body, auto SplitBody>
-TensorParallelPlan split_decoder_body(torch::nn::Module& module, const std::string& prefix, Communicator& comm,
-                                      ParameterValues values) {
-  Cutting plan = cutting_for(comm, values);
-  SplitBody(dynamic_cast<Body&>(module), prefix, comm.tp(), plan, {}, GatheredFor::replicated);
-  return plan.plan;
-}
-
-TensorParallelPlan split_bert_body(torch::nn::Module& module, const std::string& prefix, Communicator& comm,
-                                   ParameterValues values) {
-  model::Bert bert(std::dynamic_pointer_cast<model::BertImpl>(module.shared_from_this()));
-  return apply_tensor_parallel(bert, comm, prefix, values);
-}
-
-const FamilySplit& family_split(const std::string& model_type) {
-  static const std::vector<FamilySplit> splits = {
-      {"gpt2", split_lm<model::Gpt2>, split_decoder_body<model::Gpt2TransformerImpl, split_gpt2_body>},
-      {"llama", split_lm<model::Llama>, split_decoder_body<model::LlamaModelImpl, split_llama_body>},
-      {"bert", nullptr, split_bert_body},
-      {"t5", nullptr, nullptr, split_t5},
+const splits::FamilySplit& family_split(const std::string& model_type) {
+  static const std::vector<splits::FamilySplit> registry = {
+      splits::gpt2_split(),
+      splits::llama_split(),
+      splits::bert_split(),
+      splits::t5_split(),
   };
   const model::ModelFamily& family = model::model_family({{"model_type", model_type}}, "apply_tensor_parallel");
-  for (const FamilySplit& split : splits)
+  for (const splits::FamilySplit& split : registry)
     if (split.family == family.name) return split;
   throw std::invalid_argument("apply_tensor_parallel: model family '" + family.name + "' has no tensor-parallel split");
 }
@@ -929,14 +425,14 @@ const FamilySplit& family_split(const std::string& model_type) {
 }  // namespace
 
 TensorParallelPlan apply_tensor_parallel(model::CausalLm& model, Communicator& comm, ParameterValues values) {
-  const FamilySplit& split = family_split(model.family());
+  const splits::FamilySplit& split = family_split(model.family());
   if (!split.causal_lm)
     throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " language model cannot be split");
   return split.causal_lm(model.module(), comm, values);
 }
 
 TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator& comm, ParameterValues values) {
-  const FamilySplit& split = family_split(model.family());
+  const splits::FamilySplit& split = family_split(model.family());
   std::shared_ptr<torch::nn::Module> body = model.module().named_children()[model.body_name()];
   if (!split.classifier_body)
     throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " classifier has no body that can be split");
@@ -944,7 +440,7 @@ TensorParallelPlan apply_tensor_parallel(model::Classifier& model, Communicator&
 }
 
 TensorParallelPlan apply_tensor_parallel(model::Seq2SeqLm& model, Communicator& comm, ParameterValues values) {
-  const FamilySplit& split = family_split(model.family());
+  const splits::FamilySplit& split = family_split(model.family());
   if (!split.seq2seq)
     throw std::invalid_argument("apply_tensor_parallel: a " + model.family() + " encoder-decoder cannot be split");
   return split.seq2seq(model.module(), comm, values);
@@ -985,7 +481,7 @@ model::ParameterSlices TensorParallelPlan::slices() const {
         if (whole.sizes() != c10::IntArrayRef(found->second.global_shape))
           throw std::invalid_argument("TensorParallelPlan::slices: " + name + " is " + c10::str(whole.sizes()) +
                                       ", the model's is " + c10::str(c10::IntArrayRef(found->second.global_shape)));
-        return slice_of(found->second, whole);
+        return splits::slice_of(found->second, whole);
       },
       {},
       {}};
@@ -1007,7 +503,7 @@ at::Tensor TensorParallelPlan::shard(const std::string& name, const at::Tensor& 
   if (full.sizes() != c10::IntArrayRef(found->second.global_shape))
     throw std::invalid_argument("TensorParallelPlan::shard: " + name + " is " + c10::str(full.sizes()) +
                                 ", the model's is " + c10::str(c10::IntArrayRef(found->second.global_shape)));
-  return shard_along(found->second, full);
+  return splits::shard_along(found->second, full);
 }
 
 at::Tensor TensorParallelPlan::gather(const std::string& name, const at::Tensor& local, Group& tp) const {

@@ -7,9 +7,10 @@
 //   2. Styles for model/linear.h's layers: column-parallel and row-parallel linear
 //      layers, the vocabulary-parallel embedding, and the cross-entropy that reads
 //      vocabulary-parallel logits.
-//   3. apply_tensor_parallel, which shards a whole GPT-2, Llama or BERT in place and
-//      sets the styles, and load_tensor_parallel, which splits a pretrained model before
-//      reading it so that each rank reads only its part of the files.
+//   3. apply_tensor_parallel, which shards a whole GPT-2, Llama, BERT or T5 in place and
+//      sets the styles (each family's split is its own file in dist/splits/), and
+//      load_tensor_parallel, which splits a pretrained model before reading it so that
+//      each rank reads only its part of the files.
 //      docs/tensor-parallel.md says which weight is split how.
 //
 // Every member of the group makes the same calls in the same order. The group (or

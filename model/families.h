@@ -7,7 +7,7 @@
 // (<family>_config.cpp) and its Hugging Face mapping (<family>_checkpoint.cpp), which
 // ends with the family's entry, <family>_family(), built from model/family_builders.h.
 // The registry in families.cpp holds one line per family; dist/tensor_parallel.cpp
-// keeps the matching registry of how each family is split.
+// keeps the matching registry of how each family is split (dist/splits/<family>.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
