@@ -1,8 +1,9 @@
 // What each family's registry entry (model/families.h) is built from: the pieces every
 // family's builders share, and the language model and classifier body of a decoder,
 // written once over a family's traits. A family's entry lives beside its Hugging Face
-// mapping (<family>_checkpoint.cpp), so adding a family touches no file but its own and
-// one line of the registry.
+// mapping (<family>_checkpoint.cpp), so adding a family adds its own files, one line to
+// the registry in families.cpp (and one to dist/'s registry of splits), and its sources
+// to CMakeLists.txt.
 #pragma once
 
 #include <ATen/core/Tensor.h>
