@@ -5,7 +5,7 @@
 // (transformer.wte, transformer.h.<i>.attn.c_attn, ..., lm_head), so checkpoints and
 // logs read the same in both. Linear layers have weight (out, in), as
 // torch::nn::Linear; Hugging Face stores these as Conv1D with weight (in, out), and
-// model/hf_checkpoint transposes on import and export. The linear layers, the token
+// model/gpt2_checkpoint transposes on import and export. The linear layers, the token
 // embedding and the input hooks are those of model/linear.h, which dist/ can make
 // tensor-parallel.
 #pragma once
